@@ -1,0 +1,140 @@
+"""The router actor: keeps prices and breaker states in memory from the KV buckets it watches and answers
+``arbstr.v1.router.route`` from that memory alone (no bus hop per request)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable, Optional
+
+from nats.aio.client import Client as NATS
+from nats.js.errors import APIError, BucketNotFoundError
+from nats.js.kv import KeyValue
+from pydantic import BaseModel, ValidationError
+
+from actors.runtime import Endpoint, open_bucket
+from schemas import subjects
+from schemas.breaker import BreakerState
+from schemas.config import Config
+from schemas.errors import ArbstrError
+from schemas.pricing import ProviderPrices
+from schemas.router import RouteReply, RouteRequest
+
+from .rank import route
+
+log = logging.getLogger("arbstr.router")
+
+VERSION = "0.1.0"
+_DELETE_OPS = ("DEL", "PURGE")
+
+
+class RouterActor:
+    service_name = subjects.SERVICE_ROUTER
+    version = VERSION
+    description = "arbstr router: picks and ranks the providers for one request"
+
+    def __init__(self, config: Config, initial_load_timeout_s: float = 5.0) -> None:
+        self.config = config
+        self.initial_load_timeout_s = initial_load_timeout_s
+        self.prices: dict[str, ProviderPrices] = {}
+        self.breakers: dict[str, BreakerState] = {}
+        self.revisions: dict[str, int] = {subjects.KV_PRICES: 0, subjects.KV_BREAKERS: 0}
+        self._price_list: list[ProviderPrices] = []
+        self._loaded: dict[str, asyncio.Event] = {}
+        self._changed = asyncio.Condition()
+        self._watchers: list[KeyValue.KeyWatcher] = []
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint("route", subjects.ROUTER_ROUTE, RouteRequest, self._route)]
+
+    async def start(self, nc: NATS) -> None:
+        for bucket, model, target in (
+            (subjects.KV_PRICES, ProviderPrices, self.prices),
+            (subjects.KV_BREAKERS, BreakerState, self.breakers),
+        ):
+            kv = await open_bucket(nc, bucket)
+            watcher = await kv.watchall()
+            self._watchers.append(watcher)
+            self._loaded[bucket] = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._follow(bucket, watcher, model, target),
+                                                   name=f"router-watch-{bucket}"))
+        # Answer the first request with the current table, not an empty one; but a slow bucket must not keep
+        # the service from starting (requests then get 503 prices_unavailable until values arrive).
+        if not await self.wait_ready(self.initial_load_timeout_s):
+            log.warning("router: initial KV values not loaded within %.1f s", self.initial_load_timeout_s)
+
+    async def stop(self) -> None:
+        for watcher in self._watchers:
+            try:
+                await watcher.stop()
+            except Exception:  # the connection may already be closing; the tasks are cancelled below anyway
+                log.debug("router: watcher stop failed", exc_info=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._watchers.clear()
+        self._tasks.clear()
+
+    async def _follow(self, bucket: str, watcher: KeyValue.KeyWatcher, model: type[BaseModel],
+                      target: dict[str, Any]) -> None:
+        try:
+            async for entry in watcher:
+                if entry is None:  # end of the initial values
+                    self._loaded[bucket].set()
+                    continue
+                self._apply(bucket, entry, model, target)
+                async with self._changed:
+                    self._changed.notify_all()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a dead watcher means silently stale routing: say so loudly
+            log.exception("router: watcher of %s stopped", bucket)
+            raise
+
+    def _apply(self, bucket: str, entry: KeyValue.Entry, model: type[BaseModel], target: dict[str, Any]) -> None:
+        if entry.operation in _DELETE_OPS:
+            target.pop(entry.key, None)
+        else:
+            try:
+                target[entry.key] = model.model_validate_json(entry.value or b"")
+            except ValidationError as e:
+                log.warning("router: ignoring bad %s entry %r: %s", bucket, entry.key, e)
+        if bucket == subjects.KV_PRICES:
+            # Routing reads this list on every request; rebuilding it here keeps that path allocation-free.
+            self._price_list = sorted(self.prices.values(), key=lambda p: p.provider)
+        self.revisions[bucket] = max(self.revisions[bucket], entry.revision or 0)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """True once the initial values of both buckets are in memory."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._loaded.values())), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def wait_for(self, predicate: Callable[["RouterActor"], bool], timeout: float) -> bool:
+        """Wait until ``predicate(self)`` holds after a KV update (e.g. a revision or a provider seen)."""
+        async def waiter() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: predicate(self))
+
+        try:
+            await asyncio.wait_for(waiter(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def wait_revision(self, bucket: str, revision: int, timeout: float) -> bool:
+        return await self.wait_for(lambda r: r.revisions.get(bucket, 0) >= revision, timeout)
+
+    def route(self, req: RouteRequest, now_ms: Optional[int] = None) -> RouteReply:
+        if not self._price_list:
+            raise ArbstrError(503, "the router has no prices yet: is the pricing actor running?",
+                              code="prices_unavailable")
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return route(req, self._price_list, self.breakers, self.config, now)
+
+    async def _route(self, req: RouteRequest, headers: dict[str, str]) -> RouteReply:
+        return self.route(req)

@@ -1,0 +1,169 @@
+"""Candidate filtering and ranking: which providers may serve this request, cheapest first.
+
+Pure: prices, breaker states, config and ``now_ms`` come in; a ``RouteReply`` or an ``ArbstrError`` comes out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Optional
+
+from schemas.breaker import BreakerState
+from schemas.common import TIER_ORDER, Tier
+from schemas.config import Config, PolicyConfig
+from schemas.errors import ArbstrError
+from schemas.money import ceil_div, cost_msat
+from schemas.pricing import ModelRate, ProviderPrices
+from schemas.router import Candidate, Envelope, RouteReply, RouteRequest
+
+from .complexity import minimum_tier, score_complexity
+from .policy import choose_policy
+
+log = logging.getLogger("arbstr.router")
+
+AUTO_MODEL = "auto"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One (provider, upstream model) pair that might serve the request."""
+
+    prices: ProviderPrices
+    model: str
+    rates: ModelRate
+
+    @property
+    def provider(self) -> str:
+        return self.prices.provider
+
+    @property
+    def tier(self) -> Tier:
+        return self.prices.tier
+
+
+def apply_min_tier(options: list[Option], min_tier: Tier, explicit: bool) -> tuple[list[Option], bool]:
+    """The options at or above ``min_tier``, and whether the tier had to be ignored.
+
+    Only options *below* the tier are dropped. While tiers are coarse and most deployments have few
+    providers, a computed tier that nobody meets is ignored rather than failing the request; a tier the
+    client asked for (``X-Arbstr-Complexity``) is never ignored. Tightening this rule means changing only
+    this function.
+    """
+    floor = TIER_ORDER[min_tier]
+    kept = [o for o in options if TIER_ORDER[o.tier] >= floor]
+    if kept or explicit or not options:
+        return kept, False
+    return options, True
+
+
+def breaker_blocks(state: Optional[BreakerState], now_ms: int) -> bool:
+    """An open breaker excludes its provider until ``retry_at_ms``; half-open lets the probe through."""
+    return state is not None and state.state == "open" and state.retry_at_ms > now_ms
+
+
+def static_exclusion(option: Option, req: RouteRequest, policy: Optional[PolicyConfig]) -> Optional[str]:
+    """Why ``option`` can never serve this request (None: it can). Breakers and tiers are judged apart."""
+    if policy is not None:
+        if policy.allowed_models and option.model not in policy.allowed_models:
+            return f"model {option.model} not allowed by policy {policy.name}"
+        if policy.max_input_rate is not None and option.rates.input_rate > policy.max_input_rate:
+            return f"input rate {option.rates.input_rate} above the policy cap {policy.max_input_rate}"
+        if policy.max_output_rate is not None and option.rates.output_rate > policy.max_output_rate:
+            return f"output rate {option.rates.output_rate} above the policy cap {policy.max_output_rate}"
+    if req.tools and not option.prices.supports_tools:
+        return "does not support tools"
+    needed = req.input_tokens + (req.max_tokens or 0)
+    if needed > option.prices.context_length:
+        return f"context {option.prices.context_length} < {needed} tokens"
+    return None
+
+
+def serving_options(req: RouteRequest, prices: list[ProviderPrices], policy: Optional[PolicyConfig]) -> list[Option]:
+    """Every (provider, model) pair that serves the requested model; for ``auto``, every served model."""
+    if req.model == AUTO_MODEL:
+        return [Option(p, m, p.rates_for(m)) for p in prices for m in dict.fromkeys(p.models)]
+    options = [Option(p, req.model, p.rates_for(req.model)) for p in prices if req.model in p.models]
+    if not options:
+        raise ArbstrError(404, f"the model {req.model!r} does not exist or no provider serves it",
+                          code="model_not_found", param="model")
+    if policy is not None and policy.allowed_models and req.model not in policy.allowed_models:
+        raise ArbstrError(400, f"model {req.model!r} is not allowed by policy {policy.name!r}",
+                          code="model_not_allowed", param="model")
+    return options
+
+
+def _no_provider(req: RouteRequest, reasons: list[str], retry_at_ms: Optional[int], now_ms: int) -> ArbstrError:
+    detail = "; ".join(reasons[:8]) or "no provider"
+    headers = None
+    if retry_at_ms is not None:
+        headers = {"retry-after": str(max(1, ceil_div(retry_at_ms - now_ms, 1000)))}
+    return ArbstrError(503, f"no provider available for model {req.model!r}: {detail}",
+                       code="no_provider_available", headers=headers)
+
+
+def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, BreakerState], config: Config,
+          now_ms: int) -> RouteReply:
+    policy = choose_policy(req.policy, req.last_user_text, config.policies)
+    score, complexity = score_complexity(req)
+    tier = minimum_tier(complexity)
+    explicit = req.complexity is not None
+
+    reasons: list[str] = []
+    usable: list[Option] = []
+    static_ok: list[Option] = []
+    for option in serving_options(req, prices, policy):
+        why = static_exclusion(option, req, policy)
+        if why is not None:
+            reasons.append(f"{option.provider}/{option.model}: {why}")
+            continue
+        static_ok.append(option)
+        if breaker_blocks(breakers.get(option.provider), now_ms):
+            reasons.append(f"{option.provider}: circuit open")
+            continue
+        usable.append(option)
+
+    chosen, ignored_tier = apply_min_tier(usable, tier, explicit)
+    if ignored_tier:
+        log.debug("request %s: no provider at tier %s or above; tier ignored", req.request_id, tier)
+    if not chosen:
+        if explicit and usable:
+            reasons.append(f"no provider at tier {tier} or above")
+        # Waiting helps only if some option is kept out by nothing but an open breaker.
+        waiting, _ = apply_min_tier(static_ok, tier, explicit)
+        retry_at = min((breakers[o.provider].retry_at_ms for o in waiting), default=None)
+        raise _no_provider(req, reasons, retry_at, now_ms)
+
+    output_tokens = req.max_tokens or config.router.default_output_tokens
+    candidates = [
+        Candidate(
+            provider=o.provider,
+            model=o.model,
+            input_rate=o.rates.input_rate,
+            output_rate=o.rates.output_rate,
+            base_fee_msat=o.prices.base_fee_msat,
+            tier=o.tier,
+            estimated_cost_msat=cost_msat(req.input_tokens, output_tokens, o.rates.input_rate, o.rates.output_rate,
+                                          o.prices.base_fee_msat),
+        )
+        for o in chosen
+    ]
+    candidates.sort(key=lambda c: (c.estimated_cost_msat, c.provider, c.model))
+    envelope = Envelope(
+        input_tokens=req.input_tokens,
+        output_tokens=req.max_tokens,
+        input_rate=max(c.input_rate for c in candidates),
+        output_rate=max(c.output_rate for c in candidates),
+        base_fee_msat=max(c.base_fee_msat for c in candidates),
+        max_output_tokens=config.router.max_output_tokens,
+    )
+    return RouteReply(
+        request_id=req.request_id,
+        model=req.model,
+        policy=policy.name if policy is not None else None,
+        tier=tier,
+        complexity=complexity,
+        complexity_score=score,
+        candidates=candidates,
+        envelope=envelope,
+    )

@@ -1,0 +1,226 @@
+"""The actor contract every arbstr actor runs under.
+
+An actor is a plain object with a name, a version, a description and a list of endpoints; each endpoint
+decodes one pydantic message, calls the actor, and replies with one pydantic message. This module does
+everything else once: the ``nats.micro`` service (discovery, INFO/STATS that validate), queue groups so
+N instances share the load, bounded concurrent handling (micro runs one handler at a time otherwise),
+errors mapped to ``Nats-Service-Error-Code`` with an OpenAI error body, reconnect forever and a drain on
+shutdown that lets in-flight requests finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Optional, Protocol
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+from nats.errors import Error as NatsError
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service
+from pydantic import BaseModel, ValidationError
+
+from schemas import subjects
+from schemas.errors import ArbstrError
+
+log = logging.getLogger("arbstr.runtime")
+
+Handler = Callable[[Any, dict[str, str]], Awaitable[BaseModel]]
+QUEUE_GROUP = "arbstr"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    subject: str
+    request_model: type[BaseModel]
+    handler: Handler
+
+
+class Actor(Protocol):
+    service_name: str
+    version: str
+    description: str
+
+    def endpoints(self) -> list[Endpoint]: ...
+
+    async def start(self, nc: NATS) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class _Counters:
+    handled: int = 0
+    errors: int = 0
+    in_flight: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+
+async def connect(url: str, name: str, **kwargs: Any) -> NATS:
+    """Connect with reconnect-forever semantics; callbacks must be coroutines for nats-py."""
+
+    async def error_cb(e: Exception) -> None:
+        log.warning("nats error (%s): %r", name, e)
+
+    async def disconnected_cb() -> None:
+        log.warning("nats disconnected (%s)", name)
+
+    async def reconnected_cb() -> None:
+        log.info("nats reconnected (%s)", name)
+
+    return await nats.connect(
+        servers=[url],
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        allow_reconnect=True,
+        error_cb=error_cb,
+        disconnected_cb=disconnected_cb,
+        reconnected_cb=reconnected_cb,
+        **kwargs,
+    )
+
+
+async def open_bucket(nc: NATS, bucket: str, history: int = 1) -> KeyValue:
+    """Open a KV bucket, creating it when missing, so actors may start in any order."""
+    js = nc.jetstream()
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        pass
+    try:
+        return await js.create_key_value(bucket=bucket, history=history)
+    except NatsError:
+        # Someone created it meanwhile (perhaps with other settings): theirs is as good as ours.
+        return await js.key_value(bucket)
+
+
+def error_reply(err: ArbstrError) -> tuple[bytes, dict[str, str]]:
+    headers = {
+        subjects.H_SERVICE_ERROR: err.message[:200],
+        subjects.H_SERVICE_ERROR_CODE: str(err.status),
+    }
+    for k, v in err.headers.items():
+        headers[f"X-Http-{k}"] = v
+    return err.body().model_dump_json().encode(), headers
+
+
+class ActorHost:
+    """Runs one actor on one NATS connection."""
+
+    def __init__(self, actor: Actor, nc: NATS, max_concurrency: int = 256) -> None:
+        self.actor = actor
+        self.nc = nc
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._service: Optional[Service] = None
+        self._counters: dict[str, _Counters] = {}
+
+    async def start(self) -> None:
+        await self.actor.start(self.nc)
+        self._service = await add_service(
+            self.nc,
+            name=self.actor.service_name,
+            version=self.actor.version,
+            description=self.actor.description,
+            stats_handler=self._stats,
+        )
+        for ep in self.actor.endpoints():
+            self._counters[ep.subject] = _Counters()
+            await self._service.add_endpoint(
+                EndpointConfig(name=ep.name, subject=ep.subject, handler=self._dispatcher(ep), queue_group=QUEUE_GROUP)
+            )
+        await self.nc.flush()
+
+    def _stats(self, endpoint_stats: Any) -> dict[str, Any]:
+        c = self._counters.get(endpoint_stats.subject)
+        if c is None:
+            return {}
+        return {"handled": c.handled, "errors": c.errors, "in_flight": c.in_flight, "by_status": dict(c.by_status)}
+
+    def _dispatcher(self, ep: Endpoint) -> Callable[[Request], Awaitable[None]]:
+        counters = self._counters[ep.subject]
+
+        async def dispatch(req: Request) -> None:
+            # Acquire here, in micro's per-endpoint callback: when all slots are busy the subscription
+            # stops being read, which is the back-pressure we want.
+            await self._sem.acquire()
+            counters.in_flight += 1
+            task = asyncio.create_task(self._handle(ep, req, counters))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return dispatch
+
+    async def _handle(self, ep: Endpoint, req: Request, counters: _Counters) -> None:
+        started = time.perf_counter()
+        try:
+            headers = dict(req.headers or {})
+            try:
+                message = ep.request_model.model_validate_json(req.data)
+            except ValidationError as e:
+                first = e.errors()[0] if e.errors() else {}
+                loc = ".".join(str(p) for p in first.get("loc", ()))
+                raise ArbstrError(400, f"invalid {ep.name} message: {loc} {first.get('msg', '')}".strip(),
+                                  code="invalid_message", param=loc or None) from None
+            reply = await ep.handler(message, headers)
+            await req.respond(reply.model_dump_json().encode())
+            counters.handled += 1
+            counters.by_status["200"] = counters.by_status.get("200", 0) + 1
+        except ArbstrError as err:
+            counters.errors += 1
+            counters.by_status[str(err.status)] = counters.by_status.get(str(err.status), 0) + 1
+            await self._respond_error(req, err)
+        except Exception as exc:  # the reply must always go out, or the caller waits for its timeout
+            counters.errors += 1
+            counters.by_status["500"] = counters.by_status.get("500", 0) + 1
+            log.exception("%s.%s failed", self.actor.service_name, ep.name)
+            await self._respond_error(req, ArbstrError(500, f"internal error in {self.actor.service_name}: "
+                                                            f"{type(exc).__name__}", code="internal_error"))
+        finally:
+            counters.in_flight -= 1
+            self._sem.release()
+            log.debug("%s handled in %.3f ms", ep.subject, (time.perf_counter() - started) * 1000)
+
+    async def _respond_error(self, req: Request, err: ArbstrError) -> None:
+        data, headers = error_reply(err)
+        try:
+            await req.respond(data, headers=headers)
+        except Exception:
+            log.warning("could not send error reply on %s", req.subject)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop taking requests, let in-flight ones answer, then drain the connection."""
+        if self._service is not None:
+            await self._service.stop()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=grace_s)
+        await self.actor.stop()
+
+
+async def run_forever(actor: Actor, nats_url: str, max_concurrency: int = 256) -> None:
+    """Entry point of ``arbstr run COMPONENT``: serve until SIGTERM/SIGINT, then drain."""
+    nc = await connect(nats_url, name=actor.service_name)
+    host = ActorHost(actor, nc, max_concurrency=max_concurrency)
+    await host.start()
+    log.info("%s %s serving on %s", actor.service_name, actor.version, nats_url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # pragma: no cover
+            pass
+    await stop.wait()
+    log.info("%s draining", actor.service_name)
+    await host.stop()
+    await nc.drain()

@@ -1,0 +1,341 @@
+"""Deciders: (state, command, now_ms) -> the events to journal, or an ``ArbstrError``. Pure.
+
+Each decider first looks for its own op_id: a command already applied decides nothing (``noop="duplicate"``),
+so a redelivered command, or a retry after a lost ack, never acts twice. ``Ledger`` strings deciders and
+``evolve`` together over an in-memory journal, for tests and for the actor shell.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional, Sequence
+
+from schemas.errors import ArbstrError
+from schemas.ledger import (
+    AgentCreated,
+    Approved,
+    Denied,
+    Deposited,
+    EventBody,
+    Expired,
+    LedgerEvent,
+    PolicySet,
+    Released,
+    Reserved,
+    Settled,
+    Tombstoned,
+    TokenRotated,
+    Withdrawn,
+)
+from schemas.money import cost_msat, max_output_tokens_for
+from schemas.router import Envelope
+from schemas.vault import AgentPolicy
+
+from .fold import AccountState, Hold, apply_event, fold, next_events
+from .policy import check, daily_headroom_msat
+
+Noop = Literal["", "duplicate", "resolved", "tombstoned"]
+ExpiryAction = Literal["charge", "release"]
+
+APPROVAL_TIMEOUT = "approval_timeout"
+
+
+@dataclass(frozen=True)
+class Decided:
+    """What a command decided: events to journal under ``op_id``, or none and why (``noop``)."""
+
+    op_id: str
+    bodies: tuple[EventBody, ...] = ()
+    noop: Noop = ""
+
+
+def _require_agent(state: AccountState) -> None:
+    if not state.created:
+        raise ArbstrError(404, f"unknown agent {state.agent_id}", code="unknown_agent")
+
+
+def _positive(amount_msat: int, param: str) -> None:
+    if not isinstance(amount_msat, int) or isinstance(amount_msat, bool) or amount_msat <= 0:
+        raise ArbstrError(400, f"{param} must be a positive integer of millisats", code="invalid_amount", param=param)
+
+
+def insufficient(needed_msat: int, available_msat: int) -> ArbstrError:
+    return ArbstrError(402, f"insufficient balance: {needed_msat} msat needed, {available_msat} msat available",
+                       code="insufficient_balance", headers={"x-should-retry": "false"})
+
+
+def _settled_rid(state: AccountState, op_id: str, rid: str) -> Optional[Decided]:
+    """The no-op answer for a rid that already ended, or None if it is still open or unknown."""
+    if op_id in state.op_ids:
+        return Decided(op_id, noop="duplicate")
+    if rid in state.resolutions:
+        return Decided(op_id, noop="resolved")
+    if rid in state.tombstones:
+        return Decided(op_id, noop="tombstoned")
+    return None
+
+
+# -- the account ----------------------------------------------------------------------------------------------
+
+def create_agent(state: AccountState, name: str, token_hash: str, policy: AgentPolicy, now_ms: int) -> Decided:
+    op_id = "create"
+    if state.created:
+        if state.name == name and op_id in state.op_ids:
+            return Decided(op_id, noop="duplicate")
+        raise ArbstrError(409, f"agent {state.agent_id} already exists", code="agent_exists")
+    return Decided(op_id, (AgentCreated(name=name, token_hash=token_hash, policy=policy),))
+
+
+def rotate_token(state: AccountState, token_hash: str, now_ms: int, change_id: Optional[str] = None) -> Decided:
+    """``change_id`` makes a retried rotation idempotent; without one each call is a new rotation."""
+    _require_agent(state)
+    op_id = f"token:{change_id if change_id is not None else state.token_version + 1}"
+    if op_id in state.op_ids:
+        return Decided(op_id, noop="duplicate")
+    return Decided(op_id, (TokenRotated(token_hash=token_hash),))
+
+
+def set_policy(state: AccountState, policy: AgentPolicy, now_ms: int, change_id: Optional[str] = None) -> Decided:
+    _require_agent(state)
+    op_id = f"policy:{change_id if change_id is not None else state.policy_version + 1}"
+    if op_id in state.op_ids:
+        return Decided(op_id, noop="duplicate")
+    return Decided(op_id, (PolicySet(policy=policy),))
+
+
+def deposit(state: AccountState, deposit_id: str, amount_msat: int, rail: str, reference: str,
+            now_ms: int) -> Decided:
+    """Credit a confirmed deposit once, however often its confirmation arrives."""
+    _require_agent(state)
+    op_id = f"deposit:{deposit_id}"
+    if deposit_id in state.deposits:
+        if state.deposits[deposit_id] != amount_msat:
+            raise ArbstrError(409, f"deposit {deposit_id} was credited with {state.deposits[deposit_id]} msat",
+                              code="deposit_conflict")
+        return Decided(op_id, noop="duplicate")
+    _positive(amount_msat, "amount_msat")
+    return Decided(op_id, (Deposited(deposit_id=deposit_id, amount_msat=amount_msat, rail=rail, reference=reference),))
+
+
+def withdraw(state: AccountState, withdrawal_id: str, amount_msat: int, rail: str, reference: str,
+             now_ms: int) -> Decided:
+    """Debit a payout, policy-checked like a spend. There is no approval queue for payouts: needing one denies."""
+    _require_agent(state)
+    op_id = f"withdraw:{withdrawal_id}"
+    if withdrawal_id in state.withdrawals:
+        if state.withdrawals[withdrawal_id] != amount_msat:
+            raise ArbstrError(409, f"withdrawal {withdrawal_id} was debited with "
+                                   f"{state.withdrawals[withdrawal_id]} msat", code="withdrawal_conflict")
+        return Decided(op_id, noop="duplicate")
+    _positive(amount_msat, "amount_msat")
+    if amount_msat > state.available_msat:
+        raise insufficient(amount_msat, state.available_msat)
+    decision = check(state.policy, state, amount_msat, now_ms)
+    if not decision.allowed:
+        raise decision.error()
+    return Decided(op_id, (Withdrawn(withdrawal_id=withdrawal_id, amount_msat=amount_msat, rail=rail,
+                                     reference=reference),))
+
+
+# -- holds ----------------------------------------------------------------------------------------------------
+
+def _output_budget(state: AccountState, envelope: Envelope, now_ms: int) -> int:
+    """The most output tokens the agent can afford, up to the envelope's ceiling.
+
+    The budget also stays within what the policy allows without approval (per-transaction, daily headroom,
+    approval threshold) when that still leaves at least one token: a request with no max_tokens should not be
+    denied or sent for approval just because the vault sized it large. If a cap leaves no room, it is ignored
+    here and the policy check decides on the affordable size.
+    """
+    def tokens(budget_msat: int) -> int:
+        return max_output_tokens_for(budget_msat, envelope.input_tokens, envelope.input_rate,
+                                     envelope.output_rate, envelope.base_fee_msat)
+
+    affordable = tokens(state.available_msat)
+    if affordable < 1:
+        return 0
+    policy = state.policy
+    budget = affordable
+    for cap in (policy.max_tx_msat, daily_headroom_msat(policy, state, now_ms), policy.approval_over_msat):
+        if cap is not None:
+            within = tokens(cap)
+            if within >= 1:
+                budget = min(budget, within)
+    return min(budget, envelope.max_output_tokens)
+
+
+def reserve(state: AccountState, rid: str, envelope: Envelope, now_ms: int, *, ttl_ms: int,
+            provider: str = "", model: str = "") -> Decided:
+    """Hold the envelope's worst-case cost, or refuse (402, 403, 409, 429), or queue it for approval.
+
+    A repeat of a reserve already journaled decides nothing: the caller answers from the existing hold (or its
+    resolution). A hold awaiting approval expires ``ttl_ms`` after its approval deadline.
+    """
+    _require_agent(state)
+    op_id = f"reserve:{rid}"
+    if op_id in state.op_ids:
+        return Decided(op_id, noop="duplicate")
+    if rid in state.tombstones:
+        raise ArbstrError(409, f"request {rid} was already released", code="request_released")
+    if state.knows(rid):  # pragma: no cover - a known, non-tombstoned rid always has its reserve op_id
+        raise ArbstrError(409, f"request {rid} already has a reservation", code="request_exists")
+    if envelope.output_tokens is not None:
+        output_tokens = envelope.output_tokens
+    else:
+        output_tokens = _output_budget(state, envelope, now_ms)
+        if output_tokens < 1:
+            raise insufficient(cost_msat(envelope.input_tokens, 1, envelope.input_rate, envelope.output_rate,
+                                         envelope.base_fee_msat), state.available_msat)
+    amount = cost_msat(envelope.input_tokens, output_tokens, envelope.input_rate, envelope.output_rate,
+                       envelope.base_fee_msat)
+    if amount > state.available_msat:
+        raise insufficient(amount, state.available_msat)
+    decision = check(state.policy, state, amount, now_ms)
+    if decision.denied:
+        raise decision.error()
+    if decision.allowed:
+        body = Reserved(rid=rid, amount_msat=amount, output_tokens=output_tokens, expires_at_ms=now_ms + ttl_ms,
+                        provider=provider, model=model, state="held")
+    else:
+        deadline = now_ms + state.policy.approval_timeout_s * 1000
+        body = Reserved(rid=rid, amount_msat=amount, output_tokens=output_tokens, expires_at_ms=deadline + ttl_ms,
+                        provider=provider, model=model, state="awaiting_approval", approval_deadline_ms=deadline)
+    return Decided(op_id, (body,))
+
+
+def settle_split(hold_msat: int, cost: int, available_msat: int) -> tuple[int, int]:
+    """(charged, uncollectible) of a settle: the hold covers up to its amount, available funds cover an overrun,
+    and what neither covers is recorded, never overdrawn."""
+    covered = min(cost, hold_msat)
+    overrun = cost - covered
+    from_available = min(overrun, available_msat)
+    return covered + from_available, overrun - from_available
+
+
+def settle(state: AccountState, rid: str, cost: int, now_ms: int, *, input_tokens: int = 0,
+           output_tokens: int = 0, provider: str = "", model: str = "", estimated: bool = False) -> Decided:
+    """Charge a finished request. An unknown rid is tombstoned so a reserve delivered later is refused."""
+    _require_agent(state)
+    op_id = f"settle:{rid}"
+    done = _settled_rid(state, op_id, rid)
+    if done is not None:
+        return done
+    if not isinstance(cost, int) or isinstance(cost, bool) or cost < 0:
+        raise ArbstrError(400, "cost must be a non-negative integer of millisats", code="invalid_amount",
+                          param="cost_msat")
+    hold = state.holds.get(rid)
+    if hold is None:
+        return Decided(op_id, (Tombstoned(rid=rid, reason="settled_before_reserve"),))
+    # A hold still awaiting approval is charged too: a settle means the provider was called and paid.
+    charged, uncollectible = settle_split(hold.amount_msat, cost, state.available_msat)
+    return Decided(op_id, (Settled(rid=rid, cost_msat=cost, charged_msat=charged, uncollectible_msat=uncollectible,
+                                   input_tokens=input_tokens, output_tokens=output_tokens,
+                                   provider=provider or hold.provider, model=model or hold.model,
+                                   estimated=estimated),))
+
+
+def release(state: AccountState, rid: str, reason: str, now_ms: int) -> Decided:
+    """Return a hold's funds. An unknown rid is tombstoned so a reserve delivered later is refused."""
+    _require_agent(state)
+    op_id = f"release:{rid}"
+    done = _settled_rid(state, op_id, rid)
+    if done is not None:
+        return done
+    if rid not in state.holds:
+        return Decided(op_id, (Tombstoned(rid=rid, reason=reason or "released_before_reserve"),))
+    return Decided(op_id, (Released(rid=rid, reason=reason),))
+
+
+def expire(state: AccountState, rid: str, now_ms: int, action: ExpiryAction = "charge") -> Decided:
+    """Resolve a hold past its TTL: charge it (the provider was probably paid) or release it.
+
+    A hold still awaiting approval past its deadline is denied instead. A hold not yet due is 409 ``not_expired``.
+    """
+    _require_agent(state)
+    op_id = f"expire:{rid}"
+    done = _settled_rid(state, op_id, rid)
+    if done is not None:
+        return done
+    hold = state.holds.get(rid)
+    if hold is None:
+        return Decided(op_id, (Tombstoned(rid=rid, reason="expired_before_reserve"),))
+    if hold.state == "awaiting_approval":
+        assert hold.approval_deadline_ms is not None
+        if hold.approval_deadline_ms <= now_ms:
+            return Decided(op_id, (Denied(rid=rid, reason=APPROVAL_TIMEOUT),))
+        raise ArbstrError(409, f"request {rid} awaits approval until {hold.approval_deadline_ms}",
+                          code="not_expired")
+    if hold.expires_at_ms > now_ms:
+        raise ArbstrError(409, f"request {rid} expires at {hold.expires_at_ms}", code="not_expired")
+    charged = hold.amount_msat if action == "charge" else 0
+    return Decided(op_id, (Expired(rid=rid, action=action, charged_msat=charged),))
+
+
+def _awaiting(state: AccountState, op_id: str, rid: str) -> tuple[Optional[Decided], Optional[Hold]]:
+    done = _settled_rid(state, op_id, rid)
+    if done is not None:
+        return done, None
+    hold = state.holds.get(rid)
+    if hold is None:
+        raise ArbstrError(404, f"no reservation {rid}", code="unknown_request")
+    if hold.state != "awaiting_approval":
+        raise ArbstrError(409, f"request {rid} is not awaiting approval", code="not_awaiting_approval")
+    return None, hold
+
+
+def approve(state: AccountState, rid: str, now_ms: int) -> Decided:
+    """Let a held spend proceed. An approval that comes after the deadline denies instead: the timeout won."""
+    _require_agent(state)
+    op_id = f"approve:{rid}"
+    done, hold = _awaiting(state, op_id, rid)
+    if done is not None:
+        return done
+    assert hold is not None and hold.approval_deadline_ms is not None
+    if now_ms >= hold.approval_deadline_ms:
+        return Decided(op_id, (Denied(rid=rid, reason=APPROVAL_TIMEOUT),))
+    return Decided(op_id, (Approved(rid=rid),))
+
+
+def deny(state: AccountState, rid: str, reason: str, now_ms: int) -> Decided:
+    _require_agent(state)
+    op_id = f"deny:{rid}"
+    done, _ = _awaiting(state, op_id, rid)
+    if done is not None:
+        return done
+    return Decided(op_id, (Denied(rid=rid, reason=reason or "denied"),))
+
+
+# -- an in-memory journal -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Applied:
+    events: tuple[LedgerEvent, ...]
+    duplicate: bool = False
+
+
+class Ledger:
+    """One agent's journal in memory and its folded state: what the actor shell keeps per agent."""
+
+    def __init__(self, agent_id: str, events: Sequence[LedgerEvent] = ()) -> None:
+        self.events: list[LedgerEvent] = list(events)
+        self.state: AccountState = fold(self.events, agent_id)
+
+    def apply(self, op_id: str, bodies: Sequence[EventBody], now_ms: int) -> Applied:
+        """Journal ``bodies`` under ``op_id`` (all or none). An op_id seen before returns its original events."""
+        known = self.state.op_ids.get(op_id)
+        if known is not None:
+            first, last = known
+            return Applied(tuple(self.events[first - 1:last]), duplicate=True)
+        if not bodies:
+            return Applied(())
+        events = next_events(self.state, op_id, bodies, now_ms)
+        # One event is checked before it changes anything; several need a scratch copy to stay all-or-none.
+        target = self.state if len(events) == 1 else self.state.copy()
+        for event in events:
+            apply_event(target, event)
+        self.state = target
+        self.events.extend(events)
+        return Applied(tuple(events))
+
+    def run(self, decided: Decided, now_ms: int) -> Applied:
+        return self.apply(decided.op_id, decided.bodies, now_ms)

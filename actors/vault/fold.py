@@ -1,0 +1,342 @@
+"""An agent's account as the fold of its journal: state, evolve (one event), fold (all of them), view.
+
+Two-phase transfers as in TigerBeetle: a reservation is a pending hold that resolves at most once (settled,
+released, expired or denied); a settle never takes more than the hold plus what is available. ``evolve``
+refuses any event that would break the books, so the journal writer can check an event before writing it.
+
+Books: ``deposited - withdrawn == available + pending + spent`` and ``available >= 0`` after every event.
+Uncollectible overruns are recorded apart: they were never charged, so they are not in the books.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Literal, Optional, Sequence
+
+from schemas.ledger import (
+    AgentCreated,
+    Approved,
+    Denied,
+    Deposited,
+    EventBody,
+    Expired,
+    LedgerEvent,
+    PolicySet,
+    Released,
+    Reserved,
+    Settled,
+    Tombstoned,
+    TokenRotated,
+    Withdrawn,
+    event_hash,
+)
+from schemas.vault import AccountView, AgentPolicy
+
+DAY_MS = 86_400_000
+# Charges are summed per minute so the daily window stays ~1,440 entries however busy the agent is. A bucket
+# counts until 24 h after its minute *ends*: charges may count up to a minute longer, never shorter.
+WINDOW_BUCKET_MS = 60_000
+
+HoldState = Literal["held", "awaiting_approval"]
+ResolutionKind = Literal["settled", "released", "expired", "denied"]
+
+
+class LedgerViolation(ValueError):
+    """An event that would break the chain or the books: it must not be written (or, if read, trusted)."""
+
+
+@dataclass(frozen=True)
+class Hold:
+    rid: str
+    amount_msat: int
+    output_tokens: int
+    expires_at_ms: int
+    provider: str
+    model: str
+    state: HoldState
+    approval_deadline_ms: Optional[int]
+    reserved_at_ms: int
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """How a hold ended. ``hold`` is the hold as it was, so a repeated reserve can still describe it."""
+
+    kind: ResolutionKind
+    hold: Hold
+    charged_msat: int
+    uncollectible_msat: int
+    cost_msat: int
+    reason: str
+    at_ms: int
+    seq: int
+
+
+@dataclass
+class AccountState:
+    """Plain data. ``evolve`` returns a fresh copy; ``apply_event`` updates in place (for folds and writers)."""
+
+    agent_id: str
+    created: bool = False
+    name: str = ""
+    token_hash: str = ""
+    policy: AgentPolicy = field(default_factory=AgentPolicy)
+    created_at_ms: int = 0
+    policy_version: int = 0
+    token_version: int = 0
+    deposited_msat: int = 0
+    withdrawn_msat: int = 0
+    spent_msat: int = 0
+    uncollectible_msat: int = 0
+    available_msat: int = 0
+    pending_msat: int = 0
+    holds: dict[str, Hold] = field(default_factory=dict)
+    resolutions: dict[str, Resolution] = field(default_factory=dict)
+    tombstones: dict[str, str] = field(default_factory=dict)
+    deposits: dict[str, int] = field(default_factory=dict)
+    withdrawals: dict[str, int] = field(default_factory=dict)
+    # op_id -> (first seq, last seq) of the events it produced; kept forever, unlike the stream's dedup window.
+    op_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # (bucket end ms, msat) of charges, for the rolling daily limit.
+    window: list[tuple[int, int]] = field(default_factory=list)
+    seq: int = 0
+    last_hash: str = ""
+    last_op_id: str = ""
+
+    def copy(self) -> "AccountState":
+        # Holds, resolutions and the policy are immutable by convention, so sharing them is safe.
+        return AccountState(
+            agent_id=self.agent_id, created=self.created, name=self.name, token_hash=self.token_hash,
+            policy=self.policy, created_at_ms=self.created_at_ms, policy_version=self.policy_version,
+            token_version=self.token_version, deposited_msat=self.deposited_msat,
+            withdrawn_msat=self.withdrawn_msat, spent_msat=self.spent_msat,
+            uncollectible_msat=self.uncollectible_msat, available_msat=self.available_msat,
+            pending_msat=self.pending_msat, holds=dict(self.holds), resolutions=dict(self.resolutions),
+            tombstones=dict(self.tombstones), deposits=dict(self.deposits), withdrawals=dict(self.withdrawals),
+            op_ids=dict(self.op_ids), window=list(self.window), seq=self.seq, last_hash=self.last_hash,
+            last_op_id=self.last_op_id,
+        )
+
+    def knows(self, rid: str) -> bool:
+        """Whether ``rid`` was ever reserved or tombstoned here."""
+        return rid in self.holds or rid in self.resolutions or rid in self.tombstones
+
+
+def check_invariants(state: AccountState) -> None:
+    """Raise ``LedgerViolation`` unless the books balance. Cheap: O(open holds)."""
+    counters = (state.deposited_msat, state.withdrawn_msat, state.spent_msat, state.uncollectible_msat,
+                state.available_msat, state.pending_msat)
+    if any(c < 0 for c in counters):
+        raise LedgerViolation(f"negative counter in {counters}")
+    if state.deposited_msat - state.withdrawn_msat != state.available_msat + state.pending_msat + state.spent_msat:
+        raise LedgerViolation(
+            f"books do not balance: deposited {state.deposited_msat} - withdrawn {state.withdrawn_msat} != "
+            f"available {state.available_msat} + pending {state.pending_msat} + spent {state.spent_msat}")
+    held = sum(h.amount_msat for h in state.holds.values())
+    if held != state.pending_msat:
+        raise LedgerViolation(f"pending {state.pending_msat} != sum of holds {held}")
+
+
+def _fail(event: LedgerEvent, why: str) -> LedgerViolation:
+    return LedgerViolation(f"{event.agent_id} seq {event.seq} ({event.op_id}, {event.body.kind}): {why}")
+
+
+def _check_envelope(state: AccountState, event: LedgerEvent) -> None:
+    if event.agent_id != state.agent_id:
+        raise _fail(event, f"belongs to another agent than {state.agent_id}")
+    if event.seq != state.seq + 1:
+        raise _fail(event, f"expected seq {state.seq + 1}")
+    if event.prev_hash != state.last_hash:
+        raise _fail(event, "prev_hash does not match the previous event")
+    # The events of one command are contiguous, share its op_id and count up in ``part``: anything else
+    # carrying a known op_id is a replay.
+    if event.op_id in state.op_ids:
+        first, last = state.op_ids[event.op_id]
+        if not (event.op_id == state.last_op_id and event.part == last - first + 1):
+            raise _fail(event, "op_id already applied")
+    elif event.part != 0:
+        raise _fail(event, "part of a command whose first event is missing")
+    if isinstance(event.body, AgentCreated):
+        if state.created:
+            raise _fail(event, "agent already exists")
+    elif not state.created:
+        raise _fail(event, "agent does not exist yet")
+
+
+def _open_hold(state: AccountState, event: LedgerEvent, rid: str) -> Hold:
+    hold = state.holds.get(rid)
+    if hold is None:
+        done = "already resolved" if rid in state.resolutions else "unknown"
+        raise _fail(event, f"hold {rid} is {done}")
+    return hold
+
+
+def _resolve(state: AccountState, event: LedgerEvent, hold: Hold, kind: ResolutionKind, *, charged: int = 0,
+             uncollectible: int = 0, cost: int = 0, reason: str = "") -> None:
+    """Close a hold: ``charged`` leaves the account (from the hold first, any overage from available)."""
+    available = state.available_msat + hold.amount_msat - charged
+    if available < 0:
+        raise _fail(event, f"charging {charged} overdraws the account")
+    del state.holds[hold.rid]
+    state.pending_msat -= hold.amount_msat
+    state.available_msat = available
+    state.spent_msat += charged
+    state.uncollectible_msat += uncollectible
+    state.resolutions[hold.rid] = Resolution(kind=kind, hold=hold, charged_msat=charged,
+                                             uncollectible_msat=uncollectible, cost_msat=cost, reason=reason,
+                                             at_ms=event.at_ms, seq=event.seq)
+    _charge(state, event.at_ms, charged)
+
+
+def _charge(state: AccountState, at_ms: int, msat: int) -> None:
+    if msat == 0:
+        return
+    window = state.window
+    # Entries arrive roughly in time order; dropping from the front keeps this O(1) amortised.
+    drop = 0
+    while drop < len(window) and window[drop][0] + DAY_MS <= at_ms:
+        drop += 1
+    if drop:
+        del window[:drop]
+    end = (at_ms // WINDOW_BUCKET_MS + 1) * WINDOW_BUCKET_MS
+    if window and window[-1][0] == end:
+        window[-1] = (end, window[-1][1] + msat)
+    else:
+        window.append((end, msat))
+
+
+def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> None:
+    # Every branch checks everything before it changes anything: a refused event leaves the state untouched.
+    if isinstance(body, AgentCreated):
+        state.created = True
+        state.name = body.name
+        state.token_hash = body.token_hash
+        state.policy = body.policy
+        state.created_at_ms = event.at_ms
+    elif isinstance(body, TokenRotated):
+        state.token_hash = body.token_hash
+        state.token_version += 1
+    elif isinstance(body, PolicySet):
+        state.policy = body.policy
+        state.policy_version += 1
+    elif isinstance(body, Deposited):
+        if body.deposit_id in state.deposits:
+            raise _fail(event, f"deposit {body.deposit_id} already credited")
+        state.deposits[body.deposit_id] = body.amount_msat
+        state.deposited_msat += body.amount_msat
+        state.available_msat += body.amount_msat
+    elif isinstance(body, Withdrawn):
+        if body.withdrawal_id in state.withdrawals:
+            raise _fail(event, f"withdrawal {body.withdrawal_id} already debited")
+        if body.amount_msat > state.available_msat:
+            raise _fail(event, f"withdrawing {body.amount_msat} exceeds available {state.available_msat}")
+        state.withdrawals[body.withdrawal_id] = body.amount_msat
+        state.withdrawn_msat += body.amount_msat
+        state.available_msat -= body.amount_msat
+        _charge(state, event.at_ms, body.amount_msat)
+    elif isinstance(body, Reserved):
+        if state.knows(body.rid):
+            raise _fail(event, f"rid {body.rid} was already reserved or tombstoned")
+        if body.amount_msat > state.available_msat:
+            raise _fail(event, f"hold of {body.amount_msat} exceeds available {state.available_msat}")
+        state.holds[body.rid] = Hold(rid=body.rid, amount_msat=body.amount_msat, output_tokens=body.output_tokens,
+                                     expires_at_ms=body.expires_at_ms, provider=body.provider, model=body.model,
+                                     state=body.state, approval_deadline_ms=body.approval_deadline_ms,
+                                     reserved_at_ms=event.at_ms)
+        state.available_msat -= body.amount_msat
+        state.pending_msat += body.amount_msat
+    elif isinstance(body, Approved):
+        hold = _open_hold(state, event, body.rid)
+        if hold.state != "awaiting_approval":
+            raise _fail(event, f"hold {body.rid} is not awaiting approval")
+        state.holds[body.rid] = Hold(rid=hold.rid, amount_msat=hold.amount_msat, output_tokens=hold.output_tokens,
+                                     expires_at_ms=hold.expires_at_ms, provider=hold.provider, model=hold.model,
+                                     state="held", approval_deadline_ms=hold.approval_deadline_ms,
+                                     reserved_at_ms=hold.reserved_at_ms)
+    elif isinstance(body, Denied):
+        hold = _open_hold(state, event, body.rid)
+        if hold.state != "awaiting_approval":
+            raise _fail(event, f"hold {body.rid} is not awaiting approval")
+        _resolve(state, event, hold, "denied", reason=body.reason)
+    elif isinstance(body, Settled):
+        hold = _open_hold(state, event, body.rid)
+        collectible = hold.amount_msat + state.available_msat
+        if body.charged_msat > collectible:
+            raise _fail(event, f"charging {body.charged_msat} exceeds hold + available {collectible}")
+        if body.uncollectible_msat and body.charged_msat != collectible:
+            raise _fail(event, "records an overrun as uncollectible while funds remain available")
+        _resolve(state, event, hold, "settled", charged=body.charged_msat, uncollectible=body.uncollectible_msat,
+                 cost=body.cost_msat)
+    elif isinstance(body, Released):
+        hold = _open_hold(state, event, body.rid)
+        _resolve(state, event, hold, "released", reason=body.reason)
+    elif isinstance(body, Expired):
+        hold = _open_hold(state, event, body.rid)
+        if hold.state != "held":
+            raise _fail(event, f"hold {body.rid} awaits approval: it times out by denial, not expiry")
+        if event.at_ms < hold.expires_at_ms:
+            raise _fail(event, f"hold {body.rid} expires at {hold.expires_at_ms}, not before")
+        expected = hold.amount_msat if body.action == "charge" else 0
+        if body.charged_msat != expected:
+            raise _fail(event, f"expiry with action {body.action} must charge {expected}")
+        _resolve(state, event, hold, "expired", charged=body.charged_msat, cost=body.charged_msat,
+                 reason=body.action)
+    elif isinstance(body, Tombstoned):
+        if state.knows(body.rid):
+            raise _fail(event, f"rid {body.rid} is known: only unknown rids are tombstoned")
+        state.tombstones[body.rid] = body.reason
+    else:  # pragma: no cover - the union is closed; a new kind must be handled here
+        raise _fail(event, "unknown event kind")
+
+
+def apply_event(state: AccountState, event: LedgerEvent) -> None:
+    """Apply one event to ``state`` in place, or raise ``LedgerViolation`` and leave it unchanged."""
+    _check_envelope(state, event)
+    _apply_body(state, event, event.body)
+    first = state.op_ids.get(event.op_id, (event.seq, event.seq))[0]
+    state.op_ids[event.op_id] = (first, event.seq)
+    state.last_op_id = event.op_id
+    state.seq = event.seq
+    state.last_hash = event_hash(event)
+    check_invariants(state)
+
+
+def evolve(state: AccountState, event: LedgerEvent) -> AccountState:
+    """The state after ``event``; ``state`` itself is not changed. Copies: folds should use ``apply_event``."""
+    nxt = state.copy()
+    apply_event(nxt, event)
+    return nxt
+
+
+def fold(events: Iterable[LedgerEvent], agent_id: Optional[str] = None) -> AccountState:
+    """Replay an agent's events from seq 1. ``agent_id`` is needed only when there may be no events."""
+    state: Optional[AccountState] = None if agent_id is None else AccountState(agent_id=agent_id)
+    for event in events:
+        if state is None:
+            state = AccountState(agent_id=event.agent_id)
+        apply_event(state, event)
+    if state is None:
+        raise ValueError("fold of no events needs an agent_id")
+    return state
+
+
+def next_events(state: AccountState, op_id: str, bodies: Sequence[EventBody], now_ms: int) -> list[LedgerEvent]:
+    """The journal events that would record ``bodies`` next: numbered and chained after ``state``."""
+    events: list[LedgerEvent] = []
+    seq, prev = state.seq, state.last_hash
+    for part, body in enumerate(bodies):
+        seq += 1
+        event = LedgerEvent(op_id=op_id, agent_id=state.agent_id, seq=seq, part=part, at_ms=now_ms, prev_hash=prev,
+                            body=body)
+        prev = event_hash(event)
+        events.append(event)
+    return events
+
+
+def view(state: AccountState) -> AccountView:
+    return AccountView(
+        agent_id=state.agent_id, name=state.name, balance_msat=state.available_msat,
+        pending_msat=state.pending_msat, spent_msat=state.spent_msat, deposited_msat=state.deposited_msat,
+        withdrawn_msat=state.withdrawn_msat, uncollectible_msat=state.uncollectible_msat, policy=state.policy,
+        holds=len(state.holds), created_at_ms=state.created_at_ms,
+    )

@@ -1,0 +1,59 @@
+"""Brings up a whole arbstr stack as separate OS processes for the benchmarks (as `arbstr up` would)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Optional
+
+from arbstr.demo import demo_toml, free_port
+from arbstr.natsserver import NatsServer
+from arbstr.supervisor import wait_http
+
+
+class BenchStack:
+    def __init__(self, workdir: Path, gateway_url: str, mock_url: str, nats: NatsServer,
+                 procs: list[subprocess.Popen[bytes]]) -> None:
+        self.workdir = workdir
+        self.gateway_url = gateway_url
+        self.mock_url = mock_url
+        self.nats = nats
+        self.procs = procs
+
+
+@contextmanager
+def bench_stack(extra_toml: str = "", components: Optional[list[str]] = None,
+                sync_always: bool = True) -> Iterator[BenchStack]:
+    with tempfile.TemporaryDirectory(prefix="arbstr-bench-") as tmp:
+        work = Path(tmp)
+        gw_port, mock_port = free_port(), free_port()
+        cfg = work / "arbstr.toml"
+        cfg.write_text(demo_toml(gw_port, mock_port) + "\n" + extra_toml)
+        nats = NatsServer(work / "nats", sync_always=sync_always).start()
+        logs = open(work / "components.log", "ab")
+        py = sys.executable
+        procs = [subprocess.Popen([py, "-m", "arbstr", "mock-upstream", "--port", str(mock_port)],
+                                  stdout=logs, stderr=logs)]
+        for comp in components or ["pricing", "router", "gateway"]:
+            procs.append(subprocess.Popen([py, "-m", "arbstr", "run", comp, "--config", str(cfg), "--nats", nats.url],
+                                          stdout=logs, stderr=logs))
+        try:
+            gw = f"http://127.0.0.1:{gw_port}"
+            if not wait_http(gw + "/ready", 30):
+                raise RuntimeError(f"stack did not become ready; see {work / 'components.log'}")
+            time.sleep(0.3)
+            yield BenchStack(work, gw, f"http://127.0.0.1:{mock_port}", nats, procs)
+        finally:
+            for p in reversed(procs):
+                p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+            nats.stop()
+            logs.close()

@@ -1,0 +1,191 @@
+"""The aiohttp application: routes, the error envelope every response goes through, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from typing import Any, Awaitable, Callable, Optional
+
+import nats
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from schemas import subjects
+from schemas.config import Config
+from schemas.errors import ArbstrError
+from schemas.openai import ModelCard, ModelList, ModelPricing
+from schemas.pricing import PriceTable, ProviderPrices, TableRequest
+
+from .bus import Bus
+from .endpoints import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSpec
+from .http import REQUEST_ID, STARTED, error_response, json_response, new_request_id
+from .meter import FreeMeter, Meter
+from .proxy import Proxy
+from .upstream import Upstream
+
+log = logging.getLogger("arbstr.gateway")
+
+GATEWAY_KEY = web.AppKey("gateway", "Gateway")
+
+
+@web.middleware
+async def envelope(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                   ) -> web.StreamResponse:
+    """Request id on everything; every failure becomes an OpenAI error object, never a bare 500."""
+    request[STARTED] = time.perf_counter()
+    rid = new_request_id(request.headers.get("X-Request-Id"))
+    request[REQUEST_ID] = rid
+    try:
+        resp = await handler(request)
+    except ArbstrError as e:
+        return error_response(e, rid)
+    except web.HTTPException as e:
+        if e.status == 413:
+            return error_response(ArbstrError(413, "request body too large", code="request_too_large"), rid)
+        if e.status == 404:
+            return error_response(ArbstrError(404, f"unknown path {request.path}", code="unknown_url"), rid)
+        if e.status == 405:
+            return error_response(ArbstrError(405, f"method {request.method} not allowed on {request.path}",
+                                              code="method_not_allowed"), rid)
+        if e.status < 400:
+            raise
+        return error_response(ArbstrError(e.status, e.reason or "request failed"), rid)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("request %s failed", rid)
+        return error_response(ArbstrError(500, "internal error; the request was not billed",
+                                          code="internal_error"), rid)
+    if not resp.prepared:
+        resp.headers.setdefault("x-request-id", rid)
+    return resp
+
+
+class Gateway:
+    def __init__(self, config: Config, nc: NATS, meter: Optional[Meter] = None) -> None:
+        self.config = config
+        self.nc = nc
+        self.bus = Bus(nc, config.nats.request_timeout_s)
+        self.upstream = Upstream(config.server.upstream_connections)
+        self.meter: Meter = meter or FreeMeter()
+        self.proxy = Proxy(config, nc, self.bus, self.upstream, self.meter)
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[envelope], client_max_size=self.config.server.max_body_bytes)
+        app[GATEWAY_KEY] = self
+        app.on_startup.append(self._startup)
+        app.on_cleanup.append(self._cleanup)
+        for prefix in ("/v1", ""):
+            for spec in (CHAT, COMPLETIONS, EMBEDDINGS):
+                app.router.add_post(prefix + spec.path, self._proxied(spec))
+            app.router.add_get(prefix + "/models", self.models)
+            app.router.add_get(prefix + "/models/{model:.+}", self.model)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/ready", self.ready)
+        return app
+
+    async def _startup(self, app: web.Application) -> None:
+        await self.upstream.start()
+
+    async def _cleanup(self, app: web.Application) -> None:
+        await self.upstream.close()
+
+    def _proxied(self, spec: EndpointSpec) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self.proxy.handle(request, spec)
+        return handler
+
+    # --- models ----------------------------------------------------------------------------------------
+    async def _prices(self, request: web.Request) -> list[ProviderPrices]:
+        table = await self.bus.call(subjects.PRICING_TABLE, TableRequest(), PriceTable,
+                                    request_id=request[REQUEST_ID], retries=1)
+        return table.providers
+
+    @staticmethod
+    def _cards(prices: list[ProviderPrices]) -> dict[str, ModelCard]:
+        cards: dict[str, ModelCard] = {}
+        for p in sorted(prices, key=lambda p: p.provider):
+            for model in p.models:
+                r = p.rates_for(model)
+                pricing = ModelPricing(provider=p.provider, input_msat_per_1m=r.input_rate * 1000,
+                                       output_msat_per_1m=r.output_rate * 1000, base_fee_msat=p.base_fee_msat,
+                                       tier=p.tier)
+                card = cards.get(model)
+                if card is None:
+                    cards[model] = ModelCard(id=model, pricing=pricing, providers=[p.provider])
+                    continue
+                card.providers.append(p.provider)
+                best = card.pricing
+                assert best is not None
+                if (pricing.input_msat_per_1m + pricing.output_msat_per_1m, pricing.base_fee_msat) < \
+                        (best.input_msat_per_1m + best.output_msat_per_1m, best.base_fee_msat):
+                    card.pricing = pricing
+        return cards
+
+    async def models(self, request: web.Request) -> web.Response:
+        cards = self._cards(await self._prices(request))
+        body = ModelList(data=[cards[k] for k in sorted(cards)])
+        return web.Response(body=body.model_dump_json().encode(), content_type="application/json")
+
+    async def model(self, request: web.Request) -> web.Response:
+        model_id = request.match_info["model"]
+        card = self._cards(await self._prices(request)).get(model_id)
+        if card is None:
+            raise ArbstrError(404, f"the model '{model_id}' does not exist", param="model", code="model_not_found")
+        return web.Response(body=card.model_dump_json().encode(), content_type="application/json")
+
+    # --- health ----------------------------------------------------------------------------------------
+    async def _ping(self, service: str) -> bool:
+        try:
+            await self.nc.request(f"$SRV.PING.{service}", b"", timeout=0.5)
+            return True
+        except Exception:
+            return False
+
+    async def health(self, request: web.Request) -> web.Response:
+        connected = self.nc.is_connected
+        return json_response({"status": "ok" if connected else "unhealthy", "nats": connected,
+                              "mode": "paid" if self.meter.paid else "free"}, status=200 if connected else 503)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        services = [subjects.SERVICE_ROUTER, subjects.SERVICE_PRICING]
+        results = await asyncio.gather(*(self._ping(s) for s in services))
+        status = {s: ok for s, ok in zip(services, results)}
+        ok = all(results) and self.nc.is_connected
+        return json_response({"ready": ok, "services": status}, status=200 if ok else 503)
+
+
+async def connect(url: str) -> NATS:
+    async def error_cb(e: Exception) -> None:
+        log.warning("nats error: %r", e)
+
+    return await nats.connect(servers=[url], name="arbstr-gateway", max_reconnect_attempts=-1,
+                              reconnect_time_wait=0.5, error_cb=error_cb)
+
+
+async def serve(config: Config, nats_url: Optional[str] = None, host: Optional[str] = None,
+                port: Optional[int] = None, ready: Optional[Callable[[str], Any]] = None) -> None:
+    """Entry point of ``arbstr run gateway``: serve until SIGTERM/SIGINT."""
+    nc = await connect(nats_url or config.nats.url)
+    gw = Gateway(config, nc)
+    runner = web.AppRunner(gw.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host or config.server.host, config.server.port if port is None else port,
+                       backlog=1024, reuse_address=True)
+    await site.start()
+    url = f"http://{host or config.server.host}:{site._server.sockets[0].getsockname()[1]}"  # type: ignore
+    log.info("gateway listening on %s", url)
+    if ready:
+        ready(url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # pragma: no cover
+            pass
+    await stop.wait()
+    await runner.cleanup()
+    await nc.drain()

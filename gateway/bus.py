@@ -1,0 +1,79 @@
+"""The gateway's side of the bus: typed request/reply with explicit timeouts and errors mapped to HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Optional, TypeVar
+
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
+from pydantic import BaseModel, ValidationError
+
+from schemas import subjects
+from schemas.errors import ArbstrError, ErrorBody
+
+R = TypeVar("R", bound=BaseModel)
+
+
+class Bus:
+    def __init__(self, nc: NATS, timeout_s: float) -> None:
+        self.nc = nc
+        self.timeout_s = timeout_s
+
+    async def call(
+        self,
+        subject: str,
+        message: BaseModel,
+        reply_model: type[R],
+        *,
+        request_id: str = "",
+        traceparent: Optional[str] = None,
+        timeout_s: Optional[float] = None,
+        retries: int = 0,
+    ) -> R:
+        """Request/reply. No responders → 503, timeout → 504, an actor's error → its own status and body.
+
+        ``retries`` is only for idempotent reads (route, quote): a request lost with a dying instance is
+        asked again and the queue group hands it to a survivor.
+        """
+        headers = {subjects.H_REQUEST_ID: request_id} if request_id else {}
+        if traceparent:
+            headers[subjects.H_TRACEPARENT] = traceparent
+        payload = message.model_dump_json().encode()
+        attempt = 0
+        while True:
+            try:
+                msg = await self.nc.request(subject, payload, timeout=timeout_s or self.timeout_s,
+                                            headers=headers or None)
+                break
+            except NoRespondersError:
+                if attempt < retries:
+                    attempt += 1
+                    await asyncio.sleep(0.05)
+                    continue
+                raise ArbstrError(503, f"no instance of the service behind {subject} is running",
+                                  code="actor_unavailable", headers={"retry-after": "1"}) from None
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                if attempt < retries:
+                    attempt += 1
+                    continue
+                raise ArbstrError(504, f"the service behind {subject} did not answer in time",
+                                  code="actor_timeout") from None
+            except Exception as e:  # connection closed / reconnecting: the bus is unavailable, not a bug
+                raise ArbstrError(503, f"message bus unavailable ({type(e).__name__})",
+                                  code="bus_unavailable", headers={"retry-after": "1"}) from None
+        h = msg.headers or {}
+        code = h.get(subjects.H_SERVICE_ERROR_CODE)
+        if code:
+            status = int(code) if code.isdigit() else 500
+            extra = {k[len("X-Http-"):]: v for k, v in h.items() if k.startswith("X-Http-")}
+            try:
+                body = ErrorBody.model_validate_json(msg.data)
+            except ValidationError:
+                raise ArbstrError(status, h.get(subjects.H_SERVICE_ERROR, "actor error"), headers=extra) from None
+            raise ArbstrError.from_body(status, body, headers=extra)
+        try:
+            return reply_model.model_validate_json(msg.data)
+        except ValidationError as e:
+            raise ArbstrError(502, f"malformed reply on {subject}: {e.errors()[0]['msg']}",
+                              code="bad_actor_reply") from None

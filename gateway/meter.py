@@ -1,0 +1,54 @@
+"""The billing seam of the request path: reserve before the upstream call, settle or release after it.
+
+Free mode (no ``[vault]`` configured) meters nothing; paid mode talks to the vault actors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Protocol
+
+from schemas.router import RouteReply
+
+
+@dataclass(frozen=True)
+class Hold:
+    request_id: str
+    agent_id: Optional[str]
+    amount_msat: int
+    output_tokens: Optional[int]  # the output budget the hold paid for; the upstream max_tokens is capped to it
+
+
+@dataclass(frozen=True)
+class Usage:
+    provider: str
+    model: str
+    input_tokens: int
+    output_tokens: int
+    cost_msat: int
+    estimated: bool  # tokens counted locally because the upstream reported no usage
+
+
+class Meter(Protocol):
+    paid: bool
+
+    async def reserve(self, token: Optional[str], request_id: str, route: RouteReply, endpoint: str) -> Hold: ...
+
+    async def settle(self, hold: Hold, usage: Usage) -> None: ...
+
+    async def release(self, hold: Hold, reason: str) -> None: ...
+
+
+class FreeMeter:
+    """No billing: every request is served, nothing is reserved or settled."""
+
+    paid = False
+
+    async def reserve(self, token: Optional[str], request_id: str, route: RouteReply, endpoint: str) -> Hold:
+        return Hold(request_id=request_id, agent_id=None, amount_msat=0, output_tokens=None)
+
+    async def settle(self, hold: Hold, usage: Usage) -> None:
+        return None
+
+    async def release(self, hold: Hold, reason: str) -> None:
+        return None

@@ -1,0 +1,385 @@
+"""The request path: route → reserve → upstream (falling over before the first byte) → relay → settle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import aiohttp
+import orjson
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from schemas import subjects
+from schemas.breaker import Outcome, OutcomeKind
+from schemas.config import Config
+from schemas.errors import ArbstrError
+from schemas.money import cost_msat
+from schemas.router import Candidate, RouteReply, RouteRequest
+from schemas.tokens import estimate_text_tokens
+
+from .bus import Bus
+from .endpoints import EndpointSpec, validate
+from .http import REQUEST_ID, STARTED, bearer_token, error_response, read_json_object
+from .meter import Hold, Meter, Usage
+from .upstream import Upstream, UpstreamFailure, UpstreamReply, upstream_error_detail
+
+log = logging.getLogger("arbstr.gateway")
+
+_COMPLEXITY_VALUES = ("low", "medium", "high")
+_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, ConnectionError)
+
+
+@dataclass
+class Exchange:
+    """Everything one client request accumulates on its way through."""
+
+    request_id: str
+    spec: EndpointSpec
+    started: float
+    traceparent: Optional[str]
+    route: Optional[RouteReply] = None
+    hold: Optional[Hold] = None
+    attempts: list[str] = field(default_factory=list)
+    upstream_time: float = 0.0
+    resolved: bool = False
+
+    def overhead_ms(self, now: float) -> float:
+        return max(0.0, (now - self.started - self.upstream_time) * 1000)
+
+
+class Proxy:
+    def __init__(self, config: Config, nc: NATS, bus: Bus, upstream: Upstream, meter: Meter) -> None:
+        self.config = config
+        self.nc = nc
+        self.bus = bus
+        self.upstream = upstream
+        self.meter = meter
+        self._providers = {p.name: p for p in config.providers}
+
+    # --- the whole path --------------------------------------------------------------------------------
+    async def handle(self, request: web.Request, spec: EndpointSpec) -> web.StreamResponse:
+        ex = Exchange(request[REQUEST_ID], spec, request[STARTED], request.headers.get("traceparent"))
+        body = await read_json_object(request, self.config.server.max_body_bytes)
+        validate(spec, body)
+        stream = bool(body.get("stream")) and spec.streams
+        ex.route = await self._route(request, body, spec, stream, ex)
+        ex.hold = await self.meter.reserve(bearer_token(request), ex.request_id, ex.route, spec.name)
+        try:
+            return await self._serve(request, body, stream, ex)
+        finally:
+            if not ex.resolved:  # every path that did not settle gives the hold back
+                await self._release(ex, "not served")
+
+    async def _route(self, request: web.Request, body: dict[str, Any], spec: EndpointSpec, stream: bool,
+                     ex: Exchange) -> RouteReply:
+        complexity = request.headers.get("X-Arbstr-Complexity")
+        if complexity is not None:
+            complexity = complexity.strip().lower()
+            if complexity not in _COMPLEXITY_VALUES:
+                raise ArbstrError(400, "X-Arbstr-Complexity must be one of low, medium, high",
+                                  param="X-Arbstr-Complexity", code="invalid_header")
+        policy = request.headers.get("X-Arbstr-Policy")
+        s = spec.summarize(body)
+        req = RouteRequest(
+            request_id=ex.request_id, endpoint=spec.name, model=body["model"], last_user_text=s.last_user_text,
+            text_sample=s.text_sample, input_tokens=s.input_tokens, turns=s.turns, max_tokens=s.max_tokens,
+            stream=stream, tools=s.tools, policy=policy.strip() if policy else None,
+            complexity=complexity,  # type: ignore[arg-type]
+        )
+        # Routing is a pure read: asking again after a lost reply is safe and lands on a surviving instance.
+        return await self.bus.call(subjects.ROUTER_ROUTE, req, RouteReply, request_id=ex.request_id,
+                                   traceparent=ex.traceparent, retries=1)
+
+    async def _serve(self, request: web.Request, body: dict[str, Any], stream: bool,
+                     ex: Exchange) -> web.StreamResponse:
+        assert ex.route is not None and ex.hold is not None
+        upstream_body = dict(body)
+        extra_headers: dict[str, str] = {}
+        if stream:
+            opts = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
+            upstream_body["stream_options"] = {**opts, "include_usage": True}
+        if ex.hold.output_tokens is not None and ex.spec.max_tokens_field and \
+                not any(isinstance(body.get(k), int) for k in ("max_tokens", "max_completion_tokens")):
+            upstream_body[ex.spec.max_tokens_field] = ex.hold.output_tokens
+            extra_headers["x-arbstr-max-tokens"] = str(ex.hold.output_tokens)
+
+        last: Optional[UpstreamFailure] = None
+        for cand in ex.route.candidates:
+            provider = self._providers.get(cand.provider)
+            if provider is None:  # a price entry for a provider this gateway has no credentials for
+                log.warning("route named unknown provider %s", cand.provider)
+                continue
+            upstream_body["model"] = cand.model
+            payload = orjson.dumps(upstream_body)
+            t = time.perf_counter()
+            try:
+                reply = await self.upstream.open(provider, ex.spec.path, payload, request_id=ex.request_id,
+                                                 traceparent=ex.traceparent, stream=stream)
+                if reply.response.status >= 400:
+                    ex.upstream_time += time.perf_counter() - t
+                    await self._outcome(cand, ex, "http_4xx", reply.response.status, t)
+                    return await self._client_error(reply, cand, ex, extra_headers)
+                if stream:
+                    ex.upstream_time += reply.headers_at - t
+                    return await self._relay_stream(request, reply, cand, ex, body, extra_headers, t)
+                result = await self._read_whole(reply, cand)
+                ex.upstream_time += time.perf_counter() - t
+                await self._outcome(cand, ex, "ok", reply.response.status, t)
+                return await self._respond_whole(request, result, reply, cand, ex, extra_headers)
+            except UpstreamFailure as f:
+                ex.upstream_time += time.perf_counter() - t
+                ex.attempts.append(cand.provider)
+                await self._outcome(cand, ex, f.kind, f.status, t, f.retry_after_s)
+                log.info("request %s: %s failed (%s), %s", ex.request_id, cand.provider, f.kind,
+                         "falling over" if cand is not ex.route.candidates[-1] else "no more candidates")
+                last = f
+        raise self._exhausted(last, ex)
+
+    def _exhausted(self, last: Optional[UpstreamFailure], ex: Exchange) -> ArbstrError:
+        headers = {"x-arbstr-retries": str(len(ex.attempts))}
+        if last is None:
+            return ArbstrError(503, "no configured provider can serve this request", code="no_provider_available",
+                               headers=headers)
+        if last.kind == "http_429":
+            if last.retry_after_s is not None:
+                headers["retry-after"] = str(max(1, round(last.retry_after_s)))
+            return ArbstrError(429, f"every provider is rate limited: {last}", code="upstream_rate_limited",
+                               headers=headers)
+        if last.kind == "timeout":
+            return ArbstrError(504, f"upstream timed out: {last}", code="upstream_timeout", headers=headers)
+        return ArbstrError(502, f"upstream failed: {last}", code="upstream_error", headers=headers)
+
+    # --- non-streamed ----------------------------------------------------------------------------------
+    async def _read_whole(self, reply: UpstreamReply, cand: Candidate) -> tuple[bytes, dict[str, Any]]:
+        resp = reply.response
+        try:
+            raw = await resp.read()
+        except asyncio.TimeoutError:
+            raise UpstreamFailure("timeout", f"{cand.provider} timed out reading the body") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise UpstreamFailure("connect", f"{cand.provider} broke off the body ({type(e).__name__})") from None
+        finally:
+            resp.release()
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise UpstreamFailure("http_5xx", f"{cand.provider} sent a body that is not a JSON object", 502)
+        return raw, parsed
+
+    async def _respond_whole(self, request: web.Request, result: tuple[bytes, dict[str, Any]],
+                             reply: UpstreamReply, cand: Candidate, ex: Exchange,
+                             extra_headers: dict[str, str]) -> web.StreamResponse:
+        raw, parsed = result
+        usage = self._usage(cand, ex, parsed.get("usage"), lambda: ex.spec.output_text(parsed), None)
+        headers = self._headers(cand, ex, extra_headers)
+        headers["x-arbstr-cost-msat"] = str(usage.cost_msat)
+        headers["x-arbstr-overhead-ms"] = f"{ex.overhead_ms(time.perf_counter()):.3f}"
+        resp = web.Response(body=raw, status=reply.response.status, content_type="application/json",
+                            headers=headers)
+        await resp.prepare(request)
+        await resp.write_eof()
+        await self._settle(ex, usage)  # after the client has its answer: settle is off the latency path
+        return resp
+
+    async def _client_error(self, reply: UpstreamReply, cand: Candidate, ex: Exchange,
+                            extra_headers: dict[str, str]) -> web.StreamResponse:
+        """An upstream 4xx is the client's problem: same status, sanitised OpenAI body, nothing billed."""
+        resp = reply.response
+        try:
+            raw = await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            raw = b""
+        finally:
+            resp.release()
+        message, type_, param, code = upstream_error_detail(resp.status, raw)
+        err = ArbstrError(resp.status, message, type=type_, param=param, code=code or "upstream_client_error")
+        headers = self._headers(cand, ex, extra_headers)
+        if resp.headers.get("Retry-After"):
+            headers["retry-after"] = resp.headers["Retry-After"]
+        return error_response(err, ex.request_id, headers)
+
+    # --- streamed --------------------------------------------------------------------------------------
+    async def _relay_stream(self, request: web.Request, reply: UpstreamReply, cand: Candidate, ex: Exchange,
+                            client_body: dict[str, Any], extra_headers: dict[str, str],
+                            t_open: float) -> web.StreamResponse:
+        up = reply.response
+        opts = client_body.get("stream_options")
+        # The client's choice decides what it sees; upstream always reports usage so billing is exact.
+        client_wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+        headers = self._headers(cand, ex, extra_headers)
+        headers["Cache-Control"] = "no-cache"
+        headers["x-arbstr-overhead-ms"] = f"{ex.overhead_ms(time.perf_counter()):.3f}"
+        out = web.StreamResponse(status=200, headers=headers)
+        out.content_type = "text/event-stream"
+        client_alive = True
+        try:
+            await out.prepare(request)
+        except _CLIENT_GONE:
+            client_alive = False
+
+        async def send(frame: bytes) -> None:
+            nonlocal client_alive
+            if client_alive:
+                try:
+                    await out.write(frame)
+                except _CLIENT_GONE:
+                    client_alive = False  # keep reading upstream: the request is billed for what it used
+
+        usage_block: Optional[dict[str, Any]] = None
+        pieces: list[str] = []
+        content_chunks = 0
+        last_chunk: dict[str, Any] = {}
+        finished = False
+        done = False
+        failure: Optional[str] = None
+        try:
+            async for line in up.content:
+                if not line.startswith(b"data:"):
+                    continue  # blank separators and comments: we frame our own events
+                payload = line[5:].strip()
+                if payload == b"[DONE]":
+                    done = True
+                    break
+                try:
+                    chunk = orjson.loads(payload)
+                except orjson.JSONDecodeError:
+                    await send(b"data: " + payload + b"\n\n")
+                    continue
+                if not isinstance(chunk, dict):
+                    await send(b"data: " + payload + b"\n\n")
+                    continue
+                if "error" in chunk and not chunk.get("choices"):
+                    failure = "the upstream reported an error mid-stream"
+                    break
+                u = chunk.get("usage")
+                choices = chunk.get("choices")
+                if isinstance(u, dict):
+                    usage_block = u
+                    if not choices:
+                        continue  # upstream's usage-only chunk: ours, with the cost, replaces it
+                    chunk = {k: v for k, v in chunk.items() if k != "usage"}
+                    payload = orjson.dumps(chunk)
+                if choices:
+                    last_chunk = chunk
+                    text = ex.spec.delta_text(chunk)
+                    if text:
+                        pieces.append(text)
+                        content_chunks += 1
+                    if any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
+                        finished = True
+                await send(b"data: " + payload + b"\n\n")
+            else:
+                if not finished:
+                    failure = "the upstream closed the stream early"
+        except asyncio.TimeoutError:
+            failure = "the upstream stopped sending (timeout)"
+        except (aiohttp.ClientError, OSError) as e:
+            failure = f"the upstream connection broke ({type(e).__name__})"
+        finally:
+            up.release()
+        text = "".join(pieces)
+        usage = self._usage(cand, ex, usage_block, lambda: text, max(content_chunks, 0))
+        await self._outcome(cand, ex, "ok" if failure is None else "cut", 200, t_open)
+        if failure is None and (done or finished):
+            if client_wants_usage:
+                final = {
+                    "id": last_chunk.get("id", ex.request_id),
+                    "object": last_chunk.get("object", "chat.completion.chunk"),
+                    "created": last_chunk.get("created", int(time.time())),
+                    "model": last_chunk.get("model", cand.model),
+                    "choices": [],
+                    "usage": {**(usage_block or {}),
+                              "prompt_tokens": usage.input_tokens,
+                              "completion_tokens": usage.output_tokens,
+                              "total_tokens": usage.input_tokens + usage.output_tokens,
+                              "cost_msat": usage.cost_msat},
+                }
+                await send(b"data: " + orjson.dumps(final) + b"\n\n")
+            await send(b"data: [DONE]\n\n")
+        else:
+            err = ArbstrError(502, failure or "upstream stream ended unexpectedly", code="upstream_stream_cut")
+            await send(b"data: " + err.body().model_dump_json().encode() + b"\n\n")
+        if client_alive:
+            try:
+                await out.write_eof()
+            except _CLIENT_GONE:
+                pass
+        await self._settle(ex, usage)
+        return out
+
+    # --- accounting ------------------------------------------------------------------------------------
+    def _usage(self, cand: Candidate, ex: Exchange, block: Any, output_text: Any,
+               chunk_count: Optional[int]) -> Usage:
+        assert ex.route is not None
+        in_tok: Optional[int] = None
+        out_tok: Optional[int] = None
+        if isinstance(block, dict):
+            p, c = block.get("prompt_tokens", block.get("input_tokens")), \
+                block.get("completion_tokens", block.get("output_tokens"))
+            if isinstance(p, int) and not isinstance(p, bool) and p >= 0:
+                in_tok = p
+            if isinstance(c, int) and not isinstance(c, bool) and c >= 0:
+                out_tok = c
+            elif isinstance(p, int) and ex.spec.name == "embeddings":
+                out_tok = 0
+        estimated = in_tok is None or out_tok is None
+        if in_tok is None:
+            in_tok = ex.route.envelope.input_tokens
+        if out_tok is None:
+            out_tok = estimate_text_tokens(output_text())
+            if chunk_count:
+                out_tok = max(out_tok, chunk_count)
+        cost = cost_msat(in_tok, out_tok, cand.input_rate, cand.output_rate, cand.base_fee_msat)
+        return Usage(cand.provider, cand.model, in_tok, out_tok, cost, estimated)
+
+    async def _settle(self, ex: Exchange, usage: Usage) -> None:
+        assert ex.hold is not None
+        ex.resolved = True
+        try:
+            await self.meter.settle(ex.hold, usage)
+        except Exception:
+            log.exception("request %s: settle failed; the hold expires at its TTL", ex.request_id)
+
+    async def _release(self, ex: Exchange, reason: str) -> None:
+        assert ex.hold is not None
+        ex.resolved = True
+        try:
+            await self.meter.release(ex.hold, reason)
+        except Exception:
+            log.exception("request %s: release failed; the hold expires at its TTL", ex.request_id)
+
+    # --- small pieces ----------------------------------------------------------------------------------
+    def _headers(self, cand: Candidate, ex: Exchange, extra: dict[str, str]) -> dict[str, str]:
+        assert ex.route is not None
+        h = {
+            "x-request-id": ex.request_id,
+            "x-arbstr-provider": cand.provider,
+            "x-arbstr-model": cand.model,
+            "x-arbstr-tier": cand.tier,
+            "x-arbstr-complexity": ex.route.complexity,
+            "x-arbstr-retries": str(len(ex.attempts)),
+            **extra,
+        }
+        if ex.route.policy:
+            h["x-arbstr-policy"] = ex.route.policy
+        if ex.attempts:
+            h["x-arbstr-tried"] = ",".join(ex.attempts)
+        return h
+
+    async def _outcome(self, cand: Candidate, ex: Exchange, kind: OutcomeKind, status: Optional[int],
+                       started: float, retry_after_s: Optional[float] = None) -> None:
+        """Every upstream attempt is reported to the breakers; fire-and-forget, never on the latency path."""
+        now = time.perf_counter()
+        event = Outcome(provider=cand.provider, request_id=ex.request_id, kind=kind, status=status,
+                        retry_after_s=retry_after_s, latency_ms=(now - started) * 1000,
+                        at_ms=int(time.time() * 1000))
+        try:  # nc.publish only appends to the connection's buffer: no round trip
+            await self.nc.publish(subjects.breaker_outcome(cand.provider), event.model_dump_json().encode())
+        except Exception:
+            log.debug("could not publish outcome", exc_info=True)

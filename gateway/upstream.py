@@ -1,0 +1,132 @@
+"""The one pooled upstream HTTP session and the rules for classifying an upstream attempt."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import aiohttp
+import orjson
+
+from schemas.breaker import OutcomeKind
+from schemas.config import ProviderConfig
+
+# Hop-by-hop and framing headers are never copied from an upstream.
+_URL_RE = re.compile(r"https?://\S+")
+_SECRETISH_RE = re.compile(r"(sk-|Bearer\s+)[A-Za-z0-9_\-\.]{6,}")
+
+
+class UpstreamFailure(Exception):
+    """An attempt that may fall over to the next candidate (connect error, timeout, 5xx, 429)."""
+
+    def __init__(self, kind: OutcomeKind, message: str, status: Optional[int] = None,
+                 retry_after_s: Optional[float] = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class UpstreamReply:
+    response: aiohttp.ClientResponse
+    opened_at: float
+    headers_at: float
+
+
+def sanitize(text: str, limit: int = 500) -> str:
+    """Upstream error text without URLs or credentials, bounded."""
+    text = _URL_RE.sub("[url]", text)
+    text = _SECRETISH_RE.sub(r"\1[redacted]", text)
+    return text[:limit]
+
+
+def parse_retry_after(value: Optional[str]) -> Optional[float]:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if 0 <= seconds <= 3600 else None
+
+
+def upstream_error_detail(status: int, body: bytes) -> tuple[str, Optional[str], Optional[str], Optional[str]]:
+    """(message, type, param, code) from whatever error body shape an upstream sent, sanitised."""
+    try:
+        parsed = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        err = parsed.get("error")
+        if isinstance(err, dict):
+            msg = err.get("message")
+            return (sanitize(str(msg) if msg is not None else f"upstream returned {status}"),
+                    err.get("type") if isinstance(err.get("type"), str) else None,
+                    err.get("param") if isinstance(err.get("param"), str) else None,
+                    str(err["code"]) if err.get("code") is not None else None)
+        if isinstance(err, str):
+            return sanitize(err), None, None, None
+        if isinstance(parsed.get("message"), str):
+            return sanitize(parsed["message"]), None, None, None
+    text = body.decode("utf-8", "replace").strip()
+    if text.startswith("<"):
+        text = ""
+    return (sanitize(text) or f"upstream returned HTTP {status}"), None, None, None
+
+
+class Upstream:
+    def __init__(self, connections: int) -> None:
+        self._connections = connections
+        self._session: Optional[aiohttp.ClientSession] = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=self._connections,
+                                         ttl_dns_cache=300, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(),
+                                              auto_decompress=True, skip_auto_headers=("User-Agent",))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "Upstream.start() not called"
+        return self._session
+
+    async def open(self, provider: ProviderConfig, path: str, body: bytes, *, request_id: str,
+                   traceparent: Optional[str], stream: bool) -> UpstreamReply:
+        """Send one attempt. Returns a response of status < 500 and ≠ 429 with headers read; else raises."""
+        headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
+        if stream:
+            headers["Accept"] = "text/event-stream"
+        if provider.api_key is not None:
+            headers["Authorization"] = f"Bearer {provider.api_key.get_secret_value()}"
+        if traceparent:
+            headers["traceparent"] = traceparent
+        timeout = aiohttp.ClientTimeout(total=provider.total_timeout_s, sock_connect=provider.connect_timeout_s,
+                                        sock_read=provider.first_byte_timeout_s)
+        started = time.perf_counter()
+        try:
+            resp = await self.session.post(provider.url + path, data=body, headers=headers, timeout=timeout)
+        except asyncio.TimeoutError:
+            raise UpstreamFailure("timeout", f"{provider.name} timed out") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
+            raise UpstreamFailure("connect", f"{provider.name} unreachable ({type(e).__name__})") from None
+        headers_at = time.perf_counter()
+        if resp.status >= 500 or resp.status == 429:
+            try:
+                raw = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                raw = b""
+            finally:
+                resp.release()
+            message = upstream_error_detail(resp.status, raw)[0]
+            if resp.status == 429:
+                raise UpstreamFailure("http_429", message, 429, parse_retry_after(resp.headers.get("Retry-After")))
+            raise UpstreamFailure("http_5xx", message, resp.status)
+        return UpstreamReply(resp, started, headers_at)

@@ -1,0 +1,186 @@
+"""Journal events of the vault: the only source of truth for money (stream ``ARBSTR_LEDGER``).
+
+Each agent's events form a hash chain: ``prev_hash`` is the sha256 of the agent's previous event, so an
+edited, dropped or reordered event is detectable. ``op_id`` is the idempotency key of the command that
+produced the event (also sent as ``Nats-Msg-Id``); the events of one command are contiguous, share it and
+are numbered by ``part`` (0, 1, …), so a replayed command is told apart from the rest of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Iterable, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .vault import AgentPolicy
+
+# Strict: a float or a numeric string must never become money by coercion.
+Amount = Annotated[int, Field(ge=0, strict=True)]
+Count = Annotated[int, Field(ge=0, strict=True)]
+HASH_HEX_LEN = 64
+
+
+class _Body(BaseModel):
+    # Unknown fields are refused rather than dropped: dropping them would change what the hash covers.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentCreated(_Body):
+    kind: Literal["agent_created"] = "agent_created"
+    name: str
+    token_hash: str
+    policy: AgentPolicy
+
+
+class TokenRotated(_Body):
+    kind: Literal["token_rotated"] = "token_rotated"
+    token_hash: str
+
+
+class PolicySet(_Body):
+    kind: Literal["policy_set"] = "policy_set"
+    policy: AgentPolicy
+
+
+class Deposited(_Body):
+    kind: Literal["deposited"] = "deposited"
+    deposit_id: str = Field(min_length=1)
+    amount_msat: Amount
+    rail: str
+    reference: str = ""
+
+
+class Withdrawn(_Body):
+    kind: Literal["withdrawn"] = "withdrawn"
+    withdrawal_id: str = Field(min_length=1)
+    amount_msat: Amount
+    rail: str
+    reference: str = ""
+
+
+HoldState = Literal["held", "awaiting_approval"]
+
+
+class Reserved(_Body):
+    kind: Literal["reserved"] = "reserved"
+    rid: str = Field(min_length=1)
+    amount_msat: Amount
+    output_tokens: Count
+    expires_at_ms: Count
+    provider: str = ""
+    model: str = ""
+    state: HoldState = "held"
+    approval_deadline_ms: Optional[Count] = None
+
+    @model_validator(mode="after")
+    def _deadline(self) -> "Reserved":
+        if (self.state == "awaiting_approval") != (self.approval_deadline_ms is not None):
+            raise ValueError("approval_deadline_ms is set exactly when the hold awaits approval")
+        return self
+
+
+class Approved(_Body):
+    kind: Literal["approved"] = "approved"
+    rid: str = Field(min_length=1)
+
+
+class Denied(_Body):
+    kind: Literal["denied"] = "denied"
+    rid: str = Field(min_length=1)
+    reason: str = ""
+
+
+class Settled(_Body):
+    kind: Literal["settled"] = "settled"
+    rid: str = Field(min_length=1)
+    cost_msat: Amount = Field(description="what the request cost, whether or not it could all be charged")
+    charged_msat: Amount
+    uncollectible_msat: Amount
+    input_tokens: Count = 0
+    output_tokens: Count = 0
+    provider: str = ""
+    model: str = ""
+    estimated: bool = Field(False, description="usage was counted locally: the upstream reported none")
+
+    @model_validator(mode="after")
+    def _split(self) -> "Settled":
+        if self.charged_msat + self.uncollectible_msat != self.cost_msat:
+            raise ValueError("charged_msat + uncollectible_msat must equal cost_msat")
+        return self
+
+
+class Released(_Body):
+    kind: Literal["released"] = "released"
+    rid: str = Field(min_length=1)
+    reason: str = ""
+
+
+class Expired(_Body):
+    kind: Literal["expired"] = "expired"
+    rid: str = Field(min_length=1)
+    action: Literal["charge", "release"]
+    charged_msat: Amount
+
+    @model_validator(mode="after")
+    def _action(self) -> "Expired":
+        if self.action == "release" and self.charged_msat != 0:
+            raise ValueError("an expiry that releases charges nothing")
+        return self
+
+
+class Tombstoned(_Body):
+    """A release/settle/expiry of a rid never reserved: a reserve arriving later is refused."""
+
+    kind: Literal["tombstoned"] = "tombstoned"
+    rid: str = Field(min_length=1)
+    reason: str = ""
+
+
+EventBody = Annotated[
+    Union[AgentCreated, TokenRotated, PolicySet, Deposited, Withdrawn, Reserved, Approved, Denied, Settled,
+          Released, Expired, Tombstoned],
+    Field(discriminator="kind"),
+]
+
+
+class LedgerEvent(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    op_id: str = Field(min_length=1, description="idempotency key: reserve:<rid>, settle:<rid>, deposit:<id>, …")
+    agent_id: str = Field(min_length=1)
+    seq: int = Field(ge=1, strict=True, description="per-agent event number, 1-based, no gaps")
+    part: int = Field(0, ge=0, strict=True, description="index of this event among its command's events")
+    at_ms: Count
+    prev_hash: str = Field("", pattern=r"^([0-9a-f]{64})?$", description="event_hash of the previous event")
+    body: EventBody
+
+
+def canonical_json(event: LedgerEvent) -> bytes:
+    """Sorted keys, no whitespace, ASCII only: the same bytes for the same event on every machine."""
+    return json.dumps(event.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True).encode("ascii")
+
+
+def event_hash(event: LedgerEvent) -> str:
+    return hashlib.sha256(canonical_json(event)).hexdigest()
+
+
+def verify_chain(events: Iterable[LedgerEvent], *, prev_hash: str = "",
+                 start_seq: int = 1) -> tuple[bool, Optional[int]]:
+    """Check one agent's events: consecutive seqs from ``start_seq``, each linked to the previous one's hash.
+
+    Returns ``(True, None)`` or ``(False, seq)`` where ``seq`` is the position (expected seq) of the first
+    event that breaks the chain. ``prev_hash``/``start_seq`` let a caller verify from a trusted checkpoint.
+    """
+    expected_seq = start_seq
+    agent: Optional[str] = None
+    for event in events:
+        if agent is None:
+            agent = event.agent_id
+        if event.seq != expected_seq or event.prev_hash != prev_hash or event.agent_id != agent:
+            return False, expected_seq
+        prev_hash = event_hash(event)
+        expected_seq += 1
+    return True, None

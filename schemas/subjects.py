@@ -1,0 +1,108 @@
+"""Every NATS subject, stream and KV bucket name arbstr uses, named once.
+
+Nothing else in the code base spells a subject literally: import it from here.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "arbstr.v1"
+
+# --- request/reply (nats.micro endpoints: group + endpoint name) -------------
+ROUTER_GROUP = f"{PREFIX}.router"
+ROUTER_ROUTE = f"{ROUTER_GROUP}.route"
+
+PRICING_GROUP = f"{PREFIX}.pricing"
+PRICING_QUOTE = f"{PRICING_GROUP}.quote"
+PRICING_TABLE = f"{PRICING_GROUP}.table"
+
+BREAKER_GROUP = f"{PREFIX}.breaker"
+BREAKER_STATE = f"{BREAKER_GROUP}.state"
+
+VAULT_GROUP = f"{PREFIX}.vault"
+VAULT_RESERVE = f"{VAULT_GROUP}.reserve"
+VAULT_SETTLE = f"{VAULT_GROUP}.settle"
+VAULT_RELEASE = f"{VAULT_GROUP}.release"
+VAULT_AGENT_GROUP = f"{VAULT_GROUP}.agent"
+VAULT_ADMIN_GROUP = f"{VAULT_GROUP}.admin"
+
+# --- events --------------------------------------------------------------------
+BREAKER_OUTCOME_PREFIX = f"{BREAKER_GROUP}.outcome"
+BREAKER_OUTCOME_ALL = f"{BREAKER_OUTCOME_PREFIX}.*"
+SPEND_PREFIX = f"{PREFIX}.spend"
+SPEND_ALL = f"{SPEND_PREFIX}.*"
+AUDIT_PREFIX = f"{PREFIX}.audit"
+
+# --- JetStream -------------------------------------------------------------------
+LEDGER_PREFIX = "arbstr.ledger"
+STREAM_LEDGER = "ARBSTR_LEDGER"
+STREAM_HOLDS = "ARBSTR_HOLDS"
+HOLDS_PREFIX = "arbstr.holds"
+STREAM_SETTLE = "ARBSTR_SETTLE"
+SETTLE_PREFIX = "arbstr.settle"
+STREAM_EVENTS = "ARBSTR_EVENTS"
+
+# --- KV buckets ------------------------------------------------------------------
+KV_BREAKERS = "arbstr_breakers"
+KV_PRICES = "arbstr_prices"
+
+# --- service names (nats micro discovery) ---------------------------------------
+SERVICE_ROUTER = "arbstr-router"
+SERVICE_PRICING = "arbstr-pricing"
+SERVICE_BREAKER = "arbstr-breaker"
+SERVICE_VAULT = "arbstr-vault"
+
+# A token that is safe as one subject token and as a KV key.
+TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _token(value: str) -> str:
+    if not TOKEN_RE.match(value):
+        raise ValueError(f"not a valid subject token: {value!r}")
+    return value
+
+
+def breaker_outcome(provider: str) -> str:
+    return f"{BREAKER_OUTCOME_PREFIX}.{_token(provider)}"
+
+
+def spend(agent_id: str) -> str:
+    return f"{SPEND_PREFIX}.{_token(agent_id)}"
+
+
+def audit(agent_id: str) -> str:
+    return f"{AUDIT_PREFIX}.{_token(agent_id)}"
+
+
+def ledger(agent_id: str, kind: str = "event") -> str:
+    return f"{LEDGER_PREFIX}.{_token(agent_id)}.{_token(kind)}"
+
+
+def ledger_all(agent_id: str) -> str:
+    """Wildcard over one agent's journal: the optimistic-concurrency scope."""
+    return f"{LEDGER_PREFIX}.{_token(agent_id)}.>"
+
+
+def holds(agent_id: str, request_id: str) -> str:
+    return f"{HOLDS_PREFIX}.{_token(agent_id)}.{_token(request_id)}"
+
+
+def settle_command(agent_id: str) -> str:
+    return f"{SETTLE_PREFIX}.{_token(agent_id)}"
+
+
+def vault_agent(op: str) -> str:
+    return f"{VAULT_AGENT_GROUP}.{_token(op)}"
+
+
+def vault_admin(op: str) -> str:
+    return f"{VAULT_ADMIN_GROUP}.{_token(op)}"
+
+
+# NATS message headers carried on every bus message.
+H_REQUEST_ID = "X-Request-Id"
+H_TRACEPARENT = "traceparent"
+H_MSG_ID = "Nats-Msg-Id"
+H_SERVICE_ERROR = "Nats-Service-Error"
+H_SERVICE_ERROR_CODE = "Nats-Service-Error-Code"

@@ -1,0 +1,52 @@
+"""Local token estimate, identical wherever it runs (gateway, router, pricing); needs no network.
+
+A BPE tokenizer averages ~4 characters of English per token; non-ASCII text (CJK, emoji) is closer to
+one token per character. We over-estimate slightly on purpose: an estimate feeds reservations, and a
+reservation that is too small is worse than one that is a little large.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+MESSAGE_OVERHEAD_TOKENS = 4
+REPLY_PRIMING_TOKENS = 3
+
+
+def estimate_text_tokens(text: str) -> int:
+    if not text:
+        return 0
+    non_ascii = sum(1 for ch in text if ord(ch) > 127) if not text.isascii() else 0
+    ascii_chars = len(text) - non_ascii
+    return -(-ascii_chars // 4) + non_ascii
+
+
+def content_text(content: Any) -> str:
+    """The text of an OpenAI message ``content`` (a string or a list of typed parts)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for part in content:
+            if isinstance(part, dict):
+                text = part.get("text")
+                if isinstance(text, str):
+                    parts.append(text)
+            elif isinstance(part, str):
+                parts.append(part)
+        return "\n".join(parts)
+    return str(content)
+
+
+def estimate_messages_tokens(messages: Iterable[dict[str, Any]]) -> int:
+    total = REPLY_PRIMING_TOKENS
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        total += MESSAGE_OVERHEAD_TOKENS + estimate_text_tokens(content_text(message.get("content")))
+        tool_calls = message.get("tool_calls")
+        if tool_calls:
+            total += estimate_text_tokens(str(tool_calls))
+    return total

@@ -1,0 +1,57 @@
+"""Shared fixtures: a real nats-server (random port, JetStream in a temp dir) for the whole session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import pytest
+
+from arbstr.natsserver import NatsServer
+
+
+@pytest.fixture(scope="session")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    store = tmp_path_factory.mktemp("nats")
+    server = NatsServer(store, log_file=Path(store) / "nats.log")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def nats_url(nats_server: NatsServer) -> str:
+    return nats_server.url
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator["object"]:
+    import nats
+
+    conn = await nats.connect(nats_url)
+    yield conn
+    await conn.drain()
+
+
+@pytest.fixture(scope="session")
+async def mock_upstream() -> AsyncIterator[str]:
+    """The project's mock OpenAI-compatible upstream on a random loopback port; yields its base URL."""
+    from aiohttp import web
+
+    from arbstr.mock_upstream import build_app
+
+    runner = web.AppRunner(build_app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator["object"]:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        yield session

@@ -1,0 +1,91 @@
+"""An in-process arbstr stack for tests: real actors on a real nats-server, the gateway on real HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import nats
+from aiohttp import web
+from nats.aio.client import Client as NATS
+
+from actors.pricing.actor import PricingActor
+from actors.router.actor import RouterActor
+from actors.runtime import ActorHost
+from gateway.app import Gateway
+from schemas import subjects
+from schemas.config import Config, parse_config
+
+
+def demo_config(mock_url: str, **overrides: Any) -> Config:
+    """Three providers of the same models at 8, 10 and 12 sats per 1k tokens, plus a keyword policy."""
+    models = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
+    data: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0, "max_body_bytes": 64 * 1024},
+        "nats": {"request_timeout_s": 2.0},
+        "providers": [
+            {"name": name, "url": f"{mock_url}/{name}/v1", "models": models, "input_rate": rate,
+             "output_rate": rate, "tier": "frontier", "connect_timeout_s": 2, "first_byte_timeout_s": 5}
+            for name, rate in (("alpha", 8000), ("beta", 10000), ("gamma", 12000))
+        ],
+        "policies": [
+            {"name": "premium", "keywords": ["legal"], "allowed_models": ["gpt-4o"]},
+            {"name": "capped", "keywords": ["cheaply"], "max_input_rate": 9000, "max_output_rate": 9000},
+        ],
+    }
+    for key, value in overrides.items():
+        data[key] = value
+    return parse_config(data)
+
+
+async def purge_kv(nc: NATS) -> None:
+    """Buckets outlive a stack on the shared server; each stack starts from empty ones."""
+    js = nc.jetstream()
+    for bucket in (subjects.KV_PRICES, subjects.KV_BREAKERS):
+        try:
+            await js.delete_key_value(bucket)
+        except Exception:
+            pass
+
+
+@dataclass
+class Stack:
+    config: Config
+    nc: NATS
+    url: str
+    gateway: Gateway
+    runner: web.AppRunner
+    hosts: list[ActorHost] = field(default_factory=list)
+    routers: list[RouterActor] = field(default_factory=list)
+
+    async def add_router(self) -> RouterActor:
+        actor = RouterActor(self.config)
+        host = ActorHost(actor, self.nc)
+        await host.start()
+        await actor.wait_ready(5)
+        self.hosts.append(host)
+        self.routers.append(actor)
+        return actor
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        for host in reversed(self.hosts):
+            await host.stop()
+        await self.nc.drain()
+
+
+async def start_stack(config: Config, nats_url: str, *, routers: int = 1, meter: Optional[Any] = None) -> Stack:
+    nc = await nats.connect(nats_url)
+    await purge_kv(nc)
+    pricing = ActorHost(PricingActor(config), nc)
+    await pricing.start()
+    gw = Gateway(config, nc, meter=meter)
+    runner = web.AppRunner(gw.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    stack = Stack(config, nc, f"http://127.0.0.1:{port}", gw, runner, hosts=[pricing])
+    for _ in range(routers):
+        await stack.add_router()
+    return stack
