@@ -32,6 +32,7 @@ import struct
 import sys
 import time
 from collections import deque
+from http import HTTPStatus
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -352,8 +353,6 @@ def error_body(status: int, shape: str, message: str, code: Optional[str]) -> tu
 
 
 def _reason(status: int) -> str:
-    from http import HTTPStatus
-
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -582,7 +581,8 @@ class MockUpstream:
         headers = request.headers
         state.last_headers = redact_headers(headers)
         auth = state.last_headers.get("authorization")
-        state.last_auth = {"present": auth is not None, "sha256_prefix": auth[7:] if auth else None}
+        auth_print = auth.removeprefix("sha256:") if auth is not None else None
+        state.last_auth = {"present": auth is not None, "sha256_prefix": auth_print}
         request_id = headers.get("x-request-id")
         call = _Call(state, endpoint, request_id, request_id or f"req_mock{next(self._ids)}", None, None)
 
@@ -605,7 +605,7 @@ class MockUpstream:
             "stream": body.get("stream"),
             "stream_options": body.get("stream_options"),
             "keys": sorted(body),
-            "auth": auth[7:] if auth else None,
+            "auth": auth_print,
         })
 
         header_fault = headers.get("x-mock-fault")
@@ -614,7 +614,7 @@ class MockUpstream:
             call.fault = parse_fault(orjson.loads(header_fault)) if header_fault else state.take_fault()
             override = headers.get("x-mock-output-tokens")
             if override is not None:
-                if not override.strip().isdigit():
+                if not (override.isascii() and override.strip().isdigit()):
                     raise InvalidRequest("x-mock-output-tokens must be a non-negative integer")
                 call.output_override = int(override)
         except (orjson.JSONDecodeError, FaultError) as exc:
@@ -694,7 +694,7 @@ class MockUpstream:
         return resp
 
     async def _send_json(self, request: web.Request, call: _Call, payload: bytes, prompt_tokens: int,
-                         completion_tokens: int) -> web.StreamResponse:
+                         completion_tokens: int, *, record: bool = True) -> web.StreamResponse:
         """A whole JSON reply; with ``cut_after_chunks`` only half of it, then the connection closes."""
         state = call.state
         state.statuses[200] = state.statuses.get(200, 0) + 1
@@ -711,7 +711,8 @@ class MockUpstream:
                 pass
             _close(request)
             state.cut += 1
-            self._produced(call, prompt_tokens, 0, streamed=False, cut_reason="fault")
+            if record:
+                self._produced(call, prompt_tokens, 0, streamed=False, cut_reason="fault")
             return resp
         resp = web.Response(status=200, body=payload, headers=self._headers(call, _JSON_HEADERS))
         try:
@@ -719,11 +720,13 @@ class MockUpstream:
             await resp.write_eof()
         except ConnectionError:
             state.disconnects += 1
-            self._produced(call, prompt_tokens, 0, streamed=False, cut_reason="client_disconnect")
+            if record:
+                self._produced(call, prompt_tokens, 0, streamed=False, cut_reason="client_disconnect")
             return resp
         state.bytes_out += len(payload)
         state.completed += 1
-        self._produced(call, prompt_tokens, completion_tokens, streamed=False, cut_reason=None)
+        if record:
+            self._produced(call, prompt_tokens, completion_tokens, streamed=False, cut_reason=None)
         return resp
 
     async def _send_stream(self, request: web.Request, call: _Call, prompt_tokens: int, head: list[bytes],
@@ -961,7 +964,7 @@ class MockUpstream:
                 "object": "list",
                 "data": [{"id": m, "object": "model", "created": 0, "owned_by": name} for m in self.models],
             })
-        return await self._send_json(request, call, payload, 0, 0)
+        return await self._send_json(request, call, payload, 0, 0, record=False)
 
 
 MOCK_UPSTREAM_KEY: web.AppKey[MockUpstream] = web.AppKey("mock_upstream", MockUpstream)

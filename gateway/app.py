@@ -24,6 +24,8 @@ from .http import REQUEST_ID, STARTED, error_response, json_response, new_reques
 from .meter import FreeMeter, Meter
 from .proxy import Proxy
 from .upstream import Upstream
+from .admin import VaultHTTP
+from .vault_meter import VaultMeter
 
 log = logging.getLogger("arbstr.gateway")
 
@@ -69,7 +71,9 @@ class Gateway:
         self.nc = nc
         self.bus = Bus(nc, config.nats.request_timeout_s)
         self.upstream = Upstream(config.server.upstream_connections)
-        self.meter: Meter = meter or FreeMeter()
+        if meter is None:
+            meter = VaultMeter(nc, self.bus) if config.vault is not None else FreeMeter()
+        self.meter: Meter = meter
         self.proxy = Proxy(config, nc, self.bus, self.upstream, self.meter)
 
     def app(self) -> web.Application:
@@ -82,6 +86,8 @@ class Gateway:
                 app.router.add_post(prefix + spec.path, self._proxied(spec))
             app.router.add_get(prefix + "/models", self.models)
             app.router.add_get(prefix + "/models/{model:.+}", self.model)
+        if self.config.vault is not None:
+            VaultHTTP(self.config, self.bus).add_routes(app)
         app.router.add_get("/health", self.health)
         app.router.add_get("/ready", self.ready)
         return app

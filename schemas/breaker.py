@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
+from pydantic import Field
+
 from .common import Message
 
 BreakerStatus = Literal["closed", "open", "half_open"]
@@ -31,3 +33,30 @@ class Outcome(Message):
     latency_ms: float = 0.0
     at_ms: int = 0
     probe: bool = False
+
+
+class StateRequest(Message):
+    """Request of ``arbstr.v1.breaker.state``: one provider, or every known one when ``provider`` is None."""
+
+    provider: Optional[str] = None
+
+
+class StateReply(Message):
+    states: list[BreakerState]
+    now_ms: int = Field(description="the breaker's clock: compare retry_at_ms and probe_deadline_ms with it")
+
+
+class ProbeRequest(Message):
+    """Request of ``arbstr.v1.breaker.probe``: may this request be the one probe of a half-open provider?"""
+
+    provider: str
+    probe_id: str = Field(min_length=1, max_length=256, description="the request id; its Outcome resolves the probe")
+
+
+class ProbeReply(Message):
+    provider: str
+    granted: bool
+    state: BreakerStatus = Field(description="the state after the decision")
+    probe_id: Optional[str] = Field(None, description="who holds the probe slot now")
+    probe_deadline_ms: int = 0
+    retry_at_ms: int = 0

@@ -6,7 +6,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
@@ -76,6 +76,57 @@ class RouterConfig(_Section):
         16_384, ge=1, description="ceiling of the output budget of a request that sets no max_tokens")
 
 
+class BreakerConfig(_Section):
+    failure_threshold: int = Field(3, ge=1, description="consecutive failures (5xx, connect, timeout, cut) that open")
+    cooldown_s: float = Field(30.0, gt=0, description="how long an open breaker keeps its provider out")
+    probe_timeout_s: float = Field(10.0, gt=0, description="a half-open probe not resolved by then frees its slot")
+    tick_interval_s: float = Field(1.0, gt=0, description="how often the breaker moves open to half-open, frees probes")
+
+
+class ComplexityConfig(_Section):
+    """Weights and thresholds of the complexity score (see actors/router/complexity.py); every point is whole."""
+
+    length_bands: tuple[tuple[int, int], ...] = Field(
+        ((1_000, 1), (4_000, 2), (16_000, 3)),
+        description="[input tokens, points] pairs: the highest threshold reached gives its points")
+    code_block: int = Field(2, ge=0, description="points for a fenced code block")
+    file_path: int = Field(1, ge=0, description="points for something that looks like a file path")
+    reasoning_word: int = Field(1, ge=0, description="points per distinct reasoning word")
+    reasoning_cap: int = Field(3, ge=0, description="most points reasoning words can add")
+    reasoning_words: tuple[str, ...] = (
+        "prove", "proof", "step by step", "analyze", "analyse", "architecture", "debug", "refactor",
+        "optimize", "derive", "reason", "trade-off", "tradeoff", "design", "algorithm", "complexity",
+        "root cause", "why does", "compare", "evaluate",
+    )
+    turn_bands: tuple[tuple[int, int], ...] = Field(
+        ((6, 1), (12, 2)), description="[user turns, points] pairs: the highest threshold reached gives its points")
+    tools: int = Field(1, ge=0, description="points when the request offers tools")
+    medium_at: int = Field(3, ge=0, description="a score from here is medium (standard tier)")
+    high_at: int = Field(6, ge=0, description="a score from here is high (frontier tier)")
+
+    @field_validator("length_bands", "turn_bands")
+    @classmethod
+    def _bands(cls, v: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+        if any(threshold < 0 or points < 0 for threshold, points in v):
+            raise ValueError("thresholds and points must be >= 0")
+        return v
+
+    @field_validator("reasoning_words")
+    @classmethod
+    def _words(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        # Matched against lowered text: store them lowered once, not per request.
+        words = tuple(w.strip().lower() for w in v)
+        if any(not w for w in words):
+            raise ValueError("reasoning words must not be empty")
+        return words
+
+    @model_validator(mode="after")
+    def _order(self) -> "ComplexityConfig":
+        if self.high_at < self.medium_at:
+            raise ValueError("high_at must be >= medium_at")
+        return self
+
+
 class MockUpstreamConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(9100, ge=0, le=65535)
@@ -83,14 +134,43 @@ class MockUpstreamConfig(_Section):
     chunk_delay_ms: int = Field(0, ge=0)
 
 
+class DefaultPolicyConfig(_Section):
+    max_tx_msat: Optional[int] = Field(None, ge=0)
+    daily_limit_msat: Optional[int] = Field(None, ge=0)
+    approval_over_msat: Optional[int] = Field(None, ge=0)
+    approval_timeout_s: int = Field(300, ge=1)
+
+
+class DemoAgentConfig(_Section):
+    name: str = "demo"
+    deposit_msat: int = Field(10_000_000, ge=0, description="funded once, when `arbstr up` first creates it")
+
+
+class VaultConfig(_Section):
+    """Present: paid mode (every request is reserved and settled against the caller's sub-account)."""
+
+    admin_token: Optional[SecretStr] = Field(None, description="bearer token of /v1/admin/*; ${ARBSTR_ADMIN_TOKEN}")
+    hold_ttl_s: int = Field(900, ge=1, description="≥ the longest upstream timeout + the settle retry budget")
+    expiry_action: Literal["charge", "release"] = Field(
+        "charge", description="an expired hold: charge it and flag it (the provider was probably paid) or release")
+    sweep_interval_s: float = Field(5.0, gt=0)
+    replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the ledger, settle and events streams")
+    default_policy: DefaultPolicyConfig = Field(default_factory=DefaultPolicyConfig)
+    duckdb_path: str = Field("", description="file of the DuckDB projection; empty: in memory")
+    demo_agent: Optional[DemoAgentConfig] = None
+
+
 class Config(_Section):
     log_level: str = "INFO"
     server: ServerConfig = Field(default_factory=ServerConfig)
     nats: NatsConfig = Field(default_factory=NatsConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
+    breaker: BreakerConfig = Field(default_factory=BreakerConfig)
+    complexity: ComplexityConfig = Field(default_factory=ComplexityConfig)
     providers: list[ProviderConfig] = Field(default_factory=list)
     policies: list[PolicyConfig] = Field(default_factory=list)
     mock_upstream: Optional[MockUpstreamConfig] = None
+    vault: Optional[VaultConfig] = None
 
     @model_validator(mode="after")
     def _unique(self) -> "Config":

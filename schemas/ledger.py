@@ -184,3 +184,27 @@ def verify_chain(events: Iterable[LedgerEvent], *, prev_hash: str = "",
         prev_hash = event_hash(event)
         expected_seq += 1
     return True, None
+
+
+class JournalEntry(BaseModel):
+    """One message on the ledger stream: consecutive events of one agent, written by a single publish.
+
+    Usually the events of one command (``op_id`` is then theirs and becomes ``Nats-Msg-Id``); a writer that
+    group-commits several commands names the group in ``op_id`` while each event keeps its own.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    op_id: str = Field(min_length=1)
+    agent_id: str = Field(min_length=1)
+    events: list[LedgerEvent] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consecutive(self) -> "JournalEntry":
+        first = self.events[0].seq
+        for i, event in enumerate(self.events):
+            if event.agent_id != self.agent_id:
+                raise ValueError(f"event seq {event.seq} belongs to {event.agent_id}, not {self.agent_id}")
+            if event.seq != first + i:
+                raise ValueError("the events of one entry must have consecutive seqs")
+        return self

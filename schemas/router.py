@@ -37,6 +37,7 @@ class Candidate(Message):
     base_fee_msat: Msat = 0
     tier: Tier
     estimated_cost_msat: Msat
+    probe: bool = Field(False, description="breaker half-open: ask arbstr.v1.breaker.probe before trying it")
 
 
 class Envelope(Message):

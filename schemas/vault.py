@@ -5,11 +5,12 @@ This module imports nothing from ``schemas.ledger`` (the ledger imports ``AgentP
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Literal, Optional
 
 from pydantic import Field
 
 from .common import Message, Msat
+from .router import Envelope
 
 
 class AgentPolicy(Message):
@@ -38,3 +39,181 @@ class AccountView(Message):
     policy: AgentPolicy
     holds: int = Field(ge=0, description="open holds, awaiting approval included")
     created_at_ms: int
+
+
+# --- bus messages of arbstr.v1.vault.* ------------------------------------------------------------------------
+# Agents are identified on the bus by the sha256 of their bearer token: the token itself never leaves the
+# gateway that received it.
+
+class ReserveRequest(Message):
+    request_id: str
+    token_hash: str
+    envelope: Envelope
+    provider: str = ""
+    model: str = ""
+    endpoint: str = "chat"
+
+
+class ReserveReply(Message):
+    request_id: str
+    agent_id: str
+    amount_msat: Msat
+    output_tokens: int = Field(ge=0, description="the output budget the hold covers")
+    expires_at_ms: int
+    balance_msat: Msat
+    state: Literal["held", "awaiting_approval"] = "held"
+    approval_deadline_ms: Optional[int] = None
+
+
+SettleKind = Literal["settle", "release"]
+
+
+class SettleCommand(Message):
+    """A gateway's settle or release, sent through the ARBSTR_SETTLE work queue (durable once acked)."""
+
+    kind: SettleKind
+    request_id: str
+    agent_id: Optional[str] = None
+    token_hash: Optional[str] = Field(None, description="when the reserve reply never came: find the agent by it")
+    provider: str = ""
+    model: str = ""
+    input_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+    cost_msat: Msat = 0
+    estimated: bool = False
+    reason: str = ""
+
+
+SpendKind = Literal["settled", "released", "expired", "denied"]
+
+
+class SpendEvent(Message):
+    """Published on ``arbstr.v1.spend.<agent_id>`` after every settle, release, expiry or denial."""
+
+    event_id: str = Field(description="unique and stable: <agent_id>:<ledger seq>")
+    kind: SpendKind
+    agent_id: str
+    request_id: str
+    provider: str = ""
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_msat: Msat = 0
+    charged_msat: Msat = 0
+    uncollectible_msat: Msat = 0
+    reserved_msat: Msat = 0
+    balance_msat: Msat
+    estimated: bool = False
+    flagged: bool = Field(False, description="an expired hold charged without a settle: worth a look")
+    reason: str = ""
+    at_ms: int
+    ledger_seq: int
+
+
+class AgentRef(Message):
+    agent_id: str
+
+
+class TokenRef(Message):
+    token_hash: str
+
+
+class CreateAgent(Message):
+    name: str = Field(min_length=1, max_length=128)
+    token_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    policy: Optional[AgentPolicy] = None
+
+
+class RotateToken(Message):
+    agent_id: str
+    token_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class SetPolicy(Message):
+    agent_id: str
+    policy: AgentPolicy
+
+
+class DepositCommand(Message):
+    agent_id: str
+    amount_msat: int = Field(gt=0, strict=True)
+    deposit_id: str = Field(min_length=1, max_length=128)
+    rail: str = "simulated"
+    reference: str = ""
+
+
+class AgentList(Message):
+    agents: list[AccountView]
+
+
+class Approval(Message):
+    request_id: str
+    agent_id: str
+    agent_name: str
+    amount_msat: Msat
+    provider: str
+    model: str
+    requested_at_ms: int
+    deadline_ms: int
+
+
+class ApprovalList(Message):
+    approvals: list[Approval]
+
+
+class ApprovalAction(Message):
+    request_id: str
+    reason: str = ""
+
+
+class ApprovalResult(Message):
+    request_id: str
+    agent_id: str
+    state: str
+
+
+class HistoryQuery(Message):
+    token_hash: Optional[str] = None
+    agent_id: Optional[str] = None
+    since_ms: Optional[int] = None
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class HistoryItem(Message):
+    agent_id: str
+    seq: int
+    at_ms: int
+    kind: str
+    op_id: str
+    request_id: Optional[str] = None
+    amount_msat: int = 0
+    detail: dict[str, Any] = Field(default_factory=dict)
+    hash: str = ""
+    prev_hash: str = ""
+
+
+class History(Message):
+    items: list[HistoryItem]
+
+
+class Books(Message):
+    deposits_msat: int
+    withdrawals_msat: int
+    balances_msat: int
+    pending_msat: int
+    spent_msat: int
+    uncollectible_msat: int
+    agents: int
+    balanced: bool
+    ledger_seq: int
+
+
+class ChainCheck(Message):
+    agents: int
+    events: int
+    ok: bool
+    broken: list[str] = Field(default_factory=list, description="agent ids whose hash chain does not verify")
+
+
+class Empty(Message):
+    pass

@@ -55,3 +55,12 @@ async def http() -> AsyncIterator["object"]:
 
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+@pytest.fixture
+def fresh_nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A nats-server of this test's own: streams and buckets start empty (fsync before ack, as in production)."""
+    server = NatsServer(tmp_path / "nats", log_file=tmp_path / "nats.log", sync_always=True)
+    server.start()
+    yield server
+    server.stop(kill=True)

@@ -9,6 +9,7 @@ import nats
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
+from actors.breaker.actor import BreakerActor
 from actors.pricing.actor import PricingActor
 from actors.router.actor import RouterActor
 from actors.runtime import ActorHost
@@ -57,6 +58,7 @@ class Stack:
     runner: web.AppRunner
     hosts: list[ActorHost] = field(default_factory=list)
     routers: list[RouterActor] = field(default_factory=list)
+    extra_connections: list[NATS] = field(default_factory=list)
 
     async def add_router(self) -> RouterActor:
         actor = RouterActor(self.config)
@@ -71,21 +73,51 @@ class Stack:
         await self.runner.cleanup()
         for host in reversed(self.hosts):
             await host.stop()
+        for nc in self.extra_connections:
+            await nc.drain()
         await self.nc.drain()
 
 
-async def start_stack(config: Config, nats_url: str, *, routers: int = 1, meter: Optional[Any] = None) -> Stack:
+async def start_stack(config: Config, nats_url: str, *, routers: int = 1, meter: Optional[Any] = None,
+                      breakers: bool = True) -> Stack:
     nc = await nats.connect(nats_url)
     await purge_kv(nc)
     pricing = ActorHost(PricingActor(config), nc)
     await pricing.start()
+    breaker_hosts: list[ActorHost] = []
+    if breakers:
+        breaker_hosts.append(ActorHost(BreakerActor(config), nc))
+        await breaker_hosts[0].start()
     gw = Gateway(config, nc, meter=meter)
     runner = web.AppRunner(gw.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    stack = Stack(config, nc, f"http://127.0.0.1:{port}", gw, runner, hosts=[pricing])
+    stack = Stack(config, nc, f"http://127.0.0.1:{port}", gw, runner, hosts=[pricing, *breaker_hosts])
     for _ in range(routers):
         await stack.add_router()
     return stack
+
+
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+
+
+def vault_section(**overrides: Any) -> dict[str, Any]:
+    return {"admin_token": ADMIN_TOKEN, "hold_ttl_s": 60, "sweep_interval_s": 0.2, **overrides}
+
+
+async def add_vault(stack: "Stack", instances: int = 1) -> list[Any]:
+    """Start vault actor instances on the stack's connection (each with its own connection, like processes)."""
+    from actors.vault.actor import VaultActor
+
+    actors = []
+    for _ in range(instances):
+        nc = await nats.connect(stack.nc.connected_url.geturl())  # type: ignore[union-attr]
+        actor = VaultActor(stack.config)
+        host = ActorHost(actor, nc)
+        await host.start()
+        stack.hosts.append(host)
+        stack.extra_connections.append(nc)
+        actors.append(actor)
+    return actors

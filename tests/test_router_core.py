@@ -300,9 +300,10 @@ def test_computed_tier_nobody_meets_is_ignored() -> None:
     hard = rq(input_tokens=20_000, text_sample=HARD_TEXT)
     reply = route(hard, TIERED[:2], {}, cfg(), NOW)
     assert reply.tier == "frontier" and providers_of(reply) == ["loc", "std"]
-    # Same when the only frontier provider is down: a working cheaper one beats a 503.
-    reply = route(hard, TIERED, {"top": breaker("top", "open", NOW + 60_000)}, cfg(), NOW)
-    assert providers_of(reply) == ["loc", "std"]
+    # But a frontier provider that exists and is merely down is waited for: never serve below the tier then.
+    err = raises(503, "no_provider_available", route, hard, TIERED, {"top": breaker("top", "open", NOW + 60_000)},
+                 cfg(), NOW)
+    assert err.headers == {"retry-after": "60"}
 
 
 def test_override_sets_the_tier_and_is_never_ignored() -> None:

@@ -38,6 +38,7 @@ from actors.vault.fold import (
 from schemas.errors import ArbstrError
 from schemas.ledger import (
     Deposited,
+    JournalEntry,
     LedgerEvent,
     Released,
     Reserved,
@@ -516,6 +517,15 @@ def test_evolve_refuses_a_second_resolution_and_a_second_reserve() -> None:
                                                            expires_at_ms=T0)), "tombstoned")
 
 
+def test_evolve_refuses_a_late_approval() -> None:
+    from schemas.ledger import Approved
+    ledger = funded(100_000, APPROVING)
+    do(ledger, reserve(ledger.state, "r1", env(10), T0, ttl_ms=TTL))
+    _refused(ledger, _forge(ledger, "approve:r1", Approved(rid="r1"), at_ms=T0 + 120_000), "after the deadline")
+    apply_event(ledger.state, _forge(ledger, "approve:r1", Approved(rid="r1"), at_ms=T0 + 119_999))
+    _refused(ledger, _forge(ledger, "x", Approved(rid="r1")), "not awaiting approval")
+
+
 def test_evolve_refuses_an_early_or_wrong_expiry() -> None:
     from schemas.ledger import Expired
     ledger = funded(10_000)
@@ -603,3 +613,16 @@ def test_verify_chain_finds_tampering() -> None:
     assert verify_chain([events[0], events[2], events[1]]) == (False, 2)
     assert verify_chain(events[2:], prev_hash=event_hash(events[1]), start_seq=3) == (True, None)
     assert verify_chain(events[2:]) == (False, 1)
+
+
+def test_journal_entry_carries_consecutive_events_of_one_agent() -> None:
+    ledger = funded(100_000)
+    do(ledger, reserve(ledger.state, "r1", env(10), T0, ttl_ms=TTL))
+    entry = JournalEntry(op_id="reserve:r1", agent_id="agent1", events=ledger.events[1:])
+    assert JournalEntry.model_validate_json(entry.model_dump_json()) == entry
+    with pytest.raises(ValidationError):
+        JournalEntry(op_id="x", agent_id="agent1", events=[ledger.events[0], ledger.events[2]])
+    with pytest.raises(ValidationError):
+        JournalEntry(op_id="x", agent_id="agent2", events=ledger.events[:1])
+    with pytest.raises(ValidationError):
+        JournalEntry(op_id="x", agent_id="agent1", events=[])

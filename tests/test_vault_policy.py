@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import pytest
 
@@ -30,7 +30,7 @@ HOUR = 3_600_000
 TTL = 60_000
 
 
-def state_with(charges: list[tuple[int, int]] = (), pending: int = 0) -> AccountState:  # type: ignore[assignment]
+def state_with(charges: Sequence[tuple[int, int]] = (), pending: int = 0) -> AccountState:
     """A state whose window holds ``charges`` as (bucket end, msat) and one hold of ``pending``."""
     s = AccountState(agent_id="a", created=True, available_msat=10**12, deposited_msat=10**12)
     s.window = list(charges)

@@ -9,40 +9,25 @@ Every feature adds whole points, so a score can be explained feature by feature 
 - turns: the highest band of ``turn_bands`` the conversation's message count reaches;
 - tools: the request offers tools.
 
-The score reaching ``medium_at`` means "medium", reaching ``high_at`` means "high", else "low". A later change
-moves these weights into the config; until then ``DEFAULT_WEIGHTS`` is the one place they live.
+The score reaching ``medium_at`` means "medium", reaching ``high_at`` means "high", else "low". Weights and
+thresholds come from the ``[complexity]`` config section (``schemas.config.ComplexityConfig``), whose defaults
+are ``DEFAULT_WEIGHTS``.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Optional
 
 from schemas.common import COMPLEXITY_TIER, Complexity, Tier
+from schemas.config import ComplexityConfig
 from schemas.router import RouteRequest
 
 from .text import contains_term
 
 
-@dataclass(frozen=True)
-class ComplexityWeights:
-    # (threshold, points): the highest threshold reached gives its points.
-    length_bands: tuple[tuple[int, int], ...] = ((1_000, 1), (4_000, 2), (16_000, 3))
-    code_block: int = 2
-    file_path: int = 1
-    reasoning_word: int = 1
-    reasoning_cap: int = 3
-    reasoning_words: tuple[str, ...] = (
-        "prove", "proof", "step by step", "analyze", "analyse", "architecture", "debug", "refactor",
-        "optimize", "derive", "reason", "trade-off", "tradeoff", "design", "algorithm", "complexity",
-        "root cause", "why does", "compare", "evaluate",
-    )
-    turn_bands: tuple[tuple[int, int], ...] = ((6, 1), (12, 2))
-    tools: int = 1
-    medium_at: int = 3
-    high_at: int = 6
-
+# The weights live in the config (``[complexity]``); this name stays for the code that reads them.
+ComplexityWeights = ComplexityConfig
 
 DEFAULT_WEIGHTS = ComplexityWeights()
 
@@ -105,7 +90,7 @@ def complexity_features(req: RouteRequest, weights: ComplexityWeights = DEFAULT_
     for word in weights.reasoning_words:
         if reasoning_hits * weights.reasoning_word >= weights.reasoning_cap:
             break  # the rest cannot change the score
-        if contains_term(lowered, word.lower()):
+        if contains_term(lowered, word):  # stored lowered by the config
             reasoning_hits += 1
     return {
         "length": _band(req.input_tokens, weights.length_bands),

@@ -45,10 +45,11 @@ class Option:
 def apply_min_tier(options: list[Option], min_tier: Tier, explicit: bool) -> tuple[list[Option], bool]:
     """The options at or above ``min_tier``, and whether the tier had to be ignored.
 
-    Only options *below* the tier are dropped. While tiers are coarse and most deployments have few
-    providers, a computed tier that nobody meets is ignored rather than failing the request; a tier the
-    client asked for (``X-Arbstr-Complexity``) is never ignored. Tightening this rule means changing only
-    this function.
+    Only options *below* the tier are dropped. A computed tier that no option meets is ignored rather than
+    failing the request (tiers are coarse and deployments may be small); a tier the client asked for
+    (``X-Arbstr-Complexity``) is never ignored. ``route`` applies this to every option able to serve the request
+    *before* breakers are looked at, so a provider at the tier that is merely down is waited for (503 with
+    retry-after), never replaced by one below the tier.
     """
     floor = TIER_ORDER[min_tier]
     kept = [o for o in options if TIER_ORDER[o.tier] >= floor]
@@ -60,6 +61,14 @@ def apply_min_tier(options: list[Option], min_tier: Tier, explicit: bool) -> tup
 def breaker_blocks(state: Optional[BreakerState], now_ms: int) -> bool:
     """An open breaker excludes its provider until ``retry_at_ms``; half-open lets the probe through."""
     return state is not None and state.state == "open" and state.retry_at_ms > now_ms
+
+
+def needs_probe(state: Optional[BreakerState], now_ms: int) -> bool:
+    """Half-open, or open with its cool-down over (the breaker's tick may not have written it yet): only the
+    one request that wins the probe slot may try this provider."""
+    if state is None:
+        return False
+    return state.state == "half_open" or (state.state == "open" and state.retry_at_ms <= now_ms)
 
 
 def static_exclusion(option: Option, req: RouteRequest, policy: Optional[PolicyConfig]) -> Optional[str]:
@@ -105,33 +114,33 @@ def _no_provider(req: RouteRequest, reasons: list[str], retry_at_ms: Optional[in
 def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, BreakerState], config: Config,
           now_ms: int) -> RouteReply:
     policy = choose_policy(req.policy, req.last_user_text, config.policies)
-    score, complexity = score_complexity(req)
+    score, complexity = score_complexity(req, config.complexity)
     tier = minimum_tier(complexity)
     explicit = req.complexity is not None
 
     reasons: list[str] = []
-    usable: list[Option] = []
-    static_ok: list[Option] = []
+    able: list[Option] = []
     for option in serving_options(req, prices, policy):
         why = static_exclusion(option, req, policy)
         if why is not None:
             reasons.append(f"{option.provider}/{option.model}: {why}")
             continue
-        static_ok.append(option)
+        able.append(option)
+
+    at_tier, ignored_tier = apply_min_tier(able, tier, explicit)
+    if ignored_tier:
+        log.debug("request %s: no provider at tier %s or above; tier ignored", req.request_id, tier)
+    elif explicit and able and not at_tier:
+        reasons.append(f"no provider at tier {tier} or above")
+    chosen: list[Option] = []
+    for option in at_tier:
         if breaker_blocks(breakers.get(option.provider), now_ms):
             reasons.append(f"{option.provider}: circuit open")
             continue
-        usable.append(option)
-
-    chosen, ignored_tier = apply_min_tier(usable, tier, explicit)
-    if ignored_tier:
-        log.debug("request %s: no provider at tier %s or above; tier ignored", req.request_id, tier)
+        chosen.append(option)
     if not chosen:
-        if explicit and usable:
-            reasons.append(f"no provider at tier {tier} or above")
         # Waiting helps only if some option is kept out by nothing but an open breaker.
-        waiting, _ = apply_min_tier(static_ok, tier, explicit)
-        retry_at = min((breakers[o.provider].retry_at_ms for o in waiting), default=None)
+        retry_at = min((breakers[o.provider].retry_at_ms for o in at_tier), default=None)
         raise _no_provider(req, reasons, retry_at, now_ms)
 
     output_tokens = req.max_tokens or config.router.default_output_tokens
@@ -145,6 +154,7 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
             tier=o.tier,
             estimated_cost_msat=cost_msat(req.input_tokens, output_tokens, o.rates.input_rate, o.rates.output_rate,
                                           o.prices.base_fee_msat),
+            probe=needs_probe(breakers.get(o.provider), now_ms),
         )
         for o in chosen
     ]

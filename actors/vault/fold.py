@@ -249,6 +249,8 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         hold = _open_hold(state, event, body.rid)
         if hold.state != "awaiting_approval":
             raise _fail(event, f"hold {body.rid} is not awaiting approval")
+        if hold.approval_deadline_ms is not None and event.at_ms >= hold.approval_deadline_ms:
+            raise _fail(event, "approved after the deadline: the timeout already denied it")
         state.holds[body.rid] = Hold(rid=hold.rid, amount_msat=hold.amount_msat, output_tokens=hold.output_tokens,
                                      expires_at_ms=hold.expires_at_ms, provider=hold.provider, model=hold.model,
                                      state="held", approval_deadline_ms=hold.approval_deadline_ms,

@@ -1,0 +1,496 @@
+"""The vault actor: a thin shell that decodes a message, runs a pure decider on the agent's folded state,
+journals the events with optimistic concurrency, and replies.
+
+Any instance may serve any agent: decisions are made on the state as of the agent's newest journal entry,
+and an append whose expectation is stale (10071) catches up and decides again — finding its own op_id
+when the "lost" write had in fact landed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from actors.runtime import Endpoint
+from schemas import subjects
+from schemas.config import Config, VaultConfig
+from schemas.errors import ArbstrError
+from schemas.ledger import Denied, Expired, JournalEntry, LedgerEvent, Released, Settled, Tombstoned, verify_chain
+from schemas.vault import (AccountView, AgentList, AgentPolicy, AgentRef, Approval, ApprovalAction, ApprovalList,
+                           ApprovalResult, Books, ChainCheck, CreateAgent, DepositCommand, Empty, History,
+                           HistoryQuery, ReserveReply, ReserveRequest, RotateToken, SetPolicy, SettleCommand,
+                           SpendEvent, TokenRef)
+
+from . import decide
+from .book import Book
+from .fold import AccountState, next_events, view
+from .journal import Conflict, Journal, ensure_streams, settle_consumer_config
+from .projection import Projection
+
+log = logging.getLogger("arbstr.vault")
+
+VERSION = "0.1.0"
+MAX_APPEND_ATTEMPTS = 16
+Decider = Callable[[AccountState, int], decide.Decided]
+
+
+@dataclass(frozen=True)
+class Written:
+    decided: decide.Decided
+    state: AccountState
+    events: list[LedgerEvent]  # what this call journaled; empty when the command was a no-op
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def unauthorized() -> ArbstrError:
+    return ArbstrError(401, "invalid or missing bearer token", code="invalid_api_key")
+
+
+class VaultActor:
+    service_name = subjects.SERVICE_VAULT
+    version = VERSION
+    description = "arbstr vault: per-agent sub-accounts, two-phase holds, policies and approvals on a JetStream journal"
+
+    def __init__(self, config: Config) -> None:
+        if config.vault is None:
+            raise ValueError("the vault needs a [vault] section in the config")
+        self.config = config
+        self.vc: VaultConfig = config.vault
+        self.book = Book(on_events=self._on_events)
+        self.projection = Projection(self.vc.duckdb_path)
+        self.nc: Optional[NATS] = None
+        self.journal: Optional[Journal] = None
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._settle_sem = asyncio.Semaphore(256)
+        self._running = False
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._settle_sub: Optional[Any] = None
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    async def start(self, nc: NATS) -> None:
+        self.nc = nc
+        await ensure_streams(nc, self.vc.replicas)
+        self.journal = Journal(nc)
+        target = await self.journal.stream_last_seq()
+        await self.journal.follow(self.book.apply_entry)
+        if target:
+            await self.journal.wait_applied(target, timeout_s=120)
+        self.projection.flush()
+        self._running = True
+        self._tasks = [asyncio.create_task(self._consume_settles()),
+                       asyncio.create_task(self._sweep_forever()),
+                       asyncio.create_task(self._flush_projection_forever())]
+        log.info("vault ready: %d agents, ledger at seq %d", len(self.book.agents()), target)
+
+    async def stop(self) -> None:
+        self._running = False
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._inflight:
+            await asyncio.wait(set(self._inflight), timeout=10)
+        if self._settle_sub is not None:
+            try:
+                await self._settle_sub.unsubscribe()
+            except Exception:
+                pass
+        if self.journal is not None:
+            await self.journal.stop()
+        self.projection.close()
+
+    def endpoints(self) -> list[Endpoint]:
+        a, ad = subjects.vault_agent, subjects.vault_admin
+        return [
+            Endpoint("reserve", subjects.VAULT_RESERVE, ReserveRequest, self._reserve),
+            Endpoint("await-approval", subjects.VAULT_AWAIT_APPROVAL, ReserveRequest, self._wait_approval),
+            Endpoint("release", subjects.VAULT_RELEASE, SettleCommand, self._release_now),
+            Endpoint("settle", subjects.VAULT_SETTLE, SettleCommand, self._release_now),
+            Endpoint("agent-me", a("me"), TokenRef, self._me),
+            Endpoint("agent-history", a("history"), HistoryQuery, self._my_history),
+            Endpoint("admin-create-agent", ad("create_agent"), CreateAgent, self._create_agent),
+            Endpoint("admin-list-agents", ad("list_agents"), Empty, self._list_agents),
+            Endpoint("admin-get-agent", ad("get_agent"), AgentRef, self._get_agent),
+            Endpoint("admin-set-policy", ad("set_policy"), SetPolicy, self._set_policy),
+            Endpoint("admin-rotate-token", ad("rotate_token"), RotateToken, self._rotate_token),
+            Endpoint("admin-deposit", ad("deposit"), DepositCommand, self._deposit),
+            Endpoint("admin-approvals", ad("approvals"), Empty, self._approvals),
+            Endpoint("admin-approve", ad("approve"), ApprovalAction, self._approve),
+            Endpoint("admin-deny", ad("deny"), ApprovalAction, self._deny),
+            Endpoint("admin-audit", ad("audit"), HistoryQuery, self._audit),
+            Endpoint("admin-books", ad("books"), Empty, self._books),
+            Endpoint("admin-verify", ad("verify"), Empty, self._verify),
+        ]
+
+    # --- the write path --------------------------------------------------------------------------------
+    async def execute(self, agent_id: str, decider: Decider) -> Written:
+        """Decide on the agent's newest state and journal the result; one writer per agent per instance."""
+        assert self.journal is not None
+        if agent_id in self.book.corrupt:
+            raise ArbstrError(503, "this account's journal does not verify; it is frozen", code="ledger_corrupt")
+        slot = self.book.slot(agent_id)
+        async with slot.lock:
+            for _ in range(MAX_APPEND_ATTEMPTS):
+                at = now_ms()
+                decided = decider(slot.state, at)
+                if not decided.bodies:
+                    return Written(decided, slot.state, [])
+                events = next_events(slot.state, decided.op_id, decided.bodies, at)
+                entry = JournalEntry(op_id=decided.op_id, agent_id=agent_id, events=events)
+                try:
+                    seq = await self.journal.append(entry, slot.stream_seq)
+                except Conflict:
+                    await self._catch_up(agent_id)
+                    continue
+                self.book.apply_entry(entry, seq)
+                return Written(decided, slot.state, events)
+        raise ArbstrError(503, "the account is busy; try again", code="ledger_contention",
+                          headers={"retry-after": "1"})
+
+    async def _catch_up(self, agent_id: str) -> None:
+        assert self.journal is not None
+        last = await self.journal.last_seq_of(agent_id)
+        await self.journal.wait_applied(last)
+
+    def _on_events(self, events: list[LedgerEvent], stream_seq: int, state: AccountState) -> None:
+        self.projection.add(events, stream_seq)
+        for e in events:
+            rid = getattr(e.body, "rid", None)
+            if rid is not None and rid in self._waiters:
+                self._waiters[rid].set()
+
+    async def _publish_spend(self, state: AccountState, events: list[LedgerEvent], request_id: str) -> None:
+        """One spend event per resolution; its id is stable, so a republish is deduplicated by the stream."""
+        assert self.nc is not None
+        for e in events:
+            b = e.body
+            if not isinstance(b, (Settled, Released, Expired, Denied)):
+                continue
+            res = state.resolutions.get(b.rid)
+            hold = res.hold if res is not None else None
+            ev = SpendEvent(
+                event_id=f"{e.agent_id}:{e.seq}", kind=b.kind, agent_id=e.agent_id, request_id=b.rid,
+                provider=getattr(b, "provider", "") or (hold.provider if hold else ""),
+                model=getattr(b, "model", "") or (hold.model if hold else ""),
+                input_tokens=getattr(b, "input_tokens", 0), output_tokens=getattr(b, "output_tokens", 0),
+                cost_msat=getattr(b, "cost_msat", getattr(b, "charged_msat", 0)),
+                charged_msat=getattr(b, "charged_msat", 0), uncollectible_msat=getattr(b, "uncollectible_msat", 0),
+                reserved_msat=hold.amount_msat if hold else 0, balance_msat=state.available_msat,
+                estimated=getattr(b, "estimated", False),
+                flagged=isinstance(b, Expired) and b.action == "charge", reason=getattr(b, "reason", ""),
+                at_ms=e.at_ms, ledger_seq=e.seq)
+            try:
+                await self.nc.publish(subjects.spend(e.agent_id), ev.model_dump_json().encode(),
+                                      headers={subjects.H_MSG_ID: f"spend:{ev.event_id}",
+                                               subjects.H_REQUEST_ID: request_id})
+            except Exception:
+                log.warning("could not publish spend event %s", ev.event_id)
+
+    def _agent_for(self, token_hash: str) -> str:
+        agent_id = self.book.agent_by_token(token_hash)
+        if agent_id is None:
+            raise unauthorized()
+        return agent_id
+
+    # --- reserve ---------------------------------------------------------------------------------------
+    async def _reserve(self, req: ReserveRequest, headers: dict[str, str]) -> ReserveReply:
+        agent_id = self._agent_for(req.token_hash)
+        ttl_ms = self.vc.hold_ttl_s * 1000
+        rid = req.request_id
+        state = (await self.execute(agent_id, lambda s, at: decide.reserve(
+            s, rid, req.envelope, at, ttl_ms=ttl_ms, provider=req.provider, model=req.model))).state
+        return self._hold_reply(agent_id, rid, state)
+
+    async def _wait_approval(self, req: ReserveRequest, headers: dict[str, str]) -> ReserveReply:
+        """The second half of a reserve that needs approval: answers when it is approved, denied or timed out."""
+        agent_id = self._agent_for(req.token_hash)
+        hold = self.book.slot(agent_id).state.holds.get(req.request_id)
+        state = self.book.slot(agent_id).state
+        if hold is not None and hold.state == "awaiting_approval":
+            state = await self._await_approval(agent_id, req.request_id, hold.approval_deadline_ms or now_ms())
+        return self._hold_reply(agent_id, req.request_id, state)
+
+    def _hold_reply(self, agent_id: str, rid: str, state: AccountState) -> ReserveReply:
+        hold = state.holds.get(rid)
+        if hold is None:
+            res = state.resolutions.get(rid)
+            if res is not None and res.kind == "denied":
+                code = "approval_timeout" if res.reason == decide.APPROVAL_TIMEOUT else "approval_denied"
+                raise ArbstrError(403, f"the spend was not approved ({res.reason or 'denied'})", code=code,
+                                  headers={"x-should-retry": "false"})
+            raise ArbstrError(409, f"request {rid} was already resolved", code="request_resolved")
+        return ReserveReply(request_id=rid, agent_id=agent_id, amount_msat=hold.amount_msat,
+                            output_tokens=hold.output_tokens, expires_at_ms=hold.expires_at_ms,
+                            balance_msat=state.available_msat, state=hold.state,
+                            approval_deadline_ms=hold.approval_deadline_ms)
+
+    async def _await_approval(self, agent_id: str, rid: str, deadline_ms: int) -> AccountState:
+        """Hold the reply until a human approves or denies, or the deadline denies it for them."""
+        event = self._waiters.setdefault(rid, asyncio.Event())
+        try:
+            while True:
+                hold = self.book.slot(agent_id).state.holds.get(rid)
+                if hold is None or hold.state != "awaiting_approval":
+                    return self.book.slot(agent_id).state
+                remaining = deadline_ms - now_ms()
+                if remaining <= 0:
+                    w = await self.execute(agent_id, lambda s, at: decide.expire(s, rid, at, self.vc.expiry_action))
+                    await self._publish_spend(w.state, w.events, rid)
+                    continue
+                event.clear()
+                try:
+                    await asyncio.wait_for(event.wait(), remaining / 1000 + 0.01)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self._waiters.pop(rid, None)
+
+    # --- settle / release ------------------------------------------------------------------------------
+    async def apply_settle(self, cmd: SettleCommand) -> None:
+        agent_id = cmd.agent_id or (self.book.agent_by_token(cmd.token_hash) if cmd.token_hash else None)
+        if agent_id is None or not self.book.slot(agent_id).state.created:
+            log.warning("%s of %s names no known agent; nothing to do", cmd.kind, cmd.request_id)
+            return
+        rid = cmd.request_id
+        if cmd.kind == "settle":
+            decider: Decider = lambda s, at: decide.settle(
+                s, rid, cmd.cost_msat, at, input_tokens=cmd.input_tokens, output_tokens=cmd.output_tokens,
+                provider=cmd.provider, model=cmd.model, estimated=cmd.estimated)
+        else:
+            decider = lambda s, at: decide.release(s, rid, cmd.reason or "released", at)
+        w = await self.execute(agent_id, decider)
+        await self._publish_spend(w.state, w.events, rid)
+
+    async def _release_now(self, cmd: SettleCommand, headers: dict[str, str]) -> Empty:
+        """Synchronous settle/release (tools and tests); gateways use the ARBSTR_SETTLE work queue."""
+        await self.apply_settle(cmd)
+        return Empty()
+
+    async def _consume_settles(self) -> None:
+        assert self.nc is not None
+        js = self.nc.jetstream()
+        psub = self._settle_sub = await js.pull_subscribe(
+            f"{subjects.SETTLE_PREFIX}.>", durable="vault-settle", stream=subjects.STREAM_SETTLE,
+            config=settle_consumer_config())
+        while self._running:
+            try:
+                msgs = await psub.fetch(batch=256, timeout=1.0)
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                continue
+            except Exception as e:
+                log.warning("settle consumer: %r", e)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await self._settle_sem.acquire()
+                task = asyncio.create_task(self._handle_settle_msg(msg))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
+
+    async def _handle_settle_msg(self, msg: Msg) -> None:
+        try:
+            try:
+                cmd = SettleCommand.model_validate_json(msg.data)
+            except Exception:
+                log.error("undecodable settle command dropped (seq %s)", msg.metadata.sequence.stream)
+                await msg.term()
+                return
+            try:
+                await self.apply_settle(cmd)
+            except ArbstrError as e:
+                if e.status >= 500:
+                    await msg.nak(delay=1.0)
+                    return
+                log.warning("settle %s refused: %s", cmd.request_id, e.message)
+            except Exception:
+                log.exception("settle %s failed; redelivering", cmd.request_id)
+                await msg.nak(delay=1.0)
+                return
+            await msg.ack()  # only after the journal has it
+        finally:
+            self._settle_sem.release()
+
+    # --- expiry ----------------------------------------------------------------------------------------
+    async def sweep(self) -> int:
+        """Resolve every hold past its TTL (and every approval past its deadline); returns how many."""
+        at = now_ms()
+        due: list[tuple[str, str]] = []
+        for agent_id, slot in list(self.book.slots.items()):
+            for rid, hold in list(slot.state.holds.items()):
+                deadline = hold.approval_deadline_ms if hold.state == "awaiting_approval" else hold.expires_at_ms
+                if deadline is not None and deadline <= at and rid not in self._waiters:
+                    due.append((agent_id, rid))
+        n = 0
+        for agent_id, rid in due:
+            try:
+                w = await self.execute(
+                    agent_id, lambda s, t, rid=rid: decide.expire(s, rid, t, self.vc.expiry_action))
+            except ArbstrError as e:
+                if e.code != "not_expired":
+                    log.warning("expiry of %s: %s", rid, e.message)
+                continue
+            if w.events:
+                n += 1
+                log.warning("hold %s of %s expired (%s)", rid, agent_id, self.vc.expiry_action)
+                await self._publish_spend(w.state, w.events, rid)
+        return n
+
+    async def _sweep_forever(self) -> None:
+        while self._running:
+            await asyncio.sleep(self.vc.sweep_interval_s)
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("sweep failed")
+
+    async def _flush_projection_forever(self) -> None:
+        while self._running:
+            await asyncio.sleep(0.5)
+            try:
+                self.projection.flush()
+            except Exception:
+                log.exception("projection flush failed")
+
+    # --- agent endpoints -------------------------------------------------------------------------------
+    async def _me(self, req: TokenRef, headers: dict[str, str]) -> AccountView:
+        return view(self.book.slot(self._agent_for(req.token_hash)).state)
+
+    async def _my_history(self, req: HistoryQuery, headers: dict[str, str]) -> History:
+        if not req.token_hash:
+            raise unauthorized()
+        agent_id = self._agent_for(req.token_hash)  # an agent sees only its own account
+        return History(items=self.projection.history(agent_id, req.since_ms, req.limit))
+
+    # --- admin endpoints -------------------------------------------------------------------------------
+    def _known(self, agent_id: str) -> AccountState:
+        slot = self.book.slots.get(agent_id)
+        if slot is None or not slot.state.created:
+            raise ArbstrError(404, f"no agent {agent_id}", code="agent_not_found", param="agent_id")
+        return slot.state
+
+    def _default_policy(self) -> AgentPolicy:
+        return AgentPolicy(**self.vc.default_policy.model_dump())
+
+    async def _create_agent(self, req: CreateAgent, headers: dict[str, str]) -> AccountView:
+        if self.book.agent_by_token(req.token_hash) is not None:
+            raise ArbstrError(409, "that token is already in use", code="token_in_use")
+        agent_id = f"agt_{secrets.token_hex(8)}"
+        policy = req.policy or self._default_policy()
+        w = await self.execute(agent_id, lambda s, at: decide.create_agent(s, req.name, req.token_hash, policy, at))
+        return view(w.state)
+
+    async def _list_agents(self, req: Empty, headers: dict[str, str]) -> AgentList:
+        return AgentList(agents=[view(s) for s in sorted(self.book.agents(), key=lambda s: s.created_at_ms)])
+
+    async def _get_agent(self, req: AgentRef, headers: dict[str, str]) -> AccountView:
+        return view(self._known(req.agent_id))
+
+    async def _set_policy(self, req: SetPolicy, headers: dict[str, str]) -> AccountView:
+        self._known(req.agent_id)
+        return view((await self.execute(req.agent_id, lambda s, at: decide.set_policy(s, req.policy, at))).state)
+
+    async def _rotate_token(self, req: RotateToken, headers: dict[str, str]) -> AccountView:
+        self._known(req.agent_id)
+        if self.book.agent_by_token(req.token_hash) is not None:
+            raise ArbstrError(409, "that token is already in use", code="token_in_use")
+        return view((await self.execute(req.agent_id,
+                                        lambda s, at: decide.rotate_token(s, req.token_hash, at))).state)
+
+    async def _deposit(self, req: DepositCommand, headers: dict[str, str]) -> AccountView:
+        self._known(req.agent_id)
+        return view((await self.execute(req.agent_id, lambda s, at: decide.deposit(
+            s, req.deposit_id, req.amount_msat, req.rail, req.reference, at))).state)
+
+    async def _approvals(self, req: Empty, headers: dict[str, str]) -> ApprovalList:
+        items = []
+        for state in self.book.agents():
+            for hold in state.holds.values():
+                if hold.state == "awaiting_approval":
+                    items.append(Approval(request_id=hold.rid, agent_id=state.agent_id, agent_name=state.name,
+                                          amount_msat=hold.amount_msat, provider=hold.provider, model=hold.model,
+                                          requested_at_ms=hold.reserved_at_ms,
+                                          deadline_ms=hold.approval_deadline_ms or 0))
+        items.sort(key=lambda a: a.requested_at_ms)
+        return ApprovalList(approvals=items)
+
+    def _holder(self, rid: str) -> str:
+        for state in self.book.agents():
+            if rid in state.holds or rid in state.resolutions:
+                return state.agent_id
+        raise ArbstrError(404, f"no reservation {rid}", code="unknown_request", param="request_id")
+
+    async def _decide_approval(self, req: ApprovalAction, approve: bool) -> ApprovalResult:
+        agent_id = self._holder(req.request_id)
+        rid = req.request_id
+        if approve:
+            w = await self.execute(agent_id, lambda s, at: decide.approve(s, rid, at))
+        else:
+            w = await self.execute(agent_id, lambda s, at: decide.deny(s, rid, req.reason, at))
+        await self._publish_spend(w.state, w.events, rid)
+        state = w.state
+        hold = state.holds.get(rid)
+        res = state.resolutions.get(rid)
+        status = hold.state if hold is not None else (res.kind if res is not None else "unknown")
+        return ApprovalResult(request_id=rid, agent_id=agent_id, state=status)
+
+    async def _approve(self, req: ApprovalAction, headers: dict[str, str]) -> ApprovalResult:
+        return await self._decide_approval(req, True)
+
+    async def _deny(self, req: ApprovalAction, headers: dict[str, str]) -> ApprovalResult:
+        return await self._decide_approval(req, False)
+
+    async def _audit(self, req: HistoryQuery, headers: dict[str, str]) -> History:
+        if req.agent_id is not None:
+            self._known(req.agent_id)
+        return History(items=self.projection.history(req.agent_id, req.since_ms, req.limit))
+
+    async def _books(self, req: Empty, headers: dict[str, str]) -> Books:
+        assert self.journal is not None
+        return self.book.books(self.journal.applied_seq)
+
+    async def _verify(self, req: Empty, headers: dict[str, str]) -> ChainCheck:
+        """Re-read the whole ledger from sequence 1 and check every agent's hash chain."""
+        events_by_agent = await read_ledger(self.nc)  # type: ignore[arg-type]
+        broken = [a for a, evs in events_by_agent.items() if not verify_chain(evs)[0]]
+        return ChainCheck(agents=len(events_by_agent), events=sum(len(v) for v in events_by_agent.values()),
+                          ok=not broken, broken=sorted(broken))
+
+
+async def read_ledger(nc: NATS, timeout_s: float = 60.0) -> dict[str, list[LedgerEvent]]:
+    """Every agent's events, read afresh from the stream (for verification and replay checks)."""
+    js = nc.jetstream()
+    info = await js.stream_info(subjects.STREAM_LEDGER)
+    last = int(info.state.last_seq)
+    out: dict[str, list[LedgerEvent]] = {}
+    if last == 0:
+        return out
+    done = asyncio.Event()
+
+    async def cb(msg: Msg) -> None:
+        entry = JournalEntry.model_validate_json(msg.data)
+        out.setdefault(entry.agent_id, []).extend(entry.events)
+        if msg.metadata.sequence.stream >= last:
+            done.set()
+
+    sub = await js.subscribe(f"{subjects.LEDGER_PREFIX}.>", cb=cb, ordered_consumer=True,
+                             stream=subjects.STREAM_LEDGER)
+    try:
+        await asyncio.wait_for(done.wait(), timeout_s)
+    finally:
+        await sub.unsubscribe()
+    return out

@@ -1,0 +1,140 @@
+"""The JetStream side of the vault: streams, optimistic-concurrency appends, and the ledger follower.
+
+Every vault instance follows the whole ledger from sequence 1 (an ordered consumer), so its in-memory
+fold is the stream's, whichever instance wrote. Appends carry ``Nats-Msg-Id = op_id`` and the expected
+last sequence over the agent's subjects: a stale expectation (10071) means another writer won, or our own
+earlier write landed — the caller catches up and looks for its op_id before trying again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, Callable, Optional
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType,
+                         StreamConfig)
+from nats.js.errors import APIError, NotFoundError
+
+from schemas import subjects
+from schemas.ledger import JournalEntry
+
+log = logging.getLogger("arbstr.vault.journal")
+
+WRONG_LAST_SEQUENCE = 10071
+H_EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
+H_EXPECTED_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+
+
+class Conflict(Exception):
+    """The agent's journal moved on since we read it."""
+
+
+def stream_configs(replicas: int = 1, events_max_age_s: int = 30 * 86400) -> list[StreamConfig]:
+    return [
+        # The only source of truth for money: file storage, no limits, nothing can be deleted or purged.
+        StreamConfig(name=subjects.STREAM_LEDGER, subjects=[f"{subjects.LEDGER_PREFIX}.>"],
+                     storage=StorageType.FILE, num_replicas=replicas, deny_delete=True, deny_purge=True,
+                     duplicate_window=120.0),
+        # Settle/release commands from gateways: durable from the ack, consumed once by any vault instance.
+        StreamConfig(name=subjects.STREAM_SETTLE, subjects=[f"{subjects.SETTLE_PREFIX}.>"],
+                     storage=StorageType.FILE, num_replicas=replicas, retention=RetentionPolicy.WORK_QUEUE,
+                     duplicate_window=120.0),
+        # Spend and provider events for other tools, kept by age and replayable from any point.
+        StreamConfig(name=subjects.STREAM_EVENTS, subjects=[f"{subjects.SPEND_PREFIX}.>"],
+                     storage=StorageType.FILE, num_replicas=replicas, max_age=float(events_max_age_s),
+                     duplicate_window=120.0),
+    ]
+
+
+async def ensure_streams(nc: NATS, replicas: int = 1) -> None:
+    js = nc.jetstream()
+    for cfg in stream_configs(replicas):
+        try:
+            await js.stream_info(cfg.name)
+        except NotFoundError:
+            try:
+                await js.add_stream(cfg)
+            except APIError as e:  # created concurrently by another instance
+                log.debug("add_stream %s: %s", cfg.name, e)
+
+
+class Journal:
+    def __init__(self, nc: NATS) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.applied_seq = 0  # highest stream sequence the follower has handed over
+        self._progress = asyncio.Condition()
+        self._sub = None
+
+    async def append(self, entry: JournalEntry, expected_last_seq: int, timeout_s: float = 5.0) -> int:
+        """Append one command's events atomically; returns the stream sequence. Raises Conflict on 10071."""
+        # op_ids are unique per agent ("create", "reserve:<rid>"): the stream-wide msg id names the agent too.
+        headers = {
+            subjects.H_MSG_ID: f"{entry.agent_id}:{entry.op_id}",
+            H_EXPECTED_SEQ: str(expected_last_seq),
+            H_EXPECTED_SUBJECT: subjects.ledger_all(entry.agent_id),
+        }
+        try:
+            ack = await self.js.publish(subjects.ledger(entry.agent_id), entry.model_dump_json().encode(),
+                                        headers=headers, timeout=timeout_s)
+        except APIError as e:
+            if e.err_code == WRONG_LAST_SEQUENCE:
+                raise Conflict(str(e)) from None
+            raise
+        if ack.duplicate:
+            # Nothing was written: this op landed before. Never apply it as if it were new — catch up instead.
+            log.info("journal: %s:%s was already journaled at seq %s", entry.agent_id, entry.op_id, ack.seq)
+            raise Conflict("duplicate")
+        return int(ack.seq)
+
+    async def last_seq_of(self, agent_id: str) -> int:
+        """The stream sequence of the agent's newest entry (0 if none)."""
+        try:
+            msg = await self.js.get_last_msg(subjects.STREAM_LEDGER, subjects.ledger_all(agent_id))
+            return int(msg.seq or 0)
+        except NotFoundError:
+            return 0
+
+    async def stream_last_seq(self) -> int:
+        info = await self.js.stream_info(subjects.STREAM_LEDGER)
+        return int(info.state.last_seq)
+
+    async def follow(self, apply: Callable[[JournalEntry, int], Awaitable[None] | None]) -> None:
+        """Hand every entry, from sequence 1 and then live, to ``apply`` in stream order."""
+
+        async def on_msg(msg: Msg) -> None:
+            seq = int(msg.metadata.sequence.stream)
+            try:
+                entry = JournalEntry.model_validate_json(msg.data)
+            except Exception:
+                log.exception("journal: undecodable entry at seq %s (ignored; the books check will flag it)", seq)
+            else:
+                result = apply(entry, seq)
+                if asyncio.iscoroutine(result):
+                    await result
+            async with self._progress:
+                self.applied_seq = max(self.applied_seq, seq)
+                self._progress.notify_all()
+
+        self._sub = await self.js.subscribe(f"{subjects.LEDGER_PREFIX}.>", cb=on_msg, ordered_consumer=True,
+                                            deliver_policy=DeliverPolicy.ALL, stream=subjects.STREAM_LEDGER)
+
+    async def wait_applied(self, seq: int, timeout_s: float = 10.0) -> None:
+        async with self._progress:
+            await asyncio.wait_for(self._progress.wait_for(lambda: self.applied_seq >= seq), timeout_s)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:
+                pass
+            self._sub = None
+
+
+def settle_consumer_config() -> ConsumerConfig:
+    return ConsumerConfig(durable_name="vault-settle", ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
+                          max_deliver=-1, max_ack_pending=4096)

@@ -1,0 +1,233 @@
+"""The vault over HTTP: the operator's /v1/admin/* (admin token) and each agent's /v1/vault/me* (its own token)."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import uuid
+from datetime import datetime
+from typing import Any, Awaitable, Callable, Optional, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from schemas import subjects
+from schemas.config import Config
+from schemas.errors import ArbstrError
+from schemas.vault import (AccountView, AgentList, AgentPolicy, AgentRef, ApprovalAction, ApprovalList,
+                           ApprovalResult, Books, ChainCheck, CreateAgent, DepositCommand, Empty, History,
+                           HistoryQuery, RotateToken, SetPolicy, TokenRef)
+
+from .bus import Bus
+from .http import REQUEST_ID, bearer_token, json_response, read_json_object
+from .vault_meter import missing_token, token_hash
+
+R = TypeVar("R", bound=BaseModel)
+TOKEN_PREFIX = "arb_"
+
+
+def new_agent_token() -> str:
+    """256 random bits, shown once; only its sha256 is ever stored."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateAgentBody(_Strict):
+    name: str = Field(min_length=1, max_length=128)
+    policy: Optional[AgentPolicy] = None
+
+
+class PolicyPatch(_Strict):
+    max_tx_msat: Optional[int] = Field(None, ge=0, strict=True)
+    daily_limit_msat: Optional[int] = Field(None, ge=0, strict=True)
+    approval_over_msat: Optional[int] = Field(None, ge=0, strict=True)
+    approval_timeout_s: Optional[int] = Field(None, ge=1, strict=True)
+
+
+class DepositBody(_Strict):
+    amount_msat: int = Field(gt=0, le=2_100_000_000_000_000_000, strict=True)
+    deposit_id: Optional[str] = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    reference: str = Field("", max_length=256)
+
+
+class DenyBody(_Strict):
+    reason: str = Field("", max_length=256)
+
+
+def _body(model: type[R], data: dict[str, Any]) -> R:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        param = ".".join(str(p) for p in first.get("loc", ())) or None
+        msg = "unknown field" if first.get("type") == "extra_forbidden" else first.get("msg", "invalid value")
+        raise ArbstrError(400, f"invalid value for '{param}': {msg}" if param else msg, param=param,
+                          code="invalid_value") from None
+
+
+def _since_ms(value: Optional[str]) -> Optional[int]:
+    if value is None or value == "":
+        return None
+    if value.isdigit():
+        return int(value)
+    try:
+        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
+    except ValueError:
+        raise ArbstrError(400, "since must be epoch milliseconds or an ISO 8601 time", param="since",
+                          code="invalid_value") from None
+
+
+def _limit(value: Optional[str]) -> int:
+    if value is None:
+        return 100
+    if not value.isdigit() or not 1 <= int(value) <= 1000:
+        raise ArbstrError(400, "limit must be an integer from 1 to 1000", param="limit", code="invalid_value")
+    return int(value)
+
+
+class VaultHTTP:
+    def __init__(self, config: Config, bus: Bus) -> None:
+        self.config = config
+        self.bus = bus
+        secret = config.vault.admin_token if config.vault else None
+        value = secret.get_secret_value() if secret is not None else os.environ.get("ARBSTR_ADMIN_TOKEN", "")
+        self._admin_hash = token_hash(value) if value else None
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_post("/v1/admin/agents", self.admin(self.create_agent))
+        r.add_get("/v1/admin/agents", self.admin(self.list_agents))
+        r.add_get("/v1/admin/agents/{agent_id}", self.admin(self.get_agent))
+        r.add_patch("/v1/admin/agents/{agent_id}/policy", self.admin(self.patch_policy))
+        r.add_put("/v1/admin/agents/{agent_id}/policy", self.admin(self.patch_policy))
+        r.add_post("/v1/admin/agents/{agent_id}/deposits", self.admin(self.deposit))
+        r.add_post("/v1/admin/agents/{agent_id}/token", self.admin(self.rotate))
+        r.add_get("/v1/admin/approvals", self.admin(self.approvals))
+        r.add_post("/v1/admin/approvals/{request_id}/approve", self.admin(self.approve))
+        r.add_post("/v1/admin/approvals/{request_id}/deny", self.admin(self.deny))
+        r.add_get("/v1/admin/audit", self.admin(self.audit))
+        r.add_get("/v1/admin/audit/verify", self.admin(self.verify))
+        r.add_get("/v1/admin/books", self.admin(self.books))
+        r.add_get("/v1/vault/me", self.me)
+        r.add_get("/v1/vault/me/history", self.my_history)
+
+    async def _call(self, request: web.Request, op: str, msg: BaseModel, reply: type[R]) -> R:
+        return await self.bus.call(subjects.vault_admin(op), msg, reply, request_id=request[REQUEST_ID])
+
+    # --- auth ------------------------------------------------------------------------------------------
+    def admin(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+              ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            token = bearer_token(request)
+            if token is None:
+                raise missing_token()
+            if self._admin_hash is None:
+                raise ArbstrError(403, "no admin token is configured ([vault] admin_token or ARBSTR_ADMIN_TOKEN)",
+                                  code="admin_disabled")
+            if not hmac.compare_digest(token_hash(token), self._admin_hash):
+                # A valid agent token is authenticated but not allowed here; anything else is not authenticated.
+                try:
+                    await self.bus.call(subjects.vault_agent("me"), TokenRef(token_hash=token_hash(token)),
+                                        AccountView, request_id=request[REQUEST_ID])
+                except ArbstrError:
+                    raise ArbstrError(401, "invalid admin token", code="invalid_api_key") from None
+                raise ArbstrError(403, "agent tokens cannot use admin endpoints", code="admin_only")
+            return await handler(request)
+        return guarded
+
+    # --- admin handlers --------------------------------------------------------------------------------
+    async def create_agent(self, request: web.Request) -> web.Response:
+        body = _body(CreateAgentBody, await read_json_object(request, 64 * 1024))
+        token = new_agent_token()
+        view = await self._call(request, "create_agent",
+                                CreateAgent(name=body.name, token_hash=token_hash(token), policy=body.policy),
+                                AccountView)
+        return json_response({**view.model_dump(mode="json"), "token": token}, status=201)
+
+    async def list_agents(self, request: web.Request) -> web.Response:
+        agents = await self._call(request, "list_agents", Empty(), AgentList)
+        return json_response({"object": "list", "data": [a.model_dump(mode="json") for a in agents.agents]})
+
+    async def get_agent(self, request: web.Request) -> web.Response:
+        view = await self._call(request, "get_agent", AgentRef(agent_id=request.match_info["agent_id"]),
+                                AccountView)
+        return json_response(view.model_dump(mode="json"))
+
+    async def patch_policy(self, request: web.Request) -> web.Response:
+        agent_id = request.match_info["agent_id"]
+        data = await read_json_object(request, 64 * 1024)
+        patch = _body(PolicyPatch, data.get("policy", data) if isinstance(data.get("policy"), dict) else data)
+        current = await self._call(request, "get_agent", AgentRef(agent_id=agent_id), AccountView)
+        merged = current.policy.model_copy(update=patch.model_dump(exclude_unset=True))
+        view = await self._call(request, "set_policy", SetPolicy(agent_id=agent_id, policy=merged), AccountView)
+        return json_response(view.model_dump(mode="json"))
+
+    async def deposit(self, request: web.Request) -> web.Response:
+        agent_id = request.match_info["agent_id"]
+        body = _body(DepositBody, await read_json_object(request, 64 * 1024))
+        deposit_id = body.deposit_id or request.headers.get("Idempotency-Key") or f"dep_{uuid.uuid4().hex}"
+        view = await self._call(request, "deposit",
+                                DepositCommand(agent_id=agent_id, amount_msat=body.amount_msat, deposit_id=deposit_id,
+                                               rail="simulated", reference=body.reference), AccountView)
+        return json_response({**view.model_dump(mode="json"), "deposit_id": deposit_id}, status=201)
+
+    async def rotate(self, request: web.Request) -> web.Response:
+        agent_id = request.match_info["agent_id"]
+        token = new_agent_token()
+        view = await self._call(request, "rotate_token", RotateToken(agent_id=agent_id, token_hash=token_hash(token)),
+                                AccountView)
+        return json_response({"agent_id": view.agent_id, "token": token})
+
+    async def approvals(self, request: web.Request) -> web.Response:
+        items = await self._call(request, "approvals", Empty(), ApprovalList)
+        return json_response({"object": "list", "data": [a.model_dump(mode="json") for a in items.approvals]})
+
+    async def approve(self, request: web.Request) -> web.Response:
+        res = await self._call(request, "approve", ApprovalAction(request_id=request.match_info["request_id"]),
+                               ApprovalResult)
+        return json_response(res.model_dump(mode="json"))
+
+    async def deny(self, request: web.Request) -> web.Response:
+        reason = ""
+        if request.can_read_body:
+            reason = _body(DenyBody, await read_json_object(request, 64 * 1024)).reason
+        res = await self._call(request, "deny",
+                               ApprovalAction(request_id=request.match_info["request_id"], reason=reason),
+                               ApprovalResult)
+        return json_response(res.model_dump(mode="json"))
+
+    async def audit(self, request: web.Request) -> web.Response:
+        q = HistoryQuery(agent_id=request.query.get("agent") or None, since_ms=_since_ms(request.query.get("since")),
+                         limit=_limit(request.query.get("limit")))
+        history = await self._call(request, "audit", q, History)
+        return json_response({"object": "list", "data": [i.model_dump(mode="json") for i in history.items]})
+
+    async def verify(self, request: web.Request) -> web.Response:
+        check = await self._call(request, "verify", Empty(), ChainCheck)
+        return json_response(check.model_dump(mode="json"))
+
+    async def books(self, request: web.Request) -> web.Response:
+        books = await self._call(request, "books", Empty(), Books)
+        return json_response(books.model_dump(mode="json"))
+
+    # --- an agent's own account ------------------------------------------------------------------------
+    def _agent_token(self, request: web.Request) -> str:
+        token = bearer_token(request)
+        if token is None:
+            raise missing_token()
+        return token_hash(token)
+
+    async def me(self, request: web.Request) -> web.Response:
+        view = await self.bus.call(subjects.vault_agent("me"), TokenRef(token_hash=self._agent_token(request)),
+                                   AccountView, request_id=request[REQUEST_ID])
+        return json_response(view.model_dump(mode="json"))
+
+    async def my_history(self, request: web.Request) -> web.Response:
+        q = HistoryQuery(token_hash=self._agent_token(request), since_ms=_since_ms(request.query.get("since")),
+                         limit=_limit(request.query.get("limit")))
+        history = await self.bus.call(subjects.vault_agent("history"), q, History, request_id=request[REQUEST_ID])
+        return json_response({"object": "list", "data": [i.model_dump(mode="json") for i in history.items]})

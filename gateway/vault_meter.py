@@ -1,0 +1,95 @@
+"""Paid mode: every request is reserved against the caller's sub-account and settled through the
+ARBSTR_SETTLE work queue (durable from the JetStream ack, off the latency path)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from typing import Optional
+
+from nats.aio.client import Client as NATS
+
+from schemas import subjects
+from schemas.errors import ArbstrError
+from schemas.router import RouteReply
+from schemas.vault import ReserveReply, ReserveRequest, SettleCommand
+
+from .bus import Bus
+from .meter import Hold, Usage
+
+log = logging.getLogger("arbstr.gateway.meter")
+
+ANONYMOUS = "anon"  # subject token of a release whose agent the gateway never learnt
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def missing_token() -> ArbstrError:
+    return ArbstrError(401, "missing bearer token: send 'Authorization: Bearer <agent token>'",
+                       code="missing_api_key")
+
+
+class VaultMeter:
+    paid = True
+
+    def __init__(self, nc: NATS, bus: Bus, settle_attempts: int = 5) -> None:
+        self.nc = nc
+        self.js = nc.jetstream()
+        self.bus = bus
+        self.settle_attempts = settle_attempts
+
+    async def reserve(self, token: Optional[str], request_id: str, route: RouteReply, endpoint: str) -> Hold:
+        if not token:
+            raise missing_token()
+        th = token_hash(token)
+        first = route.candidates[0] if route.candidates else None
+        req = ReserveRequest(request_id=request_id, token_hash=th, envelope=route.envelope,
+                             provider=first.provider if first else "", model=first.model if first else route.model,
+                             endpoint=endpoint)
+        try:
+            reply = await self.bus.call(subjects.VAULT_RESERVE, req, ReserveReply, request_id=request_id)
+            if reply.state == "awaiting_approval":
+                wait_s = max(0.0, ((reply.approval_deadline_ms or 0) - time.time() * 1000) / 1000)
+                reply = await self.bus.call(subjects.VAULT_AWAIT_APPROVAL, req, ReserveReply, request_id=request_id,
+                                            timeout_s=wait_s + self.bus.timeout_s + 1)
+        except ArbstrError as e:
+            if e.status == 504:
+                # The reserve may still land later (NATS buffers requests): a durable release tombstones the
+                # rid first, so a request the client saw fail is never charged.
+                await self._command(SettleCommand(kind="release", request_id=request_id, token_hash=th,
+                                                  reason="reserve timed out"), None)
+            raise
+        return Hold(request_id=request_id, agent_id=reply.agent_id, amount_msat=reply.amount_msat,
+                    output_tokens=reply.output_tokens)
+
+    async def settle(self, hold: Hold, usage: Usage) -> None:
+        await self._command(SettleCommand(
+            kind="settle", request_id=hold.request_id, agent_id=hold.agent_id, provider=usage.provider,
+            model=usage.model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cost_msat=usage.cost_msat, estimated=usage.estimated), hold.agent_id)
+
+    async def release(self, hold: Hold, reason: str) -> None:
+        await self._command(SettleCommand(kind="release", request_id=hold.request_id, agent_id=hold.agent_id,
+                                          reason=reason), hold.agent_id)
+
+    async def _command(self, cmd: SettleCommand, agent_id: Optional[str]) -> None:
+        """Publish until JetStream acks; the msg id makes retries (and a gateway's double send) harmless."""
+        data = cmd.model_dump_json().encode()
+        headers = {subjects.H_MSG_ID: f"{cmd.kind}:{cmd.request_id}", subjects.H_REQUEST_ID: cmd.request_id}
+        subject = subjects.settle_command(agent_id or ANONYMOUS)
+        delay = 0.1
+        for attempt in range(self.settle_attempts):
+            try:
+                await self.js.publish(subject, data, headers=headers, timeout=2.0)
+                return
+            except Exception as e:
+                if attempt == self.settle_attempts - 1:
+                    log.error("request %s: %s not journaled (%r); the hold resolves at its TTL",
+                              cmd.request_id, cmd.kind, e)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)

@@ -1,0 +1,53 @@
+"""Helpers of the paid-mode tests: admin calls over real HTTP and the books check."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Optional
+
+import aiohttp
+
+from tests.stack import ADMIN_TOKEN, Stack
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def admin(http: aiohttp.ClientSession, stack: Stack, method: str, path: str,
+                json: Optional[dict[str, Any]] = None, expect: int | None = None) -> Any:
+    r = await http.request(method, f"{stack.url}{path}", json=json, headers=ADMIN)
+    body = await r.json()
+    if expect is not None:
+        assert r.status == expect, (r.status, body)
+    return body
+
+
+async def new_agent(http: aiohttp.ClientSession, stack: Stack, name: str, deposit_msat: int = 0,
+                    policy: Optional[dict[str, Any]] = None) -> tuple[str, str]:
+    body = {"name": name}
+    if policy is not None:
+        body["policy"] = policy
+    created = await admin(http, stack, "POST", "/v1/admin/agents", body, expect=201)
+    if deposit_msat:
+        await admin(http, stack, "POST", f"/v1/admin/agents/{created['agent_id']}/deposits",
+                    {"amount_msat": deposit_msat}, expect=201)
+    return created["agent_id"], created["token"]
+
+
+async def books(http: aiohttp.ClientSession, stack: Stack) -> dict[str, Any]:
+    return await admin(http, stack, "GET", "/v1/admin/books", expect=200)
+
+
+async def settled(http: aiohttp.ClientSession, stack: Stack, agent_id: str, timeout_s: float = 10.0
+                  ) -> dict[str, Any]:
+    """The agent's account once no hold is pending (settles are asynchronous)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        acct = await admin(http, stack, "GET", f"/v1/admin/agents/{agent_id}", expect=200)
+        if acct["pending_msat"] == 0 or asyncio.get_running_loop().time() > deadline:
+            return acct
+        await asyncio.sleep(0.05)
+
+
+def assert_balanced(b: dict[str, Any]) -> None:
+    assert b["balanced"] is True, b
+    assert b["deposits_msat"] - b["withdrawals_msat"] == b["balances_msat"] + b["pending_msat"] + b["spent_msat"], b
