@@ -11,6 +11,7 @@ from typing import Optional
 
 from schemas.config import Config, ConfigError, load_config
 
+from . import admin_cli
 from .components import COMPONENTS, install_uvloop, run_component
 
 
@@ -26,7 +27,7 @@ def _load(path: Optional[str]) -> Config:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from .demo import write_demo_config
+    from .demo import ensure_demo_agent, write_demo_config
     from .supervisor import Supervisor, install_signal_handlers
 
     data_dir = Path(args.data_dir).resolve()
@@ -45,10 +46,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     install_signal_handlers(sup)
     try:
         url = sup.start()
+        auth = ""
         print(f"arbstr is up: {url}/v1  (OpenAI base URL)", flush=True)
+        if config.vault is not None and config.vault.demo_agent is not None and config.vault.admin_token:
+            demo = config.vault.demo_agent
+            agent = ensure_demo_agent(url, data_dir, config.vault.admin_token.get_secret_value(), demo.name,
+                                      demo.deposit_msat)
+            auth = f" -H 'Authorization: Bearer {agent['token']}'"
+            print(f"  demo agent: {agent['agent_id']}  token: {agent['token']}", flush=True)
+            print(f"  admin token: in {data_dir / 'admin-token'}", flush=True)
         print(f"  config: {config_path}", flush=True)
         print(f"  logs:   {data_dir / 'logs'}", flush=True)
-        print(f"  try:    curl {url}/v1/chat/completions -H 'Content-Type: application/json' "
+        print(f"  try:    curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
               f"-d '{{\"model\": \"gpt-4o-mini\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'",
               flush=True)
         print("Ctrl-C stops everything.", flush=True)
@@ -100,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", help="gateway only: listen address")
     run.add_argument("--port", type=int, help="gateway only: port")
     run.set_defaults(func=cmd_run)
+
+    admin_cli.add_parsers(sub)
+    for name in ("agent", "approvals", "books", "audit"):
+        sub.choices[name].set_defaults(func=admin_cli.main)
 
     mock = sub.add_parser("mock-upstream", add_help=False,
                           help="the mock OpenAI-compatible upstream used by tests, benchmarks and the demo "

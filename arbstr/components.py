@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from typing import Callable, Optional
 
 from schemas.config import Config
 
-COMPONENTS = ("gateway", "router", "pricing")
+# component -> (module, actor class); the gateway is the one component that is not an actor.
+ACTORS: dict[str, tuple[str, str]] = {
+    "router": ("actors.router.actor", "RouterActor"),
+    "pricing": ("actors.pricing.actor", "PricingActor"),
+    "breaker": ("actors.breaker.actor", "BreakerActor"),
+    "vault": ("actors.vault.actor", "VaultActor"),
+}
+COMPONENTS = ("gateway", *ACTORS)
 
 
 async def run_component(name: str, config: Config, nats_url: Optional[str] = None,
@@ -18,18 +26,13 @@ async def run_component(name: str, config: Config, nats_url: Optional[str] = Non
 
         await serve(config, url, ready=ready)
         return
+    if name not in ACTORS:
+        raise ValueError(f"unknown component {name!r}; one of: {', '.join(COMPONENTS)}")
     from actors.runtime import run_forever
 
-    if name == "router":
-        from actors.router.actor import RouterActor
-
-        await run_forever(RouterActor(config), url, config.nats.max_concurrency)
-    elif name == "pricing":
-        from actors.pricing.actor import PricingActor
-
-        await run_forever(PricingActor(config), url, config.nats.max_concurrency)
-    else:
-        raise ValueError(f"unknown component {name!r}; one of: {', '.join(COMPONENTS)}")
+    module, cls = ACTORS[name]
+    actor = getattr(importlib.import_module(module), cls)(config)
+    await run_forever(actor, url, config.nats.max_concurrency)
 
 
 def install_uvloop() -> None:

@@ -92,7 +92,8 @@ class Supervisor:
             order.append(("mock-upstream", [sys.executable, "-m", "arbstr", "mock-upstream", "--host", m.host,
                                             "--port", str(m.port), "--latency-ms", str(m.latency_ms),
                                             "--chunk-delay-ms", str(m.chunk_delay_ms)]))
-        for comp in ("pricing", "router", "gateway"):
+        actors = ["pricing", "breaker", "router"] + (["vault"] if self.config.vault is not None else [])
+        for comp in [*actors, "gateway"]:
             args = component_args(comp, self.config_path, self.nats.url)
             if comp == "gateway":
                 args += ["--host", self.config.server.host, "--port", str(self.config.server.port)]

@@ -157,6 +157,8 @@ class Gateway:
 
     async def ready(self, request: web.Request) -> web.Response:
         services = [subjects.SERVICE_ROUTER, subjects.SERVICE_PRICING]
+        if self.config.vault is not None:
+            services.append(subjects.SERVICE_VAULT)
         results = await asyncio.gather(*(self._ping(s) for s in services))
         status = {s: ok for s, ok in zip(services, results)}
         ok = all(results) and self.nc.is_connected

@@ -14,10 +14,10 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from schemas import subjects
-from schemas.breaker import Outcome, OutcomeKind
+from schemas.breaker import Outcome, OutcomeKind, ProbeReply, ProbeRequest
 from schemas.config import Config
 from schemas.errors import ArbstrError
-from schemas.money import cost_msat
+from schemas.money import ceil_div, cost_msat
 from schemas.router import Candidate, RouteReply, RouteRequest
 from schemas.tokens import estimate_text_tokens
 
@@ -30,6 +30,7 @@ from .upstream import Upstream, UpstreamFailure, UpstreamReply, upstream_error_d
 log = logging.getLogger("arbstr.gateway")
 
 _COMPLEXITY_VALUES = ("low", "medium", "high")
+PROBE_TIMEOUT_S = 0.5  # asking for a half-open probe slot: a slow breaker must not hold the request long
 _CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, ConnectionError)
 
 
@@ -108,11 +109,17 @@ class Proxy:
             extra_headers["x-arbstr-max-tokens"] = str(ex.hold.output_tokens)
 
         last: Optional[UpstreamFailure] = None
+        probe_wait_s: Optional[int] = None  # set when a recovering provider's probe slot was taken
         for cand in ex.route.candidates:
             provider = self._providers.get(cand.provider)
             if provider is None:  # a price entry for a provider this gateway has no credentials for
                 log.warning("route named unknown provider %s", cand.provider)
                 continue
+            if cand.probe:  # half-open: only the one request holding the probe slot may try it
+                wait_s = await self._probe(cand, ex)
+                if wait_s is not None:
+                    probe_wait_s = wait_s if probe_wait_s is None else min(probe_wait_s, wait_s)
+                    continue
             upstream_body["model"] = cand.model
             payload = orjson.dumps(upstream_body)
             t = time.perf_counter()
@@ -137,6 +144,10 @@ class Proxy:
                 log.info("request %s: %s failed (%s), %s", ex.request_id, cand.provider, f.kind,
                          "falling over" if cand is not ex.route.candidates[-1] else "no more candidates")
                 last = f
+        if last is None and probe_wait_s is not None:
+            raise ArbstrError(503, "every provider able to serve this request is recovering from failures",
+                              code="no_provider_available",
+                              headers={"retry-after": str(probe_wait_s), "x-arbstr-retries": "0"})
         raise self._exhausted(last, ex)
 
     def _exhausted(self, last: Optional[UpstreamFailure], ex: Exchange) -> ArbstrError:
@@ -376,10 +387,28 @@ class Proxy:
                        started: float, retry_after_s: Optional[float] = None) -> None:
         """Every upstream attempt is reported to the breakers; fire-and-forget, never on the latency path."""
         now = time.perf_counter()
+        # A probe candidate is tried only with the probe slot (or on a closed breaker, where the flag is moot):
+        # its outcome is what resolves the slot.
         event = Outcome(provider=cand.provider, request_id=ex.request_id, kind=kind, status=status,
                         retry_after_s=retry_after_s, latency_ms=(now - started) * 1000,
-                        at_ms=int(time.time() * 1000))
+                        at_ms=int(time.time() * 1000), probe=cand.probe)
         try:  # nc.publish only appends to the connection's buffer: no round trip
             await self.nc.publish(subjects.breaker_outcome(cand.provider), event.model_dump_json().encode())
         except Exception:
             log.debug("could not publish outcome", exc_info=True)
+
+    async def _probe(self, cand: Candidate, ex: Exchange) -> Optional[int]:
+        """None when this request may try ``cand``'s half-open provider; else seconds until it is worth asking
+        again. An unreachable breaker refuses: a recovering provider gets no traffic nobody is counting."""
+        try:
+            reply = await self.bus.call(subjects.BREAKER_PROBE, ProbeRequest(provider=cand.provider,
+                                                                             probe_id=ex.request_id),
+                                        ProbeReply, request_id=ex.request_id, traceparent=ex.traceparent,
+                                        timeout_s=min(PROBE_TIMEOUT_S, self.config.nats.request_timeout_s))
+        except ArbstrError as e:
+            log.info("request %s: no probe of %s (%s)", ex.request_id, cand.provider, e.message)
+            return 1
+        if reply.granted:
+            return None
+        until_ms = reply.probe_deadline_ms if reply.state == "half_open" else reply.retry_at_ms
+        return max(1, ceil_div(max(0, until_ms - int(time.time() * 1000)), 1000))

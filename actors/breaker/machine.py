@@ -27,10 +27,10 @@ def seconds_ms(seconds: float) -> int:
     return max(0, math.ceil(seconds * 1000))
 
 
-def _with(state: BreakerState, now_ms: int, **changes: Any) -> BreakerState:
-    if all(getattr(state, k) == v for k, v in changes.items()):
-        return state
-    return state.model_copy(update={**changes, "updated_at_ms": now_ms})
+def _with(current: BreakerState, now_ms: int, **changes: Any) -> BreakerState:
+    if all(getattr(current, k) == v for k, v in changes.items()):
+        return current
+    return current.model_copy(update={**changes, "updated_at_ms": now_ms})
 
 
 def _open(state: BreakerState, now_ms: int, retry_at_ms: int, error: str) -> BreakerState:

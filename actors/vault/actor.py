@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
 import time
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from .projection import Projection
 log = logging.getLogger("arbstr.vault")
 
 VERSION = "0.1.0"
-MAX_APPEND_ATTEMPTS = 16
+APPEND_BUDGET_S = 5.0  # optimistic retries of one command before the caller gets a 503
 Decider = Callable[[AccountState, int], decide.Decided]
 
 
@@ -77,6 +78,7 @@ class VaultActor:
         self._running = False
         self._inflight: set[asyncio.Task[None]] = set()
         self._settle_sub: Optional[Any] = None
+        self.conflicts = 0  # 10071s met: another writer won, or our own lost-ack write had landed
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self, nc: NATS) -> None:
@@ -145,7 +147,10 @@ class VaultActor:
             raise ArbstrError(503, "this account's journal does not verify; it is frozen", code="ledger_corrupt")
         slot = self.book.slot(agent_id)
         async with slot.lock:
-            for _ in range(MAX_APPEND_ATTEMPTS):
+            deadline = time.monotonic() + APPEND_BUDGET_S
+            attempt = 0
+            while time.monotonic() < deadline:
+                attempt += 1
                 at = now_ms()
                 decided = decider(slot.state, at)
                 if not decided.bodies:
@@ -155,7 +160,10 @@ class VaultActor:
                 try:
                     seq = await self.journal.append(entry, slot.stream_seq)
                 except Conflict:
+                    self.conflicts += 1
                     await self._catch_up(agent_id)
+                    if attempt > 1:  # a hot agent on several instances: back off so one of them wins
+                        await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
                     continue
                 self.book.apply_entry(entry, seq)
                 return Written(decided, slot.state, events)

@@ -1,0 +1,139 @@
+"""``arbstr agent|approvals|books|audit``: the operator's commands, over the gateway's admin HTTP API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any, Optional
+
+
+class CliError(Exception):
+    pass
+
+
+def _admin_token(args: argparse.Namespace) -> str:
+    token = args.admin_token or os.environ.get("ARBSTR_ADMIN_TOKEN")
+    if not token:
+        saved = Path(args.data_dir) / "admin-token"
+        if saved.exists():
+            token = saved.read_text().strip()
+    if not token:
+        raise CliError("no admin token: pass --admin-token, set ARBSTR_ADMIN_TOKEN, or point --data-dir at `arbstr up`'s")
+    return token
+
+
+def request(args: argparse.Namespace, method: str, path: str, body: Optional[dict[str, Any]] = None) -> Any:
+    url = args.url.rstrip("/") + path
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": f"Bearer {_admin_token(args)}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            err = json.loads(e.read())["error"]["message"]
+        except Exception:
+            err = e.reason
+        raise CliError(f"{method} {path}: HTTP {e.code}: {err}") from None
+    except urllib.error.URLError as e:
+        raise CliError(f"cannot reach the gateway at {args.url}: {e.reason}") from None
+
+
+def _policy(args: argparse.Namespace) -> dict[str, Any]:
+    fields = ("max_tx_msat", "daily_limit_msat", "approval_over_msat", "approval_timeout_s")
+    return {f: getattr(args, f) for f in fields if getattr(args, f, None) is not None}
+
+
+def run(args: argparse.Namespace) -> Any:
+    q = urllib.parse.quote
+    cmd = (args.command, getattr(args, "action", None))
+    if cmd == ("agent", "create"):
+        policy = _policy(args)
+        return request(args, "POST", "/v1/admin/agents", {"name": args.name, **({"policy": policy} if policy else {})})
+    if cmd == ("agent", "list"):
+        return request(args, "GET", "/v1/admin/agents")["data"]
+    if cmd == ("agent", "show"):
+        return request(args, "GET", f"/v1/admin/agents/{q(args.agent_id)}")
+    if cmd == ("agent", "deposit"):
+        body: dict[str, Any] = {"amount_msat": args.amount_msat}
+        if args.deposit_id:
+            body["deposit_id"] = args.deposit_id
+        return request(args, "POST", f"/v1/admin/agents/{q(args.agent_id)}/deposits", body)
+    if cmd == ("agent", "policy"):
+        return request(args, "PATCH", f"/v1/admin/agents/{q(args.agent_id)}/policy", _policy(args))
+    if cmd == ("agent", "rotate"):
+        return request(args, "POST", f"/v1/admin/agents/{q(args.agent_id)}/token")
+    if cmd == ("approvals", "list"):
+        return request(args, "GET", "/v1/admin/approvals")["data"]
+    if cmd in (("approvals", "approve"), ("approvals", "deny")):
+        return request(args, "POST", f"/v1/admin/approvals/{q(args.request_id)}/{args.action}")
+    if args.command == "books":
+        return request(args, "GET", "/v1/admin/books")
+    if args.command == "audit":
+        if args.verify:
+            return request(args, "GET", "/v1/admin/audit/verify")
+        params = {k: v for k, v in (("agent", args.agent), ("since", args.since), ("limit", args.limit)) if v}
+        return request(args, "GET", "/v1/admin/audit?" + urllib.parse.urlencode(params))["data"]
+    raise CliError(f"unknown command {cmd}")
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=os.environ.get("ARBSTR_URL", "http://127.0.0.1:8080"),
+                        help="gateway base URL (env ARBSTR_URL)")
+    common.add_argument("--admin-token", help="admin token (env ARBSTR_ADMIN_TOKEN; else <data-dir>/admin-token)")
+    common.add_argument("--data-dir", default="./arbstr-data")
+
+    def policy_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--max-tx-msat", dest="max_tx_msat", type=int)
+        p.add_argument("--daily-limit-msat", dest="daily_limit_msat", type=int)
+        p.add_argument("--approval-over-msat", dest="approval_over_msat", type=int)
+        p.add_argument("--approval-timeout-s", dest="approval_timeout_s", type=int)
+
+    agent = sub.add_parser("agent", help="agents: create, list, show, deposit, policy, rotate")
+    a = agent.add_subparsers(dest="action", required=True)
+    p = a.add_parser("create", parents=[common], help="create an agent; prints its token once")
+    p.add_argument("name")
+    policy_flags(p)
+    a.add_parser("list", parents=[common])
+    p = a.add_parser("show", parents=[common])
+    p.add_argument("agent_id")
+    p = a.add_parser("deposit", parents=[common], help="credit an agent (simulated rail)")
+    p.add_argument("agent_id")
+    p.add_argument("amount_msat", type=int)
+    p.add_argument("--deposit-id", help="idempotency key: the same id credits once")
+    p = a.add_parser("policy", parents=[common], help="change an agent's spending policy")
+    p.add_argument("agent_id")
+    policy_flags(p)
+    p = a.add_parser("rotate", parents=[common], help="issue a new token; the old one stops working")
+    p.add_argument("agent_id")
+
+    approvals = sub.add_parser("approvals", help="the human-approval queue")
+    ap = approvals.add_subparsers(dest="action", required=True)
+    ap.add_parser("list", parents=[common])
+    for verb in ("approve", "deny"):
+        p = ap.add_parser(verb, parents=[common])
+        p.add_argument("request_id")
+
+    sub.add_parser("books", parents=[common], help="deposits = balances + pending + spent + withdrawn?")
+    audit = sub.add_parser("audit", parents=[common], help="the append-only audit log")
+    audit.add_argument("--agent")
+    audit.add_argument("--since", help="epoch ms or ISO 8601")
+    audit.add_argument("--limit", type=int)
+    audit.add_argument("--verify", action="store_true", help="check every agent's hash chain from sequence 1")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        print(json.dumps(run(args), indent=2))
+    except CliError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,122 @@
+"""The command line against real processes: `arbstr up` end to end, and the operator commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+
+from arbstr.demo import free_port
+from arbstr.natsserver import NatsServer
+from tests.stack import ADMIN_TOKEN, Stack, add_vault, demo_config, start_stack, vault_section
+
+
+def arbstr(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "arbstr", *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+async def stack(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Stack]:
+    s = await start_stack(demo_config(mock_upstream, vault=vault_section()), fresh_nats.url)
+    await add_vault(s)
+    yield s
+    await s.stop()
+
+
+def run_json(stack: Stack, *args: str) -> Any:
+    # Run the CLI in a thread: the stack serves on this test's event loop.
+    out = arbstr(*args, "--url", stack.url, "--admin-token", ADMIN_TOKEN)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+async def test_operator_commands(stack: Stack) -> None:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    created = await loop.run_in_executor(None, run_json, stack, "agent", "create", "cli-bot", "--max-tx-msat", "5000")
+    assert created["token"].startswith("arb_") and created["policy"]["max_tx_msat"] == 5000
+    agent_id = created["agent_id"]
+    acct = await loop.run_in_executor(None, run_json, stack, "agent", "deposit", agent_id, "7000",
+                                      "--deposit-id", "d1")
+    assert acct["balance_msat"] == 7000
+    again = await loop.run_in_executor(None, run_json, stack, "agent", "deposit", agent_id, "7000",
+                                       "--deposit-id", "d1")
+    assert again["balance_msat"] == 7000  # same deposit id: credited once
+    acct = await loop.run_in_executor(None, run_json, stack, "agent", "policy", agent_id, "--daily-limit-msat", "9")
+    assert acct["policy"]["daily_limit_msat"] == 9 and acct["policy"]["max_tx_msat"] == 5000
+    listed = await loop.run_in_executor(None, run_json, stack, "agent", "list")
+    assert agent_id in {a["agent_id"] for a in listed}
+    rotated = await loop.run_in_executor(None, run_json, stack, "agent", "rotate", agent_id)
+    assert rotated["token"] != created["token"]
+    books = await loop.run_in_executor(None, run_json, stack, "books")
+    assert books["balanced"] is True and books["deposits_msat"] == 7000
+    assert await loop.run_in_executor(None, run_json, stack, "approvals", "list") == []
+    audit = await loop.run_in_executor(None, run_json, stack, "audit", "--verify")
+    assert audit["ok"] is True
+
+
+def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[server]\nport = 8080\nbogus_key = 1\n')
+    out = arbstr("run", "router", "--config", str(cfg))
+    assert out.returncode == 2
+    assert "unknown key 'server.bogus_key'" in out.stderr
+    cfg.write_text('[[providers]]\nname = "x"\nurl = "http://h/v1"\napi_key = "${NOT_SET_ANYWHERE}"\n'
+                   'input_rate = 1\noutput_rate = 1\n')
+    out = arbstr("run", "router", "--config", str(cfg))
+    assert out.returncode == 2 and "NOT_SET_ANYWHERE" in out.stderr
+
+
+@pytest.mark.slow
+def test_arbstr_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "arbstr", "up", "--data-dir", str(tmp_path), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        token = None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            lines.append(line)
+            m = re.search(r"token: (arb_\S+)", line)
+            if m:
+                token = m.group(1)
+            if "Ctrl-C" in line:
+                break
+        assert token, "".join(lines)
+        assert f"http://127.0.0.1:{port}/v1" in "".join(lines)
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+            data=json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+            headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert r.status == 200
+            assert r.headers["x-arbstr-provider"] == "alpha"  # the cheapest of 8, 10, 12 sats per 1k tokens
+            body = json.loads(r.read())
+            assert body["choices"][0]["message"]["content"]
+        # a crashed component is restarted
+        children = subprocess.run(["pgrep", "-f", f"arbstr run router.*{tmp_path}"], capture_output=True, text=True)
+        pids = [int(p) for p in children.stdout.split()]
+        assert pids
+        os.kill(pids[0], signal.SIGKILL)
+        time.sleep(2.5)
+        again = subprocess.run(["pgrep", "-f", f"arbstr run router.*{tmp_path}"], capture_output=True, text=True)
+        assert again.stdout.split() and int(again.stdout.split()[0]) != pids[0]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    left = subprocess.run(["pgrep", "-f", f"arbstr.*{tmp_path}"], capture_output=True, text=True)
+    assert not left.stdout.strip(), "components left running after Ctrl-C"
