@@ -33,12 +33,15 @@ def pct(values: list[float], p: float) -> float:
     return round(s[k], 3)
 
 
-async def sequential(http: aiohttp.ClientSession, url: str, n: int, headers: dict[str, str]
+Headers = list[dict[str, str]]  # rotated per request: one entry per agent
+
+
+async def sequential(http: aiohttp.ClientSession, url: str, n: int, headers: Headers
                      ) -> tuple[list[float], list[float]]:
     lat, overhead = [], []
-    for _ in range(n):
+    for i in range(n):
         t = time.perf_counter()
-        async with http.post(url, json=BODY, headers=headers) as r:
+        async with http.post(url, json=BODY, headers=headers[i % len(headers)]) as r:
             await r.read()
             assert r.status == 200, r.status
             if "x-arbstr-overhead-ms" in r.headers:
@@ -48,14 +51,14 @@ async def sequential(http: aiohttp.ClientSession, url: str, n: int, headers: dic
 
 
 async def throughput(http: aiohttp.ClientSession, url: str, concurrency: int, duration_s: float,
-                     headers: dict[str, str]) -> dict[str, Any]:
+                     headers: Headers) -> dict[str, Any]:
     done = errors = 0
     deadline = time.perf_counter() + duration_s
 
-    async def worker() -> None:
+    async def worker(k: int) -> None:
         nonlocal done, errors
         while time.perf_counter() < deadline:
-            async with http.post(url, json=BODY, headers=headers) as r:
+            async with http.post(url, json=BODY, headers=headers[(done + k) % len(headers)]) as r:
                 await r.read()
                 if r.status == 200:
                     done += 1
@@ -63,18 +66,18 @@ async def throughput(http: aiohttp.ClientSession, url: str, concurrency: int, du
                     errors += 1
 
     t = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
     elapsed = time.perf_counter() - t
     return {"req_per_s": round(done / elapsed, 1), "ok": done, "errors": errors, "in_flight": concurrency}
 
 
-async def ttft(http: aiohttp.ClientSession, url: str, n: int, headers: dict[str, str]) -> list[float]:
+async def ttft(http: aiohttp.ClientSession, url: str, n: int, headers: Headers) -> list[float]:
     out = []
     body = {**BODY, "stream": True}
-    for _ in range(n):
+    for i in range(n):
         t = time.perf_counter()
         first: Optional[float] = None
-        async with http.post(url, json=body, headers=headers) as r:
+        async with http.post(url, json=body, headers=headers[i % len(headers)]) as r:
             async for line in r.content:
                 if first is None and b'"content"' in line:
                     first = (time.perf_counter() - t) * 1000
@@ -83,17 +86,17 @@ async def ttft(http: aiohttp.ClientSession, url: str, n: int, headers: dict[str,
 
 
 async def measure(gateway: str, direct: str, requests: int, concurrency: int, duration_s: float,
-                  headers: dict[str, str]) -> dict[str, Any]:
+                  headers: Headers) -> dict[str, Any]:
     conn = aiohttp.TCPConnector(limit=concurrency * 2)
     async with aiohttp.ClientSession(connector=conn) as http:
         gw_url, direct_url = f"{gateway}/v1/chat/completions", f"{direct}/alpha/v1/chat/completions"
         await sequential(http, gw_url, 200, headers)  # warm-up: connections, caches, JIT-free but lazy imports
-        await sequential(http, direct_url, 200, {})
-        d_lat, _ = await sequential(http, direct_url, requests, {})
+        await sequential(http, direct_url, 200, [{}])
+        d_lat, _ = await sequential(http, direct_url, requests, [{}])
         g_lat, g_over = await sequential(http, gw_url, requests, headers)
-        d_tp = await throughput(http, direct_url, concurrency, duration_s, {})
+        d_tp = await throughput(http, direct_url, concurrency, duration_s, [{}])
         g_tp = await throughput(http, gw_url, concurrency, duration_s, headers)
-        d_ttft = await ttft(http, direct_url, min(requests, 300), {})
+        d_ttft = await ttft(http, direct_url, min(requests, 300), [{}])
         g_ttft = await ttft(http, gw_url, min(requests, 300), headers)
     return {
         "sequential": {
@@ -116,12 +119,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--paid", action="store_true", help="with the vault: every request reserved and settled")
+    ap.add_argument("--agents", type=int, default=100, help="paid mode: requests rotate over this many agents")
     args = ap.parse_args(argv)
     install_uvloop()
-    with bench_stack() as stack:
+    with bench_stack(paid=args.paid) as stack:
+        headers: Headers = [{}]
+        if args.paid:
+            headers = [{"Authorization": f"Bearer {stack.create_agent(f'bench{i}', 10**15)}"}
+                       for i in range(args.agents)]
         result = asyncio.run(measure(stack.gateway_url, stack.mock_url, args.requests, args.concurrency,
-                                     args.duration, {}))
-    result["mode"] = "free"
+                                     args.duration, headers))
+    result["mode"] = "paid" if args.paid else "free"
+    if args.paid:
+        result["agents"] = args.agents
     print(json.dumps(result, indent=2))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -17,28 +18,38 @@ from arbstr.supervisor import wait_http
 
 class BenchStack:
     def __init__(self, workdir: Path, gateway_url: str, mock_url: str, nats: NatsServer,
-                 procs: list[subprocess.Popen[bytes]]) -> None:
+                 procs: list[subprocess.Popen[bytes]], admin_token: str = "") -> None:
         self.workdir = workdir
         self.gateway_url = gateway_url
         self.mock_url = mock_url
         self.nats = nats
         self.procs = procs
+        self.admin_token = admin_token
+
+    def create_agent(self, name: str, deposit_msat: int) -> str:
+        """A funded agent; returns its bearer token."""
+        from arbstr.demo import ensure_demo_agent
+
+        folder = self.workdir / f"agent-{name}"
+        folder.mkdir(exist_ok=True)
+        return ensure_demo_agent(self.gateway_url, folder, self.admin_token, name, deposit_msat)["token"]
 
 
 @contextmanager
-def bench_stack(extra_toml: str = "", components: Optional[list[str]] = None,
+def bench_stack(paid: bool = False, components: Optional[list[str]] = None,
                 sync_always: bool = True) -> Iterator[BenchStack]:
     with tempfile.TemporaryDirectory(prefix="arbstr-bench-") as tmp:
         work = Path(tmp)
         gw_port, mock_port = free_port(), free_port()
         cfg = work / "arbstr.toml"
-        cfg.write_text(demo_toml(gw_port, mock_port) + "\n" + extra_toml)
+        admin = "adm_" + secrets.token_urlsafe(32) if paid else ""
+        cfg.write_text(demo_toml(gw_port, mock_port, admin_token=admin))
         nats = NatsServer(work / "nats", sync_always=sync_always).start()
         logs = open(work / "components.log", "ab")
         py = sys.executable
         procs = [subprocess.Popen([py, "-m", "arbstr", "mock-upstream", "--port", str(mock_port)],
                                   stdout=logs, stderr=logs)]
-        for comp in components or ["pricing", "router", "gateway"]:
+        for comp in components or ["pricing", "breaker", "router", *(["vault"] if paid else []), "gateway"]:
             procs.append(subprocess.Popen([py, "-m", "arbstr", "run", comp, "--config", str(cfg), "--nats", nats.url],
                                           stdout=logs, stderr=logs))
         try:
@@ -46,7 +57,7 @@ def bench_stack(extra_toml: str = "", components: Optional[list[str]] = None,
             if not wait_http(gw + "/ready", 30):
                 raise RuntimeError(f"stack did not become ready; see {work / 'components.log'}")
             time.sleep(0.3)
-            yield BenchStack(work, gw, f"http://127.0.0.1:{mock_port}", nats, procs)
+            yield BenchStack(work, gw, f"http://127.0.0.1:{mock_port}", nats, procs, admin)
         finally:
             for p in reversed(procs):
                 p.terminate()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from typing import Callable, Optional, TypeVar
 
@@ -32,6 +33,8 @@ log = logging.getLogger("arbstr.breaker")
 
 VERSION = "0.1.0"
 MAX_CAS_ATTEMPTS = 32
+CONFLICT_PAUSE_S = 0.002
+RETRY_PAUSE_S = 0.2  # before writing a batch again after the bucket refused it
 # Outcomes waiting for one provider's write; beyond this the oldest go (only recent ones decide a transition).
 MAX_PENDING = 10_000
 _DELETE_OPS = ("DEL", "PURGE")
@@ -91,7 +94,11 @@ class BreakerActor:
                 log.debug("breaker: unsubscribe failed", exc_info=True)
             self._sub = None
         if self._workers:  # outcomes already taken in are written before the connection drains
-            await asyncio.wait(set(self._workers.values()), timeout=5)
+            workers = set(self._workers.values())
+            _, stuck = await asyncio.wait(workers, timeout=5)
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
         if self._watcher is not None:
             try:
                 await self._watcher.stop()
@@ -149,7 +156,7 @@ class BreakerActor:
 
     async def _update(self, provider: str, change: Change[T]) -> tuple[BreakerState, T]:
         """Read, apply ``change(state, now_ms)``, write back only if it changed, compare-and-set on the revision."""
-        for _ in range(MAX_CAS_ATTEMPTS):
+        for attempt in range(MAX_CAS_ATTEMPTS):
             current, revision = await self.read(provider)
             new, result = change(current, self.clock())
             if new is current:
@@ -161,7 +168,10 @@ class BreakerActor:
                 else:
                     await self.kv.update(provider, data, last=revision)
             except KeyWrongLastSequenceError:
+                # Another instance wrote first. A random pause breaks the lockstep in which the same instance
+                # could lose every round to a busier one.
                 self.conflicts += 1
+                await asyncio.sleep(random.uniform(0, CONFLICT_PAUSE_S * min(attempt + 1, 8)))
                 continue
             self.writes += 1
             self.states[provider] = new
@@ -207,9 +217,12 @@ class BreakerActor:
                     continue
                 try:
                     await self._update(provider, lambda s, now: (on_outcomes(s, batch, now, self.cfg), None))
-                except Exception:  # breaker state is advisory: losing a batch must not stop the next ones
-                    log.warning("breaker: could not record %d outcome(s) of %s", len(batch), provider,
+                except Exception:  # KV unavailable or contended: keep the batch, in order, and try again
+                    log.warning("breaker: could not record %d outcome(s) of %s yet", len(batch), provider,
                                 exc_info=True)
+                    later = self._pending.get(provider, [])
+                    self._pending[provider] = (batch + later)[-MAX_PENDING:]
+                    await asyncio.sleep(RETRY_PAUSE_S)
         finally:
             self._workers.pop(provider, None)
 

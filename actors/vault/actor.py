@@ -370,7 +370,7 @@ class VaultActor:
         while self._running:
             await asyncio.sleep(0.5)
             try:
-                self.projection.flush()
+                await self.projection.flush_async()
             except Exception:
                 log.exception("projection flush failed")
 

@@ -1,12 +1,18 @@
 """DuckDB projection of the ledger for history, audit and reports. It never decides anything about money.
 
-Rows are keyed by (agent_id, seq) and the last applied stream sequence is stored with them, so feeding the
-same entries twice, or replaying the stream from sequence 1 into an existing file, changes nothing.
+The last applied stream sequence is stored in the same transaction as the rows, and entries at or below it
+are skipped: feeding the same entries twice, or replaying the stream from sequence 1 into an existing file,
+changes nothing. Rows are bulk-loaded from a JSON-lines file in a worker thread: DuckDB binds Python
+parameters at ~0.2 ms a row, which would stall the vault's event loop; a bulk load is ~50x cheaper.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import shutil
+import tempfile
 import threading
 from typing import Any, Optional
 
@@ -30,13 +36,19 @@ CREATE TABLE IF NOT EXISTS ledger (
     model VARCHAR,
     body VARCHAR NOT NULL,
     hash VARCHAR NOT NULL,
-    prev_hash VARCHAR NOT NULL,
-    PRIMARY KEY (agent_id, seq)
+    prev_hash VARCHAR NOT NULL
 );
 CREATE TABLE IF NOT EXISTS projection_meta (k VARCHAR PRIMARY KEY, v BIGINT NOT NULL);
 """
 
-_COLUMNS = 14
+_COLUMNS = {
+    "stream_seq": "BIGINT", "agent_id": "VARCHAR", "seq": "BIGINT", "part": "INTEGER", "at_ms": "BIGINT",
+    "op_id": "VARCHAR", "kind": "VARCHAR", "rid": "VARCHAR", "amount_msat": "BIGINT", "provider": "VARCHAR",
+    "model": "VARCHAR", "body": "VARCHAR", "hash": "VARCHAR", "prev_hash": "VARCHAR",
+}
+_NAMES = list(_COLUMNS)
+_READ = ("INSERT INTO ledger SELECT " + ", ".join(_NAMES) + " FROM read_json(?, format = 'newline_delimited', "
+         "columns = {" + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "})")
 
 
 def _amount(body: Any) -> int:
@@ -61,38 +73,46 @@ class Projection:
         self.db.execute(_SCHEMA)
         row = self.db.execute("SELECT v FROM projection_meta WHERE k = 'stream_seq'").fetchone()
         self.applied_seq = int(row[0]) if row else 0
-        self._pending: list[tuple[Any, ...]] = []
+        self._pending: list[str] = []
         self._pending_seq = self.applied_seq
         self._lock = threading.Lock()
+        self._spool = tempfile.mkdtemp(prefix="arbstr-projection-")
 
     def add(self, events: list[LedgerEvent], stream_seq: int) -> None:
-        if stream_seq <= self.applied_seq:
+        if stream_seq <= self._pending_seq:
             return
-        self._pending.extend(event_row(e, stream_seq) for e in events)
-        self._pending_seq = max(self._pending_seq, stream_seq)
+        self._pending.extend(json.dumps(dict(zip(_NAMES, event_row(e, stream_seq)))) for e in events)
+        self._pending_seq = stream_seq
 
     def flush(self) -> int:
-        """Write what is buffered; returns the number of rows written."""
+        """Write what is buffered (blocking; see ``flush_async``); returns the number of rows written."""
         with self._lock:
             rows, self._pending = self._pending, []
             seq = self._pending_seq
-            if not rows and seq <= self.applied_seq:
+            if seq <= self.applied_seq:
                 return 0
-            self.db.execute("BEGIN")
+            cur = self.db.cursor()
+            path = os.path.join(self._spool, "rows.jsonl")
             try:
-                for i in range(0, len(rows), 500):
-                    chunk = rows[i:i + 500]
-                    placeholders = ",".join(["(" + ",".join(["?"] * _COLUMNS) + ")"] * len(chunk))
-                    self.db.execute(f"INSERT OR IGNORE INTO ledger VALUES {placeholders}",
-                                    [v for r in chunk for v in r])
-                self.db.execute("INSERT OR REPLACE INTO projection_meta VALUES ('stream_seq', ?)", [seq])
-                self.db.execute("COMMIT")
+                cur.execute("BEGIN")
+                if rows:
+                    with open(path, "w", encoding="utf-8") as f:
+                        f.write("\n".join(rows))
+                        f.write("\n")
+                    cur.execute(_READ, [path])
+                cur.execute("INSERT OR REPLACE INTO projection_meta VALUES ('stream_seq', ?)", [seq])
+                cur.execute("COMMIT")
             except Exception:
-                self.db.execute("ROLLBACK")
+                cur.execute("ROLLBACK")
                 self._pending = rows + self._pending
                 raise
+            finally:
+                cur.close()
             self.applied_seq = seq
             return len(rows)
+
+    async def flush_async(self) -> int:
+        return await asyncio.to_thread(self.flush)
 
     def history(self, agent_id: Optional[str], since_ms: Optional[int], limit: int) -> list[HistoryItem]:
         self.flush()
@@ -107,15 +127,20 @@ class Projection:
                + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY stream_seq DESC, seq DESC LIMIT ?")
         params.append(limit)
         out = []
-        for agent, seq, at_ms, kind, op_id, rid, amount, body, h, prev in self.db.execute(sql, params).fetchall():
+        with self._lock:
+            rows = self.db.execute(sql, params).fetchall()
+        for agent, seq, at_ms, kind, op_id, rid, amount, body, h, prev in rows:
             out.append(HistoryItem(agent_id=agent, seq=seq, at_ms=at_ms, kind=kind, op_id=op_id, request_id=rid,
                                    amount_msat=amount, detail=json.loads(body), hash=h, prev_hash=prev))
         return out
 
-    def totals(self) -> dict[str, int]:
-        """Per-kind sums, for cross-checking the books against the projection."""
+    def totals(self, agent_id: Optional[str] = None) -> dict[str, int]:
+        """Per-kind sums of amount_msat (one agent or all), for cross-checking the fold against the projection."""
         self.flush()
-        rows = self.db.execute("SELECT kind, sum(amount_msat) FROM ledger GROUP BY kind").fetchall()
+        sql = "SELECT kind, sum(amount_msat) FROM ledger" + (" WHERE agent_id = ?" if agent_id else "") + \
+              " GROUP BY kind"
+        with self._lock:
+            rows = self.db.execute(sql, [agent_id] if agent_id else []).fetchall()
         return {k: int(v or 0) for k, v in rows}
 
     def close(self) -> None:
@@ -123,3 +148,4 @@ class Projection:
             self.flush()
         finally:
             self.db.close()
+            shutil.rmtree(self._spool, ignore_errors=True)
