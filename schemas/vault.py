@@ -206,6 +206,8 @@ class Books(Message):
     agents: int
     balanced: bool
     ledger_seq: int
+    projection_agrees: Optional[bool] = Field(
+        None, description="the DuckDB projection's deposits, withdrawals and spend equal the fold's")
 
 
 class ChainCheck(Message):

@@ -3,7 +3,6 @@ against a real stack whose breakers are opened by injected upstream failures."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 

@@ -21,12 +21,15 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from actors.breaker.actor import BreakerActor
+from actors.router.rank import route
 from actors.runtime import ActorHost, open_bucket
 from arbstr.natsserver import NatsServer
 from gateway.app import Gateway
 from schemas import subjects
 from schemas.breaker import BreakerState
 from schemas.config import Config, parse_config
+from schemas.pricing import ProviderPrices
+from schemas.router import RouteRequest
 from tests.stack import Stack, start_stack
 
 PROVIDERS = ("res_a", "res_b", "res_c")  # cheapest first
@@ -205,6 +208,26 @@ async def open_by_failures(http: aiohttp.ClientSession, stack: Stack, mock_url: 
         assert r.status == 200, body
         assert r.headers["x-arbstr-retries"] == "1"
     await eventually(routers_see(stack, provider, "open"))
+
+
+# --- the router's side: which candidates need a probe ---------------------------------------------------------------
+NOW = 1_700_000_000_000
+
+
+def test_router_marks_recovering_providers_as_probe_candidates() -> None:
+    prices = [ProviderPrices(provider=n, tier=t, models=["m"], input_rate=r, output_rate=r)  # type: ignore[arg-type]
+              for n, t, r in (("loc", "local", 0), ("std", "standard", 10), ("top", "frontier", 90))]
+    req = RouteRequest(request_id="q", model="m", input_tokens=10)
+    breakers = {"loc": BreakerState(provider="loc", state="half_open"),
+                "std": BreakerState(provider="std", state="open", retry_at_ms=NOW),  # cool-down just over
+                "top": BreakerState(provider="top", state="closed", consecutive_failures=2)}
+    reply = route(req, prices, breakers, Config(), NOW)
+    assert [(c.provider, c.probe) for c in reply.candidates] == [("loc", True), ("std", True), ("top", False)]
+    # A hard request whose only frontier provider is recovering waits for its probe: never served below the tier.
+    hard = req.model_copy(update={"complexity": None, "input_tokens": 20_000,
+                                  "text_sample": "Prove step by step and analyze: ```x``` see src/a.py"})
+    reply = route(hard, prices, {"top": BreakerState(provider="top", state="half_open")}, Config(), NOW)
+    assert reply.tier == "frontier" and [(c.provider, c.probe) for c in reply.candidates] == [("top", True)]
 
 
 # --- breakers open, traffic moves -----------------------------------------------------------------------------------

@@ -357,7 +357,6 @@ async def test_vault_killed_mid_storm_charges_every_success_once(fresh_nats: Nat
                         (rid, res)
                 else:  # the client saw a failure: it was never reserved, or released, never charged
                     assert res is None or res.charged_msat == 0, (rid, status, res)
-            print("STATS", statuses, Counter(r.kind for r in state.resolutions.values()), len(state.tombstones), dict(ok_in))
             check = await stack.gateway.bus.call(subjects.vault_admin("verify"), Empty(), ChainCheck)
             assert check.ok, check
     finally:

@@ -19,6 +19,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections import Counter
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -622,6 +623,7 @@ class VaultOnNats(RuleBasedStateMachine):
             self.vaults[which], self.hosts[which], self.conns[which] = actor, new_host, new_nc
 
         self.run(go())
+        event(f"restart ({'abrupt' if abrupt else 'graceful'})")
 
     # -- invariants --------------------------------------------------------------------------------------
     @invariant()
@@ -706,3 +708,52 @@ async def test_a_retry_after_a_lost_ack_takes_the_10071_path_and_changes_nothing
         await host.stop()
         await vnc.close()
         await nc.close()
+
+
+# --- read-your-writes across instances ------------------------------------------------------------------------
+
+async def test_a_write_acked_by_one_instance_is_never_denied_by_the_other(fresh_nats: NatsServer) -> None:
+    """Whatever one instance has journaled and acknowledged, the next request may reach the other (the queue
+    group picks): a new agent must not be 404 or 401 there, nor a fresh deposit answered with 402. Each step below
+    goes to the other instance right after the previous one's reply."""
+    config = model_config("charge")
+    conns = [await nats.connect(fresh_nats.url) for _ in range(2)]
+    a, b = VaultActor(config), VaultActor(config)
+    hosts = [ActorHost(a, conns[0]), ActorHost(b, conns[1])]
+    for h in hosts:
+        await h.start()
+    stale: Counter[str] = Counter()
+    try:
+        for n in range(30):
+            # A new agent, then its deposit on the other instance: 404 there would be a stale read.
+            th = token_hash(f"arb_ryw_{n}")
+            acct = await a._create_agent(CreateAgent(name=f"ryw-{n}", token_hash=th, policy=AgentPolicy()), {})
+            deposit = DepositCommand(agent_id=acct.agent_id, amount_msat=10_000, deposit_id="d1")
+            depositor, other = b, a
+            try:
+                await b._deposit(deposit, {})
+            except ArbstrError as e:
+                stale[f"deposit after create: {e.status} {e.code}"] += 1
+                await a._deposit(deposit, {})
+                depositor, other = a, b
+            # The deposit acked, then a reserve it pays for on the other instance: 402 there would be stale.
+            try:
+                await other._reserve(ReserveRequest(request_id=f"r{n}", token_hash=th, envelope=envelope(0, 5, 0)), {})
+            except ArbstrError as e:
+                stale[f"reserve after deposit: {e.status} {e.code}"] += 1
+            # A new agent with no funds, asked at once on the other instance: 402 is right, 401 is stale.
+            th2 = token_hash(f"arb_ryw_poor_{n}")
+            await a._create_agent(CreateAgent(name=f"ryw-poor-{n}", token_hash=th2, policy=AgentPolicy()), {})
+            try:
+                await b._reserve(ReserveRequest(request_id=f"p{n}", token_hash=th2, envelope=envelope(0, 5, 0)), {})
+            except ArbstrError as e:
+                if e.status != 402:
+                    stale[f"reserve after create: {e.status} {e.code}"] += 1
+            else:
+                raise AssertionError("an agent with no funds got a hold")
+        assert not stale, f"stale denials in 30 tries: {dict(stale)}"
+    finally:
+        for h in hosts:
+            await h.stop()
+        for c in conns:
+            await c.close()

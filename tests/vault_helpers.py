@@ -50,4 +50,5 @@ async def settled(http: aiohttp.ClientSession, stack: Stack, agent_id: str, time
 
 def assert_balanced(b: dict[str, Any]) -> None:
     assert b["balanced"] is True, b
+    assert b["projection_agrees"] is True, b
     assert b["deposits_msat"] - b["withdrawals_msat"] == b["balances_msat"] + b["pending_msat"] + b["spent_msat"], b

@@ -86,7 +86,7 @@ class VaultActor:
         await ensure_streams(nc, self.vc.replicas)
         self.journal = Journal(nc)
         target = await self.journal.stream_last_seq()
-        await self.journal.follow(self.book.apply_entry)
+        await self.journal.follow(self.book.apply_entry, self.book.already_applied)
         if target:
             await self.journal.wait_applied(target, timeout_s=120)
         self.projection.flush()
@@ -98,6 +98,10 @@ class VaultActor:
 
     async def stop(self) -> None:
         self._running = False
+        # The settle consumer finishes its current fetch (≤ 1 s) and hands over what it got: cancelling it
+        # mid-fetch would strand delivered messages until the consumer's ack wait.
+        if self._tasks:
+            await asyncio.wait([self._tasks[0]], timeout=2.0)
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -304,8 +308,17 @@ class VaultActor:
                 log.warning("settle consumer: %r", e)
                 await asyncio.sleep(0.5)
                 continue
-            for msg in msgs:
-                await self._settle_sem.acquire()
+            for i, msg in enumerate(msgs):
+                try:
+                    await self._settle_sem.acquire()
+                except asyncio.CancelledError:
+                    # Stopping: hand the rest of the batch back now rather than after the ack wait.
+                    for rest in msgs[i:]:
+                        try:
+                            await rest.nak()
+                        except Exception:
+                            pass
+                    raise
                 task = asyncio.create_task(self._handle_settle_msg(msg))
                 self._inflight.add(task)
                 task.add_done_callback(self._inflight.discard)
@@ -469,7 +482,13 @@ class VaultActor:
 
     async def _books(self, req: Empty, headers: dict[str, str]) -> Books:
         assert self.journal is not None
-        return self.book.books(self.journal.applied_seq)
+        books = self.book.books(self.journal.applied_seq)
+        totals = await asyncio.to_thread(self.projection.totals)
+        books.projection_agrees = (
+            totals.get("deposited", 0) == books.deposits_msat
+            and totals.get("withdrawn", 0) == books.withdrawals_msat
+            and totals.get("settled", 0) + totals.get("expired", 0) == books.spent_msat)
+        return books
 
     async def _verify(self, req: Empty, headers: dict[str, str]) -> ChainCheck:
         """Re-read the whole ledger from sequence 1 and check every agent's hash chain."""

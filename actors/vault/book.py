@@ -66,6 +66,13 @@ class Book:
         slot.stream_seq = max(slot.stream_seq, stream_seq)
         return fresh
 
+    def already_applied(self, agent_id: str, last_event_seq: int, stream_seq: int) -> bool:
+        slot = self.slots.get(agent_id)
+        if slot is None or slot.state.seq < last_event_seq:
+            return False
+        slot.stream_seq = max(slot.stream_seq, stream_seq)
+        return True
+
     def agent_by_token(self, token_hash: str) -> Optional[str]:
         """The agent whose current token hashes to ``token_hash``; compared in constant time."""
         agent_id = self._by_token.get(token_hash)

@@ -26,6 +26,9 @@ log = logging.getLogger("arbstr.vault.journal")
 WRONG_LAST_SEQUENCE = 10071
 H_EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 H_EXPECTED_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+# Written on every entry so a follower can skip decoding what it already applied (its own writes).
+H_AGENT = "Arbstr-Agent"
+H_LAST_EVENT_SEQ = "Arbstr-Last-Event-Seq"
 
 
 class Conflict(Exception):
@@ -76,6 +79,8 @@ class Journal:
             subjects.H_MSG_ID: f"{entry.agent_id}:{entry.op_id}",
             H_EXPECTED_SEQ: str(expected_last_seq),
             H_EXPECTED_SUBJECT: subjects.ledger_all(entry.agent_id),
+            H_AGENT: entry.agent_id,
+            H_LAST_EVENT_SEQ: str(entry.events[-1].seq),
         }
         try:
             ack = await self.js.publish(subjects.ledger(entry.agent_id), entry.model_dump_json().encode(),
@@ -102,11 +107,23 @@ class Journal:
         info = await self.js.stream_info(subjects.STREAM_LEDGER)
         return int(info.state.last_seq)
 
-    async def follow(self, apply: Callable[[JournalEntry, int], Awaitable[None] | None]) -> None:
-        """Hand every entry, from sequence 1 and then live, to ``apply`` in stream order."""
+    async def follow(self, apply: Callable[[JournalEntry, int], Awaitable[None] | None],
+                     applied: Optional[Callable[[str, int, int], bool]] = None) -> None:
+        """Hand every entry, from sequence 1 and then live, to ``apply`` in stream order.
+
+        ``applied(agent_id, last_event_seq, stream_seq)`` may say an entry is already folded (this instance
+        wrote it); then it is not decoded at all.
+        """
 
         async def on_msg(msg: Msg) -> None:
             seq = int(msg.metadata.sequence.stream)
+            h = msg.headers or {}
+            agent, last = h.get(H_AGENT), h.get(H_LAST_EVENT_SEQ)
+            if applied is not None and agent and last and last.isdigit() and applied(agent, int(last), seq):
+                async with self._progress:
+                    self.applied_seq = max(self.applied_seq, seq)
+                    self._progress.notify_all()
+                return
             try:
                 entry = JournalEntry.model_validate_json(msg.data)
             except Exception:
@@ -136,5 +153,7 @@ class Journal:
 
 
 def settle_consumer_config() -> ConsumerConfig:
-    return ConsumerConfig(durable_name="vault-settle", ack_policy=AckPolicy.EXPLICIT, ack_wait=30.0,
+    # A settle fetched by an instance that then dies is redelivered after ack_wait: short enough that holds
+    # do not linger, long enough that a journal write (retrying 10071s for a few seconds) finishes first.
+    return ConsumerConfig(durable_name="vault-settle", ack_policy=AckPolicy.EXPLICIT, ack_wait=10.0,
                           max_deliver=-1, max_ack_pending=4096)
