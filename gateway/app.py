@@ -25,6 +25,7 @@ from .meter import FreeMeter, Meter
 from .proxy import Proxy
 from .upstream import Upstream
 from .admin import VaultHTTP
+from .ops import add_ops_routes
 from .vault_meter import VaultMeter
 
 log = logging.getLogger("arbstr.gateway")
@@ -88,7 +89,7 @@ class Gateway:
             app.router.add_get(prefix + "/models/{model:.+}", self.model)
         if self.config.vault is not None:
             VaultHTTP(self.config, self.bus).add_routes(app)
-        app.router.add_get("/health", self.health)
+        add_ops_routes(app, self)
         app.router.add_get("/ready", self.ready)
         return app
 
@@ -150,13 +151,8 @@ class Gateway:
         except Exception:
             return False
 
-    async def health(self, request: web.Request) -> web.Response:
-        connected = self.nc.is_connected
-        return json_response({"status": "ok" if connected else "unhealthy", "nats": connected,
-                              "mode": "paid" if self.meter.paid else "free"}, status=200 if connected else 503)
-
     async def ready(self, request: web.Request) -> web.Response:
-        services = [subjects.SERVICE_ROUTER, subjects.SERVICE_PRICING]
+        services = [subjects.SERVICE_ROUTER, subjects.SERVICE_PRICING, subjects.SERVICE_BREAKER]
         if self.config.vault is not None:
             services.append(subjects.SERVICE_VAULT)
         results = await asyncio.gather(*(self._ping(s) for s in services))
