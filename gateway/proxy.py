@@ -372,7 +372,8 @@ class Proxy:
             "x-request-id": ex.request_id,
             "x-arbstr-provider": cand.provider,
             "x-arbstr-model": cand.model,
-            "x-arbstr-tier": cand.tier,
+            "x-arbstr-tier": ex.route.tier,  # the decision: the minimum tier this request needs
+            "x-arbstr-provider-tier": cand.tier,
             "x-arbstr-complexity": ex.route.complexity,
             "x-arbstr-retries": str(len(ex.attempts)),
             **extra,

@@ -64,3 +64,22 @@ def fresh_nats(tmp_path: Path) -> Iterator[NatsServer]:
     server.start()
     yield server
     server.stop(kill=True)
+
+
+@pytest.fixture
+async def hosts(fresh_nats: NatsServer) -> AsyncIterator["object"]:
+    """Actors on their own connections to this test's own nats-server; stopped at teardown."""
+    from tests.hosts import Hosts
+
+    h = Hosts(fresh_nats.url)
+    yield h
+    await h.stop_all()
+
+
+@pytest.fixture
+async def client(fresh_nats: NatsServer) -> AsyncIterator["object"]:
+    import nats
+
+    conn = await nats.connect(fresh_nats.url)
+    yield conn
+    await conn.drain()

@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Optional
+from typing import Awaitable, Callable, Optional
 
-import nats
-import pytest
 from nats.aio.client import Client as NATS
 
 from actors.breaker.actor import BreakerActor
 from actors.pricing.actor import PricingActor
 from actors.router.actor import RouterActor
-from actors.runtime import Actor, ActorHost, open_bucket
-from arbstr.natsserver import NatsServer
+from actors.runtime import open_bucket
 from schemas import subjects
 from schemas.breaker import BreakerState, Outcome, OutcomeKind, ProbeReply, ProbeRequest, StateReply, StateRequest
 from schemas.config import BreakerConfig, Config, ProviderConfig
 from schemas.errors import ErrorBody
 from schemas.router import RouteReply, RouteRequest
+from tests.hosts import Hosts
 
 
 def _provider(name: str, rate: int) -> ProviderConfig:
@@ -35,49 +32,6 @@ def config(**breaker: float) -> Config:
     values = {"failure_threshold": 3, "cooldown_s": 0.4, "probe_timeout_s": 0.4, "tick_interval_s": 0.05, **breaker}
     return Config(providers=[_provider("alpha", 1000), _provider("beta", 2000)],
                   breaker=BreakerConfig(**values))  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    srv = NatsServer(tmp_path / "nats", log_file=tmp_path / "nats.log")
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-class Hosts:
-    """Actors on their own connections, as separate processes would be; all stopped at teardown."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.running: list[tuple[ActorHost, NATS]] = []
-
-    async def start(self, actor: Actor) -> ActorHost:
-        nc = await nats.connect(self.url)
-        host = ActorHost(actor, nc)
-        await host.start()
-        self.running.append((host, nc))
-        return host
-
-    async def stop_all(self) -> None:
-        for host, nc in reversed(self.running):
-            await host.stop()
-            await nc.drain()
-        self.running.clear()
-
-
-@pytest.fixture
-async def hosts(server: NatsServer) -> AsyncIterator[Hosts]:
-    h = Hosts(server.url)
-    yield h
-    await h.stop_all()
-
-
-@pytest.fixture
-async def client(server: NatsServer) -> AsyncIterator[NATS]:
-    conn = await nats.connect(server.url)
-    yield conn
-    await conn.drain()
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 3.0) -> None:

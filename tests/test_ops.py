@@ -3,7 +3,6 @@ against a real stack whose breakers are opened by injected upstream failures."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 import aiohttp
@@ -105,14 +104,6 @@ def config(mock_url: str, names: tuple[str, ...] = PROVIDERS) -> Config:
     })
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    srv = NatsServer(tmp_path / "nats", log_file=tmp_path / "nats.log")
-    srv.start()
-    yield srv
-    srv.stop()
-
-
 @pytest.fixture(autouse=True)
 async def clean_mock(mock_upstream: str) -> AsyncIterator[None]:
     async with aiohttp.ClientSession() as s:
@@ -144,8 +135,8 @@ async def serve_ops(gw: Gateway) -> tuple[str, web.AppRunner]:
 
 
 @pytest.fixture
-async def ops(server: NatsServer, mock_upstream: str) -> AsyncIterator[Ops]:
-    stack = await start_stack(config(mock_upstream), server.url)
+async def ops(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Ops]:
+    stack = await start_stack(config(mock_upstream), fresh_nats.url)
     url, runner = await serve_ops(stack.gateway)
     yield Ops(stack, url, runner)
     await runner.cleanup()
@@ -285,16 +276,16 @@ async def test_health_ok_degraded_unhealthy(http: aiohttp.ClientSession, ops: Op
     assert (status, body["status"], body["usable_providers"]) == (503, "unhealthy", 0)
 
 
-async def test_health_without_the_breaker_actor_is_degraded(http: aiohttp.ClientSession, server: NatsServer,
+async def test_health_without_the_breaker_actor_is_degraded(http: aiohttp.ClientSession, fresh_nats: NatsServer,
                                                             mock_upstream: str) -> None:
-    stack = await start_stack(config(mock_upstream), server.url, breakers=False)
+    stack = await start_stack(config(mock_upstream), fresh_nats.url, breakers=False)
     url, runner = await serve_ops(stack.gateway)
     try:
         status, body = await get(http, f"{url}/health")
         assert (status, body["status"], body["breakers_available"]) == (200, "degraded", False)
         assert {p["state"] for p in body["providers"].values()} == {"unknown"}
         # Started now, the breaker answers and health is ok again.
-        nc = await nats.connect(server.url)
+        nc = await nats.connect(fresh_nats.url)
         host = ActorHost(BreakerActor(stack.config), nc)
         await host.start()
         try:

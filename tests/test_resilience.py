@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 import aiohttp
@@ -69,14 +68,6 @@ async def reset(mock_upstream: str) -> None:
             await s.delete(f"{mock_upstream}/_mock/{p}/stats")
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    srv = NatsServer(tmp_path / "nats", log_file=tmp_path / "nats.log")
-    srv.start()
-    yield srv
-    srv.stop()
-
-
 class Stacks:
     """Stacks and extra gateways started by a test; all stopped at teardown."""
 
@@ -131,8 +122,8 @@ class Stacks:
 
 
 @pytest.fixture
-async def stacks(server: NatsServer) -> AsyncIterator[Stacks]:
-    s = Stacks(server.url)
+async def stacks(fresh_nats: NatsServer) -> AsyncIterator[Stacks]:
+    s = Stacks(fresh_nats.url)
     yield s
     await s.stop_all()
 

@@ -8,23 +8,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
-import nats
-import pytest
 from nats.aio.client import Client as NATS
 
 from actors.pricing.actor import PricingActor
 from actors.router.actor import RouterActor
-from actors.runtime import Actor, ActorHost
-from arbstr.natsserver import NatsServer
 from schemas import subjects
 from schemas.breaker import BreakerState
 from schemas.config import Config, PolicyConfig, ProviderConfig
 from schemas.errors import ErrorBody
 from schemas.pricing import PriceTable, ProviderPrices, QuoteReply, QuoteRequest, TableRequest
 from schemas.router import RouteReply, RouteRequest
+from tests.hosts import Hosts
 
 
 def _provider(name: str, inp: int, out: int, models: Optional[list[str]] = None, **kw: Any) -> ProviderConfig:
@@ -36,55 +32,6 @@ CONFIG = Config(
     providers=[_provider("alpha", 3000, 3000), _provider("beta", 1000, 1000), _provider("gamma", 2000, 2000)],
     policies=[PolicyConfig(name="budget", keywords=["cheap"], max_input_rate=2500)],
 )
-
-
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[NatsServer]:
-    srv = NatsServer(tmp_path / "nats", log_file=tmp_path / "nats.log")
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-class Hosts:
-    """Actors hosted on their own connections, as separate processes would be; all stopped at teardown."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.running: list[tuple[ActorHost, NATS]] = []
-
-    async def start(self, actor: Actor) -> ActorHost:
-        nc = await nats.connect(self.url)
-        host = ActorHost(actor, nc)
-        await host.start()
-        self.running.append((host, nc))
-        return host
-
-    async def stop(self, host: ActorHost) -> None:
-        for i, (h, nc) in enumerate(self.running):
-            if h is host:
-                await h.stop()
-                await nc.drain()
-                del self.running[i]
-                return
-
-    async def stop_all(self) -> None:
-        for host, _ in list(reversed(self.running)):
-            await self.stop(host)
-
-
-@pytest.fixture
-async def hosts(server: NatsServer) -> AsyncIterator[Hosts]:
-    h = Hosts(server.url)
-    yield h
-    await h.stop_all()
-
-
-@pytest.fixture
-async def client(server: NatsServer) -> AsyncIterator[NATS]:
-    conn = await nats.connect(server.url)
-    yield conn
-    await conn.drain()
 
 
 def route_req(model: str = "gpt-4o", **kw: Any) -> bytes:

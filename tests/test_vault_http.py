@@ -11,7 +11,7 @@ import pytest
 from arbstr.natsserver import NatsServer
 from schemas.money import cost_msat
 from tests.stack import Stack, add_vault, demo_config, start_stack, vault_section
-from tests.vault_helpers import ADMIN, admin, assert_balanced, books, new_agent, settled
+from tests.vault_helpers import admin, assert_balanced, books, new_agent, settled
 
 CHAT = [{"role": "user", "content": "Hello there, how are you?"}]
 

@@ -8,7 +8,7 @@ import time
 from typing import Optional
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import APIError, BucketNotFoundError, NoKeysError
+from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
 
 from actors.runtime import Endpoint, open_bucket

@@ -9,7 +9,6 @@ import time
 from typing import Any, Callable, Optional
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import APIError, BucketNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 

@@ -24,7 +24,7 @@ from actors.runtime import Endpoint
 from schemas import subjects
 from schemas.config import Config, VaultConfig
 from schemas.errors import ArbstrError
-from schemas.ledger import Denied, Expired, JournalEntry, LedgerEvent, Released, Settled, Tombstoned, verify_chain
+from schemas.ledger import Denied, Expired, JournalEntry, LedgerEvent, Released, Settled, verify_chain
 from schemas.vault import (AccountView, AgentList, AgentPolicy, AgentRef, Approval, ApprovalAction, ApprovalList,
                            ApprovalResult, Books, ChainCheck, CreateAgent, DepositCommand, Empty, History,
                            HistoryQuery, ReserveReply, ReserveRequest, RotateToken, SetPolicy, SettleCommand,
