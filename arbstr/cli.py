@@ -11,7 +11,7 @@ from typing import Optional
 
 from schemas.config import Config, ConfigError, load_config
 
-from . import admin_cli
+from . import admin_cli, events_cli
 from .components import COMPONENTS, install_uvloop, run_component
 
 
@@ -111,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     admin_cli.add_parsers(sub)
+    events_cli.add_parser(sub)
     for name in ("agent", "approvals", "books", "audit"):
         sub.choices[name].set_defaults(func=admin_cli.main)
 

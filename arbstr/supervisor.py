@@ -86,6 +86,7 @@ class Supervisor:
         self.nats = NatsServer(self.data_dir / "nats", sync_always=True, log_file=logs / "nats-server.log")
         self.nats.start()
         log.info("nats-server (JetStream) on %s", self.nats.url)
+        (self.data_dir / "nats-url").write_text(self.nats.url + "\n")  # for `arbstr events` and other tools
         order = []
         if self.config.mock_upstream is not None:
             m = self.config.mock_upstream

@@ -95,7 +95,7 @@ class VaultHTTP:
         self.bus = bus
         secret = config.vault.admin_token if config.vault else None
         value = secret.get_secret_value() if secret is not None else os.environ.get("ARBSTR_ADMIN_TOKEN", "")
-        self._admin_hash = token_hash(value) if value else None
+        self.admin_hash = token_hash(value) if value else None
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
@@ -125,10 +125,10 @@ class VaultHTTP:
             token = bearer_token(request)
             if token is None:
                 raise missing_token()
-            if self._admin_hash is None:
+            if self.admin_hash is None:
                 raise ArbstrError(403, "no admin token is configured ([vault] admin_token or ARBSTR_ADMIN_TOKEN)",
                                   code="admin_disabled")
-            if not hmac.compare_digest(token_hash(token), self._admin_hash):
+            if not hmac.compare_digest(token_hash(token), self.admin_hash):
                 # A valid agent token is authenticated but not allowed here; anything else is not authenticated.
                 try:
                     await self.bus.call(subjects.vault_agent("me"), TokenRef(token_hash=token_hash(token)),

@@ -25,6 +25,7 @@ from .meter import FreeMeter, Meter
 from .proxy import Proxy
 from .upstream import Upstream
 from .admin import VaultHTTP
+from .events import SpendEventsHTTP
 from .ops import add_ops_routes
 from .vault_meter import VaultMeter
 
@@ -88,7 +89,9 @@ class Gateway:
             app.router.add_get(prefix + "/models", self.models)
             app.router.add_get(prefix + "/models/{model:.+}", self.model)
         if self.config.vault is not None:
-            VaultHTTP(self.config, self.bus).add_routes(app)
+            vault_http = VaultHTTP(self.config, self.bus)
+            vault_http.add_routes(app)
+            SpendEventsHTTP(self.nc, self.bus, vault_http.admin_hash).add_routes(app)
         add_ops_routes(app, self)
         app.router.add_get("/ready", self.ready)
         return app
