@@ -77,7 +77,7 @@ async def connect(url: str, name: str, **kwargs: Any) -> NATS:
         log.info("nats reconnected (%s)", name)
 
     return await nats.connect(
-        servers=[url],
+        servers=[u.strip() for u in url.split(",") if u.strip()],
         name=name,
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

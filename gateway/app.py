@@ -168,7 +168,8 @@ async def connect(url: str) -> NATS:
     async def error_cb(e: Exception) -> None:
         log.warning("nats error: %r", e)
 
-    return await nats.connect(servers=[url], name="arbstr-gateway", max_reconnect_attempts=-1,
+    servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: any seed URL will do
+    return await nats.connect(servers=servers, name="arbstr-gateway", max_reconnect_attempts=-1,
                               reconnect_time_wait=0.5, error_cb=error_cb)
 
 
