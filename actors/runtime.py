@@ -27,7 +27,7 @@ from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
 from pydantic import BaseModel, ValidationError
 
-from schemas import subjects
+from schemas import subjects, trace
 from schemas.errors import ArbstrError
 
 log = logging.getLogger("arbstr.runtime")
@@ -165,6 +165,8 @@ class ActorHost:
         started = time.perf_counter()
         try:
             headers = dict(req.headers or {})
+            trace.REQUEST_ID.set(headers.get(subjects.H_REQUEST_ID, ""))
+            trace.TRACEPARENT.set(headers.get(subjects.H_TRACEPARENT, ""))
             try:
                 message = ep.request_model.model_validate_json(req.data)
             except ValidationError as e:

@@ -12,12 +12,12 @@ from typing import Optional
 from schemas.config import Config, ConfigError, load_config
 
 from . import admin_cli, events_cli
+from .logs import setup_logging
 from .components import COMPONENTS, install_uvloop, run_component
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def _setup_logging(level: str, fmt: str = "text") -> None:
+    setup_logging(level, fmt)
 
 
 def _load(path: Optional[str]) -> Config:
@@ -72,7 +72,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    _setup_logging(config.log_level)
+    _setup_logging(config.log_level, config.log_format)
     install_uvloop()
     try:
         if args.host:

@@ -20,8 +20,12 @@ from schemas.pricing import PriceTable, ProviderPrices, TableRequest
 
 from .bus import Bus
 from .endpoints import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSpec
-from .http import REQUEST_ID, STARTED, error_response, json_response, new_request_id
+from schemas.trace import REQUEST_ID as REQUEST_ID_VAR, TRACEPARENT as TRACEPARENT_VAR
+from schemas.trace import new_traceparent, valid_traceparent
+
+from .http import REQUEST_ID, STARTED, TRACE, error_response, json_response, new_request_id
 from .meter import FreeMeter, Meter
+from .metrics import Metrics
 from .proxy import Proxy
 from .upstream import Upstream
 from .admin import VaultHTTP
@@ -32,6 +36,7 @@ from .vault_meter import VaultMeter
 log = logging.getLogger("arbstr.gateway")
 
 GATEWAY_KEY = web.AppKey("gateway", "Gateway")
+access_log = logging.getLogger("arbstr.access")
 
 
 @web.middleware
@@ -41,6 +46,26 @@ async def envelope(request: web.Request, handler: Callable[[web.Request], Awaita
     request[STARTED] = time.perf_counter()
     rid = new_request_id(request.headers.get("X-Request-Id"))
     request[REQUEST_ID] = rid
+    # The client's trace continues through every NATS message and the upstream call; none: one starts here.
+    trace = valid_traceparent(request.headers.get("traceparent")) or new_traceparent()
+    request[TRACE] = trace
+    REQUEST_ID_VAR.set(rid)
+    TRACEPARENT_VAR.set(trace)
+    resp = await _answer(request, handler, rid)
+    if not resp.prepared:
+        resp.headers["traceparent"] = trace
+    elapsed = time.perf_counter() - request[STARTED]
+    gw = request.app.get(GATEWAY_KEY)
+    if gw is not None:
+        resource = request.match_info.route.resource
+        gw.metrics.answered(resource.canonical if resource else "unmatched", resp.status, elapsed)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info("%s %s %d %.1fms", request.method, request.path, resp.status, elapsed * 1000)
+    return resp
+
+
+async def _answer(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                  rid: str) -> web.StreamResponse:
     try:
         resp = await handler(request)
     except ArbstrError as e:
@@ -76,7 +101,8 @@ class Gateway:
         if meter is None:
             meter = VaultMeter(nc, self.bus) if config.vault is not None else FreeMeter()
         self.meter: Meter = meter
-        self.proxy = Proxy(config, nc, self.bus, self.upstream, self.meter)
+        self.metrics = Metrics()
+        self.proxy = Proxy(config, nc, self.bus, self.upstream, self.meter, self.metrics)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[envelope], client_max_size=self.config.server.max_body_bytes)
@@ -93,13 +119,16 @@ class Gateway:
             vault_http.add_routes(app)
             SpendEventsHTTP(self.nc, self.bus, vault_http.admin_hash).add_routes(app)
         add_ops_routes(app, self)
+        app.router.add_get("/metrics", self.metrics.handler)
         app.router.add_get("/ready", self.ready)
         return app
 
     async def _startup(self, app: web.Application) -> None:
         await self.upstream.start()
+        self.metrics.start(self.nc)
 
     async def _cleanup(self, app: web.Application) -> None:
+        await self.metrics.stop()
         await self.upstream.close()
 
     def _proxied(self, spec: EndpointSpec) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:

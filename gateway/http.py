@@ -8,12 +8,14 @@ from typing import Any, Optional
 
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from schemas.errors import ArbstrError
 
 # Per-request values the envelope middleware sets for every handler.
 REQUEST_ID = web.RequestKey("request_id", str)
 STARTED = web.RequestKey("started", float)
+TRACE = web.RequestKey("traceparent", str)
 
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 # Statuses where a retry cannot help: the official client then skips its automatic retries.
@@ -53,6 +55,9 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, An
     except web.HTTPRequestEntityTooLarge:
         raise ArbstrError(413, f"request body exceeds the limit of {max_bytes} bytes",
                           code="request_too_large") from None
+    except RequestPayloadError as e:  # e.g. a Content-Encoding the body is not in
+        raise ArbstrError(400, f"request body could not be read: {e.args[0] if e.args else 'bad payload'}",
+                          code="invalid_body") from None
     if len(raw) > max_bytes:
         raise ArbstrError(413, f"request body exceeds the limit of {max_bytes} bytes", code="request_too_large")
     if not raw:

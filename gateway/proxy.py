@@ -23,8 +23,10 @@ from schemas.tokens import estimate_text_tokens
 
 from .bus import Bus
 from .endpoints import EndpointSpec, validate
-from .http import REQUEST_ID, STARTED, bearer_token, error_response, read_json_object
+from .http import REQUEST_ID, STARTED, TRACE, bearer_token, error_response, read_json_object
 from .meter import Hold, Meter, Usage
+from .metrics import Metrics
+from .responses_relay import relay_typed_events
 from .upstream import Upstream, UpstreamFailure, UpstreamReply, upstream_error_detail
 
 log = logging.getLogger("arbstr.gateway")
@@ -47,14 +49,17 @@ class Exchange:
     attempts: list[str] = field(default_factory=list)
     upstream_time: float = 0.0
     resolved: bool = False
+    streamed: bool = False
 
     def overhead_ms(self, now: float) -> float:
         return max(0.0, (now - self.started - self.upstream_time) * 1000)
 
 
 class Proxy:
-    def __init__(self, config: Config, nc: NATS, bus: Bus, upstream: Upstream, meter: Meter) -> None:
+    def __init__(self, config: Config, nc: NATS, bus: Bus, upstream: Upstream, meter: Meter,
+                 metrics: Optional[Metrics] = None) -> None:
         self.config = config
+        self.metrics = metrics
         self.nc = nc
         self.bus = bus
         self.upstream = upstream
@@ -63,7 +68,7 @@ class Proxy:
 
     # --- the whole path --------------------------------------------------------------------------------
     async def handle(self, request: web.Request, spec: EndpointSpec) -> web.StreamResponse:
-        ex = Exchange(request[REQUEST_ID], spec, request[STARTED], request.headers.get("traceparent"))
+        ex = Exchange(request[REQUEST_ID], spec, request[STARTED], request[TRACE])
         body = await read_json_object(request, self.config.server.max_body_bytes)
         validate(spec, body)
         stream = bool(body.get("stream")) and spec.streams
@@ -100,11 +105,12 @@ class Proxy:
         assert ex.route is not None and ex.hold is not None
         upstream_body = dict(body)
         extra_headers: dict[str, str] = {}
-        if stream:
+        if stream and not ex.spec.typed_events:  # typed-event streams report usage on their terminal event
             opts = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
             upstream_body["stream_options"] = {**opts, "include_usage": True}
         if ex.hold.output_tokens is not None and ex.spec.max_tokens_field and \
-                not any(isinstance(body.get(k), int) for k in ("max_tokens", "max_completion_tokens")):
+                not any(isinstance(body.get(k), int)
+                        for k in ("max_tokens", "max_completion_tokens", "max_output_tokens")):
             upstream_body[ex.spec.max_tokens_field] = ex.hold.output_tokens
             extra_headers["x-arbstr-max-tokens"] = str(ex.hold.output_tokens)
 
@@ -131,7 +137,10 @@ class Proxy:
                     await self._outcome(cand, ex, "http_4xx", reply.response.status, t)
                     return await self._client_error(reply, cand, ex, extra_headers)
                 if stream:
+                    ex.streamed = True
                     ex.upstream_time += reply.headers_at - t
+                    if ex.spec.typed_events:
+                        return await relay_typed_events(self, request, reply, cand, ex, extra_headers, t)
                     return await self._relay_stream(request, reply, cand, ex, body, extra_headers, t)
                 result = await self._read_whole(reply, cand)
                 ex.upstream_time += time.perf_counter() - t
@@ -352,6 +361,10 @@ class Proxy:
     async def _settle(self, ex: Exchange, usage: Usage) -> None:
         assert ex.hold is not None
         ex.resolved = True
+        if self.metrics is not None:
+            self.metrics.served_request(ex.spec.name, usage.provider, usage.model, ex.streamed, usage.input_tokens,
+                                        usage.output_tokens, usage.cost_msat,
+                                        ex.overhead_ms(time.perf_counter()) / 1000)
         try:
             await self.meter.settle(ex.hold, usage)
         except Exception:
@@ -370,6 +383,7 @@ class Proxy:
         assert ex.route is not None
         h = {
             "x-request-id": ex.request_id,
+            "traceparent": ex.traceparent or "",
             "x-arbstr-provider": cand.provider,
             "x-arbstr-model": cand.model,
             "x-arbstr-tier": ex.route.tier,  # the decision: the minimum tier this request needs
@@ -388,6 +402,8 @@ class Proxy:
                        started: float, retry_after_s: Optional[float] = None) -> None:
         """Every upstream attempt is reported to the breakers; fire-and-forget, never on the latency path."""
         now = time.perf_counter()
+        if self.metrics is not None:
+            self.metrics.attempt(cand.provider, cand.model, kind)
         # A probe candidate is tried only with the probe slot (or on a closed breaker, where the flag is moot):
         # its outcome is what resolves the slot.
         event = Outcome(provider=cand.provider, request_id=ex.request_id, kind=kind, status=status,

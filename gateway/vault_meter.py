@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from schemas import subjects
 from schemas.errors import ArbstrError
 from schemas.router import RouteReply
+from schemas.trace import TRACEPARENT
 from schemas.vault import ReserveReply, ReserveRequest, SettleCommand
 
 from .bus import Bus
@@ -51,7 +52,8 @@ class VaultMeter:
                              provider=first.provider if first else "", model=first.model if first else route.model,
                              endpoint=endpoint)
         try:
-            reply = await self.bus.call(subjects.VAULT_RESERVE, req, ReserveReply, request_id=request_id)
+            reply = await self.bus.call(subjects.VAULT_RESERVE, req, ReserveReply, request_id=request_id,
+                                        traceparent=TRACEPARENT.get() or None)
             if reply.state == "awaiting_approval":
                 wait_s = max(0.0, ((reply.approval_deadline_ms or 0) - time.time() * 1000) / 1000)
                 reply = await self.bus.call(subjects.VAULT_AWAIT_APPROVAL, req, ReserveReply, request_id=request_id,
@@ -80,6 +82,8 @@ class VaultMeter:
         """Publish until JetStream acks; the msg id makes retries (and a gateway's double send) harmless."""
         data = cmd.model_dump_json().encode()
         headers = {subjects.H_MSG_ID: f"{cmd.kind}:{cmd.request_id}", subjects.H_REQUEST_ID: cmd.request_id}
+        if TRACEPARENT.get():
+            headers[subjects.H_TRACEPARENT] = TRACEPARENT.get()
         subject = subjects.settle_command(agent_id or ANONYMOUS)
         delay = 0.1
         for attempt in range(self.settle_attempts):

@@ -146,6 +146,42 @@ class DemoAgentConfig(_Section):
     deposit_msat: int = Field(10_000_000, ge=0, description="funded once, when `arbstr up` first creates it")
 
 
+class LndWalletConfig(_Section):
+    host: str = Field("127.0.0.1:10009", description="the node's gRPC address")
+    tls_cert_path: str = Field("", description="the node's tls.cert; empty: the system's CAs")
+    macaroon_hex: Optional[SecretStr] = Field(None, description="${LND_MACAROON_HEX}; or macaroon_path")
+    macaroon_path: str = ""
+    payment_timeout_s: int = Field(60, ge=1, description="how long the node may try routes for one payout")
+
+
+class CashuWalletConfig(_Section):
+    mint_url: str = Field(description="the Nutshell mint the vault's ecash lives at")
+    data_dir: str = Field("", description="the wallet's database directory; empty: <data dir>/cashu")
+
+
+class WalletConfig(_Section):
+    """The money rails: where deposits arrive and payouts leave from."""
+
+    kind: Literal["simulated", "lnd", "cashu", "auto"] = "simulated"
+    fee_limit_ppm: int = Field(5_000, ge=0, description="Lightning fee limit per payout, parts per million")
+    fee_limit_min_msat: int = Field(1_000, ge=1, description="the fee limit never goes below this (never 0)")
+    invoice_expiry_s: int = Field(3600, ge=60)
+    pay_wait_s: float = Field(5.0, gt=0, description="a withdrawal answers 'pending' if the rail takes longer")
+    check_interval_s: float = Field(5.0, gt=0, description="how often payouts under way are checked")
+    reconcile_margin_msat: int = Field(0, ge=0, description="shortfall of assets vs liabilities tolerated")
+    auto_threshold_msat: int = Field(1_000_000, ge=0, description="auto: Cashu below this amount, Lightning above")
+    lnd: Optional[LndWalletConfig] = None
+    cashu: Optional[CashuWalletConfig] = None
+
+    @model_validator(mode="after")
+    def _backends(self) -> "WalletConfig":
+        if self.kind in ("lnd", "auto") and self.lnd is None:
+            raise ValueError(f"wallet kind {self.kind!r} needs a [vault.wallet.lnd] section")
+        if self.kind in ("cashu", "auto") and self.cashu is None:
+            raise ValueError(f"wallet kind {self.kind!r} needs a [vault.wallet.cashu] section")
+        return self
+
+
 class VaultConfig(_Section):
     """Present: paid mode (every request is reserved and settled against the caller's sub-account)."""
 
@@ -158,10 +194,12 @@ class VaultConfig(_Section):
     default_policy: DefaultPolicyConfig = Field(default_factory=DefaultPolicyConfig)
     duckdb_path: str = Field("", description="file of the DuckDB projection; empty: in memory")
     demo_agent: Optional[DemoAgentConfig] = None
+    wallet: WalletConfig = Field(default_factory=WalletConfig)
 
 
 class Config(_Section):
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
     server: ServerConfig = Field(default_factory=ServerConfig)
     nats: NatsConfig = Field(default_factory=NatsConfig)
     router: RouterConfig = Field(default_factory=RouterConfig)
