@@ -67,6 +67,8 @@ class SpendEventsHTTP:
         th = token_hash(token)
         if self.admin_hash is not None and hmac.compare_digest(th, self.admin_hash):
             agent = request.query.get("agent")
+            if agent and not subjects.TOKEN_RE.match(agent):
+                raise ArbstrError(400, "agent is not a valid agent id", param="agent", code="invalid_value")
             return subjects.spend(agent) if agent else subjects.SPEND_ALL
         me = await self.bus.call(subjects.vault_agent("me"), TokenRef(token_hash=th), AccountView,
                                  request_id=request[REQUEST_ID])

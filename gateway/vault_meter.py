@@ -81,7 +81,9 @@ class VaultMeter:
     async def _command(self, cmd: SettleCommand, agent_id: Optional[str]) -> None:
         """Publish until JetStream acks; the msg id makes retries (and a gateway's double send) harmless."""
         data = cmd.model_dump_json().encode()
-        headers = {subjects.H_MSG_ID: f"{cmd.kind}:{cmd.request_id}", subjects.H_REQUEST_ID: cmd.request_id}
+        # Request ids come from clients and may collide across agents: the dedup key names the account too.
+        owner = agent_id or f"token-{(cmd.token_hash or '')[:16]}"
+        headers = {subjects.H_MSG_ID: f"{cmd.kind}:{owner}:{cmd.request_id}", subjects.H_REQUEST_ID: cmd.request_id}
         if TRACEPARENT.get():
             headers[subjects.H_TRACEPARENT] = TRACEPARENT.get()
         subject = subjects.settle_command(agent_id or ANONYMOUS)

@@ -240,3 +240,24 @@ async def test_audit_chain_verifies(http, stack) -> None:
         assert cur["prev_hash"] == prev["hash"]
     check = await admin(http, stack, "GET", "/v1/admin/audit/verify", expect=200)
     assert check["ok"] is True and check["events"] >= len(events)
+
+
+async def test_request_ids_may_collide_across_agents_but_not_be_reused(http, stack) -> None:
+    a_id, a_tok = await new_agent(http, stack, "ida", deposit_msat=1_000_000)
+    b_id, b_tok = await new_agent(http, stack, "idb", deposit_msat=1_000_000)
+    same = {"X-Request-Id": "client-chosen-1"}
+    ra = await http.post(f"{stack.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": CHAT},
+                         headers={**bearer(a_tok), **same})
+    rb = await http.post(f"{stack.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": CHAT},
+                         headers={**bearer(b_tok), **same})
+    assert ra.status == 200 and rb.status == 200
+    a = await settled(http, stack, a_id)
+    b = await settled(http, stack, b_id)
+    assert a["spent_msat"] == int(ra.headers["x-arbstr-cost-msat"])
+    assert b["spent_msat"] == int(rb.headers["x-arbstr-cost-msat"])  # b's settle was not deduplicated as a's
+    again = await http.post(f"{stack.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": CHAT},
+                            headers={**bearer(a_tok), **same})
+    body = await again.json()
+    assert again.status == 409 and body["error"]["code"] == "request_id_reused"
+    assert (await settled(http, stack, a_id))["spent_msat"] == a["spent_msat"]
+    assert_balanced(await books(http, stack))

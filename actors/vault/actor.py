@@ -224,9 +224,14 @@ class VaultActor:
         agent_id = self._agent_for(req.token_hash)
         ttl_ms = self.vc.hold_ttl_s * 1000
         rid = req.request_id
-        state = (await self.execute(agent_id, lambda s, at: decide.reserve(
-            s, rid, req.envelope, at, ttl_ms=ttl_ms, provider=req.provider, model=req.model))).state
-        return self._hold_reply(agent_id, rid, state)
+        w = await self.execute(agent_id, lambda s, at: decide.reserve(
+            s, rid, req.envelope, at, ttl_ms=ttl_ms, provider=req.provider, model=req.model))
+        if w.decided.noop == "duplicate":
+            # Gateways send a reserve once; a second one with this id is another request reusing it, and a hold
+            # shared by two upstream calls would let one of them go unpaid.
+            raise ArbstrError(409, f"request id {rid!r} was already used by this agent; send a new X-Request-Id",
+                              code="request_id_reused", param="X-Request-Id", headers={"x-should-retry": "false"})
+        return self._hold_reply(agent_id, rid, w.state)
 
     async def _wait_approval(self, req: ReserveRequest, headers: dict[str, str]) -> ReserveReply:
         """The second half of a reserve that needs approval: answers when it is approved, denied or timed out."""
