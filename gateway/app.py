@@ -30,7 +30,9 @@ from .proxy import Proxy
 from .upstream import Upstream
 from .admin import VaultHTTP
 from .events import SpendEventsHTTP
+from .openapi import add_openapi_route
 from .ops import add_ops_routes
+from .responses_relay import add_responses_routes
 from .vault_meter import VaultMeter
 
 log = logging.getLogger("arbstr.gateway")
@@ -119,6 +121,8 @@ class Gateway:
             vault_http.add_routes(app)
             SpendEventsHTTP(self.nc, self.bus, vault_http.admin_hash).add_routes(app)
         add_ops_routes(app, self)
+        add_responses_routes(app, self)
+        add_openapi_route(app, self)
         app.router.add_get("/metrics", self.metrics.handler)
         app.router.add_get("/ready", self.ready)
         return app

@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 from pydantic import BaseModel, ValidationError
 
 from schemas.errors import ArbstrError
-from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponsesRequest
 from schemas.router import MAX_TEXT_CHARS, Endpoint
 from schemas.tokens import content_text, estimate_messages_tokens, estimate_text_tokens
 
@@ -33,6 +33,7 @@ class EndpointSpec:
     delta_text: Callable[[dict[str, Any]], str]   # generated text of one stream chunk
     streams: bool
     max_tokens_field: Optional[str]  # where the output cap goes upstream; None: nothing to cap
+    typed_events: bool = False  # streams `event:` + `data:` frames with usage on the terminal event, no [DONE]
 
 
 def validate(spec: EndpointSpec, body: dict[str, Any]) -> None:
@@ -125,6 +126,64 @@ def _completion_text(resp: dict[str, Any]) -> str:
     return "".join(c.get("text") or "" for c in resp.get("choices") or () if isinstance(c, dict))
 
 
+def responses_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """``instructions`` + ``input`` of a Responses request as chat-style messages, for the token estimate."""
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        messages.append({"role": "developer", "content": instructions})
+    items = body.get("input")
+    if isinstance(items, str):
+        messages.append({"role": "user", "content": items})
+    elif isinstance(items, list):
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            if "role" in item:
+                messages.append({"role": item["role"], "content": item.get("content")})
+            elif item.get("type") == "function_call_output":
+                messages.append({"role": "tool", "content": item.get("output")})
+            elif item.get("type") == "function_call":
+                messages.append({"role": "assistant", "content": item.get("arguments")})
+    return messages
+
+
+def _responses_summary(body: dict[str, Any]) -> Summary:
+    messages = responses_messages(body)
+    last_user = ""
+    texts: list[str] = []
+    turns = 0
+    for m in messages:
+        text = content_text(m.get("content"))
+        texts.append(text)
+        if m.get("role") == "user":
+            last_user = text
+            turns += 1
+    tools = bool(body.get("tools"))
+    extra = estimate_text_tokens(str(body["tools"])) if tools else 0
+    return Summary(_tail(last_user), _tail("\n".join(texts)), estimate_messages_tokens(messages) + extra,
+                   turns, _max_tokens(body), tools)
+
+
+def _responses_output(resp: dict[str, Any]) -> str:
+    out = []
+    for item in resp.get("output") or ():
+        if not isinstance(item, dict):
+            continue
+        if item.get("type") == "function_call":
+            out.append(str(item.get("arguments") or ""))
+        out.append(content_text(item.get("content")))
+    return "".join(out)
+
+
+def _responses_delta(event: dict[str, Any]) -> str:
+    if event.get("type") in ("response.output_text.delta", "response.function_call_arguments.delta",
+                             "response.refusal.delta"):
+        delta = event.get("delta")
+        return delta if isinstance(delta, str) else ""
+    return ""
+
+
 def _nothing(_: dict[str, Any]) -> str:
     return ""
 
@@ -135,3 +194,5 @@ COMPLETIONS = EndpointSpec("completions", "/completions", CompletionRequest, _co
                            _completion_text, _completion_text, True, "max_tokens")
 EMBEDDINGS = EndpointSpec("embeddings", "/embeddings", EmbeddingRequest, _embedding_summary, _nothing, _nothing,
                           False, None)
+RESPONSES = EndpointSpec("responses", "/responses", ResponsesRequest, _responses_summary, _responses_output,
+                         _responses_delta, True, "max_output_tokens", typed_events=True)

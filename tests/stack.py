@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import nats
 from aiohttp import web
@@ -79,7 +79,8 @@ class Stack:
 
 
 async def start_stack(config: Config, nats_url: str, *, routers: int = 1, meter: Optional[Any] = None,
-                      breakers: bool = True) -> Stack:
+                      breakers: bool = True,
+                      extend: Optional[Callable[[web.Application, Gateway], None]] = None) -> Stack:
     nc = await nats.connect(nats_url)
     await purge_kv(nc)
     pricing = ActorHost(PricingActor(config), nc)
@@ -89,7 +90,10 @@ async def start_stack(config: Config, nats_url: str, *, routers: int = 1, meter:
         breaker_hosts.append(ActorHost(BreakerActor(config), nc))
         await breaker_hosts[0].start()
     gw = Gateway(config, nc, meter=meter)
-    runner = web.AppRunner(gw.app(), access_log=None)
+    app = gw.app()
+    if extend is not None:  # routes a test adds beside the gateway's own (before the app freezes)
+        extend(app, gw)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
