@@ -104,9 +104,10 @@ def serving_options(req: RouteRequest, prices: list[ProviderPrices], policy: Opt
 
 def _no_provider(req: RouteRequest, reasons: list[str], retry_at_ms: Optional[int], now_ms: int) -> ArbstrError:
     detail = "; ".join(reasons[:8]) or "no provider"
-    headers = None
     if retry_at_ms is not None:
         headers = {"retry-after": str(max(1, ceil_div(retry_at_ms - now_ms, 1000)))}
+    else:  # every exclusion is permanent (context, tools, price caps): the SDK's retries could not help
+        headers = {"x-should-retry": "false"}
     return ArbstrError(503, f"no provider available for model {req.model!r}: {detail}",
                        code="no_provider_available", headers=headers)
 
