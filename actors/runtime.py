@@ -15,11 +15,15 @@ import logging
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Optional, Protocol
+from typing import Any, Awaitable, Callable, Optional, Protocol, TypeVar
 
 import nats
 from nats.aio.client import Client as NATS
-from nats.js.errors import BucketNotFoundError
+from nats.errors import (ConnectionClosedError, ConnectionDrainingError, ConnectionReconnectingError,
+                         NoRespondersError, OutboundBufferLimitError, StaleConnectionError)
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import StreamConfig
+from nats.js.errors import BucketNotFoundError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 from nats.errors import Error as NatsError
 from nats.micro import add_service
@@ -33,6 +37,9 @@ from schemas.errors import ArbstrError
 log = logging.getLogger("arbstr.runtime")
 
 Handler = Callable[[Any, dict[str, str]], Awaitable[BaseModel]]
+T = TypeVar("T")
+# How long an actor's start may wait for JetStream (leaders being elected on a fresh or degraded cluster).
+STARTUP_BUDGET_S = 60.0
 QUEUE_GROUP = "arbstr"
 
 
@@ -90,18 +97,88 @@ async def connect(url: str, name: str, **kwargs: Any) -> NATS:
     )
 
 
-async def open_bucket(nc: NATS, bucket: str, history: int = 1) -> KeyValue:
-    """Open a KV bucket, creating it when missing, so actors may start in any order."""
+async def open_bucket(nc: NATS, bucket: str, history: int = 1, replicas: int = 1) -> KeyValue:
+    """Open a KV bucket, creating it when missing, so actors may start in any order.
+
+    ``replicas`` matters on a cluster only: an R1 bucket dies with the one server that holds it.
+    """
     js = nc.jetstream()
-    try:
-        return await js.key_value(bucket)
-    except BucketNotFoundError:
-        pass
-    try:
-        return await js.create_key_value(bucket=bucket, history=history)
-    except NatsError:
-        # Someone created it meanwhile (perhaps with other settings): theirs is as good as ours.
-        return await js.key_value(bucket)
+
+    async def open_or_create() -> KeyValue:
+        try:
+            return await js.key_value(bucket)
+        except BucketNotFoundError:
+            pass
+        try:
+            return await js.create_key_value(bucket=bucket, history=history, replicas=replicas)
+        except NatsError as e:
+            if isinstance(e, _TRANSIENT):
+                raise
+            # Someone created it meanwhile (perhaps with other settings): theirs is as good as ours.
+            return await js.key_value(bucket)
+
+    kv = await retry_transient(open_or_create, f"bucket {bucket}")
+    await wait_stream_leader(nc, f"KV_{bucket}")
+    return kv
+
+
+async def ensure_stream(nc: NATS, config: StreamConfig, timeout_s: float = STARTUP_BUDGET_S) -> None:
+    """Create a stream when missing (another instance may be doing the same) and wait until it takes writes."""
+    js = nc.jetstream()
+    assert config.name is not None
+
+    async def create() -> None:
+        try:
+            await js.stream_info(config.name)  # type: ignore[arg-type]
+        except NotFoundError:
+            try:
+                await js.add_stream(config)
+            except NatsError as e:
+                if isinstance(e, _TRANSIENT):
+                    raise
+                log.debug("add_stream %s: %s", config.name, e)  # created concurrently by another instance
+
+    await retry_transient(create, f"stream {config.name}", timeout_s)
+    await wait_stream_leader(nc, config.name, timeout_s)
+
+
+async def wait_stream_leader(nc: NATS, stream: str, timeout_s: float = STARTUP_BUDGET_S) -> None:
+    """A replicated stream just created (or whose leader just died) refuses writes until it has a leader."""
+    js = nc.jetstream(timeout=1.0)
+
+    async def leader() -> None:
+        info = await js.stream_info(stream)
+        if info.cluster is not None and not info.cluster.leader:
+            raise NoRespondersError  # no leader yet: the same "try again shortly"
+
+    await retry_transient(leader, f"stream {stream} leader", timeout_s)
+
+
+async def retry_transient(step: Callable[[], Awaitable[T]], what: str, timeout_s: float = STARTUP_BUDGET_S) -> T:
+    """Run ``step`` until it gets past transient bus errors (a fresh cluster electing leaders), within a budget."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return await step()
+        except _TRANSIENT as e:
+            if time.monotonic() > deadline:
+                raise
+            log.info("%s not ready yet (%r); retrying", what, e)
+            await asyncio.sleep(0.2)
+
+
+# What a JetStream election, a lost server or a reconnect looks like to a handler: over in seconds.
+_TRANSIENT = (NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError,
+              ConnectionClosedError, ConnectionDrainingError, ConnectionReconnectingError,
+              OutboundBufferLimitError, StaleConnectionError)
+
+
+def transient_bus_error(exc: BaseException) -> Optional[ArbstrError]:
+    """A 503 with ``retry-after`` for a bus failure a handler met (the caller may try again), else None."""
+    if not isinstance(exc, _TRANSIENT):
+        return None
+    return ArbstrError(503, f"the message bus or JetStream is unavailable for now ({type(exc).__name__})",
+                       code="bus_unavailable", headers={"retry-after": "1"})
 
 
 def error_reply(err: ArbstrError) -> tuple[bytes, dict[str, str]]:
@@ -184,6 +261,12 @@ class ActorHost:
             await self._respond_error(req, err)
         except Exception as exc:  # the reply must always go out, or the caller waits for its timeout
             counters.errors += 1
+            unavailable = transient_bus_error(exc)
+            if unavailable is not None:
+                counters.by_status["503"] = counters.by_status.get("503", 0) + 1
+                log.warning("%s.%s: %r", self.actor.service_name, ep.name, exc)
+                await self._respond_error(req, unavailable)
+                return
             counters.by_status["500"] = counters.by_status.get("500", 0) + 1
             log.exception("%s.%s failed", self.actor.service_name, ep.name)
             await self._respond_error(req, ArbstrError(500, f"internal error in {self.actor.service_name}: "

@@ -16,8 +16,9 @@ from schemas import subjects
 from schemas.config import Config
 from schemas.errors import ArbstrError
 from schemas.vault import (AccountView, AgentList, AgentPolicy, AgentRef, ApprovalAction, ApprovalList,
-                           ApprovalResult, Books, ChainCheck, CreateAgent, DepositCommand, Empty, History,
-                           HistoryQuery, RotateToken, SetPolicy, TokenRef)
+                           ApprovalResult, Books, ChainCheck, CreateAgent, DepositCommand, DepositReply,
+                           DepositRequest, Empty, History, HistoryQuery, PayoutList, PayoutRef, PayoutView, Rail,
+                           Reconciliation, RotateToken, SetPolicy, TokenRef, WithdrawRequest)
 
 from .bus import Bus
 from .http import REQUEST_ID, bearer_token, json_response, read_json_object
@@ -52,6 +53,21 @@ class DepositBody(_Strict):
     amount_msat: int = Field(gt=0, le=2_100_000_000_000_000_000, strict=True)
     deposit_id: Optional[str] = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
     reference: str = Field("", max_length=256)
+
+
+class AgentDepositBody(_Strict):
+    rail: Rail
+    amount_msat: Optional[int] = Field(None, gt=0, le=2_100_000_000_000_000_000, strict=True)
+    token: Optional[str] = Field(None, min_length=1, max_length=100_000)
+
+
+class WithdrawBody(_Strict):
+    bolt11: str = Field(min_length=1, max_length=8_000)
+    rail: Optional[Rail] = None
+
+
+# Rails may take seconds (a mint swap, a route search): longer than the bus's default request timeout.
+RAIL_TIMEOUT_S = 30.0
 
 
 class DenyBody(_Strict):
@@ -114,6 +130,12 @@ class VaultHTTP:
         r.add_get("/v1/admin/books", self.admin(self.books))
         r.add_get("/v1/vault/me", self.me)
         r.add_get("/v1/vault/me/history", self.my_history)
+        r.add_post("/v1/vault/me/deposits", self.my_deposit)
+        r.add_post("/v1/vault/me/withdrawals", self.my_withdraw)
+        r.add_get("/v1/vault/me/withdrawals", self.my_withdrawals)
+        r.add_get("/v1/vault/me/withdrawals/{payout_id}", self.my_withdrawal)
+        r.add_get("/v1/admin/payouts", self.admin(self.payouts))
+        r.add_get("/v1/admin/reconcile", self.admin(self.reconcile))
 
     async def _call(self, request: web.Request, op: str, msg: BaseModel, reply: type[R]) -> R:
         return await self.bus.call(subjects.vault_admin(op), msg, reply, request_id=request[REQUEST_ID])
@@ -214,6 +236,16 @@ class VaultHTTP:
         books = await self._call(request, "books", Empty(), Books)
         return json_response(books.model_dump(mode="json"))
 
+    async def payouts(self, request: web.Request) -> web.Response:
+        ref = AgentRef(agent_id=request.query.get("agent") or "*")
+        items = await self._call(request, "payouts", ref, PayoutList)
+        return json_response({"object": "list", "data": [p.model_dump(mode="json") for p in items.payouts]})
+
+    async def reconcile(self, request: web.Request) -> web.Response:
+        rec = await self.bus.call(subjects.vault_admin("reconcile"), Empty(), Reconciliation,
+                                  request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
+        return json_response(rec.model_dump(mode="json"))
+
     # --- an agent's own account ------------------------------------------------------------------------
     def _agent_token(self, request: web.Request) -> str:
         token = bearer_token(request)
@@ -231,3 +263,34 @@ class VaultHTTP:
                          limit=_limit(request.query.get("limit")))
         history = await self.bus.call(subjects.vault_agent("history"), q, History, request_id=request[REQUEST_ID])
         return json_response({"object": "list", "data": [i.model_dump(mode="json") for i in history.items]})
+
+    async def my_deposit(self, request: web.Request) -> web.Response:
+        """``{"rail": "lightning", "amount_msat": n}`` → an invoice; ``{"rail": "cashu", "token": …}`` → credited."""
+        th = self._agent_token(request)
+        body = _body(AgentDepositBody, await read_json_object(request, 128 * 1024))
+        reply = await self.bus.call(subjects.vault_agent("deposit"),
+                                    DepositRequest(token_hash=th, rail=body.rail, amount_msat=body.amount_msat,
+                                                   token=body.token),
+                                    DepositReply, request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
+        return json_response(reply.model_dump(mode="json"), status=201)
+
+    async def my_withdraw(self, request: web.Request) -> web.Response:
+        """Pay a BOLT11 from the agent's balance; 200 when paid, 202 while the rail is still at it."""
+        th = self._agent_token(request)
+        body = _body(WithdrawBody, await read_json_object(request, 64 * 1024))
+        view = await self.bus.call(subjects.vault_agent("withdraw"),
+                                   WithdrawRequest(token_hash=th, bolt11=body.bolt11, rail=body.rail), PayoutView,
+                                   request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
+        return json_response(view.model_dump(mode="json"), status=202 if view.status == "pending" else 200)
+
+    async def my_withdrawals(self, request: web.Request) -> web.Response:
+        items = await self.bus.call(subjects.vault_agent("payouts"), TokenRef(token_hash=self._agent_token(request)),
+                                    PayoutList, request_id=request[REQUEST_ID])
+        return json_response({"object": "list", "data": [p.model_dump(mode="json") for p in items.payouts]})
+
+    async def my_withdrawal(self, request: web.Request) -> web.Response:
+        view = await self.bus.call(subjects.vault_agent("payout"),
+                                   PayoutRef(token_hash=self._agent_token(request),
+                                             payout_id=request.match_info["payout_id"]),
+                                   PayoutView, request_id=request[REQUEST_ID])
+        return json_response(view.model_dump(mode="json"))

@@ -47,7 +47,8 @@ class Bus:
                                             headers=headers or None)
                 break
             except NoRespondersError:
-                if attempt < retries:
+                # Nothing was delivered, so asking again is safe even for writes: it bridges an instance restart.
+                if attempt < max(retries, 1):
                     attempt += 1
                     await asyncio.sleep(0.05)
                     continue
@@ -57,8 +58,9 @@ class Bus:
                 if attempt < retries:
                     attempt += 1
                     continue
+                # Mostly a JetStream election or a dying instance: over in seconds, so the client may retry.
                 raise ArbstrError(504, f"the service behind {subject} did not answer in time",
-                                  code="actor_timeout") from None
+                                  code="actor_timeout", headers={"retry-after": "1"}) from None
             except Exception as e:  # connection closed / reconnecting: the bus is unavailable, not a bug
                 raise ArbstrError(503, f"message bus unavailable ({type(e).__name__})",
                                   code="bus_unavailable", headers={"retry-after": "1"}) from None

@@ -37,11 +37,14 @@ def missing_token() -> ArbstrError:
 class VaultMeter:
     paid = True
 
-    def __init__(self, nc: NATS, bus: Bus, settle_attempts: int = 5) -> None:
+    def __init__(self, nc: NATS, bus: Bus, settle_budget_s: float = 30.0) -> None:
         self.nc = nc
         self.js = nc.jetstream()
         self.bus = bus
-        self.settle_attempts = settle_attempts
+        # How long a settle/release is retried: outlasts a JetStream election (seconds) with room to spare,
+        # and stays well under the hold TTL, which must cover it.
+        self.settle_budget_s = settle_budget_s
+        self._background: set[asyncio.Task[None]] = set()
 
     async def reserve(self, token: Optional[str], request_id: str, route: RouteReply, endpoint: str) -> Hold:
         if not token:
@@ -59,11 +62,15 @@ class VaultMeter:
                 reply = await self.bus.call(subjects.VAULT_AWAIT_APPROVAL, req, ReserveReply, request_id=request_id,
                                             timeout_s=wait_s + self.bus.timeout_s + 1)
         except ArbstrError as e:
-            if e.status == 504:
-                # The reserve may still land later (NATS buffers requests): a durable release tombstones the
-                # rid first, so a request the client saw fail is never charged.
-                await self._command(SettleCommand(kind="release", request_id=request_id, token_hash=th,
-                                                  reason="reserve timed out"), None)
+            if e.status >= 500:
+                # The reserve may have landed, or still land later: a timeout (NATS buffers requests) or a
+                # journal write whose ack was lost in a JetStream election. A durable release resolves or
+                # tombstones the rid, so a request the client saw fail is never charged. In the background: in
+                # an election it waits for the new leader, and the client should have its 503/504 now.
+                task = asyncio.create_task(self._command(SettleCommand(
+                    kind="release", request_id=request_id, token_hash=th, reason="reserve failed"), None))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
             raise
         return Hold(request_id=request_id, agent_id=reply.agent_id, amount_msat=reply.amount_msat,
                     output_tokens=reply.output_tokens)
@@ -87,15 +94,18 @@ class VaultMeter:
         if TRACEPARENT.get():
             headers[subjects.H_TRACEPARENT] = TRACEPARENT.get()
         subject = subjects.settle_command(agent_id or ANONYMOUS)
+        # Bounded by time, not attempts: with no stream leader a publish fails in a millisecond, so a count
+        # of attempts would be spent long before an election is over.
+        deadline = time.monotonic() + self.settle_budget_s
         delay = 0.1
-        for attempt in range(self.settle_attempts):
+        while True:
             try:
                 await self.js.publish(subject, data, headers=headers, timeout=2.0)
                 return
             except Exception as e:
-                if attempt == self.settle_attempts - 1:
+                if time.monotonic() + delay >= deadline:
                     log.error("request %s: %s not journaled (%r); the hold resolves at its TTL",
                               cmd.request_id, cmd.kind, e)
                     return
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, 1.0)

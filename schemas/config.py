@@ -28,6 +28,7 @@ class NatsConfig(_Section):
     url: str = "nats://127.0.0.1:4222"
     request_timeout_s: float = Field(2.0, gt=0, description="timeout of every request/reply on the bus")
     max_concurrency: int = Field(256, ge=1, description="in-flight handlers per actor endpoint")
+    kv_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the KV buckets (3 on a cluster)")
 
 
 class ProviderConfig(_Section):
@@ -146,19 +147,6 @@ class DemoAgentConfig(_Section):
     deposit_msat: int = Field(10_000_000, ge=0, description="funded once, when `arbstr up` first creates it")
 
 
-class LndWalletConfig(_Section):
-    host: str = Field("127.0.0.1:10009", description="the node's gRPC address")
-    tls_cert_path: str = Field("", description="the node's tls.cert; empty: the system's CAs")
-    macaroon_hex: Optional[SecretStr] = Field(None, description="${LND_MACAROON_HEX}; or macaroon_path")
-    macaroon_path: str = ""
-    payment_timeout_s: int = Field(60, ge=1, description="how long the node may try routes for one payout")
-
-
-class CashuWalletConfig(_Section):
-    mint_url: str = Field(description="the Nutshell mint the vault's ecash lives at")
-    data_dir: str = Field("", description="the wallet's database directory; empty: <data dir>/cashu")
-
-
 class WalletConfig(_Section):
     """The money rails: where deposits arrive and payouts leave from."""
 
@@ -169,17 +157,14 @@ class WalletConfig(_Section):
     pay_wait_s: float = Field(5.0, gt=0, description="a withdrawal answers 'pending' if the rail takes longer")
     check_interval_s: float = Field(5.0, gt=0, description="how often payouts under way are checked")
     reconcile_margin_msat: int = Field(0, ge=0, description="shortfall of assets vs liabilities tolerated")
-    auto_threshold_msat: int = Field(1_000_000, ge=0, description="auto: Cashu below this amount, Lightning above")
-    lnd: Optional[LndWalletConfig] = None
-    cashu: Optional[CashuWalletConfig] = None
 
-    @model_validator(mode="after")
-    def _backends(self) -> "WalletConfig":
-        if self.kind in ("lnd", "auto") and self.lnd is None:
-            raise ValueError(f"wallet kind {self.kind!r} needs a [vault.wallet.lnd] section")
-        if self.kind in ("cashu", "auto") and self.cashu is None:
-            raise ValueError(f"wallet kind {self.kind!r} needs a [vault.wallet.cashu] section")
-        return self
+    @field_validator("kind")
+    @classmethod
+    def _available(cls, v: str) -> str:
+        # Refused here rather than at vault start: a config naming a rail this build cannot drive fails closed.
+        if v != "simulated":
+            raise ValueError(f"wallet kind {v!r} is not available in this build yet (only \"simulated\")")
+        return v
 
 
 class VaultConfig(_Section):

@@ -60,6 +60,46 @@ class Withdrawn(_Body):
     reference: str = ""
 
 
+class InvoiceIssued(_Body):
+    """A deposit invoice made for the agent; it credits nothing until the rail reports it paid."""
+
+    kind: Literal["invoice_issued"] = "invoice_issued"
+    deposit_id: str = Field(min_length=1)
+    amount_msat: Amount
+    rail: str
+    reference: str = Field(min_length=1, description="the payment hash: how the rail names the invoice")
+    bolt11: str = ""
+    expires_at_ms: Count = 0
+
+
+class PayoutStarted(_Body):
+    """A payout journaled before the rail is called: ``amount_msat + fee_limit_msat`` is held until it resolves."""
+
+    kind: Literal["payout_started"] = "payout_started"
+    payout_id: str = Field(min_length=1)
+    amount_msat: Amount = Field(description="what the destination receives: the invoice's own amount")
+    fee_limit_msat: Amount = Field(description="the most the rail may take in fees")
+    rail: str
+    reference: str = Field("", description="payment hash, melt quote id: how the rail names the payment")
+    destination: str = Field("", description="the BOLT11 paid, kept so a payout can be resumed after a crash")
+
+
+class PayoutSettled(_Body):
+    kind: Literal["payout_settled"] = "payout_settled"
+    payout_id: str = Field(min_length=1)
+    charged_msat: Amount = Field(description="amount + fee: what left the account")
+    fee_msat: Amount
+    preimage: str = ""
+
+
+class PayoutFailed(_Body):
+    """Only a definite failure: the rail says the money did not and will not move."""
+
+    kind: Literal["payout_failed"] = "payout_failed"
+    payout_id: str = Field(min_length=1)
+    reason: str = ""
+
+
 HoldState = Literal["held", "awaiting_approval"]
 
 
@@ -140,7 +180,7 @@ class Tombstoned(_Body):
 
 EventBody = Annotated[
     Union[AgentCreated, TokenRotated, PolicySet, Deposited, Withdrawn, Reserved, Approved, Denied, Settled,
-          Released, Expired, Tombstoned],
+          Released, Expired, Tombstoned, InvoiceIssued, PayoutStarted, PayoutSettled, PayoutFailed],
     Field(discriminator="kind"),
 ]
 

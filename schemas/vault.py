@@ -31,13 +31,14 @@ class AccountView(Message):
     agent_id: str
     name: str
     balance_msat: Msat = Field(description="available: deposited - withdrawn - spent - pending")
-    pending_msat: Msat
+    pending_msat: Msat = Field(description="open holds plus payouts under way")
     spent_msat: Msat
     deposited_msat: Msat
     withdrawn_msat: Msat
     uncollectible_msat: Msat = Field(description="provider overruns the agent could not cover; never charged")
     policy: AgentPolicy
     holds: int = Field(ge=0, description="open holds, awaiting approval included")
+    payouts_pending_msat: Msat = Field(0, description="payouts journaled and not yet resolved (amount + fee limit)")
     created_at_ms: int
 
 
@@ -200,10 +201,11 @@ class Books(Message):
     deposits_msat: int
     withdrawals_msat: int
     balances_msat: int
-    pending_msat: int
+    pending_msat: int = Field(description="open holds plus payouts under way")
     spent_msat: int
     uncollectible_msat: int
     agents: int
+    payouts_pending_msat: int = 0
     balanced: bool
     ledger_seq: int
     projection_agrees: Optional[bool] = Field(
@@ -219,3 +221,72 @@ class ChainCheck(Message):
 
 class Empty(Message):
     pass
+
+
+# --- money rails: deposits by invoice or token, payouts ------------------------------------------------------
+
+Rail = Literal["lightning", "cashu"]
+
+
+class DepositRequest(Message):
+    """An agent tops up: a Lightning invoice of ``amount_msat``, or a Cashu token it hands over."""
+
+    token_hash: str
+    rail: Rail
+    amount_msat: Optional[int] = Field(None, gt=0, strict=True)
+    token: Optional[str] = Field(None, min_length=1, max_length=100_000)
+
+
+class DepositReply(Message):
+    deposit_id: str
+    rail: Rail
+    status: Literal["invoice", "credited"]
+    amount_msat: Msat
+    bolt11: str = ""
+    payment_hash: str = ""
+    expires_at_ms: int = 0
+    balance_msat: Msat
+
+
+class WithdrawRequest(Message):
+    token_hash: str
+    bolt11: str = Field(min_length=1, max_length=8_000)
+    rail: Optional[Rail] = Field(None, description="which rail pays the invoice; default: Lightning if configured")
+
+
+class PayoutRef(Message):
+    token_hash: Optional[str] = None
+    payout_id: str
+
+
+PayoutStatus = Literal["pending", "succeeded", "failed"]
+
+
+class PayoutView(Message):
+    payout_id: str = Field(description="the invoice's payment hash")
+    agent_id: str
+    rail: str
+    status: PayoutStatus
+    amount_msat: Msat = Field(description="the invoice's amount: what the destination receives")
+    fee_limit_msat: Msat
+    fee_msat: Msat = 0
+    charged_msat: Msat = 0
+    reference: str = ""
+    reason: str = ""
+    started_at_ms: int
+    balance_msat: Msat
+
+
+class PayoutList(Message):
+    payouts: list[PayoutView]
+
+
+class Reconciliation(Message):
+    """Liabilities (what agents own or have under way) against what the wallets hold."""
+
+    liabilities_msat: int = Field(description="agent balances + pending holds + payouts under way")
+    assets_msat: int
+    surplus_msat: int = Field(description="assets - liabilities; negative: a shortfall")
+    margin_msat: int
+    ok: bool
+    wallets: dict[str, int] = Field(default_factory=dict, description="assets by wallet kind")

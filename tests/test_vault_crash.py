@@ -1,8 +1,8 @@
 """Crash windows of paid mode, on a real nats-server.
 
-1. A gateway dies right after its reserve (no settle, no release): the sweeper resolves the hold at its TTL,
-   exactly once even with two instances sweeping, charges-and-flags it (or releases it, if so configured) and
-   publishes one spend event.
+1. A gateway dies right after its reserve (no settle, no release): the hold's timer (a TTL marker on
+   ARBSTR_HOLDS) or the periodic sweep resolves it at its TTL, exactly once even with two instances consuming
+   markers and sweeping, charges-and-flags it (or releases it, if so configured) and publishes one spend event.
 2. The vault, a real ``arbstr run vault`` process, is killed with SIGKILL in the middle of a storm of paid
    requests and started again: every request that succeeded is charged exactly once, nothing else is, no hold
    outlives its TTL, the books balance and a replay from sequence 1 equals the live state.
@@ -85,8 +85,7 @@ class Vaults:
             await a.journal.wait_applied(last)
 
     async def stop(self) -> None:
-        for h in self.hosts:
-            await h.stop(grace_s=1)
+        await asyncio.gather(*(h.stop(grace_s=1) for h in self.hosts))
         for nc in self.conns:
             await nc.close()
 
@@ -129,11 +128,21 @@ async def assert_replay_equals_live(nc: NATS, vaults: Vaults) -> dict[str, Any]:
     return replay
 
 
-@pytest.mark.parametrize("action", ["charge", "release"])
+async def until_no_holds(vaults: Vaults, agent_id: str, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while any(a.book.slot(agent_id).state.holds for a in vaults.actors):
+        assert time.monotonic() < deadline, "nothing resolved the orphaned holds"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.parametrize("action,sweep_interval_s", [("charge", 0.05), ("release", 0.05), ("charge", 3600)],
+                         ids=["charge", "release", "charge-by-timer-alone"])
 async def test_hold_of_a_dead_gateway_resolves_once_at_its_ttl(fresh_nats: NatsServer, client: NATS,
-                                                                action: str) -> None:
-    config = parse_config({"vault": vault_section(hold_ttl_s=1, sweep_interval_s=0.05, expiry_action=action)})
-    vaults = await Vaults(fresh_nats.url, config).start(2)  # two sweepers race for the same hold
+                                                                action: str, sweep_interval_s: float) -> None:
+    # Two instances, each with a hold-timer consumer and (unless it is off) a fast sweeper: all race for one hold.
+    config = parse_config({"vault": vault_section(hold_ttl_s=1, sweep_interval_s=sweep_interval_s,
+                                                  expiry_action=action)})
+    vaults = await Vaults(fresh_nats.url, config).start(2)
     try:
         bus = Bus(client, 5.0)
         agent_id, token = await funded_agent(bus, vaults, "orphan", 100_000)
@@ -147,11 +156,8 @@ async def test_hold_of_a_dead_gateway_resolves_once_at_its_ttl(fresh_nats: NatsS
 
         hold = await reserve(bus, token, "orphan-1")  # ... and the gateway that asked for it dies here
         assert hold.amount_msat == 10_000
-        deadline = time.monotonic() + 10
-        while any(a.book.slot(agent_id).state.holds for a in vaults.actors):
-            assert time.monotonic() < deadline, "the sweeper never resolved the orphaned hold"
-            await asyncio.sleep(0.02)
-        await asyncio.sleep(0.5)  # ten more sweeps of each instance: room for a second resolution to show
+        await until_no_holds(vaults, agent_id)
+        await asyncio.sleep(1.0)  # many more sweeps, and the marker's redelivery window: room for a second resolution
         await sub.unsubscribe()
 
         replay = await assert_replay_equals_live(client, vaults)
@@ -180,7 +186,8 @@ async def test_hold_of_a_dead_gateway_resolves_once_at_its_ttl(fresh_nats: NatsS
 
 async def test_two_sweepers_racing_over_many_orphans_resolve_each_once(fresh_nats: NatsServer,
                                                                         client: NATS) -> None:
-    """Both instances find the same 20 due holds at the same moment and race for every one of them."""
+    """Both instances find the same 20 due holds at the same moment and race for every one of them (and with the
+    holds' timers, which fire around the same time)."""
     config = parse_config({"vault": vault_section(hold_ttl_s=1, sweep_interval_s=3600)})
     vaults = await Vaults(fresh_nats.url, config).start(2)
     try:
@@ -190,7 +197,8 @@ async def test_two_sweepers_racing_over_many_orphans_resolve_each_once(fresh_nat
         await vaults.caught_up(client)
         await asyncio.sleep(max(h.expires_at_ms for h in holds) / 1000 - time.time() + 0.05)
         counts = await asyncio.gather(*(a.sweep() for a in vaults.actors))
-        assert sum(counts) == 20, counts
+        assert sum(counts) <= 20, counts  # what the timers did not resolve first, the sweeps did, once
+        await until_no_holds(vaults, agent_id)
         replay = await assert_replay_equals_live(client, vaults)
         kinds = Counter((e.body.rid, e.body.kind) for e in replay[agent_id] if isinstance(e.body, Expired))
         assert kinds == {(f"o{n}", "expired"): 1 for n in range(20)}
@@ -214,7 +222,7 @@ def unit_msat() -> int:
 
 def crash_config(mock_upstream: str) -> Config:
     return demo_config(
-        mock_upstream, nats={"request_timeout_s": 1.0},
+        mock_upstream, nats={"request_timeout_s": 2.0},
         vault=vault_section(hold_ttl_s=HOLD_TTL_S, sweep_interval_s=0.2),
         providers=[{"name": "alpha", "url": f"{mock_upstream}/alpha/v1", "models": ["storm-model"],
                     "input_rate": STORM_RATE, "output_rate": STORM_RATE, "tier": "frontier"}])
@@ -226,7 +234,7 @@ def vault_toml(nats_url: str) -> str:
         'log_level = "WARNING"',
         "[nats]",
         f"url = {json.dumps(nats_url)}",
-        "request_timeout_s = 1.0",
+        "request_timeout_s = 2.0",
         "[vault]",
         f"admin_token = {json.dumps(ADMIN_TOKEN)}",
         f"hold_ttl_s = {HOLD_TTL_S}",

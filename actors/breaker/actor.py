@@ -76,7 +76,7 @@ class BreakerActor:
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self, nc: NATS) -> None:
-        self._kv = await open_bucket(nc, subjects.KV_BREAKERS)
+        self._kv = await open_bucket(nc, subjects.KV_BREAKERS, replicas=self.config.nats.kv_replicas)
         self._watcher = await self._kv.watchall()
         self._tasks.append(asyncio.create_task(self._follow(self._watcher), name="breaker-watch"))
         self._tasks.append(asyncio.create_task(self._ticker(), name="breaker-tick"))

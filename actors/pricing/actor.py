@@ -41,7 +41,7 @@ class PricingActor:
 
     async def start(self, nc: NATS) -> None:
         self._prices = prices_from_config(self.config, int(time.time() * 1000))
-        self._kv = await open_bucket(nc, subjects.KV_PRICES)
+        self._kv = await open_bucket(nc, subjects.KV_PRICES, replicas=self.config.nats.kv_replicas)
         await self.publish(self._kv)
 
     async def publish(self, kv: KeyValue) -> None:

@@ -53,7 +53,7 @@ class RouterActor:
             (subjects.KV_PRICES, ProviderPrices, self.prices),
             (subjects.KV_BREAKERS, BreakerState, self.breakers),
         ):
-            kv = await open_bucket(nc, bucket)
+            kv = await open_bucket(nc, bucket, replicas=self.config.nats.kv_replicas)
             watcher = await kv.watchall()
             self._watchers.append(watcher)
             self._loaded[bucket] = asyncio.Event()

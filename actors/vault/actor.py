@@ -26,15 +26,20 @@ from schemas.config import Config, VaultConfig
 from schemas.errors import ArbstrError
 from schemas.ledger import Denied, Expired, JournalEntry, LedgerEvent, Released, Settled, verify_chain
 from schemas.vault import (AccountView, AgentList, AgentPolicy, AgentRef, Approval, ApprovalAction, ApprovalList,
-                           ApprovalResult, Books, ChainCheck, CreateAgent, DepositCommand, Empty, History,
-                           HistoryQuery, ReserveReply, ReserveRequest, RotateToken, SetPolicy, SettleCommand,
-                           SpendEvent, TokenRef)
+                           ApprovalResult, Books, ChainCheck, CreateAgent, DepositCommand, DepositReply,
+                           DepositRequest, Empty, History, HistoryQuery, PayoutList, PayoutRef, PayoutView,
+                           Reconciliation, ReserveReply, ReserveRequest, RotateToken, SetPolicy, SettleCommand,
+                           SpendEvent, TokenRef, WithdrawRequest)
 
 from . import decide
 from .book import Book
 from .fold import AccountState, next_events, view
 from .journal import Conflict, Journal, ensure_streams, settle_consumer_config
+from .holds import HoldTimers
 from .projection import Projection
+from .rails import Rails, payout_view
+from .wallets import build_wallet
+from .wallets.base import Wallet
 
 log = logging.getLogger("arbstr.vault")
 
@@ -63,12 +68,14 @@ class VaultActor:
     version = VERSION
     description = "arbstr vault: per-agent sub-accounts, two-phase holds, policies and approvals on a JetStream journal"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, wallet: Optional[Wallet] = None) -> None:
         if config.vault is None:
             raise ValueError("the vault needs a [vault] section in the config")
         self.config = config
         self.vc: VaultConfig = config.vault
         self.book = Book(on_events=self._on_events)
+        self.wallet: Wallet = wallet if wallet is not None else build_wallet(self.vc.wallet)
+        self.rails = Rails(self.vc.wallet, self.wallet, self.book, self.execute)
         self.projection = Projection(self.vc.duckdb_path)
         self.nc: Optional[NATS] = None
         self.journal: Optional[Journal] = None
@@ -78,6 +85,7 @@ class VaultActor:
         self._running = False
         self._inflight: set[asyncio.Task[None]] = set()
         self._settle_sub: Optional[Any] = None
+        self.timers: Optional[HoldTimers] = None
         self.conflicts = 0  # 10071s met: another writer won, or our own lost-ack write had landed
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -90,6 +98,9 @@ class VaultActor:
         if target:
             await self.journal.wait_applied(target, timeout_s=120)
         self.projection.flush()
+        await self.rails.start()
+        self.timers = HoldTimers(nc, self.vc.replicas, self.vc.hold_ttl_s, self.expire_one)
+        await self.timers.start()
         self._running = True
         self._tasks = [asyncio.create_task(self._consume_settles()),
                        asyncio.create_task(self._sweep_forever()),
@@ -111,6 +122,9 @@ class VaultActor:
                 pass
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=10)
+        await self.rails.stop()
+        if self.timers is not None:
+            await self.timers.stop()
         if self._settle_sub is not None:
             try:
                 await self._settle_sub.unsubscribe()
@@ -129,6 +143,10 @@ class VaultActor:
             Endpoint("settle", subjects.VAULT_SETTLE, SettleCommand, self._release_now),
             Endpoint("agent-me", a("me"), TokenRef, self._me),
             Endpoint("agent-history", a("history"), HistoryQuery, self._my_history),
+            Endpoint("agent-deposit", a("deposit"), DepositRequest, self._my_deposit),
+            Endpoint("agent-withdraw", a("withdraw"), WithdrawRequest, self._my_withdraw),
+            Endpoint("agent-payout", a("payout"), PayoutRef, self._my_payout),
+            Endpoint("agent-payouts", a("payouts"), TokenRef, self._my_payouts),
             Endpoint("admin-create-agent", ad("create_agent"), CreateAgent, self._create_agent),
             Endpoint("admin-list-agents", ad("list_agents"), Empty, self._list_agents),
             Endpoint("admin-get-agent", ad("get_agent"), AgentRef, self._get_agent),
@@ -141,6 +159,8 @@ class VaultActor:
             Endpoint("admin-audit", ad("audit"), HistoryQuery, self._audit),
             Endpoint("admin-books", ad("books"), Empty, self._books),
             Endpoint("admin-verify", ad("verify"), Empty, self._verify),
+            Endpoint("admin-payouts", ad("payouts"), AgentRef, self._payouts),
+            Endpoint("admin-reconcile", ad("reconcile"), Empty, self._reconcile),
         ]
 
     # --- the write path --------------------------------------------------------------------------------
@@ -153,10 +173,23 @@ class VaultActor:
         async with slot.lock:
             deadline = time.monotonic() + APPEND_BUDGET_S
             attempt = 0
+            caught_up = False
             while time.monotonic() < deadline:
                 attempt += 1
                 at = now_ms()
-                decided = decider(slot.state, at)
+                try:
+                    decided = decider(slot.state, at)
+                except ArbstrError as refusal:
+                    # A refusal (402, 404, 409, …) on a view that is behind another instance's acked write would
+                    # be wrong: catch up, and decide again if anything arrived.
+                    if refusal.status >= 500 or caught_up:
+                        raise
+                    seen = slot.state.seq
+                    await self._catch_up(agent_id)
+                    caught_up = True
+                    if slot.state.seq == seen:
+                        raise
+                    continue
                 if not decided.bodies:
                     return Written(decided, slot.state, [])
                 events = next_events(slot.state, decided.op_id, decided.bodies, at)
@@ -181,6 +214,7 @@ class VaultActor:
 
     def _on_events(self, events: list[LedgerEvent], stream_seq: int, state: AccountState) -> None:
         self.projection.add(events, stream_seq)
+        self.rails.on_events(events)
         for e in events:
             rid = getattr(e.body, "rid", None)
             if rid is not None and rid in self._waiters:
@@ -213,15 +247,23 @@ class VaultActor:
             except Exception:
                 log.warning("could not publish spend event %s", ev.event_id)
 
-    def _agent_for(self, token_hash: str) -> str:
+    async def _caught_up(self) -> None:
+        """Apply everything the stream has now: another instance may have acked a write we have not folded."""
+        assert self.journal is not None
+        await self.journal.wait_applied(await self.journal.stream_last_seq())
+
+    async def _agent_for(self, token_hash: str) -> str:
         agent_id = self.book.agent_by_token(token_hash)
+        if agent_id is None:
+            await self._caught_up()  # a token issued a moment ago through another instance
+            agent_id = self.book.agent_by_token(token_hash)
         if agent_id is None:
             raise unauthorized()
         return agent_id
 
     # --- reserve ---------------------------------------------------------------------------------------
     async def _reserve(self, req: ReserveRequest, headers: dict[str, str]) -> ReserveReply:
-        agent_id = self._agent_for(req.token_hash)
+        agent_id = await self._agent_for(req.token_hash)
         ttl_ms = self.vc.hold_ttl_s * 1000
         rid = req.request_id
         w = await self.execute(agent_id, lambda s, at: decide.reserve(
@@ -231,11 +273,14 @@ class VaultActor:
             # shared by two upstream calls would let one of them go unpaid.
             raise ArbstrError(409, f"request id {rid!r} was already used by this agent; send a new X-Request-Id",
                               code="request_id_reused", param="X-Request-Id", headers={"x-should-retry": "false"})
-        return self._hold_reply(agent_id, rid, w.state)
+        reply = self._hold_reply(agent_id, rid, w.state)
+        if self.timers is not None:
+            await self.timers.arm(agent_id, rid, (reply.expires_at_ms - now_ms()) / 1000)
+        return reply
 
     async def _wait_approval(self, req: ReserveRequest, headers: dict[str, str]) -> ReserveReply:
         """The second half of a reserve that needs approval: answers when it is approved, denied or timed out."""
-        agent_id = self._agent_for(req.token_hash)
+        agent_id = await self._agent_for(req.token_hash)
         hold = self.book.slot(agent_id).state.holds.get(req.request_id)
         state = self.book.slot(agent_id).state
         if hold is not None and hold.state == "awaiting_approval":
@@ -280,7 +325,10 @@ class VaultActor:
     # --- settle / release ------------------------------------------------------------------------------
     async def apply_settle(self, cmd: SettleCommand) -> None:
         agent_id = cmd.agent_id or (self.book.agent_by_token(cmd.token_hash) if cmd.token_hash else None)
-        if agent_id is None or not self.book.slot(agent_id).state.created:
+        if agent_id is None or agent_id not in self.book.slots or not self.book.slots[agent_id].state.created:
+            await self._caught_up()  # never drop a durable command on a view that is merely behind
+            agent_id = cmd.agent_id or (self.book.agent_by_token(cmd.token_hash) if cmd.token_hash else None)
+        if agent_id is None or agent_id not in self.book.slots or not self.book.slots[agent_id].state.created:
             log.warning("%s of %s names no known agent; nothing to do", cmd.kind, cmd.request_id)
             return
         rid = cmd.request_id
@@ -363,18 +411,24 @@ class VaultActor:
                     due.append((agent_id, rid))
         n = 0
         for agent_id, rid in due:
-            try:
-                w = await self.execute(
-                    agent_id, lambda s, t, rid=rid: decide.expire(s, rid, t, self.vc.expiry_action))
-            except ArbstrError as e:
-                if e.code != "not_expired":
-                    log.warning("expiry of %s: %s", rid, e.message)
-                continue
-            if w.events:
-                n += 1
-                log.warning("hold %s of %s expired (%s)", rid, agent_id, self.vc.expiry_action)
-                await self._publish_spend(w.state, w.events, rid)
+            n += await self.expire_one(agent_id, rid)
         return n
+
+    async def expire_one(self, agent_id: str, rid: str) -> int:
+        """Expire one hold if it is due (a timer's marker or the sweep); 1 if this call resolved it."""
+        if rid in self._waiters or agent_id not in self.book.slots:
+            return 0  # an approval this instance is waiting on is resolved by that wait
+        try:
+            w = await self.execute(agent_id, lambda s, t: decide.expire(s, rid, t, self.vc.expiry_action))
+        except ArbstrError as e:
+            if e.code != "not_expired":
+                log.warning("expiry of %s: %s", rid, e.message)
+            return 0
+        if not w.events:
+            return 0
+        log.warning("hold %s of %s expired (%s)", rid, agent_id, self.vc.expiry_action)
+        await self._publish_spend(w.state, w.events, rid)
+        return 1
 
     async def _sweep_forever(self) -> None:
         while self._running:
@@ -394,16 +448,34 @@ class VaultActor:
 
     # --- agent endpoints -------------------------------------------------------------------------------
     async def _me(self, req: TokenRef, headers: dict[str, str]) -> AccountView:
-        return view(self.book.slot(self._agent_for(req.token_hash)).state)
+        agent_id = await self._agent_for(req.token_hash)
+        await self._caught_up()
+        return view(self.book.slot(agent_id).state)
 
     async def _my_history(self, req: HistoryQuery, headers: dict[str, str]) -> History:
         if not req.token_hash:
             raise unauthorized()
-        agent_id = self._agent_for(req.token_hash)  # an agent sees only its own account
+        agent_id = await self._agent_for(req.token_hash)  # an agent sees only its own account
         return History(items=self.projection.history(agent_id, req.since_ms, req.limit))
 
+    async def _my_deposit(self, req: DepositRequest, headers: dict[str, str]) -> DepositReply:
+        return await self.rails.deposit(await self._agent_for(req.token_hash), req)
+
+    async def _my_withdraw(self, req: WithdrawRequest, headers: dict[str, str]) -> PayoutView:
+        return await self.rails.withdraw(await self._agent_for(req.token_hash), req)
+
+    async def _my_payout(self, req: PayoutRef, headers: dict[str, str]) -> PayoutView:
+        if not req.token_hash:
+            raise unauthorized()
+        return payout_view(self.book.slot(await self._agent_for(req.token_hash)).state, req.payout_id)
+
+    async def _my_payouts(self, req: TokenRef, headers: dict[str, str]) -> PayoutList:
+        return self.rails.payouts(await self._agent_for(req.token_hash))
+
     # --- admin endpoints -------------------------------------------------------------------------------
-    def _known(self, agent_id: str) -> AccountState:
+    async def _known(self, agent_id: str) -> AccountState:
+        """The agent's state with every write acked so far (by any instance) applied: operators read their writes."""
+        await self._caught_up()
         slot = self.book.slots.get(agent_id)
         if slot is None or not slot.state.created:
             raise ArbstrError(404, f"no agent {agent_id}", code="agent_not_found", param="agent_id")
@@ -421,28 +493,30 @@ class VaultActor:
         return view(w.state)
 
     async def _list_agents(self, req: Empty, headers: dict[str, str]) -> AgentList:
+        await self._caught_up()
         return AgentList(agents=[view(s) for s in sorted(self.book.agents(), key=lambda s: s.created_at_ms)])
 
     async def _get_agent(self, req: AgentRef, headers: dict[str, str]) -> AccountView:
-        return view(self._known(req.agent_id))
+        return view(await self._known(req.agent_id))
 
     async def _set_policy(self, req: SetPolicy, headers: dict[str, str]) -> AccountView:
-        self._known(req.agent_id)
+        await self._known(req.agent_id)
         return view((await self.execute(req.agent_id, lambda s, at: decide.set_policy(s, req.policy, at))).state)
 
     async def _rotate_token(self, req: RotateToken, headers: dict[str, str]) -> AccountView:
-        self._known(req.agent_id)
+        await self._known(req.agent_id)
         if self.book.agent_by_token(req.token_hash) is not None:
             raise ArbstrError(409, "that token is already in use", code="token_in_use")
         return view((await self.execute(req.agent_id,
                                         lambda s, at: decide.rotate_token(s, req.token_hash, at))).state)
 
     async def _deposit(self, req: DepositCommand, headers: dict[str, str]) -> AccountView:
-        self._known(req.agent_id)
+        await self._known(req.agent_id)
         return view((await self.execute(req.agent_id, lambda s, at: decide.deposit(
             s, req.deposit_id, req.amount_msat, req.rail, req.reference, at))).state)
 
     async def _approvals(self, req: Empty, headers: dict[str, str]) -> ApprovalList:
+        await self._caught_up()
         items = []
         for state in self.book.agents():
             for hold in state.holds.values():
@@ -454,14 +528,15 @@ class VaultActor:
         items.sort(key=lambda a: a.requested_at_ms)
         return ApprovalList(approvals=items)
 
-    def _holder(self, rid: str) -> str:
+    async def _holder(self, rid: str) -> str:
+        await self._caught_up()
         for state in self.book.agents():
             if rid in state.holds or rid in state.resolutions:
                 return state.agent_id
         raise ArbstrError(404, f"no reservation {rid}", code="unknown_request", param="request_id")
 
     async def _decide_approval(self, req: ApprovalAction, approve: bool) -> ApprovalResult:
-        agent_id = self._holder(req.request_id)
+        agent_id = await self._holder(req.request_id)
         rid = req.request_id
         if approve:
             w = await self.execute(agent_id, lambda s, at: decide.approve(s, rid, at))
@@ -482,18 +557,28 @@ class VaultActor:
 
     async def _audit(self, req: HistoryQuery, headers: dict[str, str]) -> History:
         if req.agent_id is not None:
-            self._known(req.agent_id)
+            await self._known(req.agent_id)
         return History(items=self.projection.history(req.agent_id, req.since_ms, req.limit))
 
     async def _books(self, req: Empty, headers: dict[str, str]) -> Books:
+        await self._caught_up()
         assert self.journal is not None
         books = self.book.books(self.journal.applied_seq)
         totals = await asyncio.to_thread(self.projection.totals)
         books.projection_agrees = (
             totals.get("deposited", 0) == books.deposits_msat
-            and totals.get("withdrawn", 0) == books.withdrawals_msat
+            and totals.get("withdrawn", 0) + totals.get("payout_settled", 0) == books.withdrawals_msat
             and totals.get("settled", 0) + totals.get("expired", 0) == books.spent_msat)
         return books
+
+    async def _payouts(self, req: AgentRef, headers: dict[str, str]) -> PayoutList:
+        """Every payout (``agent_id`` "*": of every agent)."""
+        if req.agent_id != "*":
+            await self._known(req.agent_id)
+        return self.rails.payouts(None if req.agent_id == "*" else req.agent_id)
+
+    async def _reconcile(self, req: Empty, headers: dict[str, str]) -> Reconciliation:
+        return await self.rails.reconcile()
 
     async def _verify(self, req: Empty, headers: dict[str, str]) -> ChainCheck:
         """Re-read the whole ledger from sequence 1 and check every agent's hash chain."""

@@ -87,16 +87,17 @@ class Book:
         return [s.state for s in self.slots.values() if s.state.created]
 
     def books(self, ledger_seq: int) -> Books:
-        """Σ deposits − Σ withdrawals = Σ available + Σ pending + Σ spent, over every agent."""
+        """Σ deposits − Σ withdrawals = Σ available + Σ pending (holds and payouts) + Σ spent, over every agent."""
         states = self.agents()
         deposits = sum(s.deposited_msat for s in states)
         withdrawals = sum(s.withdrawn_msat for s in states)
         balances = sum(s.available_msat for s in states)
-        pending = sum(s.pending_msat for s in states)
+        payouts = sum(s.payout_pending_msat for s in states)
+        pending = sum(s.pending_msat for s in states) + payouts
         spent = sum(s.spent_msat for s in states)
         ok = deposits - withdrawals == balances + pending + spent and all(s.available_msat >= 0 for s in states) \
             and not self.corrupt
         return Books(deposits_msat=deposits, withdrawals_msat=withdrawals, balances_msat=balances,
                      pending_msat=pending, spent_msat=spent,
                      uncollectible_msat=sum(s.uncollectible_msat for s in states), agents=len(states),
-                     balanced=ok, ledger_seq=ledger_seq)
+                     balanced=ok, ledger_seq=ledger_seq, payouts_pending_msat=payouts)

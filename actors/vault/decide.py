@@ -18,7 +18,11 @@ from schemas.ledger import (
     Deposited,
     EventBody,
     Expired,
+    InvoiceIssued,
     LedgerEvent,
+    PayoutFailed,
+    PayoutSettled,
+    PayoutStarted,
     PolicySet,
     Released,
     Reserved,
@@ -135,6 +139,88 @@ def withdraw(state: AccountState, withdrawal_id: str, amount_msat: int, rail: st
         raise decision.error()
     return Decided(op_id, (Withdrawn(withdrawal_id=withdrawal_id, amount_msat=amount_msat, rail=rail,
                                      reference=reference),))
+
+
+# -- rails: invoices and payouts -------------------------------------------------------------------------------
+
+def issue_invoice(state: AccountState, deposit_id: str, amount_msat: int, rail: str, payment_hash: str,
+                  bolt11: str, expires_at_ms: int, now_ms: int) -> Decided:
+    """Record a deposit invoice made for the agent, so a payment of it can be credited to the right account."""
+    _require_agent(state)
+    op_id = f"invoice:{deposit_id}"
+    if op_id in state.op_ids:
+        return Decided(op_id, noop="duplicate")
+    if deposit_id in state.invoices or deposit_id in state.deposits:
+        raise ArbstrError(409, f"deposit {deposit_id} already exists", code="deposit_conflict")
+    _positive(amount_msat, "amount_msat")
+    return Decided(op_id, (InvoiceIssued(deposit_id=deposit_id, amount_msat=amount_msat, rail=rail,
+                                         reference=payment_hash, bolt11=bolt11, expires_at_ms=expires_at_ms),))
+
+
+def start_payout(state: AccountState, payout_id: str, amount_msat: int, fee_limit_msat: int, rail: str,
+                 reference: str, destination: str, now_ms: int) -> Decided:
+    """Hold a payout's amount and fee limit before the rail is called, policy-checked like any spend.
+
+    ``amount_msat`` must be the destination's own figure (a decoded invoice's amount), never a caller's number.
+    Starting the same payout again decides nothing; the same id with other terms is a conflict.
+    """
+    _require_agent(state)
+    op_id = f"payout:{payout_id}"
+    known = state.payouts.get(payout_id) or (state.payouts_done[payout_id].payout
+                                             if payout_id in state.payouts_done else None)
+    if known is not None:
+        if (known.amount_msat, known.reference, known.rail) != (amount_msat, reference, rail):
+            raise ArbstrError(409, f"payout {payout_id} exists with other terms", code="payout_conflict")
+        return Decided(op_id, noop="duplicate")
+    _positive(amount_msat, "amount_msat")
+    if not isinstance(fee_limit_msat, int) or isinstance(fee_limit_msat, bool) or fee_limit_msat < 0:
+        raise ArbstrError(400, "fee_limit_msat must be a non-negative integer", code="invalid_amount",
+                          param="fee_limit_msat")
+    total = amount_msat + fee_limit_msat
+    if total > state.available_msat:
+        raise insufficient(total, state.available_msat)
+    decision = check(state.policy, state, total, now_ms)
+    if not decision.allowed:
+        raise decision.error()
+    return Decided(op_id, (PayoutStarted(payout_id=payout_id, amount_msat=amount_msat, fee_limit_msat=fee_limit_msat,
+                                         rail=rail, reference=reference, destination=destination),))
+
+
+def settle_payout(state: AccountState, payout_id: str, fee_msat: int, preimage: str, now_ms: int) -> Decided:
+    """The rail paid: amount + fee leave the account, the rest of the fee limit returns."""
+    _require_agent(state)
+    op_id = f"payout_settled:{payout_id}"
+    if op_id in state.op_ids:
+        return Decided(op_id, noop="duplicate")
+    done = state.payouts_done.get(payout_id)
+    if done is not None:
+        # Failing a payout the rail then paid would be a loss: only definite failures are journaled, so this
+        # means the rail contradicted itself. Loud, never silent.
+        raise ArbstrError(409, f"payout {payout_id} was journaled as {done.kind}", code="payout_resolved")
+    payout = state.payouts.get(payout_id)
+    if payout is None:
+        raise ArbstrError(404, f"no payout {payout_id}", code="unknown_payout")
+    if not isinstance(fee_msat, int) or isinstance(fee_msat, bool) or fee_msat < 0:
+        raise ArbstrError(400, "fee_msat must be a non-negative integer", code="invalid_amount", param="fee_msat")
+    if fee_msat > payout.fee_limit_msat:
+        raise ArbstrError(409, f"payout {payout_id} reports fee {fee_msat} over its limit {payout.fee_limit_msat}",
+                          code="fee_over_limit")
+    return Decided(op_id, (PayoutSettled(payout_id=payout_id, charged_msat=payout.amount_msat + fee_msat,
+                                         fee_msat=fee_msat, preimage=preimage),))
+
+
+def fail_payout(state: AccountState, payout_id: str, reason: str, now_ms: int) -> Decided:
+    """Release a payout's hold. Call only on a definite failure: an ambiguous one must stay pending."""
+    _require_agent(state)
+    op_id = f"payout_failed:{payout_id}"
+    if op_id in state.op_ids:
+        return Decided(op_id, noop="duplicate")
+    done = state.payouts_done.get(payout_id)
+    if done is not None:
+        raise ArbstrError(409, f"payout {payout_id} was journaled as {done.kind}", code="payout_resolved")
+    if payout_id not in state.payouts:
+        raise ArbstrError(404, f"no payout {payout_id}", code="unknown_payout")
+    return Decided(op_id, (PayoutFailed(payout_id=payout_id, reason=reason or "failed"),))
 
 
 # -- holds ----------------------------------------------------------------------------------------------------

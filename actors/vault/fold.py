@@ -4,7 +4,9 @@ Two-phase transfers as in TigerBeetle: a reservation is a pending hold that reso
 released, expired or denied); a settle never takes more than the hold plus what is available. ``evolve``
 refuses any event that would break the books, so the journal writer can check an event before writing it.
 
-Books: ``deposited - withdrawn == available + pending + spent`` and ``available >= 0`` after every event.
+Books: ``deposited - withdrawn == available + pending + payout_pending + spent`` and ``available >= 0`` after
+every event. A payout holds its amount plus its fee limit from the moment it is journaled (before the rail is
+called) until it settles (amount + actual fee become withdrawn, the rest returns) or definitely fails.
 Uncollectible overruns are recorded apart: they were never charged, so they are not in the books.
 """
 
@@ -20,7 +22,11 @@ from schemas.ledger import (
     Deposited,
     EventBody,
     Expired,
+    InvoiceIssued,
     LedgerEvent,
+    PayoutFailed,
+    PayoutSettled,
+    PayoutStarted,
     PolicySet,
     Released,
     Reserved,
@@ -72,6 +78,51 @@ class Resolution:
     seq: int
 
 
+@dataclass(frozen=True)
+class Payout:
+    payout_id: str
+    amount_msat: int
+    fee_limit_msat: int
+    rail: str
+    reference: str
+    destination: str
+    started_at_ms: int
+
+    @property
+    def held_msat(self) -> int:
+        return self.amount_msat + self.fee_limit_msat
+
+
+@dataclass(frozen=True)
+class PayoutEnd:
+    kind: Literal["settled", "failed"]
+    payout: Payout
+    charged_msat: int
+    fee_msat: int
+    reason: str
+    at_ms: int
+
+
+@dataclass(frozen=True)
+class Invoice:
+    deposit_id: str
+    amount_msat: int
+    rail: str
+    reference: str
+    bolt11: str
+    expires_at_ms: int
+
+
+# A Lightning deposit's reference carries the node's settle index: the journaled cursor of the invoice feed.
+SETTLE_INDEX_PREFIX = "settle_index="
+
+
+def settle_index_of(reference: str) -> int:
+    if reference.startswith(SETTLE_INDEX_PREFIX) and reference[len(SETTLE_INDEX_PREFIX):].isdigit():
+        return int(reference[len(SETTLE_INDEX_PREFIX):])
+    return 0
+
+
 @dataclass
 class AccountState:
     """Plain data. ``evolve`` returns a fresh copy; ``apply_event`` updates in place (for folds and writers)."""
@@ -90,11 +141,16 @@ class AccountState:
     uncollectible_msat: int = 0
     available_msat: int = 0
     pending_msat: int = 0
+    payout_pending_msat: int = 0
     holds: dict[str, Hold] = field(default_factory=dict)
     resolutions: dict[str, Resolution] = field(default_factory=dict)
     tombstones: dict[str, str] = field(default_factory=dict)
     deposits: dict[str, int] = field(default_factory=dict)
     withdrawals: dict[str, int] = field(default_factory=dict)
+    payouts: dict[str, Payout] = field(default_factory=dict)  # open: journaled, not yet resolved
+    payouts_done: dict[str, PayoutEnd] = field(default_factory=dict)
+    invoices: dict[str, Invoice] = field(default_factory=dict)  # by deposit_id
+    settle_index: int = 0  # highest Lightning settle index credited to this agent
     # op_id -> (first seq, last seq) of the events it produced; kept forever, unlike the stream's dedup window.
     op_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
     # (bucket end ms, msat) of charges, for the rolling daily limit.
@@ -111,9 +167,10 @@ class AccountState:
             token_version=self.token_version, deposited_msat=self.deposited_msat,
             withdrawn_msat=self.withdrawn_msat, spent_msat=self.spent_msat,
             uncollectible_msat=self.uncollectible_msat, available_msat=self.available_msat,
-            pending_msat=self.pending_msat, holds=dict(self.holds), resolutions=dict(self.resolutions),
+            pending_msat=self.pending_msat, payout_pending_msat=self.payout_pending_msat, holds=dict(self.holds), resolutions=dict(self.resolutions),
             tombstones=dict(self.tombstones), deposits=dict(self.deposits), withdrawals=dict(self.withdrawals),
-            op_ids=dict(self.op_ids), window=list(self.window), seq=self.seq, last_hash=self.last_hash,
+            payouts=dict(self.payouts), payouts_done=dict(self.payouts_done), invoices=dict(self.invoices),
+            settle_index=self.settle_index, op_ids=dict(self.op_ids), window=list(self.window), seq=self.seq, last_hash=self.last_hash,
             last_op_id=self.last_op_id,
         )
 
@@ -125,16 +182,21 @@ class AccountState:
 def check_invariants(state: AccountState) -> None:
     """Raise ``LedgerViolation`` unless the books balance. Cheap: O(open holds)."""
     counters = (state.deposited_msat, state.withdrawn_msat, state.spent_msat, state.uncollectible_msat,
-                state.available_msat, state.pending_msat)
+                state.available_msat, state.pending_msat, state.payout_pending_msat)
     if any(c < 0 for c in counters):
         raise LedgerViolation(f"negative counter in {counters}")
-    if state.deposited_msat - state.withdrawn_msat != state.available_msat + state.pending_msat + state.spent_msat:
+    if state.deposited_msat - state.withdrawn_msat != (state.available_msat + state.pending_msat
+                                                       + state.payout_pending_msat + state.spent_msat):
         raise LedgerViolation(
             f"books do not balance: deposited {state.deposited_msat} - withdrawn {state.withdrawn_msat} != "
-            f"available {state.available_msat} + pending {state.pending_msat} + spent {state.spent_msat}")
+            f"available {state.available_msat} + pending {state.pending_msat} + payouts pending "
+            f"{state.payout_pending_msat} + spent {state.spent_msat}")
     held = sum(h.amount_msat for h in state.holds.values())
     if held != state.pending_msat:
         raise LedgerViolation(f"pending {state.pending_msat} != sum of holds {held}")
+    paying = sum(p.held_msat for p in state.payouts.values())
+    if paying != state.payout_pending_msat:
+        raise LedgerViolation(f"payouts pending {state.payout_pending_msat} != sum of open payouts {paying}")
 
 
 def _fail(event: LedgerEvent, why: str) -> LedgerViolation:
@@ -169,6 +231,14 @@ def _open_hold(state: AccountState, event: LedgerEvent, rid: str) -> Hold:
         done = "already resolved" if rid in state.resolutions else "unknown"
         raise _fail(event, f"hold {rid} is {done}")
     return hold
+
+
+def _open_payout(state: AccountState, event: LedgerEvent, payout_id: str) -> Payout:
+    payout = state.payouts.get(payout_id)
+    if payout is None:
+        done = "already resolved" if payout_id in state.payouts_done else "unknown"
+        raise _fail(event, f"payout {payout_id} is {done}")
+    return payout
 
 
 def _resolve(state: AccountState, event: LedgerEvent, hold: Hold, kind: ResolutionKind, *, charged: int = 0,
@@ -225,6 +295,7 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         state.deposits[body.deposit_id] = body.amount_msat
         state.deposited_msat += body.amount_msat
         state.available_msat += body.amount_msat
+        state.settle_index = max(state.settle_index, settle_index_of(body.reference))
     elif isinstance(body, Withdrawn):
         if body.withdrawal_id in state.withdrawals:
             raise _fail(event, f"withdrawal {body.withdrawal_id} already debited")
@@ -287,6 +358,42 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         if state.knows(body.rid):
             raise _fail(event, f"rid {body.rid} is known: only unknown rids are tombstoned")
         state.tombstones[body.rid] = body.reason
+    elif isinstance(body, InvoiceIssued):
+        if body.deposit_id in state.invoices or body.deposit_id in state.deposits:
+            raise _fail(event, f"deposit {body.deposit_id} already exists")
+        state.invoices[body.deposit_id] = Invoice(
+            deposit_id=body.deposit_id, amount_msat=body.amount_msat, rail=body.rail, reference=body.reference,
+            bolt11=body.bolt11, expires_at_ms=body.expires_at_ms)
+    elif isinstance(body, PayoutStarted):
+        if body.payout_id in state.payouts or body.payout_id in state.payouts_done:
+            raise _fail(event, f"payout {body.payout_id} already exists")
+        payout = Payout(payout_id=body.payout_id, amount_msat=body.amount_msat, fee_limit_msat=body.fee_limit_msat,
+                        rail=body.rail, reference=body.reference, destination=body.destination,
+                        started_at_ms=event.at_ms)
+        if payout.held_msat > state.available_msat:
+            raise _fail(event, f"payout of {payout.held_msat} exceeds available {state.available_msat}")
+        state.payouts[body.payout_id] = payout
+        state.available_msat -= payout.held_msat
+        state.payout_pending_msat += payout.held_msat
+    elif isinstance(body, PayoutSettled):
+        payout = _open_payout(state, event, body.payout_id)
+        if body.fee_msat > payout.fee_limit_msat:
+            raise _fail(event, f"fee {body.fee_msat} exceeds the limit {payout.fee_limit_msat}")
+        if body.charged_msat != payout.amount_msat + body.fee_msat:
+            raise _fail(event, "a settled payout charges its amount plus its fee")
+        del state.payouts[body.payout_id]
+        state.payout_pending_msat -= payout.held_msat
+        state.available_msat += payout.held_msat - body.charged_msat
+        state.withdrawn_msat += body.charged_msat
+        state.payouts_done[body.payout_id] = PayoutEnd("settled", payout, body.charged_msat, body.fee_msat, "",
+                                                       event.at_ms)
+        _charge(state, event.at_ms, body.charged_msat)
+    elif isinstance(body, PayoutFailed):
+        payout = _open_payout(state, event, body.payout_id)
+        del state.payouts[body.payout_id]
+        state.payout_pending_msat -= payout.held_msat
+        state.available_msat += payout.held_msat
+        state.payouts_done[body.payout_id] = PayoutEnd("failed", payout, 0, 0, body.reason, event.at_ms)
     else:  # pragma: no cover - the union is closed; a new kind must be handled here
         raise _fail(event, "unknown event kind")
 
@@ -338,7 +445,7 @@ def next_events(state: AccountState, op_id: str, bodies: Sequence[EventBody], no
 def view(state: AccountState) -> AccountView:
     return AccountView(
         agent_id=state.agent_id, name=state.name, balance_msat=state.available_msat,
-        pending_msat=state.pending_msat, spent_msat=state.spent_msat, deposited_msat=state.deposited_msat,
+        pending_msat=state.pending_msat + state.payout_pending_msat, payouts_pending_msat=state.payout_pending_msat, spent_msat=state.spent_msat, deposited_msat=state.deposited_msat,
         withdrawn_msat=state.withdrawn_msat, uncollectible_msat=state.uncollectible_msat, policy=state.policy,
         holds=len(state.holds), created_at_ms=state.created_at_ms,
     )

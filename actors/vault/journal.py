@@ -18,12 +18,16 @@ from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPoli
                          StreamConfig)
 from nats.js.errors import APIError, NotFoundError
 
+from actors.runtime import ensure_stream
 from schemas import subjects
 from schemas.ledger import JournalEntry
 
 log = logging.getLogger("arbstr.vault.journal")
 
 WRONG_LAST_SEQUENCE = 10071
+# On a cluster the stream leader refuses an expectation on a subject that still has a write in flight with
+# "wrong last sequence" and no number: the same conflict, seen before the earlier write is applied.
+WRONG_LAST_SEQUENCE_IN_FLIGHT = 10164
 H_EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 H_EXPECTED_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 # Written on every entry so a follower can skip decoding what it already applied (its own writes).
@@ -53,15 +57,9 @@ def stream_configs(replicas: int = 1, events_max_age_s: int = 30 * 86400) -> lis
 
 
 async def ensure_streams(nc: NATS, replicas: int = 1) -> None:
-    js = nc.jetstream()
+    # On a cluster a new stream takes writes only once it has a leader: ensure_stream waits for that.
     for cfg in stream_configs(replicas):
-        try:
-            await js.stream_info(cfg.name)
-        except NotFoundError:
-            try:
-                await js.add_stream(cfg)
-            except APIError as e:  # created concurrently by another instance
-                log.debug("add_stream %s: %s", cfg.name, e)
+        await ensure_stream(nc, cfg)
 
 
 class Journal:
@@ -86,7 +84,7 @@ class Journal:
             ack = await self.js.publish(subjects.ledger(entry.agent_id), entry.model_dump_json().encode(),
                                         headers=headers, timeout=timeout_s)
         except APIError as e:
-            if e.err_code == WRONG_LAST_SEQUENCE:
+            if e.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
                 raise Conflict(str(e)) from None
             raise
         if ack.duplicate:

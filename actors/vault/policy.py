@@ -54,8 +54,8 @@ def window_charges_msat(state: AccountState, now_ms: int) -> int:
 
 
 def daily_used_msat(state: AccountState, now_ms: int) -> int:
-    """What the daily limit sees: charges in the window plus every pending hold."""
-    return window_charges_msat(state, now_ms) + state.pending_msat
+    """What the daily limit sees: charges in the window plus every pending hold and payout under way."""
+    return window_charges_msat(state, now_ms) + state.pending_msat + state.payout_pending_msat
 
 
 def daily_headroom_msat(policy: AgentPolicy, state: AccountState, now_ms: int) -> Optional[int]:
@@ -68,7 +68,7 @@ def daily_headroom_msat(policy: AgentPolicy, state: AccountState, now_ms: int) -
 def _retry_after_s(limit: int, state: AccountState, amount_msat: int, now_ms: int) -> Optional[int]:
     """Seconds until enough window charges age out for ``amount_msat`` to fit; None if waiting cannot help."""
     # Pending holds do not age out on their own, so only the window can make room.
-    if state.pending_msat + amount_msat > limit:
+    if state.pending_msat + state.payout_pending_msat + amount_msat > limit:
         return None
     need = daily_used_msat(state, now_ms) + amount_msat - limit
     freed = 0

@@ -1,0 +1,282 @@
+"""Deposits and payouts over HTTP with the simulated wallet: invoices credited once, payouts journaled before
+the rail is called, released only on a definite failure, recovered after a restart; books and reconciliation."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import aiohttp
+import pytest
+
+from actors.runtime import ActorHost
+from actors.vault.actor import VaultActor
+from actors.vault.wallets.simulated import SimulatedWallet, make_invoice
+from arbstr.natsserver import NatsServer
+from tests.stack import Stack, demo_config, start_stack, vault_section
+from tests.vault_helpers import admin, assert_balanced, books, new_agent
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class Rig:
+    def __init__(self, stack: Stack, wallet: SimulatedWallet) -> None:
+        self.stack = stack
+        self.wallet = wallet
+        self.host: ActorHost | None = None
+        self.actor: VaultActor | None = None
+
+    async def start_vault(self) -> VaultActor:
+        import nats
+        nc = await nats.connect(self.stack.nc.connected_url.geturl())  # type: ignore[union-attr]
+        self.actor = VaultActor(self.stack.config, wallet=self.wallet)
+        self.host = ActorHost(self.actor, nc)
+        await self.host.start()
+        self.stack.extra_connections.append(nc)
+        return self.actor
+
+    async def stop_vault(self) -> None:
+        assert self.host is not None
+        await self.host.stop()
+        self.host = None
+
+
+@pytest.fixture
+async def rig(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Rig]:
+    wallet = {"pay_wait_s": 0.5, "check_interval_s": 0.2, "fee_limit_min_msat": 500, "fee_limit_ppm": 0}
+    config = demo_config(mock_upstream, vault=vault_section(wallet=wallet))
+    stack = await start_stack(config, fresh_nats.url)
+    r = Rig(stack, SimulatedWallet(fee_limit_ppm=0, fee_limit_min_msat=500))
+    await r.start_vault()
+    yield r
+    if r.host is not None:
+        await r.stop_vault()
+    await stack.stop()
+
+
+async def post(http: aiohttp.ClientSession, rig: Rig, path: str, token: str, body: dict[str, Any]
+               ) -> tuple[int, Any]:
+    r = await http.post(f"{rig.stack.url}{path}", json=body, headers=bearer(token))
+    return r.status, await r.json()
+
+
+async def me(http: aiohttp.ClientSession, rig: Rig, token: str) -> dict[str, Any]:
+    """The agent's account; {} while a just-restarted vault is not reachable yet (the polls retry)."""
+    r = await http.get(f"{rig.stack.url}/v1/vault/me", headers=bearer(token))
+    body = await r.json()
+    return body if r.status == 200 else {}
+
+
+async def eventually(check: Any, timeout_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.05)
+
+
+async def clean(http: aiohttp.ClientSession, rig: Rig) -> None:
+    assert_balanced(await books(http, rig.stack))
+    rec = await admin(http, rig.stack, "GET", "/v1/admin/reconcile", expect=200)
+    assert rec["ok"] is True and rec["surplus_msat"] >= 0, rec
+
+
+async def funded_by_invoice(http: aiohttp.ClientSession, rig: Rig, name: str, msat: int) -> tuple[str, str]:
+    agent_id, token = await new_agent(http, rig.stack, name)
+    status, inv = await post(http, rig, "/v1/vault/me/deposits", token, {"rail": "lightning", "amount_msat": msat})
+    assert status == 201, inv
+    rig.wallet.settle_invoice(inv["payment_hash"])
+
+    async def credited() -> bool:
+        return (await me(http, rig, token)).get("balance_msat") == msat
+    await eventually(credited)
+    return agent_id, token
+
+
+async def test_invoice_deposit_is_credited_once(http, rig) -> None:
+    agent_id, token = await new_agent(http, rig.stack, "alice")
+    status, inv = await post(http, rig, "/v1/vault/me/deposits", token, {"rail": "lightning", "amount_msat": 21_000})
+    assert status == 201 and inv["status"] == "invoice" and inv["bolt11"].startswith("lnbcrt")
+    assert (await me(http, rig, token))["balance_msat"] == 0  # an invoice credits nothing until paid
+    rig.wallet.settle_invoice(inv["payment_hash"])
+
+    async def credited() -> bool:
+        return (await me(http, rig, token)).get("deposited_msat") == 21_000
+    await eventually(credited)
+    # The same settlement reported again (a replaying feed) and the vault restarting change nothing.
+    await rig.actor.rails.credit_invoice(rig.wallet._history[-1])  # type: ignore[union-attr]
+    await rig.stop_vault()
+    await rig.start_vault()
+    await eventually(credited)  # reachable again
+    await asyncio.sleep(0.3)  # time for a replaying feed to (wrongly) credit again
+    acct = await me(http, rig, token)
+    assert (acct["deposited_msat"], acct["balance_msat"]) == (21_000, 21_000)
+    audit = await admin(http, rig.stack, "GET", f"/v1/admin/audit?agent={agent_id}", expect=200)
+    kinds = [i["kind"] for i in audit["data"]]
+    assert kinds.count("deposited") == 1 and kinds.count("invoice_issued") == 1
+    credit = next(i for i in audit["data"] if i["kind"] == "deposited")
+    assert credit["detail"]["rail"] == "lightning" and credit["detail"]["reference"] == "settle_index=1"
+    await clean(http, rig)
+
+
+async def test_invoice_paid_while_the_vault_was_down_is_credited_at_start(http, rig) -> None:
+    _, token = await new_agent(http, rig.stack, "bob")
+    _, inv = await post(http, rig, "/v1/vault/me/deposits", token, {"rail": "lightning", "amount_msat": 5_000})
+    await rig.stop_vault()
+    rig.wallet.settle_invoice(inv["payment_hash"], amount_msat=6_000)  # overpaid: the paid amount counts
+    await rig.start_vault()
+
+    async def credited() -> bool:
+        return (await me(http, rig, token)).get("balance_msat") == 6_000
+    await eventually(credited)
+    await clean(http, rig)
+
+
+async def test_token_deposit_credited_once_and_double_redemption_refused(http, rig) -> None:
+    _, token = await new_agent(http, rig.stack, "carol")
+    ecash = rig.wallet.mint_token(7_000)
+    status, body = await post(http, rig, "/v1/vault/me/deposits", token, {"rail": "cashu", "token": ecash})
+    assert (status, body["status"], body["balance_msat"]) == (201, "credited", 7_000), body
+    status, body = await post(http, rig, "/v1/vault/me/deposits", token, {"rail": "cashu", "token": ecash})
+    assert (status, body["error"]["code"]) == (409, "token_spent")
+    assert (await me(http, rig, token))["balance_msat"] == 7_000
+    status, body = await post(http, rig, "/v1/vault/me/deposits", token, {"rail": "cashu"})
+    assert status == 400
+    await clean(http, rig)
+
+
+async def test_payout_is_charged_the_invoice_amount_plus_fee(http, rig) -> None:
+    agent_id, token = await funded_by_invoice(http, rig, "dave", 100_000)
+    rig.wallet.fee_msat = 120
+    bolt11, payment_hash, _ = make_invoice(30_000)
+    status, p = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11})
+    assert status == 200, p
+    assert (p["status"], p["payout_id"], p["amount_msat"], p["fee_msat"], p["charged_msat"]) == (
+        "succeeded", payment_hash, 30_000, 120, 30_120)
+    acct = await me(http, rig, token)
+    assert (acct["balance_msat"], acct["withdrawn_msat"], acct["pending_msat"]) == (100_000 - 30_120, 30_120, 0)
+    # The same invoice again pays nothing more.
+    status, again = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11})
+    assert (status, again["status"], rig.wallet.pay_calls) == (200, "succeeded", 1)
+    # Extra fields (an amount of the caller's choosing) are refused, not ignored.
+    status, body = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11, "amount_msat": 1})
+    assert status == 400
+    listed = await admin(http, rig.stack, "GET", "/v1/admin/payouts", expect=200)
+    assert [x["payout_id"] for x in listed["data"]] == [payment_hash]
+    await clean(http, rig)
+
+
+async def test_payout_refusals(http, rig) -> None:
+    _, token = await funded_by_invoice(http, rig, "erin", 10_000)
+    no_amount, _, _ = make_invoice(0)
+    cases = [({"bolt11": "lnbc1notaninvoice"}, 400, "invalid_invoice"),
+             ({"bolt11": no_amount}, 400, "invoice_without_amount"),
+             ({"bolt11": make_invoice(9_600)[0]}, 402, "insufficient_balance")]  # 9,600 + 500 fee limit > 10,000
+    for body, want_status, want_code in cases:
+        status, reply = await post(http, rig, "/v1/vault/me/withdrawals", token, body)
+        assert (status, reply["error"]["code"]) == (want_status, want_code), reply
+    assert rig.wallet.pay_calls == 0
+    agent2, token2 = await new_agent(http, rig.stack, "frank", policy={"max_tx_msat": 2_000})
+    await admin(http, rig.stack, "POST", f"/v1/admin/agents/{agent2}/deposits", {"amount_msat": 50_000},
+                expect=201)
+    rig.wallet.balance_msat += 50_000  # the operator's deposit arrived out of band
+    status, reply = await post(http, rig, "/v1/vault/me/withdrawals", token2, {"bolt11": make_invoice(1_600)[0]})
+    assert (status, reply["error"]["code"]) == (403, "max_tx_exceeded")  # 1,600 + 500 fee limit > 2,000
+    await clean(http, rig)
+
+
+async def test_definite_failure_releases_and_pending_never_does(http, rig) -> None:
+    _, token = await funded_by_invoice(http, rig, "gina", 50_000)
+    rig.wallet.outcome = "fail"
+    status, p = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": make_invoice(10_000)[0]})
+    assert (status, p["status"], p["balance_msat"]) == (200, "failed", 50_000), p
+    rig.wallet.outcome = "pending"
+    bolt11, h, _ = make_invoice(10_000)
+    status, p = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11})
+    assert (status, p["status"]) == (202, "pending")
+    await asyncio.sleep(0.6)  # several check rounds: in flight stays held
+    acct = await me(http, rig, token)
+    assert (acct["balance_msat"], acct["payouts_pending_msat"]) == (50_000 - 10_500, 10_500)
+    assert_balanced(await books(http, rig.stack))
+    rig.wallet.resolve(h, succeed=True)
+
+    async def done() -> bool:
+        r = await http.get(f"{rig.stack.url}/v1/vault/me/withdrawals/{h}", headers=bearer(token))
+        return (await r.json())["status"] == "succeeded"
+    await eventually(done)
+    acct = await me(http, rig, token)
+    assert (acct["balance_msat"], acct["withdrawn_msat"], acct["pending_msat"]) == (40_000, 10_000, 0)
+    await clean(http, rig)
+
+
+async def test_ambiguous_error_keeps_the_payout_and_a_restart_finishes_it_once(http, rig) -> None:
+    _, token = await funded_by_invoice(http, rig, "hank", 50_000)
+    rig.wallet.outcome = "raise"  # the call never reached the rail, as far as anyone can tell
+    bolt11, h, _ = make_invoice(20_000)
+    status, p = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11})
+    assert (status, p["status"]) == (202, "pending")
+    await rig.stop_vault()  # crash window: journaled, never sent
+    assert rig.wallet.payments == {}
+    rig.wallet.outcome = "succeed"
+    await rig.start_vault()  # recovery asks the rail, finds nothing, sends it: exactly one payment
+
+    async def done() -> bool:
+        return (await me(http, rig, token)).get("withdrawn_msat") == 20_000
+    await eventually(done)
+    assert list(rig.wallet.payments) == [h]
+    listed = await http.get(f"{rig.stack.url}/v1/vault/me/withdrawals", headers=bearer(token))
+    assert [x["status"] for x in (await listed.json())["data"]] == ["succeeded"]
+    await clean(http, rig)
+
+
+async def test_payout_sent_before_a_crash_is_settled_not_resent(http, rig) -> None:
+    _, token = await funded_by_invoice(http, rig, "ivy", 50_000)
+    rig.wallet.outcome = "pending"
+    bolt11, h, _ = make_invoice(20_000)
+    status, _ = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11})
+    assert status == 202
+    await rig.stop_vault()
+    rig.wallet.resolve(h, succeed=True)  # it landed while the vault was down
+    await rig.start_vault()
+
+    async def done() -> bool:
+        return (await me(http, rig, token)).get("withdrawn_msat") == 20_000
+    await eventually(done)
+    assert rig.wallet.pay_calls == 1
+    await clean(http, rig)
+
+
+async def test_another_agent_cannot_pay_the_same_invoice(http, rig) -> None:
+    _, t1 = await funded_by_invoice(http, rig, "jack", 50_000)
+    _, t2 = await funded_by_invoice(http, rig, "kate", 50_000)
+    bolt11, _, _ = make_invoice(1_000)
+    assert (await post(http, rig, "/v1/vault/me/withdrawals", t1, {"bolt11": bolt11}))[0] == 200
+    status, body = await post(http, rig, "/v1/vault/me/withdrawals", t2, {"bolt11": bolt11})
+    assert (status, body["error"]["code"]) == (409, "payout_conflict")
+    await clean(http, rig)
+
+
+async def test_reconcile_reports_a_shortfall(http, rig) -> None:
+    await funded_by_invoice(http, rig, "lena", 10_000)
+    await clean(http, rig)
+    rig.wallet.balance_msat -= 1  # an asset went missing
+    rec = await admin(http, rig.stack, "GET", "/v1/admin/reconcile", expect=200)
+    assert (rec["ok"], rec["surplus_msat"], rec["liabilities_msat"]) == (False, -1, 10_000)
+    rig.wallet.balance_msat += 1
+
+
+def test_fee_limit_is_never_zero_and_wallet_config_is_checked() -> None:
+    from actors.vault.wallets import build_wallet
+    from actors.vault.wallets.base import lightning_fee_limit_msat
+    from schemas.config import ConfigError, parse_config
+
+    assert lightning_fee_limit_msat(1_000_000, 5_000, 1_000) == 5_000
+    assert lightning_fee_limit_msat(10, 5_000, 1_000) == 1_000
+    assert lightning_fee_limit_msat(10, 0, 0) == 1
+    cfg = parse_config({"vault": {"wallet": {"fee_limit_ppm": 2_000}}})
+    assert cfg.vault is not None and isinstance(build_wallet(cfg.vault.wallet), SimulatedWallet)
+    with pytest.raises(ConfigError, match="not available"):
+        parse_config({"vault": {"wallet": {"kind": "lnd"}}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_config({"vault": {"wallet": {"kynd": "simulated"}}})
