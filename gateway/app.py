@@ -61,7 +61,7 @@ async def envelope(request: web.Request, handler: Callable[[web.Request], Awaita
     if gw is not None:
         resource = request.match_info.route.resource
         gw.metrics.answered(resource.canonical if resource else "unmatched", resp.status, elapsed)
-    if access_log.isEnabledFor(logging.INFO):
+    if gw is not None and gw.config.server.access_log and access_log.isEnabledFor(logging.INFO):
         access_log.info("%s %s %d %.1fms", request.method, request.path, resp.status, elapsed * 1000)
     return resp
 

@@ -404,6 +404,8 @@ class Proxy:
         now = time.perf_counter()
         if self.metrics is not None:
             self.metrics.attempt(cand.provider, cand.model, kind)
+        if kind in ("ok", "http_4xx") and cand.quiet and not cand.probe:
+            return  # the breaker already counts no failures: one more success would be work for nothing
         # A probe candidate is tried only with the probe slot (or on a closed breaker, where the flag is moot):
         # its outcome is what resolves the slot.
         event = Outcome(provider=cand.provider, request_id=ex.request_id, kind=kind, status=status,

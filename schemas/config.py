@@ -22,6 +22,7 @@ class ServerConfig(_Section):
     port: int = Field(8080, ge=0, le=65535)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
     upstream_connections: int = Field(512, ge=1, description="size of the one pooled upstream session")
+    access_log: bool = Field(True, description="one log line per request (costs ~10 % of peak throughput)")
 
 
 class NatsConfig(_Section):

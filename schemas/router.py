@@ -38,6 +38,8 @@ class Candidate(Message):
     tier: Tier
     estimated_cost_msat: Msat
     probe: bool = Field(False, description="breaker half-open: ask arbstr.v1.breaker.probe before trying it")
+    quiet: bool = Field(False, description="breaker closed with no failures counted: a success would change "
+                                            "nothing, so the gateway need not report it")
 
 
 class Envelope(Message):

@@ -112,6 +112,10 @@ def _no_provider(req: RouteRequest, reasons: list[str], retry_at_ms: Optional[in
                        code="no_provider_available", headers=headers)
 
 
+def _quiet(state: Optional[BreakerState]) -> bool:
+    return state is None or (state.state == "closed" and state.consecutive_failures == 0)
+
+
 def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, BreakerState], config: Config,
           now_ms: int) -> RouteReply:
     policy = choose_policy(req.policy, req.last_user_text, config.policies)
@@ -156,6 +160,7 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
             estimated_cost_msat=cost_msat(req.input_tokens, output_tokens, o.rates.input_rate, o.rates.output_rate,
                                           o.prices.base_fee_msat),
             probe=needs_probe(breakers.get(o.provider), now_ms),
+            quiet=_quiet(breakers.get(o.provider)),
         )
         for o in chosen
     ]
