@@ -9,6 +9,7 @@ are numbered by ``part`` (0, 1, …), so a replayed command is told apart from t
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 import json
 from typing import Annotated, Iterable, Literal, Optional, Union
 
@@ -203,8 +204,22 @@ def canonical_json(event: LedgerEvent) -> bytes:
                       ensure_ascii=True).encode("ascii")
 
 
+_HASHES: "OrderedDict[int, tuple[LedgerEvent, str]]" = OrderedDict()
+_HASHES_MAX = 8192
+
+
 def event_hash(event: LedgerEvent) -> str:
-    return hashlib.sha256(canonical_json(event)).hexdigest()
+    """sha256 of the canonical JSON. The writer, the fold and the projection each need the hash of the same
+    fresh event object: remember the last few thousand by identity (the entry keeps the object alive, so its id
+    cannot be reused while cached) instead of serialising it three times."""
+    hit = _HASHES.get(id(event))
+    if hit is not None and hit[0] is event:
+        return hit[1]
+    digest = hashlib.sha256(canonical_json(event)).hexdigest()
+    _HASHES[id(event)] = (event, digest)
+    if len(_HASHES) > _HASHES_MAX:
+        _HASHES.popitem(last=False)
+    return digest
 
 
 def verify_chain(events: Iterable[LedgerEvent], *, prev_hash: str = "",
