@@ -167,14 +167,20 @@ class Gateway:
                     card.pricing = pricing
         return cards
 
+    def _virtual_cards(self) -> list[ModelCard]:
+        """``auto`` and each policy's virtual model: the router picks model and provider for them."""
+        names = ["auto"] + [p.virtual_model for p in self.config.policies if p.virtual_model]
+        return [ModelCard(id=name, owned_by="arbstr") for name in names]
+
     async def models(self, request: web.Request) -> web.Response:
         cards = self._cards(await self._prices(request))
-        body = ModelList(data=[cards[k] for k in sorted(cards)])
+        body = ModelList(data=[cards[k] for k in sorted(cards)] + self._virtual_cards())
         return web.Response(body=body.model_dump_json().encode(), content_type="application/json")
 
     async def model(self, request: web.Request) -> web.Response:
         model_id = request.match_info["model"]
-        card = self._cards(await self._prices(request)).get(model_id)
+        card = self._cards(await self._prices(request)).get(model_id) or \
+            next((c for c in self._virtual_cards() if c.id == model_id), None)
         if card is None:
             raise ArbstrError(404, f"the model '{model_id}' does not exist", param="model", code="model_not_found")
         return web.Response(body=card.model_dump_json().encode(), content_type="application/json")

@@ -69,6 +69,10 @@ class PolicyConfig(_Section):
     allowed_models: list[str] = Field(default_factory=list, description="empty: any model")
     max_input_rate: Optional[Rate] = None
     max_output_rate: Optional[Rate] = None
+    virtual_model: Optional[str] = Field(
+        None, min_length=1, max_length=256,
+        description="a model name clients may send (e.g. \"arbstr/cheap\"): it selects this policy and lets the "
+                    "router pick model and provider together among allowed_models, like model \"auto\"")
 
 
 class RouterConfig(_Section):
@@ -199,7 +203,8 @@ class Config(_Section):
     @model_validator(mode="after")
     def _unique(self) -> "Config":
         for kind, names in (("provider", [p.name for p in self.providers]),
-                            ("policy", [p.name for p in self.policies])):
+                            ("policy", [p.name for p in self.policies]),
+                            ("policy virtual_model", [p.virtual_model for p in self.policies if p.virtual_model])):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate {kind} names: {', '.join(dupes)}")

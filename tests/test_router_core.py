@@ -359,3 +359,27 @@ def test_auto_respects_policy_allowed_models_and_breakers() -> None:
     reply = route(rq("auto", policy="p"), AUTO_PRICES, {"c": breaker("c", "open", NOW + 1000)}, cfg(policy), NOW)
     assert [(c.provider, c.model) for c in reply.candidates] == [("a", "big")]
     raises(503, "no_provider_available", route, rq("auto"), [pp("x", [])], {}, cfg(), NOW)
+
+
+def test_policy_virtual_model_picks_model_and_provider_within_the_policy() -> None:
+    from schemas.config import parse_config
+
+    config = parse_config({
+        "providers": [
+            {"name": "cheapo", "url": "http://c/v1", "models": ["small"], "input_rate": 100, "output_rate": 100},
+            {"name": "fancy", "url": "http://f/v1", "models": ["big"], "input_rate": 900, "output_rate": 900},
+        ],
+        "policies": [{"name": "quality", "virtual_model": "arbstr/quality", "allowed_models": ["big"]}],
+    })
+    from actors.pricing.table import prices_from_config
+    from actors.router.rank import route as do_route
+    from schemas.router import RouteRequest
+
+    prices = prices_from_config(config, 0)
+    reply = do_route(RouteRequest(request_id="v1", model="arbstr/quality", input_tokens=10), prices, {}, config, 0)
+    assert reply.policy == "quality" and reply.model == "arbstr/quality"
+    assert [(c.provider, c.model) for c in reply.candidates] == [("fancy", "big")]
+    with pytest.raises(ArbstrError) as e:
+        do_route(RouteRequest(request_id="v2", model="arbstr/quality", input_tokens=10, policy="other"), prices, {},
+                 config, 0)
+    assert e.value.status == 400

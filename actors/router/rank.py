@@ -118,7 +118,16 @@ def _quiet(state: Optional[BreakerState]) -> bool:
 
 def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, BreakerState], config: Config,
           now_ms: int) -> RouteReply:
-    policy = choose_policy(req.policy, req.last_user_text, config.policies)
+    asked_model = req.model
+    virtual = next((p for p in config.policies if p.virtual_model and p.virtual_model == req.model), None)
+    if virtual is not None:
+        if req.policy is not None and req.policy != virtual.name:
+            raise ArbstrError(400, f"model {req.model!r} belongs to policy {virtual.name!r}, but the header names "
+                                   f"{req.policy!r}", code="policy_conflict", param="X-Arbstr-Policy")
+        policy: Optional[PolicyConfig] = virtual
+        req = req.model_copy(update={"model": AUTO_MODEL})  # pick model and provider together, as for "auto"
+    else:
+        policy = choose_policy(req.policy, req.last_user_text, config.policies)
     score, complexity = score_complexity(req, config.complexity)
     tier = minimum_tier(complexity)
     explicit = req.complexity is not None
@@ -175,7 +184,7 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
     )
     return RouteReply(
         request_id=req.request_id,
-        model=req.model,
+        model=asked_model,
         policy=policy.name if policy is not None else None,
         tier=tier,
         complexity=complexity,
