@@ -27,13 +27,13 @@ from .http import REQUEST_ID, STARTED, TRACE, bearer_token, error_response, read
 from .meter import Hold, Meter, Usage
 from .metrics import Metrics
 from .responses_relay import relay_typed_events
+from .client_stream import ClientStream
 from .upstream import Upstream, UpstreamFailure, UpstreamReply, upstream_error_detail
 
 log = logging.getLogger("arbstr.gateway")
 
 _COMPLEXITY_VALUES = ("low", "medium", "high")
 PROBE_TIMEOUT_S = 0.5  # asking for a half-open probe slot: a slow breaker must not hold the request long
-_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, ConnectionError)
 
 
 @dataclass
@@ -232,24 +232,9 @@ class Proxy:
         opts = client_body.get("stream_options")
         # The client's choice decides what it sees; upstream always reports usage so billing is exact.
         client_wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-        headers = self._headers(cand, ex, extra_headers)
-        headers["Cache-Control"] = "no-cache"
-        headers["x-arbstr-overhead-ms"] = f"{ex.overhead_ms(time.perf_counter()):.3f}"
-        out = web.StreamResponse(status=200, headers=headers)
-        out.content_type = "text/event-stream"
-        client_alive = True
-        try:
-            await out.prepare(request)
-        except _CLIENT_GONE:
-            client_alive = False
-
-        async def send(frame: bytes) -> None:
-            nonlocal client_alive
-            if client_alive:
-                try:
-                    await out.write(frame)
-                except _CLIENT_GONE:
-                    client_alive = False  # keep reading upstream: the request is billed for what it used
+        client = await ClientStream.open(request, self._headers(cand, ex, extra_headers),
+                                          ex.overhead_ms(time.perf_counter()))
+        send = client.send
 
         usage_block: Optional[dict[str, Any]] = None
         pieces: list[str] = []
@@ -325,13 +310,9 @@ class Proxy:
         else:
             err = ArbstrError(502, failure or "upstream stream ended unexpectedly", code="upstream_stream_cut")
             await send(b"data: " + err.body().model_dump_json().encode() + b"\n\n")
-        if client_alive:
-            try:
-                await out.write_eof()
-            except _CLIENT_GONE:
-                pass
+        await client.close()
         await self._settle(ex, usage)
-        return out
+        return client.response
 
     # --- accounting ------------------------------------------------------------------------------------
     def _usage(self, cand: Candidate, ex: Exchange, block: Any, output_text: Any,

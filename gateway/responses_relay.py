@@ -15,12 +15,12 @@ from schemas.errors import ArbstrError
 from schemas.router import Candidate
 
 from .endpoints import RESPONSES
+from .client_stream import ClientStream
 from .upstream import UpstreamReply
 
 if TYPE_CHECKING:  # the proxy imports this module; the relay only calls back into it
     from .proxy import Exchange, Proxy
 
-_CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, ConnectionError)
 # Events that end a response; each carries the whole response object, usage included.
 TERMINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
@@ -48,24 +48,9 @@ def _frame_payload(lines: list[bytes]) -> Optional[dict[str, Any]]:
 async def relay_typed_events(proxy: "Proxy", request: web.Request, reply: UpstreamReply, cand: Candidate,
                              ex: "Exchange", extra_headers: dict[str, str], t_open: float) -> web.StreamResponse:
     up = reply.response
-    headers = proxy._headers(cand, ex, extra_headers)
-    headers["Cache-Control"] = "no-cache"
-    headers["x-arbstr-overhead-ms"] = f"{ex.overhead_ms(time.perf_counter()):.3f}"
-    out = web.StreamResponse(status=200, headers=headers)
-    out.content_type = "text/event-stream"
-    client_alive = True
-    try:
-        await out.prepare(request)
-    except _CLIENT_GONE:
-        client_alive = False
-
-    async def send(frame: bytes) -> None:
-        nonlocal client_alive
-        if client_alive:
-            try:
-                await out.write(frame)
-            except _CLIENT_GONE:
-                client_alive = False  # keep reading upstream: the request is billed for what it used
+    client = await ClientStream.open(request, proxy._headers(cand, ex, extra_headers),
+                                      ex.overhead_ms(time.perf_counter()))
+    send = client.send
 
     usage_block: Optional[dict[str, Any]] = None
     pieces: list[str] = []
@@ -118,13 +103,9 @@ async def relay_typed_events(proxy: "Proxy", request: web.Request, reply: Upstre
     if failure is not None:
         err = ArbstrError(502, failure, code="upstream_stream_cut")
         await send(error_event(err, last_seq + 1))
-    if client_alive:
-        try:
-            await out.write_eof()
-        except _CLIENT_GONE:
-            pass
+    await client.close()
     await proxy._settle(ex, usage)
-    return out
+    return client.response
 
 
 def has_route(app: web.Application, method: str, path: str) -> bool:
