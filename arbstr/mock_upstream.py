@@ -40,7 +40,7 @@ import orjson
 from aiohttp import web
 
 from schemas.errors import ERROR_TYPES
-from schemas.tokens import content_text, estimate_messages_tokens, estimate_text_tokens
+from schemas.tokens import content_text, estimate_messages_tokens, estimate_text_tokens, responses_messages
 
 DEFAULT_PROVIDER = "default"
 DEFAULT_OUTPUT_TOKENS = 16
@@ -235,28 +235,6 @@ def last_user_text(messages: Sequence[Any]) -> str:
         if isinstance(message, dict):
             return content_text(message.get("content"))
     return ""
-
-
-def responses_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The Responses API ``instructions`` + ``input`` as chat-style messages, for the token estimate."""
-    messages: list[dict[str, Any]] = []
-    instructions = body.get("instructions")
-    if isinstance(instructions, str) and instructions:
-        messages.append({"role": "developer", "content": instructions})
-    items = body.get("input")
-    if isinstance(items, str):
-        messages.append({"role": "user", "content": items})
-    elif isinstance(items, list):
-        for item in items:
-            if not isinstance(item, dict):
-                continue
-            if "role" in item:
-                messages.append({"role": item["role"], "content": item.get("content")})
-            elif item.get("type") == "function_call_output":
-                messages.append({"role": "tool", "content": item.get("output")})
-            elif item.get("type") == "function_call":
-                messages.append({"role": "assistant", "content": item.get("arguments")})
-    return messages
 
 
 def prompt_texts(value: Any, param: str) -> list[Any]:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 from schemas.errors import ArbstrError
 from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponsesRequest
 from schemas.router import MAX_TEXT_CHARS, Endpoint
-from schemas.tokens import content_text, estimate_messages_tokens, estimate_text_tokens
+from schemas.tokens import content_text, estimate_messages_tokens, estimate_text_tokens, responses_messages
 
 
 @dataclass(frozen=True)
@@ -124,28 +124,6 @@ def _chat_delta(chunk: dict[str, Any]) -> str:
 
 def _completion_text(resp: dict[str, Any]) -> str:
     return "".join(c.get("text") or "" for c in resp.get("choices") or () if isinstance(c, dict))
-
-
-def responses_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    """``instructions`` + ``input`` of a Responses request as chat-style messages, for the token estimate."""
-    messages: list[dict[str, Any]] = []
-    instructions = body.get("instructions")
-    if isinstance(instructions, str) and instructions:
-        messages.append({"role": "developer", "content": instructions})
-    items = body.get("input")
-    if isinstance(items, str):
-        messages.append({"role": "user", "content": items})
-    elif isinstance(items, list):
-        for item in items:
-            if not isinstance(item, dict):
-                continue
-            if "role" in item:
-                messages.append({"role": item["role"], "content": item.get("content")})
-            elif item.get("type") == "function_call_output":
-                messages.append({"role": "tool", "content": item.get("output")})
-            elif item.get("type") == "function_call":
-                messages.append({"role": "assistant", "content": item.get("arguments")})
-    return messages
 
 
 def _responses_summary(body: dict[str, Any]) -> Summary:

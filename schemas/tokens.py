@@ -7,7 +7,7 @@ reservation that is too small is worse than one that is a little large.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 MESSAGE_OVERHEAD_TOKENS = 4
 REPLY_PRIMING_TOKENS = 3
@@ -50,3 +50,26 @@ def estimate_messages_tokens(messages: Iterable[dict[str, Any]]) -> int:
         if tool_calls:
             total += estimate_text_tokens(str(tool_calls))
     return total
+
+
+def responses_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The Responses API ``instructions`` + ``input`` as chat-style messages, for the token estimate
+    (the gateway and the mock upstream must count a Responses prompt identically)."""
+    messages: list[dict[str, Any]] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str) and instructions:
+        messages.append({"role": "developer", "content": instructions})
+    items = body.get("input")
+    if isinstance(items, str):
+        messages.append({"role": "user", "content": items})
+    elif isinstance(items, list):
+        for item in items:
+            if not isinstance(item, dict):
+                continue
+            if "role" in item:
+                messages.append({"role": item["role"], "content": item.get("content")})
+            elif item.get("type") == "function_call_output":
+                messages.append({"role": "tool", "content": item.get("output")})
+            elif item.get("type") == "function_call":
+                messages.append({"role": "assistant", "content": item.get("arguments")})
+    return messages
