@@ -69,8 +69,15 @@ async def probe(nc: NATS, provider: str, probe_id: str) -> ProbeReply:
 
 
 async def state_call(nc: NATS, provider: Optional[str] = None) -> tuple[int, bytes]:
-    msg = await nc.request(subjects.BREAKER_STATE, StateRequest(provider=provider).model_dump_json().encode(),
-                           timeout=2)
+    payload = StateRequest(provider=provider).model_dump_json().encode()
+    for attempt in range(20):  # a just-started instance's interest can reach the server a moment after its flush
+        try:
+            msg = await nc.request(subjects.BREAKER_STATE, payload, timeout=2)
+            break
+        except NoRespondersError:
+            if attempt == 19:
+                raise
+            await asyncio.sleep(0.05)
     code = (msg.headers or {}).get(subjects.H_SERVICE_ERROR_CODE)
     return (int(code) if code else 200), msg.data
 
