@@ -1,8 +1,10 @@
-"""``arbstr agent|approvals|books|audit``: the operator's commands, over the gateway's admin HTTP API."""
+"""``arbstr agent|approvals|books|audit|spend``: the operator's commands, over the gateway's admin HTTP API."""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 import sys
@@ -84,6 +86,55 @@ def run(args: argparse.Namespace) -> Any:
     raise CliError(f"unknown command {cmd}")
 
 
+SPEND_COLUMNS = ("requests", "failed", "input_tokens", "output_tokens", "cost_msat", "baseline_msat",
+                 "savings_msat", "latency_p50_ms", "latency_p95_ms")
+_BY = {"agent": "agent", "provider": "provider", "model": "model", "day": "day", "tier": "tier"}
+
+
+def spend_table(rows: list[dict[str, Any]], by: Optional[str]) -> list[list[str]]:
+    """Header plus one line per group (and a total line when grouped), all as strings."""
+    def fmt(v: Any) -> str:
+        if v is None:
+            return ""
+        return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+    header = [by or "range", *SPEND_COLUMNS]
+    lines = [[fmt(r.get("key")) if by else "all", *(fmt(r.get(c)) for c in SPEND_COLUMNS)] for r in rows]
+    if by and rows:
+        sums = {c: sum(int(r.get(c) or 0) for r in rows) for c in SPEND_COLUMNS[:7]}
+        lines.append(["TOTAL", *(str(sums[c]) for c in SPEND_COLUMNS[:7]), "", ""])
+    return [header, *lines]
+
+
+def render_spend(rows: list[dict[str, Any]], by: Optional[str], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2)
+    table = spend_table(rows, by)
+    if fmt == "csv":
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows(table)
+        return out.getvalue().rstrip("\n")
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in
+                                enumerate(zip(line, widths))) for line in table)
+
+
+def spend(args: argparse.Namespace) -> str:
+    params = {k: v for k, v in (("group_by", _BY.get(args.by or "")), ("since", args.since),
+                                ("until", args.until), ("agent", args.agent)) if v}
+    reply = request(args, "GET", "/v1/stats" + ("?" + urllib.parse.urlencode(params) if params else ""))
+    return render_spend(reply["data"], args.by, args.format)
+
+
+def spend_main(args: argparse.Namespace) -> int:
+    try:
+        print(spend(args))
+    except CliError as e:
+        print(str(e), file=sys.stderr)
+        return 1
+    return 0
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=os.environ.get("ARBSTR_URL", "http://127.0.0.1:8080"),
@@ -128,6 +179,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     audit.add_argument("--since", help="epoch ms or ISO 8601")
     audit.add_argument("--limit", type=int)
     audit.add_argument("--verify", action="store_true", help="check every agent's hash chain from sequence 1")
+    sp = sub.add_parser("spend", parents=[common],
+                        help="spend report from the request log, with savings against the costliest candidate")
+    sp.add_argument("--by", choices=tuple(_BY), help="group by agent, provider, model, tier or day")
+    sp.add_argument("--since", help="epoch ms or ISO 8601")
+    sp.add_argument("--until", help="epoch ms or ISO 8601")
+    sp.add_argument("--agent", help="one agent only")
+    sp.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    sp.set_defaults(func=spend_main)
 
 
 def main(args: argparse.Namespace) -> int:

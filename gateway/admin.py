@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from schemas import subjects
 from schemas.config import Config
 from schemas.errors import ArbstrError
+from schemas.requests import MAX_LIMIT, RequestList, RequestsQuery, StatsQuery, StatsReply
 from schemas.vault import (AccountView, AgentList, AgentPolicy, AgentRef, ApprovalAction, ApprovalList,
                            ApprovalResult, Books, ChainCheck, CreateAgent, DepositCommand, DepositReply,
                            DepositRequest, Empty, History, HistoryQuery, PayoutList, PayoutRef, PayoutView, Rail,
@@ -85,7 +86,7 @@ def _body(model: type[R], data: dict[str, Any]) -> R:
                           code="invalid_value") from None
 
 
-def _since_ms(value: Optional[str]) -> Optional[int]:
+def _since_ms(value: Optional[str], param: str = "since") -> Optional[int]:
     if value is None or value == "":
         return None
     if value.isdigit():
@@ -93,8 +94,32 @@ def _since_ms(value: Optional[str]) -> Optional[int]:
     try:
         return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
     except ValueError:
-        raise ArbstrError(400, "since must be epoch milliseconds or an ISO 8601 time", param="since",
+        raise ArbstrError(400, f"{param} must be epoch milliseconds or an ISO 8601 time", param=param,
                           code="invalid_value") from None
+
+
+def _choice(query: Any, param: str, allowed: tuple[str, ...], default: Optional[str] = None) -> Optional[str]:
+    value = query.get(param)
+    if value is None or value == "":
+        return default
+    if value not in allowed:
+        raise ArbstrError(400, f"{param} must be one of {', '.join(allowed)}", param=param, code="invalid_value")
+    return value
+
+
+def _flag(query: Any, param: str) -> Optional[bool]:
+    value = _choice(query, param, ("true", "false"))
+    return None if value is None else value == "true"
+
+
+def _count(query: Any, param: str, default: int, low: int, high: int) -> int:
+    value = query.get(param)
+    if value is None or value == "":
+        return default
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise ArbstrError(400, f"{param} must be an integer from {low} to {high}", param=param,
+                          code="invalid_value")
+    return int(value)
 
 
 def _limit(value: Optional[str]) -> int:
@@ -136,6 +161,8 @@ class VaultHTTP:
         r.add_get("/v1/vault/me/withdrawals/{payout_id}", self.my_withdrawal)
         r.add_get("/v1/admin/payouts", self.admin(self.payouts))
         r.add_get("/v1/admin/reconcile", self.admin(self.reconcile))
+        r.add_get("/v1/stats", self.stats)
+        r.add_get("/v1/requests", self.requests)
 
     async def _call(self, request: web.Request, op: str, msg: BaseModel, reply: type[R]) -> R:
         return await self.bus.call(subjects.vault_admin(op), msg, reply, request_id=request[REQUEST_ID])
@@ -245,6 +272,44 @@ class VaultHTTP:
         rec = await self.bus.call(subjects.vault_admin("reconcile"), Empty(), Reconciliation,
                                   request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
         return json_response(rec.model_dump(mode="json"))
+
+    # --- reports: the admin sees every agent (or ?agent=), an agent token only its own ------------------
+    async def _report_scope(self, request: web.Request) -> Optional[str]:
+        token = bearer_token(request)
+        if token is None:
+            raise missing_token()
+        if self.admin_hash is not None and hmac.compare_digest(token_hash(token), self.admin_hash):
+            return request.query.get("agent") or None
+        view = await self.bus.call(subjects.vault_agent("me"), TokenRef(token_hash=token_hash(token)),
+                                   AccountView, request_id=request[REQUEST_ID])
+        agent = request.query.get("agent")
+        if agent and agent != view.agent_id:
+            raise ArbstrError(403, "an agent token sees only its own requests", param="agent", code="forbidden")
+        return view.agent_id
+
+    async def stats(self, request: web.Request) -> web.Response:
+        query = request.query
+        group_by = _choice(query, "group_by", ("model", "provider", "tier", "agent", "day"))
+        since, until = _since_ms(query.get("since")), _since_ms(query.get("until"), "until")
+        q = StatsQuery(group_by=group_by, agent_id=await self._report_scope(request), since_ms=since,  # type: ignore[arg-type]
+                       until_ms=until)
+        reply = await self._call(request, "stats", q, StatsReply)
+        return json_response({"object": "list", "group_by": reply.group_by,
+                              "data": [r.model_dump(mode="json") for r in reply.rows]})
+
+    async def requests(self, request: web.Request) -> web.Response:
+        query = request.query
+        q = RequestsQuery(
+            model=query.get("model") or None, provider=query.get("provider") or None,
+            success=_flag(query, "success"), streamed=_flag(query, "streamed"),
+            since_ms=_since_ms(query.get("since")), until_ms=_since_ms(query.get("until"), "until"),
+            sort=_choice(query, "sort", ("at", "cost", "latency"), "at"),  # type: ignore[arg-type]
+            order=_choice(query, "order", ("asc", "desc"), "desc"),  # type: ignore[arg-type]
+            limit=_count(query, "limit", 100, 1, MAX_LIMIT), offset=_count(query, "offset", 0, 0, 10**9),
+            agent_id=await self._report_scope(request))
+        reply = await self._call(request, "requests", q, RequestList)
+        return json_response({"object": "list", "total": reply.total, "limit": q.limit, "offset": q.offset,
+                              "data": [r.model_dump(mode="json") for r in reply.items]})
 
     # --- an agent's own account ------------------------------------------------------------------------
     def _agent_token(self, request: web.Request) -> str:

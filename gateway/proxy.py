@@ -26,6 +26,7 @@ from .endpoints import EndpointSpec, validate
 from .http import REQUEST_ID, STARTED, TRACE, bearer_token, error_response, read_json_object
 from .meter import Hold, Meter, Usage
 from .metrics import Metrics
+from .request_log import publish_record, request_record
 from .responses_relay import relay_typed_events
 from .client_stream import ClientStream
 from .upstream import Upstream, UpstreamFailure, UpstreamReply, upstream_error_detail
@@ -50,6 +51,8 @@ class Exchange:
     upstream_time: float = 0.0
     resolved: bool = False
     streamed: bool = False
+    status: Optional[int] = None  # the HTTP status the client got, once known
+    success: bool = True  # False when a stream was cut after its 200
 
     def overhead_ms(self, now: float) -> float:
         return max(0.0, (now - self.started - self.upstream_time) * 1000)
@@ -76,6 +79,9 @@ class Proxy:
         ex.hold = await self.meter.reserve(bearer_token(request), ex.request_id, ex.route, spec.name)
         try:
             return await self._serve(request, body, stream, ex)
+        except ArbstrError as e:
+            ex.status = e.status
+            raise
         finally:
             if not ex.resolved:  # every path that did not settle gives the hold back
                 await self._release(ex, "not served")
@@ -200,6 +206,7 @@ class Proxy:
         headers = self._headers(cand, ex, extra_headers)
         headers["x-arbstr-cost-msat"] = str(usage.cost_msat)
         headers["x-arbstr-overhead-ms"] = f"{ex.overhead_ms(time.perf_counter()):.3f}"
+        ex.status = reply.response.status
         resp = web.Response(body=raw, status=reply.response.status, content_type="application/json",
                             headers=headers)
         await resp.prepare(request)
@@ -219,6 +226,7 @@ class Proxy:
             resp.release()
         message, type_, param, code = upstream_error_detail(resp.status, raw)
         err = ArbstrError(resp.status, message, type=type_, param=param, code=code or "upstream_client_error")
+        ex.status = resp.status
         headers = self._headers(cand, ex, extra_headers)
         if resp.headers.get("Retry-After"):
             headers["retry-after"] = resp.headers["Retry-After"]
@@ -308,6 +316,7 @@ class Proxy:
                 await send(b"data: " + orjson.dumps(final) + b"\n\n")
             await send(b"data: [DONE]\n\n")
         else:
+            ex.success = False
             err = ArbstrError(502, failure or "upstream stream ended unexpectedly", code="upstream_stream_cut")
             await send(b"data: " + err.body().model_dump_json().encode() + b"\n\n")
         await client.close()
@@ -346,6 +355,7 @@ class Proxy:
             self.metrics.served_request(ex.spec.name, usage.provider, usage.model, ex.streamed, usage.input_tokens,
                                         usage.output_tokens, usage.cost_msat,
                                         ex.overhead_ms(time.perf_counter()) / 1000)
+        await self._record(ex, usage)
         try:
             await self.meter.settle(ex.hold, usage)
         except Exception:
@@ -354,10 +364,21 @@ class Proxy:
     async def _release(self, ex: Exchange, reason: str) -> None:
         assert ex.hold is not None
         ex.resolved = True
+        await self._record(ex, None)
         try:
             await self.meter.release(ex.hold, reason)
         except Exception:
             log.exception("request %s: release failed; the hold expires at its TTL", ex.request_id)
+
+    async def _record(self, ex: Exchange, usage: Optional[Usage]) -> None:
+        assert ex.route is not None and ex.hold is not None
+        now = time.perf_counter()
+        status = ex.status or (200 if usage is not None else 500)
+        await publish_record(self.nc, request_record(
+            request_id=ex.request_id, agent_id=ex.hold.agent_id, endpoint=ex.spec.name, route=ex.route, usage=usage,
+            status=status, success=usage is not None and ex.success and status < 400, streamed=ex.streamed,
+            latency_ms=(now - ex.started) * 1000, overhead_ms=ex.overhead_ms(now), at_ms=int(time.time() * 1000),
+            provider=ex.attempts[-1] if ex.attempts else None))
 
     # --- small pieces ----------------------------------------------------------------------------------
     def _headers(self, cand: Candidate, ex: Exchange, extra: dict[str, str]) -> dict[str, str]:

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from .breaker import BreakerState, Outcome
 from .ledger import JournalEntry
+from .requests import RequestRecord
 from .vault import SpendEvent
 
 OUT = Path(__file__).with_name("jsonschema")
@@ -22,6 +23,7 @@ EXPORTED: dict[str, type[BaseModel]] = {
     "breaker_outcome": Outcome,
     "breaker_state": BreakerState,
     "journal_entry": JournalEntry,
+    "request_record": RequestRecord,
 }
 
 

@@ -35,6 +35,8 @@ BREAKER_OUTCOME_ALL = f"{BREAKER_OUTCOME_PREFIX}.*"
 SPEND_PREFIX = f"{PREFIX}.spend"
 SPEND_ALL = f"{SPEND_PREFIX}.*"
 AUDIT_PREFIX = f"{PREFIX}.audit"
+REQUESTS_PREFIX = f"{PREFIX}.requests"  # one RequestRecord per request, captured by STREAM_EVENTS
+REQUESTS_ANON = "anon"  # the agent token of free-mode requests
 
 # --- JetStream -------------------------------------------------------------------
 LEDGER_PREFIX = "arbstr.ledger"
@@ -71,6 +73,10 @@ def breaker_outcome(provider: str) -> str:
 
 def spend(agent_id: str) -> str:
     return f"{SPEND_PREFIX}.{_token(agent_id)}"
+
+
+def requests(agent_id: str | None) -> str:
+    return f"{REQUESTS_PREFIX}.{_token(agent_id) if agent_id else REQUESTS_ANON}"
 
 
 def audit(agent_id: str) -> str:

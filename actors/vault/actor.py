@@ -25,6 +25,7 @@ from schemas import subjects
 from schemas.config import Config, VaultConfig
 from schemas.errors import ArbstrError
 from schemas.ledger import Denied, Expired, JournalEntry, LedgerEvent, Released, Settled, verify_chain
+from schemas.requests import RequestList, RequestsQuery, StatsQuery, StatsReply
 from schemas.vault import (AccountView, AgentList, AgentPolicy, AgentRef, Approval, ApprovalAction, ApprovalList,
                            ApprovalResult, Books, ChainCheck, CreateAgent, DepositCommand, DepositReply,
                            DepositRequest, Empty, History, HistoryQuery, PayoutList, PayoutRef, PayoutView,
@@ -37,6 +38,7 @@ from .fold import AccountState, next_events, view
 from .journal import Conflict, Journal, ensure_streams, settle_consumer_config
 from .holds import HoldTimers
 from .projection import Projection
+from .request_log import RequestLog
 from .rails import Rails, payout_view
 from .wallets import build_wallet
 from .wallets.base import Wallet
@@ -77,6 +79,7 @@ class VaultActor:
         self.wallet: Wallet = wallet if wallet is not None else build_wallet(self.vc.wallet)
         self.rails = Rails(self.vc.wallet, self.wallet, self.book, self.execute)
         self.projection = Projection(self.vc.duckdb_path)
+        self.request_log = RequestLog(self.projection)
         self.nc: Optional[NATS] = None
         self.journal: Optional[Journal] = None
         self._waiters: dict[str, asyncio.Event] = {}
@@ -98,6 +101,7 @@ class VaultActor:
         if target:
             await self.journal.wait_applied(target, timeout_s=120)
         self.projection.flush()
+        await self.request_log.follow(nc)
         await self.rails.start()
         self.timers = HoldTimers(nc, self.vc.replicas, self.vc.hold_ttl_s, self.expire_one)
         await self.timers.start()
@@ -132,6 +136,11 @@ class VaultActor:
                 pass
         if self.journal is not None:
             await self.journal.stop()
+        await self.request_log.stop()
+        try:
+            self.request_log.flush()
+        except Exception:
+            log.exception("request log flush failed")
         self.projection.close()
 
     def endpoints(self) -> list[Endpoint]:
@@ -161,6 +170,8 @@ class VaultActor:
             Endpoint("admin-verify", ad("verify"), Empty, self._verify),
             Endpoint("admin-payouts", ad("payouts"), AgentRef, self._payouts),
             Endpoint("admin-reconcile", ad("reconcile"), Empty, self._reconcile),
+            Endpoint("admin-stats", ad("stats"), StatsQuery, self._stats),
+            Endpoint("admin-requests", ad("requests"), RequestsQuery, self._requests),
         ]
 
     # --- the write path --------------------------------------------------------------------------------
@@ -443,8 +454,16 @@ class VaultActor:
             await asyncio.sleep(0.5)
             try:
                 await self.projection.flush_async()
+                await self.request_log.flush_async()
             except Exception:
                 log.exception("projection flush failed")
+
+    # --- reports (the request log) ---------------------------------------------------------------------
+    async def _stats(self, req: StatsQuery, headers: dict[str, str]) -> StatsReply:
+        return await asyncio.to_thread(self.request_log.stats, req)
+
+    async def _requests(self, req: RequestsQuery, headers: dict[str, str]) -> RequestList:
+        return await asyncio.to_thread(self.request_log.requests, req)
 
     # --- agent endpoints -------------------------------------------------------------------------------
     async def _me(self, req: TokenRef, headers: dict[str, str]) -> AccountView:

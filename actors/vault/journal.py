@@ -49,17 +49,35 @@ def stream_configs(replicas: int = 1, events_max_age_s: int = 30 * 86400) -> lis
         StreamConfig(name=subjects.STREAM_SETTLE, subjects=[f"{subjects.SETTLE_PREFIX}.>"],
                      storage=StorageType.FILE, num_replicas=replicas, retention=RetentionPolicy.WORK_QUEUE,
                      duplicate_window=120.0),
-        # Spend and provider events for other tools, kept by age and replayable from any point.
-        StreamConfig(name=subjects.STREAM_EVENTS, subjects=[f"{subjects.SPEND_PREFIX}.>"],
+        # Spend and provider events, and the gateway's request records, kept by age and replayable from any point.
+        StreamConfig(name=subjects.STREAM_EVENTS, subjects=events_subjects(),
                      storage=StorageType.FILE, num_replicas=replicas, max_age=float(events_max_age_s),
                      duplicate_window=120.0),
     ]
+
+
+def events_subjects() -> list[str]:
+    return [f"{subjects.SPEND_PREFIX}.>", f"{subjects.REQUESTS_PREFIX}.>"]
 
 
 async def ensure_streams(nc: NATS, replicas: int = 1) -> None:
     # On a cluster a new stream takes writes only once it has a leader: ensure_stream waits for that.
     for cfg in stream_configs(replicas):
         await ensure_stream(nc, cfg)
+    await _add_missing_subjects(nc, subjects.STREAM_EVENTS, events_subjects())
+
+
+async def _add_missing_subjects(nc: NATS, stream: str, wanted: list[str]) -> None:
+    """A stream created by an older version lacks subjects added since: widen it in place, keeping its data."""
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    have = list(info.config.subjects or [])
+    missing = [s for s in wanted if s not in have]
+    if missing:
+        cfg = info.config
+        cfg.subjects = have + missing
+        await js.update_stream(cfg)
+        log.info("stream %s: added subjects %s", stream, missing)
 
 
 class Journal:

@@ -1,0 +1,183 @@
+"""The request log in DuckDB: the gateway's RequestRecords, projected for ``stats`` and ``requests`` reports.
+
+Records come from the events stream through an ordered consumer starting after the last applied stream
+sequence, which is stored in the same transaction as the rows: replays change nothing. Like the ledger
+projection, rows are bulk-loaded from a JSON-lines spool (parameter binding is far too slow on a busy
+gateway); reads use plain bound parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Optional
+
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+
+from schemas import subjects
+from schemas.requests import RequestList, RequestRecord, RequestsQuery, StatsQuery, StatsReply, StatsRow
+
+from .projection import Projection
+
+log = logging.getLogger("arbstr.vault.requests")
+
+_COLUMNS = {
+    "stream_seq": "BIGINT", "request_id": "VARCHAR", "agent_id": "VARCHAR", "endpoint": "VARCHAR",
+    "model": "VARCHAR", "provider": "VARCHAR", "upstream_model": "VARCHAR", "tier": "VARCHAR",
+    "status": "INTEGER", "success": "BOOLEAN", "streamed": "BOOLEAN", "input_tokens": "BIGINT",
+    "output_tokens": "BIGINT", "cost_msat": "BIGINT", "baseline_msat": "BIGINT", "latency_ms": "DOUBLE",
+    "overhead_ms": "DOUBLE", "at_ms": "BIGINT", "estimated": "BOOLEAN",
+}
+_RECORD_FIELDS = [c for c in _COLUMNS if c != "stream_seq"]
+_SCHEMA = ("CREATE TABLE IF NOT EXISTS requests (" + ", ".join(f"{k} {v}" for k, v in _COLUMNS.items()) + ");"
+           "CREATE TABLE IF NOT EXISTS projection_meta (k VARCHAR PRIMARY KEY, v BIGINT NOT NULL);")
+_READ = ("INSERT INTO requests SELECT " + ", ".join(_COLUMNS) + " FROM read_json(?, format = 'newline_delimited', "
+         "columns = {" + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "})")
+_META_KEY = "requests_seq"
+
+_GROUP_KEY = {
+    "model": "model", "provider": "provider", "tier": "tier", "agent": "agent_id",
+    "day": "strftime(epoch_ms(at_ms), '%Y-%m-%d')",
+}
+_SORT = {"at": "at_ms", "cost": "cost_msat", "latency": "latency_ms"}
+
+
+def _where(agent_id: Optional[str], since_ms: Optional[int], until_ms: Optional[int],
+           **equal: Any) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if agent_id is not None:
+        clauses.append("agent_id = ?")
+        params.append(agent_id)
+    if since_ms is not None:
+        clauses.append("at_ms >= ?")
+        params.append(since_ms)
+    if until_ms is not None:
+        clauses.append("at_ms < ?")
+        params.append(until_ms)
+    for column, value in equal.items():
+        if value is None:
+            continue
+        if column == "model":  # the model asked for, or the one it was served as
+            clauses.append("(model = ? OR upstream_model = ?)")
+            params += [value, value]
+        else:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+class RequestLog:
+    def __init__(self, projection: Projection) -> None:
+        # Shares the ledger projection's database and lock: one DuckDB file, one writer at a time.
+        self.db = projection.db
+        self._lock = projection._lock
+        self._spool = projection._spool
+        with self._lock:
+            self.db.execute(_SCHEMA)
+            row = self.db.execute("SELECT v FROM projection_meta WHERE k = ?", [_META_KEY]).fetchone()
+        self.applied_seq = int(row[0]) if row else 0
+        self._pending: list[str] = []
+        self._pending_seq = self.applied_seq
+        self._sub: Any = None
+
+    def add(self, record: RequestRecord, stream_seq: int) -> None:
+        if stream_seq <= self._pending_seq:
+            return
+        self._pending.append(record.model_dump_json(include=set(_RECORD_FIELDS))[:-1]
+                             + f',"stream_seq":{stream_seq}}}')
+        self._pending_seq = stream_seq
+
+    def skip(self, stream_seq: int) -> None:
+        """An undecodable message still moves the applied sequence on."""
+        self._pending_seq = max(self._pending_seq, stream_seq)
+
+    def flush(self) -> int:
+        with self._lock:
+            rows, self._pending = self._pending, []
+            seq = self._pending_seq
+            if seq <= self.applied_seq:
+                return 0
+            cur = self.db.cursor()
+            path = os.path.join(self._spool, "requests.jsonl")
+            try:
+                cur.execute("BEGIN")
+                if rows:
+                    with open(path, "w", encoding="utf-8") as f:
+                        f.write("\n".join(rows))
+                        f.write("\n")
+                    cur.execute(_READ, [path])
+                cur.execute("INSERT OR REPLACE INTO projection_meta VALUES (?, ?)", [_META_KEY, seq])
+                cur.execute("COMMIT")
+            except Exception:
+                cur.execute("ROLLBACK")
+                self._pending = rows + self._pending
+                raise
+            finally:
+                cur.close()
+            self.applied_seq = seq
+            return len(rows)
+
+    async def flush_async(self) -> int:
+        return await asyncio.to_thread(self.flush)
+
+    # --- the consumer ----------------------------------------------------------------------------------
+    async def follow(self, nc: NATS) -> None:
+        async def on_msg(msg: Msg) -> None:
+            seq = int(msg.metadata.sequence.stream)
+            try:
+                self.add(RequestRecord.model_validate_json(msg.data), seq)
+            except ValidationError:
+                log.warning("request log: undecodable record at seq %s (skipped)", seq)
+                self.skip(seq)
+
+        start = self.applied_seq + 1
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start) \
+            if start > 1 else ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        self._sub = await nc.jetstream().subscribe(f"{subjects.REQUESTS_PREFIX}.>", cb=on_msg,
+                                                   ordered_consumer=True, stream=subjects.STREAM_EVENTS,
+                                                   config=config)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()
+            except Exception:
+                pass
+            self._sub = None
+
+    # --- reports ---------------------------------------------------------------------------------------
+    def stats(self, q: StatsQuery) -> StatsReply:
+        self.flush()
+        key = _GROUP_KEY[q.group_by] if q.group_by else "NULL"
+        where, params = _where(q.agent_id, q.since_ms, q.until_ms)
+        sql = (f"SELECT {key} AS k, count(*), count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success), "
+               "count(*) FILTER (WHERE streamed), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), "
+               "coalesce(sum(cost_msat), 0), coalesce(sum(baseline_msat), 0), quantile_cont(latency_ms, 0.5), "
+               "quantile_cont(latency_ms, 0.95), quantile_cont(overhead_ms, 0.5) "
+               f"FROM requests{where}" + (" GROUP BY k ORDER BY 8 DESC, k" if q.group_by else ""))
+        with self._lock:
+            rows = self.db.execute(sql, params).fetchall()
+        out = []
+        for k, n, ok, bad, streamed, tin, tout, cost, base, p50, p95, o50 in rows:
+            out.append(StatsRow(key=None if k is None else str(k), requests=n, succeeded=ok, failed=bad,
+                                streamed=streamed, input_tokens=int(tin), output_tokens=int(tout),
+                                cost_msat=int(cost), baseline_msat=int(base), savings_msat=int(base) - int(cost),
+                                latency_p50_ms=p50, latency_p95_ms=p95, overhead_p50_ms=o50))
+        return StatsReply(group_by=q.group_by, rows=out)
+
+    def requests(self, q: RequestsQuery) -> RequestList:
+        self.flush()
+        where, params = _where(q.agent_id, q.since_ms, q.until_ms, model=q.model, provider=q.provider,
+                               success=q.success, streamed=q.streamed)
+        order = f"{_SORT[q.sort]} {q.order.upper()}, stream_seq {q.order.upper()}"
+        with self._lock:
+            total = self.db.execute(f"SELECT count(*) FROM requests{where}", params).fetchone()
+            rows = self.db.execute(f"SELECT {', '.join(_RECORD_FIELDS)} FROM requests{where} ORDER BY {order} "
+                                   "LIMIT ? OFFSET ?", params + [q.limit, q.offset]).fetchall()
+        items = [RequestRecord(**dict(zip(_RECORD_FIELDS, r))) for r in rows]
+        return RequestList(total=int(total[0]) if total else 0, items=items)

@@ -1,0 +1,84 @@
+"""The request log: one record per request the gateway served or refused after routing, and the report
+queries the vault answers from its DuckDB projection of them."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from .common import Message, Msat
+
+GroupBy = Literal["model", "provider", "tier", "agent", "day"]
+SortKey = Literal["at", "cost", "latency"]
+MAX_LIMIT = 1000
+
+
+class RequestRecord(Message):
+    """Published by the gateway when a request ends; ``agent_id`` is None in free mode."""
+
+    request_id: str
+    agent_id: Optional[str] = None
+    endpoint: str
+    model: str = Field(description="the model the client asked for")
+    provider: Optional[str] = Field(None, description="who served it (None: nobody did)")
+    upstream_model: Optional[str] = None
+    tier: str
+    status: int = Field(description="the HTTP status the client got")
+    success: bool
+    streamed: bool
+    input_tokens: int = Field(0, ge=0)
+    output_tokens: int = Field(0, ge=0)
+    cost_msat: Msat = 0
+    baseline_msat: Msat = Field(0, description="the same tokens at the route's most expensive candidate")
+    latency_ms: float = Field(ge=0)
+    overhead_ms: float = Field(ge=0)
+    at_ms: int = Field(ge=0)
+    estimated: bool = False
+
+
+class StatsQuery(Message):
+    group_by: Optional[GroupBy] = None
+    agent_id: Optional[str] = None
+    since_ms: Optional[int] = None
+    until_ms: Optional[int] = None
+
+
+class StatsRow(Message):
+    key: Optional[str] = Field(None, description="the group's value (None: the whole range)")
+    requests: int
+    succeeded: int
+    failed: int
+    streamed: int
+    input_tokens: int
+    output_tokens: int
+    cost_msat: Msat
+    baseline_msat: Msat
+    savings_msat: int = Field(description="baseline - cost")
+    latency_p50_ms: Optional[float] = None
+    latency_p95_ms: Optional[float] = None
+    overhead_p50_ms: Optional[float] = None
+
+
+class StatsReply(Message):
+    group_by: Optional[GroupBy] = None
+    rows: list[StatsRow]
+
+
+class RequestsQuery(Message):
+    model: Optional[str] = None
+    provider: Optional[str] = None
+    agent_id: Optional[str] = None
+    success: Optional[bool] = None
+    streamed: Optional[bool] = None
+    since_ms: Optional[int] = None
+    until_ms: Optional[int] = None
+    sort: SortKey = "at"
+    order: Literal["asc", "desc"] = "desc"
+    limit: int = Field(100, ge=1, le=MAX_LIMIT)
+    offset: int = Field(0, ge=0)
+
+
+class RequestList(Message):
+    total: int = Field(description="rows matching the filters, before limit/offset")
+    items: list[RequestRecord]
