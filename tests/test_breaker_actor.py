@@ -11,6 +11,7 @@ import time
 from typing import Awaitable, Callable, Optional
 
 from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError
 
 from actors.breaker.actor import BreakerActor
 from actors.pricing.actor import PricingActor
