@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import nats
+import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from schemas import subjects
@@ -38,8 +39,13 @@ async def run(args: argparse.Namespace) -> int:
     since = start_time(args.since)
     config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME if since else DeliverPolicy.ALL,
                             opt_start_time=since)
-    info = await js.stream_info(subjects.STREAM_EVENTS)
-    last = int(info.state.last_seq)
+    try:  # the newest event on the subject we print, not the stream's newest (it also holds request records)
+        last = int((await js.get_last_msg(subjects.STREAM_EVENTS, subject)).seq or 0)
+    except nats.js.errors.NotFoundError:
+        last = 0
+    if last == 0 and not args.follow:
+        await nc.close()
+        return 0
     sub = await js.subscribe(subject, ordered_consumer=True, stream=subjects.STREAM_EVENTS, config=config)
     try:
         while True:
