@@ -30,6 +30,7 @@ from .proxy import Proxy
 from .upstream import Upstream
 from .admin import VaultHTTP
 from .events import SpendEventsHTTP
+from .dashboard import add_dashboard_routes
 from .openapi import add_openapi_route
 from .ops import add_ops_routes
 from .responses_relay import add_responses_routes
@@ -123,6 +124,7 @@ class Gateway:
         add_ops_routes(app, self)
         add_responses_routes(app, self)
         add_openapi_route(app, self)
+        add_dashboard_routes(app, self)
         app.router.add_get("/metrics", self.metrics.handler)
         app.router.add_get("/ready", self.ready)
         return app
