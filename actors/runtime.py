@@ -222,7 +222,12 @@ class ActorHost:
         c = self._counters.get(endpoint_stats.subject)
         if c is None:
             return {}
-        return {"handled": c.handled, "errors": c.errors, "in_flight": c.in_flight, "by_status": dict(c.by_status)}
+        data: dict[str, Any] = {"handled": c.handled, "errors": c.errors, "in_flight": c.in_flight,
+                                "by_status": dict(c.by_status)}
+        extra = getattr(self.actor, "stats", None)  # instance-wide figures an actor may add (same on each endpoint)
+        if callable(extra):
+            data["instance"] = extra()
+        return data
 
     def _dispatcher(self, ep: Endpoint) -> Callable[[Request], Awaitable[None]]:
         counters = self._counters[ep.subject]

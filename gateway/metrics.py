@@ -44,6 +44,8 @@ class Metrics:
                              ["provider"], registry=r)
         self.vault_ops = Gauge("arbstr_vault_operations", "vault endpoint requests (all instances)",
                                ["endpoint", "status"], registry=r)
+        self.vault_conflicts = Gauge("arbstr_vault_conflicts", "journal appends retried after another writer won "
+                                     "(10071/10164), all vault instances", registry=r)
         self.journal_lag = Gauge("arbstr_journal_lag", "settle/release commands waiting to be journaled",
                                  registry=r)
         self._task: Optional[asyncio.Task[None]] = None
@@ -90,14 +92,19 @@ class Metrics:
         except Exception:
             pass  # free mode: no settle stream
         totals: dict[tuple[str, str], float] = {}
+        conflicts: dict[str, float] = {}
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         await nc.publish(f"$SRV.STATS.{subjects.SERVICE_VAULT}", b"", reply=inbox)
         try:
             while True:
                 msg = await sub.next_msg(timeout=0.3)
-                for ep in json.loads(msg.data).get("endpoints") or []:
+                reply = json.loads(msg.data)
+                for ep in reply.get("endpoints") or []:
                     data: dict[str, Any] = ep.get("data") or {}
+                    instance = data.get("instance") or {}
+                    if "conflicts" in instance:
+                        conflicts[reply.get("id", "")] = instance["conflicts"]
                     for status, n in (data.get("by_status") or {}).items():
                         key = (ep["name"], status)
                         totals[key] = totals.get(key, 0) + n
@@ -107,6 +114,8 @@ class Metrics:
             await sub.unsubscribe()
         for (name, status), n in totals.items():
             self.vault_ops.labels(name, status).set(n)
+        if conflicts:
+            self.vault_conflicts.set(sum(conflicts.values()))
 
     def start(self, nc: NATS) -> None:
         self._task = asyncio.create_task(self.poll(nc))

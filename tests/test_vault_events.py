@@ -73,3 +73,54 @@ async def test_no_token_or_secret_in_logs(http: aiohttp.ClientSession, stack: St
     text = caplog.text + "".join(repr(r.args) for r in caplog.records)
     for secret in (token, ADMIN_TOKEN, "arb_wrong-token-value-123", "wrong-admin"):
         assert secret not in text
+
+
+async def test_a_durable_subscriber_from_the_readme_resumes_after_its_restart(
+        http: aiohttp.ClientSession, stack: Stack) -> None:
+    """The README's few lines of nats-py: every spend event, in order, across a restart of the tool itself."""
+    import json as _json
+
+    agent_id, token = await new_agent(http, stack, "followed", deposit_msat=1_000_000)
+
+    async def spend(rid: str) -> None:
+        r = await http.post(f"{stack.url}/v1/chat/completions",
+                            json={"model": "gpt-4o-mini", "messages": CHAT, "max_tokens": 3},
+                            headers={"Authorization": f"Bearer {token}", "X-Request-Id": rid})
+        assert r.status == 200
+
+    js = stack.nc.jetstream()
+    seen: list[str] = []
+
+    async def run_tool(n: int) -> None:
+        sub = await js.subscribe("arbstr.v1.spend.>", durable="my-tool", stream="ARBSTR_EVENTS")
+        for _ in range(n):
+            msg = await sub.next_msg(timeout=5)
+            seen.append(_json.loads(msg.data)["request_id"])
+            await msg.ack()
+        await sub.unsubscribe()  # the tool stops; its durable consumer stays
+
+    await spend("t-1")
+    await spend("t-2")
+    await run_tool(2)
+    await spend("t-3")  # while the tool is down
+    await spend("t-4")
+    await settled(http, stack, agent_id)
+    await run_tool(2)
+    assert seen == ["t-1", "t-2", "t-3", "t-4"]
+
+
+async def test_metrics_show_vault_operations_and_conflicts(http: aiohttp.ClientSession, stack: Stack) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    agent_id, token = await new_agent(http, stack, "metered", deposit_msat=1_000_000)
+    r = await http.post(f"{stack.url}/v1/chat/completions", json={"model": "gpt-4o-mini", "messages": CHAT},
+                        headers={"Authorization": f"Bearer {token}"})
+    assert r.status == 200
+    await settled(http, stack, agent_id)
+    await stack.gateway.metrics._poll_once(stack.nc)
+    text = await (await http.get(f"{stack.url}/metrics")).text()
+    names = {s.name: s for fam in text_string_to_metric_families(text) for s in fam.samples}
+    assert "arbstr_vault_conflicts" in names and names["arbstr_vault_conflicts"].value >= 0
+    ops = [s for fam in text_string_to_metric_families(text) for s in fam.samples
+           if s.name == "arbstr_vault_operations" and s.labels["endpoint"] == "reserve"]
+    assert ops and ops[0].value >= 1

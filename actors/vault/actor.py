@@ -143,6 +143,11 @@ class VaultActor:
             log.exception("request log flush failed")
         self.projection.close()
 
+    def stats(self) -> dict[str, int]:
+        """For `nats micro stats` and the gateways' /metrics: how often optimistic concurrency had to retry."""
+        return {"conflicts": self.conflicts,
+                "ledger_seq": self.journal.applied_seq if self.journal is not None else 0}
+
     def endpoints(self) -> list[Endpoint]:
         a, ad = subjects.vault_agent, subjects.vault_admin
         return [
