@@ -67,6 +67,26 @@ def event_row(event: LedgerEvent, stream_seq: int) -> tuple[Any, ...]:
             event_hash(event), event.prev_hash)
 
 
+def bulk_load(db: duckdb.DuckDBPyConnection, path: str, read_sql: str, rows: list[str], meta_key: str,
+              seq: int) -> None:
+    """Load JSON-lines ``rows`` with ``read_sql`` and record ``seq`` under ``meta_key``, in one transaction."""
+    cur = db.cursor()
+    try:
+        cur.execute("BEGIN")
+        if rows:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("\n".join(rows))
+                f.write("\n")
+            cur.execute(read_sql, [path])
+        cur.execute("INSERT OR REPLACE INTO projection_meta VALUES (?, ?)", [meta_key, seq])
+        cur.execute("COMMIT")
+    except Exception:
+        cur.execute("ROLLBACK")
+        raise
+    finally:
+        cur.close()
+
+
 class Projection:
     def __init__(self, path: str = "") -> None:
         self.db = duckdb.connect(path or ":memory:")
@@ -91,23 +111,11 @@ class Projection:
             seq = self._pending_seq
             if seq <= self.applied_seq:
                 return 0
-            cur = self.db.cursor()
-            path = os.path.join(self._spool, "rows.jsonl")
             try:
-                cur.execute("BEGIN")
-                if rows:
-                    with open(path, "w", encoding="utf-8") as f:
-                        f.write("\n".join(rows))
-                        f.write("\n")
-                    cur.execute(_READ, [path])
-                cur.execute("INSERT OR REPLACE INTO projection_meta VALUES ('stream_seq', ?)", [seq])
-                cur.execute("COMMIT")
+                bulk_load(self.db, os.path.join(self._spool, "rows.jsonl"), _READ, rows, "stream_seq", seq)
             except Exception:
-                cur.execute("ROLLBACK")
                 self._pending = rows + self._pending
                 raise
-            finally:
-                cur.close()
             self.applied_seq = seq
             return len(rows)
 

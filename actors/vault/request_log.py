@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from schemas import subjects
 from schemas.requests import RequestList, RequestRecord, RequestsQuery, StatsQuery, StatsReply, StatsRow
 
-from .projection import Projection
+from .projection import Projection, bulk_load
 
 log = logging.getLogger("arbstr.vault.requests")
 
@@ -102,23 +102,11 @@ class RequestLog:
             seq = self._pending_seq
             if seq <= self.applied_seq:
                 return 0
-            cur = self.db.cursor()
-            path = os.path.join(self._spool, "requests.jsonl")
             try:
-                cur.execute("BEGIN")
-                if rows:
-                    with open(path, "w", encoding="utf-8") as f:
-                        f.write("\n".join(rows))
-                        f.write("\n")
-                    cur.execute(_READ, [path])
-                cur.execute("INSERT OR REPLACE INTO projection_meta VALUES (?, ?)", [_META_KEY, seq])
-                cur.execute("COMMIT")
+                bulk_load(self.db, os.path.join(self._spool, "requests.jsonl"), _READ, rows, _META_KEY, seq)
             except Exception:
-                cur.execute("ROLLBACK")
                 self._pending = rows + self._pending
                 raise
-            finally:
-                cur.close()
             self.applied_seq = seq
             return len(rows)
 
