@@ -63,8 +63,7 @@ def _max_tokens(body: dict[str, Any]) -> Optional[int]:
     return None
 
 
-def _chat_summary(body: dict[str, Any]) -> Summary:
-    messages = body["messages"]
+def _messages_summary(messages: list[dict[str, Any]], tools: Any, max_tokens: Optional[int]) -> Summary:
     last_user = ""
     texts: list[str] = []
     turns = 0
@@ -74,10 +73,13 @@ def _chat_summary(body: dict[str, Any]) -> Summary:
         if m.get("role") == "user":
             last_user = text
             turns += 1
-    tools = bool(body.get("tools") or body.get("functions"))
-    extra = estimate_text_tokens(str(body["tools"])) if body.get("tools") else 0
+    extra = estimate_text_tokens(str(tools)) if tools else 0
     return Summary(_tail(last_user), _tail("\n".join(texts)), estimate_messages_tokens(messages) + extra,
-                   turns, _max_tokens(body), tools)
+                   turns, max_tokens, bool(tools))
+
+
+def _chat_summary(body: dict[str, Any]) -> Summary:
+    return _messages_summary(body["messages"], body.get("tools") or body.get("functions"), _max_tokens(body))
 
 
 def _prompt_text(value: Any) -> str:
@@ -127,20 +129,7 @@ def _completion_text(resp: dict[str, Any]) -> str:
 
 
 def _responses_summary(body: dict[str, Any]) -> Summary:
-    messages = responses_messages(body)
-    last_user = ""
-    texts: list[str] = []
-    turns = 0
-    for m in messages:
-        text = content_text(m.get("content"))
-        texts.append(text)
-        if m.get("role") == "user":
-            last_user = text
-            turns += 1
-    tools = bool(body.get("tools"))
-    extra = estimate_text_tokens(str(body["tools"])) if tools else 0
-    return Summary(_tail(last_user), _tail("\n".join(texts)), estimate_messages_tokens(messages) + extra,
-                   turns, _max_tokens(body), tools)
+    return _messages_summary(responses_messages(body), body.get("tools"), _max_tokens(body))
 
 
 def _responses_output(resp: dict[str, Any]) -> str:
