@@ -89,6 +89,8 @@ class VaultActor:
         self._inflight: set[asyncio.Task[None]] = set()
         self._settle_sub: Optional[Any] = None
         self.timers: Optional[HoldTimers] = None
+        self._catchup: Optional[asyncio.Future[None]] = None
+        self._catchup_started = 0.0
         self.conflicts = 0  # 10071s met: another writer won, or our own lost-ack write had landed
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -186,6 +188,7 @@ class VaultActor:
         if agent_id in self.book.corrupt:
             raise ArbstrError(503, "this account's journal does not verify; it is frozen", code="ledger_corrupt")
         slot = self.book.slot(agent_id)
+        called = time.monotonic()  # anything the caller saw acked was acked before this
         async with slot.lock:
             deadline = time.monotonic() + APPEND_BUDGET_S
             attempt = 0
@@ -197,11 +200,14 @@ class VaultActor:
                     decided = decider(slot.state, at)
                 except ArbstrError as refusal:
                     # A refusal (402, 404, 409, …) on a view that is behind another instance's acked write would
-                    # be wrong: catch up, and decide again if anything arrived.
-                    if refusal.status >= 500 or caught_up:
+                    # be wrong: catch up, and decide again if anything arrived. One catch-up that started after
+                    # this call began covers it, so a storm of refusals on one agent costs one round trip.
+                    if refusal.status >= 500 or caught_up or slot.caught_up_at >= called:
                         raise
                     seen = slot.state.seq
+                    started = time.monotonic()
                     await self._catch_up(agent_id)
+                    slot.caught_up_at = started
                     caught_up = True
                     if slot.state.seq == seen:
                         raise
@@ -264,7 +270,22 @@ class VaultActor:
                 log.warning("could not publish spend event %s", ev.event_id)
 
     async def _caught_up(self) -> None:
-        """Apply everything the stream has now: another instance may have acked a write we have not folded."""
+        """Apply everything the stream has now: another instance may have acked a write we have not folded.
+
+        Callers share one round trip: a catch-up that started after a caller arrived covers that caller, so a flood
+        of unknown tokens or admin reads cannot turn into a flood of JetStream requests."""
+        arrived = time.monotonic()
+        task = self._catchup
+        if task is None or self._catchup_started < arrived:
+            if task is None or task.done():
+                self._catchup_started = time.monotonic()
+                task = self._catchup = asyncio.ensure_future(self._catch_up_all())
+            else:
+                await asyncio.shield(task)  # one in flight began before us: wait for it, then start our own
+                return await self._caught_up()
+        await asyncio.shield(task)
+
+    async def _catch_up_all(self) -> None:
         assert self.journal is not None
         await self.journal.wait_applied(await self.journal.stream_last_seq())
 

@@ -25,6 +25,7 @@ class Slot:
     state: AccountState
     stream_seq: int = 0  # stream sequence of the agent's newest entry: the expectation of the next append
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    caught_up_at: float = 0.0  # monotonic time the last refusal catch-up started: it saw every write acked before
 
 
 class Book:
