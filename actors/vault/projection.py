@@ -87,22 +87,23 @@ def bulk_load(db: duckdb.DuckDBPyConnection, path: str, read_sql: str, rows: lis
         cur.close()
 
 
-class Projection:
-    def __init__(self, path: str = "") -> None:
-        self.db = duckdb.connect(path or ":memory:")
-        self.db.execute(_SCHEMA)
-        row = self.db.execute("SELECT v FROM projection_meta WHERE k = 'stream_seq'").fetchone()
+class SpooledTable:
+    """Rows buffered as JSON lines and bulk-loaded into one table, with the stream sequence they reach stored in
+    ``projection_meta[meta_key]`` in the same transaction: loading the same entries twice changes nothing."""
+
+    def _init_spool(self, db: duckdb.DuckDBPyConnection, lock: threading.Lock, spool: str, file_name: str,
+                    read_sql: str, meta_key: str) -> None:
+        self.db, self._lock, self._spool = db, lock, spool
+        self._spool_file, self._read_sql, self._meta_key = os.path.join(spool, file_name), read_sql, meta_key
+        with lock:
+            row = db.execute("SELECT v FROM projection_meta WHERE k = ?", [meta_key]).fetchone()
         self.applied_seq = int(row[0]) if row else 0
         self._pending: list[str] = []
         self._pending_seq = self.applied_seq
-        self._lock = threading.Lock()
-        self._spool = tempfile.mkdtemp(prefix="arbstr-projection-")
 
-    def add(self, events: list[LedgerEvent], stream_seq: int) -> None:
-        if stream_seq <= self._pending_seq:
-            return
-        self._pending.extend(json.dumps(dict(zip(_NAMES, event_row(e, stream_seq)))) for e in events)
-        self._pending_seq = stream_seq
+    def skip(self, stream_seq: int) -> None:
+        """A message with nothing to load still moves the applied sequence on."""
+        self._pending_seq = max(self._pending_seq, stream_seq)
 
     def flush(self) -> int:
         """Write what is buffered (blocking; see ``flush_async``); returns the number of rows written."""
@@ -112,7 +113,7 @@ class Projection:
             if seq <= self.applied_seq:
                 return 0
             try:
-                bulk_load(self.db, os.path.join(self._spool, "rows.jsonl"), _READ, rows, "stream_seq", seq)
+                bulk_load(self.db, self._spool_file, self._read_sql, rows, self._meta_key, seq)
             except Exception:
                 self._pending = rows + self._pending
                 raise
@@ -121,6 +122,20 @@ class Projection:
 
     async def flush_async(self) -> int:
         return await asyncio.to_thread(self.flush)
+
+
+class Projection(SpooledTable):
+    def __init__(self, path: str = "") -> None:
+        db = duckdb.connect(path or ":memory:")
+        db.execute(_SCHEMA)
+        self._init_spool(db, threading.Lock(), tempfile.mkdtemp(prefix="arbstr-projection-"), "rows.jsonl", _READ,
+                         "stream_seq")
+
+    def add(self, events: list[LedgerEvent], stream_seq: int) -> None:
+        if stream_seq <= self._pending_seq:
+            return
+        self._pending.extend(json.dumps(dict(zip(_NAMES, event_row(e, stream_seq)))) for e in events)
+        self._pending_seq = stream_seq
 
     def history(self, agent_id: Optional[str], since_ms: Optional[int], limit: int) -> list[HistoryItem]:
         self.flush()

@@ -8,9 +8,7 @@ gateway); reads use plain bound parameters.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 from typing import Any, Optional
 
 from nats.aio.client import Client as NATS
@@ -21,7 +19,7 @@ from pydantic import ValidationError
 from schemas import subjects
 from schemas.requests import RequestList, RequestRecord, RequestsQuery, StatsQuery, StatsReply, StatsRow
 
-from .projection import Projection, bulk_load
+from .projection import Projection, SpooledTable
 
 log = logging.getLogger("arbstr.vault.requests")
 
@@ -71,18 +69,12 @@ def _where(agent_id: Optional[str], since_ms: Optional[int], until_ms: Optional[
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-class RequestLog:
+class RequestLog(SpooledTable):
     def __init__(self, projection: Projection) -> None:
         # Shares the ledger projection's database and lock: one DuckDB file, one writer at a time.
-        self.db = projection.db
-        self._lock = projection._lock
-        self._spool = projection._spool
-        with self._lock:
-            self.db.execute(_SCHEMA)
-            row = self.db.execute("SELECT v FROM projection_meta WHERE k = ?", [_META_KEY]).fetchone()
-        self.applied_seq = int(row[0]) if row else 0
-        self._pending: list[str] = []
-        self._pending_seq = self.applied_seq
+        with projection._lock:
+            projection.db.execute(_SCHEMA)
+        self._init_spool(projection.db, projection._lock, projection._spool, "requests.jsonl", _READ, _META_KEY)
         self._sub: Any = None
 
     def add(self, record: RequestRecord, stream_seq: int) -> None:
@@ -91,27 +83,6 @@ class RequestLog:
         self._pending.append(record.model_dump_json(include=set(_RECORD_FIELDS))[:-1]
                              + f',"stream_seq":{stream_seq}}}')
         self._pending_seq = stream_seq
-
-    def skip(self, stream_seq: int) -> None:
-        """An undecodable message still moves the applied sequence on."""
-        self._pending_seq = max(self._pending_seq, stream_seq)
-
-    def flush(self) -> int:
-        with self._lock:
-            rows, self._pending = self._pending, []
-            seq = self._pending_seq
-            if seq <= self.applied_seq:
-                return 0
-            try:
-                bulk_load(self.db, os.path.join(self._spool, "requests.jsonl"), _READ, rows, _META_KEY, seq)
-            except Exception:
-                self._pending = rows + self._pending
-                raise
-            self.applied_seq = seq
-            return len(rows)
-
-    async def flush_async(self) -> int:
-        return await asyncio.to_thread(self.flush)
 
     # --- the consumer ----------------------------------------------------------------------------------
     async def follow(self, nc: NATS) -> None:
