@@ -97,6 +97,18 @@ async def connect(url: str, name: str, **kwargs: Any) -> NATS:
     )
 
 
+async def cancel_and_wait(*tasks: Optional["asyncio.Task[Any]"]) -> None:
+    """Cancel background tasks and wait until they are gone; whatever they raise on the way out is theirs."""
+    live = [t for t in tasks if t is not None]
+    for t in live:
+        t.cancel()
+    for t in live:
+        try:
+            await t
+        except (asyncio.CancelledError, Exception):
+            pass
+
+
 async def open_bucket(nc: NATS, bucket: str, history: int = 1, replicas: int = 1) -> KeyValue:
     """Open a KV bucket, creating it when missing, so actors may start in any order.
 

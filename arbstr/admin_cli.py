@@ -1,4 +1,5 @@
-"""``arbstr agent|approvals|books|audit|spend``: the operator's commands, over the gateway's admin HTTP API."""
+"""``arbstr agent|approvals|books|audit|spend|payouts|reconcile``: the operator's commands, and ``arbstr wallet``:
+an agent's own deposits and withdrawals, all over the gateway's HTTP API."""
 
 from __future__ import annotations
 
@@ -30,11 +31,19 @@ def _admin_token(args: argparse.Namespace) -> str:
     return token
 
 
-def request(args: argparse.Namespace, method: str, path: str, body: Optional[dict[str, Any]] = None) -> Any:
+def _agent_token(args: argparse.Namespace) -> str:
+    token = args.agent_token or os.environ.get("ARBSTR_AGENT_TOKEN")
+    if not token:
+        raise CliError("no agent token: pass --agent-token or set ARBSTR_AGENT_TOKEN")
+    return token
+
+
+def request(args: argparse.Namespace, method: str, path: str, body: Optional[dict[str, Any]] = None,
+            token: Optional[str] = None) -> Any:
     url = args.url.rstrip("/") + path
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers={
-        "Authorization": f"Bearer {_admin_token(args)}", "Content-Type": "application/json"})
+        "Authorization": f"Bearer {token or _admin_token(args)}", "Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.loads(r.read())
@@ -78,12 +87,43 @@ def run(args: argparse.Namespace) -> Any:
         return request(args, "POST", f"/v1/admin/approvals/{q(args.request_id)}/{args.action}")
     if args.command == "books":
         return request(args, "GET", "/v1/admin/books")
+    if args.command == "payouts":
+        return request(args, "GET", "/v1/admin/payouts" + (f"?agent={q(args.agent)}" if args.agent else ""))["data"]
+    if args.command == "reconcile":
+        if args.clear:
+            return request(args, "POST", "/v1/admin/reconcile/clear", {"force": args.force})
+        return request(args, "GET", "/v1/admin/reconcile")
+    if args.command == "wallet":
+        return wallet(args)
     if args.command == "audit":
         if args.verify:
             return request(args, "GET", "/v1/admin/audit/verify")
         params = {k: v for k, v in (("agent", args.agent), ("since", args.since), ("limit", args.limit)) if v}
         return request(args, "GET", "/v1/admin/audit?" + urllib.parse.urlencode(params))["data"]
     raise CliError(f"unknown command {cmd}")
+
+
+def wallet(args: argparse.Namespace) -> Any:
+    """The agent's own money: its account, top-ups and withdrawals (with its own token, never the admin's)."""
+    token = _agent_token(args)
+    if args.action == "show":
+        return request(args, "GET", "/v1/vault/me", token=token)
+    if args.action == "deposit":
+        body: dict[str, Any] = ({"rail": "cashu", "token": args.cashu_token} if args.cashu_token
+                                else {"rail": "lightning", "amount_msat": args.amount_msat})
+        return request(args, "POST", "/v1/vault/me/deposits", body, token=token)
+    if args.action == "withdraw":
+        body = {"bolt11": args.bolt11} if args.bolt11 else {"rail": "cashu", "amount_msat": args.token_msat}
+        if args.rail:
+            body["rail"] = args.rail
+        if args.id:
+            body["payout_id"] = args.id
+        return request(args, "POST", "/v1/vault/me/withdrawals", body, token=token)
+    if args.action == "payouts":
+        if args.payout_id:
+            return request(args, "GET", f"/v1/vault/me/withdrawals/{urllib.parse.quote(args.payout_id)}", token=token)
+        return request(args, "GET", "/v1/vault/me/withdrawals", token=token)["data"]
+    raise CliError(f"unknown wallet action {args.action}")
 
 
 SPEND_COLUMNS = ("requests", "failed", "input_tokens", "output_tokens", "cost_msat", "baseline_msat",
@@ -174,6 +214,30 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
         p.add_argument("request_id")
 
     sub.add_parser("books", parents=[common], help="deposits = balances + pending + spent + withdrawn?")
+    po = sub.add_parser("payouts", parents=[common], help="every payout (Lightning, melt, token) and its state")
+    po.add_argument("--agent")
+    rc = sub.add_parser("reconcile", parents=[common],
+                        help="liabilities vs wallet assets; a shortfall beyond the margin closes the vault")
+    rc.add_argument("--clear", action="store_true", help="reopen a closed vault (refused while still short)")
+    rc.add_argument("--force", action="store_true", help="with --clear: reopen even though still short")
+
+    agent_common = argparse.ArgumentParser(add_help=False, parents=[common])
+    agent_common.add_argument("--agent-token", help="the agent's bearer token (env ARBSTR_AGENT_TOKEN)")
+    w = sub.add_parser("wallet", help="an agent's own account: show, deposit, withdraw, payouts")
+    wa = w.add_subparsers(dest="action", required=True)
+    wa.add_parser("show", parents=[agent_common])
+    p = wa.add_parser("deposit", parents=[agent_common], help="a Lightning invoice to pay, or redeem a Cashu token")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--amount-msat", type=int, help="ask for a Lightning invoice of this amount")
+    g.add_argument("--cashu-token", help="a cashuA…/cashuB… token to redeem")
+    p = wa.add_parser("withdraw", parents=[agent_common], help="pay a BOLT11, or take a Cashu token")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--bolt11", help="the invoice to pay: its own amount is charged")
+    g.add_argument("--token-msat", type=int, help="issue a Cashu token of this amount")
+    p.add_argument("--rail", choices=("lightning", "cashu"), help="default: by amount on the auto rail")
+    p.add_argument("--id", help="idempotency key of a token withdrawal: the same id pays once")
+    p = wa.add_parser("payouts", parents=[agent_common], help="the agent's payouts, or one by id")
+    p.add_argument("payout_id", nargs="?")
     audit = sub.add_parser("audit", parents=[common], help="the append-only audit log")
     audit.add_argument("--agent")
     audit.add_argument("--since", help="epoch ms or ISO 8601")

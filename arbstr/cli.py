@@ -10,7 +10,7 @@ from typing import Optional
 
 from schemas.config import Config, ConfigError, load_config
 
-from . import admin_cli, events_cli
+from . import admin_cli, events_cli, providers_cli
 from .logs import setup_logging
 from .components import COMPONENTS, install_uvloop, run_component
 
@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     admin_cli.add_parsers(sub)
     events_cli.add_parser(sub)
-    for name in ("agent", "approvals", "books", "audit"):
+    providers_cli.add_parser(sub)
+    for name in ("agent", "approvals", "books", "audit", "payouts", "reconcile", "wallet"):
         sub.choices[name].set_defaults(func=admin_cli.main)
 
     mock = sub.add_parser("mock-upstream", add_help=False,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import re
 import os
 import secrets
 import uuid
@@ -16,8 +17,8 @@ from schemas import subjects
 from schemas.config import Config
 from schemas.errors import ArbstrError
 from schemas.requests import MAX_LIMIT, RequestList, RequestsQuery, StatsQuery, StatsReply
-from schemas.vault import (AccountView, AgentList, AgentPolicy, AgentRef, ApprovalAction, ApprovalList,
-                           ApprovalResult, Books, ChainCheck, CreateAgent, DepositCommand, DepositReply,
+from schemas.vault import (AccountView, AgentDeposit, AgentList, AgentPolicy, AgentRef, ApprovalAction, ApprovalList,
+                           ApprovalResult, Books, ChainCheck, ClearFreeze, CreateAgent, DepositCommand, DepositReply,
                            DepositRequest, Empty, History, HistoryQuery, PayoutList, PayoutRef, PayoutView, Rail,
                            Reconciliation, RotateToken, SetPolicy, TokenRef, WithdrawRequest)
 
@@ -51,7 +52,10 @@ class PolicyPatch(_Strict):
 
 
 class DepositBody(_Strict):
-    amount_msat: int = Field(gt=0, le=2_100_000_000_000_000_000, strict=True)
+    """A credit the operator vouches for (``amount_msat``), or a Cashu token redeemed into the account."""
+
+    amount_msat: Optional[int] = Field(None, gt=0, le=2_100_000_000_000_000_000, strict=True)
+    token: Optional[str] = Field(None, min_length=1, max_length=100_000)
     deposit_id: Optional[str] = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
     reference: str = Field("", max_length=256)
 
@@ -63,9 +67,19 @@ class AgentDepositBody(_Strict):
 
 
 class WithdrawBody(_Strict):
-    bolt11: str = Field(min_length=1, max_length=8_000)
-    rail: Optional[Rail] = None
+    """A BOLT11 (its own amount is charged), or ``{"rail": "cashu", "amount_msat": n}`` for an ecash token."""
 
+    bolt11: Optional[str] = Field(None, min_length=1, max_length=8_000)
+    amount_msat: Optional[int] = Field(None, gt=0, le=2_100_000_000_000_000_000, strict=True)
+    rail: Optional[Rail] = None
+    payout_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+class ClearBody(_Strict):
+    force: bool = False
+
+
+PAYOUT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 # Rails may take seconds (a mint swap, a route search): longer than the bus's default request timeout.
 RAIL_TIMEOUT_S = 30.0
@@ -161,6 +175,7 @@ class VaultHTTP:
         r.add_get("/v1/vault/me/withdrawals/{payout_id}", self.my_withdrawal)
         r.add_get("/v1/admin/payouts", self.admin(self.payouts))
         r.add_get("/v1/admin/reconcile", self.admin(self.reconcile))
+        r.add_post("/v1/admin/reconcile/clear", self.admin(self.reconcile_clear))
         r.add_get("/v1/stats", self.stats)
         r.add_get("/v1/requests", self.requests)
 
@@ -217,7 +232,15 @@ class VaultHTTP:
 
     async def deposit(self, request: web.Request) -> web.Response:
         agent_id = request.match_info["agent_id"]
-        body = _body(DepositBody, await read_json_object(request, 64 * 1024))
+        body = _body(DepositBody, await read_json_object(request, 128 * 1024))
+        if body.token is not None:
+            reply = await self.bus.call(subjects.vault_admin("deposit_token"),
+                                        AgentDeposit(agent_id=agent_id, token=body.token), DepositReply,
+                                        request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
+            return json_response(reply.model_dump(mode="json"), status=201)
+        if body.amount_msat is None:
+            raise ArbstrError(400, "send amount_msat (a credit) or token (Cashu)", code="invalid_value",
+                              param="amount_msat")
         deposit_id = body.deposit_id or request.headers.get("Idempotency-Key") or f"dep_{uuid.uuid4().hex}"
         view = await self._call(request, "deposit",
                                 DepositCommand(agent_id=agent_id, amount_msat=body.amount_msat, deposit_id=deposit_id,
@@ -271,6 +294,13 @@ class VaultHTTP:
     async def reconcile(self, request: web.Request) -> web.Response:
         rec = await self.bus.call(subjects.vault_admin("reconcile"), Empty(), Reconciliation,
                                   request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
+        return json_response(rec.model_dump(mode="json"))
+
+    async def reconcile_clear(self, request: web.Request) -> web.Response:
+        """Reopen a vault the watchdog closed: 409 while the shortfall persists, unless ``{"force": true}``."""
+        body = _body(ClearBody, await read_json_object(request, 1024)) if request.can_read_body else ClearBody()
+        rec = await self.bus.call(subjects.vault_admin("reconcile_clear"), ClearFreeze(force=body.force),
+                                  Reconciliation, request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
         return json_response(rec.model_dump(mode="json"))
 
     # --- reports: the admin sees every agent (or ?agent=), an agent token only its own ------------------
@@ -340,11 +370,19 @@ class VaultHTTP:
         return json_response(reply.model_dump(mode="json"), status=201)
 
     async def my_withdraw(self, request: web.Request) -> web.Response:
-        """Pay a BOLT11 from the agent's balance; 200 when paid, 202 while the rail is still at it."""
+        """Pay a BOLT11 (or issue a Cashu token) from the agent's balance; 200 when done, 202 while under way."""
         th = self._agent_token(request)
         body = _body(WithdrawBody, await read_json_object(request, 64 * 1024))
+        if body.bolt11 is None and body.amount_msat is None:
+            raise ArbstrError(400, "send a bolt11 to pay, or amount_msat (rail cashu) for a token",
+                              code="invalid_value", param="bolt11")
+        payout_id = body.payout_id or request.headers.get("Idempotency-Key") or None
+        if payout_id is not None and not PAYOUT_ID.match(payout_id):
+            raise ArbstrError(400, "Idempotency-Key must be 1–128 of A-Z a-z 0-9 _ . : -", code="invalid_value",
+                              param="Idempotency-Key")
         view = await self.bus.call(subjects.vault_agent("withdraw"),
-                                   WithdrawRequest(token_hash=th, bolt11=body.bolt11, rail=body.rail), PayoutView,
+                                   WithdrawRequest(token_hash=th, bolt11=body.bolt11, amount_msat=body.amount_msat,
+                                                   rail=body.rail, payout_id=payout_id), PayoutView,
                                    request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
         return json_response(view.model_dump(mode="json"), status=202 if view.status == "pending" else 200)
 

@@ -26,6 +26,7 @@ from schemas.trace import new_traceparent, valid_traceparent
 from .http import REQUEST_ID, STARTED, TRACE, error_response, json_response, new_request_id
 from .meter import FreeMeter, Meter
 from .metrics import Metrics
+from .providers import ProviderDirectory
 from .proxy import Proxy
 from .upstream import Upstream
 from .admin import VaultHTTP
@@ -105,7 +106,8 @@ class Gateway:
             meter = VaultMeter(nc, self.bus) if config.vault is not None else FreeMeter()
         self.meter: Meter = meter
         self.metrics = Metrics()
-        self.proxy = Proxy(config, nc, self.bus, self.upstream, self.meter, self.metrics)
+        self.directory = ProviderDirectory(config)  # who to call for a provider, market ones included
+        self.proxy = Proxy(config, nc, self.bus, self.upstream, self.meter, self.metrics, self.directory)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[envelope], client_max_size=self.config.server.max_body_bytes)
@@ -132,8 +134,10 @@ class Gateway:
     async def _startup(self, app: web.Application) -> None:
         await self.upstream.start()
         self.metrics.start(self.nc)
+        await self.directory.start(self.nc)
 
     async def _cleanup(self, app: web.Application) -> None:
+        await self.directory.stop()
         await self.metrics.stop()
         await self.upstream.close()
 
@@ -152,6 +156,8 @@ class Gateway:
     def _cards(prices: list[ProviderPrices]) -> dict[str, ModelCard]:
         cards: dict[str, ModelCard] = {}
         for p in sorted(prices, key=lambda p: p.provider):
+            if not p.routable:  # listed by /providers with its reasons; no client can be served by it
+                continue
             for model in p.models:
                 r = p.rates_for(model)
                 pricing = ModelPricing(provider=p.provider, input_msat_per_1m=r.input_rate * 1000,

@@ -20,9 +20,11 @@ from schemas.errors import ErrorBody
 from schemas.openai import (ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
                             CompletionResponse, EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList,
                             ResponseObject, ResponsesRequest, ResponseStreamEvent)
-from schemas.vault import AccountView, ApprovalResult, Approval, Books, ChainCheck, HistoryItem, SpendEvent
+from schemas.pricing import ConfirmReply
+from schemas.vault import (AccountView, ApprovalResult, Approval, Books, ChainCheck, DepositReply, HistoryItem,
+                           PayoutView, Reconciliation, SpendEvent)
 
-from .admin import CreateAgentBody, DenyBody, DepositBody, PolicyPatch
+from .admin import AgentDepositBody, ClearBody, CreateAgentBody, DenyBody, DepositBody, PolicyPatch, WithdrawBody
 from .ops import CostEstimate, HealthDocument, ProvidersDocument
 
 OPENAPI_VERSION = "3.1.0"
@@ -72,6 +74,10 @@ class Operation:
     auth: Literal["agent", "admin", "none"] = "agent"
 
 
+class ConfirmBody(BaseModel):
+    models: Optional[list[str]] = None
+
+
 OPERATIONS: tuple[Operation, ...] = (
     # OpenAI-compatible
     Operation("POST", "/v1/chat/completions", "Chat completion, routed to the cheapest qualified provider",
@@ -98,6 +104,13 @@ OPERATIONS: tuple[Operation, ...] = (
               ListOf[HistoryItem]),
     Operation("GET", "/v1/spend/events", "Spend events as Server-Sent Events", "vault", None, None,
               stream_event=SpendEvent),
+    Operation("POST", "/v1/vault/me/deposits", "Top up: a Lightning invoice to pay, or redeem a Cashu token",
+              "vault", AgentDepositBody, DepositReply, 201),
+    Operation("POST", "/v1/vault/me/withdrawals", "Pay a BOLT11 (its own amount) or take a Cashu token; 202 while "
+              "in flight", "vault", WithdrawBody, PayoutView),
+    Operation("GET", "/v1/vault/me/withdrawals", "The calling agent's payouts", "vault", None, ListOf[PayoutView]),
+    Operation("GET", "/v1/vault/me/withdrawals/{payout_id}", "One payout (a token payout shows its token)", "vault",
+              None, PayoutView),
     # operator
     Operation("POST", "/v1/admin/agents", "Create an agent (its token is shown once)", "admin", CreateAgentBody,
               CreatedAgent, 201, auth="admin"),
@@ -123,6 +136,14 @@ OPERATIONS: tuple[Operation, ...] = (
               auth="admin"),
     Operation("GET", "/v1/admin/books", "Books: deposits − withdrawals = balances + pending + spent", "admin",
               None, Books, auth="admin"),
+    Operation("GET", "/v1/admin/payouts", "Every payout and its state", "admin", None, ListOf[PayoutView],
+              auth="admin"),
+    Operation("GET", "/v1/admin/reconcile", "Liabilities vs wallet assets; a shortfall closes the vault", "admin",
+              None, Reconciliation, auth="admin"),
+    Operation("POST", "/v1/admin/reconcile/clear", "Reopen a vault closed by a shortfall", "admin", ClearBody,
+              Reconciliation, auth="admin"),
+    Operation("POST", "/v1/admin/prices/{provider}/confirm", "Put the prices the guard holds in force", "admin",
+              ConfirmBody, ConfirmReply, auth="admin"),
 )
 
 # The statuses a client can meet on any operation, and what each means here.

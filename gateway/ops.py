@@ -1,4 +1,5 @@
-"""Operator views: ``GET /providers`` (what each provider costs and, if it cannot be routed to, why),
+"""Operator views: ``GET /providers`` (what each provider costs, where its price comes from and, if it cannot be
+routed to, why), ``POST /v1/admin/prices/{provider}/confirm`` (put prices the guard holds in force),
 ``POST /v1/cost`` (the route and cost estimate of a request, no upstream call) and ``GET /health`` (ok /
 degraded / unhealthy, with each provider's breaker state; 503 when no provider is usable).
 
@@ -8,6 +9,8 @@ They read the same sources the request path does: the pricing table, the router,
 from __future__ import annotations
 
 import asyncio
+import hmac
+import os
 import time
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
@@ -19,11 +22,13 @@ from schemas.breaker import BreakerState, BreakerStatus, StateReply, StateReques
 from schemas.common import Complexity, Tier
 from schemas.errors import ArbstrError
 from schemas.money import ceil_div, cost_msat
-from schemas.pricing import ModelRate, PriceTable, ProviderPrices, TableRequest
+from schemas.pricing import (ConfirmReply, ConfirmRequest, HeldRate, ModelRate, PriceSource, PriceTable,
+                             ProviderKind, ProviderPrices, TableRequest)
 from schemas.router import Candidate, RouteReply, RouteRequest
 
 from .endpoints import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSpec, validate
-from .http import REQUEST_ID, json_response, read_json_object
+from .http import REQUEST_ID, bearer_token, json_response, read_json_object
+from .vault_meter import missing_token, token_hash
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -50,6 +55,7 @@ class BreakerView(BaseModel):
 
 class ProviderView(BaseModel):
     name: str
+    kind: Optional[ProviderKind] = None  # configured | feed | routstr
     tier: Optional[Tier] = None
     models: list[str]
     input_rate: Optional[int] = None  # sats per 1M tokens
@@ -59,9 +65,16 @@ class ProviderView(BaseModel):
     context_length: Optional[int] = None
     supports_tools: Optional[bool] = None
     source: Optional[str] = None
+    sources: list[PriceSource] = []  # each source and when it observed what it contributed
+    updated_at_ms: Optional[int] = None
+    url: Optional[str] = None  # market providers: where they are called
+    mints: list[str] = []
+    payable: bool = True  # False: a Routstr node the vault cannot pay (none of its mints is accepted)
+    held: dict[str, HeldRate] = {}  # per model: a price the guard keeps out of force until confirmed
     breaker: Optional[BreakerView] = None
     routable: bool
     reasons: list[str]
+    notes: list[str] = []  # what an operator should know even when it is routable
 
 
 class ProvidersDocument(BaseModel):
@@ -131,10 +144,20 @@ def breaker_view(state: BreakerState, now_ms: int) -> BreakerView:
                        last_error=state.last_error)
 
 
+def held_note(provider: str, model: str, held: HeldRate, now_ms: int) -> str:
+    return (f"price of {model} held by the guard since {max(0, now_ms - held.since_ms) // 1000} s: "
+            f"{held.input_rate}/{held.output_rate} sats per 1M (in/out) proposed by {held.source}, "
+            f"{held.previous_input_rate}/{held.previous_output_rate} stays in force; "
+            f"confirm with POST /v1/admin/prices/{provider}/confirm")
+
+
 def provider_views(configured: list[str], prices: Optional[list[ProviderPrices]],
-                   breakers: Optional[dict[str, BreakerState]], now_ms: int) -> list[ProviderView]:
+                   breakers: Optional[dict[str, BreakerState]], now_ms: int,
+                   callable_live: Optional[set[str]] = None) -> list[ProviderView]:
     """One view per provider this gateway is configured for or the price table names, with the reasons the
-    router would not pick it."""
+    router would not pick it (the pricing actor's, then this gateway's own) and notes for the operator.
+
+    ``callable_live``: the market providers this gateway has a URL and key for (None: not checked)."""
     by_name = {p.provider: p for p in prices or []}
     names = sorted(set(configured) | set(by_name))
     views = []
@@ -146,22 +169,31 @@ def provider_views(configured: list[str], prices: Optional[list[ProviderPrices]]
             reasons.append("price table unavailable: the pricing actor did not answer")
         elif p is None:
             reasons.append("no prices published for it: the router does not know it")
+        if p is not None:
+            reasons += p.reasons
         if name not in configured:
-            reasons.append("not configured on this gateway: no URL or credentials to call it")
-        if p is not None and not p.models:
+            if p is None or p.kind == "configured" or not p.url:
+                reasons.append("not configured on this gateway: no URL or credentials to call it")
+            elif p.routable and callable_live is not None and name not in callable_live:
+                reasons.append("no credential on this gateway: its key is not in this gateway's config or "
+                               "arbstr_provider_keys")
+        if p is not None and not p.models and not p.reasons:
             reasons.append("serves no models (empty model list)")
         if breaker_open(state, now_ms):
             assert state is not None
             reasons.append(f"circuit open for {seconds_until(state.retry_at_ms, now_ms)} s more"
                            + (f" after {state.last_error}" if state.last_error else ""))
+        notes = list(p.notes) + [held_note(name, m, h, now_ms) for m, h in sorted(p.held.items())] if p else []
         views.append(ProviderView(
-            name=name, tier=p.tier if p else None, models=list(p.models) if p else [],
+            name=name, kind=p.kind if p else None, tier=p.tier if p else None, models=list(p.models) if p else [],
             input_rate=p.input_rate if p else None, output_rate=p.output_rate if p else None,
             base_fee_msat=p.base_fee_msat if p else None, model_rates=dict(p.model_rates) if p else {},
             context_length=p.context_length if p else None, supports_tools=p.supports_tools if p else None,
-            source=p.source if p else None,
+            source=p.source if p else None, sources=list(p.sources) if p else [],
+            updated_at_ms=p.updated_at_ms if p else None, url=p.url if p and p.kind != "configured" else None,
+            mints=list(p.mints) if p else [], payable=p.payable if p else True, held=dict(p.held) if p else {},
             breaker=breaker_view(state or BreakerState(provider=name), now_ms) if breakers is not None else None,
-            routable=not reasons, reasons=reasons))
+            routable=not reasons, reasons=reasons, notes=notes))
     return views
 
 
@@ -232,7 +264,8 @@ class Ops:
         rid = request[REQUEST_ID]
         prices, (breakers, now_ms) = await asyncio.gather(self._prices(rid), self._breakers(rid, OPS_TIMEOUT_S))
         doc = ProvidersDocument(
-            data=provider_views([p.name for p in self.gw.config.providers], prices, breakers, now_ms),
+            data=provider_views([p.name for p in self.gw.config.providers], prices, breakers, now_ms,
+                                self.gw.directory.live_names()),
             breakers_available=breakers is not None, prices_available=prices is not None, now_ms=now_ms)
         return json_response(doc.model_dump(mode="json"))
 
@@ -261,11 +294,43 @@ class Ops:
         breakers, now_ms = (await self._breakers(request[REQUEST_ID], HEALTH_TIMEOUT_S) if nats_ok
                             else (None, int(time.time() * 1000)))
         configured = {p.name: bool(p.models) for p in self.gw.config.providers}
+        configured.update(self.gw.directory.live_usable())  # market providers this gateway can call
         status, providers = health_of(configured, breakers, nats_ok, now_ms)
         doc = HealthDocument(status=status, nats=nats_ok, mode="paid" if self.gw.meter.paid else "free",
                              breakers_available=breakers is not None,
                              usable_providers=sum(1 for p in providers.values() if p.usable), providers=providers)
         return json_response(doc.model_dump(mode="json"), status=503 if status == "unhealthy" else 200)
+
+
+    async def confirm_prices(self, request: web.Request) -> web.Response:
+        """``POST /v1/admin/prices/{provider}/confirm`` [``{"models": [...]}``]: held prices go in force."""
+        self._admin(request)
+        models: Optional[list[str]] = None
+        if request.can_read_body:
+            body = await read_json_object(request, 64 * 1024)
+            raw = body.get("models")
+            if raw is not None and (not isinstance(raw, list) or not all(isinstance(m, str) for m in raw)):
+                raise ArbstrError(400, "models must be a list of model names", param="models", code="invalid_value")
+            models = raw
+        provider = request.match_info["provider"]
+        if not subjects.TOKEN_RE.match(provider):
+            raise ArbstrError(404, f"no provider {provider!r} in the price table", code="provider_not_found")
+        reply = await self.gw.bus.call(subjects.PRICING_CONFIRM, ConfirmRequest(provider=provider, models=models),
+                                       ConfirmReply, request_id=request[REQUEST_ID])
+        return json_response(reply.model_dump(mode="json"))
+
+    def _admin(self, request: web.Request) -> None:
+        """The admin token, checked as the vault's admin endpoints check it (constant time, hash compared)."""
+        secret = self.gw.config.vault.admin_token if self.gw.config.vault else None
+        value = secret.get_secret_value() if secret is not None else os.environ.get("ARBSTR_ADMIN_TOKEN", "")
+        token = bearer_token(request)
+        if token is None:
+            raise missing_token()
+        if not value:
+            raise ArbstrError(403, "no admin token is configured ([vault] admin_token or ARBSTR_ADMIN_TOKEN)",
+                              code="admin_disabled")
+        if not hmac.compare_digest(token_hash(token), token_hash(value)):
+            raise ArbstrError(401, "invalid admin token", code="invalid_api_key")
 
 
 def route_request(request: web.Request, body: dict[str, Any], spec: EndpointSpec, request_id: str) -> RouteRequest:
@@ -292,3 +357,4 @@ def add_ops_routes(app: web.Application, gw: "Gateway") -> None:
         app.router.add_get(prefix + "/providers", ops.providers)
         app.router.add_post(prefix + "/cost", ops.cost)
     app.router.add_get("/health", ops.health)
+    app.router.add_post("/v1/admin/prices/{provider}/confirm", ops.confirm_prices)

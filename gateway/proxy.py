@@ -26,6 +26,7 @@ from .endpoints import EndpointSpec, validate
 from .http import REQUEST_ID, STARTED, TRACE, bearer_token, error_response, read_json_object
 from .meter import Hold, Meter, Usage
 from .metrics import Metrics
+from .providers import ProviderDirectory
 from .request_log import publish_record, request_record
 from .responses_relay import relay_typed_events
 from .client_stream import ClientStream
@@ -60,14 +61,15 @@ class Exchange:
 
 class Proxy:
     def __init__(self, config: Config, nc: NATS, bus: Bus, upstream: Upstream, meter: Meter,
-                 metrics: Optional[Metrics] = None) -> None:
+                 metrics: Optional[Metrics] = None, directory: Optional[ProviderDirectory] = None) -> None:
         self.config = config
         self.metrics = metrics
         self.nc = nc
         self.bus = bus
         self.upstream = upstream
         self.meter = meter
-        self._providers = {p.name: p for p in config.providers}
+        # Configured providers, plus the market's once the gateway follows the price table (app startup).
+        self.directory = directory if directory is not None else ProviderDirectory(config)
 
     # --- the whole path --------------------------------------------------------------------------------
     async def handle(self, request: web.Request, spec: EndpointSpec) -> web.StreamResponse:
@@ -123,8 +125,8 @@ class Proxy:
         last: Optional[UpstreamFailure] = None
         probe_wait_s: Optional[int] = None  # set when a recovering provider's probe slot was taken
         for cand in ex.route.candidates:
-            provider = self._providers.get(cand.provider)
-            if provider is None:  # a price entry for a provider this gateway has no credentials for
+            provider = self.directory.get(cand.provider)
+            if provider is None:  # a price entry for a provider this gateway has no URL or credentials for
                 log.warning("route named unknown provider %s", cand.provider)
                 continue
             if cand.probe:  # half-open: only the one request holding the probe slot may try it

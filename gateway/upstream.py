@@ -19,8 +19,12 @@ _URL_RE = re.compile(r"https?://\S+")
 _SECRETISH_RE = re.compile(r"(sk-|Bearer\s+)[A-Za-z0-9_\-\.]{6,}")
 
 
+# Upstream statuses that fall over to the next candidate rather than reach the client as they are.
+REFUSALS = frozenset({401, 402, 403, 429})
+
 class UpstreamFailure(Exception):
-    """An attempt that may fall over to the next candidate (connect error, timeout, 5xx, 429)."""
+    """An attempt that may fall over to the next candidate (connect error, timeout, 5xx, 429, or the provider
+    refusing our credential or balance: 401/402/403)."""
 
     def __init__(self, kind: OutcomeKind, message: str, status: Optional[int] = None,
                  retry_after_s: Optional[float] = None) -> None:
@@ -100,7 +104,7 @@ class Upstream:
 
     async def open(self, provider: ProviderConfig, path: str, body: bytes, *, request_id: str,
                    traceparent: Optional[str], stream: bool) -> UpstreamReply:
-        """Send one attempt. Returns a response of status < 500 and ≠ 429 with headers read; else raises."""
+        """Send one attempt. Returns a response of status < 500 and not in REFUSALS with headers read; else raises."""
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
         if stream:
             headers["Accept"] = "text/event-stream"
@@ -118,7 +122,7 @@ class Upstream:
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
             raise UpstreamFailure("connect", f"{provider.name} unreachable ({type(e).__name__})") from None
         headers_at = time.perf_counter()
-        if resp.status >= 500 or resp.status == 429:
+        if resp.status >= 500 or resp.status in REFUSALS:
             try:
                 raw = await resp.read()
             except (aiohttp.ClientError, asyncio.TimeoutError):
@@ -128,5 +132,10 @@ class Upstream:
             message = upstream_error_detail(resp.status, raw)[0]
             if resp.status == 429:
                 raise UpstreamFailure("http_429", message, 429, parse_retry_after(resp.headers.get("Retry-After")))
+            if resp.status in (401, 402, 403):
+                # The provider refuses *our* key or prepaid balance: the client did nothing wrong, and passing
+                # the status on would tell an OpenAI client that its own key or balance is at fault.
+                raise UpstreamFailure("refused", f"{provider.name} refused arbstr's credential or payment "
+                                                 f"(HTTP {resp.status}: {message})", resp.status)
             raise UpstreamFailure("http_5xx", message, resp.status)
         return UpstreamReply(resp, started, headers_at)

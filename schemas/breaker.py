@@ -9,7 +9,7 @@ from pydantic import Field
 from .common import Message
 
 BreakerStatus = Literal["closed", "open", "half_open"]
-OutcomeKind = Literal["ok", "http_5xx", "http_429", "http_4xx", "connect", "timeout", "cut"]
+OutcomeKind = Literal["ok", "http_5xx", "http_429", "http_4xx", "refused", "connect", "timeout", "cut"]
 
 
 class BreakerState(Message):

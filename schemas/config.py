@@ -44,6 +44,8 @@ class ProviderConfig(_Section):
     context_length: int = Field(128_000, ge=1)
     supports_tools: bool = True
     free: bool = Field(False, description="zero prices are accepted only from providers marked free/local")
+    discover: bool = Field(False, description="GET {url}/models at start and every [market] discovery_interval_s: "
+                                              "a successful listing replaces `models` (and prices it publishes)")
     connect_timeout_s: float = Field(5.0, gt=0)
     first_byte_timeout_s: float = Field(60.0, gt=0)
     total_timeout_s: Optional[float] = Field(None, gt=0, description="none by default: long generations are not cut")
@@ -60,6 +62,104 @@ class ProviderConfig(_Section):
         if (self.input_rate == 0 or self.output_rate == 0) and not (self.free or self.tier == "local"):
             raise ValueError(f"provider {self.name!r}: zero rates need free = true or tier = \"local\"")
         return self
+
+
+def _http_url(v: str) -> str:
+    if not re.match(r"^https?://", v):
+        raise ValueError("must start with http:// or https://")
+    return v.rstrip("/")
+
+
+class FeedConfig(_Section):
+    """A quote feed in the seed's format: ``GET {url}/api/quotes?limit=N[&source=S]`` and ``GET {url}/api/nodes``."""
+
+    url: str = Field(description="base URL of the feed service")
+    name: Optional[Name] = Field(None, description="label in each price's sources; default: the URL's host")
+    interval_s: float = Field(60.0, gt=0, description="how often the feed is polled")
+    max_age_s: float = Field(900.0, gt=0, description="quotes observed longer ago than this are dropped")
+    reliability_floor: float = Field(0.0, ge=0, le=1, description="providers the feed rates below this are skipped")
+    source: Optional[str] = Field(None, min_length=1, description="only quotes of this source (the feed's `source`)")
+    limit: int = Field(2000, ge=1, le=100_000, description="quotes asked for per poll")
+    timeout_s: float = Field(10.0, gt=0)
+    tier: Tier = Field("standard", description="tier of the endpoints this feed admits")
+    context_length: int = Field(128_000, ge=1, description="assumed for the endpoints this feed admits")
+    supports_tools: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _http_url(v)
+
+
+class CredentialConfig(_Section):
+    """The key of a market endpoint: a feed quote for this URL is admitted only with one of these."""
+
+    url: str = Field(description="the endpoint's OpenAI base URL (as called: including /v1)")
+    api_key: SecretStr = Field(description="sent as a bearer token; ${ENV}")
+    name: Optional[Name] = Field(None, description="the provider name it gets; default: from the feed")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _http_url(v)
+
+
+class NostrConfig(_Section):
+    """Routstr nodes announced on Nostr (kind 38421): admitted when they accept a mint the vault pays with."""
+
+    relays: list[str] = Field(min_length=1, description="ws:// or wss:// relay URLs")
+    interval_s: float = Field(300.0, gt=0, description="how often announcements and each node's /v1/models are read")
+    timeout_s: float = Field(5.0, gt=0)
+    tier: Tier = "standard"
+    accepted_mints: list[str] = Field(default_factory=list, description="the vault's Cashu mint URL(s)")
+    allow_private_urls: bool = Field(False, description="read nodes announced at loopback/private addresses (tests); "
+                                                        "off: an announcement cannot point arbstr at its own network")
+
+    @field_validator("relays")
+    @classmethod
+    def _relays(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not re.match(r"^wss?://", url):
+                raise ValueError(f"relay {url!r} must start with ws:// or wss://")
+        return v
+
+    @field_validator("accepted_mints")
+    @classmethod
+    def _mints(cls, v: list[str]) -> list[str]:
+        return [_http_url(m) for m in v]
+
+
+class MarketConfig(_Section):
+    """The live market: model discovery, quote feeds, Routstr nodes on Nostr, and the price guard."""
+
+    max_price_jump: float = Field(10.0, gt=1, description="a market price moving more than this factor between two "
+                                                          "updates is held until an admin confirms it")
+    discovery_interval_s: float = Field(300.0, gt=0, description="how often providers with discover = true are listed")
+    discovery_timeout_s: float = Field(10.0, gt=0)
+    sats_per_usd: Optional[int] = Field(None, ge=1, description="converts USD prices in /models listings; unset: "
+                                                               "USD prices are ignored")
+    connect_timeout_s: float = Field(5.0, gt=0, description="market endpoints (feeds, Nostr): upstream timeouts")
+    first_byte_timeout_s: float = Field(60.0, gt=0)
+    feeds: list[FeedConfig] = Field(default_factory=list)
+    credentials: list[CredentialConfig] = Field(default_factory=list)
+    nostr: Optional[NostrConfig] = None
+
+    @model_validator(mode="after")
+    def _unique(self) -> "MarketConfig":
+        for kind, values in (("feed url", [f.url for f in self.feeds]),
+                             ("feed name", [f.name for f in self.feeds if f.name]),
+                             ("credential url", [c.url for c in self.credentials]),
+                             ("credential name", [c.name for c in self.credentials if c.name])):
+            dupes = sorted({v for v in values if values.count(v) > 1})
+            if dupes:
+                raise ValueError(f"duplicate market {kind}s: {', '.join(dupes)}")
+        return self
+
+    def credential_for(self, url: str) -> Optional[CredentialConfig]:
+        for c in self.credentials:
+            if c.url == url.rstrip("/"):
+                return c
+        return None
 
 
 class PolicyConfig(_Section):
@@ -152,6 +252,40 @@ class DemoAgentConfig(_Section):
     deposit_msat: int = Field(10_000_000, ge=0, description="funded once, when `arbstr up` first creates it")
 
 
+class LndConfig(_Section):
+    """An LND node over gRPC: TLS with the node's certificate, the macaroon in call metadata."""
+
+    host: str = Field("127.0.0.1:10009", description="host:port of the node's gRPC listener")
+    tls_cert_path: str = Field("", description="the node's tls.cert (PEM)")
+    macaroon_path: str = Field("", description="a macaroon file; baked for invoices, offchain read/write only")
+    macaroon_hex: Optional[SecretStr] = Field(None, description="or the macaroon itself, hex; ${LND_MACAROON}")
+    timeout_s: float = Field(15.0, gt=0, description="deadline of every unary call")
+
+    @model_validator(mode="after")
+    def _macaroon(self) -> "LndConfig":
+        if not self.macaroon_path and self.macaroon_hex is None:
+            raise ValueError("[vault.wallet.lnd] needs macaroon_path or macaroon_hex")
+        return self
+
+
+class CashuConfig(_Section):
+    """A Nutshell mint the vault holds ecash at."""
+
+    mint_url: str = Field("http://127.0.0.1:3338", description="${CASHU_MINT_URL}")
+    wallet_dir: str = Field("arbstr-data/cashu-wallet", min_length=1,
+                            description="where the wallet's proofs are kept (they ARE the money: back it up); "
+                                        "vault instances may share it (file-locked)")
+    unit: Literal["sat"] = "sat"
+    timeout_s: float = Field(30.0, gt=0)
+
+    @field_validator("mint_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://", v):
+            raise ValueError("must start with http:// or https://")
+        return v.rstrip("/")
+
+
 class WalletConfig(_Section):
     """The money rails: where deposits arrive and payouts leave from."""
 
@@ -162,14 +296,35 @@ class WalletConfig(_Section):
     pay_wait_s: float = Field(5.0, gt=0, description="a withdrawal answers 'pending' if the rail takes longer")
     check_interval_s: float = Field(5.0, gt=0, description="how often payouts under way are checked")
     reconcile_margin_msat: int = Field(0, ge=0, description="shortfall of assets vs liabilities tolerated")
+    reconcile_interval_s: float = Field(30.0, gt=0, description="how often the watchdog compares the books")
+    auto_threshold_msat: int = Field(1_000_000, ge=1, description="auto rail: Cashu below this amount, else Lightning")
+    lnd: Optional[LndConfig] = None
+    cashu: Optional[CashuConfig] = None
 
-    @field_validator("kind")
-    @classmethod
-    def _available(cls, v: str) -> str:
-        # Refused here rather than at vault start: a config naming a rail this build cannot drive fails closed.
-        if v != "simulated":
-            raise ValueError(f"wallet kind {v!r} is not available in this build yet (only \"simulated\")")
-        return v
+    @model_validator(mode="after")
+    def _backends(self) -> "WalletConfig":
+        # Refused here rather than at vault start: a config naming a rail it cannot reach fails closed.
+        need = {"lnd": ["lnd"], "cashu": ["cashu"], "auto": ["lnd", "cashu"]}.get(self.kind, [])
+        missing = [n for n in need if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"wallet kind {self.kind!r} needs " + " and ".join(f"[vault.wallet.{n}]" for n in missing))
+        return self
+
+
+class TopUpConfig(_Section):
+    """Prepaid balances at Routstr-style providers, kept topped up with Cashu tokens from the operator account."""
+
+    operator_agent: str = Field("operator", pattern=r"^[A-Za-z0-9_-]{1,64}$",
+                                description="the vault account top-ups are paid from (fund it like an agent)")
+    amount_msat: int = Field(100_000, gt=0, description="what one top-up adds")
+    min_balance_msat: int = Field(20_000, ge=0, description="top up when the provider's balance falls below this")
+    interval_s: float = Field(10.0, gt=0, description="how often balances are checked")
+    timeout_s: float = Field(15.0, gt=0, description="deadline of each call to a provider")
+    daily_limit_msat: int = Field(10_000_000, gt=0, description="the operator account's rolling 24 h limit: what "
+                                                                "top-ups may spend in a day, all providers together")
+    providers: list[str] = Field(default_factory=list, description="top up only these providers; empty: every "
+                                                                   "payable Routstr node, up to max_providers")
+    max_providers: int = Field(10, ge=1, description="at most this many providers are ever funded")
 
 
 class VaultConfig(_Section):
@@ -185,6 +340,7 @@ class VaultConfig(_Section):
     duckdb_path: str = Field("", description="file of the DuckDB projection; empty: in memory")
     demo_agent: Optional[DemoAgentConfig] = None
     wallet: WalletConfig = Field(default_factory=WalletConfig)
+    topup: Optional[TopUpConfig] = Field(None, description="present: pay Routstr providers from the Cashu rail")
 
 
 class Config(_Section):
@@ -199,10 +355,12 @@ class Config(_Section):
     policies: list[PolicyConfig] = Field(default_factory=list)
     mock_upstream: Optional[MockUpstreamConfig] = None
     vault: Optional[VaultConfig] = None
+    market: MarketConfig = Field(default_factory=MarketConfig)
 
     @model_validator(mode="after")
     def _unique(self) -> "Config":
-        for kind, names in (("provider", [p.name for p in self.providers]),
+        for kind, names in (("provider", [p.name for p in self.providers]
+                             + [c.name for c in self.market.credentials if c.name]),
                             ("policy", [p.name for p in self.policies]),
                             ("policy virtual_model", [p.virtual_model for p in self.policies if p.virtual_model])):
             dupes = sorted({n for n in names if names.count(n) > 1})

@@ -14,6 +14,7 @@ from pydantic import BaseModel
 
 from .breaker import BreakerState, Outcome
 from .ledger import JournalEntry
+from .pricing import ProviderPrices
 from .requests import RequestRecord
 from .vault import SpendEvent
 
@@ -24,6 +25,7 @@ EXPORTED: dict[str, type[BaseModel]] = {
     "breaker_state": BreakerState,
     "journal_entry": JournalEntry,
     "request_record": RequestRecord,
+    "price_entry": ProviderPrices,
 }
 
 

@@ -85,12 +85,30 @@ class PayoutStarted(_Body):
     destination: str = Field("", description="the BOLT11 paid, kept so a payout can be resumed after a crash")
 
 
+class PayoutRerouted(_Body):
+    """The auto rail's one fallback, journaled before the other rail is called: the first rail failed definitely.
+
+    The hold becomes ``amount_msat + fee_limit_msat`` of the new rail (its fee limit may differ)."""
+
+    kind: Literal["payout_rerouted"] = "payout_rerouted"
+    payout_id: str = Field(min_length=1)
+    from_rail: str
+    rail: str
+    fee_limit_msat: Amount
+    reference: str = ""
+    reason: str = Field("", description="why the first rail failed")
+
+
 class PayoutSettled(_Body):
     kind: Literal["payout_settled"] = "payout_settled"
     payout_id: str = Field(min_length=1)
     charged_msat: Amount = Field(description="amount + fee: what left the account")
-    fee_msat: Amount
-    preimage: str = ""
+    fee_msat: Amount = Field(description="the fee charged to the account (at most the payout's fee limit)")
+    fee_overrun_msat: Amount = Field(0, description="fee the rail took beyond the limit: the operator's loss")
+    preimage: str = Field("", description="the Lightning preimage; for a token payout, the token's hash")
+    initial_rail: str = ""
+    final_rail: str = ""
+    fallback: bool = False
 
 
 class PayoutFailed(_Body):
@@ -99,6 +117,9 @@ class PayoutFailed(_Body):
     kind: Literal["payout_failed"] = "payout_failed"
     payout_id: str = Field(min_length=1)
     reason: str = ""
+    initial_rail: str = ""
+    final_rail: str = ""
+    fallback: bool = False
 
 
 HoldState = Literal["held", "awaiting_approval"]
@@ -181,7 +202,7 @@ class Tombstoned(_Body):
 
 EventBody = Annotated[
     Union[AgentCreated, TokenRotated, PolicySet, Deposited, Withdrawn, Reserved, Approved, Denied, Settled,
-          Released, Expired, Tombstoned, InvoiceIssued, PayoutStarted, PayoutSettled, PayoutFailed],
+          Released, Expired, Tombstoned, InvoiceIssued, PayoutStarted, PayoutRerouted, PayoutSettled, PayoutFailed],
     Field(discriminator="kind"),
 ]
 

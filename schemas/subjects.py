@@ -16,6 +16,7 @@ ROUTER_ROUTE = f"{ROUTER_GROUP}.route"
 PRICING_GROUP = f"{PREFIX}.pricing"
 PRICING_QUOTE = f"{PRICING_GROUP}.quote"
 PRICING_TABLE = f"{PRICING_GROUP}.table"
+PRICING_CONFIRM = f"{PRICING_GROUP}.confirm"
 
 BREAKER_GROUP = f"{PREFIX}.breaker"
 BREAKER_STATE = f"{BREAKER_GROUP}.state"
@@ -50,6 +51,10 @@ STREAM_EVENTS = "ARBSTR_EVENTS"
 # --- KV buckets ------------------------------------------------------------------
 KV_BREAKERS = "arbstr_breakers"
 KV_PRICES = "arbstr_prices"
+# Keys of Routstr nodes, filled by the vault after a top-up: key = provider name, value = {"api_key": "sk-…"}.
+KV_PROVIDER_KEYS = "arbstr_provider_keys"
+KV_VAULT = "arbstr_vault"  # vault-wide switches: key "freeze" (fail closed on a reconciliation shortfall)
+KV_PROVIDER_KEYS = "arbstr_provider_keys"  # prepaid keys of Routstr providers, by provider name (secrets)
 
 # --- service names (nats micro discovery) ---------------------------------------
 SERVICE_ROUTER = "arbstr-router"

@@ -143,6 +143,13 @@ class DepositCommand(Message):
     reference: str = ""
 
 
+class AgentDeposit(Message):
+    """The operator redeems a Cashu token into an account (the operator account that pays providers, say)."""
+
+    agent_id: str
+    token: str = Field(min_length=1, max_length=100_000)
+
+
 class AgentList(Message):
     agents: list[AccountView]
 
@@ -249,9 +256,17 @@ class DepositReply(Message):
 
 
 class WithdrawRequest(Message):
+    """A payout: a BOLT11 (its own amount is what is paid and charged), or a Cashu token of ``amount_msat``."""
+
     token_hash: str
-    bolt11: str = Field(min_length=1, max_length=8_000)
-    rail: Optional[Rail] = Field(None, description="which rail pays the invoice; default: Lightning if configured")
+    bolt11: Optional[str] = Field(None, min_length=1, max_length=8_000)
+    amount_msat: Optional[int] = Field(
+        None, gt=0, strict=True, description="a token payout's amount; with a BOLT11 only informative: the "
+                                             "invoice's own amount is charged")
+    rail: Optional[Rail] = Field(None, description="which rail pays; default: by amount on the auto rail, else "
+                                                   "Lightning if configured")
+    payout_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
+                                     description="idempotency key of a token payout (a BOLT11 is its own)")
 
 
 class PayoutRef(Message):
@@ -275,6 +290,9 @@ class PayoutView(Message):
     reason: str = ""
     started_at_ms: int
     balance_msat: Msat
+    initial_rail: str = ""
+    fallback: bool = Field(False, description="the auto rail fell back to the other rail once")
+    token: str = Field("", description="a token payout's ecash, shown only to its agent")
 
 
 class PayoutList(Message):
@@ -289,4 +307,37 @@ class Reconciliation(Message):
     surplus_msat: int = Field(description="assets - liabilities; negative: a shortfall")
     margin_msat: int
     ok: bool
-    wallets: dict[str, int] = Field(default_factory=dict, description="assets by wallet kind")
+    wallets: dict[str, int] = Field(default_factory=dict, description="assets by wallet identity")
+    frozen: bool = Field(False, description="a shortfall beyond the margin stopped new holds and payouts")
+    frozen_reason: str = ""
+    frozen_at_ms: int = 0
+
+
+class FreezeState(Message):
+    """The vault-wide fail-closed switch (KV ``arbstr_vault``, key ``freeze``): set by the watchdog, cleared by an
+    operator."""
+
+    frozen: bool
+    reason: str = ""
+    at_ms: int = 0
+    by: str = Field("", description="watchdog or admin")
+    shortfall_msat: int = 0
+    accepted_shortfall_msat: int = Field(0, ge=0, description="a shortfall an operator accepted by forcing a "
+                                                              "clear: only a larger one closes the vault again")
+
+
+class ClearFreeze(Message):
+    force: bool = Field(False, description="clear even though the books still show a shortfall")
+
+
+class ProviderKey(Message):
+    """KV ``arbstr_provider_keys`` (key = provider name): the prepaid key the vault bought at a Routstr-style
+    provider, and which top-ups (payout ids of the operator account) the provider has received. A secret."""
+
+    provider: str
+    url: str
+    api_key: str = ""
+    delivered: list[str] = Field(default_factory=list, description="top-up payouts the provider took")
+    balance_msat: Optional[int] = Field(None, description="the provider's balance when last checked")
+    checked_at_ms: int = 0
+    suspended: str = Field("", description="why top-ups stopped (a top-up that did not raise the balance)")

@@ -42,7 +42,7 @@ def demo_config(mock_url: str, **overrides: Any) -> Config:
 async def purge_kv(nc: NATS) -> None:
     """Buckets outlive a stack on the shared server; each stack starts from empty ones."""
     js = nc.jetstream()
-    for bucket in (subjects.KV_PRICES, subjects.KV_BREAKERS):
+    for bucket in (subjects.KV_PRICES, subjects.KV_BREAKERS, subjects.KV_VAULT, subjects.KV_PROVIDER_KEYS):
         try:
             await js.delete_key_value(bucket)
         except Exception:

@@ -65,6 +65,40 @@ async def test_operator_commands(stack: Stack) -> None:
     assert audit["ok"] is True
 
 
+async def test_wallet_and_reconcile_commands(stack: Stack) -> None:
+    import asyncio
+
+    from actors.vault.wallets.simulated import make_invoice
+
+    loop = asyncio.get_running_loop()
+
+    def cli(*args: str) -> Any:
+        return run_json(stack, *args)
+
+    created = await loop.run_in_executor(None, cli, "agent", "create", "wallet-bot")
+    await loop.run_in_executor(None, cli, "agent", "deposit", created["agent_id"], "50000")
+    as_agent = ("--agent-token", created["token"])
+    inv = await loop.run_in_executor(None, cli, "wallet", "deposit", "--amount-msat", "21000", *as_agent)
+    assert (inv["status"], inv["amount_msat"]) == ("invoice", 21_000) and inv["bolt11"].startswith("lnbcrt")
+    bolt11, payment_hash, _ = make_invoice(12_000)
+    paid = await loop.run_in_executor(None, cli, "wallet", "withdraw", "--bolt11", bolt11, *as_agent)
+    assert (paid["status"], paid["payout_id"], paid["amount_msat"]) == ("succeeded", payment_hash, 12_000)
+    tok = await loop.run_in_executor(None, cli, "wallet", "withdraw", "--token-msat", "3000", "--id", "t1", *as_agent)
+    assert tok["status"] == "succeeded" and tok["token"]
+    mine = await loop.run_in_executor(None, cli, "wallet", "payouts", *as_agent)
+    assert {p["payout_id"] for p in mine} == {payment_hash, tok["payout_id"]}
+    assert (await loop.run_in_executor(None, cli, "wallet", "show", *as_agent))["balance_msat"] == 35_000
+    listed = await loop.run_in_executor(None, cli, "payouts", "--agent", created["agent_id"])
+    assert len(listed) == 2
+    rec = await loop.run_in_executor(None, cli, "reconcile")
+    assert (rec["ok"], rec["frozen"]) == (True, False)
+    cleared = await loop.run_in_executor(None, cli, "reconcile", "--clear")
+    assert cleared["frozen"] is False
+    # The agent's commands never fall back to the admin token.
+    out = arbstr("wallet", "show", "--url", stack.url, "--admin-token", ADMIN_TOKEN)
+    assert out.returncode == 1 and "no agent token" in out.stderr
+
+
 def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text('[server]\nport = 8080\nbogus_key = 1\n')

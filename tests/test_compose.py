@@ -72,3 +72,29 @@ def test_nats_conf_is_valid_for_the_shipped_server() -> None:
     out = subprocess.run([nats_server_binary(), "-c", str(ROOT / "deploy" / "nats.conf"), "-t"],
                          capture_output=True, text=True, env={**os.environ, "NATS_NAME": "nats-1"}, timeout=20)
     assert out.returncode == 0 and "is valid" in out.stdout + out.stderr, out.stderr
+
+
+def test_the_example_config_loads_and_its_wallet_sections_are_valid_when_uncommented() -> None:
+    import re
+
+    text = (ROOT / "arbstr.example.toml").read_text()
+    env = {name: "https://x.example" if "URL" in name else "ab" * 20
+           for name in set(re.findall(r"\$\{([A-Z_]+)\}", text))}
+    config = load_config(ROOT / "arbstr.example.toml", env=env)
+    assert config.vault is not None and config.vault.wallet.kind == "simulated"
+    # The commented rails, switched on as an operator would: kind = "auto" with both sections and top-ups.
+    live = text.replace('kind = "simulated"  ', 'kind = "auto"       ')
+    for section in ("[vault.wallet.lnd]", "[vault.wallet.cashu]", "[vault.topup]"):
+        start = live.index(f"# {section}")
+        end = live.index("\n\n", start)
+        block = "\n".join(re.sub(r"^# (?=[a-z_\[])", "", line) for line in live[start:end].splitlines())
+        live = live[:start] + block + live[end:]
+    path = ROOT / "tests" / "artifacts" / "example-live.toml"
+    path.write_text(live)
+    try:
+        config = load_config(path, env=env)
+    finally:
+        path.unlink()
+    assert config.vault is not None and config.vault.topup is not None
+    wallet = config.vault.wallet
+    assert (wallet.kind, wallet.lnd is not None, wallet.cashu is not None) == ("auto", True, True)

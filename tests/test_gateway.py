@@ -221,6 +221,25 @@ async def test_upstream_5xx_falls_over_to_next(http, stack, mock_upstream) -> No
         body["usage"]["prompt_tokens"], body["usage"]["completion_tokens"], 10000, 10000)
 
 
+async def test_a_provider_refusing_our_key_or_balance_falls_over_and_is_never_passed_on(
+        http, fresh_nats, mock_upstream) -> None:
+    # An upstream 401/402/403 is about arbstr's credential or prepaid balance there, not the client's: passed on,
+    # an OpenAI client would take it for its own bad key or empty balance. (Its own stack: no breaker to open.)
+    own = await start_stack(demo_config(mock_upstream), fresh_nats.url, breakers=False)
+    try:
+        for status in (401, 402, 403):
+            await set_fault(mock_upstream, "alpha", {"status": status, "count": 1})
+            r, body = await chat(http, own, {"model": "gpt-4o-mini", "messages": CHAT})
+            assert (r.status, r.headers["x-arbstr-provider"], r.headers["x-arbstr-retries"]) == (200, "beta", "1")
+        for p in ("alpha", "beta", "gamma"):
+            await set_fault(mock_upstream, p, {"status": 402})
+        r, body = await chat(http, own, {"model": "gpt-4o-mini", "messages": CHAT})
+        assert (r.status, body["error"]["code"]) == (502, "upstream_error")
+        assert "refused arbstr's credential or payment" in body["error"]["message"]
+    finally:
+        await own.stop()
+
+
 async def test_all_upstreams_down_is_502(http, stack, mock_upstream) -> None:
     for p in ("alpha", "beta", "gamma"):
         await set_fault(mock_upstream, p, {"status": 503})

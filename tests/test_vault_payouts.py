@@ -97,11 +97,22 @@ def test_settle_refuses_unknown_bad_fees_and_failed_payouts() -> None:
     ledger = funded(50_000)
     assert err(lambda: settle_payout(ledger.state, "nope", 0, "", T0)).code == "unknown_payout"
     start(ledger)
-    assert err(lambda: settle_payout(ledger.state, "p1", 101, "", T0)).code == "fee_over_limit"
     assert err(lambda: settle_payout(ledger.state, "p1", -1, "", T0)).code == "invalid_amount"
     do(ledger, fail_payout(ledger.state, "p1", "no_route", T0))
     e = err(lambda: settle_payout(ledger.state, "p1", 0, "", T0))
     assert (e.status, e.code) == (409, "payout_resolved")
+
+
+def test_a_fee_over_the_limit_is_recorded_not_refused_and_the_agent_pays_at_most_the_limit() -> None:
+    ledger = funded(50_000)
+    start(ledger)  # 10,000 + a fee limit of 100
+    decided = settle_payout(ledger.state, "p1", 130, "", T0)
+    [body] = decided.bodies
+    assert isinstance(body, PayoutSettled)
+    assert (body.charged_msat, body.fee_msat, body.fee_overrun_msat) == (10_100, 100, 30)
+    do(ledger, decided)
+    assert (ledger.state.available_msat, ledger.state.withdrawn_msat) == (39_900, 10_100)
+    books(ledger.state)
 
 
 def test_fail_releases_everything() -> None:

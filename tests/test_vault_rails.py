@@ -9,38 +9,10 @@ from typing import Any, AsyncIterator
 import aiohttp
 import pytest
 
-from actors.runtime import ActorHost
-from actors.vault.actor import VaultActor
 from actors.vault.wallets.simulated import SimulatedWallet, make_invoice
 from arbstr.natsserver import NatsServer
-from tests.stack import Stack, demo_config, start_stack, vault_section
-from tests.vault_helpers import admin, assert_balanced, books, new_agent
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-class Rig:
-    def __init__(self, stack: Stack, wallet: SimulatedWallet) -> None:
-        self.stack = stack
-        self.wallet = wallet
-        self.host: ActorHost | None = None
-        self.actor: VaultActor | None = None
-
-    async def start_vault(self) -> VaultActor:
-        import nats
-        nc = await nats.connect(self.stack.nc.connected_url.geturl())  # type: ignore[union-attr]
-        self.actor = VaultActor(self.stack.config, wallet=self.wallet)
-        self.host = ActorHost(self.actor, nc)
-        await self.host.start()
-        self.stack.extra_connections.append(nc)
-        return self.actor
-
-    async def stop_vault(self) -> None:
-        assert self.host is not None
-        await self.host.stop()
-        self.host = None
+from tests.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
+from tests.vault_helpers import Rig, admin, assert_balanced, bearer, books, me, new_agent, post
 
 
 @pytest.fixture
@@ -54,19 +26,6 @@ async def rig(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Rig]:
     if r.host is not None:
         await r.stop_vault()
     await stack.stop()
-
-
-async def post(http: aiohttp.ClientSession, rig: Rig, path: str, token: str, body: dict[str, Any]
-               ) -> tuple[int, Any]:
-    r = await http.post(f"{rig.stack.url}{path}", json=body, headers=bearer(token))
-    return r.status, await r.json()
-
-
-async def me(http: aiohttp.ClientSession, rig: Rig, token: str) -> dict[str, Any]:
-    """The agent's account; {} while a just-restarted vault is not reachable yet (the polls retry)."""
-    r = await http.get(f"{rig.stack.url}/v1/vault/me", headers=bearer(token))
-    body = await r.json()
-    return body if r.status == 200 else {}
 
 
 async def eventually(check: Any, timeout_s: float = 5.0) -> None:
@@ -159,11 +118,16 @@ async def test_payout_is_charged_the_invoice_amount_plus_fee(http, rig) -> None:
     # The same invoice again pays nothing more.
     status, again = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11})
     assert (status, again["status"], rig.wallet.pay_calls) == (200, "succeeded", 1)
-    # Extra fields (an amount of the caller's choosing) are refused, not ignored.
-    status, body = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11, "amount_msat": 1})
+    # An amount of the caller's choosing changes nothing: the invoice's own amount is what is paid and charged.
+    other, other_hash, _ = make_invoice(20_000)
+    status, p = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": other, "amount_msat": 1})
+    assert (status, p["status"], p["amount_msat"], p["charged_msat"]) == (200, "succeeded", 20_000, 20_120), p
+    assert (await me(http, rig, token))["withdrawn_msat"] == 30_120 + 20_120
+    # Unknown fields are refused, not ignored.
+    status, body = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11, "amount": 1})
     assert status == 400
     listed = await admin(http, rig.stack, "GET", "/v1/admin/payouts", expect=200)
-    assert [x["payout_id"] for x in listed["data"]] == [payment_hash]
+    assert [x["payout_id"] for x in listed["data"]] == [payment_hash, other_hash]
     await clean(http, rig)
 
 
@@ -257,13 +221,77 @@ async def test_another_agent_cannot_pay_the_same_invoice(http, rig) -> None:
     await clean(http, rig)
 
 
-async def test_reconcile_reports_a_shortfall(http, rig) -> None:
-    await funded_by_invoice(http, rig, "lena", 10_000)
+async def test_reconcile_reports_a_shortfall_and_fails_closed(http, rig) -> None:
+    agent_id, token = await funded_by_invoice(http, rig, "lena", 10_000)
     await clean(http, rig)
     rig.wallet.balance_msat -= 1  # an asset went missing
     rec = await admin(http, rig.stack, "GET", "/v1/admin/reconcile", expect=200)
-    assert (rec["ok"], rec["surplus_msat"], rec["liabilities_msat"]) == (False, -1, 10_000)
+    assert (rec["ok"], rec["surplus_msat"], rec["liabilities_msat"], rec["frozen"]) == (False, -1, 10_000, True)
+    # Closed: no new hold, no payout ...
+    r = await http.post(f"{rig.stack.url}/v1/chat/completions", headers=bearer(token),
+                        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    body = await r.json()
+    assert (r.status, body["error"]["code"], r.headers.get("x-should-retry")) == (503, "vault_frozen", "false")
+    status, body = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": make_invoice(1_000)[0]})
+    assert (status, body["error"]["code"]) == (503, "vault_frozen")
+    # ... but deposits still come in.
+    await admin(http, rig.stack, "POST", f"/v1/admin/agents/{agent_id}/deposits", {"amount_msat": 500}, expect=201)
+    # Clearing is refused while the shortfall persists, ...
+    r = await http.post(f"{rig.stack.url}/v1/admin/reconcile/clear", headers=bearer(ADMIN_TOKEN), json={})
+    assert (r.status, (await r.json())["error"]["code"]) == (409, "shortfall_persists")
+    # ... allowed once the wallet is whole again, and the vault serves again.
     rig.wallet.balance_msat += 1
+    r = await http.post(f"{rig.stack.url}/v1/admin/reconcile/clear", headers=bearer(ADMIN_TOKEN))
+    rec = await r.json()
+    assert (r.status, rec["ok"], rec["frozen"]) == (200, True, False), rec
+    r = await http.post(f"{rig.stack.url}/v1/chat/completions", headers=bearer(token),
+                        json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status == 200, await r.text()
+    await clean(http, rig)
+
+
+async def test_the_freeze_survives_a_restart_and_force_clears(http, rig) -> None:
+    _, token = await funded_by_invoice(http, rig, "mona", 10_000)
+    rig.wallet.balance_msat -= 5_000
+    assert (await admin(http, rig.stack, "GET", "/v1/admin/reconcile", expect=200))["frozen"] is True
+    await rig.stop_vault()
+    rig.wallet.balance_msat += 5_000  # even a whole wallet does not reopen it: only an operator does
+    await rig.start_vault()
+    status, body = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": make_invoice(1_000)[0]})
+    assert (status, body["error"]["code"]) == (503, "vault_frozen")
+    rig.wallet.balance_msat -= 5_000
+    r = await http.post(f"{rig.stack.url}/v1/admin/reconcile/clear", headers=bearer(ADMIN_TOKEN),
+                        json={"force": True})
+    assert (r.status, (await r.json())["frozen"]) == (200, False)
+    r = await http.post(f"{rig.stack.url}/v1/admin/reconcile/clear", headers=bearer(token), json={"force": True})
+    assert r.status == 403  # an agent token is not an operator
+    rig.wallet.balance_msat += 5_000
+    await clean(http, rig)
+
+
+async def test_token_payout_is_idempotent_and_shows_its_token_to_its_agent_only(http, rig) -> None:
+    _, token = await funded_by_invoice(http, rig, "nora", 20_000)
+    _, other = await funded_by_invoice(http, rig, "otto", 1_000)
+    req = {"rail": "cashu", "amount_msat": 7_000, "payout_id": "w-1"}
+    status, p = await post(http, rig, "/v1/vault/me/withdrawals", token, req)
+    assert (status, p["status"], p["rail"], p["amount_msat"], p["charged_msat"]) == (200, "succeeded", "cashu",
+                                                                                    7_000, 7_000), p
+    assert p["token"].startswith("simtoken_")
+    status, again = await post(http, rig, "/v1/vault/me/withdrawals", token, req)
+    assert (status, again["payout_id"], again["token"]) == (200, p["payout_id"], p["token"])
+    assert (await me(http, rig, token))["withdrawn_msat"] == 7_000  # once
+    r = await http.get(f"{rig.stack.url}/v1/vault/me/withdrawals/{p['payout_id']}", headers=bearer(token))
+    assert (await r.json())["token"] == p["token"]
+    r = await http.get(f"{rig.stack.url}/v1/vault/me/withdrawals/{p['payout_id']}", headers=bearer(other))
+    assert r.status == 404
+    listed = await admin(http, rig.stack, "GET", "/v1/admin/payouts", expect=200)
+    assert all(x["token"] == "" for x in listed["data"])  # the operator's list never carries ecash
+    # A token payout needs an amount; Lightning cannot pay out as a token.
+    status, body = await post(http, rig, "/v1/vault/me/withdrawals", token, {"rail": "cashu"})
+    assert (status, body["error"]["code"]) == (400, "invalid_value")
+    status, body = await post(http, rig, "/v1/vault/me/withdrawals", token, {"rail": "lightning", "amount_msat": 5})
+    assert (status, body["error"]["code"]) == (400, "invalid_value")
+    await clean(http, rig)
 
 
 def test_fee_limit_is_never_zero_and_wallet_config_is_checked() -> None:
@@ -276,7 +304,9 @@ def test_fee_limit_is_never_zero_and_wallet_config_is_checked() -> None:
     assert lightning_fee_limit_msat(10, 0, 0) == 1
     cfg = parse_config({"vault": {"wallet": {"fee_limit_ppm": 2_000}}})
     assert cfg.vault is not None and isinstance(build_wallet(cfg.vault.wallet), SimulatedWallet)
-    with pytest.raises(ConfigError, match="not available"):
+    with pytest.raises(ConfigError, match=r"needs \[vault.wallet.lnd\]"):
         parse_config({"vault": {"wallet": {"kind": "lnd"}}})
+    with pytest.raises(ConfigError, match=r"needs \[vault.wallet.cashu\]"):
+        parse_config({"vault": {"wallet": {"kind": "auto", "lnd": {"macaroon_hex": "02"}}}})
     with pytest.raises(ConfigError, match="unknown key"):
         parse_config({"vault": {"wallet": {"kynd": "simulated"}}})

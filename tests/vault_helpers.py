@@ -1,4 +1,5 @@
-"""Helpers of the paid-mode tests: admin calls over real HTTP and the books check."""
+"""Helpers of the paid-mode tests: admin calls over real HTTP, the books check, and a vault with an injected
+wallet that tests start and stop (the rails' tests)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,47 @@ def assert_balanced(b: dict[str, Any]) -> None:
     assert b["balanced"] is True, b
     assert b["projection_agrees"] is True, b
     assert b["deposits_msat"] - b["withdrawals_msat"] == b["balances_msat"] + b["pending_msat"] + b["spent_msat"], b
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+class Rig:
+    """A stack plus one vault instance on its own connection (like a process), with the wallet the test injects."""
+
+    def __init__(self, stack: Stack, wallet: Any) -> None:
+        self.stack = stack
+        self.wallet = wallet
+        self.host: Any = None
+        self.actor: Any = None
+
+    async def start_vault(self) -> Any:
+        import nats
+
+        from actors.runtime import ActorHost
+        from actors.vault.actor import VaultActor
+        nc = await nats.connect(self.stack.nc.connected_url.geturl())  # type: ignore[union-attr]
+        self.actor = VaultActor(self.stack.config, wallet=self.wallet)
+        self.host = ActorHost(self.actor, nc)
+        await self.host.start()
+        self.stack.extra_connections.append(nc)
+        return self.actor
+
+    async def stop_vault(self) -> None:
+        assert self.host is not None
+        await self.host.stop()
+        self.host = None
+
+
+async def post(http: aiohttp.ClientSession, rig: Rig, path: str, token: str, body: dict[str, Any]
+               ) -> tuple[int, Any]:
+    r = await http.post(f"{rig.stack.url}{path}", json=body, headers=bearer(token))
+    return r.status, await r.json()
+
+
+async def me(http: aiohttp.ClientSession, rig: Rig, token: str) -> dict[str, Any]:
+    """The agent's account; {} while a just-restarted vault is not reachable yet (the polls retry)."""
+    r = await http.get(f"{rig.stack.url}/v1/vault/me", headers=bearer(token))
+    body = await r.json()
+    return body if r.status == 200 else {}

@@ -19,7 +19,7 @@ from typing import Any
 from schemas.breaker import BreakerState, Outcome, OutcomeKind
 from schemas.config import BreakerConfig
 
-FAILURES: frozenset[OutcomeKind] = frozenset({"http_5xx", "connect", "timeout", "cut"})
+FAILURES: frozenset[OutcomeKind] = frozenset({"http_5xx", "refused", "connect", "timeout", "cut"})
 SUCCESSES: frozenset[OutcomeKind] = frozenset({"ok", "http_4xx"})
 
 

@@ -1,26 +1,68 @@
-"""The pricing actor: publishes the configured price table to the ``arbstr_prices`` KV bucket and answers
-quotes. Routers read prices from that bucket, never from this actor, so it is off the request path."""
+"""The pricing actor: keeps the live price table — configured providers, their own ``/models`` listings, quote
+feeds and Routstr nodes announced on Nostr — in the ``arbstr_prices`` KV bucket, and answers quotes. Routers
+read prices from that bucket, never from this actor, so it is off the request path.
+
+Every poll updates plain state (``market.MarketState``); one ``refresh`` merges it (``merge.build_table``),
+runs the price guard against what is published (``guard.guard``) and writes only the entries that changed.
+The published entries are followed through a watch of the bucket, so a second pricing instance (or an admin's
+confirm handled by it) is seen here too: the guard always compares against what is in force.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import logging
 import time
-from typing import Optional
+from typing import Any, Awaitable, Callable, Optional
+from urllib.parse import urlsplit
 
+import aiohttp
+import orjson
 from nats.aio.client import Client as NATS
-from nats.js.errors import NoKeysError
 from nats.js.kv import KeyValue
+from pydantic import ValidationError
 
 from actors.runtime import Endpoint, open_bucket
 from schemas import subjects
-from schemas.config import Config
-from schemas.pricing import PriceTable, ProviderPrices, QuoteReply, QuoteRequest, TableRequest
+from schemas.config import Config, FeedConfig, ProviderConfig
+from schemas.errors import ArbstrError
+from schemas.pricing import (ConfirmReply, ConfirmRequest, ModelRate, PriceTable, ProviderPrices, QuoteReply,
+                             QuoteRequest, TableRequest)
 
-from .table import prices_from_config, quote
+from .fetch import FetchError, fetch_feed, fetch_listing, get_json
+from .guard import confirm, guard
+from .listing import Listing
+from .market import DiscoveryState, FeedState, MarketState, Node, api_base, node_name
+from .merge import build_table, feed_label
+from .table import quote
 
 log = logging.getLogger("arbstr.pricing")
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"
+_DELETE_OPS = ("DEL", "PURGE")
+TICK_S = 1.0  # quotes go stale and announcements expire with time alone: re-merge this often
+INITIAL_LOAD_S = 5.0
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _same(a: ProviderPrices, b: ProviderPrices) -> bool:
+    return a.model_dump(exclude={"updated_at_ms"}) == b.model_dump(exclude={"updated_at_ms"})
+
+
+def private_host(url: str) -> bool:
+    """A loopback, private or link-local address (or localhost) written in a URL."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified
 
 
 class PricingActor:
@@ -30,39 +72,334 @@ class PricingActor:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self._prices: list[ProviderPrices] = prices_from_config(config, int(time.time() * 1000))
+        self.market = config.market
+        self.state = MarketState()
+        self._config_at_ms = now_ms()
+        self._keys: set[str] = set()  # providers with a key in arbstr_provider_keys (the key itself is not kept)
+        self._stopping = False
+        self._published: dict[str, ProviderPrices] = {}
+        self._revisions: dict[str, int] = {}  # our own latest write per key: older watch echoes are ignored
+        self._prices: list[ProviderPrices] = build_table(config, self.state, frozenset(), self._config_at_ms,
+                                                         self._config_at_ms)
         self._kv: Optional[KeyValue] = None
+        self._session: Optional[aiohttp.ClientSession] = None
+        self._watchers: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Condition()
+        self._discovered = [p for p in config.providers if p.discover]
 
     def endpoints(self) -> list[Endpoint]:
         return [
             Endpoint("quote", subjects.PRICING_QUOTE, QuoteRequest, self._quote),
             Endpoint("table", subjects.PRICING_TABLE, TableRequest, self._table),
+            Endpoint("confirm", subjects.PRICING_CONFIRM, ConfirmRequest, self._confirm),
         ]
 
+    # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self, nc: NATS) -> None:
-        self._prices = prices_from_config(self.config, int(time.time() * 1000))
-        self._kv = await open_bucket(nc, subjects.KV_PRICES, replicas=self.config.nats.kv_replicas)
-        await self.publish(self._kv)
-
-    async def publish(self, kv: KeyValue) -> None:
-        """Put every configured provider and delete the keys of providers no longer configured."""
-        for p in self._prices:
-            await kv.put(p.provider, p.model_dump_json().encode())
-        configured = {p.provider for p in self._prices}
-        try:
-            existing = await kv.keys()
-        except NoKeysError:
-            existing = []
-        for key in existing:
-            if key not in configured:
-                log.info("removing prices of provider %s: no longer configured", key)
-                await kv.delete(key)
+        self._config_at_ms = now_ms()
+        replicas = self.config.nats.kv_replicas
+        self._kv = await open_bucket(nc, subjects.KV_PRICES, replicas=replicas)
+        loaded = asyncio.Event()
+        await self._watch(self._kv, self._on_price, self._published, loaded, "prices")
+        if self.market.nostr is not None:
+            keys_loaded = asyncio.Event()
+            await self._watch(await open_bucket(nc, subjects.KV_PROVIDER_KEYS, replicas=replicas), self._on_key,
+                              self._keys, keys_loaded, "provider-keys")
+            loaded_all: Awaitable[Any] = asyncio.gather(loaded.wait(), keys_loaded.wait())
+        else:
+            loaded_all = loaded.wait()
+        try:  # what is in force already: the guard compares against it, and unchanged entries are not rewritten
+            await asyncio.wait_for(loaded_all, INITIAL_LOAD_S)
+        except asyncio.TimeoutError:
+            log.warning("pricing: the published prices did not load within %.0f s", INITIAL_LOAD_S)
+        self._session = aiohttp.ClientSession()
+        await self.refresh()
+        for p in self._discovered:
+            self._spawn(self._every(self.market.discovery_interval_s, lambda p=p: self._discover(p)),
+                        f"discover-{p.name}")
+        for feed in self.market.feeds:
+            self._spawn(self._every(feed.interval_s, lambda f=feed: self._poll_feed(f)), f"feed-{feed_label(feed)}")
+        if self.market.nostr is not None:
+            self._spawn(self._every(self.market.nostr.interval_s, self._poll_nostr), "nostr")
+        if self.market.feeds or self.market.nostr is not None:
+            self._spawn(self._every(TICK_S, self.refresh), "tick")
 
     async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for watcher in self._watchers:
+            try:
+                await watcher.stop()
+            except Exception:  # the connection may be closing already
+                log.debug("pricing: watcher stop failed", exc_info=True)
+        self._watchers.clear()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
         self._kv = None
 
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        self._tasks.append(asyncio.ensure_future(coro))
+        self._tasks[-1].set_name(f"pricing-{name}")
+
+    async def _every(self, interval_s: float, fn: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # one bad poll must not end the polling
+                log.exception("pricing: a market poll failed")
+            await asyncio.sleep(interval_s)
+
+    # --- KV watches ------------------------------------------------------------------------------------
+    async def _watch(self, kv: KeyValue, apply: Callable[[Any], None], held: Any, loaded: asyncio.Event,
+                     what: str) -> None:
+        """Follow ``kv`` in the background. After a failure (a leader change, a reconnect) it watches again and
+        drops what was deleted meanwhile: a new watch delivers current values, not the deletes it missed."""
+        async def follow() -> None:
+            while not self._stopping:
+                seen: Optional[set[str]] = set()
+                watcher = None
+                try:
+                    watcher = await kv.watchall()
+                    self._watchers.append(watcher)
+                    async for entry in watcher:
+                        if entry is None:  # end of the initial values
+                            # Not an entry of our own writing: its echo may still be on the way.
+                            for gone in [k for k in list(held) if seen is not None and k not in seen
+                                         and not (what == "prices" and k in self._revisions)]:
+                                if isinstance(held, set):
+                                    held.discard(gone)
+                                else:
+                                    held.pop(gone, None)
+                            seen = None
+                            loaded.set()
+                            continue
+                        if seen is not None:
+                            seen.add(entry.key)
+                        apply(entry)
+                        if seen is None and what == "provider-keys":
+                            await self.refresh()  # a node's key arrived or went: its routability changed
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.warning("pricing: watch of %s failed (%s); watching again", what, type(e).__name__)
+                if watcher is not None and not self._stopping:
+                    self._watchers.remove(watcher)
+                    try:
+                        await watcher.stop()
+                    except Exception:
+                        log.debug("pricing: stopping a failed watcher failed", exc_info=True)
+                await asyncio.sleep(1.0)
+
+        self._spawn(follow(), f"watch-{what}")
+
+    def _on_price(self, entry: Any) -> None:
+        if (entry.revision or 0) <= self._revisions.get(entry.key, 0):
+            return  # the echo of a write of ours that a later one has replaced
+        if entry.operation in _DELETE_OPS:
+            self._published.pop(entry.key, None)
+            return
+        try:
+            self._published[entry.key] = ProviderPrices.model_validate_json(entry.value or b"")
+        except ValidationError:
+            log.warning("pricing: ignoring an unreadable published entry %r", entry.key)
+
+    def _on_key(self, entry: Any) -> None:
+        self._keys.discard(entry.key)
+        if entry.operation not in _DELETE_OPS:
+            try:
+                value = orjson.loads(entry.value or b"")
+            except orjson.JSONDecodeError:
+                value = None
+            if isinstance(value, dict) and isinstance(value.get("api_key"), str) and value["api_key"]:
+                self._keys.add(entry.key)
+
+    # --- the merge -----------------------------------------------------------------------------------------
+    def settled(self) -> bool:
+        """Every market source has been tried once: before that, absent entries are not yet known absent."""
+        s = self.state
+        return (all(s.discovery.get(p.name, DiscoveryState()).attempts > 0 for p in self._discovered)
+                and all(s.feeds.get(feed_label(f)) is not None for f in self.market.feeds)
+                and (self.market.nostr is None or s.nostr_attempts > 0))
+
+    async def refresh(self) -> None:
+        """Merge, guard, and write what changed; after the first round of polls, delete what is gone."""
+        async with self._lock:
+            now = now_ms()
+            settled = self.settled()
+            table: list[ProviderPrices] = []
+            keyed = frozenset(self._keys)
+            for proposed in build_table(self.config, self.state, keyed, now, self._config_at_ms):
+                before = self._published.get(proposed.provider)
+                entry = guard(before, proposed, self.market.max_price_jump, now)
+                if before is not None and (_same(before, entry) or not settled):
+                    # Unchanged; or written by an earlier run and its market sources not read yet this run:
+                    # overwriting it with config alone would only flap (and reset what the guard compares to).
+                    table.append(before)
+                    continue
+                if await self._put(entry):
+                    if entry.held and (before is None or set(entry.held) != set(before.held)):
+                        log.warning("pricing: holding prices of %s: %s", entry.provider, ", ".join(sorted(entry.held)))
+                table.append(entry)
+            if settled:
+                names = {e.provider for e in table}
+                for key in [k for k in self._published if k not in names]:
+                    await self._delete(key)
+            self._prices = table
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _put(self, entry: ProviderPrices) -> bool:
+        if self._kv is None:
+            return False
+        try:
+            revision = await self._kv.put(entry.provider, entry.model_dump_json().encode())
+        except Exception as e:  # the bus is down: the next refresh writes it
+            log.warning("pricing: could not publish %s (%s)", entry.provider, type(e).__name__)
+            return False
+        self._revisions[entry.provider] = revision
+        self._published[entry.provider] = entry
+        return True
+
+    async def _delete(self, key: str) -> None:
+        assert self._kv is not None
+        try:
+            await self._kv.delete(key)
+        except Exception as e:
+            log.warning("pricing: could not remove %s (%s)", key, type(e).__name__)
+            return
+        log.info("pricing: removed %s: no source lists it any more", key)
+        self._published.pop(key, None)
+
+    async def wait_for(self, predicate: Callable[["PricingActor"], bool], timeout: float) -> bool:
+        """Wait until ``predicate(self)`` holds after a refresh (tests, and callers that need a poll's effect)."""
+        async def waiter() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: predicate(self))
+
+        try:
+            await asyncio.wait_for(waiter(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    def entry(self, provider: str) -> Optional[ProviderPrices]:
+        return next((p for p in self._prices if p.provider == provider), None)
+
+    # --- polls -----------------------------------------------------------------------------------------------
+    async def _discover(self, p: ProviderConfig) -> None:
+        assert self._session is not None
+        d = self.state.discovery.get(p.name, DiscoveryState())
+        try:
+            listing = await fetch_listing(self._session, p.url, timeout_s=self.market.discovery_timeout_s,
+                                          api_key=p.api_key.get_secret_value() if p.api_key else None,
+                                          sats_per_usd=self.market.sats_per_usd)
+            d = d.succeeded(listing, now_ms())
+        except FetchError as e:
+            log.warning("pricing: discovery of %s failed: %s", p.name, e)
+            d = d.failed(str(e), now_ms())
+        self.state.discovery[p.name] = d
+        await self.refresh()
+
+    async def _poll_feed(self, feed: FeedConfig) -> None:
+        assert self._session is not None
+        label = feed_label(feed)
+        fs = self.state.feeds.get(label)
+        try:
+            quotes, reliability = await fetch_feed(self._session, feed)
+            self.state.feeds[label] = (fs or FeedState()).succeeded(quotes, reliability, now_ms())
+        except FetchError as e:
+            log.warning("pricing: feed %s failed: %s", label, e)
+            self.state.feeds[label] = (fs or FeedState()).failed(str(e), now_ms())
+        await self.refresh()
+
+    async def _poll_nostr(self) -> None:
+        assert self._session is not None and self.market.nostr is not None
+        cfg = self.market.nostr
+        try:
+            from . import nostr, routstr
+        except ImportError as e:  # the Nostr client is a separate module; without it nodes are simply unknown
+            self.state.nostr_error = f"Nostr support unavailable ({e.name})"
+            self.state.nostr_attempts += 1
+            await self.refresh()
+            return
+        try:
+            announcements = await nostr.fetch_announcements(self._session, list(cfg.relays), cfg.timeout_s)
+        except Exception as e:  # keep the nodes last read: they expire on their own
+            log.warning("pricing: reading Nostr relays failed (%s)", type(e).__name__)
+            self.state.nostr_error = f"relays unreadable ({type(e).__name__})"
+            self.state.nostr_attempts += 1
+            await self.refresh()
+            return
+        now_s = time.time()
+        nodes: dict[str, Node] = {}
+        for a in announcements:
+            if a.expires_at is not None and a.expires_at <= now_s:
+                continue
+            name = node_name(a.pubkey, a.d)
+            known = self.state.nodes.get(name)
+            nodes[name] = Node(name=name, url=api_base(a.url), mints=tuple(a.mints), pubkey=a.pubkey,
+                               version=a.version, created_at=a.created_at, expires_at=a.expires_at,
+                               discovery=known.discovery if known is not None else DiscoveryState())
+        accepted = set(cfg.accepted_mints)
+
+        async def discover(node: Node) -> Node:
+            if not accepted.intersection(m.rstrip("/") for m in node.mints):
+                return node  # not payable: nothing to read
+            if private_host(node.url) and not cfg.allow_private_urls:
+                failed = node.discovery.failed("the announced URL is on a private network", now_ms())
+                return Node(**{**node.__dict__, "discovery": failed})
+            assert self._session is not None
+            try:
+                body = await get_json(self._session, node.url + "/models", timeout_s=cfg.timeout_s)
+                prices = routstr.parse_models(body)
+                listing = Listing(models=tuple(m.model for m in prices),
+                                  rates={m.model: ModelRate(input_rate=m.input_rate, output_rate=m.output_rate)
+                                         for m in prices},
+                                  context={m.model: m.context_length for m in prices if m.context_length})
+                if not listing.models:
+                    raise FetchError("the listing names no models")
+                d = node.discovery.succeeded(listing, now_ms())
+            except FetchError as e:
+                d = node.discovery.failed(str(e), now_ms())
+            except (ValueError, TypeError, KeyError) as e:
+                d = node.discovery.failed(f"unreadable listing ({type(e).__name__})", now_ms())
+            return Node(**{**node.__dict__, "discovery": d})
+
+        read = await asyncio.gather(*(discover(n) for n in nodes.values()))
+        self.state.nodes = {n.name: n for n in read}
+        self.state.nostr_error = None
+        self.state.nostr_attempts += 1
+        await self.refresh()
+
+    # --- endpoints ------------------------------------------------------------------------------------------
     async def _quote(self, req: QuoteRequest, headers: dict[str, str]) -> QuoteReply:
         return QuoteReply(quotes=quote(self._prices, req))
 
     async def _table(self, req: TableRequest, headers: dict[str, str]) -> PriceTable:
         return PriceTable(providers=list(self._prices))
+
+    async def _confirm(self, req: ConfirmRequest, headers: dict[str, str]) -> ConfirmReply:
+        """An admin accepts held prices: they go in force now, and the guard compares later updates to them."""
+        async with self._lock:
+            entry = self._published.get(req.provider)
+            if entry is None:
+                raise ArbstrError(404, f"no provider {req.provider!r} in the price table", code="provider_not_found",
+                                  param="provider")
+            updated, confirmed = confirm(entry, req.models)
+            if not confirmed:
+                raise ArbstrError(409, f"no price of {req.provider!r} is held" +
+                                  (f" for {', '.join(req.models)}" if req.models else ""), code="nothing_held")
+            if not await self._put(updated.model_copy(update={"updated_at_ms": now_ms()})):
+                raise ArbstrError(503, "the price table could not be written; try again", code="prices_unavailable",
+                                  headers={"retry-after": "1"})
+        log.info("pricing: an admin confirmed prices of %s: %s", req.provider, ", ".join(confirmed))
+        await self.refresh()
+        return ConfirmReply(provider=req.provider, confirmed=confirmed)

@@ -30,12 +30,12 @@ def prices_from_config(config: Config, now_ms: int) -> list[ProviderPrices]:
 def quote(prices: list[ProviderPrices], req: QuoteRequest) -> list[Quote]:
     """Cost of ``req``'s token counts at every matching (provider, model), cheapest first.
 
-    Without a model every model a provider serves is quoted; ties go to the provider name (then the model
-    name) so two pricing instances always answer the same list.
+    Entries the router may not choose are not quoted. Without a model every model a provider serves is quoted;
+    ties go to the provider name (then the model name) so two pricing instances always answer the same list.
     """
     quotes: list[Quote] = []
     for p in prices:
-        if req.provider is not None and p.provider != req.provider:
+        if not p.routable or (req.provider is not None and p.provider != req.provider):
             continue
         models = [req.model] if req.model is not None else list(dict.fromkeys(p.models))
         for model in models:

@@ -39,7 +39,8 @@ class RouterActor:
         self.prices: dict[str, ProviderPrices] = {}
         self.breakers: dict[str, BreakerState] = {}
         self.revisions: dict[str, int] = {subjects.KV_PRICES: 0, subjects.KV_BREAKERS: 0}
-        self._price_list: list[ProviderPrices] = []
+        self._price_list: list[ProviderPrices] = []  # the routable entries: the only ones a request looks at
+        self._unroutable: list[ProviderPrices] = []  # read only to explain a failure
         self._loaded: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Condition()
         self._watchers: list[KeyValue.KeyWatcher] = []
@@ -101,8 +102,11 @@ class RouterActor:
             except ValidationError as e:
                 log.warning("router: ignoring bad %s entry %r: %s", bucket, entry.key, e)
         if bucket == subjects.KV_PRICES:
-            # Routing reads this list on every request; rebuilding it here keeps that path allocation-free.
-            self._price_list = sorted(self.prices.values(), key=lambda p: p.provider)
+            # Routing reads this list on every request; rebuilding it here keeps that path allocation-free, and
+            # entries that may not be chosen (no credential, stale quotes, ...) never cost a request anything.
+            ordered = sorted(self.prices.values(), key=lambda p: p.provider)
+            self._price_list = [p for p in ordered if p.routable]
+            self._unroutable = [p for p in ordered if not p.routable]
         self.revisions[bucket] = max(self.revisions[bucket], entry.revision or 0)
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -129,11 +133,11 @@ class RouterActor:
         return await self.wait_for(lambda r: r.revisions.get(bucket, 0) >= revision, timeout)
 
     def route(self, req: RouteRequest, now_ms: Optional[int] = None) -> RouteReply:
-        if not self._price_list:
+        if not self._price_list and not self._unroutable:
             raise ArbstrError(503, "the router has no prices yet: is the pricing actor running?",
                               code="prices_unavailable")
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        return route(req, self._price_list, self.breakers, self.config, now)
+        return route(req, self._price_list, self.breakers, self.config, now, self._unroutable)
 
     async def _route(self, req: RouteRequest, headers: dict[str, str]) -> RouteReply:
         return self.route(req)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from schemas.breaker import BreakerState
 from schemas.common import TIER_ORDER, Tier
@@ -73,6 +73,8 @@ def needs_probe(state: Optional[BreakerState], now_ms: int) -> bool:
 
 def static_exclusion(option: Option, req: RouteRequest, policy: Optional[PolicyConfig]) -> Optional[str]:
     """Why ``option`` can never serve this request (None: it can). Breakers and tiers are judged apart."""
+    if not option.prices.routable:  # the actor keeps these out of ``prices``; a caller that did not is safe too
+        return "not routable (" + ("; ".join(option.prices.reasons) or "no reason given") + ")"
     if policy is not None:
         if policy.allowed_models and option.model not in policy.allowed_models:
             return f"model {option.model} not allowed by policy {policy.name}"
@@ -88,12 +90,26 @@ def static_exclusion(option: Option, req: RouteRequest, policy: Optional[PolicyC
     return None
 
 
-def serving_options(req: RouteRequest, prices: list[ProviderPrices], policy: Optional[PolicyConfig]) -> list[Option]:
-    """Every (provider, model) pair that serves the requested model; for ``auto``, every served model."""
+def unroutable_reasons(model: str, unroutable: Sequence[ProviderPrices]) -> list[str]:
+    """Why the providers listing ``model`` that the router may not choose are out (for the 503 message)."""
+    return [f"{p.provider}: not routable ({'; '.join(p.reasons) or 'no reason given'})"
+            for p in unroutable if model == AUTO_MODEL or model in p.models]
+
+
+def serving_options(req: RouteRequest, prices: list[ProviderPrices], policy: Optional[PolicyConfig],
+                    unroutable: Sequence[ProviderPrices] = ()) -> list[Option]:
+    """Every (provider, model) pair that serves the requested model; for ``auto``, every served model.
+
+    ``prices`` holds routable entries only. A model that only unroutable ones list is a 503 that says why
+    (e.g. "no credential"), not a 404: it exists, arbstr just cannot use it now."""
     if req.model == AUTO_MODEL:
         return [Option(p, m, p.rates_for(m)) for p in prices for m in dict.fromkeys(p.models)]
     options = [Option(p, req.model, p.rates_for(req.model)) for p in prices if req.model in p.models]
     if not options:
+        reasons = unroutable_reasons(req.model, unroutable)
+        if reasons:
+            raise ArbstrError(503, f"no provider available for model {req.model!r}: " + "; ".join(reasons[:8]),
+                              code="no_provider_available", headers={"x-should-retry": "false"})
         raise ArbstrError(404, f"the model {req.model!r} does not exist or no provider serves it",
                           code="model_not_found", param="model")
     if policy is not None and policy.allowed_models and req.model not in policy.allowed_models:
@@ -117,7 +133,8 @@ def _quiet(state: Optional[BreakerState]) -> bool:
 
 
 def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, BreakerState], config: Config,
-          now_ms: int) -> RouteReply:
+          now_ms: int, unroutable: Sequence[ProviderPrices] = ()) -> RouteReply:
+    """``prices`` are the entries the router may choose; ``unroutable`` only explain a failure."""
     asked_model = req.model
     virtual = next((p for p in config.policies if p.virtual_model and p.virtual_model == req.model), None)
     if virtual is not None:
@@ -134,7 +151,7 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
 
     reasons: list[str] = []
     able: list[Option] = []
-    for option in serving_options(req, prices, policy):
+    for option in serving_options(req, prices, policy, unroutable):
         why = static_exclusion(option, req, policy)
         if why is not None:
             reasons.append(f"{option.provider}/{option.model}: {why}")
@@ -153,6 +170,7 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
             continue
         chosen.append(option)
     if not chosen:
+        reasons += unroutable_reasons(req.model, unroutable)
         # Waiting helps only if some option is kept out by nothing but an open breaker.
         retry_at = min((breakers[o.provider].retry_at_ms for o in at_tier), default=None)
         raise _no_provider(req, reasons, retry_at, now_ms)

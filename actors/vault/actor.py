@@ -26,8 +26,8 @@ from schemas.config import Config, VaultConfig
 from schemas.errors import ArbstrError
 from schemas.ledger import Denied, Expired, JournalEntry, LedgerEvent, Released, Settled, verify_chain
 from schemas.requests import RequestList, RequestsQuery, StatsQuery, StatsReply
-from schemas.vault import (AccountView, AgentList, AgentPolicy, AgentRef, Approval, ApprovalAction, ApprovalList,
-                           ApprovalResult, Books, ChainCheck, CreateAgent, DepositCommand, DepositReply,
+from schemas.vault import (AccountView, AgentDeposit, AgentList, AgentPolicy, AgentRef, Approval, ApprovalAction,
+                           ApprovalList, ApprovalResult, Books, ChainCheck, ClearFreeze, CreateAgent, DepositCommand, DepositReply,
                            DepositRequest, Empty, History, HistoryQuery, PayoutList, PayoutRef, PayoutView,
                            Reconciliation, ReserveReply, ReserveRequest, RotateToken, SetPolicy, SettleCommand,
                            SpendEvent, TokenRef, WithdrawRequest)
@@ -39,7 +39,10 @@ from .journal import Conflict, Journal, ensure_streams, settle_consumer_config
 from .holds import HoldTimers
 from .projection import Projection
 from .request_log import RequestLog
-from .rails import Rails, payout_view
+from .claims import Claims
+from .freeze import FreezeSwitch
+from .rails import Rails
+from .topup import TopUps
 from .wallets import build_wallet
 from .wallets.base import Wallet
 
@@ -77,7 +80,11 @@ class VaultActor:
         self.vc: VaultConfig = config.vault
         self.book = Book(on_events=self._on_events)
         self.wallet: Wallet = wallet if wallet is not None else build_wallet(self.vc.wallet)
-        self.rails = Rails(self.vc.wallet, self.wallet, self.book, self.execute)
+        self.freeze = FreezeSwitch()
+        self.claims = Claims(instance=secrets.token_hex(8))
+        self.rails = Rails(self.vc.wallet, self.wallet, self.book, self.execute, self.freeze, self.claims,
+                           self._caught_up)
+        self.topups = TopUps(self.vc.topup, self.rails, self.book, self.execute) if self.vc.topup else None
         self.projection = Projection(self.vc.duckdb_path)
         self.request_log = RequestLog(self.projection)
         self.nc: Optional[NATS] = None
@@ -104,7 +111,11 @@ class VaultActor:
             await self.journal.wait_applied(target, timeout_s=120)
         self.projection.flush()
         await self.request_log.follow(nc)
+        await self.freeze.start(nc, self.vc.replicas)
+        await self.claims.start(nc, self.vc.replicas)
         await self.rails.start()
+        if self.topups is not None:
+            await self.topups.start(nc, self.vc.replicas)
         self.timers = HoldTimers(nc, self.vc.replicas, self.vc.hold_ttl_s, self.expire_one)
         await self.timers.start()
         self._running = True
@@ -128,7 +139,10 @@ class VaultActor:
                 pass
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=10)
+        if self.topups is not None:
+            await self.topups.stop()
         await self.rails.stop()
+        await self.freeze.stop()
         if self.timers is not None:
             await self.timers.stop()
         if self._settle_sub is not None:
@@ -169,6 +183,7 @@ class VaultActor:
             Endpoint("admin-set-policy", ad("set_policy"), SetPolicy, self._set_policy),
             Endpoint("admin-rotate-token", ad("rotate_token"), RotateToken, self._rotate_token),
             Endpoint("admin-deposit", ad("deposit"), DepositCommand, self._deposit),
+            Endpoint("admin-deposit-token", ad("deposit_token"), AgentDeposit, self._deposit_token),
             Endpoint("admin-approvals", ad("approvals"), Empty, self._approvals),
             Endpoint("admin-approve", ad("approve"), ApprovalAction, self._approve),
             Endpoint("admin-deny", ad("deny"), ApprovalAction, self._deny),
@@ -177,6 +192,7 @@ class VaultActor:
             Endpoint("admin-verify", ad("verify"), Empty, self._verify),
             Endpoint("admin-payouts", ad("payouts"), AgentRef, self._payouts),
             Endpoint("admin-reconcile", ad("reconcile"), Empty, self._reconcile),
+            Endpoint("admin-reconcile-clear", ad("reconcile_clear"), ClearFreeze, self._reconcile_clear),
             Endpoint("admin-stats", ad("stats"), StatsQuery, self._stats),
             Endpoint("admin-requests", ad("requests"), RequestsQuery, self._requests),
         ]
@@ -301,6 +317,7 @@ class VaultActor:
     # --- reserve ---------------------------------------------------------------------------------------
     async def _reserve(self, req: ReserveRequest, headers: dict[str, str]) -> ReserveReply:
         agent_id = await self._agent_for(req.token_hash)
+        self.freeze.check()
         ttl_ms = self.vc.hold_ttl_s * 1000
         rid = req.request_id
         w = await self.execute(agent_id, lambda s, at: decide.reserve(
@@ -512,7 +529,7 @@ class VaultActor:
     async def _my_payout(self, req: PayoutRef, headers: dict[str, str]) -> PayoutView:
         if not req.token_hash:
             raise unauthorized()
-        return payout_view(self.book.slot(await self._agent_for(req.token_hash)).state, req.payout_id)
+        return await self.rails.payout(await self._agent_for(req.token_hash), req.payout_id)
 
     async def _my_payouts(self, req: TokenRef, headers: dict[str, str]) -> PayoutList:
         return self.rails.payouts(await self._agent_for(req.token_hash))
@@ -559,6 +576,10 @@ class VaultActor:
         await self._known(req.agent_id)
         return view((await self.execute(req.agent_id, lambda s, at: decide.deposit(
             s, req.deposit_id, req.amount_msat, req.rail, req.reference, at))).state)
+
+    async def _deposit_token(self, req: AgentDeposit, headers: dict[str, str]) -> DepositReply:
+        await self._known(req.agent_id)
+        return await self.rails.deposit(req.agent_id, DepositRequest(token_hash="", rail="cashu", token=req.token))
 
     async def _approvals(self, req: Empty, headers: dict[str, str]) -> ApprovalList:
         await self._caught_up()
@@ -624,6 +645,9 @@ class VaultActor:
 
     async def _reconcile(self, req: Empty, headers: dict[str, str]) -> Reconciliation:
         return await self.rails.reconcile()
+
+    async def _reconcile_clear(self, req: ClearFreeze, headers: dict[str, str]) -> Reconciliation:
+        return await self.rails.clear(req)
 
     async def _verify(self, req: Empty, headers: dict[str, str]) -> ChainCheck:
         """Re-read the whole ledger from sequence 1 and check every agent's hash chain."""

@@ -21,6 +21,7 @@ from schemas.ledger import (
     InvoiceIssued,
     LedgerEvent,
     PayoutFailed,
+    PayoutRerouted,
     PayoutSettled,
     PayoutStarted,
     PolicySet,
@@ -35,7 +36,7 @@ from schemas.money import cost_msat, max_output_tokens_for
 from schemas.router import Envelope
 from schemas.vault import AgentPolicy
 
-from .fold import AccountState, Hold, apply_event, fold, next_events
+from .fold import AccountState, Hold, Payout, apply_event, fold, next_events
 from .policy import check, daily_headroom_msat
 
 Noop = Literal["", "duplicate", "resolved", "tombstoned"]
@@ -202,11 +203,12 @@ def settle_payout(state: AccountState, payout_id: str, fee_msat: int, preimage: 
         raise ArbstrError(404, f"no payout {payout_id}", code="unknown_payout")
     if not isinstance(fee_msat, int) or isinstance(fee_msat, bool) or fee_msat < 0:
         raise ArbstrError(400, "fee_msat must be a non-negative integer", code="invalid_amount", param="fee_msat")
-    if fee_msat > payout.fee_limit_msat:
-        raise ArbstrError(409, f"payout {payout_id} reports fee {fee_msat} over its limit {payout.fee_limit_msat}",
-                          code="fee_over_limit")
-    return Decided(op_id, (PayoutSettled(payout_id=payout_id, charged_msat=payout.amount_msat + fee_msat,
-                                         fee_msat=fee_msat, preimage=preimage),))
+    # The money has left: refusing to record it would leave the payout open forever. The agent is charged at most
+    # the fee limit it was held for; anything above is the operator's loss, recorded on the event.
+    charged_fee = min(fee_msat, payout.fee_limit_msat)
+    return Decided(op_id, (PayoutSettled(payout_id=payout_id, charged_msat=payout.amount_msat + charged_fee,
+                                         fee_msat=charged_fee, fee_overrun_msat=fee_msat - charged_fee,
+                                         preimage=preimage, **_trace(payout)),))
 
 
 def fail_payout(state: AccountState, payout_id: str, reason: str, now_ms: int) -> Decided:
@@ -218,9 +220,37 @@ def fail_payout(state: AccountState, payout_id: str, reason: str, now_ms: int) -
     done = state.payouts_done.get(payout_id)
     if done is not None:
         raise ArbstrError(409, f"payout {payout_id} was journaled as {done.kind}", code="payout_resolved")
-    if payout_id not in state.payouts:
+    payout = state.payouts.get(payout_id)
+    if payout is None:
         raise ArbstrError(404, f"no payout {payout_id}", code="unknown_payout")
-    return Decided(op_id, (PayoutFailed(payout_id=payout_id, reason=reason or "failed"),))
+    return Decided(op_id, (PayoutFailed(payout_id=payout_id, reason=reason or "failed", **_trace(payout)),))
+
+
+def reroute_payout(state: AccountState, payout_id: str, from_rail: str, rail: str, fee_limit_msat: int,
+                   reference: str, reason: str, now_ms: int) -> Decided:
+    """The auto rail's single fallback after a definite failure on ``from_rail``: journaled before the other rail
+    is called. The amount stays the invoice's; only the fee limit (and so the hold) follows the new rail."""
+    _require_agent(state)
+    op_id = f"payout_rerouted:{payout_id}"
+    if op_id in state.op_ids:
+        return Decided(op_id, noop="duplicate")
+    payout = state.payouts.get(payout_id)
+    if payout is None:
+        raise ArbstrError(404, f"no open payout {payout_id}", code="unknown_payout")
+    if payout.fallback or payout.rail != from_rail or rail == from_rail:
+        raise ArbstrError(409, f"payout {payout_id} already fell back once", code="payout_conflict")
+    if not isinstance(fee_limit_msat, int) or isinstance(fee_limit_msat, bool) or fee_limit_msat < 0:
+        raise ArbstrError(400, "fee_limit_msat must be a non-negative integer", code="invalid_amount")
+    extra = fee_limit_msat - payout.fee_limit_msat
+    if extra > state.available_msat:
+        raise insufficient(extra, state.available_msat)
+    return Decided(op_id, (PayoutRerouted(payout_id=payout_id, from_rail=from_rail, rail=rail,
+                                          fee_limit_msat=fee_limit_msat, reference=reference, reason=reason),))
+
+
+def _trace(payout: Payout) -> dict[str, object]:
+    return {"initial_rail": payout.initial_rail or payout.rail, "final_rail": payout.rail,
+            "fallback": payout.fallback}
 
 
 # -- holds ----------------------------------------------------------------------------------------------------

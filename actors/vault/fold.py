@@ -12,7 +12,7 @@ Uncollectible overruns are recorded apart: they were never charged, so they are 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Literal, Optional, Sequence
 
 from schemas.ledger import (
@@ -25,6 +25,7 @@ from schemas.ledger import (
     InvoiceIssued,
     LedgerEvent,
     PayoutFailed,
+    PayoutRerouted,
     PayoutSettled,
     PayoutStarted,
     PolicySet,
@@ -87,6 +88,8 @@ class Payout:
     reference: str
     destination: str
     started_at_ms: int
+    initial_rail: str = ""  # the rail first tried; differs from ``rail`` after the auto rail's fallback
+    fallback: bool = False
 
     @property
     def held_msat(self) -> int:
@@ -369,12 +372,23 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
             raise _fail(event, f"payout {body.payout_id} already exists")
         payout = Payout(payout_id=body.payout_id, amount_msat=body.amount_msat, fee_limit_msat=body.fee_limit_msat,
                         rail=body.rail, reference=body.reference, destination=body.destination,
-                        started_at_ms=event.at_ms)
+                        started_at_ms=event.at_ms, initial_rail=body.rail)
         if payout.held_msat > state.available_msat:
             raise _fail(event, f"payout of {payout.held_msat} exceeds available {state.available_msat}")
         state.payouts[body.payout_id] = payout
         state.available_msat -= payout.held_msat
         state.payout_pending_msat += payout.held_msat
+    elif isinstance(body, PayoutRerouted):
+        payout = _open_payout(state, event, body.payout_id)
+        if payout.fallback or body.from_rail != payout.rail or body.rail == payout.rail:
+            raise _fail(event, f"payout {body.payout_id} cannot move from {payout.rail} to {body.rail}")
+        extra = body.fee_limit_msat - payout.fee_limit_msat
+        if extra > state.available_msat:
+            raise _fail(event, f"the new fee limit needs {extra} more than available {state.available_msat}")
+        state.payouts[body.payout_id] = replace(payout, rail=body.rail, reference=body.reference,
+                                                fee_limit_msat=body.fee_limit_msat, fallback=True)
+        state.available_msat -= extra
+        state.payout_pending_msat += extra
     elif isinstance(body, PayoutSettled):
         payout = _open_payout(state, event, body.payout_id)
         if body.fee_msat > payout.fee_limit_msat:

@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from typing import Awaitable, Callable, Optional
 
+from actors.runtime import cancel_and_wait
 from schemas.config import WalletConfig
 from schemas.errors import ArbstrError
 from schemas.ledger import InvoiceIssued, LedgerEvent
-from schemas.vault import DepositReply, DepositRequest, PayoutList, PayoutView, Reconciliation, WithdrawRequest
+from schemas.vault import (ClearFreeze, DepositReply, DepositRequest, FreezeState, PayoutList, PayoutView,
+                           Reconciliation, WithdrawRequest)
 
 from . import decide
 from .book import Book
+from .claims import Claims
 from .fold import AccountState, Payout
+from .freeze import FreezeSwitch
+from .wallets.auto import choose_rail, other_rail
 from .wallets.base import PaymentStatus, PayoutPlan, SettledInvoice, Wallet, WalletError, decode_bolt11
 
 log = logging.getLogger("arbstr.vault.rails")
@@ -33,7 +40,7 @@ def wallet_error(e: WalletError) -> ArbstrError:
     return ArbstrError(e.status, e.message, code=e.code)
 
 
-def payout_view(state: AccountState, payout_id: str) -> PayoutView:
+def payout_view(state: AccountState, payout_id: str, token: str = "") -> PayoutView:
     open_ = state.payouts.get(payout_id)
     done = state.payouts_done.get(payout_id)
     p = open_ if open_ is not None else (done.payout if done is not None else None)
@@ -44,7 +51,8 @@ def payout_view(state: AccountState, payout_id: str) -> PayoutView:
                       amount_msat=p.amount_msat, fee_limit_msat=p.fee_limit_msat,
                       fee_msat=done.fee_msat if done else 0, charged_msat=done.charged_msat if done else 0,
                       reference=p.reference, reason=done.reason if done else "", started_at_ms=p.started_at_ms,
-                      balance_msat=state.available_msat)
+                      balance_msat=state.available_msat, initial_rail=p.initial_rail or p.rail,
+                      fallback=p.fallback, token=token)
 
 
 def _plan_of(p: Payout) -> PayoutPlan:
@@ -52,12 +60,29 @@ def _plan_of(p: Payout) -> PayoutPlan:
                       fee_limit_msat=p.fee_limit_msat, reference=p.reference, destination=p.destination)
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# How long a payout's lease outlives a vault instance that stopped renewing it (a crash): after that, another
+# instance resumes the payout. Renewed every third of it while a driver runs.
+LEASE_TTL_S = 15.0
+
+
 class Rails:
-    def __init__(self, cfg: WalletConfig, wallet: Wallet, book: Book, execute: Execute) -> None:
+    def __init__(self, cfg: WalletConfig, wallet: Wallet, book: Book, execute: Execute,
+                 freeze: FreezeSwitch, claims: Claims, catch_up: Callable[[], Awaitable[None]]) -> None:
         self.cfg = cfg
         self.wallet = wallet
         self.book = book
         self.execute = execute
+        self.freeze = freeze
+        self.claims = claims
+        self.catch_up = catch_up
+        if wallet.kind == "simulated":
+            # A simulated wallet holds what the journal says came in and went out (operator credits included).
+            wallet.backing = lambda: sum(s.deposited_msat - s.withdrawn_msat  # type: ignore[attr-defined]
+                                         for s in self.book.agents())
         self._invoice_owner: dict[str, tuple[str, str]] = {}  # payment hash -> (agent id, deposit id)
         self._driving: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -73,16 +98,11 @@ class Rails:
         await self.wallet.start()
         await self.resume_all()
         cursor = max((s.settle_index for s in self.book.agents()), default=0)
-        self._tasks = [asyncio.create_task(self._watch(cursor)), asyncio.create_task(self._check_forever())]
+        self._tasks = [asyncio.create_task(self._watch(cursor)), asyncio.create_task(self._check_forever()),
+                       asyncio.create_task(self._watchdog())]
 
     async def stop(self) -> None:
-        for t in [*self._tasks, *self._driving.values()]:
-            t.cancel()
-        for t in [*self._tasks, *self._driving.values()]:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(*self._tasks, *self._driving.values())
         await self.wallet.stop()
 
     # --- deposits --------------------------------------------------------------------------------------
@@ -93,7 +113,19 @@ class Rails:
             if req.rail == "cashu":
                 if req.token is None:
                     raise ArbstrError(400, "a Cashu deposit needs a token", code="invalid_value", param="token")
-                redeemed = await self.wallet.redeem_token(req.token.strip())
+                token = req.token.strip()
+                # Claimed for this agent before the mint sees it: whoever posts a token first owns it, even if
+                # the vault dies between the swap and the journal (the wallet answers a token it already took
+                # idempotently, so the owner's next post credits it; anyone else's is refused).
+                deposit_id = self.wallet.token_id(token)
+                if await self.claims.claim(f"deposit:{deposit_id}", agent_id) != agent_id:
+                    raise ArbstrError(409, "that token was already deposited", code="token_spent", param="token")
+                redeemed = await self.wallet.redeem_token(token)
+                if redeemed.deposit_id != deposit_id:
+                    raise ArbstrError(500, "the wallet named the token differently than it said it would",
+                                      code="wallet_inconsistent")
+                if self._owner_of_deposit(redeemed.deposit_id) is not None:
+                    raise ArbstrError(409, "that token was already deposited", code="token_spent", param="token")
                 w = await self.execute(agent_id, lambda s, at: decide.deposit(
                     s, redeemed.deposit_id, redeemed.amount_msat, "cashu", redeemed.reference, at))
                 state = w.state  # type: ignore[attr-defined]
@@ -147,6 +179,12 @@ class Rails:
                     return
             await asyncio.sleep(0.5)
 
+    def _owner_of_deposit(self, deposit_id: str) -> Optional[str]:
+        for state in self.book.agents():
+            if deposit_id in state.deposits:
+                return state.agent_id
+        return None
+
     # --- payouts ---------------------------------------------------------------------------------------
     def _owner_of_payout(self, payout_id: str) -> Optional[str]:
         for state in self.book.agents():
@@ -154,32 +192,90 @@ class Rails:
                 return state.agent_id
         return None
 
-    async def withdraw(self, agent_id: str, req: WithdrawRequest) -> PayoutView:
-        rail = req.rail or ("lightning" if "lightning" in self.wallet.rails else "cashu")
+    def _rail_for(self, req: WithdrawRequest, amount_msat: int) -> str:
+        if req.rail is not None:
+            rail = req.rail
+        elif self.wallet.kind == "auto":
+            rail = choose_rail(amount_msat, self.cfg.auto_threshold_msat)
+        elif req.bolt11 is None:
+            rail = "cashu"
+        else:
+            rail = "lightning" if "lightning" in self.wallet.rails else self.wallet.rails[0]
         if rail not in self.wallet.rails:
             raise ArbstrError(400, f"the {rail} rail is not configured", code="rail_unavailable", param="rail")
+        return rail
+
+    async def withdraw(self, agent_id: str, req: WithdrawRequest) -> PayoutView:
+        self.freeze.check()
         try:
-            payment_hash, _, _ = decode_bolt11(req.bolt11)
+            if req.bolt11 is not None:
+                payout_id, plan, owner = await self._plan_invoice(agent_id, req)
+            else:
+                payout_id, plan, owner = await self._plan_token(agent_id, req)
         except WalletError as e:
             raise wallet_error(e) from None
-        owner = self._owner_of_payout(payment_hash)
-        if owner is not None and owner != agent_id:
-            raise ArbstrError(409, "that invoice is being paid by another account", code="payout_conflict")
-        if owner is None:
-            try:
-                plan = await self.wallet.plan_payout(req.bolt11)
-            except WalletError as e:
-                raise wallet_error(e) from None
-            # The invoice's own amount is what is held, policy-checked and paid: the caller names no number.
-            await self.execute(agent_id, lambda s, at: decide.start_payout(
-                s, payment_hash, plan.amount_msat, plan.fee_limit_msat, rail, plan.reference, plan.destination, at))
+        resume = owner is not None
+        if plan is not None:
+            # The destination's own amount is what is held, policy-checked and paid: the caller names no number.
+            # The freeze is checked again inside: planning may take seconds at a mint or a node.
+            def start(s: AccountState, at: int) -> decide.Decided:
+                self.freeze.check()
+                return decide.start_payout(s, payout_id, plan.amount_msat, plan.fee_limit_msat, plan.rail,
+                                           plan.reference, plan.destination, at)
+            w = await self.execute(agent_id, start)
+            resume = bool(w.decided.noop)  # type: ignore[attr-defined]  # a concurrent retry journaled it first
         # A repeated request for a payout already journaled asks the rail first rather than sending blind.
-        task = self.drive(agent_id, payment_hash, resume=owner is not None)
+        task = self.drive(agent_id, payout_id, resume=resume)
         try:
             await asyncio.wait_for(asyncio.shield(task), self.cfg.pay_wait_s)
         except asyncio.TimeoutError:
             pass
-        return payout_view(self.book.slot(agent_id).state, payment_hash)
+        except Exception as e:
+            # Journaled and perhaps paid: the caller learns "pending", never an error that invites a new payout.
+            log.warning("payout %s: its driver failed (%r); it stays pending", payout_id, e)
+        return await self.payout(agent_id, payout_id)
+
+    async def _plan_invoice(self, agent_id: str, req: WithdrawRequest
+                            ) -> tuple[str, Optional[PayoutPlan], Optional[str]]:
+        assert req.bolt11 is not None
+        payment_hash, amount, _ = decode_bolt11(req.bolt11)
+        owner = self._owner_of_payout(payment_hash)
+        if owner is not None and owner != agent_id:
+            raise ArbstrError(409, "that invoice is being paid by another account", code="payout_conflict")
+        if owner is not None:
+            return payment_hash, None, owner
+        rail = self._rail_for(req, amount)
+        return payment_hash, await self.wallet.plan_payout(req.bolt11, rail), None
+
+    async def _plan_token(self, agent_id: str, req: WithdrawRequest
+                          ) -> tuple[str, Optional[PayoutPlan], Optional[str]]:
+        if req.amount_msat is None:
+            raise ArbstrError(400, "a withdrawal needs a bolt11, or amount_msat for a Cashu token",
+                              code="invalid_value", param="bolt11")
+        rail = self._rail_for(req.model_copy(update={"rail": req.rail or "cashu"}), req.amount_msat)
+        if rail != "cashu":
+            raise ArbstrError(400, "only the cashu rail pays out as a token; send a bolt11 for Lightning",
+                              code="invalid_value", param="rail")
+        # Token payouts are named by the agent's idempotency key (or a fresh one): a retried request finds its
+        # payout, and the wallet keeps the token it issued under that name.
+        payout_id = f"tok:{agent_id}:{req.payout_id or os.urandom(12).hex()}"
+        owner = self._owner_of_payout(payout_id)
+        if owner is not None:
+            return payout_id, None, owner
+        return payout_id, await self.wallet.plan_token_payout(payout_id, req.amount_msat), None
+
+    async def payout(self, agent_id: str, payout_id: str) -> PayoutView:
+        """The agent's view of one payout; a token payout shows its token (asked of the wallet, never journaled)."""
+        state = self.book.slot(agent_id).state
+        view = payout_view(state, payout_id)
+        if view.rail == "cashu" and view.status == "succeeded" and payout_id.startswith("tok:"):
+            done = state.payouts_done[payout_id]
+            try:
+                status = await self.wallet.check_payout(_plan_of(done.payout))
+                view = view.model_copy(update={"token": status.token})
+            except Exception as e:
+                log.warning("payout %s: the wallet could not show its token (%r)", payout_id, e)
+        return view
 
     def drive(self, agent_id: str, payout_id: str, *, resume: bool) -> asyncio.Task[None]:
         """One driver per payout at a time: a second request for it joins the first."""
@@ -192,6 +288,27 @@ class Rails:
         return task
 
     async def _drive(self, agent_id: str, payout_id: str, resume: bool) -> None:
+        """Talk to the rail about one payout, holding its lease: one instance at a time, vault-wide."""
+        if payout_id not in self.book.slot(agent_id).state.payouts:
+            return  # resolved already
+        if not await self.claims.acquire(f"payout:{payout_id}", LEASE_TTL_S):
+            return  # another live instance is driving it
+        renew = asyncio.create_task(self._renew(payout_id))
+        try:
+            await self._drive_once(agent_id, payout_id, resume)
+        finally:
+            renew.cancel()
+            await self.claims.release(f"payout:{payout_id}")
+
+    async def _renew(self, payout_id: str) -> None:
+        while True:
+            await asyncio.sleep(LEASE_TTL_S / 3)
+            try:
+                await self.claims.acquire(f"payout:{payout_id}", LEASE_TTL_S)
+            except Exception as e:
+                log.warning("payout %s: lease not renewed (%r)", payout_id, e)
+
+    async def _drive_once(self, agent_id: str, payout_id: str, resume: bool) -> None:
         payout = self.book.slot(agent_id).state.payouts.get(payout_id)
         if payout is None:
             return  # resolved already
@@ -199,6 +316,8 @@ class Rails:
         try:
             status = await self.wallet.check_payout(plan) if resume else PaymentStatus("not_found")
             if status.state == "not_found":
+                if self.freeze.state.frozen:
+                    return  # never sent, and the vault is closed: it stays pending until it reopens
                 status = await self.wallet.pay(plan)
         except asyncio.CancelledError:
             raise
@@ -206,7 +325,27 @@ class Rails:
             # Ambiguous: the payment may or may not be on its way. It stays pending for the next check.
             log.warning("payout %s: the rail gave no clear answer (%r); it stays pending", payout_id, e)
             return
+        if status.state == "failed" and await self._fall_back(agent_id, payout, status.reason):
+            return
         await self._record(agent_id, payout_id, status)
+
+    async def _fall_back(self, agent_id: str, payout: Payout, reason: str) -> bool:
+        """The auto rail's one retry on the other rail after a definite failure; journaled before it is sent."""
+        if self.wallet.kind != "auto" or payout.fallback or not payout.destination or self.freeze.state.frozen:
+            return False
+        rail = other_rail(payout.rail)
+        try:
+            plan = await self.wallet.plan_payout(payout.destination, rail)
+            await self.execute(agent_id, lambda s, at: decide.reroute_payout(
+                s, payout.payout_id, payout.rail, rail, plan.fee_limit_msat, plan.reference, reason, at))
+        except (WalletError, ArbstrError) as e:
+            log.warning("payout %s: no fallback to %s (%s)", payout.payout_id, rail,
+                        getattr(e, "message", str(e)))
+            return False
+        log.info("payout %s failed on %s (%s); trying %s once", payout.payout_id, payout.rail, reason, rail)
+        # Asked first: a reroute journaled earlier (by an instance that then died) may have been sent already.
+        await self._drive_once(agent_id, payout.payout_id, resume=True)
+        return True
 
     async def _record(self, agent_id: str, payout_id: str, status: PaymentStatus) -> None:
         try:
@@ -245,16 +384,72 @@ class Rails:
         return PayoutList(payouts=out)
 
     # --- reconciliation --------------------------------------------------------------------------------
-    async def reconcile(self) -> Reconciliation:
+    async def holdings(self) -> dict[str, int]:
+        """Assets by wallet identity (an auto wallet reports each of its rails)."""
+        parts = getattr(self.wallet, "parts", (self.wallet,))
+        amounts = await asyncio.gather(*(w.assets_msat() for w in parts))
+        return {w.identity: a for w, a in zip(parts, amounts)}
+
+    async def _measure(self) -> tuple[int, dict[str, int]]:
         states = self.book.agents()
         liabilities = sum(s.available_msat + s.pending_msat + s.payout_pending_msat for s in states)
         try:
-            assets = await self.wallet.assets_msat()
+            wallets = await self.holdings()
         except Exception as e:
             raise ArbstrError(503, f"the wallet could not report its assets: {e!r}", code="wallet_unavailable") \
                 from None
+        return liabilities, wallets
+
+    def _short(self, liabilities: int, assets: int) -> bool:
+        """Short beyond the margin and beyond whatever shortfall an operator accepted when forcing a clear."""
+        tolerated = self.cfg.reconcile_margin_msat + self.freeze.state.accepted_shortfall_msat
+        return assets - liabilities + tolerated < 0
+
+    async def reconcile(self) -> Reconciliation:
+        """Compare the books with the wallets now; a shortfall beyond the margin closes the vault."""
+        await self.catch_up()
+        liabilities, wallets = await self._measure()
+        if self._short(liabilities, sum(wallets.values())) and not self.freeze.state.frozen:
+            # A payout the rail has paid but the journal has not recorded yet looks like missing money: settle
+            # what the rails know, read again, and close only if the shortfall is still there.
+            await self.resume_all()
+            await self.catch_up()
+            liabilities, wallets = await self._measure()
+            assets = sum(wallets.values())
+            if self._short(liabilities, assets):
+                await self.freeze.set(FreezeState(
+                    frozen=True, by="watchdog", at_ms=_now_ms(), shortfall_msat=liabilities - assets,
+                    accepted_shortfall_msat=self.freeze.state.accepted_shortfall_msat,
+                    reason=f"assets {assets} msat < liabilities {liabilities} msat beyond the margin "
+                           f"{self.cfg.reconcile_margin_msat} msat"))
+        assets = sum(wallets.values())
         surplus = assets - liabilities
+        f = self.freeze.state
         return Reconciliation(liabilities_msat=liabilities, assets_msat=assets, surplus_msat=surplus,
                               margin_msat=self.cfg.reconcile_margin_msat,
-                              ok=surplus + self.cfg.reconcile_margin_msat >= 0,
-                              wallets={self.wallet.kind: assets})
+                              ok=surplus + self.cfg.reconcile_margin_msat >= 0, wallets=wallets,
+                              frozen=f.frozen, frozen_reason=f.reason, frozen_at_ms=f.at_ms)
+
+    async def clear(self, req: ClearFreeze) -> Reconciliation:
+        """The operator reopens the vault: refused while the books still fall short, unless forced (then that
+        shortfall is accepted: only a larger one closes the vault again)."""
+        rec = await self.reconcile()
+        if not rec.ok and not req.force:
+            raise ArbstrError(409, f"the shortfall persists ({-rec.surplus_msat} msat beyond what the wallets "
+                                   "hold); fund the wallet, or clear with force", code="shortfall_persists")
+        accepted = max(0, -rec.surplus_msat - self.cfg.reconcile_margin_msat)
+        await self.freeze.set(FreezeState(frozen=False, by="admin", at_ms=_now_ms(), accepted_shortfall_msat=accepted,
+                                          reason="cleared by an operator" + (
+                                              f" (forced, accepting a shortfall of {accepted} msat)" if accepted
+                                              else "")))
+        return rec.model_copy(update={"frozen": False, "frozen_reason": "", "frozen_at_ms": 0})
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.reconcile_interval_s)
+            try:
+                rec = await self.reconcile()
+                if not rec.ok:
+                    log.error("reconciliation: shortfall of %d msat", -rec.surplus_msat)
+            except Exception as e:
+                log.warning("reconciliation watchdog: %r", e)

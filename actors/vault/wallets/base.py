@@ -56,14 +56,19 @@ class Redeemed:
 
 @dataclass(frozen=True)
 class PayoutPlan:
-    """What a payout will cost, from the rail's own reading of the destination (never the caller's numbers)."""
+    """What a payout will cost, from the rail's own reading of the destination (never the caller's numbers).
+
+    A Lightning or melt payout has ``destination`` = the BOLT11; a Cashu token payout has ``destination`` = ""
+    and ``reference`` = the payout id, under which the wallet keeps the token it issued (so a repeat or a check
+    after a crash finds the same token instead of issuing a second one).
+    """
 
     rail: str
     payment_hash: str
     amount_msat: int
     fee_limit_msat: int
-    reference: str  # what the rail calls the payment: the payment hash, or a melt quote id
-    destination: str  # the BOLT11
+    reference: str  # what the rail calls the payment: the payment hash, a melt quote id, or the payout id
+    destination: str  # the BOLT11, or "" for a token payout
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class PaymentStatus:
     fee_msat: int = 0
     preimage: str = ""
     reason: str = ""
+    token: str = ""  # a token payout: the ecash issued (a bearer secret: never journaled or logged)
 
 
 OnSettled = Callable[[SettledInvoice], Awaitable[None]]
@@ -81,6 +87,9 @@ OnSettled = Callable[[SettledInvoice], Awaitable[None]]
 class Wallet(Protocol):
     kind: str
     rails: tuple[str, ...]  # which rails this wallet serves: "lightning", "cashu"
+    # Names the store of value (a node's pubkey, a mint + wallet store): instances reporting the same identity
+    # share one wallet, so reconciliation counts its assets once. Known after start().
+    identity: str
 
     async def start(self) -> None: ...
 
@@ -94,12 +103,21 @@ class Wallet(Protocol):
         """Report every invoice settled after ``after_settle_index``, in order, until cancelled."""
         ...
 
+    def token_id(self, token: str) -> str:
+        """The deposit id ``redeem_token`` will credit this token under, read off the token alone (no mint call):
+        the vault claims it for the posting agent before any swap. ``WalletError`` if it is not a token."""
+        ...
+
     async def redeem_token(self, token: str) -> Redeemed:
         """Take ownership of an ecash token (swap it at the mint); ``WalletError`` if it is spent or bad."""
         ...
 
-    async def plan_payout(self, bolt11: str) -> PayoutPlan:
-        """Decode the invoice (and quote fees) without moving money."""
+    async def plan_payout(self, bolt11: str, rail: str) -> PayoutPlan:
+        """Decode the invoice (and quote fees, or ask the mint for a melt quote) on ``rail``; no money moves."""
+        ...
+
+    async def plan_token_payout(self, payout_id: str, amount_msat: int) -> PayoutPlan:
+        """A Cashu token of ``amount_msat`` to hand to the agent (rail "cashu"); no money moves yet."""
         ...
 
     async def pay(self, plan: PayoutPlan) -> PaymentStatus:

@@ -3,7 +3,11 @@
 Invoices are real BOLT11 strings (signed with a throwaway key), so decoding and amounts follow the same path
 as on a node. Knobs: ``outcome`` says what the next payments do (succeed, fail, stay pending, raise);
 ``settle_invoice`` pays one of our deposit invoices; ``resolve`` ends a pending payout; ``mint_token`` makes
-a one-use token to redeem. Assets start at ``initial_assets_msat`` and move with every payment.
+a one-use token to redeem; ``rail_outcome`` makes one rail behave differently (the auto rail's fallback).
+
+It has no money of its own: its assets are what the journal says came in and went out (``backing``, attached by
+the vault: deposits − withdrawals, operator credits included, so every instance reports the same figure after a
+restart) plus ``balance_msat``, an adjustment tests use to model money arriving out of band or going missing.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Callable, Literal, Optional
 
 from bolt11 import Bolt11, Feature, Features, FeatureState, MilliSatoshi, TagChar, Tags, encode
 
@@ -53,11 +57,15 @@ class SimulatedWallet:
     rails = ("lightning", "cashu")
 
     def __init__(self, fee_limit_ppm: int = 5_000, fee_limit_min_msat: int = 1_000,
-                 initial_assets_msat: int = 0) -> None:
+                 initial_assets_msat: int = 0, name: str = "simulated") -> None:
+        self.identity = name
         self.fee_limit_ppm = fee_limit_ppm
         self.fee_limit_min_msat = fee_limit_min_msat
         self.balance_msat = initial_assets_msat
         self.outcome: Outcome = "succeed"
+        self.rail_outcome: dict[str, Outcome] = {}  # overrides ``outcome`` for payments on one rail
+        self.backing: Callable[[], int] = lambda: 0
+        self.issued: dict[str, str] = {}  # payout id -> token issued
         self.fee_msat = 0  # what a succeeding payment reports as its fee (≤ the limit)
         self.payments: dict[str, _Payment] = {}
         self.pay_calls = 0
@@ -88,7 +96,6 @@ class SimulatedWallet:
         self._settle_index += 1
         paid = asked if amount_msat is None else amount_msat
         self._invoices[payment_hash] = (asked, self._settle_index)
-        self.balance_msat += paid
         settled = SettledInvoice(payment_hash, paid, self._settle_index)
         self._history.append(settled)
         self._settled.put_nowait(settled)
@@ -113,6 +120,9 @@ class SimulatedWallet:
         self._tokens[token] = amount_msat
         return token
 
+    def token_id(self, token: str) -> str:
+        return f"sim:{hashlib.sha256(token.encode()).hexdigest()}"
+
     async def redeem_token(self, token: str) -> Redeemed:
         if token in self._spent:
             raise WalletError("the token was already spent", code="token_spent", status=409)
@@ -120,28 +130,34 @@ class SimulatedWallet:
         if amount is None:
             raise WalletError("not a token of this wallet", code="invalid_token")
         self._spent.add(token)
-        self.balance_msat += amount
-        return Redeemed(f"sim:{hashlib.sha256(token.encode()).hexdigest()}", amount, "")
+        return Redeemed(self.token_id(token), amount, "")
 
     # --- payouts ---------------------------------------------------------------------------------------
-    async def plan_payout(self, bolt11: str) -> PayoutPlan:
+    async def plan_payout(self, bolt11: str, rail: str = "lightning") -> PayoutPlan:
         payment_hash, amount, _ = decode_bolt11(bolt11)
         fee_limit = lightning_fee_limit_msat(amount, self.fee_limit_ppm, self.fee_limit_min_msat)
-        return PayoutPlan("lightning", payment_hash, amount, fee_limit, payment_hash, bolt11)
+        # On the Cashu rail the payment is a melt, named by its quote (here: derived from the hash).
+        reference = payment_hash if rail == "lightning" else f"melt-{payment_hash[:32]}"
+        return PayoutPlan(rail, payment_hash, amount, fee_limit, reference, bolt11)
+
+    async def plan_token_payout(self, payout_id: str, amount_msat: int) -> PayoutPlan:
+        return PayoutPlan("cashu", payout_id, amount_msat, 0, payout_id, "")
 
     async def pay(self, plan: PayoutPlan) -> PaymentStatus:
         self.pay_calls += 1
         known = self.payments.get(plan.reference)
         if known is not None:  # a node refuses a second payment of a hash: the first one's fate stands
             return known.status
-        if self.outcome == "raise":
+        outcome = self.rail_outcome.get(plan.rail, self.outcome)
+        if outcome == "raise":
             raise ConnectionError("simulated: the rail did not answer")
         status = {"succeed": PaymentStatus("succeeded", self.fee_msat, preimage="00" * 32),
-                  "fail": PaymentStatus("failed", reason="simulated failure"),
-                  "pending": PaymentStatus("in_flight")}[self.outcome]
+                  "fail": PaymentStatus("failed", reason=f"simulated failure on {plan.rail}"),
+                  "pending": PaymentStatus("in_flight")}[outcome]
+        if status.state == "succeeded" and not plan.destination:
+            token = self.issued.setdefault(plan.reference, self.mint_token(plan.amount_msat))
+            status = PaymentStatus("succeeded", 0, preimage=hashlib.sha256(token.encode()).hexdigest(), token=token)
         self.payments[plan.reference] = _Payment(plan, status)
-        if status.state == "succeeded":
-            self.balance_msat -= plan.amount_msat + status.fee_msat
         return status
 
     def resolve(self, reference: str, succeed: bool) -> None:
@@ -149,15 +165,14 @@ class SimulatedWallet:
         p = self.payments[reference]
         if succeed:
             p.status = PaymentStatus("succeeded", self.fee_msat, preimage="00" * 32)
-            self.balance_msat -= p.plan.amount_msat + self.fee_msat
         else:
             p.status = PaymentStatus("failed", reason="simulated failure")
 
     async def check_payout(self, plan: PayoutPlan) -> PaymentStatus:
-        if self.outcome == "raise":
+        if self.rail_outcome.get(plan.rail, self.outcome) == "raise":
             raise ConnectionError("simulated: the rail did not answer")
         p = self.payments.get(plan.reference)
         return p.status if p is not None else PaymentStatus("not_found")
 
     async def assets_msat(self) -> int:
-        return self.balance_msat
+        return self.backing() + self.balance_msat

@@ -1,0 +1,90 @@
+"""Vault-wide ownership that one agent's journal cannot express, in KV ``arbstr_vault``.
+
+- A **claim** names who owns a thing forever (the first agent to post a Cashu token): created once, never moved.
+- A **lease** names which vault instance may talk to a rail about one payout right now. It is taken before a
+  payment is sent or checked, renewed while the driver runs, released on a clean stop; after a crash it lapses
+  within its TTL and another instance resumes the payout. Without it, one instance's check loop could resend a
+  payout another instance is sending (a Lightning hash whose first attempt failed may be paid again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Optional
+
+import orjson
+from nats.aio.client import Client as NATS
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+from actors.runtime import open_bucket
+from schemas import subjects
+
+log = logging.getLogger("arbstr.vault.claims")
+
+
+def _key(kind: str, name: str) -> str:
+    return f"{kind}.{hashlib.sha256(name.encode()).hexdigest()[:40]}"
+
+
+class Claims:
+    def __init__(self, instance: str) -> None:
+        self.instance = instance
+        self._kv: Optional[KeyValue] = None
+
+    async def start(self, nc: NATS, replicas: int) -> None:
+        self._kv = await open_bucket(nc, subjects.KV_VAULT, history=64, replicas=replicas)
+
+    @property
+    def kv(self) -> KeyValue:
+        assert self._kv is not None, "Claims.start() not called"
+        return self._kv
+
+    async def claim(self, name: str, owner: str) -> str:
+        """Who owns ``name``: ``owner`` if this call (or an earlier one by the same owner) claimed it first."""
+        key = _key("claim", name)
+        try:
+            await self.kv.create(key, owner.encode())
+            return owner
+        except KeyWrongLastSequenceError:
+            entry = await self.kv.get(key)
+            return (entry.value or b"").decode()
+
+    async def acquire(self, name: str, ttl_s: float) -> bool:
+        """Take or renew the lease on ``name``; False while another live instance holds it."""
+        key = _key("lease", name)
+        value = orjson.dumps({"owner": self.instance, "until_ms": int((time.time() + ttl_s) * 1000)})
+        try:
+            await self.kv.create(key, value)
+            return True
+        except KeyWrongLastSequenceError:
+            pass
+        try:
+            entry = await self.kv.get(key)
+        except KeyNotFoundError:
+            return False  # released between the two calls: the next round takes it
+        try:
+            held = orjson.loads(entry.value or b"{}")
+        except orjson.JSONDecodeError:
+            held = {}
+        if held.get("owner") != self.instance and int(held.get("until_ms", 0)) > time.time() * 1000:
+            return False
+        try:
+            await self.kv.update(key, value, last=entry.revision)
+            return True
+        except KeyWrongLastSequenceError:
+            return False
+
+    async def release(self, name: str) -> None:
+        key = _key("lease", name)
+        try:
+            entry = await self.kv.get(key)
+            held = orjson.loads(entry.value or b"{}")
+            if held.get("owner") == self.instance:
+                await self.kv.delete(key, last=entry.revision)
+        except (KeyNotFoundError, KeyWrongLastSequenceError, orjson.JSONDecodeError):
+            pass
+        except Exception as e:  # a lease left behind only delays a resume by its TTL
+            log.warning("lease %s not released: %r", name, e)

@@ -1,0 +1,192 @@
+"""Which URL and key the gateway calls a provider with.
+
+Configured providers come from this gateway's own config. A provider that exists only in the live price table
+(an endpoint a quote feed admitted, a Routstr node announced on Nostr) is called at the URL its entry names,
+with the key from ``[[market.credentials]]`` (matched by that URL) or, for Routstr nodes, from the
+``arbstr_provider_keys`` KV bucket the vault fills after topping the node up. Both buckets are watched and
+cached here: the request path looks a provider up in a dict, never in KV.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable, Optional
+
+import orjson
+from nats.aio.client import Client as NATS
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
+from pydantic import SecretStr, ValidationError
+
+from schemas import subjects
+from schemas.config import Config, ProviderConfig
+from schemas.pricing import ProviderPrices
+
+log = logging.getLogger("arbstr.gateway")
+
+_DELETE_OPS = ("DEL", "PURGE")
+BUCKET_RETRY_S = 1.0
+
+
+def live_provider(entry: ProviderPrices, config: Config, keys: dict[str, SecretStr]) -> Optional[ProviderConfig]:
+    """How to call a market provider, or None when this gateway cannot (no URL or no key for it)."""
+    if entry.kind == "configured" or not entry.url:
+        return None
+    if entry.credential == "market":
+        cred = config.market.credential_for(entry.url)
+        key = cred.api_key if cred is not None else None
+    elif entry.credential == "provider_keys":
+        key = keys.get(entry.provider)
+    else:
+        key = None
+    if key is None:
+        return None
+    try:
+        return ProviderConfig(
+            name=entry.provider, url=entry.url, api_key=key, models=list(entry.models),
+            input_rate=entry.input_rate, output_rate=entry.output_rate, base_fee_msat=entry.base_fee_msat,
+            tier=entry.tier, context_length=entry.context_length, supports_tools=entry.supports_tools,
+            free=entry.free or entry.input_rate == 0 or entry.output_rate == 0,  # rates here are display only
+            connect_timeout_s=config.market.connect_timeout_s,
+            first_byte_timeout_s=config.market.first_byte_timeout_s)
+    except ValidationError as e:
+        log.warning("gateway: cannot call market provider %s: %s", entry.provider, e.errors()[0].get("msg"))
+        return None
+
+
+def parse_key(value: Optional[bytes]) -> Optional[SecretStr]:
+    """``{"api_key": "sk-…"}`` → the key; anything else → None (a missing key means "no credential")."""
+    try:
+        data = orjson.loads(value or b"")
+    except orjson.JSONDecodeError:
+        return None
+    key = data.get("api_key") if isinstance(data, dict) else None
+    return SecretStr(key) if isinstance(key, str) and key else None
+
+
+class ProviderDirectory:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.configured: dict[str, ProviderConfig] = {p.name: p for p in config.providers}
+        self.entries: dict[str, ProviderPrices] = {}  # the live table as this gateway last saw it
+        self._keys: dict[str, SecretStr] = {}
+        self._live: dict[str, ProviderConfig] = {}
+        self._watchers: list[Any] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.loaded = asyncio.Event()
+
+    def get(self, name: str) -> Optional[ProviderConfig]:
+        """The request path's lookup: a dict read."""
+        return self.configured.get(name) or self._live.get(name)
+
+    def live_names(self) -> set[str]:
+        """The market providers this gateway has a URL and a key for."""
+        return set(self._live)
+
+    def live_usable(self) -> dict[str, bool]:
+        """Market providers this gateway can call → whether the router may choose them (for /health)."""
+        return {name: bool(self.entries[name].models) and self.entries[name].routable
+                for name in self._live if name in self.entries}
+
+    async def start(self, nc: NATS) -> None:
+        """Follow the buckets in the background: a gateway starts even while JetStream is still electing."""
+        self._tasks = [asyncio.create_task(self._follow(nc, subjects.KV_PRICES, self._on_price, self.entries,
+                                                        self.loaded), name="gateway-watch-prices")]
+        if self.config.market.nostr is not None:  # only Routstr nodes take their key from the bucket
+            self._tasks.append(asyncio.create_task(
+                self._follow(nc, subjects.KV_PROVIDER_KEYS, self._on_key, self._keys, None),
+                name="gateway-watch-provider-keys"))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for watcher in self._watchers:
+            try:
+                await watcher.stop()
+            except Exception:  # the connection may be closing already
+                log.debug("gateway: watcher stop failed", exc_info=True)
+        self._watchers.clear()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _bucket(self, nc: NATS, bucket: str) -> KeyValue:
+        """Open (or create, as the actors do) a bucket, retrying until JetStream answers."""
+        js = nc.jetstream()
+        while True:
+            try:
+                return await js.key_value(bucket)
+            except BucketNotFoundError:
+                try:
+                    return await js.create_key_value(bucket=bucket, history=1,
+                                                     replicas=self.config.nats.kv_replicas)
+                except Exception:  # created meanwhile, or JetStream busy: ask again
+                    log.debug("gateway: creating bucket %s failed", bucket, exc_info=True)
+            except Exception:
+                log.debug("gateway: opening bucket %s failed", bucket, exc_info=True)
+            await asyncio.sleep(BUCKET_RETRY_S)
+
+    async def _follow(self, nc: NATS, bucket: str, apply: Callable[[Any], None], held: dict[str, Any],
+                      loaded: Optional[asyncio.Event]) -> None:
+        """Apply every update of ``bucket``; after a failure (a leader change, a reconnect) watch again, and drop
+        what was deleted meanwhile: a new watch delivers current values, not the deletes it missed."""
+        while not self._stopping:
+            seen: Optional[set[str]] = set()
+            watcher = None
+            try:
+                watcher = await (await self._bucket(nc, bucket)).watchall()
+                self._watchers.append(watcher)
+                async for entry in watcher:
+                    if entry is None:  # end of the initial values
+                        for gone in [k for k in held if seen is not None and k not in seen]:
+                            held.pop(gone, None)
+                            self._rebuild(gone)
+                        seen = None
+                        if loaded is not None:
+                            loaded.set()
+                        continue
+                    if seen is not None:
+                        seen.add(entry.key)
+                    apply(entry)
+                if not self._stopping:
+                    log.warning("gateway: watch of %s ended; watching again", bucket)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # configured providers need none of this; market ones wait for the new watch
+                log.warning("gateway: watch of %s failed (%s); watching again", bucket, type(e).__name__)
+            if watcher is not None and not self._stopping:
+                self._watchers.remove(watcher)
+                try:
+                    await watcher.stop()
+                except Exception:  # already gone with the failure
+                    log.debug("gateway: stopping a failed watcher failed", exc_info=True)
+            await asyncio.sleep(BUCKET_RETRY_S)
+
+    def _on_price(self, entry: Any) -> None:
+        if entry.operation in _DELETE_OPS:
+            self.entries.pop(entry.key, None)
+        else:
+            try:
+                self.entries[entry.key] = ProviderPrices.model_validate_json(entry.value or b"")
+            except ValidationError:
+                log.warning("gateway: ignoring an unreadable price entry %r", entry.key)
+                return
+        self._rebuild(entry.key)
+
+    def _on_key(self, entry: Any) -> None:
+        key = None if entry.operation in _DELETE_OPS else parse_key(entry.value)
+        if key is None:
+            self._keys.pop(entry.key, None)
+        else:
+            self._keys[entry.key] = key
+        self._rebuild(entry.key)
+
+    def _rebuild(self, name: str) -> None:
+        entry = self.entries.get(name)
+        live = live_provider(entry, self.config, self._keys) if entry is not None else None
+        if live is None:
+            self._live.pop(name, None)
+        else:
+            self._live[name] = live

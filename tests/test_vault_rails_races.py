@@ -1,0 +1,148 @@
+"""The rails under races and crashes across vault instances: a token is credited to one agent only, a payout is
+sent by one instance at a time (its lease), a forced clear accepts the shortfall it was forced over."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, AsyncIterator
+
+import pytest
+
+from actors.runtime import ActorHost
+from actors.vault.actor import VaultActor
+from actors.vault.wallets.base import PaymentStatus, PayoutPlan, Redeemed
+from actors.vault.wallets.simulated import SimulatedWallet, make_invoice
+from arbstr.natsserver import NatsServer
+from tests.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
+from tests.test_vault_rails import Rig, bearer, clean, funded_by_invoice, me, post
+from tests.vault_helpers import admin, assert_balanced, books, new_agent
+
+
+class IdempotentWallet(SimulatedWallet):
+    """Like the Cashu wallet: a token it already took is answered again (not refused), and it can 'crash' after
+    the swap, before the vault journals; and a payment takes a while, with concurrent sends counted."""
+
+    def __init__(self) -> None:
+        super().__init__(fee_limit_ppm=0, fee_limit_min_msat=500)
+        self.taken: dict[str, Redeemed] = {}
+        self.crash_after_swap = False
+        self.pay_delay_s = 0.0
+        self.sending = 0
+        self.most_at_once = 0
+
+    async def redeem_token(self, token: str) -> Redeemed:
+        if token in self.taken:
+            return self.taken[token]
+        r = await super().redeem_token(token)
+        self.taken[token] = r
+        if self.crash_after_swap:
+            self.crash_after_swap = False
+            raise ConnectionError("the vault died right after the swap")
+        return r
+
+    async def pay(self, plan: PayoutPlan) -> PaymentStatus:
+        self.sending += 1
+        self.most_at_once = max(self.most_at_once, self.sending)
+        try:
+            await asyncio.sleep(self.pay_delay_s)
+            return await super().pay(plan)
+        finally:
+            self.sending -= 1
+
+    async def check_payout(self, plan: PayoutPlan) -> PaymentStatus:
+        if self.sending:
+            return PaymentStatus("not_found")  # the rail has not recorded the send yet: the dangerous window
+        return await super().check_payout(plan)
+
+
+@pytest.fixture
+async def rig(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Rig]:
+    wallet = {"pay_wait_s": 5.0, "check_interval_s": 0.05, "fee_limit_min_msat": 500, "fee_limit_ppm": 0}
+    stack = await start_stack(demo_config(mock_upstream, vault=vault_section(wallet=wallet)), fresh_nats.url)
+    r = Rig(stack, IdempotentWallet())
+    await r.start_vault()
+    yield r
+    if r.host is not None:
+        await r.stop_vault()
+    await stack.stop()
+
+
+async def second_instance(rig: Rig) -> ActorHost:
+    import nats
+    nc = await nats.connect(rig.stack.nc.connected_url.geturl())  # type: ignore[union-attr]
+    host = ActorHost(VaultActor(rig.stack.config, wallet=rig.wallet), nc)  # the same wallet: one node, one mint
+    await host.start()
+    rig.stack.extra_connections.append(nc)
+    return host
+
+
+async def test_one_token_posted_by_two_agents_at_once_is_credited_once(http, rig) -> None:
+    _, a = await new_agent(http, rig.stack, "ada")
+    _, b = await new_agent(http, rig.stack, "bob")
+    token = rig.wallet.mint_token(7_000)
+    results = await asyncio.gather(*(post(http, rig, "/v1/vault/me/deposits", t, {"rail": "cashu", "token": token})
+                                     for t in (a, b)))
+    assert sorted(s for s, _ in results) == [201, 409], results
+    assert [body["error"]["code"] for s, body in results if s == 409] == ["token_spent"]
+    assert (await books(http, rig.stack))["deposits_msat"] == 7_000
+    await clean(http, rig)
+
+
+async def test_a_token_swapped_before_a_crash_is_credited_to_its_first_poster_only(http, rig) -> None:
+    _, a = await new_agent(http, rig.stack, "cora")
+    _, b = await new_agent(http, rig.stack, "dirk")
+    token = rig.wallet.mint_token(9_000)
+    rig.wallet.crash_after_swap = True
+    status, _ = await post(http, rig, "/v1/vault/me/deposits", a, {"rail": "cashu", "token": token})
+    assert status >= 500  # the wallet has the ecash; the journal does not know yet
+    # The payer still holds the token string: posting it to another account gets nothing ...
+    status, body = await post(http, rig, "/v1/vault/me/deposits", b, {"rail": "cashu", "token": token})
+    assert (status, body["error"]["code"]) == (409, "token_spent")
+    # ... while the first poster's retry is credited, once.
+    status, body = await post(http, rig, "/v1/vault/me/deposits", a, {"rail": "cashu", "token": token})
+    assert (status, body["amount_msat"]) == (201, 9_000), body
+    status, body = await post(http, rig, "/v1/vault/me/deposits", a, {"rail": "cashu", "token": token})
+    assert (status, body["error"]["code"]) == (409, "token_spent")
+    assert ((await me(http, rig, a))["balance_msat"], (await me(http, rig, b))["balance_msat"]) == (9_000, 0)
+    await clean(http, rig)
+
+
+async def test_two_instances_never_send_one_payout_at_once(http, rig) -> None:
+    other = await second_instance(rig)
+    try:
+        _, token = await funded_by_invoice(http, rig, "erik", 100_000)
+        rig.wallet.pay_delay_s = 1.0  # both instances' check loops (every 50 ms) see it "not found" meanwhile
+        bolt11, payment_hash, _ = make_invoice(10_000)
+        status, p = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11})
+        assert (status, p["status"]) == (200, "succeeded"), p
+        await asyncio.sleep(0.5)
+        assert (rig.wallet.most_at_once, rig.wallet.pay_calls) == (1, 1)
+        assert (await me(http, rig, token))["withdrawn_msat"] == 10_000
+        await clean(http, rig)
+    finally:
+        await other.stop()
+
+
+async def test_a_forced_clear_accepts_that_shortfall_and_only_a_larger_one_closes_again(http, rig) -> None:
+    await funded_by_invoice(http, rig, "fay", 10_000)
+    rig.wallet.balance_msat -= 300
+    assert (await admin(http, rig.stack, "GET", "/v1/admin/reconcile", expect=200))["frozen"] is True
+    r = await http.post(f"{rig.stack.url}/v1/admin/reconcile/clear", headers=bearer(ADMIN_TOKEN),
+                        json={"force": True})
+    assert (r.status, (await r.json())["frozen"]) == (200, False)
+    rec = await admin(http, rig.stack, "GET", "/v1/admin/reconcile", expect=200)
+    assert (rec["ok"], rec["frozen"], rec["surplus_msat"]) == (False, False, -300)  # reported, tolerated
+    rig.wallet.balance_msat -= 1
+    assert (await admin(http, rig.stack, "GET", "/v1/admin/reconcile", expect=200))["frozen"] is True
+    rig.wallet.balance_msat += 301
+    r = await http.post(f"{rig.stack.url}/v1/admin/reconcile/clear", headers=bearer(ADMIN_TOKEN))
+    assert (r.status, (await r.json())["ok"]) == (200, True)
+    assert_balanced(await books(http, rig.stack))
+
+
+async def test_an_idempotency_key_that_is_not_a_name_is_a_400(http, rig) -> None:
+    _, token = await funded_by_invoice(http, rig, "gus", 10_000)
+    r = await http.post(f"{rig.stack.url}/v1/vault/me/withdrawals", json={"rail": "cashu", "amount_msat": 5},
+                        headers={**bearer(token), "Idempotency-Key": "has spaces/and slashes"})
+    body: Any = await r.json()
+    assert (r.status, body["error"]["param"]) == (400, "Idempotency-Key")
