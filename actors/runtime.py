@@ -98,15 +98,21 @@ async def connect(url: str, name: str, **kwargs: Any) -> NATS:
 
 
 async def cancel_and_wait(*tasks: Optional["asyncio.Task[Any]"]) -> None:
-    """Cancel background tasks and wait until they are gone; whatever they raise on the way out is theirs."""
+    """Cancel background tasks and wait until they are gone; whatever they raise on the way out is theirs.
+
+    Cancelled again until done: on Python 3.11 a cancellation that lands as an inner ``wait_for`` completes is
+    swallowed (nats-py awaits that way), and a loop that lost its cancel would otherwise be awaited forever."""
     live = [t for t in tasks if t is not None]
+    while True:
+        pending = [t for t in live if not t.done()]
+        if not pending:
+            break
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending, timeout=1.0)
     for t in live:
-        t.cancel()
-    for t in live:
-        try:
-            await t
-        except (asyncio.CancelledError, Exception):
-            pass
+        if not t.cancelled() and t.exception() is not None:
+            log.debug("task %s ended with %r", t.get_name(), t.exception())
 
 
 async def open_bucket(nc: NATS, bucket: str, history: int = 1, replicas: int = 1) -> KeyValue:

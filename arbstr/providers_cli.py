@@ -96,7 +96,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     c = actions.add_parser("confirm", help="put the prices the guard holds for a provider in force (admin)")
     c.add_argument("provider")
     c.add_argument("--model", action="append", help="only this model (repeatable); default: every held price")
-    c.add_argument("--url", default=url, help="gateway base URL (env ARBSTR_URL)")
+    # SUPPRESS: a --url given before "confirm" stands (a subparser's default would overwrite it).
+    c.add_argument("--url", default=argparse.SUPPRESS, help="gateway base URL (env ARBSTR_URL)")
     c.add_argument("--admin-token", help="admin token (env ARBSTR_ADMIN_TOKEN; else <data-dir>/admin-token)")
     c.add_argument("--data-dir", default="./arbstr-data")
     p.set_defaults(func=main)

@@ -181,7 +181,7 @@ def provider_views(configured: list[str], prices: Optional[list[ProviderPrices]]
             reasons.append("serves no models (empty model list)")
         if breaker_open(state, now_ms):
             assert state is not None
-            reasons.append(f"circuit open for {seconds_until(state.retry_at_ms, now_ms)} s more"
+            reasons.append(f"breaker open: circuit open for {seconds_until(state.retry_at_ms, now_ms)} s more"
                            + (f" after {state.last_error}" if state.last_error else ""))
         notes = list(p.notes) + [held_note(name, m, h, now_ms) for m, h in sorted(p.held.items())] if p else []
         views.append(ProviderView(

@@ -111,9 +111,14 @@ class NostrConfig(_Section):
     interval_s: float = Field(300.0, gt=0, description="how often announcements and each node's /v1/models are read")
     timeout_s: float = Field(5.0, gt=0)
     tier: Tier = "standard"
-    accepted_mints: list[str] = Field(default_factory=list, description="the vault's Cashu mint URL(s)")
-    allow_private_urls: bool = Field(False, description="read nodes announced at loopback/private addresses (tests); "
-                                                        "off: an announcement cannot point arbstr at its own network")
+    accepted_mints: list[str] = Field(default_factory=list, description="the vault's Cashu mint URL(s); default: "
+                                                                      "[vault.wallet.cashu] mint_url")
+    authors: list[str] = Field(default_factory=list, description="hex pubkeys whose announcements are read; empty: "
+                                                                 "anyone's (then cap what [vault.topup] pays)")
+    allow_private_urls: Optional[bool] = Field(
+        None, description="read nodes announced at loopback/private addresses; unset: only when every relay is "
+                          "itself on loopback/private (a local test net): an announcement on a public relay "
+                          "cannot point arbstr at its own network")
 
     @field_validator("relays")
     @classmethod
@@ -127,6 +132,14 @@ class NostrConfig(_Section):
     @classmethod
     def _mints(cls, v: list[str]) -> list[str]:
         return [_http_url(m) for m in v]
+
+    @field_validator("authors")
+    @classmethod
+    def _authors(cls, v: list[str]) -> list[str]:
+        for a in v:
+            if not re.fullmatch(r"[0-9a-f]{64}", a):
+                raise ValueError(f"author {a[:70]!r} is not a 64-hex-digit public key")
+        return v
 
 
 class MarketConfig(_Section):
@@ -366,6 +379,15 @@ class Config(_Section):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"duplicate {kind} names: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _mints(self) -> "Config":
+        # Nodes are admitted when the vault can pay them: by default, the mint the vault's Cashu rail uses.
+        nostr = self.market.nostr
+        cashu = self.vault.wallet.cashu if self.vault is not None else None
+        if nostr is not None and not nostr.accepted_mints and cashu is not None:
+            nostr.accepted_mints = [cashu.mint_url]
         return self
 
     def provider(self, name: str) -> Optional[ProviderConfig]:

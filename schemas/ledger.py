@@ -83,6 +83,8 @@ class PayoutStarted(_Body):
     rail: str
     reference: str = Field("", description="payment hash, melt quote id: how the rail names the payment")
     destination: str = Field("", description="the BOLT11 paid, kept so a payout can be resumed after a crash")
+    wallet: str = Field("", description="identity of the wallet paying it: only an instance on that wallet "
+                                        "may send or check it")
 
 
 class PayoutRerouted(_Body):
@@ -97,6 +99,7 @@ class PayoutRerouted(_Body):
     fee_limit_msat: Amount
     reference: str = ""
     reason: str = Field("", description="why the first rail failed")
+    wallet: str = ""
 
 
 class PayoutSettled(_Body):

@@ -74,7 +74,7 @@ def test_nats_conf_is_valid_for_the_shipped_server() -> None:
     assert out.returncode == 0 and "is valid" in out.stdout + out.stderr, out.stderr
 
 
-def test_the_example_config_loads_and_its_wallet_sections_are_valid_when_uncommented() -> None:
+def test_the_example_config_loads_and_its_wallet_sections_are_valid_when_uncommented(tmp_path: Path) -> None:
     import re
 
     text = (ROOT / "arbstr.example.toml").read_text()
@@ -89,12 +89,9 @@ def test_the_example_config_loads_and_its_wallet_sections_are_valid_when_uncomme
         end = live.index("\n\n", start)
         block = "\n".join(re.sub(r"^# (?=[a-z_\[])", "", line) for line in live[start:end].splitlines())
         live = live[:start] + block + live[end:]
-    path = ROOT / "tests" / "artifacts" / "example-live.toml"
+    path = tmp_path / "example-live.toml"
     path.write_text(live)
-    try:
-        config = load_config(path, env=env)
-    finally:
-        path.unlink()
+    config = load_config(path, env=env)
     assert config.vault is not None and config.vault.topup is not None
     wallet = config.vault.wallet
     assert (wallet.kind, wallet.lnd is not None, wallet.cashu is not None) == ("auto", True, True)

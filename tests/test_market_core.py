@@ -198,7 +198,8 @@ def test_routstr_nodes_are_admitted_by_mint_and_routable_with_a_key() -> None:
     assert entry.url == "https://node.test/v1" and entry.kind == "routstr" and entry.tier == "frontier"
     assert entry.models == ["r1"] and entry.context_length == 32_000 and entry.credential == "provider_keys"
     assert not entry.routable and entry.reasons == [
-        "no credential: the vault has not topped up this node yet (no key in arbstr_provider_keys)"]
+        "no credential: nothing pays this node ([vault.topup] is not configured, no key in "
+            "arbstr_provider_keys)"]
     assert any("zero price refused" in n for n in entry.notes) and any("without sats_pricing" in n
                                                                        for n in entry.notes)
     keyed = table(config, state, frozenset({name}))[name]

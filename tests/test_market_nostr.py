@@ -77,7 +77,8 @@ async def test_an_announced_node_becomes_routable_with_its_prices_and_leaves_whe
         assert node.models == [MODEL, "node-only"] and node.context_length == 32_000
         assert node.rates_for(MODEL).input_rate == 1000 and node.rates_for(MODEL).output_rate == 2000
         assert not node.routable and node.reasons == [
-            "no credential: the vault has not topped up this node yet (no key in arbstr_provider_keys)"]
+            "no credential: nothing pays this node ([vault.topup] is not configured, no key in "
+            "arbstr_provider_keys)"]
         assert stack.routers[0].prices[n2].reasons[0].startswith("no payment possible: the node takes "
                                                                  "https://other.mint")
         assert first(0) == first(1) == "alpha"  # listed, never chosen
@@ -111,3 +112,37 @@ async def test_an_announced_node_becomes_routable_with_its_prices_and_leaves_whe
         finally:
             await stack.stop()
     print(f"key in arbstr_provider_keys → both routers route to the node: {took * 1000:.0f} ms")
+
+
+async def test_only_trusted_authors_announce_and_local_relays_allow_local_nodes_by_default(
+        http: aiohttp.ClientSession, nats_url: str, mock_upstream: str, market: MarketServer,
+        relay: NostrRelay) -> None:
+    trusted, stranger = Signer(f"trusted-{time.time_ns()}"), Signer(f"stranger-{time.time_ns()}")
+    market.listings["t"] = listing({MODEL: (0.001, 0.001)})
+    market.listings["s"] = listing({MODEL: (0.001, 0.001)})
+    # No allow_private_urls: the relay is on loopback, so nodes on loopback may be read (a local test net).
+    cfg = demo_config(mock_upstream, market={"nostr": {
+        "relays": [relay.url], "interval_s": 0.2, "timeout_s": 2, "accepted_mints": [MINT],
+        "authors": [trusted.pubkey]}})
+    assert cfg.market.nostr is not None and cfg.market.nostr.allow_private_urls is None
+    stack = await start_stack(cfg, nats_url)
+    try:
+        await publish_all(http, relay.url, trusted.announcement("t", f"{market.url}/t", mints=(MINT,)),
+                          stranger.announcement("s", f"{market.url}/s", mints=(MINT,)))
+        mine_, theirs = node_name(trusted.pubkey, "t"), node_name(stranger.pubkey, "s")
+        await within(3.0, lambda: mine_ in stack.routers[0].prices
+                     and stack.routers[0].prices[mine_].models == [MODEL])
+        await asyncio.sleep(0.5)
+        assert theirs not in stack.routers[0].prices
+    finally:
+        await stack.stop()
+
+
+def test_nostr_defaults_follow_the_vault_and_the_relays() -> None:
+    from schemas.config import ConfigError, parse_config
+
+    cfg = parse_config({"market": {"nostr": {"relays": ["wss://relay.example"]}},
+                        "vault": {"wallet": {"kind": "cashu", "cashu": {"mint_url": "https://mint.example/"}}}})
+    assert cfg.market.nostr is not None and cfg.market.nostr.accepted_mints == ["https://mint.example"]
+    with pytest.raises(ConfigError, match="64-hex-digit"):
+        parse_config({"market": {"nostr": {"relays": ["wss://r.example"], "authors": ["npub1xyz"]}}})

@@ -15,6 +15,7 @@ import pytest
 
 from actors.pricing.nostr import (
     NodeAnnouncement,
+    RelayError,
     fetch_announcements,
     fold_announcements,
     openai_base_url,
@@ -295,7 +296,9 @@ async def test_dead_and_silent_relays_skipped(nostr_relay: NostrRelay, http: aio
     skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
     assert len(skipped) == 4, skipped
     assert all(url in " ".join(skipped) for url in (refused, silent_url))
-    assert await fetch_announcements(http, [refused], timeout_s=1.0) == []
+    # No relay answering is not "no nodes": the caller must keep what it last read rather than drop every node.
+    with pytest.raises(RelayError, match="no relay answered"):
+        await fetch_announcements(http, [refused], timeout_s=1.0)
     assert await fetch_announcements(http, [], timeout_s=1.0) == []
 
 

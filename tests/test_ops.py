@@ -46,7 +46,7 @@ def test_provider_views_say_why_a_provider_is_not_routable() -> None:
     views = {v.name: v for v in provider_views(["a", "b", "empty", "unpriced"], prices, breakers, NOW)}
     assert views["a"].routable and views["a"].reasons == [] and views["a"].breaker.state == "closed"  # type: ignore
     assert not views["b"].routable and views["b"].breaker.retry_in_s == 5  # type: ignore[union-attr]
-    assert views["b"].reasons == ["circuit open for 5 s more after http_5xx (HTTP 500)"]
+    assert views["b"].reasons == ["breaker open: circuit open for 5 s more after http_5xx (HTTP 500)"]
     assert views["empty"].reasons == ["serves no models (empty model list)"]
     assert views["unpriced"].reasons == ["no prices published for it: the router does not know it"]
     assert views["foreign"].reasons == ["not configured on this gateway: no URL or credentials to call it"]
@@ -175,7 +175,7 @@ async def test_providers_lists_rates_tiers_and_breaker_state(http: aiohttp.Clien
     status, body = await get(http, f"{ops.url}/v1/providers")
     a = body["data"][0]
     assert a["breaker"]["state"] == "open" and not a["routable"]
-    assert a["reasons"][0].startswith("circuit open for ") and "HTTP 500" in a["reasons"][0]
+    assert a["reasons"][0].startswith("breaker open: circuit open for ") and "HTTP 500" in a["reasons"][0]
     assert 1 <= a["breaker"]["retry_in_s"] <= 30
 
 

@@ -149,6 +149,32 @@ async def test_a_kv_price_change_reaches_the_router_within_a_second(hosts: Hosts
     await eventually(alpha_gone, within_s=1.0)
 
 
+async def test_a_router_whose_watch_dies_watches_again_and_drops_what_was_deleted_meanwhile(
+        hosts: Hosts, client: NATS) -> None:
+    await hosts.start(PricingActor(CONFIG))
+    router = RouterActor(CONFIG)
+    await hosts.start(router)
+    kv = await client.jetstream().key_value(subjects.KV_PRICES)
+    cheaper = ProviderPrices(provider="alpha", tier="standard", models=["gpt-4o"], input_rate=10, output_rate=10)
+    await kv.put("alpha", cheaper.model_dump_json().encode())
+
+    async def alpha_first() -> bool:
+        return providers(await route_ok(client))[0] == "alpha"
+    await eventually(alpha_first, within_s=1.0)
+    prices_watch = router._watchers[0]
+    await prices_watch.stop()  # what a lost consumer looks like to the router
+    await kv.delete("alpha")  # missed by the dead watch
+    extra = ProviderPrices(provider="zeta", tier="standard", models=["gpt-4o"], input_rate=1, output_rate=1)
+    await kv.put("zeta", extra.model_dump_json().encode())
+
+    async def zeta_first_alpha_gone() -> bool:
+        listed = providers(await route_ok(client))
+        return listed[0] == "zeta" and "alpha" not in listed
+    await eventually(zeta_first_alpha_gone, within_s=3.0)
+    assert prices_watch not in router._watchers
+    await kv.delete("zeta")
+
+
 async def test_breaker_states_from_kv_exclude_providers(hosts: Hosts, client: NATS) -> None:
     await hosts.start(PricingActor(CONFIG))
     router = RouterActor(CONFIG)

@@ -146,3 +146,59 @@ async def test_an_idempotency_key_that_is_not_a_name_is_a_400(http, rig) -> None
                         headers={**bearer(token), "Idempotency-Key": "has spaces/and slashes"})
     body: Any = await r.json()
     assert (r.status, body["error"]["param"]) == (400, "Idempotency-Key")
+
+
+async def test_a_payout_is_left_to_an_instance_on_the_wallet_that_started_it(http, rig) -> None:
+    _, token = await funded_by_invoice(http, rig, "hugo", 50_000)
+    rig.wallet.outcome = "pending"
+    status, p = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": make_invoice(5_000)[0]})
+    assert (status, p["status"]) == (202, "pending")
+    await rig.stop_vault()
+    # Another instance on another wallet (another node): asking its own rail would read "never sent" and pay.
+    stranger = IdempotentWallet()
+    stranger.identity = "another-node"
+    original, rig.wallet = rig.wallet, stranger
+    await rig.start_vault()
+    await asyncio.sleep(0.5)  # ten check rounds
+    assert stranger.pay_calls == 0
+    await rig.stop_vault()
+    rig.wallet = original
+    original.resolve(p["reference"], succeed=True)
+    await rig.start_vault()
+    for _ in range(100):
+        if (await me(http, rig, token)).get("withdrawn_msat") == 5_000:
+            break
+        await asyncio.sleep(0.05)
+    assert (await me(http, rig, token))["withdrawn_msat"] == 5_000
+    await clean(http, rig)
+
+
+async def test_a_deposit_the_journal_keeps_refusing_is_parked_not_blocking_nor_lost(http, rig, monkeypatch) -> None:
+    import actors.vault.rails as rails_module
+    from schemas.errors import ArbstrError
+
+    monkeypatch.setattr(rails_module, "CREDIT_ATTEMPTS", 2)
+    monkeypatch.setattr(rails_module, "PARKED_SCAN_S", 0.1)
+    rails = rig.actor.rails
+    real, refusals = rails.credit_invoice, {"left": 4}
+
+    async def flaky(settled: Any) -> None:
+        if refusals["left"] > 0:
+            refusals["left"] -= 1
+            raise ArbstrError(503, "this account's journal is frozen", code="ledger_corrupt")
+        await real(settled)
+    monkeypatch.setattr(rails, "credit_invoice", flaky)
+    _, a = await new_agent(http, rig.stack, "ida")
+    _, b = await new_agent(http, rig.stack, "jon")
+    status, inv_a = await post(http, rig, "/v1/vault/me/deposits", a, {"rail": "lightning", "amount_msat": 3_000})
+    status, inv_b = await post(http, rig, "/v1/vault/me/deposits", b, {"rail": "lightning", "amount_msat": 4_000})
+    rig.wallet.settle_invoice(inv_a["payment_hash"])  # refused twice, then parked
+    rig.wallet.settle_invoice(inv_b["payment_hash"])  # not held up behind it
+    for _ in range(200):
+        if (await me(http, rig, a)).get("balance_msat") == 3_000 and (await me(http, rig, b)).get(
+                "balance_msat") == 4_000:
+            break
+        await asyncio.sleep(0.05)
+    assert ((await me(http, rig, a))["balance_msat"], (await me(http, rig, b))["balance_msat"]) == (3_000, 4_000)
+    assert await rails.claims.parked() == []
+    await clean(http, rig)

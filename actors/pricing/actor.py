@@ -50,7 +50,13 @@ def now_ms() -> int:
 
 
 def _same(a: ProviderPrices, b: ProviderPrices) -> bool:
-    return a.model_dump(exclude={"updated_at_ms"}) == b.model_dump(exclude={"updated_at_ms"})
+    """Equal but for when they were written, and when each pricing instance read its config (two instances
+    started at different times must not rewrite each other's unchanged entries forever)."""
+    def plain(p: ProviderPrices) -> dict[str, object]:
+        d = p.model_dump(exclude={"updated_at_ms"})
+        d["sources"] = [{**s, "observed_at_ms": 0} if s["name"] == "config" else s for s in d["sources"]]
+        return d
+    return plain(a) == plain(b)
 
 
 def private_host(url: str) -> bool:
@@ -343,17 +349,21 @@ class PricingActor:
         for a in announcements:
             if a.expires_at is not None and a.expires_at <= now_s:
                 continue
+            if cfg.authors and a.pubkey not in cfg.authors:
+                continue  # only operators the deployment trusts may announce nodes it will pay
             name = node_name(a.pubkey, a.d)
             known = self.state.nodes.get(name)
             nodes[name] = Node(name=name, url=api_base(a.url), mints=tuple(a.mints), pubkey=a.pubkey,
                                version=a.version, created_at=a.created_at, expires_at=a.expires_at,
                                discovery=known.discovery if known is not None else DiscoveryState())
         accepted = set(cfg.accepted_mints)
+        allow_private = (cfg.allow_private_urls if cfg.allow_private_urls is not None
+                         else all(private_host(r) for r in cfg.relays))
 
         async def discover(node: Node) -> Node:
             if not accepted.intersection(m.rstrip("/") for m in node.mints):
                 return node  # not payable: nothing to read
-            if private_host(node.url) and not cfg.allow_private_urls:
+            if private_host(node.url) and not allow_private:
                 failed = node.discovery.failed("the announced URL is on a private network", now_ms())
                 return Node(**{**node.__dict__, "discovery": failed})
             assert self._session is not None

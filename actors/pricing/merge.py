@@ -135,6 +135,11 @@ def configured_entry(p: ProviderConfig, config_at_ms: int, d: Optional[Discovery
         note = _discovery_note(d)
         if note:
             notes.append(note)
+    reasons: list[str] = []
+    if p.discover and not models:
+        # Nothing configured and nothing listed yet: not a wildcard, not silently gone — listed, with why.
+        reasons.append(f"discovery failed: {d.error}; no model list to keep" if d is not None and d.error
+                       else "discovery pending: /models not read yet")
     if ep is not None:
         served = set(models)
         used: dict[str, int] = {}
@@ -155,7 +160,7 @@ def configured_entry(p: ProviderConfig, config_at_ms: int, d: Optional[Discovery
         provider=p.name, tier=p.tier, models=models, input_rate=p.input_rate, output_rate=p.output_rate,
         base_fee_msat=p.base_fee_msat, model_rates=rates, context_length=p.context_length,
         supports_tools=p.supports_tools, source=_joined(sources), updated_at_ms=now_ms, kind="configured",
-        credential="config", sources=sources, notes=notes, free=p.free)
+        credential="config", sources=sources, notes=notes, free=p.free, routable=not reasons, reasons=reasons)
 
 
 # --- endpoints only a feed knows --------------------------------------------------------------------------
@@ -258,7 +263,11 @@ def node_entry(node: Node, config: Config, keyed: frozenset[str], now_ms: int) -
             if not models:
                 reasons.append("its listing has no priced model")
         if node.name not in keyed:
-            reasons.append("no credential: the vault has not topped up this node yet (no key in arbstr_provider_keys)")
+            reasons.append(
+                "no credential: the vault has not topped up this node yet (no key in arbstr_provider_keys)"
+                if config.vault is not None and config.vault.topup is not None else
+                "no credential: nothing pays this node ([vault.topup] is not configured, no key in "
+                "arbstr_provider_keys)")
     return ProviderPrices(
         provider=node.name, tier=nostr.tier, models=models, model_rates=rates,
         input_rate=max((r.input_rate for r in rates.values()), default=0),

@@ -340,6 +340,9 @@ async def fetch_announcements(session: aiohttp.ClientSession, relays: list[str],
     """
     opened = await asyncio.gather(*(_open_and_list(session, relay, timeout_s) for relay in relays))
     sockets = [(relay, ws) for relay, (ws, _) in zip(relays, opened) if ws is not None]
+    if relays and not sockets:
+        # Not "no nodes": nothing was read. The caller keeps the nodes it last read instead of dropping them all.
+        raise RelayError("no relay answered")
     try:
         events: list[object] = [ev for _, listed in opened for ev in listed]
         authors = sorted({ev["pubkey"] for ev in events

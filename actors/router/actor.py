@@ -58,7 +58,7 @@ class RouterActor:
             watcher = await kv.watchall()
             self._watchers.append(watcher)
             self._loaded[bucket] = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._follow(bucket, watcher, model, target),
+            self._tasks.append(asyncio.create_task(self._follow(kv, bucket, watcher, model, target),
                                                    name=f"router-watch-{bucket}"))
         # Answer the first request with the current table, not an empty one; but a slow bucket must not keep
         # the service from starting (requests then get 503 prices_unavailable until values arrive).
@@ -77,21 +77,55 @@ class RouterActor:
         self._watchers.clear()
         self._tasks.clear()
 
-    async def _follow(self, bucket: str, watcher: KeyValue.KeyWatcher, model: type[BaseModel],
+    async def _follow(self, kv: KeyValue, bucket: str, watcher: KeyValue.KeyWatcher, model: type[BaseModel],
                       target: dict[str, Any]) -> None:
-        try:
-            async for entry in watcher:
-                if entry is None:  # end of the initial values
-                    self._loaded[bucket].set()
-                    continue
-                self._apply(bucket, entry, model, target)
-                async with self._changed:
-                    self._changed.notify_all()
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # a dead watcher means silently stale routing: say so loudly
-            log.exception("router: watcher of %s stopped", bucket)
-            raise
+        """Apply every update; when the watch fails or ends (a leader change, a reconnect), watch again and drop
+        what was deleted meanwhile: a new watch delivers the current values, not the deletes it missed."""
+        first = True
+        while True:
+            seen: Optional[set[str]] = None if first else set()
+            try:
+                async for entry in watcher:
+                    if entry is None:  # end of the initial values
+                        for gone in [k for k in target if seen is not None and k not in seen]:
+                            self._forget(bucket, gone, target)
+                        seen = None
+                        self._loaded[bucket].set()
+                        continue
+                    if seen is not None:
+                        seen.add(entry.key)
+                    self._apply(bucket, entry, model, target)
+                    async with self._changed:
+                        self._changed.notify_all()
+                log.warning("router: watch of %s ended; watching again", bucket)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a dead watcher would mean silently stale routing
+                log.warning("router: watch of %s failed (%s); watching again", bucket, type(e).__name__)
+            await asyncio.sleep(0.5)
+            try:
+                new = await kv.watchall()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("router: cannot watch %s yet (%s)", bucket, type(e).__name__)
+                continue  # the old watcher is exhausted: the loop retries the watch after the pause
+            if watcher in self._watchers:
+                self._watchers.remove(watcher)
+            watcher, first = new, False
+            self._watchers.append(watcher)
+
+    def _forget(self, bucket: str, key: str, target: dict[str, Any]) -> None:
+        target.pop(key, None)
+        if bucket == subjects.KV_PRICES:
+            self._split_prices()
+
+    def _split_prices(self) -> None:
+        # Routing reads this list on every request; rebuilding it on change keeps that path allocation-free, and
+        # entries that may not be chosen (no credential, stale quotes, ...) never cost a request anything.
+        ordered = sorted(self.prices.values(), key=lambda p: p.provider)
+        self._price_list = [p for p in ordered if p.routable]
+        self._unroutable = [p for p in ordered if not p.routable]
 
     def _apply(self, bucket: str, entry: KeyValue.Entry, model: type[BaseModel], target: dict[str, Any]) -> None:
         if entry.operation in _DELETE_OPS:
@@ -102,11 +136,7 @@ class RouterActor:
             except ValidationError as e:
                 log.warning("router: ignoring bad %s entry %r: %s", bucket, entry.key, e)
         if bucket == subjects.KV_PRICES:
-            # Routing reads this list on every request; rebuilding it here keeps that path allocation-free, and
-            # entries that may not be chosen (no credential, stale quotes, ...) never cost a request anything.
-            ordered = sorted(self.prices.values(), key=lambda p: p.provider)
-            self._price_list = [p for p in ordered if p.routable]
-            self._unroutable = [p for p in ordered if not p.routable]
+            self._split_prices()
         self.revisions[bucket] = max(self.revisions[bucket], entry.revision or 0)
 
     async def wait_ready(self, timeout: float) -> bool:

@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from actors.runtime import Endpoint
+from actors.runtime import Endpoint, cancel_and_wait
 from schemas import subjects
 from schemas.config import Config, VaultConfig
 from schemas.errors import ArbstrError
@@ -130,13 +130,7 @@ class VaultActor:
         # mid-fetch would strand delivered messages until the consumer's ack wait.
         if self._tasks:
             await asyncio.wait([self._tasks[0]], timeout=2.0)
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            try:
-                await t
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(*self._tasks)
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=10)
         if self.topups is not None:

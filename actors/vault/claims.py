@@ -77,6 +77,33 @@ class Claims:
         except KeyWrongLastSequenceError:
             return False
 
+    async def park(self, name: str, value: bytes) -> None:
+        """Keep something that must be retried later (a deposit the journal refused for now), vault-wide."""
+        await self.kv.put(_key("parked", name), value)
+
+    async def parked(self) -> list[tuple[str, bytes]]:
+        """(key, value) of everything parked."""
+        try:
+            keys = await self.kv.keys()
+        except Exception:  # NoKeysError: an empty bucket
+            return []
+        out = []
+        for key in keys:
+            if key.startswith("parked."):
+                try:
+                    entry = await self.kv.get(key)
+                except KeyNotFoundError:
+                    continue
+                if entry.value:
+                    out.append((key, entry.value))
+        return out
+
+    async def unpark(self, key: str) -> None:
+        try:
+            await self.kv.delete(key)
+        except KeyNotFoundError:
+            pass
+
     async def release(self, name: str) -> None:
         key = _key("lease", name)
         try:

@@ -159,7 +159,7 @@ def issue_invoice(state: AccountState, deposit_id: str, amount_msat: int, rail: 
 
 
 def start_payout(state: AccountState, payout_id: str, amount_msat: int, fee_limit_msat: int, rail: str,
-                 reference: str, destination: str, now_ms: int) -> Decided:
+                 reference: str, destination: str, now_ms: int, wallet: str = "") -> Decided:
     """Hold a payout's amount and fee limit before the rail is called, policy-checked like any spend.
 
     ``amount_msat`` must be the destination's own figure (a decoded invoice's amount), never a caller's number.
@@ -184,7 +184,7 @@ def start_payout(state: AccountState, payout_id: str, amount_msat: int, fee_limi
     if not decision.allowed:
         raise decision.error()
     return Decided(op_id, (PayoutStarted(payout_id=payout_id, amount_msat=amount_msat, fee_limit_msat=fee_limit_msat,
-                                         rail=rail, reference=reference, destination=destination),))
+                                         rail=rail, reference=reference, destination=destination, wallet=wallet),))
 
 
 def settle_payout(state: AccountState, payout_id: str, fee_msat: int, preimage: str, now_ms: int) -> Decided:
@@ -227,7 +227,7 @@ def fail_payout(state: AccountState, payout_id: str, reason: str, now_ms: int) -
 
 
 def reroute_payout(state: AccountState, payout_id: str, from_rail: str, rail: str, fee_limit_msat: int,
-                   reference: str, reason: str, now_ms: int) -> Decided:
+                   reference: str, reason: str, now_ms: int, wallet: str = "") -> Decided:
     """The auto rail's single fallback after a definite failure on ``from_rail``: journaled before the other rail
     is called. The amount stays the invoice's; only the fee limit (and so the hold) follows the new rail."""
     _require_agent(state)
@@ -245,7 +245,8 @@ def reroute_payout(state: AccountState, payout_id: str, from_rail: str, rail: st
     if extra > state.available_msat:
         raise insufficient(extra, state.available_msat)
     return Decided(op_id, (PayoutRerouted(payout_id=payout_id, from_rail=from_rail, rail=rail,
-                                          fee_limit_msat=fee_limit_msat, reference=reference, reason=reason),))
+                                          fee_limit_msat=fee_limit_msat, reference=reference, reason=reason,
+                                          wallet=wallet),))
 
 
 def _trace(payout: Payout) -> dict[str, object]:

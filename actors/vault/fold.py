@@ -90,6 +90,7 @@ class Payout:
     started_at_ms: int
     initial_rail: str = ""  # the rail first tried; differs from ``rail`` after the auto rail's fallback
     fallback: bool = False
+    wallet: str = ""  # the identity of the wallet that pays it ("" in journals older than the field)
 
     @property
     def held_msat(self) -> int:
@@ -372,7 +373,7 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
             raise _fail(event, f"payout {body.payout_id} already exists")
         payout = Payout(payout_id=body.payout_id, amount_msat=body.amount_msat, fee_limit_msat=body.fee_limit_msat,
                         rail=body.rail, reference=body.reference, destination=body.destination,
-                        started_at_ms=event.at_ms, initial_rail=body.rail)
+                        started_at_ms=event.at_ms, initial_rail=body.rail, wallet=body.wallet)
         if payout.held_msat > state.available_msat:
             raise _fail(event, f"payout of {payout.held_msat} exceeds available {state.available_msat}")
         state.payouts[body.payout_id] = payout
@@ -386,7 +387,8 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         if extra > state.available_msat:
             raise _fail(event, f"the new fee limit needs {extra} more than available {state.available_msat}")
         state.payouts[body.payout_id] = replace(payout, rail=body.rail, reference=body.reference,
-                                                fee_limit_msat=body.fee_limit_msat, fallback=True)
+                                                fee_limit_msat=body.fee_limit_msat, fallback=True,
+                                                wallet=body.wallet)
         state.available_msat -= extra
         state.payout_pending_msat += extra
     elif isinstance(body, PayoutSettled):

@@ -36,10 +36,11 @@ class FreezeSwitch:
         self.state = FreezeState(frozen=False)
         self._kv: Optional[KeyValue] = None
         self._watch: Optional[asyncio.Task[None]] = None
+        self._watcher: Optional[KeyValue.KeyWatcher] = None
 
     async def start(self, nc: NATS, replicas: int) -> None:
         self._kv = await open_bucket(nc, subjects.KV_VAULT, history=64, replicas=replicas)
-        watcher = await self._kv.watch(KEY)
+        self._watcher = watcher = await self._kv.watch(KEY)
         self._watch = asyncio.create_task(self._follow(watcher))
         try:
             entry = await self._kv.get(KEY)
@@ -58,6 +59,13 @@ class FreezeSwitch:
                 log.error("unreadable freeze state in %s; keeping %s", subjects.KV_VAULT, self.state)
 
     async def stop(self) -> None:
+        # The watcher's subscription is stopped first: abandoned, its queued heartbeats would hold a drain of the
+        # connection until the drain timeout.
+        if self._watcher is not None:
+            try:
+                await self._watcher.stop()
+            except Exception:  # the connection may be closing already
+                log.debug("freeze: watcher stop failed", exc_info=True)
         await cancel_and_wait(self._watch)
 
     def check(self) -> None:

@@ -11,10 +11,13 @@ payment hash makes that a single payment whoever sends it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
 from typing import Awaitable, Callable, Optional
+
+import orjson
 
 from actors.runtime import cancel_and_wait
 from schemas.config import WalletConfig
@@ -67,6 +70,8 @@ def _now_ms() -> int:
 # How long a payout's lease outlives a vault instance that stopped renewing it (a crash): after that, another
 # instance resumes the payout. Renewed every third of it while a driver runs.
 LEASE_TTL_S = 15.0
+CREDIT_ATTEMPTS = 20  # × 0.5 s before a settled deposit the journal refuses is parked
+PARKED_SCAN_S = 60.0  # how often every instance looks for credits parked by any instance
 
 
 class Rails:
@@ -84,6 +89,7 @@ class Rails:
             wallet.backing = lambda: sum(s.deposited_msat - s.withdrawn_msat  # type: ignore[attr-defined]
                                          for s in self.book.agents())
         self._invoice_owner: dict[str, tuple[str, str]] = {}  # payment hash -> (agent id, deposit id)
+        self._parked_here = False
         self._driving: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -168,8 +174,9 @@ class Rails:
             await asyncio.sleep(1.0)
 
     async def _credit_and_advance(self, settled: SettledInvoice) -> None:
-        # Retried until journaled: a settled invoice must never be skipped by the cursor.
-        while True:
+        """Credit, retrying a while; a credit the journal keeps refusing (one agent's ledger frozen, say) is parked
+        vault-wide and retried by the check loop, so it neither blocks every other deposit nor is skipped."""
+        for _ in range(CREDIT_ATTEMPTS):
             try:
                 await self.credit_invoice(settled)
                 return
@@ -178,6 +185,21 @@ class Rails:
                     log.error("deposit %s refused: %s", settled.payment_hash, e.message)
                     return
             await asyncio.sleep(0.5)
+        log.critical("deposit %s (settle index %d) not credited yet; parked and retried", settled.payment_hash,
+                     settled.settle_index)
+        await self.claims.park(f"credit:{settled.payment_hash}", orjson.dumps(dataclasses.asdict(settled)))
+        self._parked_here = True
+
+    async def _retry_parked(self) -> None:
+        for key, value in await self.claims.parked():
+            settled = SettledInvoice(**orjson.loads(value))
+            try:
+                await self.credit_invoice(settled)
+            except ArbstrError as e:
+                if e.status >= 500:
+                    continue  # still refused: next round
+                log.error("parked deposit %s refused: %s", settled.payment_hash, e.message)
+            await self.claims.unpark(key)
 
     def _owner_of_deposit(self, deposit_id: str) -> Optional[str]:
         for state in self.book.agents():
@@ -221,7 +243,7 @@ class Rails:
             def start(s: AccountState, at: int) -> decide.Decided:
                 self.freeze.check()
                 return decide.start_payout(s, payout_id, plan.amount_msat, plan.fee_limit_msat, plan.rail,
-                                           plan.reference, plan.destination, at)
+                                           plan.reference, plan.destination, at, wallet=self.identity(plan.rail))
             w = await self.execute(agent_id, start)
             resume = bool(w.decided.noop)  # type: ignore[attr-defined]  # a concurrent retry journaled it first
         # A repeated request for a payout already journaled asks the rail first rather than sending blind.
@@ -308,10 +330,20 @@ class Rails:
             except Exception as e:
                 log.warning("payout %s: lease not renewed (%r)", payout_id, e)
 
+    def identity(self, rail: str) -> str:
+        """The wallet that pays on ``rail`` here (a node's pubkey, a mint + wallet store)."""
+        by_rail = getattr(self.wallet, "by_rail", None)
+        return by_rail[rail].identity if by_rail is not None else self.wallet.identity
+
     async def _drive_once(self, agent_id: str, payout_id: str, resume: bool) -> None:
         payout = self.book.slot(agent_id).state.payouts.get(payout_id)
         if payout is None:
             return  # resolved already
+        if payout.wallet and payout.wallet != self.identity(payout.rail):
+            # Started on a wallet this instance does not hold: asking ours would read "never sent" and pay twice.
+            log.warning("payout %s belongs to wallet %s, not %s: left to an instance on it", payout_id,
+                        payout.wallet, self.identity(payout.rail))
+            return
         plan = _plan_of(payout)
         try:
             status = await self.wallet.check_payout(plan) if resume else PaymentStatus("not_found")
@@ -337,7 +369,8 @@ class Rails:
         try:
             plan = await self.wallet.plan_payout(payout.destination, rail)
             await self.execute(agent_id, lambda s, at: decide.reroute_payout(
-                s, payout.payout_id, payout.rail, rail, plan.fee_limit_msat, plan.reference, reason, at))
+                s, payout.payout_id, payout.rail, rail, plan.fee_limit_msat, plan.reference, reason, at,
+                wallet=self.identity(rail)))
         except (WalletError, ArbstrError) as e:
             log.warning("payout %s: no fallback to %s (%s)", payout.payout_id, rail,
                         getattr(e, "message", str(e)))
@@ -366,10 +399,16 @@ class Rails:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _check_forever(self) -> None:
+        parked_at = 0.0
         while True:
             await asyncio.sleep(self.cfg.check_interval_s)
             try:
                 await self.resume_all()
+                # Parked credits are rare: look for them now and then (listing keys opens a consumer), and at
+                # once after this instance parked one.
+                if self._parked_here or time.monotonic() - parked_at > PARKED_SCAN_S:
+                    parked_at, self._parked_here = time.monotonic(), False
+                    await self._retry_parked()
             except Exception:
                 log.exception("payout check failed")
 
