@@ -97,6 +97,19 @@ async def connect(url: str, name: str, **kwargs: Any) -> NATS:
     )
 
 
+async def wait_condition(cond: asyncio.Condition, predicate: Callable[[], bool], timeout: float) -> bool:
+    """Whether ``predicate()`` held, checked each time ``cond`` is notified, within ``timeout`` seconds."""
+    async def waiter() -> None:
+        async with cond:
+            await cond.wait_for(predicate)
+
+    try:
+        await asyncio.wait_for(waiter(), timeout)
+        return True
+    except asyncio.TimeoutError:
+        return False
+
+
 async def cancel_and_wait(*tasks: Optional["asyncio.Task[Any]"]) -> None:
     """Cancel background tasks and wait until they are gone; whatever they raise on the way out is theirs.
 

@@ -10,9 +10,11 @@ called (a Routstr-like node), all driven by the test over plain attributes.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Callable, Optional
 
+import pytest
 from aiohttp import web
 
 
@@ -110,3 +112,20 @@ class MarketServer:
             "model": body.get("model"),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6}})
+
+
+@pytest.fixture
+async def market() -> AsyncIterator[MarketServer]:
+    server = MarketServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def within(seconds: float, check: Callable[[], bool]) -> float:
+    """Seconds until ``check()`` held; fails the test after ``seconds``."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < seconds, f"not within {seconds} s"
+        await asyncio.sleep(0.01)
+    return time.monotonic() - started

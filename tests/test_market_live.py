@@ -9,7 +9,7 @@ import argparse
 import contextlib
 import io
 import time
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
@@ -22,19 +22,11 @@ from arbstr.mock_upstream import auth_fingerprint
 from schemas import subjects
 from schemas.config import Config
 from schemas.router import RouteRequest
-from tests.market_servers import MarketServer, listing, quote
+from tests.market_servers import MarketServer, listing, quote, market, within  # noqa: F401 (fixture)
 from tests.stack import Stack, demo_config, start_stack
 
 MODEL = "gpt-4o-mini"
 ADMIN = "market-admin-token-0123456789"
-
-
-@pytest.fixture
-async def market() -> AsyncIterator[MarketServer]:
-    server = MarketServer()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def config(mock_upstream: str, market: MarketServer, **extra: Any) -> Config:
@@ -66,14 +58,6 @@ def pricing(stack: Stack) -> PricingActor:
 
 def first(router: RouterActor, model: str = MODEL) -> str:
     return router.route(RouteRequest(request_id="r", model=model, input_tokens=100)).candidates[0].provider
-
-
-async def within(seconds: float, check: Callable[[], bool]) -> float:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < seconds, f"not within {seconds} s"
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
 
 
 async def chat(http: aiohttp.ClientSession, stack: Stack) -> aiohttp.ClientResponse:

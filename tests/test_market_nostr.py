@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import AsyncIterator, Callable, Iterator
+from typing import Iterator
 
 import aiohttp
 import orjson
@@ -16,7 +16,7 @@ from actors.pricing.actor import PricingActor
 from actors.pricing.market import node_name
 from schemas import subjects
 from schemas.router import RouteRequest
-from tests.market_servers import MarketServer, listing
+from tests.market_servers import MarketServer, listing, market, within  # noqa: F401 (fixture)
 from tests.nostr_relay import NostrRelay, Signer, publish_all, running_relay
 from tests.stack import demo_config, start_stack
 
@@ -27,22 +27,6 @@ MINT = "http://mint.test:3338"
 @pytest.fixture(scope="module")
 def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NostrRelay]:
     yield from running_relay(tmp_path_factory, "market-relay")
-
-
-@pytest.fixture
-async def market() -> AsyncIterator[MarketServer]:
-    server = MarketServer()
-    await server.start()
-    yield server
-    await server.stop()
-
-
-async def within(seconds: float, check: Callable[[], bool]) -> float:
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < seconds, f"not within {seconds} s"
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
 
 
 async def test_an_announced_node_becomes_routable_with_its_prices_and_leaves_when_deleted_or_expired(

@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from actors.runtime import Endpoint, open_bucket
+from actors.runtime import Endpoint, open_bucket, wait_condition
 from schemas import subjects
 from schemas.config import Config, FeedConfig, ProviderConfig
 from schemas.errors import ArbstrError
@@ -286,15 +286,7 @@ class PricingActor:
 
     async def wait_for(self, predicate: Callable[["PricingActor"], bool], timeout: float) -> bool:
         """Wait until ``predicate(self)`` holds after a refresh (tests, and callers that need a poll's effect)."""
-        async def waiter() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: predicate(self))
-
-        try:
-            await asyncio.wait_for(waiter(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        return await wait_condition(self._changed, lambda: predicate(self), timeout)
 
     def entry(self, provider: str) -> Optional[ProviderPrices]:
         return next((p for p in self._prices if p.provider == provider), None)

@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
-from actors.runtime import Endpoint, open_bucket
+from actors.runtime import Endpoint, open_bucket, wait_condition
 from schemas import subjects
 from schemas.breaker import BreakerState
 from schemas.config import Config
@@ -149,15 +149,7 @@ class RouterActor:
 
     async def wait_for(self, predicate: Callable[["RouterActor"], bool], timeout: float) -> bool:
         """Wait until ``predicate(self)`` holds after a KV update (e.g. a revision or a provider seen)."""
-        async def waiter() -> None:
-            async with self._changed:
-                await self._changed.wait_for(lambda: predicate(self))
-
-        try:
-            await asyncio.wait_for(waiter(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        return await wait_condition(self._changed, lambda: predicate(self), timeout)
 
     async def wait_revision(self, bucket: str, revision: int, timeout: float) -> bool:
         return await self.wait_for(lambda r: r.revisions.get(bucket, 0) >= revision, timeout)
