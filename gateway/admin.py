@@ -384,7 +384,8 @@ class VaultHTTP:
                                    WithdrawRequest(token_hash=th, bolt11=body.bolt11, amount_msat=body.amount_msat,
                                                    rail=body.rail, payout_id=payout_id), PayoutView,
                                    request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
-        return json_response(view.model_dump(mode="json"), status=202 if view.status == "pending" else 200)
+        under_way = view.status in ("pending", "awaiting_approval")
+        return json_response(view.model_dump(mode="json"), status=202 if under_way else 200)
 
     async def my_withdrawals(self, request: web.Request) -> web.Response:
         items = await self.bus.call(subjects.vault_agent("payouts"), TokenRef(token_hash=self._agent_token(request)),

@@ -85,6 +85,15 @@ class PayoutStarted(_Body):
     destination: str = Field("", description="the BOLT11 paid, kept so a payout can be resumed after a crash")
     wallet: str = Field("", description="identity of the wallet paying it: only an instance on that wallet "
                                         "may send or check it")
+    approval_deadline_ms: Optional[Count] = Field(
+        None, description="set: the payout waits for a human (held, not sent) until approved, denied or this time")
+
+
+class PayoutApproved(_Body):
+    """An operator let a payout that needed approval go: it is sent now."""
+
+    kind: Literal["payout_approved"] = "payout_approved"
+    payout_id: str = Field(min_length=1)
 
 
 class PayoutRerouted(_Body):
@@ -205,7 +214,8 @@ class Tombstoned(_Body):
 
 EventBody = Annotated[
     Union[AgentCreated, TokenRotated, PolicySet, Deposited, Withdrawn, Reserved, Approved, Denied, Settled,
-          Released, Expired, Tombstoned, InvoiceIssued, PayoutStarted, PayoutRerouted, PayoutSettled, PayoutFailed],
+          Released, Expired, Tombstoned, InvoiceIssued, PayoutStarted, PayoutApproved, PayoutRerouted, PayoutSettled,
+          PayoutFailed],
     Field(discriminator="kind"),
 ]
 

@@ -155,7 +155,8 @@ class AgentList(Message):
 
 
 class Approval(Message):
-    request_id: str
+    request_id: str = Field(description="the held request's id, or a payout's id")
+    kind: Literal["hold", "payout"] = "hold"
     agent_id: str
     agent_name: str
     amount_msat: Msat
@@ -274,7 +275,7 @@ class PayoutRef(Message):
     payout_id: str
 
 
-PayoutStatus = Literal["pending", "succeeded", "failed"]
+PayoutStatus = Literal["awaiting_approval", "pending", "succeeded", "failed"]
 
 
 class PayoutView(Message):

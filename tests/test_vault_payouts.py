@@ -6,6 +6,7 @@ import pytest
 
 from actors.vault.decide import (
     Ledger,
+    approve_payout,
     fail_payout,
     issue_invoice,
     reserve,
@@ -73,10 +74,22 @@ def test_start_is_policy_checked_with_the_fee_limit() -> None:
     assert daily_used_msat(ledger.state, T0 + 86_400_000 + 60_000) == 0
 
 
-def test_approval_policy_denies_payouts() -> None:
-    ledger = funded(100_000, AgentPolicy(approval_over_msat=1_000))
-    e = err(lambda: start_payout(ledger.state, "p", 5_000, 0, "lightning", "h", "", T0))
-    assert (e.status, e.code) == (403, "approval_required")
+def test_a_payout_over_the_approval_threshold_is_held_until_approved() -> None:
+    ledger = funded(100_000, AgentPolicy(approval_over_msat=1_000, approval_timeout_s=60))
+    do(ledger, start_payout(ledger.state, "p", 5_000, 0, "lightning", "h", "", T0))
+    p = ledger.state.payouts["p"]
+    assert (p.approval_deadline_ms, ledger.state.payout_pending_msat) == (T0 + 60_000, 5_000)
+    books(ledger.state)
+    e = err(lambda: approve_payout(ledger.state, "p", T0 + 60_000))
+    assert e.code == "approval_timed_out"
+    do(ledger, approve_payout(ledger.state, "p", T0 + 1))
+    assert ledger.state.payouts["p"].approval_deadline_ms is None
+    assert approve_payout(ledger.state, "p", T0 + 2).noop == "duplicate"
+    # Under the threshold: no approval step.
+    do(ledger, start_payout(ledger.state, "q", 1_000, 0, "lightning", "h2", "", T0))
+    assert ledger.state.payouts["q"].approval_deadline_ms is None
+    e = err(lambda: approve_payout(ledger.state, "q", T0))
+    assert e.code == "not_awaiting_approval"
 
 
 def test_settle_charges_amount_plus_actual_fee() -> None:

@@ -310,3 +310,43 @@ def test_fee_limit_is_never_zero_and_wallet_config_is_checked() -> None:
         parse_config({"vault": {"wallet": {"kind": "auto", "lnd": {"macaroon_hex": "02"}}}})
     with pytest.raises(ConfigError, match="unknown key"):
         parse_config({"vault": {"wallet": {"kynd": "simulated"}}})
+
+
+async def test_a_withdrawal_over_the_approval_threshold_waits_for_a_human(http, rig) -> None:
+    agent_id, token = await funded_by_invoice(http, rig, "quinn", 100_000)
+    await admin(http, rig.stack, "PATCH", f"/v1/admin/agents/{agent_id}/policy",
+                {"approval_over_msat": 10_000, "approval_timeout_s": 1}, expect=200)
+    # Held, not sent, listed for the operator.
+    status, p = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": make_invoice(20_000)[0]})
+    assert (status, p["status"], rig.wallet.pay_calls) == (202, "awaiting_approval", 0), p
+    assert (await me(http, rig, token))["balance_msat"] == 100_000 - 20_500
+    queue = (await admin(http, rig.stack, "GET", "/v1/admin/approvals", expect=200))["data"]
+    assert [(a["request_id"], a["kind"], a["amount_msat"]) for a in queue] == [(p["payout_id"], "payout", 20_500)]
+    # Approved: sent once.
+    done = await admin(http, rig.stack, "POST", f"/v1/admin/approvals/{p['payout_id']}/approve", expect=200)
+    assert done["state"] == "approved"
+
+    async def paid() -> bool:
+        r = await http.get(f"{rig.stack.url}/v1/vault/me/withdrawals/{p['payout_id']}", headers=bearer(token))
+        return (await r.json())["status"] == "succeeded"
+    await eventually(paid)
+    assert rig.wallet.pay_calls == 1
+    # Denied: released, never sent.
+    status, q = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": make_invoice(15_000)[0]})
+    assert (status, q["status"]) == (202, "awaiting_approval")
+    await admin(http, rig.stack, "POST", f"/v1/admin/approvals/{q['payout_id']}/deny", {"reason": "not today"},
+                expect=200)
+    r = await http.get(f"{rig.stack.url}/v1/vault/me/withdrawals/{q['payout_id']}", headers=bearer(token))
+    view = await r.json()
+    assert (view["status"], view["reason"]) == ("failed", "denied by an operator: not today")
+    # Nobody answers: released when the approval times out.
+    status, t = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": make_invoice(12_000)[0]})
+    assert status == 202
+
+    async def timed_out() -> bool:
+        r = await http.get(f"{rig.stack.url}/v1/vault/me/withdrawals/{t['payout_id']}", headers=bearer(token))
+        return (await r.json())["reason"] == "approval timed out"
+    await eventually(timed_out, timeout_s=5.0)
+    assert rig.wallet.pay_calls == 1
+    assert (await me(http, rig, token))["balance_msat"] == 100_000 - 20_000  # only the approved one left
+    await clean(http, rig)

@@ -452,14 +452,24 @@ class VaultActor:
         """Resolve every hold past its TTL (and every approval past its deadline); returns how many."""
         at = now_ms()
         due: list[tuple[str, str]] = []
+        unanswered: list[tuple[str, str]] = []
         for agent_id, slot in list(self.book.slots.items()):
             for rid, hold in list(slot.state.holds.items()):
                 deadline = hold.approval_deadline_ms if hold.state == "awaiting_approval" else hold.expires_at_ms
                 if deadline is not None and deadline <= at and rid not in self._waiters:
                     due.append((agent_id, rid))
+            unanswered += [(agent_id, pid) for pid, p in slot.state.payouts.items()
+                           if p.approval_deadline_ms is not None and p.approval_deadline_ms <= at]
         n = 0
         for agent_id, rid in due:
             n += await self.expire_one(agent_id, rid)
+        for agent_id, pid in unanswered:  # nobody approved in time: released, never sent
+            try:
+                await self.execute(agent_id, lambda s, t, pid=pid: decide.fail_payout(
+                    s, pid, "approval timed out", t))
+                n += 1
+            except ArbstrError as e:
+                log.warning("approval timeout of payout %s: %s", pid, e.message)
         return n
 
     async def expire_one(self, agent_id: str, rid: str) -> int:
@@ -585,18 +595,42 @@ class VaultActor:
                                           amount_msat=hold.amount_msat, provider=hold.provider, model=hold.model,
                                           requested_at_ms=hold.reserved_at_ms,
                                           deadline_ms=hold.approval_deadline_ms or 0))
+            for p in state.payouts.values():
+                if p.approval_deadline_ms is not None:
+                    items.append(Approval(request_id=p.payout_id, kind="payout", agent_id=state.agent_id,
+                                          agent_name=state.name, amount_msat=p.held_msat, provider=p.rail,
+                                          model="withdrawal", requested_at_ms=p.started_at_ms,
+                                          deadline_ms=p.approval_deadline_ms))
         items.sort(key=lambda a: a.requested_at_ms)
         return ApprovalList(approvals=items)
 
-    async def _holder(self, rid: str) -> str:
+    async def _holder(self, rid: str) -> tuple[str, bool]:
+        """(agent id, whether it is a payout) of what ``rid`` names."""
         await self._caught_up()
         for state in self.book.agents():
             if rid in state.holds or rid in state.resolutions:
-                return state.agent_id
+                return state.agent_id, False
+            if rid in state.payouts or rid in state.payouts_done:
+                return state.agent_id, True
         raise ArbstrError(404, f"no reservation {rid}", code="unknown_request", param="request_id")
 
+    async def _decide_payout(self, agent_id: str, pid: str, approve: bool, reason: str) -> ApprovalResult:
+        state = self.book.slot(agent_id).state
+        payout = state.payouts.get(pid)
+        if payout is None or payout.approval_deadline_ms is None:
+            raise ArbstrError(409, f"payout {pid} is not waiting for approval", code="not_awaiting_approval")
+        if approve:
+            await self.execute(agent_id, lambda s, at: decide.approve_payout(s, pid, at))
+            self.rails.drive(agent_id, pid, resume=False)  # sent now; its outcome shows in the payout view
+        else:
+            await self.execute(agent_id, lambda s, at: decide.fail_payout(
+                s, pid, f"denied by an operator{': ' + reason if reason else ''}", at))
+        return ApprovalResult(request_id=pid, agent_id=agent_id, state="approved" if approve else "denied")
+
     async def _decide_approval(self, req: ApprovalAction, approve: bool) -> ApprovalResult:
-        agent_id = await self._holder(req.request_id)
+        agent_id, is_payout = await self._holder(req.request_id)
+        if is_payout:
+            return await self._decide_payout(agent_id, req.request_id, approve, req.reason)
         rid = req.request_id
         if approve:
             w = await self.execute(agent_id, lambda s, at: decide.approve(s, rid, at))

@@ -20,6 +20,7 @@ from schemas.ledger import (
     Expired,
     InvoiceIssued,
     LedgerEvent,
+    PayoutApproved,
     PayoutFailed,
     PayoutRerouted,
     PayoutSettled,
@@ -181,10 +182,29 @@ def start_payout(state: AccountState, payout_id: str, amount_msat: int, fee_limi
     if total > state.available_msat:
         raise insufficient(total, state.available_msat)
     decision = check(state.policy, state, total, now_ms)
-    if not decision.allowed:
+    deadline: Optional[int] = None
+    if decision.outcome == "needs_approval":
+        # Like a spend over the threshold: held (so the money cannot be spent twice meanwhile), sent only once a
+        # human approves, released when denied or when nobody answers in time.
+        deadline = now_ms + state.policy.approval_timeout_s * 1000
+    elif not decision.allowed:
         raise decision.error()
     return Decided(op_id, (PayoutStarted(payout_id=payout_id, amount_msat=amount_msat, fee_limit_msat=fee_limit_msat,
-                                         rail=rail, reference=reference, destination=destination, wallet=wallet),))
+                                         rail=rail, reference=reference, destination=destination, wallet=wallet,
+                                         approval_deadline_ms=deadline),))
+
+
+def approve_payout(state: AccountState, payout_id: str, now_ms: int) -> Decided:
+    _require_agent(state)
+    op_id = f"payout_approved:{payout_id}"
+    if op_id in state.op_ids:
+        return Decided(op_id, noop="duplicate")
+    payout = state.payouts.get(payout_id)
+    if payout is None or payout.approval_deadline_ms is None:
+        raise ArbstrError(409, f"payout {payout_id} is not waiting for approval", code="not_awaiting_approval")
+    if payout.approval_deadline_ms <= now_ms:
+        raise ArbstrError(409, f"payout {payout_id}'s approval timed out", code="approval_timed_out")
+    return Decided(op_id, (PayoutApproved(payout_id=payout_id),))
 
 
 def settle_payout(state: AccountState, payout_id: str, fee_msat: int, preimage: str, now_ms: int) -> Decided:

@@ -24,6 +24,7 @@ from schemas.ledger import (
     Expired,
     InvoiceIssued,
     LedgerEvent,
+    PayoutApproved,
     PayoutFailed,
     PayoutRerouted,
     PayoutSettled,
@@ -91,6 +92,7 @@ class Payout:
     initial_rail: str = ""  # the rail first tried; differs from ``rail`` after the auto rail's fallback
     fallback: bool = False
     wallet: str = ""  # the identity of the wallet that pays it ("" in journals older than the field)
+    approval_deadline_ms: Optional[int] = None  # set while it waits for a human: held, never sent
 
     @property
     def held_msat(self) -> int:
@@ -373,12 +375,18 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
             raise _fail(event, f"payout {body.payout_id} already exists")
         payout = Payout(payout_id=body.payout_id, amount_msat=body.amount_msat, fee_limit_msat=body.fee_limit_msat,
                         rail=body.rail, reference=body.reference, destination=body.destination,
-                        started_at_ms=event.at_ms, initial_rail=body.rail, wallet=body.wallet)
+                        started_at_ms=event.at_ms, initial_rail=body.rail, wallet=body.wallet,
+                        approval_deadline_ms=body.approval_deadline_ms)
         if payout.held_msat > state.available_msat:
             raise _fail(event, f"payout of {payout.held_msat} exceeds available {state.available_msat}")
         state.payouts[body.payout_id] = payout
         state.available_msat -= payout.held_msat
         state.payout_pending_msat += payout.held_msat
+    elif isinstance(body, PayoutApproved):
+        payout = _open_payout(state, event, body.payout_id)
+        if payout.approval_deadline_ms is None:
+            raise _fail(event, f"payout {body.payout_id} was not waiting for approval")
+        state.payouts[body.payout_id] = replace(payout, approval_deadline_ms=None)
     elif isinstance(body, PayoutRerouted):
         payout = _open_payout(state, event, body.payout_id)
         if payout.fallback or body.from_rail != payout.rail or body.rail == payout.rail:

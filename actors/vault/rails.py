@@ -49,7 +49,10 @@ def payout_view(state: AccountState, payout_id: str, token: str = "") -> PayoutV
     p = open_ if open_ is not None else (done.payout if done is not None else None)
     if p is None:
         raise ArbstrError(404, f"no payout {payout_id}", code="unknown_payout")
-    status = "pending" if done is None else ("succeeded" if done.kind == "settled" else "failed")
+    if done is not None:
+        status = "succeeded" if done.kind == "settled" else "failed"
+    else:
+        status = "pending" if p.approval_deadline_ms is None else "awaiting_approval"
     return PayoutView(payout_id=payout_id, agent_id=state.agent_id, rail=p.rail, status=status,
                       amount_msat=p.amount_msat, fee_limit_msat=p.fee_limit_msat,
                       fee_msat=done.fee_msat if done else 0, charged_msat=done.charged_msat if done else 0,
@@ -339,6 +342,8 @@ class Rails:
         payout = self.book.slot(agent_id).state.payouts.get(payout_id)
         if payout is None:
             return  # resolved already
+        if payout.approval_deadline_ms is not None:
+            return  # held for a human: sent once approved
         if payout.wallet and payout.wallet != self.identity(payout.rail):
             # Started on a wallet this instance does not hold: asking ours would read "never sent" and pay twice.
             log.warning("payout %s belongs to wallet %s, not %s: left to an instance on it", payout_id,
