@@ -97,6 +97,15 @@ async def connect(url: str, name: str, **kwargs: Any) -> NATS:
     )
 
 
+async def unsubscribe_quietly(sub: Any) -> None:
+    """End a subscription on the way out; a connection already closing has ended it anyway."""
+    if sub is not None:
+        try:
+            await sub.unsubscribe()
+        except Exception:
+            pass
+
+
 async def wait_condition(cond: asyncio.Condition, predicate: Callable[[], bool], timeout: float) -> bool:
     """Whether ``predicate()`` held, checked each time ``cond`` is notified, within ``timeout`` seconds."""
     async def waiter() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hmac
 import re
-import os
 import secrets
 import uuid
 from datetime import datetime
@@ -24,7 +23,7 @@ from schemas.vault import (AccountView, AgentDeposit, AgentList, AgentPolicy, Ag
 
 from .bus import Bus
 from .http import REQUEST_ID, bearer_token, json_response, read_json_object
-from .vault_meter import missing_token, token_hash
+from .vault_meter import admin_token_hash, missing_token, token_hash
 
 R = TypeVar("R", bound=BaseModel)
 TOKEN_PREFIX = "arb_"
@@ -148,9 +147,7 @@ class VaultHTTP:
     def __init__(self, config: Config, bus: Bus) -> None:
         self.config = config
         self.bus = bus
-        secret = config.vault.admin_token if config.vault else None
-        value = secret.get_secret_value() if secret is not None else os.environ.get("ARBSTR_ADMIN_TOKEN", "")
-        self.admin_hash = token_hash(value) if value else None
+        self.admin_hash = admin_token_hash(config)
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import os
 import time
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
@@ -28,7 +27,7 @@ from schemas.router import Candidate, RouteReply, RouteRequest
 
 from .endpoints import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSpec, validate
 from .http import REQUEST_ID, bearer_token, json_response, read_json_object
-from .vault_meter import missing_token, token_hash
+from .vault_meter import admin_token_hash, missing_token, token_hash
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -242,6 +241,7 @@ def spec_for(body: dict[str, Any]) -> EndpointSpec:
 class Ops:
     def __init__(self, gw: "Gateway") -> None:
         self.gw = gw
+        self.admin_hash = admin_token_hash(gw.config)
 
     async def _breakers(self, request_id: str, timeout_s: float) -> tuple[Optional[dict[str, BreakerState]], int]:
         """Every provider's breaker state and the breaker's clock; (None, local clock) when it does not answer."""
@@ -321,15 +321,13 @@ class Ops:
 
     def _admin(self, request: web.Request) -> None:
         """The admin token, checked as the vault's admin endpoints check it (constant time, hash compared)."""
-        secret = self.gw.config.vault.admin_token if self.gw.config.vault else None
-        value = secret.get_secret_value() if secret is not None else os.environ.get("ARBSTR_ADMIN_TOKEN", "")
         token = bearer_token(request)
         if token is None:
             raise missing_token()
-        if not value:
+        if self.admin_hash is None:
             raise ArbstrError(403, "no admin token is configured ([vault] admin_token or ARBSTR_ADMIN_TOKEN)",
                               code="admin_disabled")
-        if not hmac.compare_digest(token_hash(token), token_hash(value)):
+        if not hmac.compare_digest(token_hash(token), self.admin_hash):
             raise ArbstrError(401, "invalid admin token", code="invalid_api_key")
 
 

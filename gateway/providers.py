@@ -13,7 +13,6 @@ import asyncio
 import logging
 from typing import Any, Callable, Optional
 
-import orjson
 from nats.aio.client import Client as NATS
 from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
@@ -22,6 +21,7 @@ from pydantic import SecretStr, ValidationError
 from schemas import subjects
 from schemas.config import Config, ProviderConfig
 from schemas.pricing import ProviderPrices
+from schemas.vault import provider_api_key
 
 log = logging.getLogger("arbstr.gateway")
 
@@ -57,12 +57,8 @@ def live_provider(entry: ProviderPrices, config: Config, keys: dict[str, SecretS
 
 def parse_key(value: Optional[bytes]) -> Optional[SecretStr]:
     """``{"api_key": "sk-…"}`` → the key; anything else → None (a missing key means "no credential")."""
-    try:
-        data = orjson.loads(value or b"")
-    except orjson.JSONDecodeError:
-        return None
-    key = data.get("api_key") if isinstance(data, dict) else None
-    return SecretStr(key) if isinstance(key, str) and key else None
+    key = provider_api_key(value)
+    return SecretStr(key) if key is not None else None
 
 
 class ProviderDirectory:

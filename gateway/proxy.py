@@ -30,7 +30,7 @@ from .providers import ProviderDirectory
 from .request_log import publish_record, request_record
 from .responses_relay import relay_typed_events
 from .client_stream import ClientStream
-from .upstream import Upstream, UpstreamFailure, UpstreamReply, upstream_error_detail
+from .upstream import READ_ERRORS, Upstream, UpstreamFailure, UpstreamReply, read_failure, upstream_error_detail
 
 log = logging.getLogger("arbstr.gateway")
 
@@ -292,10 +292,8 @@ class Proxy:
             else:
                 if not finished:
                     failure = "the upstream closed the stream early"
-        except asyncio.TimeoutError:
-            failure = "the upstream stopped sending (timeout)"
-        except (aiohttp.ClientError, OSError) as e:
-            failure = f"the upstream connection broke ({type(e).__name__})"
+        except READ_ERRORS as e:
+            failure = read_failure(e)
         finally:
             up.release()
         text = "".join(pieces)

@@ -3,11 +3,9 @@ event's usage (``input_tokens`` / ``output_tokens``), no ``[DONE]`` (the Respons
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-import aiohttp
 import orjson
 from aiohttp import web
 
@@ -16,7 +14,7 @@ from schemas.router import Candidate
 
 from .endpoints import RESPONSES
 from .client_stream import ClientStream
-from .upstream import UpstreamReply
+from .upstream import READ_ERRORS, UpstreamReply, read_failure
 
 if TYPE_CHECKING:  # the proxy imports this module; the relay only calls back into it
     from .proxy import Exchange, Proxy
@@ -91,10 +89,8 @@ async def relay_typed_events(proxy: "Proxy", request: web.Request, reply: Upstre
                 break
         if not terminal and failure is None:
             failure = "the upstream closed the stream early"
-    except asyncio.TimeoutError:
-        failure = "the upstream stopped sending (timeout)"
-    except (aiohttp.ClientError, OSError) as e:
-        failure = f"the upstream connection broke ({type(e).__name__})"
+    except READ_ERRORS as e:
+        failure = read_failure(e)
     finally:
         up.release()
     text = "".join(pieces)

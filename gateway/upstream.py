@@ -22,6 +22,16 @@ _SECRETISH_RE = re.compile(r"(sk-|Bearer\s+)[A-Za-z0-9_\-\.]{6,}")
 # Upstream statuses that fall over to the next candidate rather than reach the client as they are.
 REFUSALS = frozenset({401, 402, 403, 429})
 
+# What can end an upstream body mid-read; ``read_failure`` says which, for a client and the breaker.
+READ_ERRORS = (asyncio.TimeoutError, aiohttp.ClientError, OSError)
+
+
+def read_failure(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "the upstream stopped sending (timeout)"
+    return f"the upstream connection broke ({type(exc).__name__})"
+
+
 class UpstreamFailure(Exception):
     """An attempt that may fall over to the next candidate (connect error, timeout, 5xx, 429, or the provider
     refusing our credential or balance: 401/402/403)."""

@@ -5,6 +5,8 @@ This module imports nothing from ``schemas.ledger`` (the ledger imports ``AgentP
 
 from __future__ import annotations
 
+import json
+
 from typing import Any, Literal, Optional
 
 from pydantic import Field
@@ -342,3 +344,14 @@ class ProviderKey(Message):
     balance_msat: Optional[int] = Field(None, description="the provider's balance when last checked")
     checked_at_ms: int = 0
     suspended: str = Field("", description="why top-ups stopped (a top-up that did not raise the balance)")
+
+
+def provider_api_key(value: Optional[bytes]) -> Optional[str]:
+    """The key in an ``arbstr_provider_keys`` value (``{"api_key": "sk-…", …}``); None for anything else, which
+    readers treat as "no credential"."""
+    try:
+        data = json.loads(value or b"")
+    except ValueError:
+        return None
+    key = data.get("api_key") if isinstance(data, dict) else None
+    return key if isinstance(key, str) and key else None

@@ -83,3 +83,14 @@ async def client(fresh_nats: NatsServer) -> AsyncIterator["object"]:
     conn = await nats.connect(fresh_nats.url)
     yield conn
     await conn.drain()
+
+
+@pytest.fixture
+async def paid_stack(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator["object"]:
+    """The demo stack in paid mode (one vault instance) on a fresh server."""
+    from tests.stack import add_vault, demo_config, start_stack, vault_section
+
+    s = await start_stack(demo_config(mock_upstream, vault=vault_section()), fresh_nats.url)
+    await add_vault(s)
+    yield s
+    await s.stop()

@@ -11,13 +11,12 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
 
 from arbstr.demo import free_port
-from arbstr.natsserver import NatsServer
-from tests.stack import ADMIN_TOKEN, Stack, add_vault, demo_config, start_stack, vault_section
+from tests.stack import ADMIN_TOKEN, Stack
 
 
 def arbstr(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -25,11 +24,8 @@ def arbstr(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-async def stack(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Stack]:
-    s = await start_stack(demo_config(mock_upstream, vault=vault_section()), fresh_nats.url)
-    await add_vault(s)
-    yield s
-    await s.stop()
+def stack(paid_stack: Stack) -> Stack:
+    return paid_stack
 
 
 def run_json(stack: Stack, *args: str) -> Any:

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from arbstr.natsserver import NatsServer
-from tests.stack import ADMIN_TOKEN, Stack, add_vault, demo_config, start_stack, vault_section
+from tests.stack import ADMIN_TOKEN, Stack, demo_config, start_stack
 from tests.vault_helpers import admin, assert_balanced, books, new_agent, settled
 
 CHROMIUM = shutil.which("chromium")
@@ -113,11 +113,8 @@ async def page(tmp_path: Path) -> AsyncIterator[CDP]:
 
 
 @pytest.fixture
-async def stack(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Stack]:
-    s = await start_stack(demo_config(mock_upstream, vault=vault_section()), fresh_nats.url)
-    await add_vault(s)
-    yield s
-    await s.stop()
+def stack(paid_stack: Stack) -> Stack:
+    return paid_stack
 
 
 async def test_dashboard_page_is_self_contained_and_holds_no_secret(http: aiohttp.ClientSession,

@@ -29,6 +29,10 @@ VALID: dict[str, dict[str, Any]] = {
     "/v1/admin/agents": {"name": "fuzzed"},
     "/v1/admin/agents/{agent}/deposits": {"amount_msat": 1000},
     "/v1/admin/approvals/nope/deny": {"reason": "fuzz"},
+    "/v1/vault/me/deposits": {"rail": "lightning", "amount_msat": 1000},
+    "/v1/vault/me/withdrawals": {"rail": "cashu", "amount_msat": 1000},
+    "/v1/admin/reconcile/clear": {"force": False},
+    "/v1/admin/prices/alpha/confirm": {"models": ["gpt-4o-mini"]},
 }
 ADMIN_PATHS = {p for p in VALID if p.startswith("/v1/admin")}
 
@@ -42,7 +46,8 @@ json_values = st.recursive(json_scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)), max_leaves=12)
 FIELDS = ["model", "messages", "prompt", "input", "max_tokens", "max_completion_tokens", "max_output_tokens",
           "stream", "stream_options", "temperature", "top_p", "n", "tools", "encoding_format", "dimensions",
-          "instructions", "role", "content", "name", "amount_msat", "deposit_id", "policy", "reason"]
+          "instructions", "role", "content", "name", "amount_msat", "deposit_id", "policy", "reason", "rail", "token",
+          "bolt11", "payout_id", "force", "models"]
 
 
 @st.composite

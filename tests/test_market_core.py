@@ -269,3 +269,16 @@ def test_the_router_never_chooses_an_unroutable_entry_and_says_why() -> None:
     with pytest.raises(ArbstrError) as e:
         route(RouteRequest(request_id="r", model="nope", input_tokens=10), [ok], {}, config, NOW, [cheap])
     assert e.value.status == 404
+
+
+def test_absurd_prices_are_refused_at_once_not_computed() -> None:
+    import time as _time
+
+    from actors.pricing.units import per_million_to_rate, per_token_to_rate
+
+    started = _time.monotonic()
+    # A hostile feed row must neither stall the pricing actor (a huge int) nor raise decimal.Overflow.
+    assert [per_million_to_rate("1e999999"), per_token_to_rate("1e999999"), per_token_to_rate("1e25")] == [
+        None, None, None]
+    assert _time.monotonic() - started < 0.5
+    assert per_token_to_rate("0.000123") == 123

@@ -15,7 +15,7 @@ import pytest
 from arbstr.cli import build_parser
 from arbstr.natsserver import NatsServer
 from schemas.money import cost_msat
-from tests.stack import ADMIN_TOKEN, Stack, add_vault, demo_config, start_stack, vault_section
+from tests.stack import ADMIN_TOKEN, Stack
 from tests.vault_helpers import ADMIN, new_agent, settled
 
 CHAT = [{"role": "user", "content": "Tell me about the weather on the coast today."}]
@@ -23,11 +23,8 @@ RATES = {"alpha": 8000, "beta": 10000, "gamma": 12000}
 
 
 @pytest.fixture
-async def stack(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Stack]:
-    s = await start_stack(demo_config(mock_upstream, vault=vault_section()), fresh_nats.url)
-    await add_vault(s)
-    yield s
-    await s.stop()
+async def stack(paid_stack: Stack, mock_upstream: str) -> AsyncIterator[Stack]:
+    yield paid_stack
     async with aiohttp.ClientSession() as http:
         for p in RATES:
             await http.delete(f"{mock_upstream}/_mock/{p}/faults")

@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
 
 from arbstr.natsserver import NatsServer
 from schemas.export import EXPORTED, OUT, render
-from tests.stack import ADMIN_TOKEN, Stack, add_vault, demo_config, start_stack, vault_section
+from tests.stack import ADMIN_TOKEN, Stack
 from tests.vault_helpers import new_agent, settled
 
 
 @pytest.fixture
-async def stack(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Stack]:
-    s = await start_stack(demo_config(mock_upstream, vault=vault_section()), fresh_nats.url)
-    await add_vault(s)
-    yield s
-    await s.stop()
+def stack(paid_stack: Stack) -> Stack:
+    return paid_stack
 
 
 async def spend(http: aiohttp.ClientSession, stack: Stack, token: str, rid: str) -> None:

@@ -14,11 +14,11 @@ import asyncio
 import ipaddress
 import logging
 import time
+from dataclasses import replace
 from typing import Any, Awaitable, Callable, Optional
 from urllib.parse import urlsplit
 
 import aiohttp
-import orjson
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
@@ -29,11 +29,13 @@ from schemas.config import Config, FeedConfig, ProviderConfig
 from schemas.errors import ArbstrError
 from schemas.pricing import (ConfirmReply, ConfirmRequest, ModelRate, PriceTable, ProviderPrices, QuoteReply,
                              QuoteRequest, TableRequest)
+from schemas.vault import provider_api_key
 
 from .fetch import FetchError, fetch_feed, fetch_listing, get_json
 from .guard import confirm, guard
 from .listing import Listing
-from .market import DiscoveryState, FeedState, MarketState, Node, api_base, node_name
+from . import nostr, routstr
+from .market import DiscoveryState, FeedState, MarketState, Node, node_name
 from .merge import build_table, feed_label
 from .table import quote
 
@@ -219,13 +221,8 @@ class PricingActor:
 
     def _on_key(self, entry: Any) -> None:
         self._keys.discard(entry.key)
-        if entry.operation not in _DELETE_OPS:
-            try:
-                value = orjson.loads(entry.value or b"")
-            except orjson.JSONDecodeError:
-                value = None
-            if isinstance(value, dict) and isinstance(value.get("api_key"), str) and value["api_key"]:
-                self._keys.add(entry.key)
+        if entry.operation not in _DELETE_OPS and provider_api_key(entry.value) is not None:
+            self._keys.add(entry.key)
 
     # --- the merge -----------------------------------------------------------------------------------------
     def settled(self) -> bool:
@@ -322,13 +319,6 @@ class PricingActor:
         assert self._session is not None and self.market.nostr is not None
         cfg = self.market.nostr
         try:
-            from . import nostr, routstr
-        except ImportError as e:  # the Nostr client is a separate module; without it nodes are simply unknown
-            self.state.nostr_error = f"Nostr support unavailable ({e.name})"
-            self.state.nostr_attempts += 1
-            await self.refresh()
-            return
-        try:
             announcements = await nostr.fetch_announcements(self._session, list(cfg.relays), cfg.timeout_s)
         except Exception as e:  # keep the nodes last read: they expire on their own
             log.warning("pricing: reading Nostr relays failed (%s)", type(e).__name__)
@@ -336,16 +326,13 @@ class PricingActor:
             self.state.nostr_attempts += 1
             await self.refresh()
             return
-        now_s = time.time()
         nodes: dict[str, Node] = {}
-        for a in announcements:
-            if a.expires_at is not None and a.expires_at <= now_s:
-                continue
+        for a in announcements:  # current ones only: fetch_announcements dropped the deleted and expired
             if cfg.authors and a.pubkey not in cfg.authors:
                 continue  # only operators the deployment trusts may announce nodes it will pay
             name = node_name(a.pubkey, a.d)
             known = self.state.nodes.get(name)
-            nodes[name] = Node(name=name, url=api_base(a.url), mints=tuple(a.mints), pubkey=a.pubkey,
+            nodes[name] = Node(name=name, url=a.url, mints=tuple(a.mints), pubkey=a.pubkey,
                                version=a.version, created_at=a.created_at, expires_at=a.expires_at,
                                discovery=known.discovery if known is not None else DiscoveryState())
         accepted = set(cfg.accepted_mints)
@@ -357,7 +344,7 @@ class PricingActor:
                 return node  # not payable: nothing to read
             if private_host(node.url) and not allow_private:
                 failed = node.discovery.failed("the announced URL is on a private network", now_ms())
-                return Node(**{**node.__dict__, "discovery": failed})
+                return replace(node, discovery=failed)
             assert self._session is not None
             try:
                 body = await get_json(self._session, node.url + "/models", timeout_s=cfg.timeout_s)
@@ -373,7 +360,7 @@ class PricingActor:
                 d = node.discovery.failed(str(e), now_ms())
             except (ValueError, TypeError, KeyError) as e:
                 d = node.discovery.failed(f"unreadable listing ({type(e).__name__})", now_ms())
-            return Node(**{**node.__dict__, "discovery": d})
+            return replace(node, discovery=d)
 
         read = await asyncio.gather(*(discover(n) for n in nodes.values()))
         self.state.nodes = {n.name: n for n in read}

@@ -11,14 +11,12 @@ quotes a node cheaper than it charges.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any, Optional
 
-log = logging.getLogger("arbstr.pricing.routstr")
+from .units import per_token_to_rate
 
-TOKENS_PER_RATE_UNIT = 1_000_000
+log = logging.getLogger("arbstr.pricing.routstr")
 
 
 @dataclass(frozen=True)
@@ -32,21 +30,10 @@ class ModelPrice:
 
 
 def sats_per_token_to_rate(value: object) -> Optional[int]:
-    """sats/token (a JSON number, or a numeric string as OpenRouter-style listings write them) → int sats
-    per 1M tokens, rounded up; None for anything negative, non-finite or not a number.
-
-    Decimal over the number's shortest text, not float arithmetic: 0.000123 sats/token is exactly 123 sats/1M,
-    but 0.000123 * 1e6 in floats is 123.00000000000001, which would round up to 124.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        return None
-    try:
-        amount = Decimal(str(value).strip())
-        if not amount.is_finite() or amount < 0:
-            return None
-        return math.ceil(amount * TOKENS_PER_RATE_UNIT)
-    except ArithmeticError:  # InvalidOperation (not a number), Overflow (an absurd exponent)
-        return None
+    """sats/token (a JSON number, or a numeric string as OpenRouter-style listings write them) → int sats per 1M
+    tokens, rounded up (exact decimals: 0.000123 is 123, where floats would make it 124); None for anything
+    negative, non-finite, absurd or not a number."""
+    return per_token_to_rate(value)
 
 
 def _positive_int(value: object) -> Optional[int]:

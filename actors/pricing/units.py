@@ -22,15 +22,16 @@ def to_decimal(value: Any) -> Optional[Decimal]:
         d = Decimal(str(value).strip())
     except InvalidOperation:
         return None
-    if not d.is_finite() or d < 0:
-        return None
+    if not d.is_finite() or d < 0 or d.adjusted() > 30:
+        return None  # 1e999999 would overflow the arithmetic below, or take seconds to turn into an int
     return d
 
 
 def ceil_rate(value: Decimal) -> Optional[int]:
     """Round a rate up to whole sats per 1M tokens; None when it is absurdly large."""
-    rate = int(value.to_integral_value(rounding=ROUND_CEILING))
-    return rate if rate <= MAX_RATE else None
+    if value > MAX_RATE:
+        return None
+    return int(value.to_integral_value(rounding=ROUND_CEILING))
 
 
 def per_token_to_rate(value: Any, sats_per_unit: Decimal = Decimal(1)) -> Optional[int]:

@@ -8,7 +8,7 @@ so a redelivered command, or a retry after a lost ack, never acts twice. ``Ledge
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence, Union
 
 from schemas.errors import ArbstrError
 from schemas.ledger import (
@@ -207,20 +207,28 @@ def approve_payout(state: AccountState, payout_id: str, now_ms: int) -> Decided:
     return Decided(op_id, (PayoutApproved(payout_id=payout_id),))
 
 
-def settle_payout(state: AccountState, payout_id: str, fee_msat: int, preimage: str, now_ms: int) -> Decided:
-    """The rail paid: amount + fee leave the account, the rest of the fee limit returns."""
+def _to_resolve(state: AccountState, payout_id: str, op_id: str) -> Union[Decided, Payout]:
+    """The open payout a settle or a failure resolves, or the no-op of a repeat."""
     _require_agent(state)
-    op_id = f"payout_settled:{payout_id}"
     if op_id in state.op_ids:
         return Decided(op_id, noop="duplicate")
     done = state.payouts_done.get(payout_id)
     if done is not None:
-        # Failing a payout the rail then paid would be a loss: only definite failures are journaled, so this
-        # means the rail contradicted itself. Loud, never silent.
+        # Settling a payout journaled as failed (or the reverse) means the rail contradicted itself: only
+        # definite failures are journaled. Loud, never silent.
         raise ArbstrError(409, f"payout {payout_id} was journaled as {done.kind}", code="payout_resolved")
     payout = state.payouts.get(payout_id)
     if payout is None:
         raise ArbstrError(404, f"no payout {payout_id}", code="unknown_payout")
+    return payout
+
+
+def settle_payout(state: AccountState, payout_id: str, fee_msat: int, preimage: str, now_ms: int) -> Decided:
+    """The rail paid: amount + fee leave the account, the rest of the fee limit returns."""
+    op_id = f"payout_settled:{payout_id}"
+    payout = _to_resolve(state, payout_id, op_id)
+    if isinstance(payout, Decided):
+        return payout
     if not isinstance(fee_msat, int) or isinstance(fee_msat, bool) or fee_msat < 0:
         raise ArbstrError(400, "fee_msat must be a non-negative integer", code="invalid_amount", param="fee_msat")
     # The money has left: refusing to record it would leave the payout open forever. The agent is charged at most
@@ -233,16 +241,10 @@ def settle_payout(state: AccountState, payout_id: str, fee_msat: int, preimage: 
 
 def fail_payout(state: AccountState, payout_id: str, reason: str, now_ms: int) -> Decided:
     """Release a payout's hold. Call only on a definite failure: an ambiguous one must stay pending."""
-    _require_agent(state)
     op_id = f"payout_failed:{payout_id}"
-    if op_id in state.op_ids:
-        return Decided(op_id, noop="duplicate")
-    done = state.payouts_done.get(payout_id)
-    if done is not None:
-        raise ArbstrError(409, f"payout {payout_id} was journaled as {done.kind}", code="payout_resolved")
-    payout = state.payouts.get(payout_id)
-    if payout is None:
-        raise ArbstrError(404, f"no payout {payout_id}", code="unknown_payout")
+    payout = _to_resolve(state, payout_id, op_id)
+    if isinstance(payout, Decided):
+        return payout
     return Decided(op_id, (PayoutFailed(payout_id=payout_id, reason=reason or "failed", **_trace(payout)),))
 
 

@@ -18,7 +18,7 @@ from nats.js.api import (AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPoli
                          StreamConfig)
 from nats.js.errors import APIError, NotFoundError
 
-from actors.runtime import ensure_stream
+from actors.runtime import ensure_stream, unsubscribe_quietly
 from schemas import subjects
 from schemas.ledger import JournalEntry
 
@@ -160,12 +160,8 @@ class Journal:
             await asyncio.wait_for(self._progress.wait_for(lambda: self.applied_seq >= seq), timeout_s)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:
-                pass
-            self._sub = None
+        await unsubscribe_quietly(self._sub)
+        self._sub = None
 
 
 def settle_consumer_config() -> ConsumerConfig:

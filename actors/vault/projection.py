@@ -87,6 +87,32 @@ def bulk_load(db: duckdb.DuckDBPyConnection, path: str, read_sql: str, rows: lis
         cur.close()
 
 
+def where_clause(agent_id: Optional[str], since_ms: Optional[int], until_ms: Optional[int],
+                 **equal: Any) -> tuple[str, list[Any]]:
+    """`` WHERE …`` and its parameters for the filters given (None: no filter) of either projection."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if agent_id is not None:
+        clauses.append("agent_id = ?")
+        params.append(agent_id)
+    if since_ms is not None:
+        clauses.append("at_ms >= ?")
+        params.append(since_ms)
+    if until_ms is not None:
+        clauses.append("at_ms < ?")
+        params.append(until_ms)
+    for column, value in equal.items():
+        if value is None:
+            continue
+        if column == "model":  # the model asked for, or the one it was served as
+            clauses.append("(model = ? OR upstream_model = ?)")
+            params += [value, value]
+        else:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
 class SpooledTable:
     """Rows buffered as JSON lines and bulk-loaded into one table, with the stream sequence they reach stored in
     ``projection_meta[meta_key]`` in the same transaction: loading the same entries twice changes nothing."""
@@ -139,15 +165,9 @@ class Projection(SpooledTable):
 
     def history(self, agent_id: Optional[str], since_ms: Optional[int], limit: int) -> list[HistoryItem]:
         self.flush()
-        where, params = [], []
-        if agent_id is not None:
-            where.append("agent_id = ?")
-            params.append(agent_id)
-        if since_ms is not None:
-            where.append("at_ms >= ?")
-            params.append(since_ms)
+        where, params = where_clause(agent_id, since_ms, None)
         sql = ("SELECT agent_id, seq, at_ms, kind, op_id, rid, amount_msat, body, hash, prev_hash FROM ledger"
-               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY stream_seq DESC, seq DESC LIMIT ?")
+               + where + " ORDER BY stream_seq DESC, seq DESC LIMIT ?")
         params.append(limit)
         out = []
         with self._lock:

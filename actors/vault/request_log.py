@@ -9,17 +9,18 @@ gateway); reads use plain bound parameters.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
+from actors.runtime import unsubscribe_quietly
 from schemas import subjects
 from schemas.requests import RequestList, RequestRecord, RequestsQuery, StatsQuery, StatsReply, StatsRow
 
-from .projection import Projection, SpooledTable
+from .projection import Projection, SpooledTable, where_clause
 
 log = logging.getLogger("arbstr.vault.requests")
 
@@ -42,31 +43,6 @@ _GROUP_KEY = {
     "day": "strftime(epoch_ms(at_ms), '%Y-%m-%d')",
 }
 _SORT = {"at": "at_ms", "cost": "cost_msat", "latency": "latency_ms"}
-
-
-def _where(agent_id: Optional[str], since_ms: Optional[int], until_ms: Optional[int],
-           **equal: Any) -> tuple[str, list[Any]]:
-    clauses: list[str] = []
-    params: list[Any] = []
-    if agent_id is not None:
-        clauses.append("agent_id = ?")
-        params.append(agent_id)
-    if since_ms is not None:
-        clauses.append("at_ms >= ?")
-        params.append(since_ms)
-    if until_ms is not None:
-        clauses.append("at_ms < ?")
-        params.append(until_ms)
-    for column, value in equal.items():
-        if value is None:
-            continue
-        if column == "model":  # the model asked for, or the one it was served as
-            clauses.append("(model = ? OR upstream_model = ?)")
-            params += [value, value]
-        else:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
 class RequestLog(SpooledTable):
@@ -102,18 +78,14 @@ class RequestLog(SpooledTable):
                                                    config=config)
 
     async def stop(self) -> None:
-        if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception:
-                pass
-            self._sub = None
+        await unsubscribe_quietly(self._sub)
+        self._sub = None
 
     # --- reports ---------------------------------------------------------------------------------------
     def stats(self, q: StatsQuery) -> StatsReply:
         self.flush()
         key = _GROUP_KEY[q.group_by] if q.group_by else "NULL"
-        where, params = _where(q.agent_id, q.since_ms, q.until_ms)
+        where, params = where_clause(q.agent_id, q.since_ms, q.until_ms)
         sql = (f"SELECT {key} AS k, count(*), count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success), "
                "count(*) FILTER (WHERE streamed), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), "
                "coalesce(sum(cost_msat), 0), coalesce(sum(baseline_msat), 0), quantile_cont(latency_ms, 0.5), "
@@ -131,7 +103,7 @@ class RequestLog(SpooledTable):
 
     def requests(self, q: RequestsQuery) -> RequestList:
         self.flush()
-        where, params = _where(q.agent_id, q.since_ms, q.until_ms, model=q.model, provider=q.provider,
+        where, params = where_clause(q.agent_id, q.since_ms, q.until_ms, model=q.model, provider=q.provider,
                                success=q.success, streamed=q.streamed)
         order = f"{_SORT[q.sort]} {q.order.upper()}, stream_seq {q.order.upper()}"
         with self._lock:

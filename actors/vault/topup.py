@@ -144,14 +144,9 @@ class TopUps:
             if self.cfg.providers and p.provider not in self.cfg.providers:
                 continue
             out.append(p)
-        funded = {pid.split(":", 2)[2].removeprefix("topup-").rsplit("-", 1)[0] for pid in self._all_topups()}
+        funded = {pid.split(":", 2)[2].removeprefix("topup-").rsplit("-", 1)[0] for pid in self._payouts("")}
         out.sort(key=lambda p: (p.provider not in funded, p.provider))
         return out[: self.cfg.max_providers]
-
-    def _all_topups(self) -> list[str]:
-        state = self.book.slot(self.cfg.operator_agent).state
-        prefix = f"tok:{self.cfg.operator_agent}:topup-"
-        return [pid for pid in (*state.payouts, *state.payouts_done) if pid.startswith(prefix)]
 
     async def run_once(self) -> None:
         self.rounds += 1
@@ -179,7 +174,8 @@ class TopUps:
         return step
 
     def _payouts(self, provider: str) -> dict[str, str]:
-        prefix = f"tok:{self.cfg.operator_agent}:{topup_prefix(provider)}"
+        """Top-up payout id → pending / succeeded / failed, of one provider ("": of every provider)."""
+        prefix = f"tok:{self.cfg.operator_agent}:{topup_prefix(provider) if provider else 'topup-'}"
         state = self.book.slot(self.cfg.operator_agent).state
         out = {pid: "pending" for pid in state.payouts if pid.startswith(prefix)}
         out.update({pid: ("succeeded" if end.kind == "settled" else "failed")

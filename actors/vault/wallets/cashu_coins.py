@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from .base import WalletError
+from schemas.money import MSAT_PER_SAT, ceil_div
 
-MSAT_PER_SAT = 1000
+from .base import WalletError
 
 
 def whole_sats(amount_msat: int, what: str = "amount") -> int:
@@ -27,7 +27,7 @@ def whole_sats(amount_msat: int, what: str = "amount") -> int:
 
 def input_fee_sat(ppks: Sequence[int]) -> int:
     """The mint's fee for spending proofs whose keysets charge ``ppks``: rounded up over the request."""
-    return (sum(ppks) + 999) // 1000
+    return ceil_div(sum(ppks), 1000)  # ppk: parts per thousand of a sat
 
 
 @dataclass(frozen=True)

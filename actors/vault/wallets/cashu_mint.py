@@ -13,7 +13,7 @@ import hashlib
 import logging
 import re
 from dataclasses import dataclass
-from typing import Awaitable, Optional, TypeVar, Union
+from typing import Awaitable, TypeVar, Union
 
 import httpx
 from cashu.core.base import BlindedMessage, BlindedSignature, DLEQWallet, Proof, TokenV3, TokenV4
@@ -184,6 +184,3 @@ def proof_of_row(row: dict[str, object]) -> Proof:
     return Proof(id=str(row["id"]), amount=int(row["amount"]),  # type: ignore[call-overload]
                  secret=str(row["secret"]), C=str(row["C"]))
 
-
-def optional_str(v: Optional[str]) -> str:
-    return v or ""

@@ -29,7 +29,6 @@ import weakref
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import bolt11 as bolt11_lib
 from cashu.core.base import BlindedSignature, MeltQuoteState, MintQuoteState, Proof, Unit
 from cashu.core.db import Connection
 from cashu.core.nuts import nut20
@@ -409,7 +408,7 @@ class CashuWallet:
                 raise WalletError(f"the mint refused a deposit quote: {e.detail}", code="deposit_refused") from None
             except MintUnreachable as e:
                 raise WalletError(f"the mint did not answer: {e}", code="rail_unavailable", status=503) from None
-            payment_hash = bolt11_lib.decode(quote.request).payment_hash
+            payment_hash, _, _ = decode_bolt11(quote.request)
             expires_at = int(quote.expiry) if quote.expiry else int(time.time()) + expiry_s
             async with w.db.connect() as conn:
                 await store.put_mint_quote(conn, store.MintQuoteRow(quote.quote, payment_hash, sats, expires_at,
@@ -660,8 +659,7 @@ class CashuWallet:
                     if n_change else 0
                 change = (row.change if row is not None else []) + ([[w.keyset_id, start, n_change]] if n_change
                                                                        else [])
-                payment_hash = bolt11_lib.decode(plan.destination).payment_hash
-                await store.put_melt(conn, store.MeltRow(quote_id, payment_hash, q.amount, inputs_sat, change,
+                await store.put_melt(conn, store.MeltRow(quote_id, plan.payment_hash, q.amount, inputs_sat, change,
                                                          "sending"))
                 for p in locked:
                     await update_proof(p, reserved=True, melt_id=quote_id, conn=conn)
