@@ -125,7 +125,8 @@ def deposit(state: AccountState, deposit_id: str, amount_msat: int, rail: str, r
 
 def withdraw(state: AccountState, withdrawal_id: str, amount_msat: int, rail: str, reference: str,
              now_ms: int) -> Decided:
-    """Debit a payout, policy-checked like a spend. There is no approval queue for payouts: needing one denies."""
+    """A one-step debit with no rail behind it (the journal keeps the event; the HTTP flows use payouts, which
+    hold first and go through approval). Policy-checked like a spend: needing approval denies here."""
     _require_agent(state)
     op_id = f"withdraw:{withdrawal_id}"
     if withdrawal_id in state.withdrawals:

@@ -133,10 +133,10 @@ class Rails:
                 if redeemed.deposit_id != deposit_id:
                     raise ArbstrError(500, "the wallet named the token differently than it said it would",
                                       code="wallet_inconsistent")
-                if self._owner_of_deposit(redeemed.deposit_id) is not None:
-                    raise ArbstrError(409, "that token was already deposited", code="token_spent", param="token")
                 w = await self.execute(agent_id, lambda s, at: decide.deposit(
                     s, redeemed.deposit_id, redeemed.amount_msat, "cashu", redeemed.reference, at))
+                if w.decided.noop:  # type: ignore[attr-defined]  # credited before: a token is spent once
+                    raise ArbstrError(409, "that token was already deposited", code="token_spent", param="token")
                 state = w.state  # type: ignore[attr-defined]
                 return DepositReply(deposit_id=redeemed.deposit_id, rail="cashu", status="credited",
                                     amount_msat=redeemed.amount_msat, balance_msat=state.available_msat)
@@ -203,12 +203,6 @@ class Rails:
                     continue  # still refused: next round
                 log.error("parked deposit %s refused: %s", settled.payment_hash, e.message)
             await self.claims.unpark(key)
-
-    def _owner_of_deposit(self, deposit_id: str) -> Optional[str]:
-        for state in self.book.agents():
-            if deposit_id in state.deposits:
-                return state.agent_id
-        return None
 
     # --- payouts ---------------------------------------------------------------------------------------
     def _owner_of_payout(self, payout_id: str) -> Optional[str]:
