@@ -162,13 +162,13 @@ class FollowerGate:
         self._open.set()
         original = actor.book.apply_entry
 
-        def apply(entry: JournalEntry, stream_seq: int) -> Any:
+        def apply(entry: JournalEntry, stream_seq: int, in_order: bool = True) -> Any:
             if self._open.is_set():
-                return original(entry, stream_seq)
+                return original(entry, stream_seq, in_order)
 
             async def later() -> Any:
                 await self._open.wait()
-                return original(entry, stream_seq)
+                return original(entry, stream_seq, in_order)
 
             return later()
 

@@ -78,7 +78,7 @@ class VaultActor:
             raise ValueError("the vault needs a [vault] section in the config")
         self.config = config
         self.vc: VaultConfig = config.vault
-        self.book = Book(on_events=self._on_events)
+        self.book = Book(on_events=self._on_events, on_ordered=self._on_ordered)
         self.wallet: Wallet = wallet if wallet is not None else build_wallet(self.vc.wallet)
         self.freeze = FreezeSwitch()
         self.claims = Claims(instance=secrets.token_hex(8))
@@ -234,7 +234,7 @@ class VaultActor:
                     if attempt > 1:  # a hot agent on several instances: back off so one of them wins
                         await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
                     continue
-                self.book.apply_entry(entry, seq)
+                self.book.apply_entry(entry, seq, in_order=False)
                 return Written(decided, slot.state, events)
         raise ArbstrError(503, "the account is busy; try again", code="ledger_contention",
                           headers={"retry-after": "1"})
@@ -244,8 +244,10 @@ class VaultActor:
         last = await self.journal.last_seq_of(agent_id)
         await self.journal.wait_applied(last)
 
-    def _on_events(self, events: list[LedgerEvent], stream_seq: int, state: AccountState) -> None:
+    def _on_ordered(self, events: list[LedgerEvent], stream_seq: int) -> None:
         self.projection.add(events, stream_seq)
+
+    def _on_events(self, events: list[LedgerEvent], stream_seq: int, state: AccountState) -> None:
         self.rails.on_events(events)
         for e in events:
             rid = getattr(e.body, "rid", None)
@@ -657,8 +659,17 @@ class VaultActor:
     async def _books(self, req: Empty, headers: dict[str, str]) -> Books:
         await self._caught_up()
         assert self.journal is not None
-        books = self.book.books(self.journal.applied_seq)
-        totals = await asyncio.to_thread(self.projection.totals)
+        # Fold and projection compared at one stream sequence: the fold must hold nothing past what the follower
+        # has handed over (an own write can run ahead of it), and the projection is summed up to that sequence.
+        for _ in range(50):
+            seq = self.journal.applied_seq
+            if self.book.top_seq <= seq:
+                break
+            await self.journal.wait_applied(self.book.top_seq)
+        books = self.book.books(seq)
+        if self.book.top_seq > seq:
+            return books  # writes kept running ahead: no comparable pair (projection_agrees stays null)
+        totals = await asyncio.to_thread(self.projection.totals, None, seq)
         books.projection_agrees = (
             totals.get("deposited", 0) == books.deposits_msat
             and totals.get("withdrawn", 0) + totals.get("payout_settled", 0) == books.withdrawals_msat

@@ -2,6 +2,10 @@
 
 Fed by the journal follower (every entry, in stream order, whoever wrote it) and by this instance's own
 writes right after their ack; an entry already applied is skipped by its per-agent seq.
+
+Two listeners: ``on_events`` hears events as soon as they fold (an own write may be ahead of the follower), and
+``on_ordered`` hears them in stream order only — an own write is held back until the follower passes its
+sequence, so a consumer keyed by stream sequence (the DuckDB projection) never sees 10 before 9.
 """
 
 from __future__ import annotations
@@ -29,10 +33,14 @@ class Slot:
 
 
 class Book:
-    def __init__(self, on_events: Optional[Callable[[list[LedgerEvent], int, AccountState], None]] = None) -> None:
+    def __init__(self, on_events: Optional[Callable[[list[LedgerEvent], int, AccountState], None]] = None,
+                 on_ordered: Optional[Callable[[list[LedgerEvent], int], None]] = None) -> None:
         self.slots: dict[str, Slot] = {}
         self._by_token: dict[str, str] = {}
         self._on_events = on_events
+        self._on_ordered = on_ordered
+        self._ahead: dict[int, list[LedgerEvent]] = {}  # own writes folded before the follower reached them
+        self.top_seq = 0  # highest stream sequence folded, own writes included
         self.corrupt: set[str] = set()
 
     def slot(self, agent_id: str) -> Slot:
@@ -41,8 +49,21 @@ class Book:
             s = self.slots[agent_id] = Slot(AccountState(agent_id=agent_id))
         return s
 
-    def apply_entry(self, entry: JournalEntry, stream_seq: int) -> list[LedgerEvent]:
-        """Apply what is new in ``entry``; returns the events that were."""
+    def apply_entry(self, entry: JournalEntry, stream_seq: int, in_order: bool = True) -> list[LedgerEvent]:
+        """Apply what is new in ``entry``; returns the events that were. ``in_order`` is False for an own write
+        applied on its ack, before the follower has handed over every entry below it."""
+        fresh = self._fold(entry, stream_seq)
+        if in_order:
+            self._ordered(fresh or self._ahead.pop(stream_seq, []), stream_seq)
+        elif fresh:
+            self._ahead[stream_seq] = fresh
+        return fresh
+
+    def _ordered(self, events: list[LedgerEvent], stream_seq: int) -> None:
+        if events and self._on_ordered is not None:
+            self._on_ordered(events, stream_seq)
+
+    def _fold(self, entry: JournalEntry, stream_seq: int) -> list[LedgerEvent]:
         slot = self.slot(entry.agent_id)
         fresh = [e for e in entry.events if e.seq > slot.state.seq]
         if fresh:
@@ -62,6 +83,7 @@ class Book:
                 self._by_token.pop(old_token, None)
                 if target.token_hash:
                     self._by_token[target.token_hash] = entry.agent_id
+            self.top_seq = max(self.top_seq, stream_seq)
             if self._on_events is not None:
                 self._on_events(fresh, stream_seq, target)
         slot.stream_seq = max(slot.stream_seq, stream_seq)
@@ -72,6 +94,7 @@ class Book:
         if slot is None or slot.state.seq < last_event_seq:
             return False
         slot.stream_seq = max(slot.stream_seq, stream_seq)
+        self._ordered(self._ahead.pop(stream_seq, []), stream_seq)
         return True
 
     def agent_by_token(self, token_hash: str) -> Optional[str]:

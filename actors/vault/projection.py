@@ -126,22 +126,35 @@ class SpooledTable:
         self.applied_seq = int(row[0]) if row else 0
         self._pending: list[str] = []
         self._pending_seq = self.applied_seq
+        # Rows are added on the event loop while a flush runs in a thread: the buffer has its own short lock,
+        # so a row appended during a flush lands in this batch or the next, never in a list already written.
+        self._buffer_lock = threading.Lock()
+
+    def _append(self, rows: list[str], stream_seq: int) -> None:
+        with self._buffer_lock:
+            if stream_seq <= self._pending_seq:
+                return  # handed over before (a replay into an existing file, or a redelivery)
+            self._pending.extend(rows)
+            self._pending_seq = stream_seq
 
     def skip(self, stream_seq: int) -> None:
         """A message with nothing to load still moves the applied sequence on."""
-        self._pending_seq = max(self._pending_seq, stream_seq)
+        with self._buffer_lock:
+            self._pending_seq = max(self._pending_seq, stream_seq)
 
     def flush(self) -> int:
         """Write what is buffered (blocking; see ``flush_async``); returns the number of rows written."""
         with self._lock:
-            rows, self._pending = self._pending, []
-            seq = self._pending_seq
+            with self._buffer_lock:
+                rows, self._pending = self._pending, []
+                seq = self._pending_seq
             if seq <= self.applied_seq:
                 return 0
             try:
                 bulk_load(self.db, self._spool_file, self._read_sql, rows, self._meta_key, seq)
             except Exception:
-                self._pending = rows + self._pending
+                with self._buffer_lock:
+                    self._pending = rows + self._pending
                 raise
             self.applied_seq = seq
             return len(rows)
@@ -158,10 +171,9 @@ class Projection(SpooledTable):
                          "stream_seq")
 
     def add(self, events: list[LedgerEvent], stream_seq: int) -> None:
-        if stream_seq <= self._pending_seq:
-            return
-        self._pending.extend(json.dumps(dict(zip(_NAMES, event_row(e, stream_seq)))) for e in events)
-        self._pending_seq = stream_seq
+        """``events`` of one entry; entries must come in stream order (the book's ``on_ordered``)."""
+        if stream_seq > self._pending_seq:
+            self._append([json.dumps(dict(zip(_NAMES, event_row(e, stream_seq)))) for e in events], stream_seq)
 
     def history(self, agent_id: Optional[str], since_ms: Optional[int], limit: int) -> list[HistoryItem]:
         self.flush()
@@ -177,13 +189,23 @@ class Projection(SpooledTable):
                                    amount_msat=amount, detail=json.loads(body), hash=h, prev_hash=prev))
         return out
 
-    def totals(self, agent_id: Optional[str] = None) -> dict[str, int]:
-        """Per-kind sums of amount_msat (one agent or all), for cross-checking the fold against the projection."""
+    def totals(self, agent_id: Optional[str] = None, upto_seq: Optional[int] = None) -> dict[str, int]:
+        """Per-kind sums of amount_msat (one agent or all), for cross-checking the fold against the projection.
+
+        ``upto_seq`` pins the sums to the stream sequence the fold was read at: entries applied while the query
+        runs in its thread would otherwise make a consistent pair of snapshots look like a disagreement."""
         self.flush()
-        sql = "SELECT kind, sum(amount_msat) FROM ledger" + (" WHERE agent_id = ?" if agent_id else "") + \
-              " GROUP BY kind"
+        clauses, params = [], []
+        if agent_id:
+            clauses.append("agent_id = ?")
+            params.append(agent_id)
+        if upto_seq is not None:
+            clauses.append("stream_seq <= ?")
+            params.append(upto_seq)
+        sql = ("SELECT kind, sum(amount_msat) FROM ledger" + (" WHERE " + " AND ".join(clauses) if clauses else "")
+               + " GROUP BY kind")
         with self._lock:
-            rows = self.db.execute(sql, [agent_id] if agent_id else []).fetchall()
+            rows = self.db.execute(sql, params).fetchall()
         return {k: int(v or 0) for k, v in rows}
 
     def close(self) -> None:

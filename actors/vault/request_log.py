@@ -54,11 +54,9 @@ class RequestLog(SpooledTable):
         self._sub: Any = None
 
     def add(self, record: RequestRecord, stream_seq: int) -> None:
-        if stream_seq <= self._pending_seq:
-            return
-        self._pending.append(record.model_dump_json(include=set(_RECORD_FIELDS))[:-1]
-                             + f',"stream_seq":{stream_seq}}}')
-        self._pending_seq = stream_seq
+        if stream_seq > self._pending_seq:
+            self._append([record.model_dump_json(include=set(_RECORD_FIELDS))[:-1] + f',"stream_seq":{stream_seq}}}'],
+                         stream_seq)
 
     # --- the consumer ----------------------------------------------------------------------------------
     async def follow(self, nc: NATS) -> None:
