@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from actors.runtime import cancel_and_wait
 from schemas import subjects
 from schemas.breaker import BreakerState
 
@@ -121,12 +122,8 @@ class Metrics:
         self._task = asyncio.create_task(self.poll(nc))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def handler(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -18,6 +18,7 @@ from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import SecretStr, ValidationError
 
+from actors.bucket_follower import BucketFollower, is_delete
 from schemas import subjects
 from schemas.config import Config, ProviderConfig
 from schemas.pricing import ProviderPrices
@@ -25,7 +26,6 @@ from schemas.vault import provider_api_key
 
 log = logging.getLogger("arbstr.gateway")
 
-_DELETE_OPS = ("DEL", "PURGE")
 BUCKET_RETRY_S = 1.0
 
 
@@ -68,10 +68,7 @@ class ProviderDirectory:
         self.entries: dict[str, ProviderPrices] = {}  # the live table as this gateway last saw it
         self._keys: dict[str, SecretStr] = {}
         self._live: dict[str, ProviderConfig] = {}
-        self._watchers: list[Any] = []
-        self._tasks: list[asyncio.Task[None]] = []
-        self._stopping = False
-        self.loaded = asyncio.Event()
+        self._followers: list[BucketFollower] = []
 
     def get(self, name: str) -> Optional[ProviderConfig]:
         """The request path's lookup: a dict read."""
@@ -88,25 +85,26 @@ class ProviderDirectory:
 
     async def start(self, nc: NATS) -> None:
         """Follow the buckets in the background: a gateway starts even while JetStream is still electing."""
-        self._tasks = [asyncio.create_task(self._follow(nc, subjects.KV_PRICES, self._on_price, self.entries,
-                                                        self.loaded), name="gateway-watch-prices")]
+        self._followers = [BucketFollower(lambda: self._bucket(nc, subjects.KV_PRICES), self._on_price,
+                                          self.entries.keys, self._on_gone(self.entries), "gateway-prices",
+                                          retry_s=BUCKET_RETRY_S)]
         if self.config.market.nostr is not None:  # only Routstr nodes take their key from the bucket
-            self._tasks.append(asyncio.create_task(
-                self._follow(nc, subjects.KV_PROVIDER_KEYS, self._on_key, self._keys, None),
-                name="gateway-watch-provider-keys"))
+            self._followers.append(BucketFollower(lambda: self._bucket(nc, subjects.KV_PROVIDER_KEYS), self._on_key,
+                                                  self._keys.keys, self._on_gone(self._keys),
+                                                  "gateway-provider-keys", retry_s=BUCKET_RETRY_S))
+        for follower in self._followers:
+            follower.start()
 
     async def stop(self) -> None:
-        self._stopping = True
-        for watcher in self._watchers:
-            try:
-                await watcher.stop()
-            except Exception:  # the connection may be closing already
-                log.debug("gateway: watcher stop failed", exc_info=True)
-        self._watchers.clear()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        for follower in self._followers:
+            await follower.stop()
+        self._followers = []
+
+    def _on_gone(self, held: dict[str, Any]) -> Callable[[str], None]:
+        def gone(key: str) -> None:
+            held.pop(key, None)
+            self._rebuild(key)
+        return gone
 
     async def _bucket(self, nc: NATS, bucket: str) -> KeyValue:
         """Open (or create, as the actors do) a bucket, retrying until JetStream answers."""
@@ -124,44 +122,8 @@ class ProviderDirectory:
                 log.debug("gateway: opening bucket %s failed", bucket, exc_info=True)
             await asyncio.sleep(BUCKET_RETRY_S)
 
-    async def _follow(self, nc: NATS, bucket: str, apply: Callable[[Any], None], held: dict[str, Any],
-                      loaded: Optional[asyncio.Event]) -> None:
-        """Apply every update of ``bucket``; after a failure (a leader change, a reconnect) watch again, and drop
-        what was deleted meanwhile: a new watch delivers current values, not the deletes it missed."""
-        while not self._stopping:
-            seen: Optional[set[str]] = set()
-            watcher = None
-            try:
-                watcher = await (await self._bucket(nc, bucket)).watchall()
-                self._watchers.append(watcher)
-                async for entry in watcher:
-                    if entry is None:  # end of the initial values
-                        for gone in [k for k in held if seen is not None and k not in seen]:
-                            held.pop(gone, None)
-                            self._rebuild(gone)
-                        seen = None
-                        if loaded is not None:
-                            loaded.set()
-                        continue
-                    if seen is not None:
-                        seen.add(entry.key)
-                    apply(entry)
-                if not self._stopping:
-                    log.warning("gateway: watch of %s ended; watching again", bucket)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # configured providers need none of this; market ones wait for the new watch
-                log.warning("gateway: watch of %s failed (%s); watching again", bucket, type(e).__name__)
-            if watcher is not None and not self._stopping:
-                self._watchers.remove(watcher)
-                try:
-                    await watcher.stop()
-                except Exception:  # already gone with the failure
-                    log.debug("gateway: stopping a failed watcher failed", exc_info=True)
-            await asyncio.sleep(BUCKET_RETRY_S)
-
-    def _on_price(self, entry: Any) -> None:
-        if entry.operation in _DELETE_OPS:
+    def _on_price(self, entry: KeyValue.Entry, live: bool) -> None:
+        if is_delete(entry):
             self.entries.pop(entry.key, None)
         else:
             try:
@@ -171,8 +133,8 @@ class ProviderDirectory:
                 return
         self._rebuild(entry.key)
 
-    def _on_key(self, entry: Any) -> None:
-        key = None if entry.operation in _DELETE_OPS else parse_key(entry.value)
+    def _on_key(self, entry: KeyValue.Entry, live: bool) -> None:
+        key = None if is_delete(entry) else parse_key(entry.value)
         if key is None:
             self._keys.pop(entry.key, None)
         else:

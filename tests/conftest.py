@@ -2,12 +2,53 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import threading
+import time
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import pytest
 
 from arbstr.natsserver import NatsServer
+
+HANG_REPORT_S = float(__import__("os").environ.get("ARBSTR_HANG_REPORT_S", "90"))  # before pytest-timeout's 120 s: say what every task awaits while the loop still answers
+_running: dict[str, Any] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: Any) -> Iterator[None]:
+    _running.update(nodeid=item.nodeid, since=time.monotonic(), reported=False)
+    yield
+    _running.clear()
+
+
+def _report_tasks(nodeid: str) -> None:
+    print(f"\n=== {nodeid} still running after {HANG_REPORT_S:.0f} s; asyncio tasks: ===", file=sys.stderr)
+    for task in asyncio.all_tasks():
+        print(f"--- {task!r}", file=sys.stderr)
+        task.print_stack(limit=12, file=sys.stderr)
+    sys.stderr.flush()
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def hang_reporter() -> AsyncIterator[None]:
+    """A test or teardown that hangs in CI shows the awaits it is stuck on, not only an idle selector."""
+    loop = asyncio.get_running_loop()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(2.0):
+            since, nodeid = _running.get("since"), _running.get("nodeid")
+            if since is not None and not _running.get("reported") and time.monotonic() - since > HANG_REPORT_S:
+                _running["reported"] = True
+                loop.call_soon_threadsafe(_report_tasks, nodeid)
+
+    thread = threading.Thread(target=watch, name="hang-reporter", daemon=True)
+    thread.start()
+    yield
+    done.set()
 
 
 @pytest.fixture(scope="session")

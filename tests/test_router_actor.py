@@ -161,7 +161,7 @@ async def test_a_router_whose_watch_dies_watches_again_and_drops_what_was_delete
     async def alpha_first() -> bool:
         return providers(await route_ok(client))[0] == "alpha"
     await eventually(alpha_first, within_s=1.0)
-    prices_watch = router._watchers[0]
+    prices_watch = router.followers[0].watcher
     await prices_watch.stop()  # what a lost consumer looks like to the router
     await kv.delete("alpha")  # missed by the dead watch
     extra = ProviderPrices(provider="zeta", tier="standard", models=["gpt-4o"], input_rate=1, output_rate=1)
@@ -171,7 +171,7 @@ async def test_a_router_whose_watch_dies_watches_again_and_drops_what_was_delete
         listed = providers(await route_ok(client))
         return listed[0] == "zeta" and "alpha" not in listed
     await eventually(zeta_first_alpha_gone, within_s=3.0)
-    assert prices_watch not in router._watchers
+    assert router.followers[0].watcher is not prices_watch
     await kv.delete("zeta")
 
 

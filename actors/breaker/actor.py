@@ -21,7 +21,8 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from actors.runtime import QUEUE_GROUP, Endpoint, open_bucket
+from actors.bucket_follower import BucketFollower, is_delete
+from actors.runtime import QUEUE_GROUP, Endpoint, cancel_and_wait, open_bucket
 from schemas import subjects
 from schemas.breaker import BreakerState, Outcome, ProbeReply, ProbeRequest, StateReply, StateRequest
 from schemas.config import Config
@@ -37,7 +38,6 @@ CONFLICT_PAUSE_S = 0.002
 RETRY_PAUSE_S = 0.2  # before writing a batch again after the bucket refused it
 # Outcomes waiting for one provider's write; beyond this the oldest go (only recent ones decide a transition).
 MAX_PENDING = 10_000
-_DELETE_OPS = ("DEL", "PURGE")
 
 T = TypeVar("T")
 Change = Callable[[BreakerState, int], tuple[BreakerState, T]]
@@ -62,8 +62,7 @@ class BreakerActor:
         self.conflicts = 0
         self._kv: Optional[KeyValue] = None
         self._sub: Optional[Subscription] = None
-        self._watcher: Optional[KeyValue.KeyWatcher] = None
-        self._loaded = asyncio.Event()
+        self._follower: Optional[BucketFollower] = None
         self._pending: dict[str, list[Outcome]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -76,13 +75,16 @@ class BreakerActor:
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self, nc: NATS) -> None:
-        self._kv = await open_bucket(nc, subjects.KV_BREAKERS, replicas=self.config.nats.kv_replicas)
-        self._watcher = await self._kv.watchall()
-        self._tasks.append(asyncio.create_task(self._follow(self._watcher), name="breaker-watch"))
+        replicas = self.config.nats.kv_replicas
+        self._kv = await open_bucket(nc, subjects.KV_BREAKERS, replicas=replicas)
+        self._follower = BucketFollower(lambda: open_bucket(nc, subjects.KV_BREAKERS, replicas=replicas),
+                                        self._on_state, self.states.keys,
+                                        lambda key: self.states.pop(key, None), "breaker-states", retry_s=0.5)
+        self._follower.start()
         self._tasks.append(asyncio.create_task(self._ticker(), name="breaker-tick"))
         self._sub = await nc.subscribe(subjects.BREAKER_OUTCOME_ALL, queue=QUEUE_GROUP, cb=self._on_outcome)
         try:
-            await asyncio.wait_for(self._loaded.wait(), 5)
+            await asyncio.wait_for(self._follower.loaded.wait(), 5)
         except asyncio.TimeoutError:
             log.warning("breaker: initial states not loaded within 5 s")
 
@@ -96,32 +98,21 @@ class BreakerActor:
         if self._workers:  # outcomes already taken in are written before the connection drains
             workers = set(self._workers.values())
             _, stuck = await asyncio.wait(workers, timeout=5)
-            for task in stuck:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
-        if self._watcher is not None:
-            try:
-                await self._watcher.stop()
-            except Exception:
-                log.debug("breaker: watcher stop failed", exc_info=True)
-            self._watcher = None
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+            await cancel_and_wait(*stuck)
+        if self._follower is not None:
+            await self._follower.stop()
+            self._follower = None
+        await cancel_and_wait(*self._tasks)
         self._tasks.clear()
 
-    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
-        async for entry in watcher:
-            if entry is None:
-                self._loaded.set()
-                continue
-            if entry.operation in _DELETE_OPS:
-                self.states.pop(entry.key, None)
-                continue
-            try:
-                self.states[entry.key] = BreakerState.model_validate_json(entry.value or b"")
-            except ValidationError as e:
-                log.warning("breaker: ignoring bad entry %r: %s", entry.key, e)
+    def _on_state(self, entry: KeyValue.Entry, live: bool) -> None:
+        if is_delete(entry):
+            self.states.pop(entry.key, None)
+            return
+        try:
+            self.states[entry.key] = BreakerState.model_validate_json(entry.value or b"")
+        except ValidationError as e:
+            log.warning("breaker: ignoring bad entry %r: %s", entry.key, e)
 
     async def _ticker(self) -> None:
         while True:

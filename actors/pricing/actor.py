@@ -11,19 +11,18 @@ confirm handled by it) is seen here too: the guard always compares against what 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from dataclasses import replace
-from typing import Any, Awaitable, Callable, Optional
-from urllib.parse import urlsplit
+from typing import Awaitable, Callable, Optional
 
 import aiohttp
 from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from actors.runtime import Endpoint, open_bucket, wait_condition
+from actors.bucket_follower import BucketFollower, is_delete
+from actors.runtime import Endpoint, cancel_and_wait, open_bucket, wait_condition
 from schemas import subjects
 from schemas.config import Config, FeedConfig, ProviderConfig
 from schemas.errors import ArbstrError
@@ -37,12 +36,12 @@ from .listing import Listing
 from . import nostr, routstr
 from .market import DiscoveryState, FeedState, MarketState, Node, node_name
 from .merge import build_table, feed_label
+from .netguard import PublicOnlyResolver, private_host, private_reason
 from .table import quote
 
 log = logging.getLogger("arbstr.pricing")
 
 VERSION = "0.2.0"
-_DELETE_OPS = ("DEL", "PURGE")
 TICK_S = 1.0  # quotes go stale and announcements expire with time alone: re-merge this often
 INITIAL_LOAD_S = 5.0
 
@@ -61,18 +60,6 @@ def _same(a: ProviderPrices, b: ProviderPrices) -> bool:
     return plain(a) == plain(b)
 
 
-def private_host(url: str) -> bool:
-    """A loopback, private or link-local address (or localhost) written in a URL."""
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified
-
-
 class PricingActor:
     service_name = subjects.SERVICE_PRICING
     version = VERSION
@@ -84,14 +71,14 @@ class PricingActor:
         self.state = MarketState()
         self._config_at_ms = now_ms()
         self._keys: set[str] = set()  # providers with a key in arbstr_provider_keys (the key itself is not kept)
-        self._stopping = False
         self._published: dict[str, ProviderPrices] = {}
         self._revisions: dict[str, int] = {}  # our own latest write per key: older watch echoes are ignored
         self._prices: list[ProviderPrices] = build_table(config, self.state, frozenset(), self._config_at_ms,
                                                          self._config_at_ms)
         self._kv: Optional[KeyValue] = None
         self._session: Optional[aiohttp.ClientSession] = None
-        self._watchers: list[Any] = []
+        self._public_session: Optional[aiohttp.ClientSession] = None
+        self._followers: list[BucketFollower] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()
         self._changed = asyncio.Condition()
@@ -109,20 +96,23 @@ class PricingActor:
         self._config_at_ms = now_ms()
         replicas = self.config.nats.kv_replicas
         self._kv = await open_bucket(nc, subjects.KV_PRICES, replicas=replicas)
-        loaded = asyncio.Event()
-        await self._watch(self._kv, self._on_price, self._published, loaded, "prices")
+        # Not a published entry of our own writing: its echo may still be on the way.
+        self._followers = [BucketFollower(
+            lambda: open_bucket(nc, subjects.KV_PRICES, replicas=replicas), self._on_price, self._published.keys,
+            lambda key: None if key in self._revisions else self._published.pop(key, None), "pricing-prices")]
         if self.market.nostr is not None:
-            keys_loaded = asyncio.Event()
-            await self._watch(await open_bucket(nc, subjects.KV_PROVIDER_KEYS, replicas=replicas), self._on_key,
-                              self._keys, keys_loaded, "provider-keys")
-            loaded_all: Awaitable[Any] = asyncio.gather(loaded.wait(), keys_loaded.wait())
-        else:
-            loaded_all = loaded.wait()
+            self._followers.append(BucketFollower(
+                lambda: open_bucket(nc, subjects.KV_PROVIDER_KEYS, replicas=replicas), self._on_key,
+                lambda: self._keys, self._keys.discard, "pricing-provider-keys"))
+        for follower in self._followers:
+            follower.start()
         try:  # what is in force already: the guard compares against it, and unchanged entries are not rewritten
-            await asyncio.wait_for(loaded_all, INITIAL_LOAD_S)
+            await asyncio.wait_for(asyncio.gather(*(f.loaded.wait() for f in self._followers)), INITIAL_LOAD_S)
         except asyncio.TimeoutError:
             log.warning("pricing: the published prices did not load within %.0f s", INITIAL_LOAD_S)
         self._session = aiohttp.ClientSession()
+        # Announced nodes are read through a resolver that refuses private addresses (see netguard).
+        self._public_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=PublicOnlyResolver()))
         await self.refresh()
         for p in self._discovered:
             self._spawn(self._every(self.market.discovery_interval_s, lambda p=p: self._discover(p)),
@@ -135,20 +125,15 @@ class PricingActor:
             self._spawn(self._every(TICK_S, self.refresh), "tick")
 
     async def stop(self) -> None:
-        self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         self._tasks.clear()
-        for watcher in self._watchers:
-            try:
-                await watcher.stop()
-            except Exception:  # the connection may be closing already
-                log.debug("pricing: watcher stop failed", exc_info=True)
-        self._watchers.clear()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for follower in self._followers:
+            await follower.stop()
+        self._followers.clear()
+        for session in (self._session, self._public_session):
+            if session is not None:
+                await session.close()
+        self._session = self._public_session = None
         self._kv = None
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
@@ -166,52 +151,10 @@ class PricingActor:
             await asyncio.sleep(interval_s)
 
     # --- KV watches ------------------------------------------------------------------------------------
-    async def _watch(self, kv: KeyValue, apply: Callable[[Any], None], held: Any, loaded: asyncio.Event,
-                     what: str) -> None:
-        """Follow ``kv`` in the background. After a failure (a leader change, a reconnect) it watches again and
-        drops what was deleted meanwhile: a new watch delivers current values, not the deletes it missed."""
-        async def follow() -> None:
-            while not self._stopping:
-                seen: Optional[set[str]] = set()
-                watcher = None
-                try:
-                    watcher = await kv.watchall()
-                    self._watchers.append(watcher)
-                    async for entry in watcher:
-                        if entry is None:  # end of the initial values
-                            # Not an entry of our own writing: its echo may still be on the way.
-                            for gone in [k for k in list(held) if seen is not None and k not in seen
-                                         and not (what == "prices" and k in self._revisions)]:
-                                if isinstance(held, set):
-                                    held.discard(gone)
-                                else:
-                                    held.pop(gone, None)
-                            seen = None
-                            loaded.set()
-                            continue
-                        if seen is not None:
-                            seen.add(entry.key)
-                        apply(entry)
-                        if seen is None and what == "provider-keys":
-                            await self.refresh()  # a node's key arrived or went: its routability changed
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:
-                    log.warning("pricing: watch of %s failed (%s); watching again", what, type(e).__name__)
-                if watcher is not None and not self._stopping:
-                    self._watchers.remove(watcher)
-                    try:
-                        await watcher.stop()
-                    except Exception:
-                        log.debug("pricing: stopping a failed watcher failed", exc_info=True)
-                await asyncio.sleep(1.0)
-
-        self._spawn(follow(), f"watch-{what}")
-
-    def _on_price(self, entry: Any) -> None:
+    def _on_price(self, entry: KeyValue.Entry, live: bool) -> None:
         if (entry.revision or 0) <= self._revisions.get(entry.key, 0):
             return  # the echo of a write of ours that a later one has replaced
-        if entry.operation in _DELETE_OPS:
+        if is_delete(entry):
             self._published.pop(entry.key, None)
             return
         try:
@@ -219,10 +162,12 @@ class PricingActor:
         except ValidationError:
             log.warning("pricing: ignoring an unreadable published entry %r", entry.key)
 
-    def _on_key(self, entry: Any) -> None:
+    async def _on_key(self, entry: KeyValue.Entry, live: bool) -> None:
         self._keys.discard(entry.key)
-        if entry.operation not in _DELETE_OPS and provider_api_key(entry.value) is not None:
+        if not is_delete(entry) and provider_api_key(entry.value) is not None:
             self._keys.add(entry.key)
+        if live:
+            await self.refresh()  # a node's key arrived or went: its routability changed
 
     # --- the merge -----------------------------------------------------------------------------------------
     def settled(self) -> bool:
@@ -342,12 +287,13 @@ class PricingActor:
         async def discover(node: Node) -> Node:
             if not accepted.intersection(m.rstrip("/") for m in node.mints):
                 return node  # not payable: nothing to read
-            if private_host(node.url) and not allow_private:
-                failed = node.discovery.failed("the announced URL is on a private network", now_ms())
-                return replace(node, discovery=failed)
-            assert self._session is not None
+            refused = None if allow_private else await private_reason(node.url)
+            if refused is not None:
+                return replace(node, discovery=node.discovery.failed(refused, now_ms()))
+            session = self._session if allow_private else self._public_session
+            assert session is not None
             try:
-                body = await get_json(self._session, node.url + "/models", timeout_s=cfg.timeout_s)
+                body = await get_json(session, node.url + "/models", timeout_s=cfg.timeout_s)
                 prices = routstr.parse_models(body)
                 listing = Listing(models=tuple(m.model for m in prices),
                                   rates={m.model: ModelRate(input_rate=m.input_rate, output_rate=m.output_rate)

@@ -12,6 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
+from actors.bucket_follower import BucketFollower, is_delete
 from actors.runtime import Endpoint, open_bucket, wait_condition
 from schemas import subjects
 from schemas.breaker import BreakerState
@@ -25,7 +26,6 @@ from .rank import route
 log = logging.getLogger("arbstr.router")
 
 VERSION = "0.1.0"
-_DELETE_OPS = ("DEL", "PURGE")
 
 
 class RouterActor:
@@ -41,79 +41,34 @@ class RouterActor:
         self.revisions: dict[str, int] = {subjects.KV_PRICES: 0, subjects.KV_BREAKERS: 0}
         self._price_list: list[ProviderPrices] = []  # the routable entries: the only ones a request looks at
         self._unroutable: list[ProviderPrices] = []  # read only to explain a failure
-        self._loaded: dict[str, asyncio.Event] = {}
         self._changed = asyncio.Condition()
-        self._watchers: list[KeyValue.KeyWatcher] = []
-        self._tasks: list[asyncio.Task[None]] = []
+        self.followers: list[BucketFollower] = []
 
     def endpoints(self) -> list[Endpoint]:
         return [Endpoint("route", subjects.ROUTER_ROUTE, RouteRequest, self._route)]
 
     async def start(self, nc: NATS) -> None:
+        replicas = self.config.nats.kv_replicas
         for bucket, model, target in (
             (subjects.KV_PRICES, ProviderPrices, self.prices),
             (subjects.KV_BREAKERS, BreakerState, self.breakers),
         ):
-            kv = await open_bucket(nc, bucket, replicas=self.config.nats.kv_replicas)
-            watcher = await kv.watchall()
-            self._watchers.append(watcher)
-            self._loaded[bucket] = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._follow(kv, bucket, watcher, model, target),
-                                                   name=f"router-watch-{bucket}"))
+            follower = BucketFollower(
+                lambda b=bucket: open_bucket(nc, b, replicas=replicas),
+                lambda entry, live, b=bucket, m=model, t=target: self._apply(b, entry, m, t),
+                target.keys, lambda key, b=bucket, t=target: self._forget(b, key, t),
+                f"router-{bucket}", retry_s=0.5)
+            follower.start()
+            self.followers.append(follower)
         # Answer the first request with the current table, not an empty one; but a slow bucket must not keep
         # the service from starting (requests then get 503 prices_unavailable until values arrive).
         if not await self.wait_ready(self.initial_load_timeout_s):
             log.warning("router: initial KV values not loaded within %.1f s", self.initial_load_timeout_s)
 
     async def stop(self) -> None:
-        for watcher in self._watchers:
-            try:
-                await watcher.stop()
-            except Exception:  # the connection may already be closing; the tasks are cancelled below anyway
-                log.debug("router: watcher stop failed", exc_info=True)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._watchers.clear()
-        self._tasks.clear()
-
-    async def _follow(self, kv: KeyValue, bucket: str, watcher: KeyValue.KeyWatcher, model: type[BaseModel],
-                      target: dict[str, Any]) -> None:
-        """Apply every update; when the watch fails or ends (a leader change, a reconnect), watch again and drop
-        what was deleted meanwhile: a new watch delivers the current values, not the deletes it missed."""
-        first = True
-        while True:
-            seen: Optional[set[str]] = None if first else set()
-            try:
-                async for entry in watcher:
-                    if entry is None:  # end of the initial values
-                        for gone in [k for k in target if seen is not None and k not in seen]:
-                            self._forget(bucket, gone, target)
-                        seen = None
-                        self._loaded[bucket].set()
-                        continue
-                    if seen is not None:
-                        seen.add(entry.key)
-                    self._apply(bucket, entry, model, target)
-                    async with self._changed:
-                        self._changed.notify_all()
-                log.warning("router: watch of %s ended; watching again", bucket)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # a dead watcher would mean silently stale routing
-                log.warning("router: watch of %s failed (%s); watching again", bucket, type(e).__name__)
-            await asyncio.sleep(0.5)
-            try:
-                new = await kv.watchall()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("router: cannot watch %s yet (%s)", bucket, type(e).__name__)
-                continue  # the old watcher is exhausted: the loop retries the watch after the pause
-            if watcher in self._watchers:
-                self._watchers.remove(watcher)
-            watcher, first = new, False
-            self._watchers.append(watcher)
+        for follower in self.followers:
+            await follower.stop()
+        self.followers.clear()
 
     def _forget(self, bucket: str, key: str, target: dict[str, Any]) -> None:
         target.pop(key, None)
@@ -127,8 +82,9 @@ class RouterActor:
         self._price_list = [p for p in ordered if p.routable]
         self._unroutable = [p for p in ordered if not p.routable]
 
-    def _apply(self, bucket: str, entry: KeyValue.Entry, model: type[BaseModel], target: dict[str, Any]) -> None:
-        if entry.operation in _DELETE_OPS:
+    async def _apply(self, bucket: str, entry: KeyValue.Entry, model: type[BaseModel],
+                     target: dict[str, Any]) -> None:
+        if is_delete(entry):
             target.pop(entry.key, None)
         else:
             try:
@@ -138,11 +94,13 @@ class RouterActor:
         if bucket == subjects.KV_PRICES:
             self._split_prices()
         self.revisions[bucket] = max(self.revisions[bucket], entry.revision or 0)
+        async with self._changed:
+            self._changed.notify_all()
 
     async def wait_ready(self, timeout: float) -> bool:
         """True once the initial values of both buckets are in memory."""
         try:
-            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in self._loaded.values())), timeout)
+            await asyncio.wait_for(asyncio.gather(*(f.loaded.wait() for f in self.followers)), timeout)
             return True
         except asyncio.TimeoutError:
             return False

@@ -16,6 +16,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from actors.runtime import cancel_and_wait
 from schemas import subjects
 
 log = logging.getLogger("arbstr.vault.holds")
@@ -90,7 +91,7 @@ class HoldTimers:
         self._running = False
         if self._task is not None:
             await asyncio.wait([self._task], timeout=2.0)
-            self._task.cancel()
+            await cancel_and_wait(self._task)
         if self._sub is not None:
             try:
                 await self._sub.unsubscribe()

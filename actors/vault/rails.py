@@ -316,7 +316,7 @@ class Rails:
         try:
             await self._drive_once(agent_id, payout_id, resume)
         finally:
-            renew.cancel()
+            await cancel_and_wait(renew)  # a renewal landing after the release would hold the lease for nothing
             await self.claims.release(f"payout:{payout_id}")
 
     async def _renew(self, payout_id: str) -> None:

@@ -1,0 +1,79 @@
+"""Keeping announced URLs off our own network.
+
+A node announced on a public relay names any URL it likes. Unless the deployment allows private URLs, a node is
+read only when its host is public: a literal address is checked as written, a hostname by what it resolves to
+(every address: one private answer among public ones refuses it), and the connection that reads it goes through
+a resolver that refuses private addresses again, so a name that changes its answer between the check and the
+fetch (DNS rebinding) still cannot reach inside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from typing import Awaitable, Callable, Optional
+from urllib.parse import urlsplit
+
+from aiohttp.abc import ResolveResult
+from aiohttp.resolver import ThreadedResolver
+
+Lookup = Callable[[str, int], Awaitable[list[str]]]
+_SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT, and the addresses of overlay VPNs
+
+
+def private_ip(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone id is not part of the address
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast \
+        or ip.is_reserved or ip in _SHARED
+
+
+def private_host(url: str) -> bool:
+    """A loopback, private or link-local address (or localhost) written in a URL, without resolving it."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    return private_ip(host)
+
+
+async def _system_lookup(host: str, port: int) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
+
+async def private_reason(url: str, lookup: Optional[Lookup] = None) -> Optional[str]:
+    """Why ``url`` must not be read from a public announcement, or None when its host is public."""
+    if private_host(url):
+        return "the announced URL is on a private network"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return None  # a public literal address
+    except ValueError:
+        pass
+    try:
+        addresses = await (lookup or _system_lookup)(host, parts.port or (443 if parts.scheme == "https" else 80))
+    except OSError:
+        return "the announced host does not resolve"
+    if not addresses:
+        return "the announced host does not resolve"
+    if any(private_ip(a) for a in addresses):
+        return "the announced host resolves to a private network"
+    return None
+
+
+class PublicOnlyResolver(ThreadedResolver):
+    """aiohttp's resolver, refusing any name with a private address among its answers."""
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results = await super().resolve(host, port, family)
+        if any(private_ip(r["host"]) for r in results):
+            raise OSError(f"{host} resolves to a private network")
+        return results

@@ -1,0 +1,71 @@
+"""Announced URLs cannot point arbstr at its own network: literal addresses, hostnames by every address they
+resolve to, and the connection itself (a name that changes its answer after the check)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from actors.pricing.netguard import PublicOnlyResolver, private_ip, private_reason
+
+
+def answers(*addresses: str) -> Any:
+    async def lookup(host: str, port: int) -> list[str]:
+        return list(addresses)
+    return lookup
+
+
+async def failing(host: str, port: int) -> list[str]:
+    raise socket.gaierror("Name or service not known")
+
+
+def test_private_addresses() -> None:
+    assert all(private_ip(a) for a in ("127.0.0.1", "10.0.0.8", "192.168.1.1", "172.16.0.1", "169.254.169.254",
+                                       "::1", "fe80::1%eth0", "fd00::1", "::ffff:10.0.0.1", "0.0.0.0", "100.64.0.1"))
+    assert not any(private_ip(a) for a in ("8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "node.example.com"))
+
+
+async def test_a_hostname_is_judged_by_every_address_it_resolves_to() -> None:
+    assert await private_reason("https://node.example.com/v1", answers("93.184.216.34")) is None
+    assert await private_reason("https://node.example.com/v1", answers("93.184.216.34", "10.0.0.5")) == \
+        "the announced host resolves to a private network"
+    assert await private_reason("https://inside.example.com/v1", answers("169.254.169.254")) == \
+        "the announced host resolves to a private network"
+    assert await private_reason("https://gone.example.com/v1", failing) == "the announced host does not resolve"
+    assert await private_reason("http://127.0.0.1:9/v1", answers("8.8.8.8")) == \
+        "the announced URL is on a private network"  # a literal is never looked up
+    assert await private_reason("http://8.8.8.8/v1", failing) is None
+
+
+async def test_the_system_resolver_catches_a_name_for_loopback() -> None:
+    # `localhost.` (a fully qualified spelling) slips past a check of the written name; its address does not.
+    reason = await private_reason("http://localhost.:8080/v1")
+    assert reason is not None
+
+
+async def test_a_connection_through_the_public_only_resolver_never_reaches_a_private_address() -> None:
+    async def models(request: web.Request) -> web.Response:
+        return web.json_response({"data": []})
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as plain:  # the same URL is reachable without the guard
+            async with plain.get(f"http://localhost:{port}/v1/models") as r:
+                assert r.status == 200
+        connector = aiohttp.TCPConnector(resolver=PublicOnlyResolver())
+        async with aiohttp.ClientSession(connector=connector) as guarded:
+            with pytest.raises(aiohttp.ClientConnectorError):
+                async with guarded.get(f"http://localhost:{port}/v1/models"):
+                    pass
+    finally:
+        await runner.cleanup()
