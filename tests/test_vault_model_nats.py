@@ -36,7 +36,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from nats.aio.client import Client as NATS
 
 import actors.vault.actor as vault_actor_module
-from actors.runtime import ActorHost
+from actors.runtime import ActorHost, cancel_and_wait
 from actors.vault import decide
 from actors.vault.actor import Decider, VaultActor, read_ledger
 from actors.vault.fold import AccountState, fold, next_events
@@ -83,10 +83,7 @@ class LoopThread:
 
     def close(self) -> None:
         async def cancel_the_rest() -> None:
-            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in rest:
-                t.cancel()
-            await asyncio.gather(*rest, return_exceptions=True)
+            await cancel_and_wait(*[t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
 
         try:
             self.run(cancel_the_rest(), 10)
@@ -213,9 +210,8 @@ async def crash(actor: VaultActor, nc: NATS) -> None:
         tasks.append(actor.timers._task)
     # Tasks first: once the connection is closed, nats-py turns a cancelled fetch into ConnectionClosedError,
     # which the consumer loops ride out with a back-off sleep.
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, *actor._inflight, return_exceptions=True)
+    await cancel_and_wait(*tasks)  # re-cancels: a cancel landing as a nats-py wait_for completes is swallowed
+    await asyncio.gather(*actor._inflight, return_exceptions=True)
     await nc.close()
     actor.projection.db.close()
 
