@@ -59,6 +59,7 @@ class BucketFollower:
         await self._stop_watcher()  # a watcher left running holds the connection's drain until its timeout
         await cancel_and_wait(self._task)
         self._task = None
+        await self._stop_watcher()  # a watch that came up while the cancel was in flight
 
     async def _run(self) -> None:
         while not self._stopping:

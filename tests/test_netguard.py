@@ -69,3 +69,15 @@ async def test_a_connection_through_the_public_only_resolver_never_reaches_a_pri
                     pass
     finally:
         await runner.cleanup()
+
+
+async def test_odd_names_are_refused_not_raised() -> None:
+    # IDNA refuses an empty label with a UnicodeError (a ValueError, not an OSError): one such announcement must
+    # not stop every other node from being read.
+    assert await private_reason("http://a..b/v1") == "the announced host does not resolve"
+
+
+def test_addresses_carried_inside_ipv6() -> None:
+    assert private_ip("2002:0a00:0001::1")  # 6to4 around 10.0.0.1
+    assert private_ip("fec0::1")  # site-local
+    assert not private_ip("2002:0808:0808::1")  # 6to4 around 8.8.8.8

@@ -98,3 +98,54 @@ def test_rows_added_while_a_flush_runs_in_a_thread_are_never_lost() -> None:
         assert book.slot("a").state.deposited_msat == 400 * 1_000
     finally:
         projection.close()
+
+
+def test_a_projection_file_from_an_older_version_is_rebuilt_from_the_ledger(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import duckdb
+
+    from actors.vault.projection import PROJECTION_VERSION
+
+    path = str(tmp_path / "projection.duckdb")
+    projection = Projection(path)
+    book = Book(on_ordered=projection.add)
+    book.apply_entry(created("a"), 1)
+    book.apply_entry(entry(book, "a", lambda s: deposit(s, "d1", 5_000, "simulated", "", T0)), 2)
+    projection.close()
+    again = Projection(path)  # same version: kept, and a replay from sequence 1 adds nothing
+    assert again.applied_seq == 2 and again.totals().get("deposited") == 5_000
+    again.close()
+    db = duckdb.connect(path)  # what a version-1 file looks like: no version key
+    db.execute("DELETE FROM projection_meta WHERE k = 'ledger_version'")
+    db.close()
+    old = Projection(path)
+    try:
+        assert old.applied_seq == 0 and old.totals() == {}  # emptied: the vault's replay refills it
+        replay = Book(on_ordered=old.add)
+        replay.apply_entry(created("a"), 1)
+        replay.apply_entry(entry(replay, "a", lambda s: deposit(s, "d1", 5_000, "simulated", "", T0)), 2)
+        assert old.totals().get("deposited") == 5_000
+        row = old.db.execute("SELECT v FROM projection_meta WHERE k = 'ledger_version'").fetchone()
+        assert row == (PROJECTION_VERSION,)
+    finally:
+        old.close()
+
+
+async def test_history_right_after_an_acked_write_shows_it(fresh_nats) -> None:  # type: ignore[no-untyped-def]
+    import nats
+
+    from actors.vault.actor import VaultActor
+    from schemas.vault import HistoryQuery
+    from tests.stack import demo_config, vault_section
+
+    nc = await nats.connect(fresh_nats.url)
+    actor = VaultActor(demo_config("http://127.0.0.1:9", vault=vault_section()))
+    await actor.start(nc)
+    try:
+        await actor.execute("a1", lambda s, at: create_agent(s, "a1", "h1", AgentPolicy(), at))
+        for i in range(100):
+            await actor.execute("a1", lambda s, at, i=i: deposit(s, f"d{i}", 1_000, "simulated", "", at))
+            newest = (await actor._my_history(HistoryQuery(token_hash="h1", limit=1), {})).items
+            assert newest and newest[0].op_id == f"deposit:d{i}", (i, newest)
+    finally:
+        await actor.stop()
+        await nc.drain()

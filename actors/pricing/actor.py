@@ -285,6 +285,13 @@ class PricingActor:
                          else all(private_host(r) for r in cfg.relays))
 
         async def discover(node: Node) -> Node:
+            try:
+                return await read_node(node)
+            except Exception as e:  # one announcement, however odd, must not stop the others being read
+                log.warning("pricing: reading node %s failed (%s)", node.name, type(e).__name__)
+                return replace(node, discovery=node.discovery.failed(f"unreadable ({type(e).__name__})", now_ms()))
+
+        async def read_node(node: Node) -> Node:
             if not accepted.intersection(m.rstrip("/") for m in node.mints):
                 return node  # not payable: nothing to read
             refused = None if allow_private else await private_reason(node.url)

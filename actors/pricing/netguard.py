@@ -20,6 +20,7 @@ from aiohttp.resolver import ThreadedResolver
 
 Lookup = Callable[[str, int], Awaitable[list[str]]]
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT, and the addresses of overlay VPNs
+_SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated, still routed inside some networks
 
 
 def private_ip(address: str) -> bool:
@@ -27,8 +28,12 @@ def private_ip(address: str) -> bool:
         ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone id is not part of the address
     except ValueError:
         return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _SITE_LOCAL:
+            return True
+        embedded = ip.ipv4_mapped or ip.sixtofour  # an IPv4 address carried inside: judge that one
+        if embedded is not None:
+            ip = embedded
     return ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast \
         or ip.is_reserved or ip in _SHARED
 
@@ -59,7 +64,7 @@ async def private_reason(url: str, lookup: Optional[Lookup] = None) -> Optional[
         pass
     try:
         addresses = await (lookup or _system_lookup)(host, parts.port or (443 if parts.scheme == "https" else 80))
-    except OSError:
+    except (OSError, UnicodeError):  # UnicodeError: a name IDNA refuses (an empty or overlong label)
         return "the announced host does not resolve"
     if not addresses:
         return "the announced host does not resolve"

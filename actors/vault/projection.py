@@ -113,6 +113,27 @@ def where_clause(agent_id: Optional[str], since_ms: Optional[int], until_ms: Opt
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
+# Version 2: entries are fed in stream order. A file written by version 1 may lack rows below its stored
+# sequence (an own write acked ahead of another instance's entry made that entry look already loaded).
+PROJECTION_VERSION = 2
+
+
+def _rebuild_if_older(db: duckdb.DuckDBPyConnection) -> None:
+    """A projection file from an older version is emptied: the vault replays the ledger into it from sequence 1."""
+    row = db.execute("SELECT v FROM projection_meta WHERE k = 'ledger_version'").fetchone()
+    if row is not None and int(row[0]) >= PROJECTION_VERSION:
+        return
+    db.execute("BEGIN TRANSACTION")
+    try:
+        db.execute("DELETE FROM ledger")
+        db.execute("DELETE FROM projection_meta WHERE k = 'stream_seq'")
+        db.execute("INSERT OR REPLACE INTO projection_meta VALUES ('ledger_version', ?)", [PROJECTION_VERSION])
+        db.execute("COMMIT")
+    except Exception:
+        db.execute("ROLLBACK")
+        raise
+
+
 class SpooledTable:
     """Rows buffered as JSON lines and bulk-loaded into one table, with the stream sequence they reach stored in
     ``projection_meta[meta_key]`` in the same transaction: loading the same entries twice changes nothing."""
@@ -167,6 +188,7 @@ class Projection(SpooledTable):
     def __init__(self, path: str = "") -> None:
         db = duckdb.connect(path or ":memory:")
         db.execute(_SCHEMA)
+        _rebuild_if_older(db)
         self._init_spool(db, threading.Lock(), tempfile.mkdtemp(prefix="arbstr-projection-"), "rows.jsonl", _READ,
                          "stream_seq")
 
