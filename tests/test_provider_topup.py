@@ -6,9 +6,10 @@ node's balance runs low the vault tops it up again. Books balance and the wallet
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import aiohttp
 import pytest
@@ -41,12 +42,16 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_a_nostr_node_is_paid_from_the_cashu_rail_and_topped_up_as_agents_spend(
-        http: aiohttp.ClientSession, fresh_nats: NatsServer, mock_upstream: str, relay: NostrRelay,
-        nutshell_mint: NutshellMint, outside: OutsideWallet, routstr_nodes: StartNode, tmp_path: Path) -> None:
-    node = await routstr_nodes(prices={MODEL: ("2", "5")})  # sats per token: ~30 sat a request below
-    signer = Signer(f"topup-{time.time_ns()}")
-    name = node_name(signer.pubkey, "n1")
+class Market:
+    """A stack whose vault pays Nostr-announced nodes from a real mint; the operator and one agent funded."""
+
+    def __init__(self, stack: Any, rig: Rig, wallet: CashuWallet, agent: str) -> None:
+        self.stack, self.rig, self.wallet, self.agent = stack, rig, wallet, agent
+
+
+@contextlib.asynccontextmanager
+async def market(http: aiohttp.ClientSession, fresh_nats: NatsServer, mock_upstream: str, nutshell_mint: NutshellMint,
+                 outside: OutsideWallet, tmp_path: Path, relay: NostrRelay) -> AsyncIterator[Market]:
     cfg = demo_config(
         mock_upstream,
         market={"nostr": {"relays": [relay.url], "interval_s": 0.2, "timeout_s": 2, "tier": "frontier",
@@ -66,15 +71,37 @@ async def test_a_nostr_node_is_paid_from_the_cashu_rail_and_topped_up_as_agents_
         status, dep = await _post(http, stack.url, "/v1/vault/me/deposits", agent,
                                   {"rail": "cashu", "token": await outside.mint_token(400)})
         assert status == 201, dep
+        yield Market(stack, rig, wallet, agent)
+    finally:
+        await rig.stop_vault()
+        await stack.stop()
 
+
+async def routable(http: aiohttp.ClientSession, stack: Any, name: str) -> bool:
+    async with http.get(f"{stack.url}/providers") as r:
+        views = {v["name"]: v for v in (await r.json())["data"]}
+    return name in views and views[name]["routable"]
+
+
+async def clean_books(http: aiohttp.ClientSession, m: Market) -> None:
+    """The books balance, and the wallet holds exactly what the books say it should."""
+    assert_balanced(await books(http, m.stack))
+    rec = await admin(http, m.stack, "GET", "/v1/admin/reconcile", expect=200)
+    assert rec["ok"] and not rec["frozen"], rec
+    assert rec["assets_msat"] == await m.wallet.assets_msat()
+
+
+async def test_a_nostr_node_is_paid_from_the_cashu_rail_and_topped_up_as_agents_spend(
+        http: aiohttp.ClientSession, fresh_nats: NatsServer, mock_upstream: str, relay: NostrRelay,
+        nutshell_mint: NutshellMint, outside: OutsideWallet, routstr_nodes: StartNode, tmp_path: Path) -> None:
+    node = await routstr_nodes(prices={MODEL: ("2", "5")})  # sats per token: ~30 sat a request below
+    signer = Signer(f"topup-{time.time_ns()}")
+    name = node_name(signer.pubkey, "n1")
+    async with market(http, fresh_nats, mock_upstream, nutshell_mint, outside, tmp_path, relay) as m:
+        stack, agent = m.stack, m.agent
         # Announced on Nostr: listed, then paid and routable without anyone touching a key.
         await publish_all(http, relay.url, signer.announcement("n1", node.url, mints=(nutshell_mint.url,)))
-
-        async def routable() -> bool:
-            async with http.get(f"{stack.url}/providers") as r:
-                views = {v["name"]: v for v in (await r.json())["data"]}
-            return name in views and views[name]["routable"]
-        await eventually(routable)
+        await eventually(lambda: routable(http, stack, name))
         [key] = node.keys.values()
         assert key.balance_msat > 0
 
@@ -102,14 +129,43 @@ async def test_a_nostr_node_is_paid_from_the_cashu_rail_and_topped_up_as_agents_
         assert all(p["amount_msat"] == TOPUP_MSAT for p in payouts)
         assert "cashuA" not in str(payouts) and "cashuB" not in str(payouts)  # the operator's list never carries the ecash itself
 
-        # The books balance, and the wallet holds exactly what the books say it should.
-        assert_balanced(await books(http, stack))
-        rec = await admin(http, stack, "GET", "/v1/admin/reconcile", expect=200)
-        assert rec["ok"] and not rec["frozen"], rec
-        assert rec["assets_msat"] == await wallet.assets_msat()
-    finally:
-        await rig.stop_vault()
-        await stack.stop()
+        await clean_books(http, m)
+
+
+async def test_a_key_whose_record_was_not_saved_is_recovered_by_delivering_the_same_token_again(
+        http: aiohttp.ClientSession, fresh_nats: NatsServer, mock_upstream: str, relay: NostrRelay,
+        nutshell_mint: NutshellMint, outside: OutsideWallet, routstr_nodes: StartNode, tmp_path: Path) -> None:
+    """The node made a key for our token, but its record never reached arbstr_provider_keys (KV down, or the
+    vault died in between): the next round delivers the same token again, the node answers with the same key
+    (Routstr names a key by its token), and no second top-up is paid for the one that looked lost."""
+    node = await routstr_nodes(prices={MODEL: ("2", "5")})
+    signer = Signer(f"topup-lost-{time.time_ns()}")
+    name = node_name(signer.pubkey, "n1")
+    async with market(http, fresh_nats, mock_upstream, nutshell_mint, outside, tmp_path, relay) as m:
+        topups = m.rig.actor.topups
+        save = topups._save
+        failed: list[str] = []
+
+        async def save_fails_once_after_create(key: Any, revision: Any) -> int:
+            if key.delivered and not failed:
+                failed.append(key.delivered[-1])
+                raise RuntimeError("the KV write was lost")
+            return await save(key, revision)
+        topups._save = save_fails_once_after_create
+        await publish_all(http, relay.url, signer.announcement("n1", node.url, mints=(nutshell_mint.url,)))
+        await eventually(lambda: routable(http, m.stack, name))
+        assert failed == [f"tok:operator:topup-{name}-1"]
+        [key] = node.keys.values()  # one key at the node, funded once
+        assert 0 < key.balance_msat <= TOPUP_MSAT
+        payouts = (await admin(http, m.stack, "GET", "/v1/admin/payouts?agent=operator", expect=200))["data"]
+        assert [p["payout_id"] for p in payouts] == failed  # nothing paid twice
+        async with http.post(f"{m.stack.url}/v1/chat/completions", headers=bearer(m.agent),
+                             json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+                                   "max_tokens": 5}) as r:
+            assert r.status == 200, await r.text()
+            assert r.headers["x-arbstr-provider"] == name
+        assert key.total_requests == 1  # served with the recovered key
+        await clean_books(http, m)
 
 
 async def _post(http: aiohttp.ClientSession, url: str, path: str, token: str, body: dict[str, Any]
