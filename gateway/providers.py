@@ -19,6 +19,7 @@ from nats.js.kv import KeyValue
 from pydantic import SecretStr, ValidationError
 
 from actors.bucket_follower import BucketFollower, is_delete
+from actors.netguard import private_urls_allowed
 from schemas import subjects
 from schemas.config import Config, ProviderConfig
 from schemas.pricing import ProviderPrices
@@ -49,7 +50,8 @@ def live_provider(entry: ProviderPrices, config: Config, keys: dict[str, SecretS
             tier=entry.tier, context_length=entry.context_length, supports_tools=entry.supports_tools,
             free=entry.free or entry.input_rate == 0 or entry.output_rate == 0,  # rates here are display only
             connect_timeout_s=config.market.connect_timeout_s,
-            first_byte_timeout_s=config.market.first_byte_timeout_s)
+            first_byte_timeout_s=config.market.first_byte_timeout_s,
+            public_only=entry.kind == "routstr" and not private_urls_allowed(config.market.nostr))
     except ValidationError as e:
         log.warning("gateway: cannot call market provider %s: %s", entry.provider, e.errors()[0].get("msg"))
         return None

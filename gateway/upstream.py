@@ -11,6 +11,7 @@ from typing import Optional
 import aiohttp
 import orjson
 
+from actors.netguard import PublicOnlyResolver
 from schemas.breaker import OutcomeKind
 from schemas.config import ProviderConfig
 
@@ -96,21 +97,37 @@ class Upstream:
     def __init__(self, connections: int) -> None:
         self._connections = connections
         self._session: Optional[aiohttp.ClientSession] = None
+        self._public: Optional[aiohttp.ClientSession] = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self._connections, limit_per_host=self._connections,
-                                         ttl_dns_cache=300, enable_cleanup_closed=True)
-        self._session = aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(),
-                                              auto_decompress=True, skip_auto_headers=("User-Agent",))
+        self._session = self._new_session(aiohttp.TCPConnector(
+            limit=self._connections, limit_per_host=self._connections, ttl_dns_cache=300,
+            enable_cleanup_closed=True))
+        # Nodes from public announcements: every connection re-checks what the name resolves to (netguard).
+        self._public = self._new_session(aiohttp.TCPConnector(
+            limit=self._connections, limit_per_host=self._connections, use_dns_cache=False,
+            enable_cleanup_closed=True, resolver=PublicOnlyResolver()))
+
+    @staticmethod
+    def _new_session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(),
+                                     auto_decompress=True, skip_auto_headers=("User-Agent",))
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        for session in (self._session, self._public):
+            if session is not None:
+                await session.close()
 
     @property
     def session(self) -> aiohttp.ClientSession:
         assert self._session is not None, "Upstream.start() not called"
         return self._session
+
+    def session_for(self, provider: ProviderConfig) -> aiohttp.ClientSession:
+        if provider.public_only:
+            assert self._public is not None, "Upstream.start() not called"
+            return self._public
+        return self.session
 
     async def open(self, provider: ProviderConfig, path: str, body: bytes, *, request_id: str,
                    traceparent: Optional[str], stream: bool) -> UpstreamReply:
@@ -126,7 +143,8 @@ class Upstream:
                                         sock_read=provider.first_byte_timeout_s)
         started = time.perf_counter()
         try:
-            resp = await self.session.post(provider.url + path, data=body, headers=headers, timeout=timeout)
+            resp = await self.session_for(provider).post(provider.url + path, data=body, headers=headers,
+                                                         timeout=timeout)
         except asyncio.TimeoutError:
             raise UpstreamFailure("timeout", f"{provider.name} timed out") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:

@@ -49,6 +49,8 @@ class ProviderConfig(_Section):
     connect_timeout_s: float = Field(5.0, gt=0)
     first_byte_timeout_s: float = Field(60.0, gt=0)
     total_timeout_s: Optional[float] = Field(None, gt=0, description="none by default: long generations are not cut")
+    public_only: bool = Field(False, description="connect only when the host resolves to public addresses (set for "
+                                                 "nodes found in public announcements)")
 
     @field_validator("url")
     @classmethod

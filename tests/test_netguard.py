@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from actors.pricing.netguard import PublicOnlyResolver, private_ip, private_reason
+from actors.netguard import PublicOnlyResolver, private_ip, private_reason
 
 
 def answers(*addresses: str) -> Any:
@@ -81,3 +81,46 @@ def test_addresses_carried_inside_ipv6() -> None:
     assert private_ip("2002:0a00:0001::1")  # 6to4 around 10.0.0.1
     assert private_ip("fec0::1")  # site-local
     assert not private_ip("2002:0808:0808::1")  # 6to4 around 8.8.8.8
+
+
+def test_nodes_from_public_announcements_are_called_through_the_guard() -> None:
+    from pydantic import SecretStr
+
+    from gateway.providers import live_provider
+    from schemas.config import Config
+    from schemas.pricing import ProviderPrices
+
+    node = ProviderPrices(provider="routstr-abc", kind="routstr", url="https://node.example.com/v1",
+                          credential="provider_keys", models=["m"], input_rate=1, output_rate=1, tier="standard")
+    keys = {"routstr-abc": SecretStr("sk-1")}
+    public = Config.model_validate({"market": {"nostr": {"relays": ["wss://relay.example.com"]}}})
+    local = Config.model_validate({"market": {"nostr": {"relays": ["ws://127.0.0.1:7447"]}}})
+    allowed = Config.model_validate({"market": {"nostr": {"relays": ["wss://relay.example.com"],
+                                                          "allow_private_urls": True}}})
+    assert live_provider(node, public, keys).public_only  # type: ignore[union-attr]
+    assert not live_provider(node, local, keys).public_only  # type: ignore[union-attr]
+    assert not live_provider(node, allowed, keys).public_only  # type: ignore[union-attr]
+
+
+async def test_the_gateway_never_sends_a_guarded_request_to_a_private_address(mock_upstream: str) -> None:
+    from gateway.upstream import Upstream, UpstreamFailure
+    from schemas.config import ProviderConfig
+
+    port = mock_upstream.rsplit(":", 1)[1]
+    url = f"http://localhost:{port}/cheap/v1"  # a name that resolves to loopback, as a rebinding would
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}'
+    upstream = Upstream(4)
+    await upstream.start()
+    try:
+        plain = ProviderConfig(name="node", url=url, models=["gpt-4o-mini"], input_rate=1, output_rate=1)
+        reply = await upstream.open(plain, "/chat/completions", body, request_id="r1", traceparent=None,
+                                    stream=False)
+        assert reply.response.status == 200
+        reply.response.release()
+        guarded = plain.model_copy(update={"public_only": True})
+        with pytest.raises(UpstreamFailure) as failure:
+            await upstream.open(guarded, "/chat/completions", body, request_id="r2", traceparent=None,
+                                stream=False)
+        assert failure.value.kind == "connect"
+    finally:
+        await upstream.close()

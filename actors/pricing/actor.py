@@ -22,6 +22,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from actors.bucket_follower import BucketFollower, is_delete
+from actors.netguard import PublicOnlyResolver, private_reason, private_urls_allowed
 from actors.runtime import Endpoint, cancel_and_wait, open_bucket, wait_condition
 from schemas import subjects
 from schemas.config import Config, FeedConfig, ProviderConfig
@@ -36,7 +37,6 @@ from .listing import Listing
 from . import nostr, routstr
 from .market import DiscoveryState, FeedState, MarketState, Node, node_name
 from .merge import build_table, feed_label
-from .netguard import PublicOnlyResolver, private_host, private_reason
 from .table import quote
 
 log = logging.getLogger("arbstr.pricing")
@@ -281,8 +281,7 @@ class PricingActor:
                                version=a.version, created_at=a.created_at, expires_at=a.expires_at,
                                discovery=known.discovery if known is not None else DiscoveryState())
         accepted = set(cfg.accepted_mints)
-        allow_private = (cfg.allow_private_urls if cfg.allow_private_urls is not None
-                         else all(private_host(r) for r in cfg.relays))
+        allow_private = private_urls_allowed(cfg)
 
         async def discover(node: Node) -> Node:
             try:

@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from actors.netguard import private_urls_allowed
 from actors.runtime import Endpoint, cancel_and_wait
 from schemas import subjects
 from schemas.config import Config, VaultConfig
@@ -84,7 +85,8 @@ class VaultActor:
         self.claims = Claims(instance=secrets.token_hex(8))
         self.rails = Rails(self.vc.wallet, self.wallet, self.book, self.execute, self.freeze, self.claims,
                            self._caught_up)
-        self.topups = TopUps(self.vc.topup, self.rails, self.book, self.execute) if self.vc.topup else None
+        self.topups = TopUps(self.vc.topup, self.rails, self.book, self.execute,
+                             public_only=not private_urls_allowed(config.market.nostr)) if self.vc.topup else None
         self.projection = Projection(self.vc.duckdb_path)
         self.request_log = RequestLog(self.projection)
         self.nc: Optional[NATS] = None

@@ -22,6 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
+from actors.netguard import PublicOnlyResolver
 from actors.runtime import cancel_and_wait, open_bucket
 from schemas import subjects
 from schemas.config import TopUpConfig
@@ -75,8 +76,10 @@ def _number(payout_id: str) -> int:
 
 
 class TopUps:
-    def __init__(self, cfg: TopUpConfig, rails: Rails, book: Book, execute: Execute) -> None:
+    def __init__(self, cfg: TopUpConfig, rails: Rails, book: Book, execute: Execute,
+                 public_only: bool = False) -> None:
         self.cfg = cfg
+        self.public_only = public_only  # nodes from public announcements: tokens go to public addresses only
         self.rails = rails
         self.book = book
         self.execute = execute
@@ -89,7 +92,10 @@ class TopUps:
     async def start(self, nc: NATS, replicas: int) -> None:
         self._prices = await open_bucket(nc, subjects.KV_PRICES, replicas=replicas)
         self._keys = await open_bucket(nc, subjects.KV_PROVIDER_KEYS, replicas=replicas)
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
+        connector = aiohttp.TCPConnector(use_dns_cache=False, resolver=PublicOnlyResolver()) \
+            if self.public_only else None
+        self._session = aiohttp.ClientSession(connector=connector,
+                                              timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
         await self._ensure_operator()
         self._task = asyncio.create_task(self._forever())
 

@@ -1,10 +1,11 @@
 """Keeping announced URLs off our own network.
 
 A node announced on a public relay names any URL it likes. Unless the deployment allows private URLs, a node is
-read only when its host is public: a literal address is checked as written, a hostname by what it resolves to
-(every address: one private answer among public ones refuses it), and the connection that reads it goes through
-a resolver that refuses private addresses again, so a name that changes its answer between the check and the
-fetch (DNS rebinding) still cannot reach inside.
+admitted only when its host is public: a literal address is checked as written, a hostname by what it resolves
+to (every address: one private answer among public ones refuses it). Every later connection to it — the pricing
+actor reading its models, the vault delivering top-up tokens, the gateway sending requests — goes through a
+resolver that refuses private addresses again, so a name that changes its answer after the check (DNS
+rebinding) still cannot reach inside.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from urllib.parse import urlsplit
 
 from aiohttp.abc import ResolveResult
 from aiohttp.resolver import ThreadedResolver
+
+from schemas.config import NostrConfig
 
 Lookup = Callable[[str, int], Awaitable[list[str]]]
 _SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT, and the addresses of overlay VPNs
@@ -44,6 +47,16 @@ def private_host(url: str) -> bool:
     if host == "localhost" or host.endswith(".localhost"):
         return True
     return private_ip(host)
+
+
+def private_urls_allowed(nostr: Optional[NostrConfig]) -> bool:
+    """``allow_private_urls`` when set; else only when every relay is itself on a private network (a test net):
+    an announcement on a public relay must not point arbstr at its own network."""
+    if nostr is None:
+        return True  # no announcements: every market URL came from the operator's own config
+    if nostr.allow_private_urls is not None:
+        return nostr.allow_private_urls
+    return all(private_host(r) for r in nostr.relays)
 
 
 async def _system_lookup(host: str, port: int) -> list[str]:
