@@ -452,3 +452,19 @@ async def test_vault_token_payout_hands_over_one_token_another_wallet_redeems(ht
     await clean(http, rig)
     plan = PayoutPlan("cashu", p["payout_id"], 21_000, p["fee_limit_msat"], p["payout_id"], "")
     assert (await rig.wallet.check_payout(plan)).token == p["token"]
+
+
+async def test_vault_lightning_deposit_on_a_cashu_only_vault_is_a_mint_quote_credited_once(http, rig) -> None:
+    _, token = await new_agent(http, rig.stack, "fay")
+    status, inv = await post(http, rig, "/v1/vault/me/deposits", token, {"rail": "lightning", "amount_msat": 30_000})
+    assert (status, inv["status"], inv["rail"], inv["amount_msat"]) == (201, "invoice", "lightning", 30_000), inv
+    assert inv["bolt11"].startswith("lnbc")  # the mint's invoice: paid, it mints ecash into the vault's wallet
+    # The test mint's FakeWallet settles its own invoices: the wallet mints, the vault credits the agent.
+    for _ in range(200):
+        if (await me(http, rig, token))["balance_msat"] == 30_000:
+            break
+        await asyncio.sleep(0.05)
+    assert (await me(http, rig, token))["balance_msat"] == 30_000
+    await asyncio.sleep(2.5)  # more polls of the quote feed report nothing new
+    assert (await me(http, rig, token))["balance_msat"] == 30_000
+    await clean(http, rig)  # the wallet holds exactly the minted 30 sat the agent owns
