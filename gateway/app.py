@@ -137,6 +137,7 @@ class Gateway:
         await self.directory.start(self.nc)
 
     async def _cleanup(self, app: web.Application) -> None:
+        await self.meter.close()  # before the connection drains: releases still in flight reach the journal
         await self.directory.stop()
         await self.metrics.stop()
         await self.upstream.close()

@@ -38,6 +38,10 @@ class Meter(Protocol):
 
     async def release(self, hold: Hold, reason: str) -> None: ...
 
+    async def close(self) -> None:
+        """Finish what was sent in the background (a release after a failed reserve) before the process goes."""
+        ...
+
 
 class FreeMeter:
     """No billing: every request is served, nothing is reserved or settled."""
@@ -51,4 +55,7 @@ class FreeMeter:
         return None
 
     async def release(self, hold: Hold, reason: str) -> None:
+        return None
+
+    async def close(self) -> None:
         return None

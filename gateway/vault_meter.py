@@ -94,6 +94,12 @@ class VaultMeter:
         await self._command(SettleCommand(kind="release", request_id=hold.request_id, agent_id=hold.agent_id,
                                           reason=reason), hold.agent_id)
 
+    async def close(self) -> None:
+        """A release still retrying after a failed reserve is what keeps a client's failed request from being
+        charged at the hold's TTL: wait for it (it gives up after ``settle_budget_s`` by itself)."""
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=self.settle_budget_s + 1)
+
     async def _command(self, cmd: SettleCommand, agent_id: Optional[str]) -> None:
         """Publish until JetStream acks; the msg id makes retries (and a gateway's double send) harmless."""
         data = cmd.model_dump_json().encode()
