@@ -38,7 +38,7 @@ class BucketFollower:
     """
 
     def __init__(self, open_kv: Callable[[], Awaitable[KeyValue]], on_entry: OnEntry,
-                 held: Callable[[], Iterable[str]], on_gone: Callable[[str], None], name: str,
+                 held: Callable[[], Iterable[str]], on_gone: Callable[[str], object], name: str,
                  retry_s: float = 1.0) -> None:
         self._open_kv = open_kv
         self._on_entry = on_entry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -13,7 +14,8 @@ import pytest
 
 from arbstr.natsserver import NatsServer
 
-HANG_REPORT_S = float(__import__("os").environ.get("ARBSTR_HANG_REPORT_S", "90"))  # before pytest-timeout's 120 s: say what every task awaits while the loop still answers
+# Before pytest-timeout's 120 s: say what every task awaits while the loop still answers.
+HANG_REPORT_S = float(os.environ.get("ARBSTR_HANG_REPORT_S", "90"))
 _running: dict[str, Any] = {}
 
 
