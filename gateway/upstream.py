@@ -11,7 +11,7 @@ from typing import Optional
 import aiohttp
 import orjson
 
-from actors.netguard import PublicOnlyResolver
+from actors.netguard import PublicOnlyResolver, private_host
 from schemas.breaker import OutcomeKind
 from schemas.config import ProviderConfig
 
@@ -132,6 +132,8 @@ class Upstream:
     async def open(self, provider: ProviderConfig, path: str, body: bytes, *, request_id: str,
                    traceparent: Optional[str], stream: bool) -> UpstreamReply:
         """Send one attempt. Returns a response of status < 500 and not in REFUSALS with headers read; else raises."""
+        if provider.public_only and private_host(provider.url):  # a literal address never reaches the resolver
+            raise UpstreamFailure("connect", f"{provider.name} is at a private address")
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
         if stream:
             headers["Accept"] = "text/event-stream"

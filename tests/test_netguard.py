@@ -122,5 +122,10 @@ async def test_the_gateway_never_sends_a_guarded_request_to_a_private_address(mo
             await upstream.open(guarded, "/chat/completions", body, request_id="r2", traceparent=None,
                                 stream=False)
         assert failure.value.kind == "connect"
+        literal = guarded.model_copy(update={"url": mock_upstream + "/cheap/v1"})  # 127.0.0.1: no lookup at all
+        with pytest.raises(UpstreamFailure) as failure:
+            await upstream.open(literal, "/chat/completions", body, request_id="r3", traceparent=None,
+                                stream=False)
+        assert failure.value.kind == "connect" and "private address" in str(failure.value)
     finally:
         await upstream.close()

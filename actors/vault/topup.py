@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
-from actors.netguard import PublicOnlyResolver
+from actors.netguard import PublicOnlyResolver, private_host
 from actors.runtime import cancel_and_wait, open_bucket
 from schemas import subjects
 from schemas.config import TopUpConfig
@@ -163,6 +163,8 @@ class TopUps:
                 log.warning("top-up of %s: %s", p.provider, getattr(e, "message", repr(e)))
 
     async def top_up(self, provider: str, url: str) -> Step:
+        if self.public_only and private_host(url):  # a literal address never reaches the resolver
+            raise RuntimeError(f"{provider} is at a private address; not paid")
         key, revision = await self._load(provider)
         balance = await self._balance(url, key) if key is not None and key.api_key else None
         if key is not None and balance is not None and balance != key.balance_msat:
