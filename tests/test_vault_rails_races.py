@@ -202,3 +202,24 @@ async def test_a_deposit_the_journal_keeps_refusing_is_parked_not_blocking_nor_l
     assert ((await me(http, rig, a))["balance_msat"], (await me(http, rig, b))["balance_msat"]) == (3_000, 4_000)
     assert await rails.claims.parked() == []
     await clean(http, rig)
+
+
+async def test_a_lease_renewal_racing_its_release_never_revives_it(fresh_nats) -> None:  # type: ignore[no-untyped-def]
+    import nats
+
+    from actors.vault.claims import Claims
+
+    nc = await nats.connect(fresh_nats.url)
+    try:
+        mine, theirs = Claims("mine"), Claims("theirs")
+        await mine.start(nc, 1)
+        await theirs.start(nc, 1)
+        assert await mine.acquire("payout:p1", 15)
+        assert not await theirs.acquire("payout:p1", 15)  # held by a live instance
+        assert await mine.renew("payout:p1", 15)
+        assert not await theirs.renew("payout:p1", 15)  # renewing is for the holder only
+        await mine.release("payout:p1")
+        assert not await mine.renew("payout:p1", 15)  # late: the lease stays released
+        assert await theirs.acquire("payout:p1", 15)  # so another instance may drive the payout at once
+    finally:
+        await nc.drain()

@@ -77,6 +77,23 @@ class Claims:
         except KeyWrongLastSequenceError:
             return False
 
+    async def renew(self, name: str, ttl_s: float) -> bool:
+        """Extend a lease this instance holds. Never takes one: a renewal racing the release must not revive it."""
+        key = _key("lease", name)
+        try:
+            entry = await self.kv.get(key)
+            held = orjson.loads(entry.value or b"{}")
+        except (KeyNotFoundError, orjson.JSONDecodeError):
+            return False
+        if held.get("owner") != self.instance:
+            return False
+        value = orjson.dumps({"owner": self.instance, "until_ms": int((time.time() + ttl_s) * 1000)})
+        try:
+            await self.kv.update(key, value, last=entry.revision)
+            return True
+        except KeyWrongLastSequenceError:
+            return False  # released (or taken over) meanwhile
+
     async def park(self, name: str, value: bytes) -> None:
         """Keep something that must be retried later (a deposit the journal refused for now), vault-wide."""
         await self.kv.put(_key("parked", name), value)

@@ -94,6 +94,7 @@ class Rails:
         self._invoice_owner: dict[str, tuple[str, str]] = {}  # payment hash -> (agent id, deposit id)
         self._parked_here = False
         self._driving: dict[str, asyncio.Task[None]] = {}
+        self._releasing: set[asyncio.Future[None]] = set()  # lease releases under way (awaited at stop)
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -112,6 +113,8 @@ class Rails:
 
     async def stop(self) -> None:
         await cancel_and_wait(*self._tasks, *self._driving.values())
+        if self._releasing:  # leases let go before the connection drains
+            await asyncio.wait(set(self._releasing), timeout=5)
         await self.wallet.stop()
 
     # --- deposits --------------------------------------------------------------------------------------
@@ -318,14 +321,19 @@ class Rails:
         try:
             await self._drive_once(agent_id, payout_id, resume)
         finally:
-            await cancel_and_wait(renew)  # a renewal landing after the release would hold the lease for nothing
-            await self.claims.release(f"payout:{payout_id}")
+            renew.cancel()  # a renewal that still lands finds the lease gone: renewing never takes one
+            # Shielded and tracked: a second cancel of this task (a stopping vault re-cancels) must not skip the
+            # release, or the payout waits out the lease's TTL before any instance may drive it again.
+            release = asyncio.ensure_future(self.claims.release(f"payout:{payout_id}"))
+            self._releasing.add(release)
+            release.add_done_callback(self._releasing.discard)
+            await asyncio.shield(release)
 
     async def _renew(self, payout_id: str) -> None:
         while True:
             await asyncio.sleep(LEASE_TTL_S / 3)
             try:
-                await self.claims.acquire(f"payout:{payout_id}", LEASE_TTL_S)
+                await self.claims.renew(f"payout:{payout_id}", LEASE_TTL_S)
             except Exception as e:
                 log.warning("payout %s: lease not renewed (%r)", payout_id, e)
 
