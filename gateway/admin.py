@@ -23,7 +23,7 @@ from schemas.vault import (AccountView, AgentDeposit, AgentList, AgentPolicy, Ag
 
 from .bus import Bus
 from .http import REQUEST_ID, bearer_token, json_response, read_json_object
-from .vault_meter import admin_token_hash, missing_token, token_hash
+from .vault_meter import admin_token_hash, missing_token, require_admin, token_hash
 
 R = TypeVar("R", bound=BaseModel)
 TOKEN_PREFIX = "arb_"
@@ -183,20 +183,7 @@ class VaultHTTP:
     def admin(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
               ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def guarded(request: web.Request) -> web.StreamResponse:
-            token = bearer_token(request)
-            if token is None:
-                raise missing_token()
-            if self.admin_hash is None:
-                raise ArbstrError(403, "no admin token is configured ([vault] admin_token or ARBSTR_ADMIN_TOKEN)",
-                                  code="admin_disabled")
-            if not hmac.compare_digest(token_hash(token), self.admin_hash):
-                # A valid agent token is authenticated but not allowed here; anything else is not authenticated.
-                try:
-                    await self.bus.call(subjects.vault_agent("me"), TokenRef(token_hash=token_hash(token)),
-                                        AccountView, request_id=request[REQUEST_ID])
-                except ArbstrError:
-                    raise ArbstrError(401, "invalid admin token", code="invalid_api_key") from None
-                raise ArbstrError(403, "agent tokens cannot use admin endpoints", code="admin_only")
+            await require_admin(bearer_token(request), self.admin_hash, self.bus, request[REQUEST_ID])
             return await handler(request)
         return guarded
 

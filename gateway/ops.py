@@ -9,7 +9,6 @@ They read the same sources the request path does: the pricing table, the router,
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
@@ -27,7 +26,7 @@ from schemas.router import Candidate, RouteReply, RouteRequest
 
 from .endpoints import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSpec, validate
 from .http import REQUEST_ID, bearer_token, json_response, read_json_object
-from .vault_meter import admin_token_hash, missing_token, token_hash
+from .vault_meter import admin_token_hash, require_admin
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -304,7 +303,7 @@ class Ops:
 
     async def confirm_prices(self, request: web.Request) -> web.Response:
         """``POST /v1/admin/prices/{provider}/confirm`` [``{"models": [...]}``]: held prices go in force."""
-        self._admin(request)
+        await require_admin(bearer_token(request), self.admin_hash, self.gw.bus, request[REQUEST_ID])
         models: Optional[list[str]] = None
         if request.can_read_body:
             body = await read_json_object(request, 64 * 1024)
@@ -318,17 +317,6 @@ class Ops:
         reply = await self.gw.bus.call(subjects.PRICING_CONFIRM, ConfirmRequest(provider=provider, models=models),
                                        ConfirmReply, request_id=request[REQUEST_ID])
         return json_response(reply.model_dump(mode="json"))
-
-    def _admin(self, request: web.Request) -> None:
-        """The admin token, checked as the vault's admin endpoints check it (constant time, hash compared)."""
-        token = bearer_token(request)
-        if token is None:
-            raise missing_token()
-        if self.admin_hash is None:
-            raise ArbstrError(403, "no admin token is configured ([vault] admin_token or ARBSTR_ADMIN_TOKEN)",
-                              code="admin_disabled")
-        if not hmac.compare_digest(token_hash(token), self.admin_hash):
-            raise ArbstrError(401, "invalid admin token", code="invalid_api_key")
 
 
 def route_request(request: web.Request, body: dict[str, Any], spec: EndpointSpec, request_id: str) -> RouteRequest:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import logging
 import os
 import time
@@ -17,7 +18,7 @@ from schemas.config import Config
 from schemas.errors import ArbstrError
 from schemas.router import RouteReply
 from schemas.trace import TRACEPARENT
-from schemas.vault import ReserveReply, ReserveRequest, SettleCommand
+from schemas.vault import AccountView, ReserveReply, ReserveRequest, SettleCommand, TokenRef
 
 from .bus import Bus
 from .meter import Hold, Usage
@@ -41,6 +42,24 @@ def admin_token_hash(config: Config) -> Optional[str]:
 def missing_token() -> ArbstrError:
     return ArbstrError(401, "missing bearer token: send 'Authorization: Bearer <agent token>'",
                        code="missing_api_key")
+
+
+async def require_admin(token: Optional[str], admin_hash: Optional[str], bus: Bus, request_id: str) -> None:
+    """The admin token (hashes compared in constant time); a valid agent token is told it is not allowed (403),
+    anything else that it is not authenticated (401)."""
+    if token is None:
+        raise missing_token()
+    if admin_hash is None:
+        raise ArbstrError(403, "no admin token is configured ([vault] admin_token or ARBSTR_ADMIN_TOKEN)",
+                          code="admin_disabled")
+    if hmac.compare_digest(token_hash(token), admin_hash):
+        return
+    try:
+        await bus.call(subjects.vault_agent("me"), TokenRef(token_hash=token_hash(token)), AccountView,
+                       request_id=request_id)
+    except ArbstrError:
+        raise ArbstrError(401, "invalid admin token", code="invalid_api_key") from None
+    raise ArbstrError(403, "agent tokens cannot use admin endpoints", code="admin_only")
 
 
 class VaultMeter:
