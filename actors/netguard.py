@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp.abc import ResolveResult
 from aiohttp.resolver import ThreadedResolver
 
@@ -95,3 +96,9 @@ class PublicOnlyResolver(ThreadedResolver):
         if any(private_ip(r["host"]) for r in results):
             raise OSError(f"{host} resolves to a private network")
         return results
+
+
+def public_connector(**options: Any) -> aiohttp.TCPConnector:
+    """A connector for nodes from public announcements: every connection resolves anew and is refused when the
+    name answers with a private address."""
+    return aiohttp.TCPConnector(resolver=PublicOnlyResolver(), use_dns_cache=False, **options)

@@ -65,20 +65,21 @@ class AgentDepositBody(_Strict):
     token: Optional[str] = Field(None, min_length=1, max_length=100_000)
 
 
+PAYOUT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
 class WithdrawBody(_Strict):
     """A BOLT11 (its own amount is charged), or ``{"rail": "cashu", "amount_msat": n}`` for an ecash token."""
 
     bolt11: Optional[str] = Field(None, min_length=1, max_length=8_000)
     amount_msat: Optional[int] = Field(None, gt=0, le=2_100_000_000_000_000_000, strict=True)
     rail: Optional[Rail] = None
-    payout_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$")
+    payout_id: Optional[str] = Field(None, pattern=PAYOUT_ID.pattern)
 
 
 class ClearBody(_Strict):
     force: bool = False
 
-
-PAYOUT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 # Rails may take seconds (a mint swap, a route search): longer than the bus's default request timeout.
 RAIL_TIMEOUT_S = 30.0

@@ -107,7 +107,7 @@ class Gateway:
         self.meter: Meter = meter
         self.metrics = Metrics()
         self.directory = ProviderDirectory(config)  # who to call for a provider, market ones included
-        self.proxy = Proxy(config, nc, self.bus, self.upstream, self.meter, self.metrics, self.directory)
+        self.proxy = Proxy(config, nc, self.bus, self.upstream, self.meter, self.directory, self.metrics)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[envelope], client_max_size=self.config.server.max_body_bytes)

@@ -9,17 +9,16 @@ cached here: the request path looks a provider up in a dict, never in KV.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any, Callable, Optional
 
 from nats.aio.client import Client as NATS
-from nats.js.errors import BucketNotFoundError
 from nats.js.kv import KeyValue
 from pydantic import SecretStr, ValidationError
 
 from actors.bucket_follower import BucketFollower, is_delete
 from actors.netguard import private_urls_allowed
+from actors.runtime import open_bucket
 from schemas import subjects
 from schemas.config import Config, ProviderConfig
 from schemas.pricing import ProviderPrices
@@ -87,11 +86,12 @@ class ProviderDirectory:
 
     async def start(self, nc: NATS) -> None:
         """Follow the buckets in the background: a gateway starts even while JetStream is still electing."""
-        self._followers = [BucketFollower(lambda: self._bucket(nc, subjects.KV_PRICES), self._on_price,
+        replicas = self.config.nats.kv_replicas
+        self._followers = [BucketFollower(lambda: open_bucket(nc, subjects.KV_PRICES, replicas=replicas), self._on_price,
                                           self.entries.keys, self._on_gone(self.entries), "gateway-prices",
                                           retry_s=BUCKET_RETRY_S)]
         if self.config.market.nostr is not None:  # only Routstr nodes take their key from the bucket
-            self._followers.append(BucketFollower(lambda: self._bucket(nc, subjects.KV_PROVIDER_KEYS), self._on_key,
+            self._followers.append(BucketFollower(lambda: open_bucket(nc, subjects.KV_PROVIDER_KEYS, replicas=replicas), self._on_key,
                                                   self._keys.keys, self._on_gone(self._keys),
                                                   "gateway-provider-keys", retry_s=BUCKET_RETRY_S))
         for follower in self._followers:
@@ -107,22 +107,6 @@ class ProviderDirectory:
             held.pop(key, None)
             self._rebuild(key)
         return gone
-
-    async def _bucket(self, nc: NATS, bucket: str) -> KeyValue:
-        """Open (or create, as the actors do) a bucket, retrying until JetStream answers."""
-        js = nc.jetstream()
-        while True:
-            try:
-                return await js.key_value(bucket)
-            except BucketNotFoundError:
-                try:
-                    return await js.create_key_value(bucket=bucket, history=1,
-                                                     replicas=self.config.nats.kv_replicas)
-                except Exception:  # created meanwhile, or JetStream busy: ask again
-                    log.debug("gateway: creating bucket %s failed", bucket, exc_info=True)
-            except Exception:
-                log.debug("gateway: opening bucket %s failed", bucket, exc_info=True)
-            await asyncio.sleep(BUCKET_RETRY_S)
 
     def _on_price(self, entry: KeyValue.Entry, live: bool) -> None:
         if is_delete(entry):

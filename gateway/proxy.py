@@ -61,7 +61,7 @@ class Exchange:
 
 class Proxy:
     def __init__(self, config: Config, nc: NATS, bus: Bus, upstream: Upstream, meter: Meter,
-                 metrics: Optional[Metrics] = None, directory: Optional[ProviderDirectory] = None) -> None:
+                 directory: ProviderDirectory, metrics: Optional[Metrics] = None) -> None:
         self.config = config
         self.metrics = metrics
         self.nc = nc
@@ -69,7 +69,7 @@ class Proxy:
         self.upstream = upstream
         self.meter = meter
         # Configured providers, plus the market's once the gateway follows the price table (app startup).
-        self.directory = directory if directory is not None else ProviderDirectory(config)
+        self.directory = directory
 
     # --- the whole path --------------------------------------------------------------------------------
     async def handle(self, request: web.Request, spec: EndpointSpec) -> web.StreamResponse:

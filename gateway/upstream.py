@@ -11,7 +11,7 @@ from typing import Optional
 import aiohttp
 import orjson
 
-from actors.netguard import PublicOnlyResolver, private_host
+from actors.netguard import private_host, public_connector
 from schemas.breaker import OutcomeKind
 from schemas.config import ProviderConfig
 
@@ -104,9 +104,8 @@ class Upstream:
             limit=self._connections, limit_per_host=self._connections, ttl_dns_cache=300,
             enable_cleanup_closed=True))
         # Nodes from public announcements: every connection re-checks what the name resolves to (netguard).
-        self._public = self._new_session(aiohttp.TCPConnector(
-            limit=self._connections, limit_per_host=self._connections, use_dns_cache=False,
-            enable_cleanup_closed=True, resolver=PublicOnlyResolver()))
+        self._public = self._new_session(public_connector(
+            limit=self._connections, limit_per_host=self._connections, enable_cleanup_closed=True))
 
     @staticmethod
     def _new_session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:

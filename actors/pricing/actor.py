@@ -22,7 +22,7 @@ from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
 from actors.bucket_follower import BucketFollower, is_delete
-from actors.netguard import PublicOnlyResolver, private_reason, private_urls_allowed
+from actors.netguard import private_reason, private_urls_allowed, public_connector
 from actors.runtime import Endpoint, cancel_and_wait, open_bucket, wait_condition
 from schemas import subjects
 from schemas.config import Config, FeedConfig, ProviderConfig
@@ -112,7 +112,7 @@ class PricingActor:
             log.warning("pricing: the published prices did not load within %.0f s", INITIAL_LOAD_S)
         self._session = aiohttp.ClientSession()
         # Announced nodes are read through a resolver that refuses private addresses (see netguard).
-        self._public_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=PublicOnlyResolver()))
+        self._public_session = aiohttp.ClientSession(connector=public_connector())
         await self.refresh()
         for p in self._discovered:
             self._spawn(self._every(self.market.discovery_interval_s, lambda p=p: self._discover(p)),

@@ -615,8 +615,9 @@ class VaultActor:
         for state in self.book.agents():
             if rid in state.holds or rid in state.resolutions:
                 return state.agent_id, False
-            if rid in state.payouts or rid in state.payouts_done:
-                return state.agent_id, True
+        owner = self.rails.owner_of_payout(rid)  # payout ids (a payment hash, tok:…) never look like request ids
+        if owner is not None:
+            return owner, True
         raise ArbstrError(404, f"no reservation {rid}", code="unknown_request", param="request_id")
 
     async def _decide_payout(self, agent_id: str, pid: str, approve: bool, reason: str) -> ApprovalResult:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import orjson
 from nats.aio.client import Client as NATS
@@ -55,41 +55,45 @@ class Claims:
     async def acquire(self, name: str, ttl_s: float) -> bool:
         """Take or renew the lease on ``name``; False while another live instance holds it."""
         key = _key("lease", name)
-        value = orjson.dumps({"owner": self.instance, "until_ms": int((time.time() + ttl_s) * 1000)})
         try:
-            await self.kv.create(key, value)
+            await self.kv.create(key, self._lease(ttl_s))
             return True
         except KeyWrongLastSequenceError:
             pass
-        try:
-            entry = await self.kv.get(key)
-        except KeyNotFoundError:
+        held = await self._held(key)
+        if held is None:
             return False  # released between the two calls: the next round takes it
-        try:
-            held = orjson.loads(entry.value or b"{}")
-        except orjson.JSONDecodeError:
-            held = {}
-        if held.get("owner") != self.instance and int(held.get("until_ms", 0)) > time.time() * 1000:
+        lease, revision = held
+        if lease.get("owner") != self.instance and int(lease.get("until_ms", 0)) > time.time() * 1000:
             return False
-        try:
-            await self.kv.update(key, value, last=entry.revision)
-            return True
-        except KeyWrongLastSequenceError:
-            return False
+        return await self._extend(key, revision, ttl_s)
 
     async def renew(self, name: str, ttl_s: float) -> bool:
         """Extend a lease this instance holds. Never takes one: a renewal racing the release must not revive it."""
         key = _key("lease", name)
+        held = await self._held(key)
+        if held is None or held[0].get("owner") != self.instance:
+            return False
+        return await self._extend(key, held[1], ttl_s)
+
+    def _lease(self, ttl_s: float) -> bytes:
+        return orjson.dumps({"owner": self.instance, "until_ms": int((time.time() + ttl_s) * 1000)})
+
+    async def _held(self, key: str) -> Optional[tuple[dict[str, Any], int]]:
+        """The lease on ``key`` and its revision (an unreadable one reads as nobody's), or None when there is none."""
         try:
             entry = await self.kv.get(key)
-            held = orjson.loads(entry.value or b"{}")
-        except (KeyNotFoundError, orjson.JSONDecodeError):
-            return False
-        if held.get("owner") != self.instance:
-            return False
-        value = orjson.dumps({"owner": self.instance, "until_ms": int((time.time() + ttl_s) * 1000)})
+        except KeyNotFoundError:
+            return None
         try:
-            await self.kv.update(key, value, last=entry.revision)
+            lease = orjson.loads(entry.value or b"{}")
+        except orjson.JSONDecodeError:
+            lease = {}
+        return (lease if isinstance(lease, dict) else {}), int(entry.revision or 0)
+
+    async def _extend(self, key: str, revision: int, ttl_s: float) -> bool:
+        try:
+            await self.kv.update(key, self._lease(ttl_s), last=revision)
             return True
         except KeyWrongLastSequenceError:
             return False  # released (or taken over) meanwhile
@@ -124,11 +128,10 @@ class Claims:
     async def release(self, name: str) -> None:
         key = _key("lease", name)
         try:
-            entry = await self.kv.get(key)
-            held = orjson.loads(entry.value or b"{}")
-            if held.get("owner") == self.instance:
-                await self.kv.delete(key, last=entry.revision)
-        except (KeyNotFoundError, KeyWrongLastSequenceError, orjson.JSONDecodeError):
+            held = await self._held(key)
+            if held is not None and held[0].get("owner") == self.instance:
+                await self.kv.delete(key, last=held[1])
+        except (KeyNotFoundError, KeyWrongLastSequenceError):
             pass
         except Exception as e:  # a lease left behind only delays a resume by its TTL
             log.warning("lease %s not released: %r", name, e)

@@ -43,7 +43,7 @@ def wallet_error(e: WalletError) -> ArbstrError:
     return ArbstrError(e.status, e.message, code=e.code)
 
 
-def payout_view(state: AccountState, payout_id: str, token: str = "") -> PayoutView:
+def payout_view(state: AccountState, payout_id: str) -> PayoutView:
     open_ = state.payouts.get(payout_id)
     done = state.payouts_done.get(payout_id)
     p = open_ if open_ is not None else (done.payout if done is not None else None)
@@ -58,7 +58,7 @@ def payout_view(state: AccountState, payout_id: str, token: str = "") -> PayoutV
                       fee_msat=done.fee_msat if done else 0, charged_msat=done.charged_msat if done else 0,
                       reference=p.reference, reason=done.reason if done else "", started_at_ms=p.started_at_ms,
                       balance_msat=state.available_msat, initial_rail=p.initial_rail or p.rail,
-                      fallback=p.fallback, token=token)
+                      fallback=p.fallback)
 
 
 def _plan_of(p: Payout) -> PayoutPlan:
@@ -155,7 +155,6 @@ class Rails:
         deposit_id = f"ln:{inv.payment_hash}"
         w = await self.execute(agent_id, lambda s, at: decide.issue_invoice(
             s, deposit_id, inv.amount_msat, "lightning", inv.payment_hash, inv.bolt11, inv.expires_at_ms, at))
-        self._invoice_owner[inv.payment_hash] = (agent_id, deposit_id)
         return DepositReply(deposit_id=deposit_id, rail="lightning", status="invoice", amount_msat=inv.amount_msat,
                             bolt11=inv.bolt11, payment_hash=inv.payment_hash, expires_at_ms=inv.expires_at_ms,
                             balance_msat=w.state.available_msat)  # type: ignore[attr-defined]
@@ -210,7 +209,7 @@ class Rails:
             await self.claims.unpark(key)
 
     # --- payouts ---------------------------------------------------------------------------------------
-    def _owner_of_payout(self, payout_id: str) -> Optional[str]:
+    def owner_of_payout(self, payout_id: str) -> Optional[str]:
         for state in self.book.agents():
             if payout_id in state.payouts or payout_id in state.payouts_done:
                 return state.agent_id
@@ -263,7 +262,7 @@ class Rails:
                             ) -> tuple[str, Optional[PayoutPlan], Optional[str]]:
         assert req.bolt11 is not None
         payment_hash, amount, _ = decode_bolt11(req.bolt11)
-        owner = self._owner_of_payout(payment_hash)
+        owner = self.owner_of_payout(payment_hash)
         if owner is not None and owner != agent_id:
             raise ArbstrError(409, "that invoice is being paid by another account", code="payout_conflict")
         if owner is not None:
@@ -283,7 +282,7 @@ class Rails:
         # Token payouts are named by the agent's idempotency key (or a fresh one): a retried request finds its
         # payout, and the wallet keeps the token it issued under that name.
         payout_id = f"tok:{agent_id}:{req.payout_id or os.urandom(12).hex()}"
-        owner = self._owner_of_payout(payout_id)
+        owner = self.owner_of_payout(payout_id)
         if owner is not None:
             return payout_id, None, owner
         return payout_id, await self.wallet.plan_token_payout(payout_id, req.amount_msat), None
@@ -439,8 +438,8 @@ class Rails:
         return {w.identity: a for w, a in zip(parts, amounts)}
 
     async def _measure(self) -> tuple[int, dict[str, int]]:
-        states = self.book.agents()
-        liabilities = sum(s.available_msat + s.pending_msat + s.payout_pending_msat for s in states)
+        books = self.book.books(0)
+        liabilities = books.balances_msat + books.pending_msat  # pending: holds and payouts
         try:
             wallets = await self.holdings()
         except Exception as e:

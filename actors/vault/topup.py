@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
-from actors.netguard import PublicOnlyResolver, private_host
+from actors.netguard import private_host, public_connector
 from actors.runtime import cancel_and_wait, open_bucket
 from schemas import subjects
 from schemas.config import TopUpConfig
@@ -92,8 +92,7 @@ class TopUps:
     async def start(self, nc: NATS, replicas: int) -> None:
         self._prices = await open_bucket(nc, subjects.KV_PRICES, replicas=replicas)
         self._keys = await open_bucket(nc, subjects.KV_PROVIDER_KEYS, replicas=replicas)
-        connector = aiohttp.TCPConnector(use_dns_cache=False, resolver=PublicOnlyResolver()) \
-            if self.public_only else None
+        connector = public_connector() if self.public_only else None
         self._session = aiohttp.ClientSession(connector=connector,
                                               timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
         await self._ensure_operator()
