@@ -23,7 +23,7 @@ from tests.nutshell import NutshellMint, OutsideWallet, nutshell_mint, outside  
 from tests.routstr_node import StartNode, routstr_nodes  # noqa: F401 (fixture)
 from tests.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
 from tests.test_vault_rails import Rig, bearer
-from tests.vault_helpers import admin, assert_balanced, books, new_agent
+from tests.vault_helpers import admin, new_agent, reconciled
 
 MODEL = "node-llama"  # served by the node only, so routing there does not depend on relative prices
 TOPUP_MSAT = 100_000
@@ -85,9 +85,8 @@ async def routable(http: aiohttp.ClientSession, stack: Any, name: str) -> bool:
 
 async def clean_books(http: aiohttp.ClientSession, m: Market) -> None:
     """The books balance, and the wallet holds exactly what the books say it should."""
-    assert_balanced(await books(http, m.stack))
-    rec = await admin(http, m.stack, "GET", "/v1/admin/reconcile", expect=200)
-    assert rec["ok"] and not rec["frozen"], rec
+    rec = await reconciled(http, m.stack)
+    assert not rec["frozen"], rec
     assert rec["assets_msat"] == await m.wallet.assets_msat()
 
 

@@ -12,7 +12,7 @@ import pytest
 from actors.vault.wallets.simulated import SimulatedWallet, make_invoice
 from arbstr.natsserver import NatsServer
 from tests.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
-from tests.vault_helpers import Rig, admin, assert_balanced, bearer, books, me, new_agent, post
+from tests.vault_helpers import Rig, admin, assert_balanced, bearer, books, me, new_agent, post, reconciled
 
 
 @pytest.fixture
@@ -36,9 +36,7 @@ async def eventually(check: Any, timeout_s: float = 5.0) -> None:
 
 
 async def clean(http: aiohttp.ClientSession, rig: Rig) -> None:
-    assert_balanced(await books(http, rig.stack))
-    rec = await admin(http, rig.stack, "GET", "/v1/admin/reconcile", expect=200)
-    assert rec["ok"] is True and rec["surplus_msat"] >= 0, rec
+    await reconciled(http, rig.stack)
 
 
 async def funded_by_invoice(http: aiohttp.ClientSession, rig: Rig, name: str, msat: int) -> tuple[str, str]:

@@ -36,7 +36,7 @@ from arbstr.natsserver import NatsServer
 from schemas.config import CashuConfig
 from tests.nutshell import NutshellMint, foreign_token, nutshell_mint, outside, start_mint, value_after_fee
 from tests.stack import demo_config, start_stack, vault_section
-from tests.vault_helpers import Rig, admin, assert_balanced, books, me, new_agent, post
+from tests.vault_helpers import Rig, admin, me, new_agent, post, reconciled
 
 __all__ = ["nutshell_mint", "outside"]  # fixtures, imported so pytest finds them here
 
@@ -345,9 +345,7 @@ async def rig(fresh_nats: NatsServer, mock_upstream: str, wallets: WalletFactory
 
 async def clean(http: aiohttp.ClientSession, rig: Rig) -> None:
     """Books balanced, and the wallet's proofs are exactly what the agents own (plus nothing)."""
-    assert_balanced(await books(http, rig.stack))
-    rec = await admin(http, rig.stack, "GET", "/v1/admin/reconcile", expect=200)
-    assert rec["ok"] is True and rec["surplus_msat"] == 0, rec
+    rec = await reconciled(http, rig.stack, exact=True)
     assert rec["assets_msat"] == await rig.wallet.assets_msat()
 
 

@@ -30,7 +30,7 @@ from schemas.config import LndConfig
 from tests.lnd_node import LndNode, mint_macaroon
 from tests.stack import Stack, demo_config, start_stack, vault_section
 from tests.vault_helpers import Rig as BaseRig
-from tests.vault_helpers import admin, assert_balanced, bearer, books, me, new_agent, post
+from tests.vault_helpers import admin, bearer, me, new_agent, post, reconciled
 
 FEE_MIN = 500  # every payout's fee limit (ppm 0): amount + 500 is held
 
@@ -261,9 +261,7 @@ async def rig(fresh_nats: NatsServer, mock_upstream: str, node: LndNode) -> Asyn
 
 
 async def clean(http: aiohttp.ClientSession, rig: Rig) -> None:
-    assert_balanced(await books(http, rig.stack))
-    rec = await admin(http, rig.stack, "GET", "/v1/admin/reconcile", expect=200)
-    assert rec["ok"] is True and rec["surplus_msat"] >= 0, rec
+    rec = await reconciled(http, rig.stack)
     assert rec["wallets"] == {"lnd:" + rig.node.pubkey: rec["assets_msat"]}, rec
 
 

@@ -55,6 +55,14 @@ def assert_balanced(b: dict[str, Any]) -> None:
     assert b["deposits_msat"] - b["withdrawals_msat"] == b["balances_msat"] + b["pending_msat"] + b["spent_msat"], b
 
 
+async def reconciled(http: aiohttp.ClientSession, stack: Stack, exact: bool = False) -> dict[str, Any]:
+    """Books balanced and reconciliation clean (``exact``: the wallet holds no more than the books owe)."""
+    assert_balanced(await books(http, stack))
+    rec = await admin(http, stack, "GET", "/v1/admin/reconcile", expect=200)
+    assert rec["ok"] is True and (rec["surplus_msat"] == 0 if exact else rec["surplus_msat"] >= 0), rec
+    return rec
+
+
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
