@@ -62,15 +62,20 @@ class BucketFollower:
         await self._stop_watcher()  # a watch that came up while the cancel was in flight
 
     async def _run(self) -> None:
+        failing: Optional[str] = None  # the same failure again (a bucket its owner has not made yet) is not news
         while not self._stopping:
             try:
                 await self._watch_once()
+                failing = None
                 if not self._stopping:
                     log.warning("watch of %s ended; watching again", self.name)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a dead watch would mean silently stale values
-                log.warning("watch of %s failed (%s); watching again", self.name, type(e).__name__)
+                kind = type(e).__name__
+                (log.debug if kind == failing else log.warning)("watch of %s failed (%s); watching again",
+                                                                 self.name, kind)
+                failing = kind
             await self._stop_watcher()
             await asyncio.sleep(self.retry_s)
 

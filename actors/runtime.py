@@ -11,9 +11,13 @@ shutdown that lets in-flight requests finish.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
 import signal
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Optional, Protocol, TypeVar
 
@@ -32,6 +36,8 @@ from nats.micro.service import EndpointConfig, Service
 from pydantic import BaseModel, ValidationError
 
 from schemas import subjects, trace
+from schemas.bus_permissions import IDENTITIES, identity_of_service, inbox_prefix
+from schemas.config import Config
 from schemas.errors import ArbstrError
 
 log = logging.getLogger("arbstr.runtime")
@@ -43,12 +49,19 @@ STARTUP_BUDGET_S = 60.0
 QUEUE_GROUP = "arbstr"
 
 
+# Where a process finds its bus credential when no --creds flag names one (a seed file or a JWT .creds file).
+ENV_CREDS = "ARBSTR_NATS_CREDS"
+
+
 @dataclass(frozen=True)
 class Endpoint:
     name: str
     subject: str
     request_model: type[BaseModel]
     handler: Handler
+    # "admin": the request must carry the operator's admin token in ``subjects.H_ADMIN_AUTH``, checked here
+    # against the actor's own copy of its hash, so a bus credential alone cannot mint or move money.
+    auth: Optional[str] = None
 
 
 class Actor(Protocol):
@@ -71,8 +84,36 @@ class _Counters:
     by_status: dict[str, int] = field(default_factory=dict)
 
 
-async def connect(url: str, name: str, **kwargs: Any) -> NATS:
-    """Connect with reconnect-forever semantics; callbacks must be coroutines for nats-py."""
+def read_seed(path: Path) -> str:
+    """The NKey user seed in a seed file (comments and blank lines ignored)."""
+    for line in path.read_text().splitlines():
+        if line.strip().startswith("SU"):
+            return line.strip()
+    raise ValueError(f"{path} holds no NKey user seed")
+
+
+def credential_options(identity: str, creds: Optional[str] = None) -> dict[str, Any]:
+    """nats.connect keywords: the credential (``creds``, else $ARBSTR_NATS_CREDS; none: an open bus) and the inbox
+    prefix its permissions allow replies on — of the identity a seed file ``<identity>.nk`` is named for, else
+    ``identity``."""
+    path = creds or os.environ.get(ENV_CREDS) or None
+    options: dict[str, Any] = {}
+    if path:
+        file = Path(path)
+        if "BEGIN NATS USER JWT" in file.read_text():
+            options["user_credentials"] = str(file)  # decentralised auth: JWT and seed in one .creds file
+        else:
+            options["nkeys_seed_str"] = read_seed(file)
+        if file.suffix == ".nk" and file.stem in IDENTITIES:
+            identity = file.stem
+    options["inbox_prefix"] = inbox_prefix(identity)
+    return options
+
+
+async def connect(url: str, name: str, identity: Optional[str] = None, creds: Optional[str] = None,
+                  **kwargs: Any) -> NATS:
+    """Connect as ``identity`` (default: the one ``name`` implies) with reconnect-forever semantics; callbacks
+    must be coroutines for nats-py."""
 
     async def error_cb(e: Exception) -> None:
         log.warning("nats error (%s): %r", name, e)
@@ -93,8 +134,34 @@ async def connect(url: str, name: str, **kwargs: Any) -> NATS:
         error_cb=error_cb,
         disconnected_cb=disconnected_cb,
         reconnected_cb=reconnected_cb,
+        **credential_options(identity or identity_of_service(name), creds),
         **kwargs,
     )
+
+
+def token_hash(token: str) -> str:
+    """How every bearer token is stored and compared: its sha256, never the token."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def admin_token_hash(config: Config) -> Optional[str]:
+    """The admin token's hash ([vault] admin_token, else $ARBSTR_ADMIN_TOKEN); None: admin commands are off."""
+    secret = config.vault.admin_token if config.vault else None
+    value = secret.get_secret_value() if secret is not None else os.environ.get("ARBSTR_ADMIN_TOKEN", "")
+    return token_hash(value) if value else None
+
+
+def check_admin(headers: dict[str, str], expected_hash: Optional[str]) -> None:
+    """The admin token a command carries, against this actor's own hash of it (constant time)."""
+    if expected_hash is None:
+        raise ArbstrError(403, "no admin token is configured for this service", code="admin_disabled")
+    presented = headers.get(subjects.H_ADMIN_AUTH, "")
+    try:
+        digest = token_hash(presented)
+    except UnicodeEncodeError:
+        digest = ""
+    if not presented or not hmac.compare_digest(digest, expected_hash):
+        raise ArbstrError(401, "this command needs the operator's admin token", code="admin_proof_required")
 
 
 async def unsubscribe_quietly(sub: Any) -> None:
@@ -137,10 +204,11 @@ async def cancel_and_wait(*tasks: Optional["asyncio.Task[Any]"]) -> None:
             log.debug("task %s ended with %r", t.get_name(), t.exception())
 
 
-async def open_bucket(nc: NATS, bucket: str, history: int = 1, replicas: int = 1) -> KeyValue:
+async def open_bucket(nc: NATS, bucket: str, history: int = 1, replicas: int = 1, create: bool = True) -> KeyValue:
     """Open a KV bucket, creating it when missing, so actors may start in any order.
 
-    ``replicas`` matters on a cluster only: an R1 bucket dies with the one server that holds it.
+    ``replicas`` matters on a cluster only: an R1 bucket dies with the one server that holds it. ``create=False``
+    for a bucket another part owns (and only it may create): BucketNotFoundError until it exists.
     """
     js = nc.jetstream()
 
@@ -148,7 +216,8 @@ async def open_bucket(nc: NATS, bucket: str, history: int = 1, replicas: int = 1
         try:
             return await js.key_value(bucket)
         except BucketNotFoundError:
-            pass
+            if not create:
+                raise
         try:
             return await js.create_key_value(bucket=bucket, history=history, replicas=replicas)
         except NatsError as e:
@@ -236,6 +305,8 @@ class ActorHost:
 
     def __init__(self, actor: Actor, nc: NATS, max_concurrency: int = 256) -> None:
         self.actor = actor
+        # The actor's own copy of the admin token's hash (``admin_hash`` attribute), for endpoints marked admin.
+        self._admin_hash: Optional[str] = getattr(actor, "admin_hash", None)
         self.nc = nc
         self._sem = asyncio.Semaphore(max_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -289,6 +360,8 @@ class ActorHost:
             headers = dict(req.headers or {})
             trace.REQUEST_ID.set(headers.get(subjects.H_REQUEST_ID, ""))
             trace.TRACEPARENT.set(headers.get(subjects.H_TRACEPARENT, ""))
+            if ep.auth == "admin":
+                check_admin(headers, self._admin_hash)
             try:
                 message = ep.request_model.model_validate_json(req.data)
             except ValidationError as e:
@@ -337,9 +410,9 @@ class ActorHost:
         await self.actor.stop()
 
 
-async def run_forever(actor: Actor, nats_url: str, max_concurrency: int = 256) -> None:
+async def run_forever(actor: Actor, nats_url: str, max_concurrency: int = 256, creds: Optional[str] = None) -> None:
     """Entry point of ``arbstr run COMPONENT``: serve until SIGTERM/SIGINT, then drain."""
-    nc = await connect(nats_url, name=actor.service_name)
+    nc = await connect(nats_url, name=actor.service_name, creds=creds)
     host = ActorHost(actor, nc, max_concurrency=max_concurrency)
     await host.start()
     log.info("%s %s serving on %s", actor.service_name, actor.version, nats_url)

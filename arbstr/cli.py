@@ -10,7 +10,7 @@ from typing import Optional
 
 from schemas.config import Config, ConfigError, load_config
 
-from . import admin_cli, events_cli, providers_cli
+from . import admin_cli, bus_cli, events_cli, providers_cli
 from .logs import setup_logging
 from .components import COMPONENTS, install_uvloop, run_component
 
@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             config.server.host = args.host
         if args.port is not None:
             config.server.port = args.port
-        asyncio.run(run_component(args.component, config, args.nats))
+        asyncio.run(run_component(args.component, config, args.nats, creds=args.creds))
     except KeyboardInterrupt:
         pass
     return 0
@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("component", choices=COMPONENTS)
     run.add_argument("--config", help="arbstr.toml")
     run.add_argument("--nats", help="NATS URL (overrides [nats].url)")
+    run.add_argument("--creds", help="this component's bus credential: an NKey seed file (default: "
+                                     "$ARBSTR_NATS_CREDS, else [nats].creds; none: an open bus)")
     run.add_argument("--host", help="gateway only: listen address")
     run.add_argument("--port", type=int, help="gateway only: port")
     run.set_defaults(func=cmd_run)
@@ -112,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     admin_cli.add_parsers(sub)
     events_cli.add_parser(sub)
     providers_cli.add_parser(sub)
+    bus_cli.add_parser(sub)
     for name in ("agent", "approvals", "books", "audit", "payouts", "reconcile", "wallet"):
         sub.choices[name].set_defaults(func=admin_cli.main)
 

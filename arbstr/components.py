@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 from typing import Callable, Optional
 
 from schemas.config import Config
@@ -18,13 +19,21 @@ ACTORS: dict[str, tuple[str, str]] = {
 COMPONENTS = ("gateway", *ACTORS)
 
 
+def bus_credential(flag: Optional[str], config: Config) -> Optional[str]:
+    """The credential file a component connects with: --creds, else $ARBSTR_NATS_CREDS, else [nats] creds."""
+    from actors.runtime import ENV_CREDS
+
+    return flag or os.environ.get(ENV_CREDS) or config.nats.creds or None
+
+
 async def run_component(name: str, config: Config, nats_url: Optional[str] = None,
-                        ready: Optional[Callable[[str], object]] = None) -> None:
+                        ready: Optional[Callable[[str], object]] = None, creds: Optional[str] = None) -> None:
     url = nats_url or config.nats.url
+    creds = bus_credential(creds, config)
     if name == "gateway":
         from gateway.app import serve
 
-        await serve(config, url, ready=ready)
+        await serve(config, url, ready=ready, creds=creds)
         return
     if name not in ACTORS:
         raise ValueError(f"unknown component {name!r}; one of: {', '.join(COMPONENTS)}")
@@ -32,7 +41,7 @@ async def run_component(name: str, config: Config, nats_url: Optional[str] = Non
 
     module, cls = ACTORS[name]
     actor = getattr(importlib.import_module(module), cls)(config)
-    await run_forever(actor, url, config.nats.max_concurrency)
+    await run_forever(actor, url, config.nats.max_concurrency, creds=creds)
 
 
 def install_uvloop() -> None:

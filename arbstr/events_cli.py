@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +14,9 @@ import nats
 import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from actors.runtime import ENV_CREDS, credential_options
 from schemas import subjects
+from schemas.bus_permissions import OPERATOR
 
 
 def nats_url(args: argparse.Namespace) -> str:
@@ -32,8 +35,17 @@ def start_time(since: Optional[str]) -> Optional[datetime]:
     return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
+def creds_path(args: argparse.Namespace) -> Optional[str]:
+    """--creds, else $ARBSTR_NATS_CREDS, else the operator identity `arbstr up` made in the data dir."""
+    if args.creds or os.environ.get(ENV_CREDS):
+        return str(args.creds or os.environ[ENV_CREDS])
+    saved = Path(args.data_dir) / "bus" / f"{OPERATOR}.nk"
+    return str(saved) if saved.exists() else None
+
+
 async def run(args: argparse.Namespace) -> int:
-    nc = await nats.connect(nats_url(args), connect_timeout=5, max_reconnect_attempts=3)
+    nc = await nats.connect(nats_url(args), connect_timeout=5, max_reconnect_attempts=3,
+                            **credential_options(OPERATOR, creds_path(args)))
     js = nc.jetstream()
     subject = subjects.spend(args.agent) if args.agent else subjects.SPEND_ALL
     since = start_time(args.since)
@@ -69,5 +81,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--since", help="epoch ms or ISO 8601 (default: from the start of the stream)")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
     p.add_argument("--nats", help="NATS URL (default: the one `arbstr up` wrote to <data-dir>/nats-url)")
+    p.add_argument("--creds", help="bus credential (default: $ARBSTR_NATS_CREDS, else <data-dir>/bus/operator.nk)")
     p.add_argument("--data-dir", default="./arbstr-data")
     p.set_defaults(func=lambda args: asyncio.run(run(args)))

@@ -8,29 +8,45 @@ meta leader before it can create replicated streams, so :meth:`NatsCluster.start
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Optional
 
+from .bus_auth import BusCredentials
 from .demo import free_port
 from .natsserver import NatsServer
 
 
 class NatsCluster:
+    """``credentials``: every node admits the bus identities and the routes between nodes authenticate with the
+    route secret; ``test_user`` maps connections without credentials to an unrestricted user (tests only)."""
+
     def __init__(self, store_dir: str | Path, size: int = 3, *, name: str = "arbstr",
-                 host: str = "127.0.0.1", sync_always: bool = True) -> None:
+                 host: str = "127.0.0.1", sync_always: bool = True,
+                 credentials: Optional[BusCredentials] = None, test_user: Optional[str] = None) -> None:
         self.store_dir = Path(store_dir)
         self.name = name
         self.host = host
+        self.credentials = credentials
         cluster_ports = [free_port(host) for _ in range(size)]
-        routes = ",".join(f"nats://{host}:{p}" for p in cluster_ports)
         self.nodes: list[NatsServer] = [
             NatsServer(self.store_dir / f"n{i + 1}", host=host, port=free_port(host), name=f"{name}-n{i + 1}",
                        sync_always=sync_always, log_file=self.store_dir / f"n{i + 1}.log",
-                       extra_args=["--cluster_name", name, "--cluster", f"nats://{host}:{cport}",
-                                   "--routes", routes])
+                       authorization=credentials.authorization_conf(test_user) if credentials else None,
+                       cluster=self._cluster_conf(cport, cluster_ports))
             for i, cport in enumerate(cluster_ports)
         ]
+
+    def _cluster_conf(self, port: int, ports: list[int]) -> str:
+        def route(p: int) -> str:
+            where = f"{self.host}:{p}"
+            return self.credentials.route_url(where) if self.credentials else f"nats://{where}"
+
+        routes = ", ".join(json.dumps(route(p)) for p in ports)
+        auth = self.credentials.cluster_authorization_conf() if self.credentials else ""
+        return (f"cluster {{\n  name: {json.dumps(self.name)}\n  listen: {json.dumps(f'{self.host}:{port}')}\n"
+                f"{auth}  routes: [{routes}]\n}}\n")
 
     @property
     def urls(self) -> list[str]:
@@ -40,6 +56,14 @@ class NatsCluster:
     def url(self) -> str:
         """Every node as one comma-separated seed list (what ``--nats`` accepts)."""
         return ",".join(self.urls)
+
+    def connect_options(self, identity: str) -> dict[str, object]:
+        """nats.connect keywords for ``identity`` on this cluster (none when the bus is open)."""
+        if self.credentials is None:
+            return {}
+        from schemas.bus_permissions import inbox_prefix
+
+        return {"nkeys_seed_str": self.credentials.seed(identity), "inbox_prefix": inbox_prefix(identity)}
 
     def node(self, server_name: str) -> NatsServer:
         for n in self.nodes:
@@ -66,7 +90,7 @@ class NatsCluster:
         for n in self.nodes:
             if n.proc is None or n.proc.poll() is not None:
                 continue
-            nc = await nats.connect(n.url, allow_reconnect=False)
+            nc = await nats.connect(n.url, allow_reconnect=False, **self.connect_options("operator"))
             try:
                 js = nc.jetstream()
                 while True:

@@ -37,6 +37,8 @@ class NatsServer:
         sync_always: bool = False,
         extra_args: Optional[list[str]] = None,
         log_file: Optional[str | Path] = None,
+        authorization: Optional[str] = None,
+        cluster: Optional[str] = None,
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
@@ -45,6 +47,8 @@ class NatsServer:
         self.sync_always = sync_always
         self.extra_args = extra_args or []
         self.log_file = Path(log_file) if log_file else None
+        self.authorization = authorization  # an `authorization { … }` block (arbstr.bus_auth); None: open bus
+        self.cluster = cluster  # a `cluster { … }` block for a node of a cluster
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self._ports_dir = Path(tempfile.mkdtemp(prefix="arbstr-nats-ports-"))
 
@@ -56,14 +60,27 @@ class NatsServer:
         # fsync before ack: without it an acked journal write can be lost on a machine crash.
         conf = self.store_dir / "nats-server.conf"
         sync = "sync_interval: always\n" if self.sync_always else ""
-        conf.write_text(
+        text = (
             "jetstream {\n"
             f"  store_dir: {json.dumps(str(self.store_dir / 'jetstream'))}\n"
             f"  {sync}"
             "}\n"
             "max_payload: 8MB\n"
+            + (self.authorization or "")
+            + (self.cluster or "")
         )
+        # Written 0600 from the start: the file names who may connect and, on a cluster, the route secret.
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(conf, 0o600)
         return conf
+
+    def reload(self) -> None:
+        """Re-read the config (new or rotated identities) without dropping anyone else's connection."""
+        self._config_file()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGHUP)
 
     def start(self, timeout_s: float = 10.0) -> "NatsServer":
         self.store_dir.mkdir(parents=True, exist_ok=True)

@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from actors.runtime import ENV_CREDS
 from schemas.config import Config
 
+from .bus_auth import BusCredentials, private_dir
+from .components import COMPONENTS
 from .natsserver import NatsServer
 
 log = logging.getLogger("arbstr.up")
@@ -32,10 +35,12 @@ class Child:
     started_at: float = 0.0
     backoff_s: float = 0.5
     next_start: float = field(default=0.0)
+    env: Optional[dict[str, str]] = None
 
     def start(self) -> None:
         out = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=self.env)
         out.close()
         self.started_at = time.monotonic()
 
@@ -78,14 +83,19 @@ class Supervisor:
         self.data_dir = data_dir
         self.children: list[Child] = []
         self.nats: Optional[NatsServer] = None
+        self.bus: Optional[BusCredentials] = None
         self._stopping = False
 
     def start(self) -> str:
+        private_dir(self.data_dir)  # seeds, the admin token, the journal: the operator's eyes only
         logs = self.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        self.nats = NatsServer(self.data_dir / "nats", sync_always=True, log_file=logs / "nats-server.log")
+        # The bus is authenticated: every component gets its own identity, and nothing else connects.
+        self.bus = BusCredentials.ensure(self.data_dir / "bus")
+        self.nats = NatsServer(self.data_dir / "nats", sync_always=True, log_file=logs / "nats-server.log",
+                               authorization=self.bus.authorization_conf())
         self.nats.start()
-        log.info("nats-server (JetStream) on %s", self.nats.url)
+        log.info("nats-server (JetStream, authenticated) on %s", self.nats.url)
         (self.data_dir / "nats-url").write_text(self.nats.url + "\n")  # for `arbstr events` and other tools
         order = []
         if self.config.mock_upstream is not None:
@@ -100,7 +110,9 @@ class Supervisor:
                 args += ["--host", self.config.server.host, "--port", str(self.config.server.port)]
             order.append((comp, args))
         for name, args in order:
-            child = Child(name, args, logs / f"{name}.log")
+            # Each component is handed its own credential only (by path, never on the command line).
+            env = {**os.environ, ENV_CREDS: str(self.bus.path(name))} if name in COMPONENTS else None
+            child = Child(name, args, logs / f"{name}.log", env=env)
             child.start()
             self.children.append(child)
         url = f"http://{self.config.server.host}:{self.config.server.port}"

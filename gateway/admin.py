@@ -23,7 +23,9 @@ from schemas.vault import (AccountView, AgentDeposit, AgentList, AgentPolicy, Ag
 
 from .bus import Bus
 from .http import REQUEST_ID, bearer_token, json_response, read_json_object
-from .vault_meter import admin_token_hash, missing_token, require_admin, token_hash
+from actors.runtime import admin_token_hash, token_hash
+
+from .vault_meter import missing_token, require_admin
 
 R = TypeVar("R", bound=BaseModel)
 TOKEN_PREFIX = "arb_"
@@ -177,8 +179,11 @@ class VaultHTTP:
         r.add_get("/v1/stats", self.stats)
         r.add_get("/v1/requests", self.requests)
 
-    async def _call(self, request: web.Request, op: str, msg: BaseModel, reply: type[R]) -> R:
-        return await self.bus.call(subjects.vault_admin(op), msg, reply, request_id=request[REQUEST_ID])
+    async def _call(self, request: web.Request, op: str, msg: BaseModel, reply: type[R],
+                    timeout_s: Optional[float] = None) -> R:
+        """An admin command: it carries the operator's token, which the vault checks again itself."""
+        return await self.bus.call(subjects.vault_admin(op), msg, reply, request_id=request[REQUEST_ID],
+                                   admin_token=bearer_token(request), timeout_s=timeout_s)
 
     # --- auth ------------------------------------------------------------------------------------------
     def admin(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -219,9 +224,8 @@ class VaultHTTP:
         agent_id = request.match_info["agent_id"]
         body = _body(DepositBody, await read_json_object(request, 128 * 1024))
         if body.token is not None:
-            reply = await self.bus.call(subjects.vault_admin("deposit_token"),
-                                        AgentDeposit(agent_id=agent_id, token=body.token), DepositReply,
-                                        request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
+            reply = await self._call(request, "deposit_token", AgentDeposit(agent_id=agent_id, token=body.token),
+                                     DepositReply, timeout_s=RAIL_TIMEOUT_S)
             return json_response(reply.model_dump(mode="json"), status=201)
         if body.amount_msat is None:
             raise ArbstrError(400, "send amount_msat (a credit) or token (Cashu)", code="invalid_value",
@@ -277,36 +281,39 @@ class VaultHTTP:
         return json_response({"object": "list", "data": [p.model_dump(mode="json") for p in items.payouts]})
 
     async def reconcile(self, request: web.Request) -> web.Response:
-        rec = await self.bus.call(subjects.vault_admin("reconcile"), Empty(), Reconciliation,
-                                  request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
+        rec = await self._call(request, "reconcile", Empty(), Reconciliation, timeout_s=RAIL_TIMEOUT_S)
         return json_response(rec.model_dump(mode="json"))
 
     async def reconcile_clear(self, request: web.Request) -> web.Response:
         """Reopen a vault the watchdog closed: 409 while the shortfall persists, unless ``{"force": true}``."""
         body = _body(ClearBody, await read_json_object(request, 1024)) if request.can_read_body else ClearBody()
-        rec = await self.bus.call(subjects.vault_admin("reconcile_clear"), ClearFreeze(force=body.force),
-                                  Reconciliation, request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
+        rec = await self._call(request, "reconcile_clear", ClearFreeze(force=body.force), Reconciliation,
+                               timeout_s=RAIL_TIMEOUT_S)
         return json_response(rec.model_dump(mode="json"))
 
     # --- reports: the admin sees every agent (or ?agent=), an agent token only its own ------------------
-    async def _report_scope(self, request: web.Request) -> Optional[str]:
+    async def _report_scope(self, request: web.Request) -> tuple[Optional[str], Optional[str]]:
+        """(agent id, agent token hash): the admin sees every agent (or ``?agent=``), an agent token only its own —
+        and the vault is told which, so it scopes the report itself."""
         token = bearer_token(request)
         if token is None:
             raise missing_token()
         if self.admin_hash is not None and hmac.compare_digest(token_hash(token), self.admin_hash):
-            return request.query.get("agent") or None
-        view = await self.bus.call(subjects.vault_agent("me"), TokenRef(token_hash=token_hash(token)),
-                                   AccountView, request_id=request[REQUEST_ID])
+            return request.query.get("agent") or None, None
+        th = token_hash(token)
+        view = await self.bus.call(subjects.vault_agent("me"), TokenRef(token_hash=th), AccountView,
+                                   request_id=request[REQUEST_ID])
         agent = request.query.get("agent")
         if agent and agent != view.agent_id:
             raise ArbstrError(403, "an agent token sees only its own requests", param="agent", code="forbidden")
-        return view.agent_id
+        return view.agent_id, th
 
     async def stats(self, request: web.Request) -> web.Response:
         query = request.query
         group_by = _choice(query, "group_by", ("model", "provider", "tier", "agent", "day"))
         since, until = _since_ms(query.get("since")), _since_ms(query.get("until"), "until")
-        q = StatsQuery(group_by=group_by, agent_id=await self._report_scope(request), since_ms=since,  # type: ignore[arg-type]
+        agent_id, th = await self._report_scope(request)
+        q = StatsQuery(group_by=group_by, agent_id=agent_id, token_hash=th, since_ms=since,  # type: ignore[arg-type]
                        until_ms=until)
         reply = await self._call(request, "stats", q, StatsReply)
         return json_response({"object": "list", "group_by": reply.group_by,
@@ -314,6 +321,7 @@ class VaultHTTP:
 
     async def requests(self, request: web.Request) -> web.Response:
         query = request.query
+        agent_id, th = await self._report_scope(request)
         q = RequestsQuery(
             model=query.get("model") or None, provider=query.get("provider") or None,
             success=_flag(query, "success"), streamed=_flag(query, "streamed"),
@@ -321,7 +329,7 @@ class VaultHTTP:
             sort=_choice(query, "sort", ("at", "cost", "latency"), "at"),  # type: ignore[arg-type]
             order=_choice(query, "order", ("asc", "desc"), "desc"),  # type: ignore[arg-type]
             limit=_count(query, "limit", 100, 1, MAX_LIMIT), offset=_count(query, "offset", 0, 0, 10**9),
-            agent_id=await self._report_scope(request))
+            agent_id=agent_id, token_hash=th)
         reply = await self._call(request, "requests", q, RequestList)
         return json_response({"object": "list", "total": reply.total, "limit": q.limit, "offset": q.offset,
                               "data": [r.model_dump(mode="json") for r in reply.items]})

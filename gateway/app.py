@@ -8,11 +8,12 @@ import signal
 import time
 from typing import Any, Awaitable, Callable, Optional
 
-import nats
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
+from actors.runtime import connect
 from schemas import subjects
+from schemas.bus_permissions import GATEWAY as GATEWAY_IDENTITY
 from schemas.config import Config
 from schemas.errors import ArbstrError
 from schemas.openai import ModelCard, ModelList, ModelPricing
@@ -212,19 +213,11 @@ class Gateway:
         return json_response({"ready": ok, "services": status}, status=200 if ok else 503)
 
 
-async def connect(url: str) -> NATS:
-    async def error_cb(e: Exception) -> None:
-        log.warning("nats error: %r", e)
-
-    servers = [u.strip() for u in url.split(",") if u.strip()]  # a cluster: any seed URL will do
-    return await nats.connect(servers=servers, name="arbstr-gateway", max_reconnect_attempts=-1,
-                              reconnect_time_wait=0.5, error_cb=error_cb)
-
-
 async def serve(config: Config, nats_url: Optional[str] = None, host: Optional[str] = None,
-                port: Optional[int] = None, ready: Optional[Callable[[str], Any]] = None) -> None:
+                port: Optional[int] = None, ready: Optional[Callable[[str], Any]] = None,
+                creds: Optional[str] = None) -> None:
     """Entry point of ``arbstr run gateway``: serve until SIGTERM/SIGINT."""
-    nc = await connect(nats_url or config.nats.url)
+    nc = await connect(nats_url or config.nats.url, "arbstr-gateway", identity=GATEWAY_IDENTITY, creds=creds)
     gw = Gateway(config, nc)
     runner = web.AppRunner(gw.app(), access_log=None, handle_signals=False)
     await runner.setup()

@@ -30,15 +30,19 @@ class Bus:
         traceparent: Optional[str] = None,
         timeout_s: Optional[float] = None,
         retries: int = 0,
+        admin_token: Optional[str] = None,
     ) -> R:
         """Request/reply. No responders → 503, timeout → 504, an actor's error → its own status and body.
 
         ``retries`` is only for idempotent reads (route, quote): a request lost with a dying instance is
-        asked again and the queue group hands it to a survivor.
+        asked again and the queue group hands it to a survivor. ``admin_token``: the operator's token, which an
+        admin command carries so the actor checks it itself (a bus credential alone cannot mint).
         """
         headers = {subjects.H_REQUEST_ID: request_id} if request_id else {}
         if traceparent:
             headers[subjects.H_TRACEPARENT] = traceparent
+        if admin_token:
+            headers[subjects.H_ADMIN_AUTH] = admin_token
         payload = message.model_dump_json().encode()
         attempt = 0
         while True:

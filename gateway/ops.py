@@ -26,7 +26,9 @@ from schemas.router import Candidate, RouteReply, RouteRequest
 
 from .endpoints import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSpec, validate
 from .http import REQUEST_ID, bearer_token, json_response, read_json_object
-from .vault_meter import admin_token_hash, require_admin
+from actors.runtime import admin_token_hash
+
+from .vault_meter import require_admin
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -315,7 +317,8 @@ class Ops:
         if not subjects.TOKEN_RE.match(provider):
             raise ArbstrError(404, f"no provider {provider!r} in the price table", code="provider_not_found")
         reply = await self.gw.bus.call(subjects.PRICING_CONFIRM, ConfirmRequest(provider=provider, models=models),
-                                       ConfirmReply, request_id=request[REQUEST_ID])
+                                       ConfirmReply, request_id=request[REQUEST_ID],
+                                       admin_token=bearer_token(request))
         return json_response(reply.model_dump(mode="json"))
 
 

@@ -91,7 +91,8 @@ class ProviderDirectory:
                                           self.entries.keys, self._on_gone(self.entries), "gateway-prices",
                                           retry_s=BUCKET_RETRY_S)]
         if self.config.market.nostr is not None:  # only Routstr nodes take their key from the bucket
-            self._followers.append(BucketFollower(lambda: open_bucket(nc, subjects.KV_PROVIDER_KEYS, replicas=replicas), self._on_key,
+            self._followers.append(BucketFollower(lambda: open_bucket(nc, subjects.KV_PROVIDER_KEYS, replicas=replicas, create=False),
+                                                  self._on_key,
                                                   self._keys.keys, self._on_gone(self._keys),
                                                   "gateway-provider-keys", retry_s=BUCKET_RETRY_S))
         for follower in self._followers:

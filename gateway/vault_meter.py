@@ -4,17 +4,15 @@ ARBSTR_SETTLE work queue (durable from the JetStream ack, off the latency path).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
-import os
 import time
 from typing import Optional
 
 from nats.aio.client import Client as NATS
 
+from actors.runtime import token_hash
 from schemas import subjects
-from schemas.config import Config
 from schemas.errors import ArbstrError
 from schemas.router import RouteReply
 from schemas.trace import TRACEPARENT
@@ -26,17 +24,6 @@ from .meter import Hold, Usage
 log = logging.getLogger("arbstr.gateway.meter")
 
 ANONYMOUS = "anon"  # subject token of a release whose agent the gateway never learnt
-
-
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def admin_token_hash(config: Config) -> Optional[str]:
-    """The admin token's hash ([vault] admin_token, else ARBSTR_ADMIN_TOKEN); None: admin endpoints are off."""
-    secret = config.vault.admin_token if config.vault else None
-    value = secret.get_secret_value() if secret is not None else os.environ.get("ARBSTR_ADMIN_TOKEN", "")
-    return token_hash(value) if value else None
 
 
 def missing_token() -> ArbstrError:

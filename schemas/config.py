@@ -30,6 +30,8 @@ class NatsConfig(_Section):
     request_timeout_s: float = Field(2.0, gt=0, description="timeout of every request/reply on the bus")
     max_concurrency: int = Field(256, ge=1, description="in-flight handlers per actor endpoint")
     kv_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the KV buckets (3 on a cluster)")
+    creds: Optional[str] = Field(None, description="this process's bus credential: an NKey seed file (or a JWT "
+                                                   ".creds file); $ARBSTR_NATS_CREDS or --creds take precedence")
 
 
 class ProviderConfig(_Section):

@@ -40,6 +40,7 @@ class RequestRecord(Message):
 class StatsQuery(Message):
     group_by: Optional[GroupBy] = None
     agent_id: Optional[str] = None
+    token_hash: Optional[str] = Field(None, description="an agent's own report: the vault scopes it to that agent")
     since_ms: Optional[int] = None
     until_ms: Optional[int] = None
 
@@ -69,6 +70,7 @@ class RequestsQuery(Message):
     model: Optional[str] = None
     provider: Optional[str] = None
     agent_id: Optional[str] = None
+    token_hash: Optional[str] = Field(None, description="an agent's own report: the vault scopes it to that agent")
     success: Optional[bool] = None
     streamed: Optional[bool] = None
     since_ms: Optional[int] = None

@@ -51,10 +51,10 @@ STREAM_EVENTS = "ARBSTR_EVENTS"
 # --- KV buckets ------------------------------------------------------------------
 KV_BREAKERS = "arbstr_breakers"
 KV_PRICES = "arbstr_prices"
-# Keys of Routstr nodes, filled by the vault after a top-up: key = provider name, value = {"api_key": "sk-…"}.
-KV_PROVIDER_KEYS = "arbstr_provider_keys"
 KV_VAULT = "arbstr_vault"  # vault-wide switches: key "freeze" (fail closed on a reconciliation shortfall)
-KV_PROVIDER_KEYS = "arbstr_provider_keys"  # prepaid keys of Routstr providers, by provider name (secrets)
+# Prepaid keys of Routstr nodes, filled by the vault after a top-up: key = provider name, value = {"api_key": …}.
+# Secrets: only the vault writes it; pricing and gateways read it (bus permissions).
+KV_PROVIDER_KEYS = "arbstr_provider_keys"
 
 # --- service names (nats micro discovery) ---------------------------------------
 SERVICE_ROUTER = "arbstr-router"
@@ -119,3 +119,5 @@ H_TRACEPARENT = "traceparent"
 H_MSG_ID = "Nats-Msg-Id"
 H_SERVICE_ERROR = "Nats-Service-Error"
 H_SERVICE_ERROR_CODE = "Nats-Service-Error-Code"
+# The operator's admin token on admin commands: the actor checks it itself (defence in depth behind the gateway).
+H_ADMIN_AUTH = "Arbstr-Admin-Token"

@@ -53,11 +53,35 @@ async def hang_reporter() -> AsyncIterator[None]:
     done.set()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "bus_violations_expected: the test provokes NATS permission violations")
+
+
+@pytest.fixture(autouse=True)
+def no_permission_violations(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every component the harness starts runs under its own bus identity; a subject it needs and may not touch
+    shows in the server's log as a violation, and fails the test that caused it."""
+    from tests import bus
+
+    before = bus.log_sizes()
+    yield
+    if request.node.get_closest_marker("bus_violations_expected") is None:
+        found = bus.violations_since(before)
+        assert not found, "NATS permission violations:\n" + "\n".join(found[:20])
+
+
+def _start_authenticated(store: Path, **kwargs: Any) -> NatsServer:
+    from tests import bus
+
+    server = bus.authenticated_server(store, log_file=Path(store) / "nats.log", **kwargs)
+    server.start()
+    bus.register(server.url, server.credentials, Path(store) / "nats.log")  # type: ignore[attr-defined]
+    return server
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
-    store = tmp_path_factory.mktemp("nats")
-    server = NatsServer(store, log_file=Path(store) / "nats.log")
-    server.start()
+    server = _start_authenticated(tmp_path_factory.mktemp("nats"))
     yield server
     server.stop()
 
@@ -103,8 +127,7 @@ async def http() -> AsyncIterator["object"]:
 @pytest.fixture
 def fresh_nats(tmp_path: Path) -> Iterator[NatsServer]:
     """A nats-server of this test's own: streams and buckets start empty (fsync before ack, as in production)."""
-    server = NatsServer(tmp_path / "nats", log_file=tmp_path / "nats.log", sync_always=True)
-    server.start()
+    server = _start_authenticated(tmp_path / "nats", sync_always=True)
     yield server
     server.stop(kill=True)
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import nats
 from nats.aio.client import Client as NATS
 
 from actors.runtime import Actor, ActorHost
+from tests.bus import connect_actor
 
 
 class Hosts:
@@ -16,7 +16,7 @@ class Hosts:
         self.running: list[tuple[ActorHost, NATS]] = []
 
     async def start(self, actor: Actor) -> ActorHost:
-        nc = await nats.connect(self.url)
+        nc = await connect_actor(self.url, actor)
         host = ActorHost(actor, nc)
         await host.start()
         self.running.append((host, nc))

@@ -15,7 +15,9 @@ from actors.router.actor import RouterActor
 from actors.runtime import ActorHost
 from gateway.app import Gateway
 from schemas import subjects
+from schemas.bus_permissions import GATEWAY
 from schemas.config import Config, parse_config
+from tests.bus import connect_actor, connect_as
 
 
 def demo_config(mock_url: str, **overrides: Any) -> Config:
@@ -59,10 +61,13 @@ class Stack:
     hosts: list[ActorHost] = field(default_factory=list)
     routers: list[RouterActor] = field(default_factory=list)
     extra_connections: list[NATS] = field(default_factory=list)
+    nats_url: str = ""
 
     async def add_router(self) -> RouterActor:
         actor = RouterActor(self.config)
-        host = ActorHost(actor, self.nc)
+        nc = await connect_actor(self.nats_url, actor)
+        self.extra_connections.append(nc)
+        host = ActorHost(actor, nc)
         await host.start()
         await actor.wait_ready(5)
         self.hosts.append(host)
@@ -81,15 +86,22 @@ class Stack:
 async def start_stack(config: Config, nats_url: str, *, routers: int = 1, meter: Optional[Any] = None,
                       breakers: bool = True,
                       extend: Optional[Callable[[web.Application, Gateway], None]] = None) -> Stack:
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url)  # the test's own connection (unrestricted on the fixtures' servers)
     await purge_kv(nc)
-    pricing = ActorHost(PricingActor(config), nc)
+    # Each component on its own connection, as its own bus identity: a permission it lacks fails the test.
+    own: list[NATS] = []
+    pricing_actor = PricingActor(config)
+    own.append(await connect_actor(nats_url, pricing_actor))
+    pricing = ActorHost(pricing_actor, own[-1])
     await pricing.start()
     breaker_hosts: list[ActorHost] = []
     if breakers:
-        breaker_hosts.append(ActorHost(BreakerActor(config), nc))
+        breaker_actor = BreakerActor(config)
+        own.append(await connect_actor(nats_url, breaker_actor))
+        breaker_hosts.append(ActorHost(breaker_actor, own[-1]))
         await breaker_hosts[0].start()
-    gw = Gateway(config, nc, meter=meter)
+    own.append(await connect_as(nats_url, GATEWAY))
+    gw = Gateway(config, own[-1], meter=meter)
     app = gw.app()
     if extend is not None:  # routes a test adds beside the gateway's own (before the app freezes)
         extend(app, gw)
@@ -98,7 +110,8 @@ async def start_stack(config: Config, nats_url: str, *, routers: int = 1, meter:
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    stack = Stack(config, nc, f"http://127.0.0.1:{port}", gw, runner, hosts=[pricing, *breaker_hosts])
+    stack = Stack(config, nc, f"http://127.0.0.1:{port}", gw, runner, hosts=[pricing, *breaker_hosts],
+                  extra_connections=own, nats_url=nats_url)
     for _ in range(routers):
         await stack.add_router()
     return stack
@@ -117,8 +130,8 @@ async def add_vault(stack: "Stack", instances: int = 1) -> list[Any]:
 
     actors = []
     for _ in range(instances):
-        nc = await nats.connect(stack.nc.connected_url.geturl())  # type: ignore[union-attr]
         actor = VaultActor(stack.config)
+        nc = await connect_actor(stack.nats_url, actor)
         host = ActorHost(actor, nc)
         await host.start()
         stack.hosts.append(host)

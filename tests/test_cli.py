@@ -107,6 +107,37 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     assert out.returncode == 2 and "NOT_SET_ANYWHERE" in out.stderr
 
 
+def check_the_bus_is_closed(data_dir: Path) -> None:
+    """`arbstr up`'s bus: private credentials, each component handed its own, no anonymous connection, and the
+    operator's `arbstr events` and the events identity work with theirs."""
+    import asyncio
+    import stat
+
+    import nats
+
+    assert stat.S_IMODE(data_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE((data_dir / "bus").stat().st_mode) == 0o700
+    for identity in ("gateway", "router", "pricing", "breaker", "vault", "operator", "events"):
+        assert stat.S_IMODE((data_dir / "bus" / f"{identity}.nk").stat().st_mode) == 0o600
+    assert stat.S_IMODE((data_dir / "nats" / "nats-server.conf").stat().st_mode) == 0o600
+    url = (data_dir / "nats-url").read_text().strip()
+
+    async def probe() -> None:
+        with pytest.raises(Exception):
+            await nats.connect(url, allow_reconnect=False, connect_timeout=2)
+        nc = await nats.connect(url, nkeys_seed=str(data_dir / "bus" / "events.nk"), inbox_prefix="_INBOX.events",
+                                allow_reconnect=False)
+        await nc.close()
+
+    asyncio.run(probe())
+    router = subprocess.run(["pgrep", "-f", f"arbstr run router.*{data_dir}"], capture_output=True, text=True)
+    env = Path(f"/proc/{router.stdout.split()[0]}/environ").read_bytes().split(b"\0")
+    assert f"ARBSTR_NATS_CREDS={data_dir / 'bus' / 'router.nk'}".encode() in env  # its own, and only its own
+    assert not any(b"SU" in e and b"=" in e and b"NATS" in e and b".nk" not in e for e in env)
+    events = arbstr("events", "--data-dir", str(data_dir))
+    assert events.returncode == 0, events.stderr
+
+
 @pytest.mark.slow
 def test_arbstr_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
@@ -137,6 +168,7 @@ def test_arbstr_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
             assert r.headers["x-arbstr-provider"] == "alpha"  # the cheapest of 8, 10, 12 sats per 1k tokens
             body = json.loads(r.read())
             assert body["choices"][0]["message"]["content"]
+        check_the_bus_is_closed(tmp_path)
         # a crashed component is restarted
         children = subprocess.run(["pgrep", "-f", f"arbstr run router.*{tmp_path}"], capture_output=True, text=True)
         pids = [int(p) for p in children.stdout.split()]

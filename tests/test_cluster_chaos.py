@@ -24,6 +24,8 @@ import nats
 import pytest
 
 from actors.vault.actor import read_ledger
+from arbstr.bus_auth import BusCredentials
+from tests import bus
 from arbstr.demo import free_port
 from arbstr.natscluster import NatsCluster
 from schemas import subjects
@@ -61,7 +63,12 @@ class Outcome:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
-    c = NatsCluster(tmp_path / "cluster", sync_always=True).start()
+    # The bus as deployed: every node admits only the identities, routes authenticate, no anonymous user.
+    c = NatsCluster(tmp_path / "cluster", sync_always=True,
+                    credentials=BusCredentials.ensure(tmp_path / "bus")).start()
+    for node in c.nodes:  # a permission a component lacks shows in a node's log and fails the test
+        assert c.credentials is not None and node.log_file is not None
+        bus.register(node.url, c.credentials, node.log_file)
     yield c
     c.stop(kill=True)
 
@@ -130,16 +137,28 @@ async def test_cluster_survives_leader_and_instance_kills(
     cfg = tmp_path / "arbstr.toml"
     cfg.write_text(cluster_toml(mock_url))
     seeds = cluster.url  # every component gets all three seeds
+    assert cluster.credentials is not None
+    creds = cluster.credentials
+
+    def own(identity: str) -> dict[str, str]:  # each process is handed its own credential only
+        return {**os.environ, "ARBSTR_NATS_CREDS": str(creds.path(identity))}
+
     for actor in ACTORS:
         processes[actor] = [subprocess.Popen([py, "-m", "arbstr", "run", actor, "--config", str(cfg),
-                                              "--nats", seeds], stdout=log, stderr=log) for _ in range(2)]
+                                              "--nats", seeds], stdout=log, stderr=log, env=own(actor))
+                            for _ in range(2)]
     gw_ports = [free_port(), free_port()]
     processes["gateway"] = [subprocess.Popen([py, "-m", "arbstr", "run", "gateway", "--config", str(cfg),
-                                              "--nats", seeds, "--port", str(port)], stdout=log, stderr=log)
+                                              "--nats", seeds, "--port", str(port)], stdout=log, stderr=log,
+                                             env=own("gateway"))
                             for port in gw_ports]
     gateways = [f"http://127.0.0.1:{port}" for port in gw_ports]
 
-    nc = await nats.connect(servers=cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    with pytest.raises(Exception):  # auth is on: nobody connects without a key
+        await nats.connect(servers=cluster.urls, allow_reconnect=False, connect_timeout=2)
+    # The test watches as the operator (reads the journal and discovery, writes nothing).
+    nc = await nats.connect(servers=cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.2,
+                            **cluster.connect_options("operator"))
     try:
         async def all_up() -> bool:
             counts = await asyncio.gather(*(instances(nc, s) for s in (

@@ -14,6 +14,7 @@ import pytest
 
 from actors.pricing.actor import PricingActor
 from actors.pricing.market import node_name
+from actors.runtime import open_bucket
 from schemas import subjects
 from schemas.router import RouteRequest
 from tests.market_servers import MarketServer, listing, market, within  # noqa: F401 (fixture)
@@ -41,6 +42,8 @@ async def test_an_announced_node_becomes_routable_with_its_prices_and_leaves_whe
         "accepted_mints": [MINT + "/"], "allow_private_urls": True}})
     stack = await start_stack(cfg, nats_url, routers=2)
     try:
+        # The vault owns the keys bucket (only it may create it); this test plays the vault.
+        keys = await open_bucket(stack.nc, subjects.KV_PROVIDER_KEYS)
         actor = stack.hosts[0].actor
         assert isinstance(actor, PricingActor)
         assert await actor.wait_for(lambda a: a.settled(), 5)
@@ -68,7 +71,6 @@ async def test_an_announced_node_becomes_routable_with_its_prices_and_leaves_whe
         assert first(0) == first(1) == "alpha"  # listed, never chosen
 
         # The vault tops the node up and leaves its key: routable on every router within a second.
-        keys = await stack.nc.jetstream().key_value(subjects.KV_PROVIDER_KEYS)
         await keys.put(n1, orjson.dumps({"api_key": "sk-node-one"}))
         took = await within(1.0, lambda: first(0) == first(1) == n1)
         await within(1.0, lambda: stack.gateway.directory.get(n1) is not None)

@@ -100,10 +100,12 @@ async def client(fresh_nats: NatsServer) -> AsyncIterator[NATS]:
 async def funded_agent(bus: Bus, vaults: Vaults, name: str, deposit_msat: int) -> tuple[str, str]:
     token = f"arb_{name}_token"
     acct = await bus.call(subjects.vault_admin("create_agent"),
-                          CreateAgent(name=name, token_hash=token_hash(token), policy=AgentPolicy()), AccountView)
+                          CreateAgent(name=name, token_hash=token_hash(token), policy=AgentPolicy()), AccountView,
+                          admin_token=ADMIN_TOKEN)
     await vaults.caught_up(bus.nc)  # every instance knows the agent before it is used
     await bus.call(subjects.vault_admin("deposit"),
-                   DepositCommand(agent_id=acct.agent_id, amount_msat=deposit_msat, deposit_id="d1"), AccountView)
+                   DepositCommand(agent_id=acct.agent_id, amount_msat=deposit_msat, deposit_id="d1"), AccountView,
+                   admin_token=ADMIN_TOKEN)
     await vaults.caught_up(bus.nc)
     return acct.agent_id, token
 
@@ -273,7 +275,7 @@ async def wait_vault_ready(bus: Bus, proc: VaultProcess, timeout_s: float = 30.0
     while True:
         assert proc.proc.poll() is None, f"the vault process exited with {proc.proc.returncode}"
         try:
-            await bus.call(subjects.vault_admin("books"), Empty(), Books, timeout_s=0.5)
+            await bus.call(subjects.vault_admin("books"), Empty(), Books, timeout_s=0.5, admin_token=ADMIN_TOKEN)
             return
         except ArbstrError as e:
             if time.monotonic() > deadline:
@@ -365,7 +367,8 @@ async def test_vault_killed_mid_storm_charges_every_success_once(fresh_nats: Nat
                         (rid, res)
                 else:  # the client saw a failure: it was never reserved, or released, never charged
                     assert res is None or res.charged_msat == 0, (rid, status, res)
-            check = await stack.gateway.bus.call(subjects.vault_admin("verify"), Empty(), ChainCheck)
+            check = await stack.gateway.bus.call(subjects.vault_admin("verify"), Empty(), ChainCheck,
+                                                 admin_token=ADMIN_TOKEN)
             assert check.ok, check
     finally:
         await stack.stop()

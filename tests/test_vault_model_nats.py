@@ -57,6 +57,7 @@ T = TypeVar("T")
 # Long, so the holds' real TTL timers (markers on ARBSTR_HOLDS) never fire during an example: holds fall due only
 # when the test moves the clock, and the model knows exactly when. test_vault_crash.py covers the timers.
 TTL_S = 3600
+MODEL_ADMIN_TOKEN = "model-admin-token"
 RATE = 1_000_000  # sats per 1M tokens = 1,000 msat per token: a hold is plain arithmetic in the model
 MSAT_PER_TOKEN = 1_000
 REAL_NOW_MS = vault_actor_module.now_ms
@@ -116,7 +117,7 @@ def token_hash(token: str) -> str:
 
 def model_config(action: str) -> Config:
     # The periodic sweeper never runs on its own here: the rules call sweep() when the model says so.
-    return parse_config({"vault": {"admin_token": "model-admin-token", "hold_ttl_s": TTL_S,
+    return parse_config({"vault": {"admin_token": MODEL_ADMIN_TOKEN, "hold_ttl_s": TTL_S,
                                    "sweep_interval_s": 3600, "expiry_action": action}})
 
 
@@ -331,7 +332,8 @@ class VaultOnNats(RuleBasedStateMachine):
             token = f"arb_model_token_{i}"
             view = await self.bus.call(subjects.vault_admin("create_agent"),
                                        CreateAgent(name=f"model-{i}", token_hash=token_hash(token),
-                                                   policy=AgentPolicy()), AccountView)
+                                                   policy=AgentPolicy()), AccountView,
+                                       admin_token=MODEL_ADMIN_TOKEN)
             self.agents.append(view.agent_id)
             self.tokens.append(token)
             self.refs.append(RefAccount())
@@ -391,7 +393,7 @@ class VaultOnNats(RuleBasedStateMachine):
         cmd = DepositCommand(agent_id=self.agents[i], amount_msat=amount, deposit_id=did)
         expected = self.refs[i].deposit(did, amount)
         try:
-            await self.bus.call(subjects.vault_admin("deposit"), cmd, AccountView)
+            await self.bus.call(subjects.vault_admin("deposit"), cmd, AccountView, admin_token=MODEL_ADMIN_TOKEN)
             got: tuple[Any, ...] = ("ok",)
         except ArbstrError as e:
             got = ("error", e.status, e.code)

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from actors.bucket_follower import BucketFollower, is_delete
 from actors.netguard import private_reason, private_urls_allowed, public_connector
-from actors.runtime import Endpoint, cancel_and_wait, open_bucket, wait_condition
+from actors.runtime import Endpoint, admin_token_hash, cancel_and_wait, open_bucket, wait_condition
 from schemas import subjects
 from schemas.config import Config, FeedConfig, ProviderConfig
 from schemas.errors import ArbstrError
@@ -67,6 +67,7 @@ class PricingActor:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.admin_hash = admin_token_hash(config)  # confirm (admin) is checked against this
         self.market = config.market
         self.state = MarketState()
         self._config_at_ms = now_ms()
@@ -88,7 +89,8 @@ class PricingActor:
         return [
             Endpoint("quote", subjects.PRICING_QUOTE, QuoteRequest, self._quote),
             Endpoint("table", subjects.PRICING_TABLE, TableRequest, self._table),
-            Endpoint("confirm", subjects.PRICING_CONFIRM, ConfirmRequest, self._confirm),
+            # A held price goes in force on the operator's say-so: checked here, not only at the gateway.
+            Endpoint("confirm", subjects.PRICING_CONFIRM, ConfirmRequest, self._confirm, auth="admin"),
         ]
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ class PricingActor:
             lambda key: None if key in self._revisions else self._published.pop(key, None), "pricing-prices")]
         if self.market.nostr is not None:
             self._followers.append(BucketFollower(
-                lambda: open_bucket(nc, subjects.KV_PROVIDER_KEYS, replicas=replicas), self._on_key,
+                lambda: open_bucket(nc, subjects.KV_PROVIDER_KEYS, replicas=replicas, create=False), self._on_key,
                 lambda: self._keys, self._keys.discard, "pricing-provider-keys"))
         for follower in self._followers:
             follower.start()

@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from actors.netguard import private_urls_allowed
-from actors.runtime import Endpoint, cancel_and_wait
+from actors.runtime import Endpoint, admin_token_hash, cancel_and_wait, check_admin
 from schemas import subjects
 from schemas.config import Config, VaultConfig
 from schemas.errors import ArbstrError
@@ -79,6 +79,7 @@ class VaultActor:
             raise ValueError("the vault needs a [vault] section in the config")
         self.config = config
         self.vc: VaultConfig = config.vault
+        self.admin_hash = admin_token_hash(config)  # admin commands are checked against this, not the gateway's word
         self.book = Book(on_events=self._on_events, on_ordered=self._on_ordered)
         self.wallet: Wallet = wallet if wallet is not None else build_wallet(self.vc.wallet)
         self.freeze = FreezeSwitch()
@@ -162,6 +163,12 @@ class VaultActor:
 
     def endpoints(self) -> list[Endpoint]:
         a, ad = subjects.vault_agent, subjects.vault_admin
+
+        def admin(name: str, op: str, model: Any, handler: Any) -> Endpoint:
+            # Money and identities move on the operator's say-so only: the command carries the admin token,
+            # checked here too, so a gateway's bus credential alone can neither mint nor move money.
+            return Endpoint(name, ad(op), model, handler, auth="admin")
+
         return [
             Endpoint("reserve", subjects.VAULT_RESERVE, ReserveRequest, self._reserve),
             Endpoint("await-approval", subjects.VAULT_AWAIT_APPROVAL, ReserveRequest, self._wait_approval),
@@ -173,22 +180,23 @@ class VaultActor:
             Endpoint("agent-withdraw", a("withdraw"), WithdrawRequest, self._my_withdraw),
             Endpoint("agent-payout", a("payout"), PayoutRef, self._my_payout),
             Endpoint("agent-payouts", a("payouts"), TokenRef, self._my_payouts),
-            Endpoint("admin-create-agent", ad("create_agent"), CreateAgent, self._create_agent),
-            Endpoint("admin-list-agents", ad("list_agents"), Empty, self._list_agents),
-            Endpoint("admin-get-agent", ad("get_agent"), AgentRef, self._get_agent),
-            Endpoint("admin-set-policy", ad("set_policy"), SetPolicy, self._set_policy),
-            Endpoint("admin-rotate-token", ad("rotate_token"), RotateToken, self._rotate_token),
-            Endpoint("admin-deposit", ad("deposit"), DepositCommand, self._deposit),
-            Endpoint("admin-deposit-token", ad("deposit_token"), AgentDeposit, self._deposit_token),
-            Endpoint("admin-approvals", ad("approvals"), Empty, self._approvals),
-            Endpoint("admin-approve", ad("approve"), ApprovalAction, self._approve),
-            Endpoint("admin-deny", ad("deny"), ApprovalAction, self._deny),
-            Endpoint("admin-audit", ad("audit"), HistoryQuery, self._audit),
-            Endpoint("admin-books", ad("books"), Empty, self._books),
-            Endpoint("admin-verify", ad("verify"), Empty, self._verify),
-            Endpoint("admin-payouts", ad("payouts"), AgentRef, self._payouts),
-            Endpoint("admin-reconcile", ad("reconcile"), Empty, self._reconcile),
-            Endpoint("admin-reconcile-clear", ad("reconcile_clear"), ClearFreeze, self._reconcile_clear),
+            admin("admin-create-agent", "create_agent", CreateAgent, self._create_agent),
+            admin("admin-list-agents", "list_agents", Empty, self._list_agents),
+            admin("admin-get-agent", "get_agent", AgentRef, self._get_agent),
+            admin("admin-set-policy", "set_policy", SetPolicy, self._set_policy),
+            admin("admin-rotate-token", "rotate_token", RotateToken, self._rotate_token),
+            admin("admin-deposit", "deposit", DepositCommand, self._deposit),
+            admin("admin-deposit-token", "deposit_token", AgentDeposit, self._deposit_token),
+            admin("admin-approvals", "approvals", Empty, self._approvals),
+            admin("admin-approve", "approve", ApprovalAction, self._approve),
+            admin("admin-deny", "deny", ApprovalAction, self._deny),
+            admin("admin-audit", "audit", HistoryQuery, self._audit),
+            admin("admin-books", "books", Empty, self._books),
+            admin("admin-verify", "verify", Empty, self._verify),
+            admin("admin-payouts", "payouts", AgentRef, self._payouts),
+            admin("admin-reconcile", "reconcile", Empty, self._reconcile),
+            admin("admin-reconcile-clear", "reconcile_clear", ClearFreeze, self._reconcile_clear),
+            # Reports: the operator's (admin token) or an agent's own (its token hash scopes them).
             Endpoint("admin-stats", ad("stats"), StatsQuery, self._stats),
             Endpoint("admin-requests", ad("requests"), RequestsQuery, self._requests),
         ]
@@ -510,10 +518,23 @@ class VaultActor:
                 log.exception("projection flush failed")
 
     # --- reports (the request log) ---------------------------------------------------------------------
+    async def _report_scope(self, agent_id: Optional[str], token_hash: Optional[str], headers: dict[str, str]
+                            ) -> Optional[str]:
+        """The agent a report may cover: any (admin token), or only the agent whose token hash came with it."""
+        if token_hash:
+            own = await self._agent_for(token_hash)
+            if agent_id not in (None, own):
+                raise ArbstrError(403, "an agent token sees only its own requests", code="forbidden", param="agent")
+            return own
+        check_admin(headers, self.admin_hash)
+        return agent_id
+
     async def _stats(self, req: StatsQuery, headers: dict[str, str]) -> StatsReply:
+        req.agent_id = await self._report_scope(req.agent_id, req.token_hash, headers)
         return await asyncio.to_thread(self.request_log.stats, req)
 
     async def _requests(self, req: RequestsQuery, headers: dict[str, str]) -> RequestList:
+        req.agent_id = await self._report_scope(req.agent_id, req.token_hash, headers)
         return await asyncio.to_thread(self.request_log.requests, req)
 
     # --- agent endpoints -------------------------------------------------------------------------------
