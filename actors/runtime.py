@@ -64,6 +64,14 @@ class Endpoint:
     auth: Optional[str] = None
 
 
+@dataclass(frozen=True)
+class RawReply:
+    """A reply relayed as it came (an actor that forwarded the request to the instance that handles it)."""
+
+    data: bytes
+    headers: Optional[dict[str, str]] = None
+
+
 class Actor(Protocol):
     service_name: str
     version: str
@@ -300,6 +308,41 @@ def error_reply(err: ArbstrError) -> tuple[bytes, dict[str, str]]:
     return err.body().model_dump_json().encode(), headers
 
 
+async def answer(ep: Endpoint, data: bytes, headers: dict[str, str], admin_hash: Optional[str],
+                 service: str) -> tuple[bytes, Optional[dict[str, str]], str]:
+    """Decode one request, run the endpoint, encode its reply or its error: (body, headers, status). The one
+    codec of every actor endpoint (nats micro's, and any other subscription an actor serves requests on)."""
+    try:
+        trace.REQUEST_ID.set(headers.get(subjects.H_REQUEST_ID, ""))
+        trace.TRACEPARENT.set(headers.get(subjects.H_TRACEPARENT, ""))
+        if ep.auth == "admin":
+            check_admin(headers, admin_hash)
+        try:
+            message = ep.request_model.model_validate_json(data)
+        except ValidationError as e:
+            first = e.errors()[0] if e.errors() else {}
+            loc = ".".join(str(p) for p in first.get("loc", ()))
+            raise ArbstrError(400, f"invalid {ep.name} message: {loc} {first.get('msg', '')}".strip(),
+                              code="invalid_message", param=loc or None) from None
+        reply = await ep.handler(message, headers)
+        if isinstance(reply, RawReply):
+            return reply.data, reply.headers, (reply.headers or {}).get(subjects.H_SERVICE_ERROR_CODE, "200")
+        return reply.model_dump_json().encode(), None, "200"
+    except ArbstrError as err:
+        body, h = error_reply(err)
+        return body, h, str(err.status)
+    except Exception as exc:  # the reply must always go out, or the caller waits for its timeout
+        unavailable = transient_bus_error(exc)
+        if unavailable is not None:
+            log.warning("%s.%s: %r", service, ep.name, exc)
+            body, h = error_reply(unavailable)
+            return body, h, "503"
+        log.exception("%s.%s failed", service, ep.name)
+        body, h = error_reply(ArbstrError(500, f"internal error in {service}: {type(exc).__name__}",
+                                          code="internal_error"))
+        return body, h, "500"
+
+
 class ActorHost:
     """Runs one actor on one NATS connection."""
 
@@ -357,49 +400,21 @@ class ActorHost:
     async def _handle(self, ep: Endpoint, req: Request, counters: _Counters) -> None:
         started = time.perf_counter()
         try:
-            headers = dict(req.headers or {})
-            trace.REQUEST_ID.set(headers.get(subjects.H_REQUEST_ID, ""))
-            trace.TRACEPARENT.set(headers.get(subjects.H_TRACEPARENT, ""))
-            if ep.auth == "admin":
-                check_admin(headers, self._admin_hash)
+            data, headers, status = await answer(ep, req.data, dict(req.headers or {}), self._admin_hash,
+                                                 self.actor.service_name)
+            if status == "200":
+                counters.handled += 1
+            else:
+                counters.errors += 1
+            counters.by_status[status] = counters.by_status.get(status, 0) + 1
             try:
-                message = ep.request_model.model_validate_json(req.data)
-            except ValidationError as e:
-                first = e.errors()[0] if e.errors() else {}
-                loc = ".".join(str(p) for p in first.get("loc", ()))
-                raise ArbstrError(400, f"invalid {ep.name} message: {loc} {first.get('msg', '')}".strip(),
-                                  code="invalid_message", param=loc or None) from None
-            reply = await ep.handler(message, headers)
-            await req.respond(reply.model_dump_json().encode())
-            counters.handled += 1
-            counters.by_status["200"] = counters.by_status.get("200", 0) + 1
-        except ArbstrError as err:
-            counters.errors += 1
-            counters.by_status[str(err.status)] = counters.by_status.get(str(err.status), 0) + 1
-            await self._respond_error(req, err)
-        except Exception as exc:  # the reply must always go out, or the caller waits for its timeout
-            counters.errors += 1
-            unavailable = transient_bus_error(exc)
-            if unavailable is not None:
-                counters.by_status["503"] = counters.by_status.get("503", 0) + 1
-                log.warning("%s.%s: %r", self.actor.service_name, ep.name, exc)
-                await self._respond_error(req, unavailable)
-                return
-            counters.by_status["500"] = counters.by_status.get("500", 0) + 1
-            log.exception("%s.%s failed", self.actor.service_name, ep.name)
-            await self._respond_error(req, ArbstrError(500, f"internal error in {self.actor.service_name}: "
-                                                            f"{type(exc).__name__}", code="internal_error"))
+                await req.respond(data, headers=headers)
+            except Exception:
+                log.warning("could not send a reply on %s", req.subject)
         finally:
             counters.in_flight -= 1
             self._sem.release()
             log.debug("%s handled in %.3f ms", ep.subject, (time.perf_counter() - started) * 1000)
-
-    async def _respond_error(self, req: Request, err: ArbstrError) -> None:
-        data, headers = error_reply(err)
-        try:
-            await req.respond(data, headers=headers)
-        except Exception:
-            log.warning("could not send error reply on %s", req.subject)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Stop taking requests, let in-flight ones answer, then drain the connection."""

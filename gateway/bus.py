@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Optional, TypeVar
 
 from nats.aio.client import Client as NATS
@@ -31,12 +32,15 @@ class Bus:
         timeout_s: Optional[float] = None,
         retries: int = 0,
         admin_token: Optional[str] = None,
+        wait_for_responder_s: float = 0.0,
     ) -> R:
         """Request/reply. No responders → 503, timeout → 504, an actor's error → its own status and body.
 
         ``retries`` is only for idempotent reads (route, quote): a request lost with a dying instance is
         asked again and the queue group hands it to a survivor. ``admin_token``: the operator's token, which an
         admin command carries so the actor checks it itself (a bus credential alone cannot mint).
+        ``wait_for_responder_s``: a subject with nobody listening (a vault partition changing owner) is asked
+        again for this long — nothing was delivered, so it is safe even for writes.
         """
         headers = {subjects.H_REQUEST_ID: request_id} if request_id else {}
         if traceparent:
@@ -45,6 +49,7 @@ class Bus:
             headers[subjects.H_ADMIN_AUTH] = admin_token
         payload = message.model_dump_json().encode()
         attempt = 0
+        wait_until = time.monotonic() + wait_for_responder_s
         while True:
             try:
                 msg = await self.nc.request(subject, payload, timeout=timeout_s or self.timeout_s,
@@ -52,7 +57,7 @@ class Bus:
                 break
             except NoRespondersError:
                 # Nothing was delivered, so asking again is safe even for writes: it bridges an instance restart.
-                if attempt < max(retries, 1):
+                if attempt < max(retries, 1) or time.monotonic() < wait_until:
                     attempt += 1
                     await asyncio.sleep(0.05)
                     continue

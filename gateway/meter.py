@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Protocol
 
+from schemas.requests import RequestRecord
 from schemas.router import RouteReply
 
 
@@ -17,6 +18,9 @@ class Hold:
     agent_id: Optional[str]
     amount_msat: int
     output_tokens: Optional[int]  # the output budget the hold paid for; the upstream max_tokens is capped to it
+    partition: Optional[int] = None  # the vault partition of the agent: where its settle goes
+    token_hash: str = ""
+    extensions: int = 0  # how often it grew for a fallback (numbers the next extension)
 
 
 @dataclass(frozen=True)
@@ -34,9 +38,16 @@ class Meter(Protocol):
 
     async def reserve(self, token: Optional[str], request_id: str, route: RouteReply, endpoint: str) -> Hold: ...
 
-    async def settle(self, hold: Hold, usage: Usage) -> None: ...
+    async def extend(self, hold: Hold, amount_msat: int, provider: str) -> Hold:
+        """The hold grown to ``amount_msat`` before a costlier candidate is called (raises 402/403/429 when the
+        agent cannot afford it: that candidate is skipped)."""
+        ...
 
-    async def release(self, hold: Hold, reason: str) -> None: ...
+    async def settle(self, hold: Hold, usage: Usage, record: Optional[RequestRecord] = None) -> None:
+        """``record``: the request's record, journaled with the settle (paid mode) or dropped (free mode)."""
+        ...
+
+    async def release(self, hold: Hold, reason: str, record: Optional[RequestRecord] = None) -> None: ...
 
     async def close(self) -> None:
         """Finish what was sent in the background (a release after a failed reserve) before the process goes."""
@@ -51,10 +62,13 @@ class FreeMeter:
     async def reserve(self, token: Optional[str], request_id: str, route: RouteReply, endpoint: str) -> Hold:
         return Hold(request_id=request_id, agent_id=None, amount_msat=0, output_tokens=None)
 
-    async def settle(self, hold: Hold, usage: Usage) -> None:
+    async def extend(self, hold: Hold, amount_msat: int, provider: str) -> Hold:
+        return hold
+
+    async def settle(self, hold: Hold, usage: Usage, record: Optional[RequestRecord] = None) -> None:
         return None
 
-    async def release(self, hold: Hold, reason: str) -> None:
+    async def release(self, hold: Hold, reason: str, record: Optional[RequestRecord] = None) -> None:
         return None
 
     async def close(self) -> None:

@@ -45,8 +45,9 @@ class Metrics:
                              ["provider"], registry=r)
         self.vault_ops = Gauge("arbstr_vault_operations", "vault endpoint requests (all instances)",
                                ["endpoint", "status"], registry=r)
-        self.vault_conflicts = Gauge("arbstr_vault_conflicts", "journal appends retried after another writer won "
-                                     "(10071/10164), all vault instances", registry=r)
+        self.vault_commit = Gauge("arbstr_vault_group_commit", "the vault's group commit, all instances: journal "
+                                  "messages written (batches), commands decided, commands journaled; "
+                                  "partitions owned and taken over", ["figure"], registry=r)
         self.journal_lag = Gauge("arbstr_journal_lag", "settle/release commands waiting to be journaled",
                                  registry=r)
         self._task: Optional[asyncio.Task[None]] = None
@@ -93,7 +94,7 @@ class Metrics:
         except Exception:
             pass  # free mode: no settle stream
         totals: dict[tuple[str, str], float] = {}
-        conflicts: dict[str, float] = {}
+        commit: dict[str, dict[str, float]] = {}
         inbox = nc.new_inbox()
         sub = await nc.subscribe(inbox)
         await nc.publish(f"$SRV.STATS.{subjects.SERVICE_VAULT}", b"", reply=inbox)
@@ -104,8 +105,11 @@ class Metrics:
                 for ep in reply.get("endpoints") or []:
                     data: dict[str, Any] = ep.get("data") or {}
                     instance = data.get("instance") or {}
-                    if "conflicts" in instance:
-                        conflicts[reply.get("id", "")] = instance["conflicts"]
+                    if instance and reply.get("id", "") not in commit:
+                        commit[reply.get("id", "")] = instance
+                        for op, counts in (instance.get("ops") or {}).items():
+                            for status, n in counts.items():
+                                totals[(op, status)] = totals.get((op, status), 0) + n
                     for status, n in (data.get("by_status") or {}).items():
                         key = (ep["name"], status)
                         totals[key] = totals.get(key, 0) + n
@@ -115,8 +119,9 @@ class Metrics:
             await sub.unsubscribe()
         for (name, status), n in totals.items():
             self.vault_ops.labels(name, status).set(n)
-        if conflicts:
-            self.vault_conflicts.set(sum(conflicts.values()))
+        for figure in ("batches", "commands", "journaled", "partitions", "takeovers"):
+            if commit:
+                self.vault_commit.labels(figure).set(sum(float(i.get(figure, 0)) for i in commit.values()))
 
     def start(self, nc: NATS) -> None:
         self._task = asyncio.create_task(self.poll(nc))

@@ -27,6 +27,8 @@ from .http import REQUEST_ID, STARTED, TRACE, bearer_token, error_response, read
 from .meter import Hold, Meter, Usage
 from .metrics import Metrics
 from .providers import ProviderDirectory
+from schemas.requests import RequestRecord
+
 from .request_log import publish_record, request_record
 from .responses_relay import relay_typed_events
 from .client_stream import ClientStream
@@ -124,6 +126,7 @@ class Proxy:
 
         last: Optional[UpstreamFailure] = None
         probe_wait_s: Optional[int] = None  # set when a recovering provider's probe slot was taken
+        unaffordable: Optional[ArbstrError] = None  # a costlier fallback the agent's funds or policy refused
         for cand in ex.route.candidates:
             provider = self.directory.get(cand.provider)
             if provider is None:  # a price entry for a provider this gateway has no URL or credentials for
@@ -133,6 +136,11 @@ class Proxy:
                 wait_s = await self._probe(cand, ex)
                 if wait_s is not None:
                     probe_wait_s = wait_s if probe_wait_s is None else min(probe_wait_s, wait_s)
+                    continue
+            if self.meter.paid:
+                refusal = await self._cover(cand, ex)
+                if refusal is not None:
+                    unaffordable = refusal
                     continue
             upstream_body["model"] = cand.model
             payload = orjson.dumps(upstream_body)
@@ -161,11 +169,30 @@ class Proxy:
                 log.info("request %s: %s failed (%s), %s", ex.request_id, cand.provider, f.kind,
                          "falling over" if cand is not ex.route.candidates[-1] else "no more candidates")
                 last = f
+        if last is None and unaffordable is not None:
+            raise unaffordable  # nothing was called: the only candidates left cost more than the agent may spend
         if last is None and probe_wait_s is not None:
             raise ArbstrError(503, "every provider able to serve this request is recovering from failures",
                               code="no_provider_available",
                               headers={"retry-after": str(probe_wait_s), "x-arbstr-retries": "0"})
         raise self._exhausted(last, ex)
+
+    async def _cover(self, cand: Candidate, ex: Exchange) -> Optional[ArbstrError]:
+        """The hold covers ``cand`` at the output budget it reserved, extended first if ``cand`` costs more; the
+        refusal (the agent cannot afford it, or its policy says no) if that candidate must be skipped."""
+        assert ex.route is not None and ex.hold is not None
+        budget = ex.hold.output_tokens if ex.hold.output_tokens is not None else ex.route.envelope.output_tokens
+        needed = cost_msat(ex.route.envelope.input_tokens, budget or 0, cand.input_rate, cand.output_rate,
+                           cand.base_fee_msat)
+        if needed <= ex.hold.amount_msat:
+            return None
+        try:
+            ex.hold = await self.meter.extend(ex.hold, needed, cand.provider)
+        except ArbstrError as e:
+            log.info("request %s: %s skipped: the hold could not grow to %d msat (%s)", ex.request_id,
+                     cand.provider, needed, e.message)
+            return e
+        return None
 
     def _exhausted(self, last: Optional[UpstreamFailure], ex: Exchange) -> ArbstrError:
         headers = {"x-arbstr-retries": str(len(ex.attempts))}
@@ -355,30 +382,36 @@ class Proxy:
             self.metrics.served_request(ex.spec.name, usage.provider, usage.model, ex.streamed, usage.input_tokens,
                                         usage.output_tokens, usage.cost_msat,
                                         ex.overhead_ms(time.perf_counter()) / 1000)
-        await self._record(ex, usage)
+        record = await self._record(ex, usage)
         try:
-            await self.meter.settle(ex.hold, usage)
+            await self.meter.settle(ex.hold, usage, record)
         except Exception:
             log.exception("request %s: settle failed; the hold expires at its TTL", ex.request_id)
 
     async def _release(self, ex: Exchange, reason: str) -> None:
         assert ex.hold is not None
         ex.resolved = True
-        await self._record(ex, None)
+        record = await self._record(ex, None)
         try:
-            await self.meter.release(ex.hold, reason)
+            await self.meter.release(ex.hold, reason, record)
         except Exception:
             log.exception("request %s: release failed; the hold expires at its TTL", ex.request_id)
 
-    async def _record(self, ex: Exchange, usage: Optional[Usage]) -> None:
+    async def _record(self, ex: Exchange, usage: Optional[Usage]) -> Optional[RequestRecord]:
+        """The request's record: in paid mode it rides with the settle into the journal (the vault publishes it
+        from there); in free mode it is published here."""
         assert ex.route is not None and ex.hold is not None
         now = time.perf_counter()
         status = ex.status or (200 if usage is not None else 500)
-        await publish_record(self.nc, request_record(
+        record = request_record(
             request_id=ex.request_id, agent_id=ex.hold.agent_id, endpoint=ex.spec.name, route=ex.route, usage=usage,
             status=status, success=usage is not None and ex.success and status < 400, streamed=ex.streamed,
             latency_ms=(now - ex.started) * 1000, overhead_ms=ex.overhead_ms(now), at_ms=int(time.time() * 1000),
-            provider=ex.attempts[-1] if ex.attempts else None))
+            provider=ex.attempts[-1] if ex.attempts else None)
+        if self.meter.paid:
+            return record
+        await publish_record(self.nc, record)
+        return None
 
     # --- small pieces ----------------------------------------------------------------------------------
     def _headers(self, cand: Candidate, ex: Exchange, extra: dict[str, str]) -> dict[str, str]:

@@ -4,6 +4,7 @@ ARBSTR_SETTLE work queue (durable from the JetStream ack, off the latency path).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import time
@@ -16,14 +17,17 @@ from schemas import subjects
 from schemas.errors import ArbstrError
 from schemas.router import RouteReply
 from schemas.trace import TRACEPARENT
-from schemas.vault import AccountView, ReserveReply, ReserveRequest, SettleCommand, TokenRef
+from schemas.requests import RequestRecord
+from schemas.vault import AccountView, Empty, ExtendRequest, ReserveReply, ReserveRequest, SettleCommand, TokenRef
 
+from .agents import AgentDirectory
 from .bus import Bus
 from .meter import Hold, Usage
 
 log = logging.getLogger("arbstr.gateway.meter")
 
 ANONYMOUS = "anon"  # subject token of a release whose agent the gateway never learnt
+OWNER_WAIT_S = 4.0  # a partition changing owner has nobody listening for up to ~3 s
 
 
 def missing_token() -> ArbstrError:
@@ -56,8 +60,9 @@ class VaultMeter:
         self.nc = nc
         self.js = nc.jetstream()
         self.bus = bus
-        # How long a settle/release is retried: outlasts a JetStream election (seconds) with room to spare,
-        # and stays well under the hold TTL, which must cover it.
+        self.agents = AgentDirectory(bus)
+        # How long a settle/release is retried through the durable queue: outlasts a JetStream election
+        # (seconds) with room to spare, and stays well under the hold TTL, which must cover it.
         self.settle_budget_s = settle_budget_s
         self._background: set[asyncio.Task[None]] = set()
 
@@ -65,40 +70,56 @@ class VaultMeter:
         if not token:
             raise missing_token()
         th = token_hash(token)
+        where = await self.agents.route_of(th, request_id)
         first = route.candidates[0] if route.candidates else None
         req = ReserveRequest(request_id=request_id, token_hash=th, envelope=route.envelope,
                              provider=first.provider if first else "", model=first.model if first else route.model,
-                             endpoint=endpoint)
+                             endpoint=endpoint, agent_id=where.agent_id, sent_at_ms=int(time.time() * 1000))
         try:
-            reply = await self.bus.call(subjects.VAULT_RESERVE, req, ReserveReply, request_id=request_id,
-                                        traceparent=TRACEPARENT.get() or None)
+            # Straight to the owner of the agent's partition: one hop, decided from memory, group-committed.
+            reply = await self.bus.call(subjects.vault_partition(where.partition, "reserve"), req, ReserveReply,
+                                        request_id=request_id, traceparent=TRACEPARENT.get() or None,
+                                        wait_for_responder_s=OWNER_WAIT_S)
             if reply.state == "awaiting_approval":
                 wait_s = max(0.0, ((reply.approval_deadline_ms or 0) - time.time() * 1000) / 1000)
-                reply = await self.bus.call(subjects.VAULT_AWAIT_APPROVAL, req, ReserveReply, request_id=request_id,
-                                            timeout_s=wait_s + self.bus.timeout_s + 1)
+                reply = await self.bus.call(subjects.vault_partition(where.partition, "await_approval"), req,
+                                            ReserveReply, request_id=request_id,
+                                            timeout_s=wait_s + self.bus.timeout_s + 1,
+                                            wait_for_responder_s=OWNER_WAIT_S)
         except ArbstrError as e:
+            if e.status == 401:
+                self.agents.forget(th)  # a rotated token: the next request asks again
             if e.status >= 500:
                 # The reserve may have landed, or still land later: a timeout (NATS buffers requests) or a
-                # journal write whose ack was lost in a JetStream election. A durable release resolves or
-                # tombstones the rid, so a request the client saw fail is never charged. In the background: in
-                # an election it waits for the new leader, and the client should have its 503/504 now.
+                # journal write whose ack was lost. A durable release resolves or tombstones the rid, so a request
+                # the client saw fail is never charged. In the background: the client has its 503/504 now.
                 task = asyncio.create_task(self._command(SettleCommand(
-                    kind="release", request_id=request_id, token_hash=th, reason="reserve failed"), None))
+                    kind="release", request_id=request_id, agent_id=where.agent_id, reason="reserve failed"),
+                    where.agent_id, where.partition, direct=False))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
             raise
         return Hold(request_id=request_id, agent_id=reply.agent_id, amount_msat=reply.amount_msat,
-                    output_tokens=reply.output_tokens)
+                    output_tokens=reply.output_tokens, partition=where.partition, token_hash=th)
 
-    async def settle(self, hold: Hold, usage: Usage) -> None:
+    async def extend(self, hold: Hold, amount_msat: int, provider: str) -> Hold:
+        assert hold.agent_id is not None and hold.partition is not None
+        attempt = hold.extensions + 1
+        reply = await self.bus.call(subjects.vault_partition(hold.partition, "extend"), ExtendRequest(
+            request_id=hold.request_id, agent_id=hold.agent_id, token_hash=hold.token_hash, amount_msat=amount_msat,
+            attempt=attempt, provider=provider), ReserveReply, request_id=hold.request_id,
+            traceparent=TRACEPARENT.get() or None, wait_for_responder_s=OWNER_WAIT_S)
+        return dataclasses.replace(hold, amount_msat=reply.amount_msat, extensions=attempt)
+
+    async def settle(self, hold: Hold, usage: Usage, record: Optional[RequestRecord] = None) -> None:
         await self._command(SettleCommand(
             kind="settle", request_id=hold.request_id, agent_id=hold.agent_id, provider=usage.provider,
             model=usage.model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            cost_msat=usage.cost_msat, estimated=usage.estimated), hold.agent_id)
+            cost_msat=usage.cost_msat, estimated=usage.estimated, record=record), hold.agent_id, hold.partition)
 
-    async def release(self, hold: Hold, reason: str) -> None:
+    async def release(self, hold: Hold, reason: str, record: Optional[RequestRecord] = None) -> None:
         await self._command(SettleCommand(kind="release", request_id=hold.request_id, agent_id=hold.agent_id,
-                                          reason=reason), hold.agent_id)
+                                          reason=reason, record=record), hold.agent_id, hold.partition)
 
     async def close(self) -> None:
         """A release still retrying after a failed reserve is what keeps a client's failed request from being
@@ -106,7 +127,23 @@ class VaultMeter:
         if self._background:
             await asyncio.wait(set(self._background), timeout=self.settle_budget_s + 1)
 
-    async def _command(self, cmd: SettleCommand, agent_id: Optional[str]) -> None:
+    async def _command(self, cmd: SettleCommand, agent_id: Optional[str], partition: Optional[int],
+                       direct: bool = True) -> None:
+        """To the owner, journaled before it answers; if it cannot answer now, into the durable queue."""
+        if direct and partition is not None:
+            try:
+                await self.bus.call(subjects.vault_partition(partition, cmd.kind), cmd, Empty,
+                                    request_id=cmd.request_id, traceparent=TRACEPARENT.get() or None)
+                return
+            except ArbstrError as e:
+                if e.status < 500:
+                    log.warning("request %s: %s refused (%s)", cmd.request_id, cmd.kind, e.message)
+                    return
+                log.info("request %s: %s not answered by the owner (%s); queued", cmd.request_id, cmd.kind,
+                         e.message)
+        await self._enqueue(cmd, agent_id)
+
+    async def _enqueue(self, cmd: SettleCommand, agent_id: Optional[str]) -> None:
         """Publish until JetStream acks; the msg id makes retries (and a gateway's double send) harmless."""
         data = cmd.model_dump_json().encode()
         # Request ids come from clients and may collide across agents: the dedup key names the account too.

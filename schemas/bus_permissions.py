@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import subjects
+from .partitions import MAX_LEDGER_STREAMS
 
 GATEWAY = "gateway"
 ROUTER = "router"
@@ -68,6 +69,13 @@ def _own_bucket(bucket: str) -> list[str]:
     return [*_own_stream(kv_stream(bucket)), f"$KV.{bucket}.>"]
 
 
+def _own_object_store(bucket: str) -> list[str]:
+    # Replacing an object purges its older chunks: the one purge any part is allowed, on its own store.
+    stream = f"OBJ_{bucket}"
+    # Reading an object looks its stream up by subject (nats-py asks for stream names).
+    return [*_own_stream(stream), f"{JS_API}.STREAM.PURGE.{stream}", f"$O.{bucket}.>", f"{JS_API}.STREAM.NAMES"]
+
+
 def _read_bucket(bucket: str, create: bool = False) -> list[str]:
     # Prices and breaker states are public and their config is fixed in code, so a reader that starts first
     # may create the empty bucket; a vault bucket is made by the vault only.
@@ -79,12 +87,15 @@ _DISCOVERY = "$SRV.>"  # nats micro: PING/INFO/STATS of every service instance
 
 def table() -> dict[str, Permissions]:
     s = subjects
-    vault_streams = (s.STREAM_LEDGER, s.STREAM_SETTLE, s.STREAM_HOLDS, s.STREAM_EVENTS)
+    ledgers = tuple(s.ledger_stream(i) for i in range(MAX_LEDGER_STREAMS))
+    vault_streams = (*ledgers, s.STREAM_SETTLE, s.STREAM_EVENTS)
     return {
         GATEWAY: Permissions(
             publish=(s.ROUTER_ROUTE, s.PRICING_TABLE, s.PRICING_QUOTE, s.PRICING_CONFIRM, s.BREAKER_STATE,
                      s.BREAKER_PROBE, f"{s.BREAKER_OUTCOME_PREFIX}.*", s.VAULT_RESERVE, s.VAULT_AWAIT_APPROVAL,
                      f"{s.VAULT_AGENT_GROUP}.*", f"{s.VAULT_ADMIN_GROUP}.*", f"{s.REQUESTS_PREFIX}.*",
+                     *(f"{s.VAULT_PARTITION_PREFIX}.*.{op}" for op in ("reserve", "await_approval", "extend",
+                                                                      "settle", "release")),
                      f"{s.SETTLE_PREFIX}.*", "$SRV.PING.>", "$SRV.STATS.>",
                      f"{JS_API}.CONSUMER.INFO.{s.STREAM_SETTLE}.*",  # the settle backlog, for /metrics
                      *_read_bucket(s.KV_PRICES, create=True), *_read_bucket(s.KV_BREAKERS, create=True),
@@ -101,9 +112,12 @@ def table() -> dict[str, Permissions]:
             subscribe=(s.BREAKER_STATE, s.BREAKER_PROBE, s.BREAKER_OUTCOME_ALL, _DISCOVERY,
                        f"{inbox_prefix(BREAKER)}.>"), responds=True),
         VAULT: Permissions(
-            publish=(f"{s.LEDGER_PREFIX}.>", f"{s.HOLDS_PREFIX}.>", f"{s.SPEND_PREFIX}.*", f"{s.PREFIX}.notice.>",
+            publish=(f"{s.LEDGER_PREFIX}.>", f"{s.LEDGERS_PREFIX}.>", f"{s.SPEND_PREFIX}.*",
+                     f"{s.REQUESTS_PREFIX}.*", f"{s.PREFIX}.notice.>",
+                     f"{s.VAULT_PARTITION_PREFIX}.>",  # a command passed on to its partition's owner
                      *(g for stream in vault_streams for g in _own_stream(stream)),
-                     *_own_bucket(s.KV_VAULT), *_own_bucket(s.KV_PROVIDER_KEYS), *_read_bucket(s.KV_PRICES)),
+                     *_own_bucket(s.KV_VAULT), *_own_bucket(s.KV_PARTITIONS), *_own_bucket(s.KV_PROVIDER_KEYS),
+                     *_own_object_store(s.OBJ_SNAPSHOTS), *_read_bucket(s.KV_PRICES)),
             subscribe=(f"{s.VAULT_GROUP}.>", _DISCOVERY, f"{inbox_prefix(VAULT)}.>"), responds=True),
         OPERATOR: Permissions(  # the operator holds the admin token anyway; reading the journal lets it audit
             publish=("$SRV.>", f"{JS_API}.INFO", f"{JS_API}.STREAM.INFO.*", f"{JS_API}.STREAM.NAMES",

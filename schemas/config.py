@@ -355,6 +355,16 @@ class VaultConfig(_Section):
     replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the ledger, settle and events streams")
     default_policy: DefaultPolicyConfig = Field(default_factory=DefaultPolicyConfig)
     duckdb_path: str = Field("", description="file of the DuckDB projection; empty: in memory")
+    partitions: int = Field(16, ge=1, le=1024, description="accounts are spread over this many partitions, each "
+                                                            "owned by one vault instance at a time; fixed when "
+                                                            "the ledger is created (later values are ignored)")
+    ledger_streams: int = Field(1, ge=1, le=8, description="journal streams the partitions are spread over (on a "
+                                                           "cluster their leaders land on several servers); fixed "
+                                                           "when the ledger is created")
+    lease_s: float = Field(2.0, ge=0.5, le=60, description="a vault instance silent this long loses its "
+                                                            "partitions to the others")
+    snapshot_interval_s: float = Field(30.0, gt=0, description="how often each partition's state is saved, so "
+                                                               "a takeover folds only the journal since")
     demo_agent: Optional[DemoAgentConfig] = None
     wallet: WalletConfig = Field(default_factory=WalletConfig)
     topup: Optional[TopUpConfig] = Field(None, description="present: pay Routstr providers from the Cashu rail")

@@ -15,6 +15,7 @@ from typing import Annotated, Iterable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .requests import RequestRecord
 from .vault import AgentPolicy
 
 # Strict: a float or a numeric string must never become money by coercion.
@@ -155,6 +156,14 @@ class Reserved(_Body):
         return self
 
 
+class HoldExtended(_Body):
+    """A hold grown to cover a costlier candidate the gateway falls over to: ``amount_msat`` is its new total."""
+
+    kind: Literal["hold_extended"] = "hold_extended"
+    rid: str = Field(min_length=1)
+    amount_msat: Amount
+
+
 class Approved(_Body):
     kind: Literal["approved"] = "approved"
     rid: str = Field(min_length=1)
@@ -213,7 +222,8 @@ class Tombstoned(_Body):
 
 
 EventBody = Annotated[
-    Union[AgentCreated, TokenRotated, PolicySet, Deposited, Withdrawn, Reserved, Approved, Denied, Settled,
+    Union[AgentCreated, TokenRotated, PolicySet, Deposited, Withdrawn, Reserved, HoldExtended, Approved, Denied,
+          Settled,
           Released, Expired, Tombstoned, InvoiceIssued, PayoutStarted, PayoutApproved, PayoutRerouted, PayoutSettled,
           PayoutFailed],
     Field(discriminator="kind"),
@@ -287,6 +297,9 @@ class JournalEntry(BaseModel):
     op_id: str = Field(min_length=1)
     agent_id: str = Field(min_length=1)
     events: list[LedgerEvent] = Field(min_length=1)
+    # The gateway's record of the request a settle or release ends: journaled with it, so the request log is
+    # derived from the journal (and re-derived by a new owner) instead of being a write of its own.
+    record: Optional[RequestRecord] = None
 
     @model_validator(mode="after")
     def _consecutive(self) -> "JournalEntry":
@@ -297,3 +310,39 @@ class JournalEntry(BaseModel):
             if event.seq != first + i:
                 raise ValueError("the events of one entry must have consecutive seqs")
         return self
+
+
+class JournalBatch(BaseModel):
+    """One message on a partition's journal subject: the commands its owner group-committed, all or none.
+
+    ``prev_hash`` is the sha256 of the previous batch's bytes on the same subject, so the partition's journal is
+    one hash chain (per message, not per event). ``epoch`` is the owner's lease epoch; ``batch_id`` is the
+    message id (``Nats-Msg-Id``), unique per owner and epoch. A batch with no entries marks a takeover: the new
+    owner's first write, which fences every write a previous owner still attempts.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["batch"] = "batch"
+    partition: int = Field(ge=0, strict=True)
+    epoch: int = Field(ge=0, strict=True)
+    batch_id: str = Field(min_length=1)
+    prev_hash: str = Field("", pattern=r"^([0-9a-f]{64})?$")
+    at_ms: Count
+    entries: list[JournalEntry] = Field(default_factory=list)
+
+
+def batch_hash(raw: bytes) -> str:
+    """The chain link of a batch: the sha256 of exactly the bytes that were journaled."""
+    return hashlib.sha256(raw).hexdigest()
+
+
+def verify_batches(raws: Iterable[bytes], prev_hash: str = "") -> tuple[bool, Optional[int]]:
+    """Check one partition's chain of batches (raw message bytes in stream order): ``(True, None)`` or
+    ``(False, index)`` of the first batch whose ``prev_hash`` does not link."""
+    for i, raw in enumerate(raws):
+        batch = JournalBatch.model_validate_json(raw)
+        if batch.prev_hash != prev_hash:
+            return False, i
+        prev_hash = batch_hash(raw)
+    return True, None

@@ -43,7 +43,8 @@ class Candidate(Message):
 
 
 class Envelope(Message):
-    """What a reservation must cover: the costliest candidate's rates over this request's token budget."""
+    """What a reservation must cover: the rates of the candidate about to be called over this request's token
+    budget. Falling over to a costlier candidate, the gateway extends the hold first (or skips that candidate)."""
 
     input_tokens: int = Field(ge=0)
     output_tokens: Optional[int] = Field(None, ge=1, description="the client's max_tokens; None: the vault sizes it")

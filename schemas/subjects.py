@@ -29,6 +29,9 @@ VAULT_RELEASE = f"{VAULT_GROUP}.release"
 VAULT_AWAIT_APPROVAL = f"{VAULT_GROUP}.await_approval"
 VAULT_AGENT_GROUP = f"{VAULT_GROUP}.agent"
 VAULT_ADMIN_GROUP = f"{VAULT_GROUP}.admin"
+VAULT_WHOAMI = f"{VAULT_AGENT_GROUP}.whoami"  # token hash -> agent id (any instance): where to send its commands
+VAULT_PARTITION_PREFIX = f"{VAULT_GROUP}.p"  # .<k>.<op>: only the owner of partition k listens
+VAULT_FANOUT_PREFIX = f"{VAULT_GROUP}.all"  # .<op>: every vault instance answers for the partitions it owns
 
 # --- events --------------------------------------------------------------------
 BREAKER_OUTCOME_PREFIX = f"{BREAKER_GROUP}.outcome"
@@ -42,8 +45,9 @@ REQUESTS_ANON = "anon"  # the agent token of free-mode requests
 # --- JetStream -------------------------------------------------------------------
 LEDGER_PREFIX = "arbstr.ledger"
 STREAM_LEDGER = "ARBSTR_LEDGER"
-STREAM_HOLDS = "ARBSTR_HOLDS"
-HOLDS_PREFIX = "arbstr.holds"
+# Further ledger streams (a cluster spreads partitions' journals so their leaders land on several servers).
+LEDGERS_PREFIX = "arbstr.ledgers"
+OBJ_SNAPSHOTS = "arbstr_snapshots"  # object store: one snapshot of each partition's state
 STREAM_SETTLE = "ARBSTR_SETTLE"
 SETTLE_PREFIX = "arbstr.settle"
 STREAM_EVENTS = "ARBSTR_EVENTS"
@@ -51,6 +55,7 @@ STREAM_EVENTS = "ARBSTR_EVENTS"
 # --- KV buckets ------------------------------------------------------------------
 KV_BREAKERS = "arbstr_breakers"
 KV_PRICES = "arbstr_prices"
+KV_PARTITIONS = "arbstr_partitions"  # the ledger's layout, vault instances, and who owns each partition
 KV_VAULT = "arbstr_vault"  # vault-wide switches: key "freeze" (fail closed on a reconciliation shortfall)
 # Prepaid keys of Routstr nodes, filled by the vault after a top-up: key = provider name, value = {"api_key": …}.
 # Secrets: only the vault writes it; pricing and gateways read it (bus permissions).
@@ -97,8 +102,27 @@ def ledger_all(agent_id: str) -> str:
     return f"{LEDGER_PREFIX}.{_token(agent_id)}.>"
 
 
-def holds(agent_id: str, request_id: str) -> str:
-    return f"{HOLDS_PREFIX}.{_token(agent_id)}.{_token(request_id)}"
+def ledger_stream(index: int) -> str:
+    return STREAM_LEDGER if index == 0 else f"{STREAM_LEDGER}_{index}"
+
+
+def ledger_stream_subjects(index: int) -> list[str]:
+    return [f"{LEDGER_PREFIX}.>"] if index == 0 else [f"{LEDGERS_PREFIX}.{index}.>"]
+
+
+def ledger_partition(partition: int, stream_index: int) -> str:
+    """The one subject a partition's journal batches are written on (its owner's writes are fenced on it)."""
+    if stream_index == 0:
+        return f"{LEDGER_PREFIX}.p.{partition}"
+    return f"{LEDGERS_PREFIX}.{stream_index}.p.{partition}"
+
+
+def vault_partition(partition: int, op: str) -> str:
+    return f"{VAULT_PARTITION_PREFIX}.{partition}.{_token(op)}"
+
+
+def vault_fanout(op: str) -> str:
+    return f"{VAULT_FANOUT_PREFIX}.{_token(op)}"
 
 
 def settle_command(agent_id: str) -> str:

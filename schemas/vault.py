@@ -12,6 +12,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field
 
 from .common import Message, Msat
+from .requests import RequestRecord
 from .router import Envelope
 
 
@@ -55,6 +56,22 @@ class ReserveRequest(Message):
     provider: str = ""
     model: str = ""
     endpoint: str = "chat"
+    agent_id: Optional[str] = Field(None, description="the agent the gateway believes the token is: it picks the "
+                                                      "partition; the owner still checks the token hash")
+    sent_at_ms: Optional[int] = Field(None, ge=0, description="when the gateway sent it: a reserve delivered "
+                                                             "late (NATS buffers requests across a reconnect) "
+                                                             "is refused, never held")
+
+
+class ExtendRequest(Message):
+    """Grow a hold before a fallback to a costlier candidate: ``amount_msat`` is the hold's new total."""
+
+    request_id: str
+    agent_id: str
+    token_hash: str
+    amount_msat: Msat
+    attempt: int = Field(1, ge=1, le=64, description="which extension of this request (a repeat is a no-op)")
+    provider: str = ""
 
 
 class ReserveReply(Message):
@@ -85,6 +102,8 @@ class SettleCommand(Message):
     cost_msat: Msat = 0
     estimated: bool = False
     reason: str = ""
+    record: Optional[RequestRecord] = Field(None, description="the gateway's record of the request: journaled "
+                                                              "with the settle, published from the journal")
 
 
 SpendKind = Literal["settled", "released", "expired", "denied"]
@@ -117,6 +136,23 @@ class AgentRef(Message):
     agent_id: str
 
 
+class AgentRoute(Message):
+    """Who a token is, and where its commands go: ``arbstr.v1.vault.p.<partition>.<op>``."""
+
+    agent_id: str
+    partition: int = Field(ge=0)
+
+
+class CreditDeposit(Message):
+    """A deposit the rails saw settle (a paid invoice), credited once by the owner of the agent's partition."""
+
+    agent_id: str
+    deposit_id: str
+    amount_msat: Msat
+    rail: str
+    reference: str = ""
+
+
 class TokenRef(Message):
     token_hash: str
 
@@ -125,6 +161,9 @@ class CreateAgent(Message):
     name: str = Field(min_length=1, max_length=128)
     token_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     policy: Optional[AgentPolicy] = None
+    agent_id: Optional[str] = Field(None, pattern=r"^agt_[0-9a-f]{16}$",
+                                    description="named by the vault instance that took the command (so the "
+                                                "partition owner it forwards to, and a retry, agree on it)")
 
 
 class RotateToken(Message):

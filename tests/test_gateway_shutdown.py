@@ -8,18 +8,24 @@ import asyncio
 import aiohttp
 
 from actors.runtime import ensure_stream
-from actors.vault.journal import stream_configs
+from actors.vault.streams import settle_stream_config
 from arbstr.natsserver import NatsServer
 from schemas import subjects
+from schemas.vault import AgentRoute
 from tests.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
 
 
 async def test_a_release_still_retrying_is_journaled_before_the_gateway_goes(
         http: aiohttp.ClientSession, fresh_nats: NatsServer, mock_upstream: str) -> None:
     stack = await start_stack(demo_config(mock_upstream, vault=vault_section()), fresh_nats.url)
+
+    async def whoami(msg: object) -> None:  # the token is known, but no owner serves its partition
+        await msg.respond(AgentRoute(agent_id="agt_0000000000000001", partition=3).model_dump_json().encode())  # type: ignore[attr-defined]
+
+    sub = await stack.nc.subscribe(subjects.VAULT_WHOAMI, cb=whoami)
     try:
-        # No vault answers and its streams do not exist yet (JetStream still electing, say): the reserve fails,
-        # and the release the gateway sends after it keeps retrying.
+        # The reserve finds no owner and the vault's streams do not exist yet (JetStream still electing, say): the
+        # reserve fails, and the release the gateway sends after it keeps retrying.
         async with http.post(f"{stack.url}/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_TOKEN}x"},
                              json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}) as r:
             assert r.status >= 500, await r.text()
@@ -28,10 +34,10 @@ async def test_a_release_still_retrying_is_journaled_before_the_gateway_goes(
         closing = asyncio.create_task(stack.runner.cleanup())  # what SIGTERM does to a gateway
         await asyncio.sleep(0.3)
         assert not closing.done()  # waiting for the release, not giving up on it
-        [settle] = [c for c in stream_configs(1) if c.name == subjects.STREAM_SETTLE]
-        await ensure_stream(stack.nc, settle)  # the stream comes back: the release lands, then close returns
+        await ensure_stream(stack.nc, settle_stream_config(1))  # the stream comes back: the release lands
         await asyncio.wait_for(closing, 10)
         info = await stack.nc.jetstream().stream_info(subjects.STREAM_SETTLE)
         assert info.state.messages == 1
     finally:
+        await sub.unsubscribe()
         await stack.stop()

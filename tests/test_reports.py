@@ -213,7 +213,8 @@ async def test_ensure_streams_widens_an_older_events_stream(fresh_nats: NatsServ
     import nats
     from nats.js.api import StreamConfig
 
-    from actors.vault.journal import ensure_streams
+    from actors.vault.partition_journal import Layout
+    from actors.vault.streams import ensure_streams
     from schemas import subjects
 
     nc = await nats.connect(fresh_nats.url)
@@ -221,7 +222,7 @@ async def test_ensure_streams_widens_an_older_events_stream(fresh_nats: NatsServ
         js = nc.jetstream()
         await js.add_stream(StreamConfig(name=subjects.STREAM_EVENTS, subjects=[f"{subjects.SPEND_PREFIX}.>"]))
         await js.publish(subjects.spend("old"), b"{}")
-        await ensure_streams(nc)
+        await ensure_streams(nc, Layout(16))
         info = await js.stream_info(subjects.STREAM_EVENTS)
         assert set(info.config.subjects or []) == {f"{subjects.SPEND_PREFIX}.>", f"{subjects.REQUESTS_PREFIX}.>"}
         assert info.state.messages == 1  # widened in place: nothing lost

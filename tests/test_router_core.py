@@ -228,11 +228,13 @@ def test_candidate_fields_and_envelope() -> None:
     assert (a.model, a.input_rate, a.output_rate, a.base_fee_msat, a.tier) == ("m", 1000, 9000, 2, "local")
     env = reply.envelope
     assert (env.input_tokens, env.output_tokens) == (200, 300)
-    assert (env.input_rate, env.output_rate, env.base_fee_msat) == (3000, 9000, 7)
+    # The envelope is the candidate about to be called (the cheapest), not the costliest: a fallback extends it.
+    first = reply.candidates[0]
+    assert first.provider == "b"  # 200·3000 + 300·1000 < 200·1000 + 300·9000
+    assert (env.input_rate, env.output_rate, env.base_fee_msat) == (3000, 1000, 7)
     assert env.max_output_tokens == 4096
-    # The envelope covers every candidate's own expected cost.
-    worst = cost_msat(env.input_tokens, env.output_tokens or 0, env.input_rate, env.output_rate, env.base_fee_msat)
-    assert all(c.estimated_cost_msat <= worst for c in reply.candidates)
+    held = cost_msat(env.input_tokens, env.output_tokens or 0, env.input_rate, env.output_rate, env.base_fee_msat)
+    assert held == first.estimated_cost_msat < reply.candidates[1].estimated_cost_msat
 
 
 def test_envelope_without_max_tokens_leaves_the_output_budget_to_the_vault() -> None:

@@ -29,14 +29,14 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from actors.runtime import ActorHost
-from actors.vault.actor import VaultActor, read_ledger
+from actors.vault.actor import VaultActor, read_ledger, verify_ledger
 from actors.vault.fold import fold, view
 from arbstr.natsserver import NatsServer
 from gateway.bus import Bus
 from schemas import subjects
 from schemas.config import Config, parse_config
 from schemas.errors import ArbstrError
-from schemas.ledger import Expired, verify_chain
+from schemas.ledger import Expired
 from schemas.money import cost_msat
 from schemas.router import Envelope
 from schemas.tokens import estimate_messages_tokens
@@ -79,10 +79,8 @@ class Vaults:
         return self
 
     async def caught_up(self, nc: NATS) -> None:
-        last = int((await nc.jetstream().stream_info(subjects.STREAM_LEDGER)).state.last_seq)
         for a in self.actors:
-            assert a.journal is not None
-            await a.journal.wait_applied(last)
+            await a._caught_up()
 
     async def stop(self) -> None:
         await asyncio.gather(*(h.stop(grace_s=1) for h in self.hosts))
@@ -120,19 +118,19 @@ async def reserve(bus: Bus, token: str, rid: str, inp: int = 2, out: int = 8) ->
 async def assert_replay_equals_live(nc: NATS, vaults: Vaults) -> dict[str, Any]:
     await vaults.caught_up(nc)
     replay = await read_ledger(nc)
+    assert (await verify_ledger(nc)).ok
     for agent_id, events in replay.items():
-        assert verify_chain(events) == (True, None)
         replayed = fold(events)
         for a in vaults.actors:
-            assert a.book.slot(agent_id).state == replayed
+            assert a.book.state(agent_id) == replayed
     for a in vaults.actors:
-        assert a.book.books(0).balanced and not a.book.corrupt
+        assert a.book.books(0).balanced and not a.book.corrupt()
     return replay
 
 
 async def until_no_holds(vaults: Vaults, agent_id: str, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
-    while any(a.book.slot(agent_id).state.holds for a in vaults.actors):
+    while any(a.book.state(agent_id).holds for a in vaults.actors):
         assert time.monotonic() < deadline, "nothing resolved the orphaned holds"
         await asyncio.sleep(0.02)
 
@@ -172,7 +170,7 @@ async def test_hold_of_a_dead_gateway_resolves_once_at_its_ttl(fresh_nats: NatsS
         charged = hold.amount_msat if action == "charge" else 0
         assert expired.charged_msat == charged
 
-        state = vaults.actors[0].book.slot(agent_id).state
+        state = vaults.actors[0].book.state(agent_id)
         assert (state.spent_msat, state.available_msat, state.pending_msat) == (charged, 100_000 - charged, 0)
 
         assert len(seen) == 1, seen
@@ -204,7 +202,7 @@ async def test_two_sweepers_racing_over_many_orphans_resolve_each_once(fresh_nat
         replay = await assert_replay_equals_live(client, vaults)
         kinds = Counter((e.body.rid, e.body.kind) for e in replay[agent_id] if isinstance(e.body, Expired))
         assert kinds == {(f"o{n}", "expired"): 1 for n in range(20)}
-        state = vaults.actors[1].book.slot(agent_id).state
+        state = vaults.actors[1].book.state(agent_id)
         assert state.spent_msat == sum(h.amount_msat for h in holds) and state.pending_msat == 0
     finally:
         await vaults.stop()
@@ -336,8 +334,9 @@ async def test_vault_killed_mid_storm_charges_every_success_once(fresh_nats: Nat
 
             await asyncio.gather(crash(), *(worker() for _ in range(32)))
             statuses = Counter(s for _, s, _ in results)
+            # Requests in flight at the kill time out (504); those sent while no vault runs wait for the new owner of
+            # the partition (the gateway asks again while nobody listens), so few or none fail at all.
             assert set(statuses) <= {200, 503, 504}, statuses
-            assert statuses[503] + statuses[504] > 0, "the kill did not land mid-storm"
             assert all(c == unit for _, s, c in results if s == 200)
             ok = statuses[200]
 
@@ -356,7 +355,7 @@ async def test_vault_killed_mid_storm_charges_every_success_once(fresh_nats: Nat
 
             # Replay from sequence 1 equals what the live (restarted) vault says, and each request's fate fits.
             replay = await read_ledger(stack.nc)
-            assert verify_chain(replay[agent_id]) == (True, None)
+            assert (await verify_ledger(stack.nc)).ok
             state = fold(replay[agent_id])
             live = await admin(http, stack, "GET", f"/v1/admin/agents/{agent_id}", expect=200)
             assert AccountView.model_validate(live) == view(state)

@@ -109,7 +109,7 @@ async def test_a_durable_subscriber_from_the_readme_resumes_after_its_restart(
     assert seen == ["t-1", "t-2", "t-3", "t-4"]
 
 
-async def test_metrics_show_vault_operations_and_conflicts(http: aiohttp.ClientSession, stack: Stack) -> None:
+async def test_metrics_show_vault_operations_and_group_commit(http: aiohttp.ClientSession, stack: Stack) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     agent_id, token = await new_agent(http, stack, "metered", deposit_msat=1_000_000)
@@ -119,8 +119,9 @@ async def test_metrics_show_vault_operations_and_conflicts(http: aiohttp.ClientS
     await settled(http, stack, agent_id)
     await stack.gateway.metrics._poll_once(stack.nc)
     text = await (await http.get(f"{stack.url}/metrics")).text()
-    names = {s.name: s for fam in text_string_to_metric_families(text) for s in fam.samples}
-    assert "arbstr_vault_conflicts" in names and names["arbstr_vault_conflicts"].value >= 0
+    commit = {s.labels["figure"]: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+              if s.name == "arbstr_vault_group_commit"}
+    assert commit["partitions"] == 16 and commit["batches"] >= 1 and commit["journaled"] >= commit["batches"] > 0
     ops = [s for fam in text_string_to_metric_families(text) for s in fam.samples
            if s.name == "arbstr_vault_operations" and s.labels["endpoint"] == "reserve"]
     assert ops and ops[0].value >= 1

@@ -10,7 +10,9 @@ import pytest
 
 from arbstr.natsserver import NatsServer
 from schemas.money import cost_msat
+from schemas.tokens import estimate_messages_tokens
 from tests.stack import Stack, add_vault, demo_config, start_stack, vault_section
+from tests.test_resilience import received
 from tests.vault_helpers import admin, assert_balanced, books, new_agent, settled
 
 CHAT = [{"role": "user", "content": "Hello there, how are you?"}]
@@ -261,3 +263,47 @@ async def test_request_ids_may_collide_across_agents_but_not_be_reused(http, sta
     assert again.status == 409 and body["error"]["code"] == "request_id_reused"
     assert (await settled(http, stack, a_id))["spent_msat"] == a["spent_msat"]
     assert_balanced(await books(http, stack))
+
+
+async def test_a_hold_covers_the_route_taken_and_grows_only_on_a_costlier_fallback(
+        http: aiohttp.ClientSession, fresh_nats: NatsServer, mock_upstream: str) -> None:
+    """The hold is the cheapest candidate's price, not the costliest's; when that candidate fails, the hold grows
+    to cover the next one before it is called (one more journal write, only then), and the request is charged at
+    the rates of the provider that served it; a fallback the agent cannot afford is skipped, never overdrawn."""
+    providers = [{"name": name, "url": f"{mock_upstream}/{name}/v1", "models": ["fallback-model"],
+                  "input_rate": rate, "output_rate": rate, "tier": "frontier"}
+                 for name, rate in (("fb_cheap", 8000), ("fb_dear", 24000))]
+    stack = await start_stack(demo_config(mock_upstream, vault=vault_section(), providers=providers), fresh_nats.url)
+    await add_vault(stack)
+    body = {"model": "fallback-model", "max_tokens": 10, "messages": [{"role": "user", "content": "fall over"}]}
+    try:
+        cheap = cost_msat(estimate_messages_tokens(body["messages"]), 10, 8000, 8000)
+        dear = cost_msat(estimate_messages_tokens(body["messages"]), 10, 24000, 24000)
+        agent_id, token = await new_agent(http, stack, "fallback", deposit_msat=dear + cheap)
+        async with http.post(f"{mock_upstream}/_mock/fb_cheap/faults",
+                             json={"status": 503, "count": 1}) as r:
+            assert r.status < 300, await r.text()
+        async with http.post(f"{stack.url}/v1/chat/completions", json=body,
+                             headers={"Authorization": f"Bearer {token}"}) as r:
+            assert r.status == 200, await r.text()
+            assert r.headers["x-arbstr-provider"] == "fb_dear" and int(r.headers["x-arbstr-cost-msat"]) == dear
+        acct = await settled(http, stack, agent_id)
+        assert (acct["spent_msat"], acct["balance_msat"], acct["uncollectible_msat"]) == (dear, cheap, 0)
+        audit = await admin(http, stack, "GET", f"/v1/admin/audit?agent={agent_id}", expect=200)
+        kinds = [i["kind"] for i in reversed(audit["data"])]
+        assert kinds[-3:] == ["reserved", "hold_extended", "settled"]
+        reserved = next(i for i in audit["data"] if i["kind"] == "reserved")
+        assert reserved["amount_msat"] == cheap  # held for the candidate about to be called
+        # Now only the cheap hold is affordable: when it fails, the dear fallback is skipped (never overdrawn) and
+        # the client gets the cheap provider's failure; nothing is charged.
+        async with http.post(f"{mock_upstream}/_mock/fb_cheap/faults", json={"status": 503, "count": 1}) as r:
+            assert r.status < 300
+        async with http.post(f"{stack.url}/v1/chat/completions", json=body,
+                             headers={"Authorization": f"Bearer {token}"}) as r:
+            assert r.status == 502, await r.text()
+        acct = await settled(http, stack, agent_id)
+        assert (acct["spent_msat"], acct["balance_msat"], acct["pending_msat"]) == (dear, cheap, 0)
+        assert await received(mock_upstream, "fb_dear") == 1  # called for the first request only
+        assert_balanced(await books(http, stack))
+    finally:
+        await stack.stop()

@@ -17,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from actors.vault import decide
 from actors.vault.decide import Ledger
-from actors.vault.fold import check_invariants, fold
+from actors.vault.fold import FORGET_AFTER_MS, check_invariants, fold
 from schemas.errors import ArbstrError
 from schemas.ledger import verify_chain
 from schemas.router import Envelope
@@ -64,6 +64,7 @@ class Reference:
     holds: dict[str, RefHold] = field(default_factory=dict)
     ended: dict[str, str] = field(default_factory=dict)
     tombstones: set[str] = field(default_factory=set)
+    ended_at: dict[str, int] = field(default_factory=dict)  # when each rid ended or was tombstoned
     ops: set[str] = field(default_factory=set)
     deposits: dict[str, int] = field(default_factory=dict)
     withdrawals: dict[str, int] = field(default_factory=dict)
@@ -116,13 +117,23 @@ class Reference:
         if charged:
             self.charges.append((now, charged))
         self.ended[rid] = kind
+        self.ended_at[rid] = now
         self.ops.add(op)
         return ("events", 1)
 
-    def _tombstone(self, rid: str, op: str) -> Result:
+    def _tombstone(self, rid: str, op: str, now: int) -> Result:
         self.tombstones.add(rid)
+        self.ended_at[rid] = now
         self.ops.add(op)
         return ("events", 1)
+
+    def forget(self, before: int) -> None:
+        """A request id is remembered FORGET_AFTER_MS after it ends; the vault forgets as it writes its next event."""
+        for rid in [r for r, at in self.ended_at.items() if at < before]:
+            del self.ended_at[rid]
+            self.ended.pop(rid, None)
+            self.tombstones.discard(rid)
+            self.ops -= {f"{op}:{rid}" for op in ("reserve", "settle", "release", "expire", "approve", "deny")}
 
     def _done(self, op: str, rid: str) -> bool:
         return op in self.ops or rid in self.ended or rid in self.tombstones
@@ -194,7 +205,7 @@ class Reference:
         if self._done(op, rid):
             return ("events", 0)
         if rid not in self.holds:
-            return self._tombstone(rid, op)
+            return self._tombstone(rid, op, now)
         h = self.holds[rid]
         from_hold = min(cost, h.amount)
         from_available = min(cost - from_hold, self.available)
@@ -206,7 +217,7 @@ class Reference:
         if self._done(op, rid):
             return ("events", 0)
         if rid not in self.holds:
-            return self._tombstone(rid, op)
+            return self._tombstone(rid, op, now)
         return self._end(rid, "released", 0, op, now)
 
     def expire(self, rid: str, charge: bool, now: int) -> Result:
@@ -214,7 +225,7 @@ class Reference:
         if self._done(op, rid):
             return ("events", 0)
         if rid not in self.holds:
-            return self._tombstone(rid, op)
+            return self._tombstone(rid, op, now)
         h = self.holds[rid]
         if h.awaiting:
             assert h.deadline is not None
@@ -308,7 +319,10 @@ class VaultMachine(RuleBasedStateMachine):
         return getattr(self.ref, name)(*args, self.now)
 
     def run(self, name: str, args: tuple[Any, ...]) -> None:
+        before = self.now - FORGET_AFTER_MS
         expected = self._ref(name, args)
+        if expected[0] == "events" and expected[1]:
+            self.ref.forget(before)
         got = self._impl(name, args)
         assert got == expected, (name, args, got, expected)
         # Visible with --hypothesis-show-statistics: which outcomes the runs actually reached.

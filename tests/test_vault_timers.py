@@ -1,4 +1,4 @@
-"""Hold timers: a hold nobody settles is expired by its TTL marker on ARBSTR_HOLDS, without waiting for a sweep."""
+"""Hold timers: a hold nobody settles is expired by its owner's timer (in memory, no journal write of its own)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from tests.stack import add_vault, demo_config, start_stack, vault_section
 from tests.vault_helpers import admin, assert_balanced, books, new_agent
 
 
-async def test_ttl_marker_expires_an_abandoned_hold(fresh_nats: NatsServer, mock_upstream: str) -> None:
-    # The sweep would take an hour: only the timer can resolve the hold in time.
+async def test_the_owners_timer_expires_an_abandoned_hold(fresh_nats: NatsServer, mock_upstream: str) -> None:
+    # Two instances: whichever owns the agent's partition has the timer, and it fires once.
     config = demo_config(mock_upstream, vault=vault_section(hold_ttl_s=1, sweep_interval_s=3600))
     stack = await start_stack(config, fresh_nats.url)
     await add_vault(stack, instances=2)

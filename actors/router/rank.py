@@ -192,12 +192,13 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
         for o in chosen
     ]
     candidates.sort(key=lambda c: (c.estimated_cost_msat, c.provider, c.model))
+    first = candidates[0]  # the hold covers the candidate about to be called; a fallback extends it first
     envelope = Envelope(
         input_tokens=req.input_tokens,
         output_tokens=req.max_tokens,
-        input_rate=max(c.input_rate for c in candidates),
-        output_rate=max(c.output_rate for c in candidates),
-        base_fee_msat=max(c.base_fee_msat for c in candidates),
+        input_rate=first.input_rate,
+        output_rate=first.output_rate,
+        base_fee_msat=first.base_fee_msat,
         max_output_tokens=config.router.max_output_tokens,
     )
     return RouteReply(

@@ -1,64 +1,79 @@
-"""The vault actor: a thin shell that decodes a message, runs a pure decider on the agent's folded state,
-journals the events with optimistic concurrency, and replies.
+"""The vault actor: partitions of the ledger, each owned by one instance at a time, and a thin routing shell.
 
-Any instance may serve any agent: decisions are made on the state as of the agent's newest journal entry,
-and an append whose expectation is stale (10071) catches up and decides again — finding its own op_id
-when the "lost" write had in fact landed.
+A command about one account is decided by the owner of the account's partition, from memory, and journaled in
+that partition's next batch (group commit: one fenced JetStream write for every command that queued while the
+last one was in flight); the caller is answered once the batch is acked. The gateway sends reserves and settles
+straight to the owner (``arbstr.v1.vault.p.<k>.<op>``); any other instance that receives a command forwards it
+there. Every instance also keeps a read model of every account (the ``Book``) for reports, admin reads and
+finding an agent by its token — never for deciding about money.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import random
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
+import orjson
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import DeliverPolicy
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from pydantic import BaseModel
 
 from actors.netguard import private_urls_allowed
-from actors.runtime import Endpoint, admin_token_hash, cancel_and_wait, check_admin
+from actors.runtime import (QUEUE_GROUP, Endpoint, RawReply, admin_token_hash, answer, cancel_and_wait, check_admin,
+                            error_reply, open_bucket)
 from schemas import subjects
 from schemas.config import Config, VaultConfig
 from schemas.errors import ArbstrError
-from schemas.ledger import Denied, Expired, JournalEntry, LedgerEvent, Released, Settled, verify_chain
-from schemas.requests import RequestList, RequestsQuery, StatsQuery, StatsReply
-from schemas.vault import (AccountView, AgentDeposit, AgentList, AgentPolicy, AgentRef, Approval, ApprovalAction,
-                           ApprovalList, ApprovalResult, Books, ChainCheck, ClearFreeze, CreateAgent, DepositCommand, DepositReply,
-                           DepositRequest, Empty, History, HistoryQuery, PayoutList, PayoutRef, PayoutView,
-                           Reconciliation, ReserveReply, ReserveRequest, RotateToken, SetPolicy, SettleCommand,
-                           SpendEvent, TokenRef, WithdrawRequest)
+from schemas.ledger import (Denied, Expired, JournalBatch, JournalEntry, LedgerEvent, Released, Settled,
+                            verify_batches, verify_chain)
+from schemas.partitions import partition_of
+from schemas.requests import RequestList, RequestRecord, RequestsQuery, StatsQuery, StatsReply
+from schemas.vault import (AccountView, AgentDeposit, AgentRoute, ExtendRequest, AgentList, AgentPolicy, AgentRef, Approval, ApprovalAction,
+                           ApprovalList, ApprovalResult, Books, ChainCheck, ClearFreeze, CreateAgent, CreditDeposit,
+                           DepositCommand, DepositReply, DepositRequest, Empty, History, HistoryQuery, PayoutList,
+                           PayoutRef, PayoutView, Reconciliation, ReserveReply, ReserveRequest, RotateToken,
+                           SetPolicy, SettleCommand, SpendEvent, TokenRef, WithdrawRequest)
 
 from . import decide
 from .book import Book
-from .fold import AccountState, next_events, view
-from .journal import Conflict, Journal, ensure_streams, settle_consumer_config
-from .holds import HoldTimers
-from .projection import Projection
-from .request_log import RequestLog
 from .claims import Claims
+from .expiry import HOLD, Timers
+from .fold import AccountState, view
+from .follower import Follower
 from .freeze import FreezeSwitch
+from .group_commit import Written, moved
+from .owner import PartitionOwner
+from .ownership import LAYOUT_KEY, Claim, Ownership
+from .partition import PartitionState, fold_batch, fold_entry
+from .partition_journal import Layout, PartitionJournal, stream_last_seq
+from .projection import Projection
+from .projection_feed import ProjectionFeed
 from .rails import Rails
+from .request_log import RequestLog
+from .snapshots import SnapshotStore
+from .streams import ensure_streams, settle_consumer_config
 from .topup import TopUps
 from .wallets import build_wallet
 from .wallets.base import Wallet
 
 log = logging.getLogger("arbstr.vault")
 
-VERSION = "0.1.0"
-APPEND_BUDGET_S = 5.0  # optimistic retries of one command before the caller gets a 503
+VERSION = "0.2.0"
 Decider = Callable[[AccountState, int], decide.Decided]
-
-
-@dataclass(frozen=True)
-class Written:
-    decided: decide.Decided
-    state: AccountState
-    events: list[LedgerEvent]  # what this call journaled; empty when the command was a no-op
+H_FORWARDED = "Arbstr-Forwarded"  # a command one vault instance passed to the owner: never passed on again
+FORWARD_WAIT_S = 5.0  # how long a command waits for a partition's owner to appear (a takeover takes ≤ 3 s)
+RAIL_TIMEOUT_S = 30.0
+RESERVE_MAX_AGE_MS = 120_000  # a reserve sent longer ago is refused (NATS delivers buffered requests late)
+REPUBLISH_WINDOW_MS = 100_000  # at takeover, events of batches this recent are published again (dedup: 120 s)
 
 
 def now_ms() -> int:
@@ -69,10 +84,26 @@ def unauthorized() -> ArbstrError:
     return ArbstrError(401, "invalid or missing bearer token", code="invalid_api_key")
 
 
+Route = Callable[[Any], Awaitable[str]]  # the agent a command is about (raises 401/404)
+Handler = Callable[[Any, dict[str, str], str], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    subject: str
+    model: type[BaseModel]
+    handler: Callable[..., Awaitable[Any]]
+    route: Optional[Route] = None  # None: answered here, by whichever instance receives it
+    auth: Optional[str] = None
+    timeout_s: float = 5.0
+
+
 class VaultActor:
     service_name = subjects.SERVICE_VAULT
     version = VERSION
-    description = "arbstr vault: per-agent sub-accounts, two-phase holds, policies and approvals on a JetStream journal"
+    description = ("arbstr vault: per-agent sub-accounts in partitions owned one instance at a time, group-committed "
+                   "two-phase holds, policies and approvals on a JetStream journal")
 
     def __init__(self, config: Config, wallet: Optional[Wallet] = None) -> None:
         if config.vault is None:
@@ -80,269 +111,538 @@ class VaultActor:
         self.config = config
         self.vc: VaultConfig = config.vault
         self.admin_hash = admin_token_hash(config)  # admin commands are checked against this, not the gateway's word
-        self.book = Book(on_events=self._on_events, on_ordered=self._on_ordered)
+        self.instance = secrets.token_hex(8)
+        self.layout = Layout(self.vc.partitions, self.vc.ledger_streams)  # replaced by the ledger's own at start
+        self.book = Book(self.partition_of)
         self.wallet: Wallet = wallet if wallet is not None else build_wallet(self.vc.wallet)
         self.freeze = FreezeSwitch()
-        self.claims = Claims(instance=secrets.token_hex(8))
+        self.claims = Claims(instance=self.instance)
         self.rails = Rails(self.vc.wallet, self.wallet, self.book, self.execute, self.freeze, self.claims,
-                           self._caught_up)
-        self.topups = TopUps(self.vc.topup, self.rails, self.book, self.execute,
+                           self._caught_up, owns=self.owns, credit=self._credit)
+        self.topups = TopUps(self.vc.topup, self.rails, self.book, self.execute, owns=self.owns,
                              public_only=not private_urls_allowed(config.market.nostr)) if self.vc.topup else None
-        self.projection = Projection(self.vc.duckdb_path)
-        self.request_log = RequestLog(self.projection)
+        self.projection: Optional[Projection] = None
+        self.request_log: Optional[RequestLog] = None
         self.nc: Optional[NATS] = None
-        self.journal: Optional[Journal] = None
-        self._waiters: dict[str, asyncio.Event] = {}
+        self.journal: Optional[PartitionJournal] = None
+        self.snapshots: Optional[SnapshotStore] = None
+        self.follower: Optional[Follower] = None
+        self.feed: Optional[ProjectionFeed] = None
+        self.ownership: Optional[Ownership] = None
+        self.owners: dict[int, PartitionOwner] = {}
+        self._subs: dict[int, Any] = {}
+        self._waiters: dict[tuple[str, str], asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._inflight: set[asyncio.Task[Any]] = set()
         self._settle_sem = asyncio.Semaphore(256)
         self._running = False
-        self._inflight: set[asyncio.Task[None]] = set()
         self._settle_sub: Optional[Any] = None
-        self.timers: Optional[HoldTimers] = None
-        self._catchup: Optional[asyncio.Future[None]] = None
-        self._catchup_started = 0.0
-        self.conflicts = 0  # 10071s met: another writer won, or our own lost-ack write had landed
+        self._ops = {op.name: op for op in self._op_table()}
+        self.takeovers = 0
+        self.partition_ops: dict[str, dict[str, int]] = {}  # served on partition subjects: op -> status -> count
+
+    def partition_of(self, agent_id: str) -> int:
+        return partition_of(agent_id, self.layout.partitions)
+
+    def owns(self, agent_id: str) -> bool:
+        return self.partition_of(agent_id) in self.owners
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self, nc: NATS) -> None:
         self.nc = nc
-        await ensure_streams(nc, self.vc.replicas)
-        self.journal = Journal(nc)
-        target = await self.journal.stream_last_seq()
-        await self.journal.follow(self.book.apply_entry, self.book.already_applied)
-        if target:
-            await self.journal.wait_applied(target, timeout_s=120)
-        self.projection.flush()
+        replicas = self.vc.replicas
+        parts_kv = await open_bucket(nc, subjects.KV_PARTITIONS, replicas=replicas)
+        legacy_upto = await self._ensure_layout(parts_kv)
+        await ensure_streams(nc, self.layout, replicas)
+        self.journal = PartitionJournal(nc, self.layout)
+        self.snapshots = SnapshotStore(nc, replicas)
+        await self.snapshots.start()
+        # The read model: every partition's snapshot and the journal after it, then live.
+        self.follower = Follower(nc, self.book, self.layout.streams, legacy_upto)
+        live_from = {i: await stream_last_seq(nc, subjects.ledger_stream(i)) + 1 for i in range(self.layout.streams)}
+        self.follower.hold()
+        await self.follower.start(live_from)
+        await self._load_read_model()
+        self.follower.release()
+        self.projection = Projection(self.vc.duckdb_path, streams=self.layout.streams)
+        self.request_log = RequestLog(self.projection)
+        self.feed = ProjectionFeed(nc, self.projection)
+        await self.feed.start()
         await self.request_log.follow(nc)
-        await self.freeze.start(nc, self.vc.replicas)
-        await self.claims.start(nc, self.vc.replicas)
+        await self.freeze.start(nc, replicas)
+        await self.claims.start(nc, replicas)
+        self.ownership = Ownership(parts_kv, self.instance, self.layout.partitions, self.vc.lease_s,
+                                   self._acquired, self._lost)
+        await self.ownership.start()
+        await self._settled_in()
         await self.rails.start()
         if self.topups is not None:
-            await self.topups.start(nc, self.vc.replicas)
-        self.timers = HoldTimers(nc, self.vc.replicas, self.vc.hold_ttl_s, self.expire_one)
-        await self.timers.start()
+            await self.topups.start(nc, replicas)
         self._running = True
         self._tasks = [asyncio.create_task(self._consume_settles()),
-                       asyncio.create_task(self._sweep_forever()),
                        asyncio.create_task(self._flush_projection_forever())]
-        log.info("vault ready: %d agents, ledger at seq %d", len(self.book.agents()), target)
+        log.info("vault %s ready: %d partitions (%d here), %d agents", self.instance, self.layout.partitions,
+                 len(self.owners), len(self.book.agents()))
+
+    async def _settled_in(self, timeout_s: float = 10.0) -> None:
+        """Take a first share of partitions before answering: a lone instance serves everything at once."""
+        assert self.ownership is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            members = self.ownership.alive_members()
+            if len(self.owners) >= min(self.layout.partitions, -(-self.layout.partitions // len(members))):
+                return
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         self._running = False
-        # The settle consumer finishes its current fetch (≤ 1 s) and hands over what it got: cancelling it
-        # mid-fetch would strand delivered messages until the consumer's ack wait.
         if self._tasks:
-            await asyncio.wait([self._tasks[0]], timeout=2.0)
+            await asyncio.wait([self._tasks[0]], timeout=2.0)  # the settle consumer hands over what it fetched
         await cancel_and_wait(*self._tasks)
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=10)
         if self.topups is not None:
             await self.topups.stop()
         await self.rails.stop()
+        if self.ownership is not None:
+            await self.ownership.stop()  # every partition handed back, snapshotted: the next owner starts at once
         await self.freeze.stop()
-        if self.timers is not None:
-            await self.timers.stop()
         if self._settle_sub is not None:
             try:
                 await self._settle_sub.unsubscribe()
             except Exception:
                 pass
-        if self.journal is not None:
-            await self.journal.stop()
-        await self.request_log.stop()
+        if self.follower is not None:
+            await self.follower.stop()
+        if self.feed is not None:
+            await self.feed.stop()
+        if self.request_log is not None:
+            await self.request_log.stop()
+        if self.projection is not None:
+            try:
+                self.projection.close()
+            except Exception:
+                log.exception("projection close failed")
+
+    def stats(self) -> dict[str, Any]:
+        """For `nats micro stats` and the gateways' /metrics: partitions owned here, the group commit, and the
+        commands served on partition subjects (the gateways' reserves and settles go there, not to micro)."""
+        totals: dict[str, Any] = {"partitions": len(self.owners), "takeovers": self.takeovers, "batches": 0,
+                                  "commands": 0, "journaled": 0}
+        for owner in self.owners.values():
+            if owner.writer is not None:
+                for k, v in owner.writer.stats.items():
+                    totals[k] += v
+        totals["ops"] = {op: dict(counts) for op, counts in self.partition_ops.items()}
+        return totals
+
+    async def snapshot_all(self) -> None:
+        """Snapshot every partition served here now (they are also snapshotted on a timer and when handed back)."""
+        await asyncio.gather(*(owner.snapshot() for owner in list(self.owners.values())))
+
+    # --- the ledger's layout ---------------------------------------------------------------------------
+    async def _ensure_layout(self, kv: Any) -> int:
+        """The layout in force (made from this config on a new ledger, after folding any journal written before
+        partitions into their first snapshots); returns the sequence up to which such a journal was folded."""
+        while True:
+            try:
+                entry = await kv.get(LAYOUT_KEY)
+                doc = orjson.loads(entry.value or b"{}")
+                self.layout = Layout(int(doc["partitions"]), int(doc.get("streams", 1)))
+                if (self.layout.partitions, self.layout.streams) != (self.vc.partitions, self.vc.ledger_streams):
+                    log.warning("the ledger was created with %d partitions in %d streams; [vault] asks for %d in %d "
+                                "(fixed at creation: the ledger's own layout is used)", self.layout.partitions,
+                                self.layout.streams, self.vc.partitions, self.vc.ledger_streams)
+                return int(doc.get("legacy_upto", 0))
+            except KeyNotFoundError:
+                pass
+            lock = f"{LAYOUT_KEY}-lock"
+            try:
+                await kv.create(lock, orjson.dumps({"instance": self.instance, "at_ms": now_ms()}))
+            except KeyWrongLastSequenceError:
+                await asyncio.sleep(0.2)  # another instance is making it
+                continue
+            try:
+                self.layout = Layout(self.vc.partitions, self.vc.ledger_streams)
+                legacy_upto = await self._migrate_legacy()
+                await kv.create(LAYOUT_KEY, orjson.dumps({"partitions": self.layout.partitions,
+                                                          "streams": self.layout.streams,
+                                                          "legacy_upto": legacy_upto, "created_at_ms": now_ms()}))
+                return legacy_upto
+            finally:
+                with contextlib.suppress(Exception):
+                    await kv.delete(lock)
+
+    async def _migrate_legacy(self) -> int:
+        """A journal written before partitions (one subject per agent) becomes each partition's first snapshot."""
+        assert self.nc is not None
+        js = self.nc.jetstream()
         try:
-            self.request_log.flush()
+            last = await stream_last_seq(self.nc, subjects.STREAM_LEDGER)
         except Exception:
-            log.exception("request log flush failed")
-        self.projection.close()
+            return 0  # no ledger yet
+        if last == 0:
+            return 0
+        parts = {k: PartitionState(k) for k in range(self.layout.partitions)}
+        done = asyncio.Event()
+        count = 0
 
-    def stats(self) -> dict[str, int]:
-        """For `nats micro stats` and the gateways' /metrics: how often optimistic concurrency had to retry."""
-        return {"conflicts": self.conflicts,
-                "ledger_seq": self.journal.applied_seq if self.journal is not None else 0}
+        async def on_msg(msg: Msg) -> None:
+            nonlocal count
+            if msg.headers and "Arbstr-Partition" in msg.headers:
+                return
+            entry = JournalEntry.model_validate_json(msg.data)
+            fold_entry(parts[self.partition_of(entry.agent_id)], entry, chained=True)
+            count += 1
+            if int(msg.metadata.sequence.stream) >= last:
+                done.set()
 
-    def endpoints(self) -> list[Endpoint]:
+        sub = await js.subscribe(f"{subjects.LEDGER_PREFIX}.>", cb=on_msg, ordered_consumer=True,
+                                 stream=subjects.STREAM_LEDGER, deliver_policy=DeliverPolicy.ALL)
+        try:
+            await asyncio.wait_for(done.wait(), 600)
+        finally:
+            await sub.unsubscribe()
+        snapshots = SnapshotStore(self.nc, self.vc.replicas)
+        await snapshots.start()
+        for part in parts.values():
+            await snapshots.save(part)
+        log.warning("ledger: %d entries written before partitions folded into %d partition snapshots (up to seq %d)",
+                    count, len(parts), last)
+        return last
+
+    async def _load_read_model(self) -> None:
+        """Every partition from its snapshot and its journal since, read per partition (not the whole stream)."""
+        assert self.snapshots is not None and self.journal is not None
+
+        async def one(k: int) -> None:
+            part = await self.snapshots.load(k) or PartitionState(k)  # type: ignore[union-attr]
+            async for seq, raw in self.journal.tail(k, part.last_seq):  # type: ignore[union-attr]
+                fold_batch(part, JournalBatch.model_validate_json(raw), seq, _hash(raw))
+            self.book.adopt(part, k % self.layout.streams)
+
+        for start in range(0, self.layout.partitions, 16):
+            await asyncio.gather(*(one(k) for k in range(start, min(start + 16, self.layout.partitions))))
+
+    # --- ownership -------------------------------------------------------------------------------------
+    async def _acquired(self, claim: Claim) -> bool:
+        assert self.journal is not None and self.snapshots is not None and self.nc is not None
+        k = claim.partition
+        timers = Timers(lambda due, k=k: self._expire_due(k, due))
+        owner = PartitionOwner(claim, self.journal, self.snapshots, timers,
+                               lambda batch, seq, touched, k=k: self._committed(k, batch, seq, touched),
+                               self._broken, self.vc.snapshot_interval_s)
+        started = time.monotonic()
+        await owner.load()
+        self.book.owned.add(k)
+        self.book.adopt(owner.part, k % self.layout.streams)
+        try:
+            late = await owner.start()
+        except Exception:
+            self.book.owned.discard(k)
+            raise
+        self.owners[k] = owner
+        timers.start()
+        self._subs[k] = await self.nc.subscribe(f"{subjects.VAULT_PARTITION_PREFIX}.{k}.>", queue=QUEUE_GROUP,
+                                                cb=self._on_partition_msg)
+        self.takeovers += 1
+        # Events the previous owner journaled but may not have published (it died between): published again,
+        # deduplicated by their ids.
+        asyncio.ensure_future(self._republish(k, late))
+        log.info("partition %s: serving (epoch %d, %d agents, loaded in %.0f ms, ready in %.0f ms)", k, claim.epoch,
+                 len(owner.part.agents), owner.loaded_in_s * 1000, (time.monotonic() - started) * 1000)
+        return True
+
+    async def _lost(self, k: int, reason: str) -> None:
+        owner = self.owners.pop(k, None)
+        sub = self._subs.pop(k, None)
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if owner is None:
+            return
+        graceful = owner.writer is None or owner.writer.stopped is None
+        await owner.stop(reason, graceful=graceful)
+        await owner.timers.stop()
+        self.book.owned.discard(k)
+        if not graceful:
+            # Memory may be ahead of the journal: the read model of this partition is read afresh.
+            asyncio.ensure_future(self._reload_partition(k))
+        log.info("partition %s: no longer served here (%s)", k, reason)
+
+    def _broken(self, k: int, reason: str) -> None:
+        log.error("partition %s: the journal refused or lost a batch (%s); handing it back", k, reason)
+        if self.ownership is not None:
+            asyncio.ensure_future(self.ownership.hand_back(k, reason))
+
+    async def _reload_partition(self, k: int) -> None:
+        assert self.snapshots is not None and self.journal is not None
+        part = await self.snapshots.load(k) or PartitionState(k)
+        async for seq, raw in self.journal.tail(k, part.last_seq):
+            fold_batch(part, JournalBatch.model_validate_json(raw), seq, _hash(raw))
+        if k not in self.book.owned:
+            self.book.adopt(part, k % self.layout.streams)
+
+    # --- after a batch is acked -------------------------------------------------------------------------
+    def _committed(self, k: int, batch: JournalBatch, seq: int,
+                   touched: list[tuple[JournalEntry, AccountState]]) -> None:
+        owner = self.owners.get(k)
+        self.book.committed(k % self.layout.streams, seq, touched)
+        for entry, state in touched:
+            if owner is not None:
+                owner.arm(entry, state)
+            self.rails.on_events(entry.events)
+            for event in entry.events:
+                rid = getattr(event.body, "rid", None)
+                if rid is not None:
+                    waiter = self._waiters.get((entry.agent_id, rid))
+                    if waiter is not None:
+                        waiter.set()
+            self._publish_entry(entry, state)
+
+    def _publish_entry(self, entry: JournalEntry, state: AccountState) -> None:
+        """Spend events and the request record an entry carries, derived from the journal; their ids are stable,
+        so publishing one again (a takeover) is deduplicated by the events stream."""
+        assert self.nc is not None
+        for e in entry.events:
+            ev = spend_event(e, state)
+            if ev is not None:
+                self._publish(subjects.spend(e.agent_id), ev.model_dump_json().encode(), f"spend:{ev.event_id}",
+                              ev.request_id)
+        if entry.record is not None:
+            rec = entry.record
+            self._publish(subjects.requests(rec.agent_id), rec.model_dump_json().encode(),
+                          f"record:{entry.agent_id}:{entry.events[-1].seq}", rec.request_id)
+
+    def _publish(self, subject: str, data: bytes, msg_id: str, request_id: str) -> None:
+        assert self.nc is not None
+        headers = {subjects.H_MSG_ID: msg_id, subjects.H_REQUEST_ID: request_id}
+        task = asyncio.ensure_future(self.nc.publish(subject, data, headers=headers))  # buffered: no round trip
+        task.add_done_callback(_log_failure)
+
+    async def _republish(self, k: int, late: list[tuple[JournalBatch, int]]) -> None:
+        """The recent batches' events again: whatever a dead owner did not get out, tools still see."""
+        assert self.journal is not None
+        owner = self.owners.get(k)
+        if owner is None:
+            return
+        horizon = now_ms() - REPUBLISH_WINDOW_MS
+        recent: list[JournalBatch] = [b for b, _ in late if b.at_ms >= horizon]
+        try:
+            async for _, raw in self.journal.tail(k, owner.snapshot_seq):
+                batch = JournalBatch.model_validate_json(raw)
+                if batch.at_ms >= horizon and batch.entries:
+                    recent.append(batch)
+        except Exception as e:
+            log.warning("partition %s: recent events not published again (%r)", k, e)
+            return
+        seen: set[str] = set()
+        for batch in recent:
+            if batch.batch_id in seen:
+                continue
+            seen.add(batch.batch_id)
+            for entry in batch.entries:
+                self._publish_entry(entry, self.book.state(entry.agent_id))
+
+    # --- the write path ----------------------------------------------------------------------------------
+    async def execute(self, agent_id: str, decider: Decider,
+                      answer_with: Optional[Callable[[AccountState, decide.Decided], Any]] = None,
+                      record: Optional[RequestRecord] = None) -> Written:
+        """Decide and journal a command about an account this instance owns (callers route to the owner first)."""
+        owner = self.owners.get(self.partition_of(agent_id))
+        if owner is None or owner.writer is None:
+            raise moved(self.partition_of(agent_id))
+        return await owner.writer.submit(agent_id, decider, answer_with, record)
+
+    # --- routing commands to their partition's owner ---------------------------------------------------
+    def _op_table(self) -> list[Op]:
         a, ad = subjects.vault_agent, subjects.vault_admin
-
-        def admin(name: str, op: str, model: Any, handler: Any) -> Endpoint:
-            # Money and identities move on the operator's say-so only: the command carries the admin token,
-            # checked here too, so a gateway's bus credential alone can neither mint nor move money.
-            return Endpoint(name, ad(op), model, handler, auth="admin")
-
+        by_token = self._by_token
+        by_agent = self._by_agent
         return [
-            Endpoint("reserve", subjects.VAULT_RESERVE, ReserveRequest, self._reserve),
-            Endpoint("await-approval", subjects.VAULT_AWAIT_APPROVAL, ReserveRequest, self._wait_approval),
-            Endpoint("release", subjects.VAULT_RELEASE, SettleCommand, self._release_now),
-            Endpoint("settle", subjects.VAULT_SETTLE, SettleCommand, self._release_now),
-            Endpoint("agent-me", a("me"), TokenRef, self._me),
-            Endpoint("agent-history", a("history"), HistoryQuery, self._my_history),
-            Endpoint("agent-deposit", a("deposit"), DepositRequest, self._my_deposit),
-            Endpoint("agent-withdraw", a("withdraw"), WithdrawRequest, self._my_withdraw),
-            Endpoint("agent-payout", a("payout"), PayoutRef, self._my_payout),
-            Endpoint("agent-payouts", a("payouts"), TokenRef, self._my_payouts),
-            admin("admin-create-agent", "create_agent", CreateAgent, self._create_agent),
-            admin("admin-list-agents", "list_agents", Empty, self._list_agents),
-            admin("admin-get-agent", "get_agent", AgentRef, self._get_agent),
-            admin("admin-set-policy", "set_policy", SetPolicy, self._set_policy),
-            admin("admin-rotate-token", "rotate_token", RotateToken, self._rotate_token),
-            admin("admin-deposit", "deposit", DepositCommand, self._deposit),
-            admin("admin-deposit-token", "deposit_token", AgentDeposit, self._deposit_token),
-            admin("admin-approvals", "approvals", Empty, self._approvals),
-            admin("admin-approve", "approve", ApprovalAction, self._approve),
-            admin("admin-deny", "deny", ApprovalAction, self._deny),
-            admin("admin-audit", "audit", HistoryQuery, self._audit),
-            admin("admin-books", "books", Empty, self._books),
-            admin("admin-verify", "verify", Empty, self._verify),
-            admin("admin-payouts", "payouts", AgentRef, self._payouts),
-            admin("admin-reconcile", "reconcile", Empty, self._reconcile),
-            admin("admin-reconcile-clear", "reconcile_clear", ClearFreeze, self._reconcile_clear),
+            Op("reserve", subjects.VAULT_RESERVE, ReserveRequest, self._reserve, self._reserve_route),
+            Op("await_approval", subjects.VAULT_AWAIT_APPROVAL, ReserveRequest, self._wait_approval,
+               self._reserve_route, timeout_s=86_400),
+            Op("extend", "", ExtendRequest, self._extend, by_agent),  # partition subjects only
+            Op("release", subjects.VAULT_RELEASE, SettleCommand, self._settle_now, self._settle_route),
+            Op("settle", subjects.VAULT_SETTLE, SettleCommand, self._settle_now, self._settle_route),
+            Op("credit", "", CreditDeposit, self._credit_here, by_agent),  # internal: owner to owner only
+            Op("whoami", subjects.VAULT_WHOAMI, TokenRef, self._whoami),
+            Op("agent-me", a("me"), TokenRef, self._me, by_token),
+            Op("agent-history", a("history"), HistoryQuery, self._my_history),
+            Op("agent-deposit", a("deposit"), DepositRequest, self._my_deposit, by_token, timeout_s=RAIL_TIMEOUT_S),
+            Op("agent-withdraw", a("withdraw"), WithdrawRequest, self._my_withdraw, by_token,
+               timeout_s=RAIL_TIMEOUT_S),
+            Op("agent-payout", a("payout"), PayoutRef, self._my_payout, by_token, timeout_s=RAIL_TIMEOUT_S),
+            Op("agent-payouts", a("payouts"), TokenRef, self._my_payouts),
+            # Money and identities move on the operator's say-so only: these carry the admin token, checked here
+            # too, so a gateway's bus credential alone can neither mint nor move money.
+            Op("admin-create-agent", ad("create_agent"), CreateAgent, self._create_agent, self._new_agent, "admin"),
+            Op("admin-list-agents", ad("list_agents"), Empty, self._list_agents, None, "admin"),
+            Op("admin-get-agent", ad("get_agent"), AgentRef, self._get_agent, None, "admin"),
+            Op("admin-set-policy", ad("set_policy"), SetPolicy, self._set_policy, by_agent, "admin"),
+            Op("admin-rotate-token", ad("rotate_token"), RotateToken, self._rotate_token, by_agent, "admin"),
+            Op("admin-deposit", ad("deposit"), DepositCommand, self._deposit, by_agent, "admin"),
+            Op("admin-deposit-token", ad("deposit_token"), AgentDeposit, self._deposit_token, by_agent, "admin",
+               timeout_s=RAIL_TIMEOUT_S),
+            Op("admin-approvals", ad("approvals"), Empty, self._approvals, None, "admin"),
+            Op("admin-approve", ad("approve"), ApprovalAction, self._approve, self._approval_route, "admin"),
+            Op("admin-deny", ad("deny"), ApprovalAction, self._deny, self._approval_route, "admin"),
+            Op("admin-audit", ad("audit"), HistoryQuery, self._audit, None, "admin"),
+            Op("admin-books", ad("books"), Empty, self._books, None, "admin"),
+            Op("admin-verify", ad("verify"), Empty, self._verify, None, "admin"),
+            Op("admin-payouts", ad("payouts"), AgentRef, self._payouts, None, "admin"),
+            Op("admin-reconcile", ad("reconcile"), Empty, self._reconcile, None, "admin"),
+            Op("admin-reconcile-clear", ad("reconcile_clear"), ClearFreeze, self._reconcile_clear, None, "admin"),
             # Reports: the operator's (admin token) or an agent's own (its token hash scopes them).
-            Endpoint("admin-stats", ad("stats"), StatsQuery, self._stats),
-            Endpoint("admin-requests", ad("requests"), RequestsQuery, self._requests),
+            Op("admin-stats", ad("stats"), StatsQuery, self._stats),
+            Op("admin-requests", ad("requests"), RequestsQuery, self._requests),
         ]
 
-    # --- the write path --------------------------------------------------------------------------------
-    async def execute(self, agent_id: str, decider: Decider) -> Written:
-        """Decide on the agent's newest state and journal the result; one writer per agent per instance."""
-        assert self.journal is not None
-        if agent_id in self.book.corrupt:
-            raise ArbstrError(503, "this account's journal does not verify; it is frozen", code="ledger_corrupt")
-        slot = self.book.slot(agent_id)
-        called = time.monotonic()  # anything the caller saw acked was acked before this
-        async with slot.lock:
-            deadline = time.monotonic() + APPEND_BUDGET_S
-            attempt = 0
-            caught_up = False
-            while time.monotonic() < deadline:
-                attempt += 1
-                at = now_ms()
-                try:
-                    decided = decider(slot.state, at)
-                except ArbstrError as refusal:
-                    # A refusal (402, 404, 409, …) on a view that is behind another instance's acked write would
-                    # be wrong: catch up, and decide again if anything arrived. One catch-up that started after
-                    # this call began covers it, so a storm of refusals on one agent costs one round trip.
-                    if refusal.status >= 500 or caught_up or slot.caught_up_at >= called:
-                        raise
-                    seen = slot.state.seq
-                    started = time.monotonic()
-                    await self._catch_up(agent_id)
-                    slot.caught_up_at = started
-                    caught_up = True
-                    if slot.state.seq == seen:
-                        raise
-                    continue
-                if not decided.bodies:
-                    return Written(decided, slot.state, [])
-                events = next_events(slot.state, decided.op_id, decided.bodies, at)
-                entry = JournalEntry(op_id=decided.op_id, agent_id=agent_id, events=events)
-                try:
-                    seq = await self.journal.append(entry, slot.stream_seq)
-                except Conflict:
-                    self.conflicts += 1
-                    await self._catch_up(agent_id)
-                    if attempt > 1:  # a hot agent on several instances: back off so one of them wins
-                        await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
-                    continue
-                self.book.apply_entry(entry, seq, in_order=False)
-                return Written(decided, slot.state, events)
-        raise ArbstrError(503, "the account is busy; try again", code="ledger_contention",
-                          headers={"retry-after": "1"})
+    def endpoints(self) -> list[Endpoint]:
+        return [Endpoint(op.name, op.subject, op.model, self._routed(op), auth=op.auth) for op in self._ops.values()
+                if op.subject]
 
-    async def _catch_up(self, agent_id: str) -> None:
-        assert self.journal is not None
-        last = await self.journal.last_seq_of(agent_id)
-        await self.journal.wait_applied(last)
+    def _routed(self, op: Op) -> Callable[[Any, dict[str, str]], Awaitable[Any]]:
+        async def handle(msg: Any, headers: dict[str, str]) -> Any:
+            if op.route is None:
+                return await op.handler(msg, headers)
+            agent_id = await op.route(msg)
+            k = self.partition_of(agent_id)
+            if k in self.owners:
+                return await op.handler(msg, headers, agent_id)
+            if H_FORWARDED in headers:
+                raise moved(k)  # it reached us as the owner, but we are not any more: the caller asks again
+            return await self._forward(k, op, msg, headers)
+        return handle
 
-    def _on_ordered(self, events: list[LedgerEvent], stream_seq: int) -> None:
-        self.projection.add(events, stream_seq)
-
-    def _on_events(self, events: list[LedgerEvent], stream_seq: int, state: AccountState) -> None:
-        self.rails.on_events(events)
-        for e in events:
-            rid = getattr(e.body, "rid", None)
-            if rid is not None and rid in self._waiters:
-                self._waiters[rid].set()
-
-    async def _publish_spend(self, state: AccountState, events: list[LedgerEvent], request_id: str) -> None:
-        """One spend event per resolution; its id is stable, so a republish is deduplicated by the stream."""
+    async def _forward(self, k: int, op: Op, msg: BaseModel, headers: dict[str, str]) -> RawReply:
         assert self.nc is not None
-        for e in events:
-            b = e.body
-            if not isinstance(b, (Settled, Released, Expired, Denied)):
-                continue
-            res = state.resolutions.get(b.rid)
-            hold = res.hold if res is not None else None
-            ev = SpendEvent(
-                event_id=f"{e.agent_id}:{e.seq}", kind=b.kind, agent_id=e.agent_id, request_id=b.rid,
-                provider=getattr(b, "provider", "") or (hold.provider if hold else ""),
-                model=getattr(b, "model", "") or (hold.model if hold else ""),
-                input_tokens=getattr(b, "input_tokens", 0), output_tokens=getattr(b, "output_tokens", 0),
-                cost_msat=getattr(b, "cost_msat", getattr(b, "charged_msat", 0)),
-                charged_msat=getattr(b, "charged_msat", 0), uncollectible_msat=getattr(b, "uncollectible_msat", 0),
-                reserved_msat=hold.amount_msat if hold else 0, balance_msat=state.available_msat,
-                estimated=getattr(b, "estimated", False),
-                flagged=isinstance(b, Expired) and b.action == "charge", reason=getattr(b, "reason", ""),
-                at_ms=e.at_ms, ledger_seq=e.seq)
+        data = msg.model_dump_json().encode()
+        fwd = {**headers, H_FORWARDED: self.instance}
+        deadline = time.monotonic() + FORWARD_WAIT_S
+        while True:
             try:
-                await self.nc.publish(subjects.spend(e.agent_id), ev.model_dump_json().encode(),
-                                      headers={subjects.H_MSG_ID: f"spend:{ev.event_id}",
-                                               subjects.H_REQUEST_ID: request_id})
-            except Exception:
-                log.warning("could not publish spend event %s", ev.event_id)
+                reply = await self.nc.request(subjects.vault_partition(k, op.name), data, timeout=op.timeout_s,
+                                              headers=fwd)
+                return RawReply(reply.data, dict(reply.headers) if reply.headers else None)
+            except NoRespondersError:
+                if time.monotonic() > deadline:
+                    raise ArbstrError(503, f"no vault instance serves partition {k} yet", code="partition_unowned",
+                                      headers={"retry-after": "1"}) from None
+                await asyncio.sleep(0.05)
+            except (NatsTimeoutError, asyncio.TimeoutError):
+                raise ArbstrError(504, f"the owner of partition {k} did not answer in time", code="actor_timeout",
+                                  headers={"retry-after": "1"}) from None
 
-    async def _caught_up(self) -> None:
-        """Apply everything the stream has now: another instance may have acked a write we have not folded.
+    async def _on_partition_msg(self, msg: Msg) -> None:
+        """A command sent to the owner of a partition (by a gateway, or forwarded by another instance)."""
+        op = self._ops.get(msg.subject.rsplit(".", 1)[1])
 
-        Callers share one round trip: a catch-up that started after a caller arrived covers that caller, so a flood
-        of unknown tokens or admin reads cannot turn into a flood of JetStream requests."""
-        arrived = time.monotonic()
-        task = self._catchup
-        if task is None or self._catchup_started < arrived:
-            if task is None or task.done():
-                self._catchup_started = time.monotonic()
-                task = self._catchup = asyncio.ensure_future(self._catch_up_all())
+        async def run() -> None:
+            if op is None:
+                data, headers = error_reply(ArbstrError(404, f"no vault operation {msg.subject}", code="unknown_op"))
             else:
-                await asyncio.shield(task)  # one in flight began before us: wait for it, then start our own
-                return await self._caught_up()
-        await asyncio.shield(task)
+                ep = Endpoint(op.name, op.subject, op.model, self._routed(op), auth=op.auth)
+                h = dict(msg.headers or {})
+                h.setdefault(H_FORWARDED, "direct")  # sent to the owner: if it is not any more, the caller retries
+                data, headers, status = await answer(ep, msg.data, h, self.admin_hash, self.service_name)
+                counts = self.partition_ops.setdefault(op.name, {})
+                counts[status] = counts.get(status, 0) + 1
+            if msg.reply:
+                try:
+                    await self.nc.publish(msg.reply, data, headers=headers)  # type: ignore[union-attr]
+                except Exception as e:
+                    log.warning("could not answer %s: %r", msg.subject, e)
 
-    async def _catch_up_all(self) -> None:
-        assert self.journal is not None
-        await self.journal.wait_applied(await self.journal.stream_last_seq())
+        task = asyncio.create_task(run())
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
 
-    async def _agent_for(self, token_hash: str) -> str:
+    # --- routes: which agent a command is about --------------------------------------------------------
+    async def _by_token(self, msg: Any) -> str:
+        return await self._agent_for(msg.token_hash)
+
+    async def _by_agent(self, msg: Any) -> str:
+        return str(msg.agent_id)
+
+    async def _new_agent(self, msg: CreateAgent) -> str:
+        if getattr(msg, "agent_id", None):
+            return str(msg.agent_id)
+        msg.agent_id = f"agt_{secrets.token_hex(8)}"  # named here, so the owner and a retry agree on it
+        return msg.agent_id
+
+    async def _reserve_route(self, req: ReserveRequest) -> str:
+        return await self._agent_for(req.token_hash)
+
+    async def _settle_route(self, cmd: SettleCommand) -> str:
+        if cmd.agent_id:
+            return cmd.agent_id
+        if cmd.token_hash:
+            agent_id = await self._agent_for(cmd.token_hash, refuse=False)
+            if agent_id:
+                return agent_id
+        raise ArbstrError(404, f"{cmd.kind} of {cmd.request_id} names no known agent", code="unknown_agent")
+
+    async def _approval_route(self, req: ApprovalAction) -> str:
+        agent_id, _ = await self._holder(req.request_id)
+        return agent_id
+
+    async def _agent_for(self, token_hash: str, refuse: bool = True) -> str:
         agent_id = self.book.agent_by_token(token_hash)
         if agent_id is None:
             await self._caught_up()  # a token issued a moment ago through another instance
             agent_id = self.book.agent_by_token(token_hash)
         if agent_id is None:
-            raise unauthorized()
+            if refuse:
+                raise unauthorized()
+            return ""
         return agent_id
 
-    # --- reserve ---------------------------------------------------------------------------------------
-    async def _reserve(self, req: ReserveRequest, headers: dict[str, str]) -> ReserveReply:
+    async def _caught_up(self) -> None:
+        """The read model has every batch journaled so far (by any instance): read-your-writes for admin reads."""
+        assert self.nc is not None and self.follower is not None
+        for i in range(self.layout.streams):
+            last = await stream_last_seq(self.nc, subjects.ledger_stream(i))
+            await self.follower.wait_applied(i, last)
+
+    async def _whoami(self, req: TokenRef, headers: dict[str, str]) -> AgentRoute:
+        """Which agent a token is (the gateway then sends its reserves straight to the partition's owner)."""
         agent_id = await self._agent_for(req.token_hash)
+        return AgentRoute(agent_id=agent_id, partition=self.partition_of(agent_id))
+
+    # --- reserve ---------------------------------------------------------------------------------------
+    async def _reserve(self, req: ReserveRequest, headers: dict[str, str], agent_id: str) -> ReserveReply:
         self.freeze.check()
+        if req.sent_at_ms is not None and now_ms() - req.sent_at_ms > RESERVE_MAX_AGE_MS:
+            raise ArbstrError(409, f"request {req.request_id} was sent too long ago to be held",
+                              code="request_stale", headers={"x-should-retry": "false"})
         ttl_ms = self.vc.hold_ttl_s * 1000
         rid = req.request_id
         w = await self.execute(agent_id, lambda s, at: decide.reserve(
-            s, rid, req.envelope, at, ttl_ms=ttl_ms, provider=req.provider, model=req.model))
+            s, rid, req.envelope, at, ttl_ms=ttl_ms, provider=req.provider, model=req.model),
+            answer_with=lambda s, d: None if d.noop else self._hold_reply(agent_id, rid, s))
         if w.decided.noop == "duplicate":
             # Gateways send a reserve once; a second one with this id is another request reusing it, and a hold
             # shared by two upstream calls would let one of them go unpaid.
             raise ArbstrError(409, f"request id {rid!r} was already used by this agent; send a new X-Request-Id",
                               code="request_id_reused", param="X-Request-Id", headers={"x-should-retry": "false"})
-        reply = self._hold_reply(agent_id, rid, w.state)
-        if self.timers is not None:
-            await self.timers.arm(agent_id, rid, (reply.expires_at_ms - now_ms()) / 1000)
-        return reply
+        return w.answer if w.answer is not None else self._hold_reply(agent_id, rid, w.state)
 
-    async def _wait_approval(self, req: ReserveRequest, headers: dict[str, str]) -> ReserveReply:
+    async def _extend(self, req: ExtendRequest, headers: dict[str, str], agent_id: str) -> ReserveReply:
+        """A fallback to a costlier candidate: the hold grows first (one more journal write, only then)."""
+        if self.book.agent_by_token(req.token_hash) != agent_id:
+            raise unauthorized()
+        self.freeze.check()
+        rid = req.request_id
+        w = await self.execute(agent_id, lambda s, at: decide.extend(s, rid, req.amount_msat, at, req.attempt),
+                               answer_with=lambda s, d: self._hold_reply(agent_id, rid, s))
+        return w.answer
+
+    async def _wait_approval(self, req: ReserveRequest, headers: dict[str, str], agent_id: str) -> ReserveReply:
         """The second half of a reserve that needs approval: answers when it is approved, denied or timed out."""
-        agent_id = await self._agent_for(req.token_hash)
-        hold = self.book.slot(agent_id).state.holds.get(req.request_id)
-        state = self.book.slot(agent_id).state
+        state = self.book.state(agent_id)
+        hold = state.holds.get(req.request_id)
         if hold is not None and hold.state == "awaiting_approval":
             state = await self._await_approval(agent_id, req.request_id, hold.approval_deadline_ms or now_ms())
         return self._hold_reply(agent_id, req.request_id, state)
@@ -363,16 +663,17 @@ class VaultActor:
 
     async def _await_approval(self, agent_id: str, rid: str, deadline_ms: int) -> AccountState:
         """Hold the reply until a human approves or denies, or the deadline denies it for them."""
-        event = self._waiters.setdefault(rid, asyncio.Event())
+        key = (agent_id, rid)
+        event = self._waiters.setdefault(key, asyncio.Event())
         try:
             while True:
-                hold = self.book.slot(agent_id).state.holds.get(rid)
+                state = self.book.state(agent_id)
+                hold = state.holds.get(rid)
                 if hold is None or hold.state != "awaiting_approval":
-                    return self.book.slot(agent_id).state
+                    return state
                 remaining = deadline_ms - now_ms()
                 if remaining <= 0:
-                    w = await self.execute(agent_id, lambda s, at: decide.expire(s, rid, at, self.vc.expiry_action))
-                    await self._publish_spend(w.state, w.events, rid)
+                    await self.execute(agent_id, lambda s, at: decide.expire(s, rid, at, self.vc.expiry_action))
                     continue
                 event.clear()
                 try:
@@ -380,15 +681,16 @@ class VaultActor:
                 except asyncio.TimeoutError:
                     pass
         finally:
-            self._waiters.pop(rid, None)
+            self._waiters.pop(key, None)
 
     # --- settle / release ------------------------------------------------------------------------------
-    async def apply_settle(self, cmd: SettleCommand) -> None:
-        agent_id = cmd.agent_id or (self.book.agent_by_token(cmd.token_hash) if cmd.token_hash else None)
-        if agent_id is None or agent_id not in self.book.slots or not self.book.slots[agent_id].state.created:
-            await self._caught_up()  # never drop a durable command on a view that is merely behind
-            agent_id = cmd.agent_id or (self.book.agent_by_token(cmd.token_hash) if cmd.token_hash else None)
-        if agent_id is None or agent_id not in self.book.slots or not self.book.slots[agent_id].state.created:
+    async def _settle_now(self, cmd: SettleCommand, headers: dict[str, str], agent_id: str) -> Empty:
+        """A settle or release, journaled by the owner before it answers (the gateway's fast path)."""
+        await self.apply_settle(cmd, agent_id)
+        return Empty()
+
+    async def apply_settle(self, cmd: SettleCommand, agent_id: str) -> None:
+        if not self.book.state(agent_id).created:
             log.warning("%s of %s names no known agent; nothing to do", cmd.kind, cmd.request_id)
             return
         rid = cmd.request_id
@@ -398,15 +700,11 @@ class VaultActor:
                 provider=cmd.provider, model=cmd.model, estimated=cmd.estimated)
         else:
             decider = lambda s, at: decide.release(s, rid, cmd.reason or "released", at)
-        w = await self.execute(agent_id, decider)
-        await self._publish_spend(w.state, w.events, rid)
-
-    async def _release_now(self, cmd: SettleCommand, headers: dict[str, str]) -> Empty:
-        """Synchronous settle/release (tools and tests); gateways use the ARBSTR_SETTLE work queue."""
-        await self.apply_settle(cmd)
-        return Empty()
+        await self.execute(agent_id, decider, record=cmd.record)
 
     async def _consume_settles(self) -> None:
+        """The durable fallback: settles a gateway could not hand to an owner in time (any instance takes them,
+        and passes each to its owner)."""
         assert self.nc is not None
         js = self.nc.jetstream()
         psub = self._settle_sub = await js.pull_subscribe(
@@ -425,12 +723,9 @@ class VaultActor:
                 try:
                     await self._settle_sem.acquire()
                 except asyncio.CancelledError:
-                    # Stopping: hand the rest of the batch back now rather than after the ack wait.
-                    for rest in msgs[i:]:
-                        try:
+                    for rest in msgs[i:]:  # stopping: handed back now rather than after the ack wait
+                        with contextlib.suppress(Exception):
                             await rest.nak()
-                        except Exception:
-                            pass
                     raise
                 task = asyncio.create_task(self._handle_settle_msg(msg))
                 self._inflight.add(task)
@@ -444,8 +739,13 @@ class VaultActor:
                 log.error("undecodable settle command dropped (seq %s)", msg.metadata.sequence.stream)
                 await msg.term()
                 return
+            op = self._ops[cmd.kind]
             try:
-                await self.apply_settle(cmd)
+                reply = await self._routed(op)(cmd, {})
+                if isinstance(reply, RawReply):
+                    code = (reply.headers or {}).get(subjects.H_SERVICE_ERROR_CODE, "200")
+                    if code.isdigit() and int(code) >= 500:
+                        raise ArbstrError(int(code), "the owner could not journal it yet")
             except ArbstrError as e:
                 if e.status >= 500:
                     await msg.nak(delay=1.0)
@@ -460,60 +760,62 @@ class VaultActor:
             self._settle_sem.release()
 
     # --- expiry ----------------------------------------------------------------------------------------
-    async def sweep(self) -> int:
-        """Resolve every hold past its TTL (and every approval past its deadline); returns how many."""
-        at = now_ms()
-        due: list[tuple[str, str]] = []
-        unanswered: list[tuple[str, str]] = []
-        for agent_id, slot in list(self.book.slots.items()):
-            for rid, hold in list(slot.state.holds.items()):
-                deadline = hold.approval_deadline_ms if hold.state == "awaiting_approval" else hold.expires_at_ms
-                if deadline is not None and deadline <= at and rid not in self._waiters:
-                    due.append((agent_id, rid))
-            unanswered += [(agent_id, pid) for pid, p in slot.state.payouts.items()
-                           if p.approval_deadline_ms is not None and p.approval_deadline_ms <= at]
-        n = 0
-        for agent_id, rid in due:
-            n += await self.expire_one(agent_id, rid)
-        for agent_id, pid in unanswered:  # nobody approved in time: released, never sent
+    async def _expire_due(self, k: int, due: list[tuple[str, str, str]]) -> None:
+        """Deadlines the owner's timers reached: holds expire (approvals time out), payouts nobody approved are
+        released. Submitted together: they group-commit like anything else."""
+        owner = self.owners.get(k)
+        if owner is None or owner.writer is None:
+            return
+
+        async def one(agent_id: str, key: str, kind: str) -> None:
             try:
-                await self.execute(agent_id, lambda s, t, pid=pid: decide.fail_payout(
-                    s, pid, "approval timed out", t))
-                n += 1
+                if kind == HOLD:
+                    w = await self.execute(agent_id, lambda s, at: decide.expire(s, key, at, self.vc.expiry_action))
+                    if w.events and isinstance(w.events[-1].body, Expired):
+                        log.warning("hold %s of %s expired (%s)", key, agent_id, self.vc.expiry_action)
+                else:
+                    payout = self.book.state(agent_id).payouts.get(key)
+                    if payout is not None and payout.approval_deadline_ms is not None \
+                            and payout.approval_deadline_ms <= now_ms():
+                        await self.execute(agent_id, lambda s, at: decide.fail_payout(s, key, "approval timed out", at))
             except ArbstrError as e:
-                log.warning("approval timeout of payout %s: %s", pid, e.message)
-        return n
+                if e.code == "not_expired":  # approved meanwhile, or not due yet: its real deadline is armed again
+                    hold = self.book.state(agent_id).holds.get(key)
+                    if hold is not None:
+                        owner.timers.arm(hold.expires_at_ms, agent_id, key, HOLD)
+                elif e.code != "partition_moved":
+                    log.warning("expiry of %s: %s", key, e.message)
 
-    async def expire_one(self, agent_id: str, rid: str) -> int:
-        """Expire one hold if it is due (a timer's marker or the sweep); 1 if this call resolved it."""
-        if rid in self._waiters or agent_id not in self.book.slots:
-            return 0  # an approval this instance is waiting on is resolved by that wait
-        try:
-            w = await self.execute(agent_id, lambda s, t: decide.expire(s, rid, t, self.vc.expiry_action))
-        except ArbstrError as e:
-            if e.code != "not_expired":
-                log.warning("expiry of %s: %s", rid, e.message)
-            return 0
-        if not w.events:
-            return 0
-        log.warning("hold %s of %s expired (%s)", rid, agent_id, self.vc.expiry_action)
-        await self._publish_spend(w.state, w.events, rid)
-        return 1
+        await asyncio.gather(*(one(*d) for d in due))
 
-    async def _sweep_forever(self) -> None:
-        while self._running:
-            await asyncio.sleep(self.vc.sweep_interval_s)
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("sweep failed")
+    async def sweep(self) -> int:
+        """Resolve every owned hold past its deadline now (tests; the timers do it on their own)."""
+        due = []
+        at = now_ms()
+        for k, owner in list(self.owners.items()):
+            items = []
+            for state in list(owner.part.agents.values()):
+                for rid, hold in state.holds.items():
+                    deadline = hold.approval_deadline_ms if hold.state == "awaiting_approval" else hold.expires_at_ms
+                    if deadline is not None and deadline <= at:
+                        items.append((state.agent_id, rid, HOLD))
+                items += [(state.agent_id, pid, "payout") for pid, p in state.payouts.items()
+                          if p.approval_deadline_ms is not None and p.approval_deadline_ms <= at]
+            due.append((k, items))
+        before = sum(len(i) for _, i in due)
+        for k, items in due:
+            if items:
+                await self._expire_due(k, items)
+        return before
 
     async def _flush_projection_forever(self) -> None:
         while self._running:
             await asyncio.sleep(0.5)
             try:
-                await self.projection.flush_async()
-                await self.request_log.flush_async()
+                if self.projection is not None:
+                    await self.projection.flush_async()
+                if self.request_log is not None:
+                    await self.request_log.flush_async()
             except Exception:
                 log.exception("projection flush failed")
 
@@ -530,56 +832,72 @@ class VaultActor:
         return agent_id
 
     async def _stats(self, req: StatsQuery, headers: dict[str, str]) -> StatsReply:
+        assert self.request_log is not None
         req.agent_id = await self._report_scope(req.agent_id, req.token_hash, headers)
         return await asyncio.to_thread(self.request_log.stats, req)
 
     async def _requests(self, req: RequestsQuery, headers: dict[str, str]) -> RequestList:
+        assert self.request_log is not None
         req.agent_id = await self._report_scope(req.agent_id, req.token_hash, headers)
         return await asyncio.to_thread(self.request_log.requests, req)
 
     # --- agent endpoints -------------------------------------------------------------------------------
-    async def _me(self, req: TokenRef, headers: dict[str, str]) -> AccountView:
-        agent_id = await self._agent_for(req.token_hash)
-        await self._caught_up()
-        return view(self.book.slot(agent_id).state)
+    async def _me(self, req: TokenRef, headers: dict[str, str], agent_id: str) -> AccountView:
+        return view(self.book.state(agent_id))
 
     async def _my_history(self, req: HistoryQuery, headers: dict[str, str]) -> History:
         if not req.token_hash:
             raise unauthorized()
         agent_id = await self._agent_for(req.token_hash)  # an agent sees only its own account
         await self._projection_current()
+        assert self.projection is not None
         return History(items=self.projection.history(agent_id, req.since_ms, req.limit))
 
-    async def _my_deposit(self, req: DepositRequest, headers: dict[str, str]) -> DepositReply:
-        return await self.rails.deposit(await self._agent_for(req.token_hash), req)
+    async def _my_deposit(self, req: DepositRequest, headers: dict[str, str], agent_id: str) -> DepositReply:
+        return await self.rails.deposit(agent_id, req)
 
-    async def _my_withdraw(self, req: WithdrawRequest, headers: dict[str, str]) -> PayoutView:
-        return await self.rails.withdraw(await self._agent_for(req.token_hash), req)
+    async def _my_withdraw(self, req: WithdrawRequest, headers: dict[str, str], agent_id: str) -> PayoutView:
+        return await self.rails.withdraw(agent_id, req)
 
-    async def _my_payout(self, req: PayoutRef, headers: dict[str, str]) -> PayoutView:
-        if not req.token_hash:
-            raise unauthorized()
-        return await self.rails.payout(await self._agent_for(req.token_hash), req.payout_id)
+    async def _my_payout(self, req: PayoutRef, headers: dict[str, str], agent_id: str) -> PayoutView:
+        return await self.rails.payout(agent_id, req.payout_id)
 
     async def _my_payouts(self, req: TokenRef, headers: dict[str, str]) -> PayoutList:
         return self.rails.payouts(await self._agent_for(req.token_hash))
 
+    # --- deposits credited by the rails ------------------------------------------------------------------
+    async def _credit(self, agent_id: str, deposit_id: str, amount_msat: int, rail: str, reference: str) -> None:
+        """Credit a deposit the rails saw settle, at the owner of the agent's partition (here or forwarded)."""
+        op = self._ops["credit"]
+        reply = await self._routed(op)(CreditDeposit(agent_id=agent_id, deposit_id=deposit_id,
+                                                     amount_msat=amount_msat, rail=rail, reference=reference), {})
+        if isinstance(reply, RawReply):
+            code = (reply.headers or {}).get(subjects.H_SERVICE_ERROR_CODE)
+            if code:
+                raise ArbstrError(int(code) if code.isdigit() else 500,
+                                  (reply.headers or {}).get(subjects.H_SERVICE_ERROR, "credit refused"))
+
+    async def _credit_here(self, req: CreditDeposit, headers: dict[str, str], agent_id: str) -> Empty:
+        await self.execute(agent_id, lambda s, at: decide.deposit(s, req.deposit_id, req.amount_msat, req.rail,
+                                                                  req.reference, at))
+        return Empty()
+
     # --- admin endpoints -------------------------------------------------------------------------------
     async def _known(self, agent_id: str) -> AccountState:
-        """The agent's state with every write acked so far (by any instance) applied: operators read their writes."""
-        await self._caught_up()
-        slot = self.book.slots.get(agent_id)
-        if slot is None or not slot.state.created:
+        """The agent with every write acked so far (by any instance) applied: operators read their writes."""
+        if not self.owns(agent_id):
+            await self._caught_up()
+        state = self.book.state(agent_id)
+        if not state.created:
             raise ArbstrError(404, f"no agent {agent_id}", code="agent_not_found", param="agent_id")
-        return slot.state
+        return state
 
     def _default_policy(self) -> AgentPolicy:
         return AgentPolicy(**self.vc.default_policy.model_dump())
 
-    async def _create_agent(self, req: CreateAgent, headers: dict[str, str]) -> AccountView:
+    async def _create_agent(self, req: CreateAgent, headers: dict[str, str], agent_id: str) -> AccountView:
         if self.book.agent_by_token(req.token_hash) is not None:
             raise ArbstrError(409, "that token is already in use", code="token_in_use")
-        agent_id = f"agt_{secrets.token_hex(8)}"
         policy = req.policy or self._default_policy()
         w = await self.execute(agent_id, lambda s, at: decide.create_agent(s, req.name, req.token_hash, policy, at))
         return view(w.state)
@@ -591,25 +909,24 @@ class VaultActor:
     async def _get_agent(self, req: AgentRef, headers: dict[str, str]) -> AccountView:
         return view(await self._known(req.agent_id))
 
-    async def _set_policy(self, req: SetPolicy, headers: dict[str, str]) -> AccountView:
-        await self._known(req.agent_id)
-        return view((await self.execute(req.agent_id, lambda s, at: decide.set_policy(s, req.policy, at))).state)
+    async def _set_policy(self, req: SetPolicy, headers: dict[str, str], agent_id: str) -> AccountView:
+        await self._known(agent_id)
+        return view((await self.execute(agent_id, lambda s, at: decide.set_policy(s, req.policy, at))).state)
 
-    async def _rotate_token(self, req: RotateToken, headers: dict[str, str]) -> AccountView:
-        await self._known(req.agent_id)
+    async def _rotate_token(self, req: RotateToken, headers: dict[str, str], agent_id: str) -> AccountView:
+        await self._known(agent_id)
         if self.book.agent_by_token(req.token_hash) is not None:
             raise ArbstrError(409, "that token is already in use", code="token_in_use")
-        return view((await self.execute(req.agent_id,
-                                        lambda s, at: decide.rotate_token(s, req.token_hash, at))).state)
+        return view((await self.execute(agent_id, lambda s, at: decide.rotate_token(s, req.token_hash, at))).state)
 
-    async def _deposit(self, req: DepositCommand, headers: dict[str, str]) -> AccountView:
-        await self._known(req.agent_id)
-        return view((await self.execute(req.agent_id, lambda s, at: decide.deposit(
+    async def _deposit(self, req: DepositCommand, headers: dict[str, str], agent_id: str) -> AccountView:
+        await self._known(agent_id)
+        return view((await self.execute(agent_id, lambda s, at: decide.deposit(
             s, req.deposit_id, req.amount_msat, req.rail, req.reference, at))).state)
 
-    async def _deposit_token(self, req: AgentDeposit, headers: dict[str, str]) -> DepositReply:
-        await self._known(req.agent_id)
-        return await self.rails.deposit(req.agent_id, DepositRequest(token_hash="", rail="cashu", token=req.token))
+    async def _deposit_token(self, req: AgentDeposit, headers: dict[str, str], agent_id: str) -> DepositReply:
+        await self._known(agent_id)
+        return await self.rails.deposit(agent_id, DepositRequest(token_hash="", rail="cashu", token=req.token))
 
     async def _approvals(self, req: Empty, headers: dict[str, str]) -> ApprovalList:
         await self._caught_up()
@@ -642,8 +959,7 @@ class VaultActor:
         raise ArbstrError(404, f"no reservation {rid}", code="unknown_request", param="request_id")
 
     async def _decide_payout(self, agent_id: str, pid: str, approve: bool, reason: str) -> ApprovalResult:
-        state = self.book.slot(agent_id).state
-        payout = state.payouts.get(pid)
+        payout = self.book.state(agent_id).payouts.get(pid)
         if payout is None or payout.approval_deadline_ms is None:
             raise ArbstrError(409, f"payout {pid} is not waiting for approval", code="not_awaiting_approval")
         if approve:
@@ -654,51 +970,47 @@ class VaultActor:
                 s, pid, f"denied by an operator{': ' + reason if reason else ''}", at))
         return ApprovalResult(request_id=pid, agent_id=agent_id, state="approved" if approve else "denied")
 
-    async def _decide_approval(self, req: ApprovalAction, approve: bool) -> ApprovalResult:
-        agent_id, is_payout = await self._holder(req.request_id)
-        if is_payout:
-            return await self._decide_payout(agent_id, req.request_id, approve, req.reason)
+    async def _decide_approval(self, req: ApprovalAction, agent_id: str, approve: bool) -> ApprovalResult:
         rid = req.request_id
+        state = self.book.state(agent_id)
+        if rid not in state.holds and rid not in state.resolutions and self.rails.owner_of_payout(rid) == agent_id:
+            return await self._decide_payout(agent_id, rid, approve, req.reason)
         if approve:
             w = await self.execute(agent_id, lambda s, at: decide.approve(s, rid, at))
         else:
             w = await self.execute(agent_id, lambda s, at: decide.deny(s, rid, req.reason, at))
-        await self._publish_spend(w.state, w.events, rid)
-        state = w.state
-        hold = state.holds.get(rid)
-        res = state.resolutions.get(rid)
+        hold = w.state.holds.get(rid)
+        res = w.state.resolutions.get(rid)
         status = hold.state if hold is not None else (res.kind if res is not None else "unknown")
         return ApprovalResult(request_id=rid, agent_id=agent_id, state=status)
 
-    async def _approve(self, req: ApprovalAction, headers: dict[str, str]) -> ApprovalResult:
-        return await self._decide_approval(req, True)
+    async def _approve(self, req: ApprovalAction, headers: dict[str, str], agent_id: str) -> ApprovalResult:
+        return await self._decide_approval(req, agent_id, True)
 
-    async def _deny(self, req: ApprovalAction, headers: dict[str, str]) -> ApprovalResult:
-        return await self._decide_approval(req, False)
+    async def _deny(self, req: ApprovalAction, headers: dict[str, str], agent_id: str) -> ApprovalResult:
+        return await self._decide_approval(req, agent_id, False)
 
     async def _audit(self, req: HistoryQuery, headers: dict[str, str]) -> History:
         if req.agent_id is not None:
             await self._known(req.agent_id)
         await self._projection_current()
+        assert self.projection is not None
         return History(items=self.projection.history(req.agent_id, req.since_ms, req.limit))
 
     async def _books(self, req: Empty, headers: dict[str, str]) -> Books:
         await self._caught_up()
-        assert self.journal is not None
-        # Fold and projection compared at one stream sequence: the fold must hold nothing past what the follower
-        # has handed over (an own write can run ahead of it), and the projection is summed up to that sequence.
-        for _ in range(50):
-            seq = self.journal.applied_seq
-            if self.book.top_seq <= seq:
-                break
-            try:
-                await self.journal.wait_applied(self.book.top_seq)
-            except asyncio.TimeoutError:
-                break  # the follower is stalled: the books still answer, without the comparison
-        books = self.book.books(seq)
-        if self.book.top_seq > seq:
-            return books  # writes kept running ahead: no comparable pair (projection_agrees stays null)
-        totals = await asyncio.to_thread(self.projection.totals, None, seq)
+        assert self.projection is not None and self.feed is not None
+        # A consistent cut: no batch in flight in any owned partition (memory would be ahead of the journal),
+        # and the projection summed up to exactly the sequences the read model holds.
+        async with contextlib.AsyncExitStack() as stack:
+            for owner in list(self.owners.values()):
+                if owner.writer is not None:
+                    await stack.enter_async_context(owner.writer.quiet())
+            upto = dict(self.book.top_seq)
+            books = self.book.books(max(upto.values(), default=0))
+        if not await self.feed.reached(upto):
+            return books  # the projection is behind: the books answer without the comparison
+        totals = await asyncio.to_thread(self.projection.totals, None, upto)
         books.projection_agrees = (
             totals.get("deposited", 0) == books.deposits_msat
             and totals.get("withdrawn", 0) + totals.get("payout_settled", 0) == books.withdrawals_msat
@@ -706,20 +1018,17 @@ class VaultActor:
         return books
 
     async def _projection_current(self) -> None:
-        """Own writes reach the projection when the follower passes them: wait for those already acked, so a
-        history read right after a write shows it."""
-        assert self.journal is not None
-        top = self.book.top_seq
-        if top > self.journal.applied_seq:
-            try:
-                await self.journal.wait_applied(top)
-            except asyncio.TimeoutError:
-                log.warning("history: the journal follower is behind; answering with what it has")
+        """Writes acked so far reach the projection before a history read: read-after-write."""
+        assert self.feed is not None
+        if not await self.feed.reached(dict(self.book.top_seq)):
+            log.warning("history: the projection is behind the journal; answering with what it has")
 
     async def _payouts(self, req: AgentRef, headers: dict[str, str]) -> PayoutList:
         """Every payout (``agent_id`` "*": of every agent)."""
         if req.agent_id != "*":
             await self._known(req.agent_id)
+        else:
+            await self._caught_up()
         return self.rails.payouts(None if req.agent_id == "*" else req.agent_id)
 
     async def _reconcile(self, req: Empty, headers: dict[str, str]) -> Reconciliation:
@@ -729,33 +1038,111 @@ class VaultActor:
         return await self.rails.clear(req)
 
     async def _verify(self, req: Empty, headers: dict[str, str]) -> ChainCheck:
-        """Re-read the whole ledger from sequence 1 and check every agent's hash chain."""
-        events_by_agent = await read_ledger(self.nc)  # type: ignore[arg-type]
-        broken = [a for a, evs in events_by_agent.items() if not verify_chain(evs)[0]]
-        return ChainCheck(agents=len(events_by_agent), events=sum(len(v) for v in events_by_agent.values()),
-                          ok=not broken, broken=sorted(broken))
+        assert self.nc is not None
+        return await verify_ledger(self.nc, self.layout.streams)
 
 
-async def read_ledger(nc: NATS, timeout_s: float = 60.0) -> dict[str, list[LedgerEvent]]:
-    """Every agent's events, read afresh from the stream (for verification and replay checks)."""
+def spend_event(e: LedgerEvent, state: AccountState) -> Optional[SpendEvent]:
+    """The spend event of one journaled resolution (settle, release, expiry, denial), else None."""
+    b = e.body
+    if not isinstance(b, (Settled, Released, Expired, Denied)):
+        return None
+    res = state.resolutions.get(b.rid)
+    hold = res.hold if res is not None else None
+    return SpendEvent(
+        event_id=f"{e.agent_id}:{e.seq}", kind=b.kind, agent_id=e.agent_id, request_id=b.rid,
+        provider=getattr(b, "provider", "") or (hold.provider if hold else ""),
+        model=getattr(b, "model", "") or (hold.model if hold else ""),
+        input_tokens=getattr(b, "input_tokens", 0), output_tokens=getattr(b, "output_tokens", 0),
+        cost_msat=getattr(b, "cost_msat", getattr(b, "charged_msat", 0)),
+        charged_msat=getattr(b, "charged_msat", 0), uncollectible_msat=getattr(b, "uncollectible_msat", 0),
+        reserved_msat=hold.amount_msat if hold else 0, balance_msat=state.available_msat,
+        estimated=getattr(b, "estimated", False),
+        flagged=isinstance(b, Expired) and b.action == "charge", reason=getattr(b, "reason", ""),
+        at_ms=e.at_ms, ledger_seq=e.seq)
+
+
+def _hash(raw: bytes) -> str:
+    from schemas.ledger import batch_hash
+
+    return batch_hash(raw)
+
+
+def _log_failure(task: "asyncio.Future[Any]") -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("event not published: %r", task.exception())
+
+
+async def read_stream(nc: NATS, stream: int, timeout_s: float = 60.0) -> list[bytes]:
+    """Every message of one ledger stream, in order, read afresh."""
     js = nc.jetstream()
-    info = await js.stream_info(subjects.STREAM_LEDGER)
-    last = int(info.state.last_seq)
-    out: dict[str, list[LedgerEvent]] = {}
+    last = await stream_last_seq(nc, subjects.ledger_stream(stream))
+    out: list[bytes] = []
     if last == 0:
         return out
     done = asyncio.Event()
 
     async def cb(msg: Msg) -> None:
-        entry = JournalEntry.model_validate_json(msg.data)
-        out.setdefault(entry.agent_id, []).extend(entry.events)
+        out.append(bytes(msg.data))
         if msg.metadata.sequence.stream >= last:
             done.set()
 
-    sub = await js.subscribe(f"{subjects.LEDGER_PREFIX}.>", cb=cb, ordered_consumer=True,
-                             stream=subjects.STREAM_LEDGER)
+    sub = await js.subscribe(subjects.ledger_stream_subjects(stream)[0], cb=cb, ordered_consumer=True,
+                             stream=subjects.ledger_stream(stream), deliver_policy=DeliverPolicy.ALL)
     try:
         await asyncio.wait_for(done.wait(), timeout_s)
     finally:
         await sub.unsubscribe()
     return out
+
+
+async def read_ledger(nc: NATS, timeout_s: float = 60.0) -> dict[str, list[LedgerEvent]]:
+    """Every agent's events, read afresh from every ledger stream (for verification and replay checks)."""
+    out: dict[str, list[LedgerEvent]] = {}
+    for stream in range(await _streams(nc)):
+        for raw in await read_stream(nc, stream, timeout_s):
+            doc = orjson.loads(raw)
+            entries = doc.get("entries", ()) if doc.get("kind") == "batch" else [doc]
+            for entry in entries:
+                e = JournalEntry.model_validate(entry)
+                out.setdefault(e.agent_id, []).extend(e.events)
+    return out
+
+
+async def verify_ledger(nc: NATS, streams: Optional[int] = None) -> ChainCheck:
+    """Re-read the whole ledger and check every hash chain: each partition's batches, and each agent's events
+    written before partitions."""
+    streams = streams if streams is not None else await _streams(nc)
+    broken: list[str] = []
+    agents: set[str] = set()
+    events = 0
+    for stream in range(streams):
+        legacy: dict[str, list[LedgerEvent]] = {}
+        batches: dict[int, list[bytes]] = {}
+        for raw in await read_stream(nc, stream):
+            doc = orjson.loads(raw)
+            if doc.get("kind") == "batch":
+                batches.setdefault(int(doc["partition"]), []).append(raw)
+                for entry in doc.get("entries", ()):
+                    agents.add(entry["agent_id"])
+                    events += len(entry["events"])
+            else:
+                entry = JournalEntry.model_validate_json(raw)
+                legacy.setdefault(entry.agent_id, []).extend(entry.events)
+        for agent, evs in legacy.items():
+            agents.add(agent)
+            events += len(evs)
+            if not verify_chain(evs)[0]:
+                broken.append(agent)
+        for k, raws in batches.items():
+            if not verify_batches(raws)[0]:
+                broken.append(f"partition-{k}")
+    return ChainCheck(agents=len(agents), events=events, ok=not broken, broken=sorted(broken))
+
+
+async def _streams(nc: NATS) -> int:
+    try:
+        kv = await nc.jetstream().key_value(subjects.KV_PARTITIONS)
+        return int(orjson.loads((await kv.get(LAYOUT_KEY)).value or b"{}").get("streams", 1))
+    except Exception:
+        return 1

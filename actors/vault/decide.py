@@ -18,6 +18,7 @@ from schemas.ledger import (
     Deposited,
     EventBody,
     Expired,
+    HoldExtended,
     InvoiceIssued,
     LedgerEvent,
     PayoutApproved,
@@ -341,6 +342,35 @@ def reserve(state: AccountState, rid: str, envelope: Envelope, now_ms: int, *, t
         body = Reserved(rid=rid, amount_msat=amount, output_tokens=output_tokens, expires_at_ms=deadline + ttl_ms,
                         provider=provider, model=model, state="awaiting_approval", approval_deadline_ms=deadline)
     return Decided(op_id, (body,))
+
+
+def extend(state: AccountState, rid: str, amount_msat: int, now_ms: int, attempt: int = 1) -> Decided:
+    """Grow a held reservation to ``amount_msat`` (a costlier candidate is about to be called), or refuse as a
+    reserve of that size would be refused (402, 403, 429). Already as large: nothing to do. ``attempt`` numbers the
+    extensions of one request, so a repeat of the same one is a no-op."""
+    _require_agent(state)
+    op_id = f"extend:{rid}:{attempt}"
+    if op_id in state.op_ids:
+        return Decided(op_id, noop="duplicate")
+    hold = state.holds.get(rid)
+    if hold is None:
+        raise ArbstrError(409, f"request {rid} holds nothing to extend", code="request_resolved")
+    if hold.state != "held":
+        raise ArbstrError(409, f"request {rid} awaits approval", code="not_held")
+    if amount_msat <= hold.amount_msat:
+        return Decided(op_id, noop="duplicate")
+    extra = amount_msat - hold.amount_msat
+    if extra > state.available_msat:
+        raise insufficient(extra, state.available_msat)
+    policy = state.policy
+    if policy.max_tx_msat is not None and amount_msat > policy.max_tx_msat:
+        raise ArbstrError(403, f"{amount_msat} msat exceeds the agent's max per transaction", code="max_tx_exceeded")
+    if policy.approval_over_msat is not None and amount_msat > policy.approval_over_msat:
+        raise ArbstrError(403, "a larger hold would need approval", code="approval_required")
+    decision = check(policy, state, extra, now_ms)
+    if not decision.allowed:
+        raise decision.error()
+    return Decided(op_id, (HoldExtended(rid=rid, amount_msat=amount_msat),))
 
 
 def settle_split(hold_msat: int, cost: int, available_msat: int) -> tuple[int, int]:

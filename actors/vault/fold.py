@@ -22,6 +22,7 @@ from schemas.ledger import (
     Deposited,
     EventBody,
     Expired,
+    HoldExtended,
     InvoiceIssued,
     LedgerEvent,
     PayoutApproved,
@@ -41,6 +42,12 @@ from schemas.ledger import (
 from schemas.vault import AccountView, AgentPolicy
 
 DAY_MS = 86_400_000
+# A request id is remembered this long after it resolves (and a tombstone after it is laid): long enough to
+# recognise a duplicate settle or refuse a late reserve (the vault refuses reserves sent longer ago than
+# ``decide.RESERVE_MAX_AGE_MS``, well inside this), short enough that memory does not grow with history.
+# A constant of the fold, not a setting: a replay must forget exactly what the live fold forgot.
+FORGET_AFTER_MS = 600_000
+_RID_OPS = ("reserve", "settle", "release", "expire", "approve", "deny")
 # Charges are summed per minute so the daily window stays ~1,440 entries however busy the agent is. A bucket
 # counts until 24 h after its minute *ends*: charges may count up to a minute longer, never shorter.
 WINDOW_BUCKET_MS = 60_000
@@ -151,6 +158,7 @@ class AccountState:
     holds: dict[str, Hold] = field(default_factory=dict)
     resolutions: dict[str, Resolution] = field(default_factory=dict)
     tombstones: dict[str, str] = field(default_factory=dict)
+    tombstoned_at: dict[str, int] = field(default_factory=dict)  # in the order laid: what forgetting walks
     deposits: dict[str, int] = field(default_factory=dict)
     withdrawals: dict[str, int] = field(default_factory=dict)
     payouts: dict[str, Payout] = field(default_factory=dict)  # open: journaled, not yet resolved
@@ -174,7 +182,8 @@ class AccountState:
             withdrawn_msat=self.withdrawn_msat, spent_msat=self.spent_msat,
             uncollectible_msat=self.uncollectible_msat, available_msat=self.available_msat,
             pending_msat=self.pending_msat, payout_pending_msat=self.payout_pending_msat, holds=dict(self.holds), resolutions=dict(self.resolutions),
-            tombstones=dict(self.tombstones), deposits=dict(self.deposits), withdrawals=dict(self.withdrawals),
+            tombstones=dict(self.tombstones), tombstoned_at=dict(self.tombstoned_at), deposits=dict(self.deposits),
+            withdrawals=dict(self.withdrawals),
             payouts=dict(self.payouts), payouts_done=dict(self.payouts_done), invoices=dict(self.invoices),
             settle_index=self.settle_index, op_ids=dict(self.op_ids), window=list(self.window), seq=self.seq, last_hash=self.last_hash,
             last_op_id=self.last_op_id,
@@ -209,13 +218,15 @@ def _fail(event: LedgerEvent, why: str) -> LedgerViolation:
     return LedgerViolation(f"{event.agent_id} seq {event.seq} ({event.op_id}, {event.body.kind}): {why}")
 
 
-def _check_envelope(state: AccountState, event: LedgerEvent) -> None:
+def _check_envelope(state: AccountState, event: LedgerEvent, chained: bool) -> None:
     if event.agent_id != state.agent_id:
         raise _fail(event, f"belongs to another agent than {state.agent_id}")
     if event.seq != state.seq + 1:
         raise _fail(event, f"expected seq {state.seq + 1}")
-    if event.prev_hash != state.last_hash:
+    if chained and event.prev_hash != state.last_hash:
         raise _fail(event, "prev_hash does not match the previous event")
+    if not chained and event.prev_hash:
+        raise _fail(event, "an event of a batch is chained by its batch, not by prev_hash")
     # The events of one command are contiguous, share its op_id and count up in ``part``: anything else
     # carrying a known op_id is a replay.
     if event.op_id in state.op_ids:
@@ -322,6 +333,16 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
                                      reserved_at_ms=event.at_ms)
         state.available_msat -= body.amount_msat
         state.pending_msat += body.amount_msat
+    elif isinstance(body, HoldExtended):
+        hold = _open_hold(state, event, body.rid)
+        extra = body.amount_msat - hold.amount_msat
+        if extra <= 0:
+            raise _fail(event, f"hold {body.rid} of {hold.amount_msat} cannot shrink to {body.amount_msat}")
+        if extra > state.available_msat:
+            raise _fail(event, f"extending hold {body.rid} by {extra} exceeds available {state.available_msat}")
+        state.holds[body.rid] = replace(hold, amount_msat=body.amount_msat)
+        state.available_msat -= extra
+        state.pending_msat += extra
     elif isinstance(body, Approved):
         hold = _open_hold(state, event, body.rid)
         if hold.state != "awaiting_approval":
@@ -364,6 +385,7 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         if state.knows(body.rid):
             raise _fail(event, f"rid {body.rid} is known: only unknown rids are tombstoned")
         state.tombstones[body.rid] = body.reason
+        state.tombstoned_at[body.rid] = event.at_ms
     elif isinstance(body, InvoiceIssued):
         if body.deposit_id in state.invoices or body.deposit_id in state.deposits:
             raise _fail(event, f"deposit {body.deposit_id} already exists")
@@ -422,16 +444,50 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         raise _fail(event, "unknown event kind")
 
 
-def apply_event(state: AccountState, event: LedgerEvent) -> None:
-    """Apply one event to ``state`` in place, or raise ``LedgerViolation`` and leave it unchanged."""
-    _check_envelope(state, event)
+def apply_event(state: AccountState, event: LedgerEvent, chained: bool = True) -> None:
+    """Apply one event to ``state`` in place, or raise ``LedgerViolation`` and leave it unchanged.
+
+    ``chained``: a journal entry of its own, linked to the agent's previous event by ``prev_hash`` (journals
+    written before batches); False for an event of a ``JournalBatch``, which the batch's own chain covers — so
+    the hot path hashes once per batch, not once per event."""
+    _check_envelope(state, event, chained)
+    forget(state, event.at_ms - FORGET_AFTER_MS)
     _apply_body(state, event, event.body)
     first = state.op_ids.get(event.op_id, (event.seq, event.seq))[0]
     state.op_ids[event.op_id] = (first, event.seq)
     state.last_op_id = event.op_id
     state.seq = event.seq
-    state.last_hash = event_hash(event)
+    # A first event links nothing before it, so it may be either kind: its hash is kept for a chained successor.
+    state.last_hash = event_hash(event) if chained or event.seq == 1 else ""
     check_invariants(state)
+
+
+def forget(state: AccountState, before_ms: int) -> None:
+    """Drop what ended before ``before_ms``: resolutions, tombstones and their op ids. Money is untouched (open
+    holds stay until they resolve); deterministic in the events applied, so a replay forgets the same."""
+    resolutions = state.resolutions
+    while resolutions:
+        rid, res = next(iter(resolutions.items()))
+        if res.at_ms >= before_ms:
+            break
+        del resolutions[rid]
+        _forget_ops(state, rid)
+    stones = state.tombstoned_at
+    while stones:
+        rid, at = next(iter(stones.items()))
+        if at >= before_ms:
+            break
+        del stones[rid]
+        state.tombstones.pop(rid, None)
+        _forget_ops(state, rid)
+
+
+def _forget_ops(state: AccountState, rid: str) -> None:
+    for op in _RID_OPS:
+        state.op_ids.pop(f"{op}:{rid}", None)
+    n = 1
+    while state.op_ids.pop(f"extend:{rid}:{n}", None) is not None:  # a hold's extensions, numbered from 1
+        n += 1
 
 
 def evolve(state: AccountState, event: LedgerEvent) -> AccountState:
@@ -447,21 +503,25 @@ def fold(events: Iterable[LedgerEvent], agent_id: Optional[str] = None) -> Accou
     for event in events:
         if state is None:
             state = AccountState(agent_id=event.agent_id)
-        apply_event(state, event)
+        # Chained events link to the previous one; events of batches carry no link (their batch is chained).
+        apply_event(state, event, chained=bool(event.prev_hash))
     if state is None:
         raise ValueError("fold of no events needs an agent_id")
     return state
 
 
-def next_events(state: AccountState, op_id: str, bodies: Sequence[EventBody], now_ms: int) -> list[LedgerEvent]:
-    """The journal events that would record ``bodies`` next: numbered and chained after ``state``."""
+def next_events(state: AccountState, op_id: str, bodies: Sequence[EventBody], now_ms: int,
+                chained: bool = True) -> list[LedgerEvent]:
+    """The journal events that would record ``bodies`` next: numbered after ``state`` (and, ``chained``, linked
+    by ``prev_hash``; events of a batch are linked by their batch instead)."""
     events: list[LedgerEvent] = []
-    seq, prev = state.seq, state.last_hash
+    seq, prev = state.seq, state.last_hash if chained else ""
     for part, body in enumerate(bodies):
         seq += 1
         event = LedgerEvent(op_id=op_id, agent_id=state.agent_id, seq=seq, part=part, at_ms=now_ms, prev_hash=prev,
                             body=body)
-        prev = event_hash(event)
+        if chained:
+            prev = event_hash(event)
         events.append(event)
     return events
 

@@ -18,11 +18,14 @@ from typing import Any, Optional
 
 import duckdb
 
-from schemas.ledger import LedgerEvent, event_hash
+import orjson
+
+from schemas.ledger import LedgerEvent, batch_hash, event_hash
 from schemas.vault import HistoryItem
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
+    stream INTEGER NOT NULL,
     stream_seq BIGINT NOT NULL,
     agent_id VARCHAR NOT NULL,
     seq BIGINT NOT NULL,
@@ -42,7 +45,7 @@ CREATE TABLE IF NOT EXISTS projection_meta (k VARCHAR PRIMARY KEY, v BIGINT NOT 
 """
 
 _COLUMNS = {
-    "stream_seq": "BIGINT", "agent_id": "VARCHAR", "seq": "BIGINT", "part": "INTEGER", "at_ms": "BIGINT",
+    "stream": "INTEGER", "stream_seq": "BIGINT", "agent_id": "VARCHAR", "seq": "BIGINT", "part": "INTEGER", "at_ms": "BIGINT",
     "op_id": "VARCHAR", "kind": "VARCHAR", "rid": "VARCHAR", "amount_msat": "BIGINT", "provider": "VARCHAR",
     "model": "VARCHAR", "body": "VARCHAR", "hash": "VARCHAR", "prev_hash": "VARCHAR",
 }
@@ -51,20 +54,38 @@ _READ = ("INSERT INTO ledger SELECT " + ", ".join(_NAMES) + " FROM read_json(?, 
          "columns = {" + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "})")
 
 
-def _amount(body: Any) -> int:
-    for attr in ("charged_msat", "amount_msat"):
-        value = getattr(body, attr, None)
+def _amount(body: dict[str, Any]) -> int:
+    for key in ("charged_msat", "amount_msat"):
+        value = body.get(key)
         if isinstance(value, int):
             return value
     return 0
 
 
-def event_row(event: LedgerEvent, stream_seq: int) -> tuple[Any, ...]:
-    body = event.body
-    return (stream_seq, event.agent_id, event.seq, event.part, event.at_ms, event.op_id, body.kind,
-            getattr(body, "rid", None), _amount(body), getattr(body, "provider", None) or None,
-            getattr(body, "model", None) or None, json.dumps(body.model_dump(mode="json"), sort_keys=True),
-            event_hash(event), event.prev_hash)
+def event_row(event: dict[str, Any], stream: int, stream_seq: int, digest: str, prev: str) -> str:
+    """One journal event (as decoded JSON) as a JSON line of the ledger table. ``digest``/``prev``: the link of
+    the hash chain the event is under (its batch's, or — written before batches — its own)."""
+    body = event["body"]
+    return orjson.dumps({
+        "stream": stream, "stream_seq": stream_seq, "agent_id": event["agent_id"], "seq": event["seq"],
+        "part": event.get("part", 0), "at_ms": event["at_ms"], "op_id": event["op_id"], "kind": body["kind"],
+        "rid": body.get("rid"), "amount_msat": _amount(body), "provider": body.get("provider") or None,
+        "model": body.get("model") or None, "body": orjson.dumps(body, option=orjson.OPT_SORT_KEYS).decode(),
+        "hash": digest, "prev_hash": prev}).decode()
+
+
+def rows_of(raw: bytes, stream: int, stream_seq: int) -> list[str]:
+    """Every event of one ledger message (a batch, or an entry written before batches) as rows."""
+    doc = orjson.loads(raw)
+    if doc.get("kind") == "batch":
+        digest, prev = batch_hash(raw), doc.get("prev_hash", "")
+        return [event_row(e, stream, stream_seq, digest, prev) for entry in doc.get("entries", ())
+                for e in entry["events"]]
+    rows = []
+    for e in doc.get("events", ()):
+        link = event_hash(LedgerEvent.model_validate(e))  # a per-event chain: its own hash
+        rows.append(event_row(e, stream, stream_seq, link, e.get("prev_hash", "")))
+    return rows
 
 
 def bulk_load(db: duckdb.DuckDBPyConnection, path: str, read_sql: str, rows: list[str], meta_key: str,
@@ -115,7 +136,8 @@ def where_clause(agent_id: Optional[str], since_ms: Optional[int], until_ms: Opt
 
 # Version 2: entries are fed in stream order. A file written by version 1 may lack rows below its stored
 # sequence (an own write acked ahead of another instance's entry made that entry look already loaded).
-PROJECTION_VERSION = 2
+# Version 3: ledgers in several streams (a ``stream`` column, an applied sequence per stream).
+PROJECTION_VERSION = 3
 
 
 def _rebuild_if_older(db: duckdb.DuckDBPyConnection) -> None:
@@ -125,8 +147,9 @@ def _rebuild_if_older(db: duckdb.DuckDBPyConnection) -> None:
         return
     db.execute("BEGIN TRANSACTION")
     try:
-        db.execute("DELETE FROM ledger")
-        db.execute("DELETE FROM projection_meta WHERE k = 'stream_seq'")
+        db.execute("DROP TABLE IF EXISTS ledger")
+        db.execute(_SCHEMA)
+        db.execute("DELETE FROM projection_meta WHERE k LIKE 'stream_seq%'")
         db.execute("INSERT OR REPLACE INTO projection_meta VALUES ('ledger_version', ?)", [PROJECTION_VERSION])
         db.execute("COMMIT")
     except Exception:
@@ -184,24 +207,47 @@ class SpooledTable:
         return await asyncio.to_thread(self.flush)
 
 
-class Projection(SpooledTable):
-    def __init__(self, path: str = "") -> None:
+class StreamRows(SpooledTable):
+    """The ledger table's rows of one ledger stream, with that stream's applied sequence."""
+
+    def __init__(self, db: duckdb.DuckDBPyConnection, lock: threading.Lock, spool: str, stream: int) -> None:
+        self.stream = stream
+        self._init_spool(db, lock, spool, f"rows-{stream}.jsonl", _READ, _meta_key(stream))
+
+    def add(self, raw: bytes, stream_seq: int) -> None:
+        """One ledger message; messages must come in stream order."""
+        if stream_seq > self._pending_seq:
+            self._append(rows_of(raw, self.stream, stream_seq), stream_seq)
+
+
+def _meta_key(stream: int) -> str:
+    return "stream_seq" if stream == 0 else f"stream_seq:{stream}"
+
+
+class Projection:
+    def __init__(self, path: str = "", streams: int = 1) -> None:
         db = duckdb.connect(path or ":memory:")
         db.execute(_SCHEMA)
         _rebuild_if_older(db)
-        self._init_spool(db, threading.Lock(), tempfile.mkdtemp(prefix="arbstr-projection-"), "rows.jsonl", _READ,
-                         "stream_seq")
+        self.db = db
+        self._lock = threading.Lock()
+        self._spool = tempfile.mkdtemp(prefix="arbstr-projection-")
+        self.streams = [StreamRows(db, self._lock, self._spool, i) for i in range(streams)]
 
-    def add(self, events: list[LedgerEvent], stream_seq: int) -> None:
-        """``events`` of one entry; entries must come in stream order (the book's ``on_ordered``)."""
-        if stream_seq > self._pending_seq:
-            self._append([json.dumps(dict(zip(_NAMES, event_row(e, stream_seq)))) for e in events], stream_seq)
+    def applied(self, stream: int) -> int:
+        return self.streams[stream]._pending_seq
+
+    def flush(self) -> int:
+        return sum(s.flush() for s in self.streams)
+
+    async def flush_async(self) -> int:
+        return await asyncio.to_thread(self.flush)
 
     def history(self, agent_id: Optional[str], since_ms: Optional[int], limit: int) -> list[HistoryItem]:
         self.flush()
         where, params = where_clause(agent_id, since_ms, None)
         sql = ("SELECT agent_id, seq, at_ms, kind, op_id, rid, amount_msat, body, hash, prev_hash FROM ledger"
-               + where + " ORDER BY stream_seq DESC, seq DESC LIMIT ?")
+               + where + " ORDER BY at_ms DESC, stream DESC, stream_seq DESC, seq DESC LIMIT ?")
         params.append(limit)
         out = []
         with self._lock:
@@ -211,19 +257,22 @@ class Projection(SpooledTable):
                                    amount_msat=amount, detail=json.loads(body), hash=h, prev_hash=prev))
         return out
 
-    def totals(self, agent_id: Optional[str] = None, upto_seq: Optional[int] = None) -> dict[str, int]:
+    def totals(self, agent_id: Optional[str] = None, upto: Optional[dict[int, int]] = None) -> dict[str, int]:
         """Per-kind sums of amount_msat (one agent or all), for cross-checking the fold against the projection.
 
-        ``upto_seq`` pins the sums to the stream sequence the fold was read at: entries applied while the query
-        runs in its thread would otherwise make a consistent pair of snapshots look like a disagreement."""
+        ``upto`` pins the sums to the sequence of each stream the fold was read at: entries applied while the
+        query runs in its thread would otherwise make a consistent pair of snapshots look like a disagreement."""
         self.flush()
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[Any] = []
         if agent_id:
             clauses.append("agent_id = ?")
             params.append(agent_id)
-        if upto_seq is not None:
-            clauses.append("stream_seq <= ?")
-            params.append(upto_seq)
+        if upto is not None:
+            cut = " OR ".join("(stream = ? AND stream_seq <= ?)" for _ in upto)
+            clauses.append(f"({cut})" if cut else "FALSE")
+            for stream, seq in upto.items():
+                params += [stream, seq]
         sql = ("SELECT kind, sum(amount_msat) FROM ledger" + (" WHERE " + " AND ".join(clauses) if clauses else "")
                + " GROUP BY kind")
         with self._lock:

@@ -37,6 +37,7 @@ from .wallets.base import PaymentStatus, PayoutPlan, SettledInvoice, Wallet, Wal
 log = logging.getLogger("arbstr.vault.rails")
 
 Execute = Callable[[str, Callable[[AccountState, int], decide.Decided]], Awaitable[object]]
+Credit = Callable[[str, str, int, str, str], Awaitable[None]]  # (agent, deposit id, msat, rail, reference)
 
 
 def wallet_error(e: WalletError) -> ArbstrError:
@@ -79,11 +80,16 @@ PARKED_SCAN_S = 60.0  # how often every instance looks for credits parked by any
 
 class Rails:
     def __init__(self, cfg: WalletConfig, wallet: Wallet, book: Book, execute: Execute,
-                 freeze: FreezeSwitch, claims: Claims, catch_up: Callable[[], Awaitable[None]]) -> None:
+                 freeze: FreezeSwitch, claims: Claims, catch_up: Callable[[], Awaitable[None]],
+                 owns: Callable[[str], bool] = lambda agent_id: True, credit: Optional[Credit] = None) -> None:
         self.cfg = cfg
         self.wallet = wallet
         self.book = book
         self.execute = execute
+        # Payouts are driven, and accounts written, by the owner of the account's partition; a deposit the rails
+        # see settle is credited wherever the account lives (``credit`` forwards it to its owner).
+        self.owns = owns
+        self.credit = credit
         self.freeze = freeze
         self.claims = claims
         self.catch_up = catch_up
@@ -161,13 +167,26 @@ class Rails:
 
     async def credit_invoice(self, settled: SettledInvoice) -> None:
         """Credit a paid deposit invoice once (its deposit id), carrying the feed's cursor into the journal."""
-        owner = self._invoice_owner.get(settled.payment_hash)
+        owner = self._invoice_owner.get(settled.payment_hash) or self._find_invoice(settled.payment_hash)
         if owner is None:
             log.info("settled invoice %s is not a deposit of ours", settled.payment_hash)
             return
         agent_id, deposit_id = owner
+        reference = f"settle_index={settled.settle_index}"
+        if self.credit is not None:
+            await self.credit(agent_id, deposit_id, settled.amount_msat, "lightning", reference)
+            return
         await self.execute(agent_id, lambda s, at: decide.deposit(
-            s, deposit_id, settled.amount_msat, "lightning", f"settle_index={settled.settle_index}", at))
+            s, deposit_id, settled.amount_msat, "lightning", reference, at))
+
+    def _find_invoice(self, payment_hash: str) -> Optional[tuple[str, str]]:
+        """The account that issued an invoice, from the read model (after a restart, or written elsewhere)."""
+        for state in self.book.agents():
+            for inv in state.invoices.values():
+                if inv.reference == payment_hash:
+                    self._invoice_owner[payment_hash] = (state.agent_id, inv.deposit_id)
+                    return state.agent_id, inv.deposit_id
+        return None
 
     async def _watch(self, cursor: int) -> None:
         while True:
@@ -289,7 +308,7 @@ class Rails:
 
     async def payout(self, agent_id: str, payout_id: str) -> PayoutView:
         """The agent's view of one payout; a token payout shows its token (asked of the wallet, never journaled)."""
-        state = self.book.slot(agent_id).state
+        state = self.book.state(agent_id)
         view = payout_view(state, payout_id)
         if view.rail == "cashu" and view.status == "succeeded" and payout_id.startswith("tok:"):
             done = state.payouts_done[payout_id]
@@ -312,8 +331,8 @@ class Rails:
 
     async def _drive(self, agent_id: str, payout_id: str, resume: bool) -> None:
         """Talk to the rail about one payout, holding its lease: one instance at a time, vault-wide."""
-        if payout_id not in self.book.slot(agent_id).state.payouts:
-            return  # resolved already
+        if not self.owns(agent_id) or payout_id not in self.book.state(agent_id).payouts:
+            return  # resolved already, or the account's partition is served elsewhere now
         if not await self.claims.acquire(f"payout:{payout_id}", LEASE_TTL_S):
             return  # another live instance is driving it
         renew = asyncio.create_task(self._renew(payout_id))
@@ -342,7 +361,7 @@ class Rails:
         return by_rail[rail].identity if by_rail is not None else self.wallet.identity
 
     async def _drive_once(self, agent_id: str, payout_id: str, resume: bool) -> None:
-        payout = self.book.slot(agent_id).state.payouts.get(payout_id)
+        payout = self.book.state(agent_id).payouts.get(payout_id)
         if payout is None:
             return  # resolved already
         if payout.approval_deadline_ms is not None:
@@ -401,7 +420,7 @@ class Rails:
 
     async def resume_all(self) -> None:
         """Ask the rail about every payout under way (and send those it never saw)."""
-        open_ = [(s.agent_id, pid) for s in self.book.agents() for pid in s.payouts]
+        open_ = [(s.agent_id, pid) for s in self.book.agents() if self.owns(s.agent_id) for pid in s.payouts]
         tasks = [self.drive(agent_id, pid, resume=True) for agent_id, pid in open_]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import aiohttp
 from nats.aio.client import Client as NATS
@@ -77,8 +77,9 @@ def _number(payout_id: str) -> int:
 
 class TopUps:
     def __init__(self, cfg: TopUpConfig, rails: Rails, book: Book, execute: Execute,
-                 public_only: bool = False) -> None:
+                 owns: Callable[[str], bool] = lambda agent_id: True, public_only: bool = False) -> None:
         self.cfg = cfg
+        self.owns = owns  # top-ups run where the operator account's partition is served
         self.public_only = public_only  # nodes from public announcements: tokens go to public addresses only
         self.rails = rails
         self.book = book
@@ -95,7 +96,6 @@ class TopUps:
         connector = public_connector() if self.public_only else None
         self._session = aiohttp.ClientSession(connector=connector,
                                               timeout=aiohttp.ClientTimeout(total=self.cfg.timeout_s))
-        await self._ensure_operator()
         self._task = asyncio.create_task(self._forever())
 
     async def stop(self) -> None:
@@ -117,7 +117,10 @@ class TopUps:
     async def _forever(self) -> None:
         while True:
             try:
-                await self.run_once()
+                if self.owns(self.cfg.operator_agent):
+                    if not self.book.state(self.cfg.operator_agent).created:
+                        await self._ensure_operator()
+                    await self.run_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -183,7 +186,7 @@ class TopUps:
     def _payouts(self, provider: str) -> dict[str, str]:
         """Top-up payout id → pending / succeeded / failed, of one provider ("": of every provider)."""
         prefix = f"tok:{self.cfg.operator_agent}:{topup_prefix(provider) if provider else 'topup-'}"
-        state = self.book.slot(self.cfg.operator_agent).state
+        state = self.book.state(self.cfg.operator_agent)
         out = {pid: "pending" for pid in state.payouts if pid.startswith(prefix)}
         out.update({pid: ("succeeded" if end.kind == "settled" else "failed")
                     for pid, end in state.payouts_done.items() if pid.startswith(prefix)})

@@ -1,0 +1,203 @@
+"""Group commit for one partition: the commands that queue up while a journal write is in flight go into the
+next batch together, one fenced JetStream write (one fsync) for all of them, and each caller is answered only
+after that batch is acked.
+
+Decisions are made in order on the partition's state in memory — each command sees the ones before it in the
+same batch — and applied in place (no copy of an account per batch: a busy account is large). A batch the
+journal refuses or leaves ambiguous therefore leaves the state ahead of the journal: the writer stops for good
+and the owner hands the partition back, to be loaded afresh (snapshot + tail) by whoever takes it next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Optional
+
+from schemas.errors import ArbstrError
+from schemas.ledger import JournalBatch, JournalEntry, LedgerEvent, batch_hash
+from schemas.requests import RequestRecord
+
+from . import decide
+from .fold import AccountState, LedgerViolation, apply_event, next_events
+from .partition import PartitionState
+
+log = logging.getLogger("arbstr.vault.commit")
+
+MAX_BATCH = 1024  # commands per journal message (well under the server's payload limit)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class Written:
+    decided: decide.Decided
+    state: AccountState  # the account as it is now (later commands may have moved it on)
+    events: list[LedgerEvent]  # what this command journaled; empty when it was a no-op
+    answer: Any = None  # what ``answer(state)`` computed right after this command applied
+
+
+Decider = Callable[[AccountState, int], decide.Decided]
+Answer = Callable[[AccountState, decide.Decided], Any]
+Append = Callable[[bytes, str, int], Awaitable[int]]  # (raw, batch id, expected seq) -> stream seq; Fenced
+Committed = Callable[[JournalBatch, int, list[tuple[JournalEntry, AccountState]]], None]
+
+
+def moved(partition: int) -> ArbstrError:
+    return ArbstrError(503, f"partition {partition} is changing owner; try again", code="partition_moved",
+                       headers={"retry-after": "1"})
+
+
+@dataclass
+class _Command:
+    agent_id: str
+    decider: Decider
+    answer: Optional[Answer]
+    record: Optional[RequestRecord]
+    future: "asyncio.Future[Written]"
+
+
+class GroupCommit:
+    def __init__(self, part: PartitionState, epoch: int, append: Append, committed: Committed,
+                 broken: Callable[[str], None]) -> None:
+        self.part = part
+        self.epoch = epoch
+        self._append = append
+        self._committed = committed
+        self._broken = broken  # the writer stopped: the owner must hand the partition back
+        self._queue: list[_Command] = []
+        self._wake = asyncio.Event()
+        self._task: Optional[asyncio.Task[None]] = None
+        self._batches = 0
+        self.stopped: Optional[str] = None
+        self.stats = {"batches": 0, "commands": 0, "journaled": 0}
+        self._lock = asyncio.Lock()  # held while a batch is decided and written: memory is ahead of the journal
+
+    def quiet(self) -> asyncio.Lock:
+        """Held, no batch is in flight: memory is exactly what the journal has (for a snapshot)."""
+        return self._lock
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"commit-p{self.part.partition}")
+
+    async def submit(self, agent_id: str, decider: Decider, answer: Optional[Answer] = None,
+                     record: Optional[RequestRecord] = None) -> Written:
+        if self.stopped is not None:
+            raise moved(self.part.partition)
+        future: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Command(agent_id, decider, answer, record, future))
+        self._wake.set()
+        return await future
+
+    async def write_marker(self) -> int:
+        """The takeover batch (no entries): the first write of a new owner, which fences any write an earlier
+        owner still attempts. Returns its sequence."""
+        batch = JournalBatch(partition=self.part.partition, epoch=self.epoch, batch_id=self._next_id(),
+                             prev_hash=self.part.last_hash, at_ms=now_ms())
+        raw = batch.model_dump_json().encode()
+        seq = await self._append(raw, batch.batch_id, self.part.last_seq)
+        self.part.last_seq, self.part.last_hash, self.part.epoch = seq, batch_hash(raw), self.epoch
+        return seq
+
+    async def stop(self, reason: str = "stopping") -> None:
+        """Finish the batch in flight; everything still queued is told to try again (it lands on the next owner)."""
+        self.stopped = self.stopped or reason
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 10)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+        self._fail_queued()
+
+    def _fail_queued(self) -> None:
+        queued, self._queue = self._queue, []
+        for c in queued:
+            if not c.future.done():
+                c.future.set_exception(moved(self.part.partition))
+
+    def _next_id(self) -> str:
+        self._batches += 1
+        return f"p{self.part.partition}:e{self.epoch}:{self._batches}"
+
+    async def _run(self) -> None:
+        while self.stopped is None:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue and self.stopped is None:
+                items, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                try:
+                    async with self._lock:
+                        await self._commit(items)
+                except Exception as e:  # the journal and memory may disagree now: stop, hand the partition back
+                    log.exception("partition %s: batch not journaled", self.part.partition)
+                    self._stop_broken(f"journal write failed ({type(e).__name__})", items)
+        self._fail_queued()
+
+    def _stop_broken(self, reason: str, items: list[_Command]) -> None:
+        self.stopped = reason
+        for c in items:
+            if not c.future.done():
+                c.future.set_exception(moved(self.part.partition))
+        self._fail_queued()
+        self._broken(reason)
+
+    async def _commit(self, items: list[_Command]) -> None:
+        part = self.part
+        at = now_ms()
+        outcomes: list[Any] = []
+        entries: list[JournalEntry] = []
+        touched: list[tuple[JournalEntry, AccountState]] = []
+        for c in items:
+            outcomes.append(self._decide(c, at, entries, touched))
+        if entries:
+            batch = JournalBatch(partition=part.partition, epoch=self.epoch, batch_id=self._next_id(),
+                                 prev_hash=part.last_hash, at_ms=at, entries=entries)
+            raw = batch.model_dump_json().encode()
+            seq = await self._append(raw, batch.batch_id, part.last_seq)
+            part.last_seq, part.last_hash = seq, batch_hash(raw)
+            self.stats["batches"] += 1
+            self.stats["journaled"] += len(entries)
+            self._committed(batch, seq, touched)
+        self.stats["commands"] += len(items)
+        for c, outcome in zip(items, outcomes):
+            if c.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                c.future.set_exception(outcome)
+            else:
+                c.future.set_result(outcome)
+
+    def _decide(self, c: _Command, at: int, entries: list[JournalEntry],
+                touched: list[tuple[JournalEntry, AccountState]]) -> Any:
+        part = self.part
+        if c.agent_id in part.corrupt:
+            return ArbstrError(503, "this account's journal does not verify; it is frozen", code="ledger_corrupt")
+        state = part.agents.get(c.agent_id) or AccountState(agent_id=c.agent_id)
+        try:
+            decided = c.decider(state, at)
+        except ArbstrError as refusal:
+            return refusal
+        except Exception as e:
+            log.exception("decider for %s failed", c.agent_id)
+            return ArbstrError(500, f"internal error deciding ({type(e).__name__})", code="internal_error")
+        if not decided.bodies:
+            return Written(decided, state, [], c.answer(state, decided) if c.answer else None)
+        events = next_events(state, decided.op_id, decided.bodies, at, chained=False)
+        target = state if len(events) == 1 else state.copy()  # one event applies all-or-nothing by itself
+        try:
+            for event in events:
+                apply_event(target, event, chained=False)
+        except LedgerViolation as e:
+            # The decider proposed what the fold refuses: a bug, never journaled.
+            log.error("partition %s: %s refused by the fold: %s", part.partition, decided.op_id, e)
+            return ArbstrError(500, "the ledger refused this change", code="ledger_violation")
+        part.agents[c.agent_id] = target
+        entry = JournalEntry(op_id=decided.op_id, agent_id=c.agent_id, events=events, record=c.record)
+        entries.append(entry)
+        touched.append((entry, target))
+        return Written(decided, target, events, c.answer(target, decided) if c.answer else None)

@@ -1,0 +1,67 @@
+"""Partition snapshots in a JetStream object store: a takeover or a restart loads the newest and folds only the
+journal after it (``snapshot.py`` holds the format)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.object_store import ObjectStore
+
+from actors.runtime import retry_transient
+from schemas import subjects
+
+from . import snapshot
+from .partition import PartitionState
+
+log = logging.getLogger("arbstr.vault.snapshots")
+
+
+def object_name(partition: int) -> str:
+    return f"p{partition}"
+
+
+class SnapshotStore:
+    def __init__(self, nc: NATS, replicas: int) -> None:
+        self.nc = nc
+        self.replicas = replicas
+        self._obs: Optional[ObjectStore] = None
+
+    async def start(self) -> None:
+        js = self.nc.jetstream()
+
+        async def open_or_create() -> ObjectStore:
+            try:
+                return await js.object_store(subjects.OBJ_SNAPSHOTS)
+            except NotFoundError:
+                pass
+            try:
+                return await js.create_object_store(subjects.OBJ_SNAPSHOTS, replicas=self.replicas)
+            except Exception:
+                return await js.object_store(subjects.OBJ_SNAPSHOTS)  # made meanwhile by another instance
+
+        self._obs = await retry_transient(open_or_create, "snapshot store")
+
+    async def load(self, partition: int) -> Optional[PartitionState]:
+        assert self._obs is not None
+        try:
+            result = await self._obs.get(object_name(partition))
+        except (ObjectNotFoundError, NotFoundError):
+            return None
+        if result.data is None:
+            return None
+        try:
+            return snapshot.decode(bytes(result.data))
+        except (ValueError, KeyError, TypeError) as e:
+            # Never trusted half-way: the journal from the start is the truth, a snapshot only a shortcut.
+            log.error("partition %s: snapshot unreadable (%r); folding its journal from the start", partition, e)
+            return None
+
+    async def save(self, part: PartitionState) -> None:
+        await self.save_raw(part.partition, snapshot.encode(part))
+
+    async def save_raw(self, partition: int, raw: bytes) -> None:
+        assert self._obs is not None
+        await self._obs.put(object_name(partition), raw)

@@ -1,0 +1,172 @@
+"""The partitioned vault's pure parts and its group commit, without NATS: where an agent lives, snapshots, batch
+folds, and what a writer answers (only after its batch is acked; all or nothing when the journal refuses)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from actors.vault import decide
+from actors.vault.book import Book
+from actors.vault.fold import FORGET_AFTER_MS, AccountState, fold, view
+from actors.vault.group_commit import GroupCommit
+from actors.vault.partition import PartitionState, books, fold_batch, merge_books
+from actors.vault.partition_journal import Fenced
+from actors.vault.snapshot import decode, encode
+from schemas.errors import ArbstrError
+from schemas.ledger import JournalBatch, batch_hash, verify_batches
+from schemas.partitions import partition_of
+from schemas.router import Envelope
+from schemas.vault import AgentPolicy
+
+ENV = Envelope(input_tokens=1, output_tokens=9, input_rate=1_000_000, output_rate=1_000_000, max_output_tokens=9)
+
+
+def test_an_agent_always_lands_in_the_same_partition_and_agents_spread() -> None:
+    ids = [f"agt_{n:016x}" for n in range(4000)]
+    assert [partition_of(a, 16) for a in ids] == [partition_of(a, 16) for a in ids]
+    counts = Counter(partition_of(a, 16) for a in ids)
+    assert set(counts) == set(range(16)) and max(counts.values()) < 2 * min(counts.values())
+
+
+class Journal:
+    """A partition's journal in memory: fenced on the last sequence, like JetStream's expected-last-subject-seq."""
+
+    def __init__(self) -> None:
+        self.raws: list[bytes] = []
+        self.fail: list[BaseException] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def append(self, raw: bytes, batch_id: str, expected: int) -> int:
+        await self.gate.wait()
+        if self.fail:
+            raise self.fail.pop(0)
+        if expected != len(self.raws):
+            raise Fenced(f"expected {expected}, at {len(self.raws)}")
+        self.raws.append(raw)
+        return len(self.raws)
+
+
+def writer(part: PartitionState, journal: Journal, committed: list[Any], broken: list[str]) -> GroupCommit:
+    w = GroupCommit(part, 1, journal.append, lambda batch, seq, touched: committed.append((batch, seq)),
+                    broken.append)
+    w.start()
+    return w
+
+
+async def test_commands_that_queue_up_share_one_batch_and_are_answered_after_its_ack() -> None:
+    part, journal, committed, broken = PartitionState(0), Journal(), [], []
+    w = writer(part, journal, committed, broken)
+    await w.submit("a", lambda s, at: decide.create_agent(s, "a", "h" * 64, AgentPolicy(), at))
+    await w.submit("a", lambda s, at: decide.deposit(s, "d", 100_000, "simulated", "", at))
+    journal.gate.clear()  # the next write is in flight and slow: everything behind it queues up
+    first = asyncio.ensure_future(w.submit("a", lambda s, at: decide.reserve(s, "r0", ENV, at, ttl_ms=60_000)))
+    await asyncio.sleep(0.01)
+    rest = [asyncio.ensure_future(w.submit("a", lambda s, at, n=n: decide.reserve(s, f"r{n}", ENV, at,
+                                                                                 ttl_ms=60_000)))
+            for n in range(1, 21)]
+    await asyncio.sleep(0.01)
+    assert not first.done() and not any(t.done() for t in rest)  # nobody is answered before the ack
+    journal.gate.set()
+    done = await asyncio.gather(first, *rest, return_exceptions=True)
+    held = [d for d in done if not isinstance(d, BaseException)]
+    refused = [d for d in done if isinstance(d, ArbstrError)]
+    assert len(held) == 10 and all(r.status == 402 for r in refused)  # 100,000 msat covers ten 10,000 holds
+    assert len(journal.raws) == 4  # create, deposit, the one in flight, and all twenty others in one batch
+    assert len(JournalBatch.model_validate_json(journal.raws[-1]).entries) == 9
+    assert verify_batches(journal.raws) == (True, None)
+    await w.stop()
+
+
+async def test_a_refused_batch_answers_no_one_as_done_and_stops_the_writer() -> None:
+    part, journal, committed, broken = PartitionState(0), Journal(), [], []
+    w = writer(part, journal, committed, broken)
+    await w.submit("a", lambda s, at: decide.create_agent(s, "a", "h" * 64, AgentPolicy(), at))
+    journal.fail = [Fenced("another owner wrote")]
+    results = await asyncio.gather(*(w.submit("a", lambda s, at, n=n: decide.deposit(s, f"d{n}", 1, "sim", "", at))
+                                     for n in range(5)), return_exceptions=True)
+    assert all(isinstance(r, ArbstrError) and r.status == 503 for r in results)
+    assert broken and len(journal.raws) == 1
+    with pytest.raises(ArbstrError):  # stopped for good: the partition is handed back and loaded afresh
+        await w.submit("a", lambda s, at: decide.deposit(s, "later", 1, "sim", "", at))
+
+
+def batches_of(journal: Journal) -> list[tuple[JournalBatch, int, str]]:
+    return [(JournalBatch.model_validate_json(raw), i + 1, batch_hash(raw)) for i, raw in enumerate(journal.raws)]
+
+
+async def test_a_snapshot_plus_the_batches_after_it_is_the_whole_fold() -> None:
+    part, journal, committed, broken = PartitionState(3), Journal(), [], []
+    w = writer(part, journal, committed, broken)
+    for agent in ("a", "b"):
+        await w.submit(agent, lambda s, at, a=agent: decide.create_agent(s, a, a * 64, AgentPolicy(), at))
+        await w.submit(agent, lambda s, at: decide.deposit(s, "d", 500_000, "simulated", "", at))
+    for n in range(10):
+        await w.submit("a", lambda s, at, n=n: decide.reserve(s, f"r{n}", ENV, at, ttl_ms=60_000))
+        if n % 2:
+            await w.submit("a", lambda s, at, n=n: decide.settle(s, f"r{n}", 7_000, at))
+    snap = decode(encode(part))  # taken here ...
+    for n in range(10, 15):  # ... and the journal moves on
+        await w.submit("b", lambda s, at, n=n: decide.reserve(s, f"r{n}", ENV, at, ttl_ms=60_000))
+    await w.stop()
+    for batch, seq, digest in batches_of(journal):
+        if seq > snap.last_seq:
+            fold_batch(snap, batch, seq, digest)
+    full = PartitionState(3)
+    for batch, seq, digest in batches_of(journal):
+        fold_batch(full, batch, seq, digest)
+    assert snap.agents == full.agents == part.agents
+    assert (snap.last_seq, snap.last_hash) == (full.last_seq, full.last_hash) == (part.last_seq, part.last_hash)
+    events = [e for batch, _, _ in batches_of(journal) for entry in batch.entries if entry.agent_id == "a"
+              for e in entry.events]
+    assert fold(events) == part.agents["a"]
+
+
+def test_the_read_model_folds_other_owners_batches_and_skips_its_own() -> None:
+    book = Book(lambda agent_id: 0)
+    state = AccountState(agent_id="a")
+    d = decide.create_agent(state, "a", "t" * 64, AgentPolicy(), 1)
+    from actors.vault.fold import next_events
+    from schemas.ledger import JournalEntry
+    events = next_events(state, d.op_id, d.bodies, 1, chained=False)
+    batch = JournalBatch(partition=0, epoch=1, batch_id="x", at_ms=1,
+                         entries=[JournalEntry(op_id=d.op_id, agent_id="a", events=events)])
+    book.apply_batch(batch, 0, 5, "f" * 64)
+    assert book.state("a").created and book.agent_by_token("t" * 64) == "a"
+    book.apply_batch(batch, 0, 5, "f" * 64)  # the same sequence again changes nothing
+    assert book.state("a").seq == 1
+    book.owned.add(0)
+    assert book.agent_by_token("x" * 64) is None
+
+
+def test_forgetting_keeps_money_and_is_deterministic_in_the_events() -> None:
+    state = AccountState(agent_id="a")
+    ledger = decide.Ledger("a")
+    t = 1_000_000
+    ledger.run(decide.create_agent(ledger.state, "a", "h" * 64, AgentPolicy(), t), t)
+    ledger.run(decide.deposit(ledger.state, "d", 1_000_000, "sim", "", t), t)
+    for n in range(20):
+        ledger.run(decide.reserve(ledger.state, f"r{n}", ENV, t, ttl_ms=60_000), t)
+        ledger.run(decide.settle(ledger.state, f"r{n}", 5_000, t), t)
+    later = t + FORGET_AFTER_MS + 1
+    ledger.run(decide.deposit(ledger.state, "d2", 1, "sim", "", later), later)
+    state = ledger.state
+    assert not state.resolutions and not any(k.startswith(("reserve:", "settle:")) for k in state.op_ids)
+    assert state.spent_msat == 20 * 5_000 and state.deposits == {"d": 1_000_000, "d2": 1}
+    assert fold(ledger.events) == state  # a replay forgets exactly the same
+    # A settle of a forgotten rid moves no money (a tombstone); a reserve of it is a new hold.
+    d = decide.settle(state, "r3", 5_000, later)
+    assert d.bodies and d.bodies[0].kind == "tombstoned"
+
+
+def test_books_of_partitions_add_up() -> None:
+    a, b = AccountState(agent_id="a"), AccountState(agent_id="b")
+    for s, amount in ((a, 10), (b, 32)):
+        s.created, s.deposited_msat, s.available_msat = True, amount, amount
+    merged = merge_books([books([a], 3), books([b], 9)])
+    assert (merged.deposits_msat, merged.balances_msat, merged.balanced, merged.agents) == (42, 42, True, 2)
+    assert view(a).balance_msat == 10
