@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas import subjects
+from schemas.common import MAX_APPROVAL_TIMEOUT_S, MAX_MSAT
 from schemas.config import Config
 from schemas.errors import ArbstrError
 from schemas.requests import MAX_LIMIT, RequestList, RequestsQuery, StatsQuery, StatsReply
@@ -44,10 +45,10 @@ class CreateAgentBody(_Strict):
 
 
 class PolicyPatch(_Strict):
-    max_tx_msat: Optional[int] = Field(None, ge=0, strict=True)
-    daily_limit_msat: Optional[int] = Field(None, ge=0, strict=True)
-    approval_over_msat: Optional[int] = Field(None, ge=0, strict=True)
-    approval_timeout_s: Optional[int] = Field(None, ge=1, strict=True)
+    max_tx_msat: Optional[int] = Field(None, ge=0, le=MAX_MSAT, strict=True)
+    daily_limit_msat: Optional[int] = Field(None, ge=0, le=MAX_MSAT, strict=True)
+    approval_over_msat: Optional[int] = Field(None, ge=0, le=MAX_MSAT, strict=True)
+    approval_timeout_s: Optional[int] = Field(None, ge=1, le=MAX_APPROVAL_TIMEOUT_S, strict=True)
 
 
 class DepositBody(_Strict):
