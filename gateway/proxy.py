@@ -21,20 +21,21 @@ from schemas.money import ceil_div, cost_msat
 from schemas.router import Candidate, RouteReply, RouteRequest
 from schemas.tokens import estimate_text_tokens
 
+from .auth_gate import AuthGate
 from .bus import Bus
 from .endpoints import EndpointSpec, validate
-from .http import REQUEST_ID, STARTED, TRACE, bearer_token, error_response, read_json_object
+from .headers import bearer_token, route_overrides
+from .http import REQUEST_ID, STARTED, TRACE, error_response, read_json_object
 from .meter import Hold, Meter, Usage
 from .metrics import Metrics
 from .providers import ProviderDirectory
 from .request_log import publish_record, request_record
 from .responses_relay import relay_typed_events
-from .client_stream import ClientStream
+from .client_stream import CLIENT_GONE, ClientStream, StallGuard
 from .upstream import READ_ERRORS, Upstream, UpstreamFailure, UpstreamReply, read_failure, upstream_error_detail
 
 log = logging.getLogger("arbstr.gateway")
 
-_COMPLEXITY_VALUES = ("low", "medium", "high")
 PROBE_TIMEOUT_S = 0.5  # asking for a half-open probe slot: a slow breaker must not hold the request long
 
 
@@ -61,8 +62,10 @@ class Exchange:
 
 class Proxy:
     def __init__(self, config: Config, nc: NATS, bus: Bus, upstream: Upstream, meter: Meter,
-                 directory: ProviderDirectory, metrics: Optional[Metrics] = None) -> None:
+                 directory: ProviderDirectory, metrics: Optional[Metrics] = None,
+                 auth: Optional[AuthGate] = None) -> None:
         self.config = config
+        self.auth = auth
         self.metrics = metrics
         self.nc = nc
         self.bus = bus
@@ -74,11 +77,14 @@ class Proxy:
     # --- the whole path --------------------------------------------------------------------------------
     async def handle(self, request: web.Request, spec: EndpointSpec) -> web.StreamResponse:
         ex = Exchange(request[REQUEST_ID], spec, request[STARTED], request[TRACE])
+        if self.auth is not None:  # paid: 401 before the body is validated or routed
+            await self.auth.check(request)
         body = await read_json_object(request, self.config.server.max_body_bytes)
         validate(spec, body)
         stream = bool(body.get("stream")) and spec.streams
         ex.route = await self._route(request, body, spec, stream, ex)
-        ex.hold = await self.meter.reserve(bearer_token(request), ex.request_id, ex.route, spec.name)
+        ex.hold = await self.meter.reserve(bearer_token(request) if self.meter.paid else None, ex.request_id,
+                                           ex.route, spec.name)
         try:
             return await self._serve(request, body, stream, ex)
         except ArbstrError as e:
@@ -90,19 +96,12 @@ class Proxy:
 
     async def _route(self, request: web.Request, body: dict[str, Any], spec: EndpointSpec, stream: bool,
                      ex: Exchange) -> RouteReply:
-        complexity = request.headers.get("X-Arbstr-Complexity")
-        if complexity is not None:
-            complexity = complexity.strip().lower()
-            if complexity not in _COMPLEXITY_VALUES:
-                raise ArbstrError(400, "X-Arbstr-Complexity must be one of low, medium, high",
-                                  param="X-Arbstr-Complexity", code="invalid_header")
-        policy = request.headers.get("X-Arbstr-Policy")
+        policy, complexity = route_overrides(request)
         s = spec.summarize(body)
         req = RouteRequest(
             request_id=ex.request_id, endpoint=spec.name, model=body["model"], last_user_text=s.last_user_text,
             text_sample=s.text_sample, input_tokens=s.input_tokens, turns=s.turns, max_tokens=s.max_tokens,
-            stream=stream, tools=s.tools, policy=policy.strip() if policy else None,
-            complexity=complexity,  # type: ignore[arg-type]
+            stream=stream, tools=s.tools, policy=policy, complexity=complexity,
         )
         # Routing is a pure read: asking again after a lost reply is safe and lands on a surviving instance.
         return await self.bus.call(subjects.ROUTER_ROUTE, req, RouteReply, request_id=ex.request_id,
@@ -211,8 +210,16 @@ class Proxy:
         ex.status = reply.response.status
         resp = web.Response(body=raw, status=reply.response.status, content_type="application/json",
                             headers=headers)
-        await resp.prepare(request)
-        await resp.write_eof()
+        # The upstream has answered in full: the request is billed whether or not the client takes the answer
+        # (gone, or not reading within the write timeout, which cuts it off).
+        guard = StallGuard(request, self.config.server.client_write_timeout_s)
+        try:
+            await resp.prepare(request)
+            await guard.write(resp, None)
+        except CLIENT_GONE:
+            pass
+        finally:
+            guard.stop()
         await self._settle(ex, usage)  # after the client has its answer: settle is off the latency path
         return resp
 
@@ -243,7 +250,8 @@ class Proxy:
         # The client's choice decides what it sees; upstream always reports usage so billing is exact.
         client_wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
         client = await ClientStream.open(request, self._headers(cand, ex, extra_headers),
-                                          ex.overhead_ms(time.perf_counter()))
+                                          ex.overhead_ms(time.perf_counter()),
+                                          self.config.server.client_write_timeout_s)
         send = client.send
 
         usage_block: Optional[dict[str, Any]] = None
