@@ -113,7 +113,7 @@ class Gateway:
         self.config = config
         self.nc = nc
         self.bus = Bus(nc, config.nats.request_timeout_s)
-        self.upstream = Upstream(config.server.upstream_connections)
+        self.upstream = Upstream(config.server.upstream_connections, config.server.upstream_pool_wait_s)
         if meter is None:
             meter = VaultMeter(nc, self.bus) if config.vault is not None else FreeMeter()
         self.meter: Meter = meter

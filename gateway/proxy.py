@@ -32,7 +32,8 @@ from .providers import ProviderDirectory
 from .request_log import publish_record, request_record
 from .responses_relay import relay_typed_events
 from .client_stream import CLIENT_GONE, ClientStream, StallGuard
-from .upstream import READ_ERRORS, Upstream, UpstreamFailure, UpstreamReply, read_failure, upstream_error_detail
+from .upstream import (READ_ERRORS, Upstream, UpstreamBusy, UpstreamFailure, UpstreamReply, read_failure,
+                       upstream_error_detail)
 
 log = logging.getLogger("arbstr.gateway")
 
@@ -123,6 +124,7 @@ class Proxy:
 
         last: Optional[UpstreamFailure] = None
         probe_wait_s: Optional[int] = None  # set when a recovering provider's probe slot was taken
+        busy: Optional[UpstreamBusy] = None  # set when a provider's pooled connections all stayed in use
         for cand in ex.route.candidates:
             provider = self.directory.get(cand.provider)
             if provider is None:  # a price entry for a provider this gateway has no URL or credentials for
@@ -153,6 +155,11 @@ class Proxy:
                 ex.upstream_time += time.perf_counter() - t
                 await self._outcome(cand, ex, "ok", reply.response.status, t)
                 return await self._respond_whole(request, result, reply, cand, ex, extra_headers)
+            except UpstreamBusy as b:  # our pool, not the provider: no breaker outcome, try the next one
+                ex.upstream_time += time.perf_counter() - t
+                log.info("request %s: %s", ex.request_id, b)
+                busy = b
+                continue
             except UpstreamFailure as f:
                 ex.upstream_time += time.perf_counter() - t
                 ex.attempts.append(cand.provider)
@@ -160,6 +167,10 @@ class Proxy:
                 log.info("request %s: %s failed (%s), %s", ex.request_id, cand.provider, f.kind,
                          "falling over" if cand is not ex.route.candidates[-1] else "no more candidates")
                 last = f
+        if busy is not None:
+            # Retrying soon can help: connections free up as the requests holding them finish.
+            raise ArbstrError(503, f"arbstr's upstream connections are all in use: {busy}", code="upstream_busy",
+                              headers={"retry-after": "1", "x-arbstr-retries": str(len(ex.attempts))})
         if last is None and probe_wait_s is not None:
             raise ArbstrError(503, "every provider able to serve this request is recovering from failures",
                               code="no_provider_available",
