@@ -15,6 +15,7 @@ from nats.aio.client import Client as NATS
 
 from schemas import subjects
 from schemas.breaker import Outcome, OutcomeKind, ProbeReply, ProbeRequest
+from schemas.common import MAX_MSAT, MAX_TOKENS
 from schemas.config import Config
 from schemas.errors import ArbstrError
 from schemas.money import ceil_div, cost_msat
@@ -38,6 +39,26 @@ from .upstream import (READ_ERRORS, Upstream, UpstreamBusy, UpstreamFailure, Ups
 log = logging.getLogger("arbstr.gateway")
 
 PROBE_TIMEOUT_S = 0.5  # asking for a half-open probe slot: a slow breaker must not hold the request long
+
+
+OUR_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens", "cost_msat")
+
+
+# An upstream's JSON is parsed up to orjson's depth limit (1,024), past what orjson serialises (~254) or repr
+# walks (Python's recursion limit). Neither may turn its answer into a 500 after the hold: a chunk that will not
+# re-serialise is relayed as it came, and text that cannot be walked counts as none (the provider's loss).
+def dumps_or(value: Any, fallback: bytes) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return fallback
+
+
+def text_or_empty(extract: Any, *args: Any) -> str:
+    try:
+        return str(extract(*args))
+    except RecursionError:
+        return ""
 
 
 @dataclass
@@ -298,10 +319,10 @@ class Proxy:
                     if not choices:
                         continue  # upstream's usage-only chunk: ours, with the cost, replaces it
                     chunk = {k: v for k, v in chunk.items() if k != "usage"}
-                    payload = orjson.dumps(chunk)
+                    payload = dumps_or(chunk, payload)
                 if choices:
                     last_chunk = chunk
-                    text = ex.spec.delta_text(chunk)
+                    text = text_or_empty(ex.spec.delta_text, chunk)
                     if text:
                         pieces.append(text)
                         content_chunks += 1
@@ -332,7 +353,12 @@ class Proxy:
                               "total_tokens": usage.input_tokens + usage.output_tokens,
                               "cost_msat": usage.cost_msat},
                 }
-                await send(b"data: " + orjson.dumps(final) + b"\n\n")
+                final_bytes = dumps_or(final, b"")
+                if not final_bytes:  # the upstream's own fields would not serialise: ours alone
+                    final_bytes = orjson.dumps({**final, "id": ex.request_id, "object": "chat.completion.chunk",
+                                                "created": int(time.time()), "model": cand.model,
+                                                "usage": {k: final["usage"][k] for k in OUR_USAGE_KEYS}})
+                await send(b"data: " + final_bytes + b"\n\n")
             await send(b"data: [DONE]\n\n")
         else:
             ex.success = False
@@ -351,20 +377,22 @@ class Proxy:
         if isinstance(block, dict):
             p, c = block.get("prompt_tokens", block.get("input_tokens")), \
                 block.get("completion_tokens", block.get("output_tokens"))
+            # An upstream's numbers are bounded like a client's: 2^63 tokens would price past 64 bits, and no
+            # store behind the vault (nor orjson) holds that.
             if isinstance(p, int) and not isinstance(p, bool) and p >= 0:
-                in_tok = p
+                in_tok = min(p, MAX_TOKENS)
             if isinstance(c, int) and not isinstance(c, bool) and c >= 0:
-                out_tok = c
+                out_tok = min(c, MAX_TOKENS)
             elif isinstance(p, int) and ex.spec.name == "embeddings":
                 out_tok = 0
         estimated = in_tok is None or out_tok is None
         if in_tok is None:
             in_tok = ex.route.envelope.input_tokens
         if out_tok is None:
-            out_tok = estimate_text_tokens(output_text())
+            out_tok = estimate_text_tokens(text_or_empty(output_text))
             if chunk_count:
                 out_tok = max(out_tok, chunk_count)
-        cost = cost_msat(in_tok, out_tok, cand.input_rate, cand.output_rate, cand.base_fee_msat)
+        cost = min(cost_msat(in_tok, out_tok, cand.input_rate, cand.output_rate, cand.base_fee_msat), MAX_MSAT)
         return Usage(cand.provider, cand.model, in_tok, out_tok, cost, estimated)
 
     async def _settle(self, ex: Exchange, usage: Usage) -> None:

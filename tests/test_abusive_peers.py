@@ -354,3 +354,65 @@ async def test_free_mode_stays_open(fresh_nats: NatsServer, mock: MockUpstreamSe
             assert r.status == 200
     finally:
         await s.stop()
+
+
+# --- upstream numbers and nesting ---------------------------------------------------------------------------
+DEEP = b"[" * 900 + b"]" * 900  # parses (orjson allows 1,024), but neither re-serialises nor reprs
+
+
+async def lying_upstream(request: web.Request) -> web.StreamResponse:
+    """Answers by the ``x-`` word in the last user message: absurd usage, or JSON nested past any serialiser."""
+    body = await request.json()
+    kind = body["messages"][-1]["content"]
+    head = b'{"id":"x","object":"chat.completion%s","created":0,"model":"m",'
+    if not body.get("stream"):
+        if kind == "huge-usage":
+            usage = b'{"prompt_tokens":9223372036854775807,"completion_tokens":18446744073709551615}'
+        else:
+            usage = b"null"
+        message = b'{"role":"assistant","content":"hi","tool_calls":' + DEEP + b"}"
+        return web.Response(body=head % b"" + b'"choices":[{"index":0,"message":' + message +
+                            b',"finish_reason":"stop"}],"usage":' + usage + b"}", content_type="application/json")
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await resp.prepare(request)
+    chunk = head % b".chunk"
+    await resp.write(b"data: " + chunk + b'"choices":[{"index":0,"delta":{"content":"hi","tool_calls":' + DEEP +
+                     b'},"finish_reason":null}]}\n\n')
+    await resp.write(b"data: " + chunk + b'"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
+                     b'"usage":{"prompt_tokens":3,"completion_tokens":2,"x":' + DEEP + b'},"x":' + DEEP + b"}\n\n")
+    await resp.write(b"data: [DONE]\n\n")
+    return resp
+
+
+async def test_an_upstream_lying_in_numbers_or_nesting_gives_no_5xx(fresh_nats: NatsServer) -> None:
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", lying_upstream)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/v1"  # type: ignore[union-attr]
+    s = await start_stack(demo_config(url, providers=[provider("liar", url, 8000)], vault=vault_section()),
+                          fresh_nats.url)
+    await add_vault(s)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for kind, stream in (("huge-usage", False), ("deep", False), ("deep", True), ("deep-usage", True)):
+                agent_id, token = await new_agent(http, s, f"victim-{kind}-{stream}", deposit_msat=1_000_000)
+                body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": kind}], "max_tokens": 5,
+                        "stream": stream, "stream_options": {"include_usage": True}}
+                if not stream:
+                    body.pop("stream_options")
+                r = await http.post(f"{s.url}/v1/chat/completions", json=body, headers=bearer(token))
+                text = await r.text()
+                assert r.status == 200, (kind, stream, text[:300])
+                if stream:
+                    assert text.rstrip().endswith("data: [DONE]") and '"cost_msat"' in text, text[-300:]
+                acct = await settled(http, s, agent_id)  # the account view serialises: every number in range
+                assert acct["pending_msat"] == 0, acct
+            assert_balanced(await books(http, s))
+            r = await http.get(f"{s.url}/v1/requests?limit=1000", headers=ADMIN)
+            assert r.status == 200
+    finally:
+        await s.stop()
+        await runner.cleanup()
