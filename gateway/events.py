@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -31,6 +32,7 @@ from .vault_meter import missing_token, token_hash
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "jsonschema"
 KEEPALIVE_S = 15.0
+SCHEMA_NAME = re.compile(r"[a-z0-9_]{1,64}")
 
 
 def _start(request: web.Request) -> tuple[DeliverPolicy, Optional[int], Optional[datetime]]:
@@ -119,7 +121,8 @@ class SpendEventsHTTP:
 
     async def schema(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
+        # The name is checked before it touches the file system (a 5,000-character name is an OSError there).
+        if not SCHEMA_NAME.fullmatch(name) or not (SCHEMA_DIR / f"{name}.json").is_file():
+            raise ArbstrError(404, f"no schema named {name[:64]}", code="not_found")
         path = SCHEMA_DIR / f"{name}.json"
-        if not name.replace("_", "").isalnum() or not path.is_file():
-            raise ArbstrError(404, f"no schema named {name}", code="not_found")
         return web.Response(body=path.read_bytes(), content_type="application/schema+json")
