@@ -11,7 +11,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from .common import MAX_APPROVAL_TIMEOUT_S, MAX_EPOCH_MS, MAX_MSAT, Amount, Message, Msat
+from .common import MAX_APPROVAL_TIMEOUT_S, MAX_EPOCH_MS, MAX_MSAT, MAX_TOKENS, Amount, Message, Msat
 from .router import Envelope
 
 
@@ -104,9 +104,9 @@ class SettleCommand(Message):
     token_hash: Optional[str] = Field(None, description="when the reserve reply never came: find the agent by it")
     provider: str = ""
     model: str = ""
-    input_tokens: int = Field(0, ge=0)
-    output_tokens: int = Field(0, ge=0)
-    cost_msat: Msat = 0
+    input_tokens: int = Field(0, ge=0, le=MAX_TOKENS)
+    output_tokens: int = Field(0, ge=0, le=MAX_TOKENS)
+    cost_msat: Amount = 0  # the gateway bounds what an upstream reports (see Proxy._usage)
     estimated: bool = False
     reason: str = ""
 
