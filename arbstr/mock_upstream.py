@@ -79,6 +79,8 @@ class Fault:
     ``cut_after_chunks`` closes the connection after that many content chunks (non-streamed: after half
     the body). ``omit_usage`` leaves usage out; ``usage_on_content_chunk`` puts chat-stream usage on the
     finish chunk (the last one that still has ``choices``) instead of a separate ``choices: []`` chunk.
+    ``redirect_to`` answers ``redirect_status`` (307 unless set) with that ``Location`` (an abusive provider
+    pointing its caller elsewhere, e.g. at a loopback service).
     """
 
     status: Optional[int] = None
@@ -95,6 +97,8 @@ class Fault:
     omit_usage: bool = False
     usage_on_content_chunk: bool = False
     drop_connection: bool = False
+    redirect_to: Optional[str] = None
+    redirect_status: int = 307
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,7 +164,16 @@ def parse_fault(obj: Any) -> Fault:
         omit_usage=bool(_opt_bool(obj, "omit_usage")),
         usage_on_content_chunk=bool(_opt_bool(obj, "usage_on_content_chunk")),
         drop_connection=bool(_opt_bool(obj, "drop_connection")),
+        redirect_to=_opt_str(obj, "redirect_to"),
+        redirect_status=_redirect_status(obj),
     )
+
+
+def _redirect_status(obj: Mapping[str, Any]) -> int:
+    value = obj.get("redirect_status", 307)
+    if value not in (301, 302, 303, 307, 308) or isinstance(value, bool):
+        raise FaultError("redirect_status must be one of 301, 302, 303, 307, 308")
+    return int(value)
 
 
 def parse_fault_script(obj: Any) -> list[Fault]:
@@ -609,6 +622,10 @@ class MockUpstream:
                 state.dropped += 1
                 _close(request)
                 return web.Response(status=500)  # never reaches the peer: the connection is gone
+            if fault.redirect_to is not None:
+                state.statuses[fault.redirect_status] = state.statuses.get(fault.redirect_status, 0) + 1
+                return web.json_response({"redirect": fault.redirect_to}, status=fault.redirect_status,
+                                         headers=self._headers(call, {"Location": fault.redirect_to}))
             if fault.status is not None:
                 message = fault.message or f"mock upstream fault: HTTP {fault.status} from {state.name}"
                 return await self._send_error(request, call, fault.status, fault.error_shape, message,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
@@ -23,38 +24,36 @@ from schemas.errors import ArbstrError
 from schemas.vault import AccountView, TokenRef
 
 from .bus import Bus
+from .client_stream import StallGuard
+from .headers import header
 from .http import REQUEST_ID, bearer_token
+from .query import epoch_ms, event_sequence
 from .vault_meter import missing_token, token_hash
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas" / "jsonschema"
 KEEPALIVE_S = 15.0
+SCHEMA_NAME = re.compile(r"[a-z0-9_]{1,64}")
 
 
 def _start(request: web.Request) -> tuple[DeliverPolicy, Optional[int], Optional[datetime]]:
     """Where to start: after Last-Event-ID, at ``since``, or with new events only."""
-    last = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
+    header_value = header(request, "Last-Event-ID")
+    last, param = (header_value, "Last-Event-ID") if header_value else (request.query.get("last_event_id"),
+                                                                         "last_event_id")
     if last:
-        if not last.isdigit():
-            raise ArbstrError(400, "Last-Event-ID must be the id of an event this endpoint sent",
-                              param="Last-Event-ID", code="invalid_value")
-        return DeliverPolicy.BY_START_SEQUENCE, int(last) + 1, None
-    since = request.query.get("since")
-    if since:
-        try:
-            t = datetime.fromtimestamp(int(since) / 1000, tz=timezone.utc) if since.isdigit() else \
-                datetime.fromisoformat(since.replace("Z", "+00:00"))
-        except ValueError:
-            raise ArbstrError(400, "since must be epoch milliseconds or an ISO 8601 time", param="since",
-                              code="invalid_value") from None
-        return DeliverPolicy.BY_START_TIME, None, t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+        return DeliverPolicy.BY_START_SEQUENCE, event_sequence(last, param) + 1, None
+    since = epoch_ms(request.query.get("since"))
+    if since is not None:
+        return DeliverPolicy.BY_START_TIME, None, datetime.fromtimestamp(since / 1000, tz=timezone.utc)
     return DeliverPolicy.NEW, None, None
 
 
 class SpendEventsHTTP:
-    def __init__(self, nc: NATS, bus: Bus, admin_hash: Optional[str]) -> None:
+    def __init__(self, nc: NATS, bus: Bus, admin_hash: Optional[str], write_timeout_s: float = 30.0) -> None:
         self.nc = nc
         self.bus = bus
         self.admin_hash = admin_hash
+        self.write_timeout_s = write_timeout_s
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/spend/events", self.stream)
@@ -89,8 +88,14 @@ class SpendEventsHTTP:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "x-request-id": request[REQUEST_ID]})
         await resp.prepare(request)
+        guard = StallGuard(request, self.write_timeout_s)  # a client that stops reading is cut off
+
+        async def send(data: bytes) -> None:
+            if not await guard.write(resp, data):
+                raise ConnectionResetError("client gone or not reading")
+
         try:
-            await resp.write(b": arbstr spend events\n\n")
+            await send(b": arbstr spend events\n\n")
             quiet_s = 0.0
             while True:
                 try:
@@ -102,20 +107,22 @@ class SpendEventsHTTP:
                     quiet_s += 1.0
                     if quiet_s >= KEEPALIVE_S:
                         quiet_s = 0.0
-                        await resp.write(b": keepalive\n\n")
+                        await send(b": keepalive\n\n")
                     continue
                 quiet_s = 0.0
                 seq = msg.metadata.sequence.stream
-                await resp.write(b"id: %d\nevent: spend\ndata: " % seq + msg.data + b"\n\n")
+                await send(b"id: %d\nevent: spend\ndata: " % seq + msg.data + b"\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
+            guard.stop()
             await sub.unsubscribe()
         return resp
 
     async def schema(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
+        # The name is checked before it touches the file system (a 5,000-character name is an OSError there).
+        if not SCHEMA_NAME.fullmatch(name) or not (SCHEMA_DIR / f"{name}.json").is_file():
+            raise ArbstrError(404, f"no schema named {name[:64]}", code="not_found")
         path = SCHEMA_DIR / f"{name}.json"
-        if not name.replace("_", "").isalnum() or not path.is_file():
-            raise ArbstrError(404, f"no schema named {name}", code="not_found")
         return web.Response(body=path.read_bytes(), content_type="application/schema+json")

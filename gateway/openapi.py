@@ -148,10 +148,14 @@ OPERATIONS: tuple[Operation, ...] = (
 
 # The statuses a client can meet on any operation, and what each means here.
 ERROR_STATUSES: dict[int, str] = {
-    400: "invalid request (param names the field)", 401: "missing or unknown bearer token",
+    400: "invalid request (param names the field; context_length_exceeded, json_too_deep, invalid_header, ...)",
+    401: "missing or unknown bearer token (paid mode: checked before the body)",
     402: "insufficient balance (x-should-retry: false)", 403: "denied by policy (x-should-retry: false)",
-    404: "unknown model or path", 413: "body too large", 429: "rate or daily limit (retry-after when it passes)",
-    502: "upstream failure", 503: "no provider available or an actor unreachable", 504: "timeout",
+    404: "unknown model or path", 408: "no complete request head within [server] header_timeout_s",
+    413: "body too large", 429: "rate or daily limit (retry-after when it passes)",
+    431: "a header line over 8,190 bytes, or too many headers", 502: "upstream failure",
+    503: "no provider available, upstream connections all busy (upstream_busy, retry-after), or an actor "
+         "unreachable", 504: "timeout",
 }
 
 

@@ -25,9 +25,10 @@ from schemas.pricing import (ConfirmReply, ConfirmRequest, HeldRate, ModelRate, 
 from schemas.router import Candidate, RouteReply, RouteRequest
 
 from .endpoints import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSpec, validate
-from .http import REQUEST_ID, bearer_token, json_response, read_json_object
 from actors.runtime import admin_token_hash
 
+from .headers import route_overrides
+from .http import REQUEST_ID, TRACE, bearer_token, json_response, read_json_object
 from .vault_meter import require_admin
 
 if TYPE_CHECKING:
@@ -36,9 +37,6 @@ if TYPE_CHECKING:
 # Views for people and dashboards: an actor that does not answer soon is reported, not waited for.
 OPS_TIMEOUT_S = 1.0
 HEALTH_TIMEOUT_S = 0.5
-COMPLEXITY_HEADER = "X-Arbstr-Complexity"
-POLICY_HEADER = "X-Arbstr-Policy"
-_COMPLEXITIES = ("low", "medium", "high")
 
 HealthStatus = Literal["ok", "degraded", "unhealthy"]
 
@@ -272,11 +270,13 @@ class Ops:
 
     async def cost(self, request: web.Request) -> web.Response:
         rid = request[REQUEST_ID]
+        if self.gw.auth is not None:  # paid: routes and prices are for token holders, asked before the body
+            await self.gw.auth.check(request)
         body = await read_json_object(request, self.gw.config.server.max_body_bytes)
         spec = spec_for(body)
         validate(spec, body)
         route = await self.gw.bus.call(subjects.ROUTER_ROUTE, route_request(request, body, spec, rid),
-                                       RouteReply, request_id=rid, traceparent=request.headers.get("traceparent"),
+                                       RouteReply, request_id=rid, traceparent=request[TRACE],
                                        retries=1)
         env = route.envelope
         estimate = CostEstimate(
@@ -324,19 +324,13 @@ class Ops:
 
 def route_request(request: web.Request, body: dict[str, Any], spec: EndpointSpec, request_id: str) -> RouteRequest:
     """The router's view of a request, as the proxy builds it (override headers checked the same way)."""
-    complexity = request.headers.get(COMPLEXITY_HEADER)
-    if complexity is not None:
-        complexity = complexity.strip().lower()
-        if complexity not in _COMPLEXITIES:
-            raise ArbstrError(400, f"{COMPLEXITY_HEADER} must be one of low, medium, high",
-                              param=COMPLEXITY_HEADER, code="invalid_header")
-    policy = request.headers.get(POLICY_HEADER)
+    policy, complexity = route_overrides(request)
     s = spec.summarize(body)
     return RouteRequest(
         request_id=request_id, endpoint=spec.name, model=body["model"], last_user_text=s.last_user_text,
         text_sample=s.text_sample, input_tokens=s.input_tokens, turns=s.turns, max_tokens=s.max_tokens,
         stream=bool(body.get("stream")) and spec.streams, tools=s.tools,
-        policy=policy.strip() if policy else None, complexity=complexity,  # type: ignore[arg-type]
+        policy=policy, complexity=complexity,
     )
 
 

@@ -15,27 +15,50 @@ from nats.aio.client import Client as NATS
 
 from schemas import subjects
 from schemas.breaker import Outcome, OutcomeKind, ProbeReply, ProbeRequest
+from schemas.common import MAX_MSAT, MAX_TOKENS
 from schemas.config import Config
 from schemas.errors import ArbstrError
 from schemas.money import ceil_div, cost_msat
 from schemas.router import Candidate, RouteReply, RouteRequest
 from schemas.tokens import estimate_text_tokens
 
+from .auth_gate import AuthGate
 from .bus import Bus
 from .endpoints import EndpointSpec, validate
-from .http import REQUEST_ID, STARTED, TRACE, bearer_token, error_response, read_json_object
+from .headers import bearer_token, route_overrides
+from .http import REQUEST_ID, STARTED, TRACE, error_response, read_json_object
 from .meter import Hold, Meter, Usage
 from .metrics import Metrics
 from .providers import ProviderDirectory
 from .request_log import publish_record, request_record
 from .responses_relay import relay_typed_events
-from .client_stream import ClientStream
-from .upstream import READ_ERRORS, Upstream, UpstreamFailure, UpstreamReply, read_failure, upstream_error_detail
+from .client_stream import CLIENT_GONE, ClientStream, StallGuard
+from .upstream import (READ_ERRORS, Upstream, UpstreamBusy, UpstreamFailure, UpstreamReply, read_failure,
+                       upstream_error_detail)
 
 log = logging.getLogger("arbstr.gateway")
 
-_COMPLEXITY_VALUES = ("low", "medium", "high")
 PROBE_TIMEOUT_S = 0.5  # asking for a half-open probe slot: a slow breaker must not hold the request long
+
+
+OUR_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens", "cost_msat")
+
+
+# An upstream's JSON is parsed up to orjson's depth limit (1,024), past what orjson serialises (~254) or repr
+# walks (Python's recursion limit). Neither may turn its answer into a 500 after the hold: a chunk that will not
+# re-serialise is relayed as it came, and text that cannot be walked counts as none (the provider's loss).
+def dumps_or(value: Any, fallback: bytes) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return fallback
+
+
+def text_or_empty(extract: Any, *args: Any) -> str:
+    try:
+        return str(extract(*args))
+    except RecursionError:
+        return ""
 
 
 @dataclass
@@ -61,8 +84,10 @@ class Exchange:
 
 class Proxy:
     def __init__(self, config: Config, nc: NATS, bus: Bus, upstream: Upstream, meter: Meter,
-                 directory: ProviderDirectory, metrics: Optional[Metrics] = None) -> None:
+                 directory: ProviderDirectory, metrics: Optional[Metrics] = None,
+                 auth: Optional[AuthGate] = None) -> None:
         self.config = config
+        self.auth = auth
         self.metrics = metrics
         self.nc = nc
         self.bus = bus
@@ -74,11 +99,14 @@ class Proxy:
     # --- the whole path --------------------------------------------------------------------------------
     async def handle(self, request: web.Request, spec: EndpointSpec) -> web.StreamResponse:
         ex = Exchange(request[REQUEST_ID], spec, request[STARTED], request[TRACE])
+        if self.auth is not None:  # paid: 401 before the body is validated or routed
+            await self.auth.check(request)
         body = await read_json_object(request, self.config.server.max_body_bytes)
         validate(spec, body)
         stream = bool(body.get("stream")) and spec.streams
         ex.route = await self._route(request, body, spec, stream, ex)
-        ex.hold = await self.meter.reserve(bearer_token(request), ex.request_id, ex.route, spec.name)
+        ex.hold = await self.meter.reserve(bearer_token(request) if self.meter.paid else None, ex.request_id,
+                                           ex.route, spec.name)
         try:
             return await self._serve(request, body, stream, ex)
         except ArbstrError as e:
@@ -90,19 +118,12 @@ class Proxy:
 
     async def _route(self, request: web.Request, body: dict[str, Any], spec: EndpointSpec, stream: bool,
                      ex: Exchange) -> RouteReply:
-        complexity = request.headers.get("X-Arbstr-Complexity")
-        if complexity is not None:
-            complexity = complexity.strip().lower()
-            if complexity not in _COMPLEXITY_VALUES:
-                raise ArbstrError(400, "X-Arbstr-Complexity must be one of low, medium, high",
-                                  param="X-Arbstr-Complexity", code="invalid_header")
-        policy = request.headers.get("X-Arbstr-Policy")
+        policy, complexity = route_overrides(request)
         s = spec.summarize(body)
         req = RouteRequest(
             request_id=ex.request_id, endpoint=spec.name, model=body["model"], last_user_text=s.last_user_text,
             text_sample=s.text_sample, input_tokens=s.input_tokens, turns=s.turns, max_tokens=s.max_tokens,
-            stream=stream, tools=s.tools, policy=policy.strip() if policy else None,
-            complexity=complexity,  # type: ignore[arg-type]
+            stream=stream, tools=s.tools, policy=policy, complexity=complexity,
         )
         # Routing is a pure read: asking again after a lost reply is safe and lands on a surviving instance.
         return await self.bus.call(subjects.ROUTER_ROUTE, req, RouteReply, request_id=ex.request_id,
@@ -124,6 +145,7 @@ class Proxy:
 
         last: Optional[UpstreamFailure] = None
         probe_wait_s: Optional[int] = None  # set when a recovering provider's probe slot was taken
+        busy: Optional[UpstreamBusy] = None  # set when a provider's pooled connections all stayed in use
         for cand in ex.route.candidates:
             provider = self.directory.get(cand.provider)
             if provider is None:  # a price entry for a provider this gateway has no URL or credentials for
@@ -154,6 +176,11 @@ class Proxy:
                 ex.upstream_time += time.perf_counter() - t
                 await self._outcome(cand, ex, "ok", reply.response.status, t)
                 return await self._respond_whole(request, result, reply, cand, ex, extra_headers)
+            except UpstreamBusy as b:  # our pool, not the provider: no breaker outcome, try the next one
+                ex.upstream_time += time.perf_counter() - t
+                log.info("request %s: %s", ex.request_id, b)
+                busy = b
+                continue
             except UpstreamFailure as f:
                 ex.upstream_time += time.perf_counter() - t
                 ex.attempts.append(cand.provider)
@@ -161,6 +188,10 @@ class Proxy:
                 log.info("request %s: %s failed (%s), %s", ex.request_id, cand.provider, f.kind,
                          "falling over" if cand is not ex.route.candidates[-1] else "no more candidates")
                 last = f
+        if busy is not None:
+            # Retrying soon can help: connections free up as the requests holding them finish.
+            raise ArbstrError(503, f"arbstr's upstream connections are all in use: {busy}", code="upstream_busy",
+                              headers={"retry-after": "1", "x-arbstr-retries": str(len(ex.attempts))})
         if last is None and probe_wait_s is not None:
             raise ArbstrError(503, "every provider able to serve this request is recovering from failures",
                               code="no_provider_available",
@@ -211,8 +242,16 @@ class Proxy:
         ex.status = reply.response.status
         resp = web.Response(body=raw, status=reply.response.status, content_type="application/json",
                             headers=headers)
-        await resp.prepare(request)
-        await resp.write_eof()
+        # The upstream has answered in full: the request is billed whether or not the client takes the answer
+        # (gone, or not reading within the write timeout, which cuts it off).
+        guard = StallGuard(request, self.config.server.client_write_timeout_s)
+        try:
+            await resp.prepare(request)
+            await guard.write(resp, None)
+        except CLIENT_GONE:
+            pass
+        finally:
+            guard.stop()
         await self._settle(ex, usage)  # after the client has its answer: settle is off the latency path
         return resp
 
@@ -243,7 +282,8 @@ class Proxy:
         # The client's choice decides what it sees; upstream always reports usage so billing is exact.
         client_wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
         client = await ClientStream.open(request, self._headers(cand, ex, extra_headers),
-                                          ex.overhead_ms(time.perf_counter()))
+                                          ex.overhead_ms(time.perf_counter()),
+                                          self.config.server.client_write_timeout_s)
         send = client.send
 
         usage_block: Optional[dict[str, Any]] = None
@@ -279,10 +319,10 @@ class Proxy:
                     if not choices:
                         continue  # upstream's usage-only chunk: ours, with the cost, replaces it
                     chunk = {k: v for k, v in chunk.items() if k != "usage"}
-                    payload = orjson.dumps(chunk)
+                    payload = dumps_or(chunk, payload)
                 if choices:
                     last_chunk = chunk
-                    text = ex.spec.delta_text(chunk)
+                    text = text_or_empty(ex.spec.delta_text, chunk)
                     if text:
                         pieces.append(text)
                         content_chunks += 1
@@ -313,7 +353,12 @@ class Proxy:
                               "total_tokens": usage.input_tokens + usage.output_tokens,
                               "cost_msat": usage.cost_msat},
                 }
-                await send(b"data: " + orjson.dumps(final) + b"\n\n")
+                final_bytes = dumps_or(final, b"")
+                if not final_bytes:  # the upstream's own fields would not serialise: ours alone
+                    final_bytes = orjson.dumps({**final, "id": ex.request_id, "object": "chat.completion.chunk",
+                                                "created": int(time.time()), "model": cand.model,
+                                                "usage": {k: final["usage"][k] for k in OUR_USAGE_KEYS}})
+                await send(b"data: " + final_bytes + b"\n\n")
             await send(b"data: [DONE]\n\n")
         else:
             ex.success = False
@@ -332,20 +377,22 @@ class Proxy:
         if isinstance(block, dict):
             p, c = block.get("prompt_tokens", block.get("input_tokens")), \
                 block.get("completion_tokens", block.get("output_tokens"))
+            # An upstream's numbers are bounded like a client's: 2^63 tokens would price past 64 bits, and no
+            # store behind the vault (nor orjson) holds that.
             if isinstance(p, int) and not isinstance(p, bool) and p >= 0:
-                in_tok = p
+                in_tok = min(p, MAX_TOKENS)
             if isinstance(c, int) and not isinstance(c, bool) and c >= 0:
-                out_tok = c
+                out_tok = min(c, MAX_TOKENS)
             elif isinstance(p, int) and ex.spec.name == "embeddings":
                 out_tok = 0
         estimated = in_tok is None or out_tok is None
         if in_tok is None:
             in_tok = ex.route.envelope.input_tokens
         if out_tok is None:
-            out_tok = estimate_text_tokens(output_text())
+            out_tok = estimate_text_tokens(text_or_empty(output_text))
             if chunk_count:
                 out_tok = max(out_tok, chunk_count)
-        cost = cost_msat(in_tok, out_tok, cand.input_rate, cand.output_rate, cand.base_fee_msat)
+        cost = min(cost_msat(in_tok, out_tok, cand.input_rate, cand.output_rate, cand.base_fee_msat), MAX_MSAT)
         return Usage(cand.provider, cand.model, in_tok, out_tok, cost, estimated)
 
     async def _settle(self, ex: Exchange, usage: Usage) -> None:

@@ -6,12 +6,14 @@ import asyncio
 import re
 import time
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Optional
 
 import aiohttp
 import orjson
 
 from actors.netguard import private_host, public_connector
+from actors.redirects import refuse_redirects
 from schemas.breaker import OutcomeKind
 from schemas.config import ProviderConfig
 
@@ -31,6 +33,11 @@ def read_failure(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "the upstream stopped sending (timeout)"
     return f"the upstream connection broke ({type(exc).__name__})"
+
+
+class UpstreamBusy(Exception):
+    """Every pooled connection to the provider stayed in use for ``[server] upstream_pool_wait_s``: arbstr's own
+    capacity, not the provider's fault (nothing goes to its breaker)."""
 
 
 class UpstreamFailure(Exception):
@@ -93,9 +100,56 @@ def upstream_error_detail(status: int, body: bytes) -> tuple[str, Optional[str],
     return (sanitize(text) or f"upstream returned HTTP {status}"), None, None, None
 
 
+async def _queued(session: aiohttp.ClientSession, ctx: SimpleNamespace,
+                  params: aiohttp.TraceConnectionQueuedStartParams) -> None:
+    """The request waits for a pooled connection: its wait ends at the pool deadline, counted from the first time
+    it queued (aiohttp may queue it again after losing a freed slot to another request)."""
+    wait = ctx.trace_request_ctx
+    if isinstance(wait, PoolWait):
+        wait.queued()
+
+
+async def _dequeued(session: aiohttp.ClientSession, ctx: SimpleNamespace,
+                    params: aiohttp.TraceConnectionQueuedEndParams) -> None:
+    wait = ctx.trace_request_ctx
+    if isinstance(wait, PoolWait):
+        wait.dequeued()
+
+
+class PoolWait:
+    """The bound on one request's wait for a pooled connection, kept by the pool's own queue events."""
+
+    __slots__ = ("limit_s", "deadline", "since", "waiting")
+
+    def __init__(self, limit_s: float, deadline: asyncio.Timeout) -> None:
+        self.limit_s = limit_s
+        self.deadline = deadline
+        self.since: Optional[float] = None
+        self.waiting = False
+
+    def queued(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self.since is None:
+            self.since = now
+        self.waiting = True
+        self.deadline.reschedule(self.since + self.limit_s)
+
+    def dequeued(self) -> None:
+        self.waiting = False
+        self.deadline.reschedule(None)
+
+
+def _pool_trace() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig(trace_config_ctx_factory=SimpleNamespace)
+    trace.on_connection_queued_start.append(_queued)
+    trace.on_connection_queued_end.append(_dequeued)
+    return trace
+
+
 class Upstream:
-    def __init__(self, connections: int) -> None:
+    def __init__(self, connections: int, pool_wait_s: float = 5.0) -> None:
         self._connections = connections
+        self._pool_wait_s = pool_wait_s
         self._session: Optional[aiohttp.ClientSession] = None
         self._public: Optional[aiohttp.ClientSession] = None
 
@@ -110,7 +164,8 @@ class Upstream:
     @staticmethod
     def _new_session(connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(connector=connector, json_serialize=lambda o: orjson.dumps(o).decode(),
-                                     auto_decompress=True, skip_auto_headers=("User-Agent",))
+                                     auto_decompress=True, skip_auto_headers=("User-Agent",),
+                                     trace_configs=[refuse_redirects(_pool_trace())])
 
     async def close(self) -> None:
         for session in (self._session, self._public):
@@ -130,7 +185,8 @@ class Upstream:
 
     async def open(self, provider: ProviderConfig, path: str, body: bytes, *, request_id: str,
                    traceparent: Optional[str], stream: bool) -> UpstreamReply:
-        """Send one attempt. Returns a response of status < 500 and not in REFUSALS with headers read; else raises."""
+        """Send one attempt. Returns a response of status < 500, not a redirect and not in REFUSALS, with headers
+        read; else raises UpstreamFailure (or UpstreamBusy when no pooled connection came free in time)."""
         if provider.public_only and private_host(provider.url):  # a literal address never reaches the resolver
             raise UpstreamFailure("connect", f"{provider.name} is at a private address")
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
@@ -144,13 +200,23 @@ class Upstream:
                                         sock_read=provider.first_byte_timeout_s)
         started = time.perf_counter()
         try:
-            resp = await self.session_for(provider).post(provider.url + path, data=body, headers=headers,
-                                                         timeout=timeout)
+            async with asyncio.timeout(None) as deadline:  # armed only while waiting for a pooled connection
+                wait = PoolWait(self._pool_wait_s, deadline)
+                resp = await self.session_for(provider).post(provider.url + path, data=body, headers=headers,
+                                                             timeout=timeout, allow_redirects=False,
+                                                             trace_request_ctx=wait)
         except asyncio.TimeoutError:
+            if wait.waiting or deadline.expired():
+                raise UpstreamBusy(f"no pooled connection to {provider.name} came free within "
+                                   f"{self._pool_wait_s:g} s") from None
             raise UpstreamFailure("timeout", f"{provider.name} timed out") from None
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, OSError) as e:
             raise UpstreamFailure("connect", f"{provider.name} unreachable ({type(e).__name__})") from None
         headers_at = time.perf_counter()
+        if 300 <= resp.status < 400:  # never followed, never relayed: the provider is not usable as configured
+            resp.release()
+            raise UpstreamFailure("refused", f"{provider.name} answered a redirect (HTTP {resp.status}); arbstr "
+                                             f"does not follow redirects", resp.status)
         if resp.status >= 500 or resp.status in REFUSALS:
             try:
                 raw = await resp.read()

@@ -13,13 +13,17 @@ from collections import OrderedDict
 import json
 from typing import Annotated, Iterable, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from .vault import AgentPolicy
+from .vault import JournaledPolicy
 
 # Strict: a float or a numeric string must never become money by coercion.
 Amount = Annotated[int, Field(ge=0, strict=True)]
 Count = Annotated[int, Field(ge=0, strict=True)]
+# A policy as journaled: whatever kind of policy the vault hands in, the event holds the journal's own type, so an
+# event and its replay compare equal.
+Policy = Annotated[JournaledPolicy,
+                   BeforeValidator(lambda v: v.model_dump() if isinstance(v, JournaledPolicy) else v)]
 HASH_HEX_LEN = 64
 
 
@@ -32,7 +36,7 @@ class AgentCreated(_Body):
     kind: Literal["agent_created"] = "agent_created"
     name: str
     token_hash: str
-    policy: AgentPolicy
+    policy: Policy
 
 
 class TokenRotated(_Body):
@@ -42,7 +46,7 @@ class TokenRotated(_Body):
 
 class PolicySet(_Body):
     kind: Literal["policy_set"] = "policy_set"
-    policy: AgentPolicy
+    policy: Policy
 
 
 class Deposited(_Body):

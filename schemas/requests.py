@@ -7,7 +7,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from .common import Message, Msat
+from .common import MAX_EPOCH_MS, Message, Msat
 
 GroupBy = Literal["model", "provider", "tier", "agent", "day"]
 SortKey = Literal["at", "cost", "latency"]
@@ -41,8 +41,8 @@ class StatsQuery(Message):
     group_by: Optional[GroupBy] = None
     agent_id: Optional[str] = None
     token_hash: Optional[str] = Field(None, description="an agent's own report: the vault scopes it to that agent")
-    since_ms: Optional[int] = None
-    until_ms: Optional[int] = None
+    since_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
+    until_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
 
 
 class StatsRow(Message):
@@ -73,12 +73,12 @@ class RequestsQuery(Message):
     token_hash: Optional[str] = Field(None, description="an agent's own report: the vault scopes it to that agent")
     success: Optional[bool] = None
     streamed: Optional[bool] = None
-    since_ms: Optional[int] = None
-    until_ms: Optional[int] = None
+    since_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
+    until_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
     sort: SortKey = "at"
     order: Literal["asc", "desc"] = "desc"
     limit: int = Field(100, ge=1, le=MAX_LIMIT)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=10**9)
 
 
 class RequestList(Message):

@@ -11,22 +11,46 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from .common import Message, Msat
+from .common import MAX_APPROVAL_TIMEOUT_S, MAX_EPOCH_MS, MAX_MSAT, MAX_TOKENS, Amount, Message, Msat
 from .router import Envelope
 
 
-class AgentPolicy(Message):
+class JournaledPolicy(Message):
+    """A policy as the ledger holds it: the same fields without the upper bounds, so events written before them
+    replay. Everything that decides uses ``AgentPolicy.within_bounds`` of it; new policies are ``AgentPolicy``."""
+
+    max_tx_msat: Optional[Msat] = None
+    daily_limit_msat: Optional[Msat] = None
+    approval_over_msat: Optional[Msat] = None
+    approval_timeout_s: int = Field(300, ge=1)
+
+
+class AgentPolicy(JournaledPolicy):
     """Spending rules of one agent. ``None`` means "no limit" / "no approval step"."""
 
-    max_tx_msat: Optional[Msat] = Field(None, description="largest single spend")
-    daily_limit_msat: Optional[Msat] = Field(
+    max_tx_msat: Optional[Amount] = Field(None, description="largest single spend")
+    daily_limit_msat: Optional[Amount] = Field(
         None, description="spends plus pending holds over any rolling 24 h window")
-    approval_over_msat: Optional[Msat] = Field(
+    approval_over_msat: Optional[Amount] = Field(
         None,
         description="spends above it wait for a human; when set, a spend over max_tx or the daily limit "
                     "waits for approval instead of being denied",
     )
-    approval_timeout_s: int = Field(300, ge=1, description="an approval not given in time denies the spend")
+    approval_timeout_s: int = Field(300, ge=1, le=MAX_APPROVAL_TIMEOUT_S,
+                                    description="an approval not given in time denies the spend")
+
+    @classmethod
+    def within_bounds(cls, policy: "JournaledPolicy") -> "AgentPolicy":
+        """A policy from the journal, as the vault applies it: one written before the bounds existed is clamped
+        (the journaled event itself stays as written, so its hash still verifies)."""
+        if isinstance(policy, AgentPolicy):
+            return policy
+        data = policy.model_dump()
+        for key in ("max_tx_msat", "daily_limit_msat", "approval_over_msat"):
+            if data[key] is not None:
+                data[key] = min(data[key], MAX_MSAT)
+        data["approval_timeout_s"] = min(data["approval_timeout_s"], MAX_APPROVAL_TIMEOUT_S)
+        return cls.model_validate(data)
 
 
 class AccountView(Message):
@@ -80,9 +104,9 @@ class SettleCommand(Message):
     token_hash: Optional[str] = Field(None, description="when the reserve reply never came: find the agent by it")
     provider: str = ""
     model: str = ""
-    input_tokens: int = Field(0, ge=0)
-    output_tokens: int = Field(0, ge=0)
-    cost_msat: Msat = 0
+    input_tokens: int = Field(0, ge=0, le=MAX_TOKENS)
+    output_tokens: int = Field(0, ge=0, le=MAX_TOKENS)
+    cost_msat: Amount = 0  # the gateway bounds what an upstream reports (see Proxy._usage)
     estimated: bool = False
     reason: str = ""
 
@@ -139,7 +163,7 @@ class SetPolicy(Message):
 
 class DepositCommand(Message):
     agent_id: str
-    amount_msat: int = Field(gt=0, strict=True)
+    amount_msat: int = Field(gt=0, le=MAX_MSAT, strict=True)
     deposit_id: str = Field(min_length=1, max_length=128)
     rail: str = "simulated"
     reference: str = ""
@@ -186,7 +210,7 @@ class ApprovalResult(Message):
 class HistoryQuery(Message):
     token_hash: Optional[str] = None
     agent_id: Optional[str] = None
-    since_ms: Optional[int] = None
+    since_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
     limit: int = Field(100, ge=1, le=1000)
 
 
@@ -243,7 +267,7 @@ class DepositRequest(Message):
 
     token_hash: str
     rail: Rail
-    amount_msat: Optional[int] = Field(None, gt=0, strict=True)
+    amount_msat: Optional[int] = Field(None, gt=0, le=MAX_MSAT, strict=True)
     token: Optional[str] = Field(None, min_length=1, max_length=100_000)
 
 
@@ -264,8 +288,8 @@ class WithdrawRequest(Message):
     token_hash: str
     bolt11: Optional[str] = Field(None, min_length=1, max_length=8_000)
     amount_msat: Optional[int] = Field(
-        None, gt=0, strict=True, description="a token payout's amount; with a BOLT11 only informative: the "
-                                             "invoice's own amount is charged")
+        None, gt=0, le=MAX_MSAT, strict=True,
+        description="a token payout's amount; with a BOLT11 only informative: the invoice's own amount is charged")
     rail: Optional[Rail] = Field(None, description="which rail pays; default: by amount on the auto rail, else "
                                                    "Lightning if configured")
     payout_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$",

@@ -383,3 +383,27 @@ def test_policy_virtual_model_picks_model_and_provider_within_the_policy() -> No
         do_route(RouteRequest(request_id="v2", model="arbstr/quality", input_tokens=10, policy="other"), prices, {},
                  config, 0)
     assert e.value.status == 400
+
+
+def test_a_request_no_context_can_hold_is_400_naming_the_limit() -> None:
+    prices = [pp("small", ["m"], 1, 1, ctx=1000), pp("big", ["m"], ctx=8000), pp("other", ["n"], ctx=10**6)]
+    err = raises(400, "context_length_exceeded", route, rq(input_tokens=600, max_tokens=10_000_000), prices, {},
+                 cfg(), NOW)
+    assert err.param == "max_tokens" and "8000" in err.message and err.headers["x-should-retry"] == "false"
+    err = raises(400, "context_length_exceeded", route, rq(input_tokens=9000), prices, {}, cfg(), NOW)
+    assert err.param == "messages" and "8000" in err.message
+    err = raises(400, "context_length_exceeded", route, rq(input_tokens=100, max_tokens=9000, endpoint="responses"),
+                 prices, {}, cfg(), NOW)
+    assert err.param == "max_output_tokens"
+    err = raises(400, "context_length_exceeded", route, rq(input_tokens=9000, endpoint="embeddings"), prices, {},
+                 cfg(), NOW)
+    assert err.param == "input"
+    # A provider kept out for another reason (tools) does not make the size the client's fault
+    tooled = [pp("small", ["m"], ctx=1000), pp("plain", ["m"], ctx=10**6, tools=False)]
+    raises(400, "context_length_exceeded", route, rq(input_tokens=5000, tools=True), tooled, {}, cfg(), NOW)
+    raises(503, "no_provider_available", route, rq(input_tokens=500, tools=True), tooled[1:], {}, cfg(), NOW)
+    # One that fits, even behind an open breaker, is waited for (503), never refused as too large
+    ok = route(rq(input_tokens=600, max_tokens=7000), prices, {}, cfg(), NOW)
+    assert providers_of(ok) == ["big"]
+    raises(503, "no_provider_available", route, rq(input_tokens=600, max_tokens=7000), prices,
+           {"big": breaker("big", "open", NOW + 5000)}, cfg(), NOW)

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from actors.bucket_follower import BucketFollower, is_delete
 from actors.netguard import private_reason, private_urls_allowed, public_connector
+from actors.redirects import refuse_redirects
 from actors.runtime import Endpoint, admin_token_hash, cancel_and_wait, open_bucket, wait_condition
 from schemas import subjects
 from schemas.config import Config, FeedConfig, ProviderConfig
@@ -112,9 +113,10 @@ class PricingActor:
             await asyncio.wait_for(asyncio.gather(*(f.loaded.wait() for f in self._followers)), INITIAL_LOAD_S)
         except asyncio.TimeoutError:
             log.warning("pricing: the published prices did not load within %.0f s", INITIAL_LOAD_S)
-        self._session = aiohttp.ClientSession()
+        # Listings, feeds and relays: a redirect is never followed, even by a call that forgets to say so.
+        self._session = aiohttp.ClientSession(trace_configs=[refuse_redirects()])
         # Announced nodes are read through a resolver that refuses private addresses (see netguard).
-        self._public_session = aiohttp.ClientSession(connector=public_connector())
+        self._public_session = aiohttp.ClientSession(connector=public_connector(), trace_configs=[refuse_redirects()])
         await self.refresh()
         for p in self._discovered:
             self._spawn(self._every(self.market.discovery_interval_s, lambda p=p: self._discover(p)),

@@ -84,10 +84,34 @@ def static_exclusion(option: Option, req: RouteRequest, policy: Optional[PolicyC
             return f"output rate {option.rates.output_rate} above the policy cap {policy.max_output_rate}"
     if req.tools and not option.prices.supports_tools:
         return "does not support tools"
+    return None
+
+
+def context_exclusion(option: Option, req: RouteRequest) -> Optional[str]:
+    """Why ``option``'s context cannot hold this request (input plus the output cap), or None."""
     needed = req.input_tokens + (req.max_tokens or 0)
     if needed > option.prices.context_length:
         return f"context {option.prices.context_length} < {needed} tokens"
     return None
+
+
+# Where each endpoint carries the prompt and the output cap, for the ``param`` of a context error.
+_PROMPT_PARAM = {"chat": "messages", "completions": "prompt", "embeddings": "input", "responses": "input"}
+_CAP_PARAM = {"chat": "max_tokens", "completions": "max_tokens", "responses": "max_output_tokens"}
+
+
+def context_exceeded(req: RouteRequest, too_small: Sequence[Option]) -> ArbstrError:
+    """400, not 503: waiting cannot help a request that no provider able to serve it has the context for. Names the
+    largest context on offer, and the field to shrink (the output cap when the prompt alone would fit)."""
+    largest = max(o.prices.context_length for o in too_small)
+    cap = req.max_tokens or 0
+    param = _PROMPT_PARAM.get(req.endpoint, "messages")
+    if req.input_tokens <= largest and cap:
+        param = _CAP_PARAM.get(req.endpoint, "max_tokens")
+    parts = f"{req.input_tokens} of input and up to {cap} of output" if cap else f"{req.input_tokens} of input"
+    return ArbstrError(400, f"this request needs {req.input_tokens + cap} tokens ({parts}), but the largest context "
+                            f"of a provider that could serve model {req.model!r} is {largest} tokens",
+                       param=param, code="context_length_exceeded", headers={"x-should-retry": "false"})
 
 
 def unroutable_reasons(model: str, unroutable: Sequence[ProviderPrices]) -> list[str]:
@@ -151,12 +175,19 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
 
     reasons: list[str] = []
     able: list[Option] = []
+    too_small: list[Option] = []  # would serve it, but for the size of this request
     for option in serving_options(req, prices, policy, unroutable):
         why = static_exclusion(option, req, policy)
+        if why is None:
+            why = context_exclusion(option, req)
+            if why is not None:
+                too_small.append(option)
         if why is not None:
             reasons.append(f"{option.provider}/{option.model}: {why}")
             continue
         able.append(option)
+    if not able and too_small:
+        raise context_exceeded(req, too_small)
 
     at_tier, ignored_tier = apply_min_tier(able, tier, explicit)
     if ignored_tier:

@@ -287,13 +287,13 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         state.created = True
         state.name = body.name
         state.token_hash = body.token_hash
-        state.policy = body.policy
+        state.policy = AgentPolicy.within_bounds(body.policy)
         state.created_at_ms = event.at_ms
     elif isinstance(body, TokenRotated):
         state.token_hash = body.token_hash
         state.token_version += 1
     elif isinstance(body, PolicySet):
-        state.policy = body.policy
+        state.policy = AgentPolicy.within_bounds(body.policy)
         state.policy_version += 1
     elif isinstance(body, Deposited):
         if body.deposit_id in state.deposits:
