@@ -12,6 +12,7 @@ from typing import Any, Literal, Optional
 from pydantic import Field
 
 from .common import Message, Msat
+from .money import MAX_MSAT
 from .router import Envelope
 
 
@@ -157,7 +158,7 @@ class SetPolicy(Message):
 
 class DepositCommand(Message):
     agent_id: str
-    amount_msat: int = Field(gt=0, strict=True)
+    amount_msat: int = Field(gt=0, le=MAX_MSAT, strict=True)
     deposit_id: str = Field(min_length=1, max_length=128)
     rail: str = "simulated"
     reference: str = ""
@@ -264,7 +265,7 @@ class DepositRequest(Message):
 
     token_hash: str
     rail: Rail
-    amount_msat: Optional[int] = Field(None, gt=0, strict=True)
+    amount_msat: Optional[int] = Field(None, gt=0, le=MAX_MSAT, strict=True)
     token: Optional[str] = Field(None, min_length=1, max_length=100_000)
 
 
@@ -285,8 +286,8 @@ class WithdrawRequest(Message):
     token_hash: str
     bolt11: Optional[str] = Field(None, min_length=1, max_length=8_000)
     amount_msat: Optional[int] = Field(
-        None, gt=0, strict=True, description="a token payout's amount; with a BOLT11 only informative: the "
-                                             "invoice's own amount is charged")
+        None, gt=0, le=MAX_MSAT, strict=True, description="a token payout's amount; with a BOLT11 only "
+                                                          "informative: the invoice's own amount is charged")
     rail: Optional[Rail] = Field(None, description="which rail pays; default: by amount on the auto rail, else "
                                                    "Lightning if configured")
     payout_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
