@@ -14,6 +14,7 @@ from arbstr.natsserver import NatsServer
 from schemas.ledger import Deposited
 from schemas.money import MAX_MSAT
 from tests.stack import Stack, add_vault, demo_config, start_stack, vault_section
+from tests.test_vault_storm import assert_replay_equals_live
 from tests.vault_helpers import ADMIN, admin, assert_balanced, bearer, books, new_agent
 
 REPORTS = ("/v1/admin/books", "/v1/admin/agents", "/v1/admin/reconcile", "/v1/admin/audit", "/v1/admin/payouts",
@@ -42,7 +43,7 @@ async def every_report(http: Any, stack: Stack, agent_id: str, token: str) -> di
 
 
 async def test_a_deposit_past_all_bitcoin_is_refused_before_it_is_journaled(http, stack) -> None:
-    stack, _ = stack
+    stack, actor = stack
     a_id, a_tok = await new_agent(http, stack, "whale")
     b_id, _ = await new_agent(http, stack, "orca")
     big = 2_100_000_000_000_000_000
@@ -61,6 +62,7 @@ async def test_a_deposit_past_all_bitcoin_is_refused_before_it_is_journaled(http
     assert_balanced(b)
     audit = reports["/v1/admin/audit"]["data"]
     assert [i["kind"] for i in audit].count("deposited") == 1  # nothing refused was journaled
+    await assert_replay_equals_live(stack, [actor])
 
 
 async def test_every_report_answers_for_totals_beyond_64_bits(http, stack) -> None:
@@ -77,3 +79,4 @@ async def test_every_report_answers_for_totals_beyond_64_bits(http, stack) -> No
     assert_balanced(b)  # the DuckDB projection sums past 2^64 too
     assert reports["/v1/admin/reconcile"]["liabilities_msat"] == 9 * MAX_MSAT
     assert (await books(http, stack))["balanced"] is True
+    await assert_replay_equals_live(stack, [actor])

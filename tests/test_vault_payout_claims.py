@@ -15,6 +15,7 @@ from arbstr.natsserver import NatsServer
 from tests.stack import demo_config, start_stack, vault_section
 from tests.test_vault_rails import clean, funded_by_invoice
 from tests.test_vault_rails_races import IdempotentWallet, second_instance
+from tests.test_vault_storm import assert_replay_equals_live
 from tests.vault_helpers import Rig, books, me, post
 
 RACES = 6
@@ -58,6 +59,7 @@ async def test_one_invoice_posted_by_two_agents_at_once_is_charged_once(http, ri
         assert rig.wallet.pay_calls == RACES
         assert (await books(http, rig.stack))["withdrawals_msat"] == withdrawn
         await clean(http, rig)
+        await assert_replay_equals_live(rig.stack, [rig.actor, other.actor])
     finally:
         await other.stop()
 

@@ -20,6 +20,7 @@ from schemas.errors import ArbstrError
 from schemas.router import Envelope
 from schemas.vault import Empty, ReserveReply, ReserveRequest, SettleCommand
 from tests.stack import Stack, add_vault, demo_config, start_stack, vault_section
+from tests.test_vault_storm import assert_replay_equals_live
 from tests.vault_helpers import assert_balanced, bearer, books, new_agent, settled
 from gateway.vault_meter import token_hash
 
@@ -34,7 +35,7 @@ async def stack(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Sta
                  for name, rate in zip(PROVIDERS, (8000, 9000))]
     s = await start_stack(demo_config(mock_upstream, vault=vault_section(), providers=providers, policies=[]),
                           fresh_nats.url)
-    await add_vault(s)
+    s.vaults = await add_vault(s)  # type: ignore[attr-defined]
     yield s
     async with aiohttp.ClientSession() as h:
         for p in PROVIDERS:
@@ -70,6 +71,7 @@ async def test_a_failed_request_can_be_retried_with_its_request_id(http, stack, 
     assert (status, body["error"]["code"]) == (409, "request_id_reused")
     assert (await settled(http, stack, agent_id))["spent_msat"] == acct["spent_msat"]  # charged once
     assert_balanced(await books(http, stack))
+    await assert_replay_equals_live(stack, stack.vaults)  # type: ignore[attr-defined]
 
 
 async def test_a_request_id_in_flight_is_409(http, stack, mock_upstream) -> None:
@@ -111,3 +113,4 @@ async def test_a_late_reserve_of_a_released_attempt_is_refused_but_a_retry_is_no
     acct = await settled(http, stack, agent_id)
     assert (acct["balance_msat"], acct["spent_msat"]) == (1_000_000, 0)
     assert_balanced(await books(http, stack))
+    await assert_replay_equals_live(stack, stack.vaults)  # type: ignore[attr-defined]
