@@ -654,26 +654,17 @@ class VaultActor:
             slot = self.book.slots.get(agent_id)
             if slot is None or not slot.state.created:
                 raise ArbstrError(404, f"no agent {agent_id}", code="agent_not_found", param="agent_id")
-            state = slot.state
-            if rid in state.payouts or rid in state.payouts_done:
-                return agent_id, True
-            if rid in state.holds or rid in state.resolutions:
-                return agent_id, False
-            raise ArbstrError(404, f"agent {agent_id} has no reservation {rid}", code="unknown_request",
-                              param="request_id")
+            found = _approval_of(slot.state, rid)
+            if found is None:
+                raise ArbstrError(404, f"agent {agent_id} has no reservation {rid}", code="unknown_request",
+                                  param="request_id")
+            return agent_id, found[1]
         pending: list[tuple[str, bool]] = []
         known: list[tuple[str, bool]] = []
         for state in self.book.agents():
-            hold = state.holds.get(rid)
-            payout = state.payouts.get(rid)
-            if hold is not None and hold.state == "awaiting_approval":
-                pending.append((state.agent_id, False))
-            elif payout is not None and payout.approval_deadline_ms is not None:
-                pending.append((state.agent_id, True))
-            elif hold is not None or rid in state.resolutions:
-                known.append((state.agent_id, False))
-            elif payout is not None or rid in state.payouts_done:
-                known.append((state.agent_id, True))
+            found = _approval_of(state, rid)
+            if found is not None:
+                (pending if found[0] else known).append((state.agent_id, found[1]))
         if len(pending) == 1:
             return pending[0]
         if len(pending) > 1 or (not pending and len(known) > 1):
@@ -785,6 +776,21 @@ class VaultActor:
         broken = [a for a, evs in events_by_agent.items() if not verify_chain(evs)[0]]
         return ChainCheck(agents=len(events_by_agent), events=sum(len(v) for v in events_by_agent.values()),
                           ok=not broken, broken=sorted(broken))
+
+
+def _approval_of(state: AccountState, rid: str) -> Optional[tuple[bool, bool]]:
+    """(pending, is a payout) of what ``rid`` names in one account — a pending one first — or None."""
+    hold = state.holds.get(rid)
+    payout = state.payouts.get(rid)
+    if hold is not None and hold.state == "awaiting_approval":
+        return True, False
+    if payout is not None and payout.approval_deadline_ms is not None:
+        return True, True
+    if hold is not None or rid in state.resolutions:
+        return False, False
+    if payout is not None or rid in state.payouts_done:
+        return False, True
+    return None
 
 
 async def read_ledger(nc: NATS, timeout_s: float = 60.0) -> dict[str, list[LedgerEvent]]:
