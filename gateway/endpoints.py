@@ -9,7 +9,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.errors import ArbstrError
 from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponsesRequest
-from schemas.router import MAX_TEXT_CHARS, Endpoint
+from schemas.router import MAX_CHOICES, MAX_TEXT_CHARS, Endpoint
 from schemas.tokens import (content_text, estimate_messages_tokens, estimate_prompt_tokens, estimate_text_tokens,
                             responses_messages)
 
@@ -134,8 +134,12 @@ def _completion_summary(body: dict[str, Any]) -> Summary:
     # Each prompt is completed max(n, best_of) times, and every one of them is billed (best_of picks which
     # n come back, not which are paid for).
     per_prompt = max(_positive_int(body.get("n")) or 1, _positive_int(body.get("best_of")) or 1)
+    choices = _prompt_count(prompt) * per_prompt
+    if choices > MAX_CHOICES:
+        raise ArbstrError(400, f"{choices} completions requested (prompts × max(n, best_of)); the limit is "
+                               f"{MAX_CHOICES}", param="n", code="invalid_value")
     return Summary(_tail(text), _tail(text), estimate_prompt_tokens(prompt), 1, output_cap(body, COMPLETION_CAPS),
-                   False, _prompt_count(prompt) * per_prompt)
+                   False, choices)
 
 
 def _embedding_summary(body: dict[str, Any]) -> Summary:
