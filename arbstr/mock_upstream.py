@@ -9,7 +9,9 @@ predict them exactly:
   characters, so ``schemas.tokens.estimate_text_tokens(reply) == completion_tokens`` — a gateway that has
   to count tokens itself (usage omitted) gets the same number as the usage block would have said;
 * output tokens = min(``max_completion_tokens`` / ``max_tokens`` / ``max_output_tokens``, the
-  ``x-mock-output-tokens`` header or the server default); one token per stream chunk;
+  ``x-mock-output-tokens`` header or the server default) per output; one token per stream chunk. As a real
+  upstream: chat makes ``n`` outputs, completions ``max(n, best_of)`` per prompt (``n`` of them come back), and
+  every output made is billed;
 * prompt tokens = ``estimate_messages_tokens`` over the chat messages (Responses: over the input turned
   into messages, see :func:`responses_messages`); completions and embeddings: ``estimate_text_tokens``
   of each prompt string (a token-id array counts its length).
@@ -295,6 +297,16 @@ def token_limit(body: Mapping[str, Any], keys: Sequence[str]) -> Optional[int]:
             raise InvalidRequest(f"'{key}' must be a positive integer", key)
         limit = value if limit is None else min(limit, value)
     return limit
+
+
+def output_count(body: Mapping[str, Any], key: str) -> int:
+    """``n`` / ``best_of``: how many outputs to make (1 when absent)."""
+    value = body.get(key)
+    if value is None:
+        return 1
+    if not _is_int(value) or not 1 <= value <= 128:
+        raise InvalidRequest(f"'{key}' must be an integer from 1 to 128", key)
+    return value
 
 
 def plan_output(limit: Optional[int], target: int) -> tuple[int, bool]:
@@ -802,10 +814,11 @@ class MockUpstream:
         stream = body.get("stream") is True
         n_out, truncated = plan_output(token_limit(body, ("max_completion_tokens", "max_tokens")),
                                        self._target_tokens(call))
+        outputs = output_count(body, "n")
         finish_reason = "length" if truncated else "stop"
         prompt_tokens = estimate_messages_tokens(messages)
         tokens = reply_tokens(last_user_text(messages), n_out)
-        usage = chat_usage(prompt_tokens, n_out)
+        usage = chat_usage(prompt_tokens, n_out * outputs)
         fault = call.fault
         omit_usage = fault is not None and fault.omit_usage
         model = body["model"]
@@ -815,13 +828,13 @@ class MockUpstream:
             reply: dict[str, Any] = {
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
                 "system_fingerprint": _FINGERPRINT,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens),
+                "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(tokens),
                                                      "refusal": None, "annotations": []},
-                             "logprobs": None, "finish_reason": finish_reason}],
+                             "logprobs": None, "finish_reason": finish_reason} for i in range(outputs)],
             }
             if not omit_usage:
                 reply["usage"] = usage
-            return await self._send_json(request, call, orjson.dumps(reply), prompt_tokens, n_out)
+            return await self._send_json(request, call, orjson.dumps(reply), prompt_tokens, n_out * outputs)
 
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -831,15 +844,15 @@ class MockUpstream:
         if include_usage:
             base["usage"] = None  # as OpenAI: every chunk carries usage null until the usage chunk
 
-        def chunk(delta: dict[str, Any], finish: Optional[str]) -> dict[str, Any]:
-            return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        def chunk(delta: dict[str, Any], finish: Optional[str], index: int = 0) -> dict[str, Any]:
+            return {**base, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
-        head = [sse(chunk({"role": "assistant", "content": "", "refusal": None}, None))]
-        content = [sse(chunk({"content": tok}, None)) for tok in tokens]
-        final = chunk({}, finish_reason)
+        head = [sse(chunk({"role": "assistant", "content": "", "refusal": None}, None, i)) for i in range(outputs)]
+        content = [sse(chunk({"content": tok}, None, i)) for tok in tokens for i in range(outputs)]
+        finals = [chunk({}, finish_reason, i) for i in range(outputs)]
         if on_content and not omit_usage:
-            final["usage"] = usage
-        tail = [sse(final)]
+            finals[-1]["usage"] = usage
+        tail = [sse(final) for final in finals]
         if include_usage and not omit_usage and not on_content:
             tail.append(sse({**base, "choices": [], "usage": usage}))
         tail.append(_DONE)
@@ -849,31 +862,37 @@ class MockUpstream:
         prompts = prompt_texts(body.get("prompt"), "prompt")
         stream = body.get("stream") is True
         n_out, truncated = plan_output(token_limit(body, ("max_tokens",)), self._target_tokens(call))
+        returned = output_count(body, "n")
+        made = max(returned, output_count(body, "best_of"))  # best_of are made and billed; n come back
         finish_reason = "length" if truncated else "stop"
         prompt_tokens = prompt_tokens_of(prompts)
-        first = prompts[0]
-        tokens = reply_tokens(first if isinstance(first, str) else "", n_out)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n_out, "total_tokens": prompt_tokens + n_out}
+        replies = [reply_tokens(p if isinstance(p, str) else "", n_out) for p in prompts]
+        billed = n_out * made * len(prompts)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": billed, "total_tokens": prompt_tokens + billed}
+        # One choice per prompt and output, indexed prompt by prompt as OpenAI does.
+        indexed = [(p * returned + j, replies[p]) for p in range(len(prompts)) for j in range(returned)]
         omit_usage = call.fault is not None and call.fault.omit_usage
         base = {"id": f"cmpl-mock{next(self._ids)}", "object": "text_completion", "created": int(time.time()),
                 "model": body["model"], "system_fingerprint": _FINGERPRINT}
         if not stream:
-            reply: dict[str, Any] = {**base, "choices": [{"text": "".join(tokens), "index": 0, "logprobs": None,
-                                                          "finish_reason": finish_reason}]}
+            reply: dict[str, Any] = {**base, "choices": [{"text": "".join(toks), "index": i, "logprobs": None,
+                                                          "finish_reason": finish_reason} for i, toks in indexed]}
             if not omit_usage:
                 reply["usage"] = usage
-            return await self._send_json(request, call, orjson.dumps(reply), prompt_tokens, n_out)
+            return await self._send_json(request, call, orjson.dumps(reply), prompt_tokens, billed)
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
 
-        def chunk(text: str, finish: Optional[str]) -> bytes:
-            return sse({**base, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]})
+        def chunk(text: str, finish: Optional[str], index: int = 0) -> bytes:
+            return sse({**base, "choices": [{"text": text, "index": index, "logprobs": None,
+                                             "finish_reason": finish}]})
 
-        tail = [chunk("", finish_reason)]
+        tail = [chunk("", finish_reason, i) for i, _ in indexed]
         if include_usage and not omit_usage:
             tail.append(sse({**base, "choices": [], "usage": usage}))
         tail.append(_DONE)
-        return await self._send_stream(request, call, prompt_tokens, [], [chunk(t, None) for t in tokens], tail)
+        content = [chunk(toks[k], None, i) for k in range(n_out) for i, toks in indexed]
+        return await self._send_stream(request, call, prompt_tokens, [], content, tail)
 
     async def _embeddings(self, request: web.Request, call: _Call, body: dict[str, Any]) -> web.StreamResponse:
         items = prompt_texts(body.get("input"), "input")

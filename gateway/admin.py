@@ -157,6 +157,10 @@ class VaultHTTP:
         r.add_post("/v1/admin/agents/{agent_id}/deposits", self.admin(self.deposit))
         r.add_post("/v1/admin/agents/{agent_id}/token", self.admin(self.rotate))
         r.add_get("/v1/admin/approvals", self.admin(self.approvals))
+        # By (agent, request id): request ids are the clients' and collide across agents. The old path decides only
+        # when exactly one pending approval has that id (else 400 agent_id_required): it never guesses.
+        r.add_post("/v1/admin/approvals/{agent_id}/{request_id}/approve", self.admin(self.approve))
+        r.add_post("/v1/admin/approvals/{agent_id}/{request_id}/deny", self.admin(self.deny))
         r.add_post("/v1/admin/approvals/{request_id}/approve", self.admin(self.approve))
         r.add_post("/v1/admin/approvals/{request_id}/deny", self.admin(self.deny))
         r.add_get("/v1/admin/audit", self.admin(self.audit))
@@ -243,18 +247,20 @@ class VaultHTTP:
         items = await self._call(request, "approvals", Empty(), ApprovalList)
         return json_response({"object": "list", "data": [a.model_dump(mode="json") for a in items.approvals]})
 
+    @staticmethod
+    def _approval(request: web.Request, reason: str = "") -> ApprovalAction:
+        return ApprovalAction(request_id=request.match_info["request_id"],
+                              agent_id=request.match_info.get("agent_id"), reason=reason)
+
     async def approve(self, request: web.Request) -> web.Response:
-        res = await self._call(request, "approve", ApprovalAction(request_id=request.match_info["request_id"]),
-                               ApprovalResult)
+        res = await self._call(request, "approve", self._approval(request), ApprovalResult)
         return json_response(res.model_dump(mode="json"))
 
     async def deny(self, request: web.Request) -> web.Response:
         reason = ""
         if request.can_read_body:
             reason = _body(DenyBody, await read_json_object(request, 64 * 1024)).reason
-        res = await self._call(request, "deny",
-                               ApprovalAction(request_id=request.match_info["request_id"], reason=reason),
-                               ApprovalResult)
+        res = await self._call(request, "deny", self._approval(request, reason), ApprovalResult)
         return json_response(res.model_dump(mode="json"))
 
     async def audit(self, request: web.Request) -> web.Response:

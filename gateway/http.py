@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from typing import Any, Optional
@@ -33,8 +34,17 @@ def new_request_id(client_value: Optional[str]) -> str:
     return f"req_{uuid.uuid4().hex}"
 
 
+def json_dumps(data: Any) -> bytes:
+    """orjson, which refuses integers beyond 64 bits; then the standard library, which does not: a sum of
+    millisats is never a reason to answer 500."""
+    try:
+        return orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def json_response(data: Any, status: int = 200, headers: Optional[dict[str, str]] = None) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
+    return web.Response(body=json_dumps(data), status=status, content_type="application/json", headers=headers)
 
 
 def error_response(err: ArbstrError, request_id: Optional[str] = None,

@@ -16,7 +16,8 @@ class Hold:
     request_id: str
     agent_id: Optional[str]
     amount_msat: int
-    output_tokens: Optional[int]  # the output budget the hold paid for; the upstream max_tokens is capped to it
+    output_tokens: Optional[int]  # the output budget the hold paid for, over every choice; the upstream is capped
+    attempt: str = ""  # the nonce of the reserve that made it: its settle or release names it
 
 
 @dataclass(frozen=True)

@@ -126,9 +126,15 @@ OPERATIONS: tuple[Operation, ...] = (
               RotatedToken, auth="admin"),
     Operation("GET", "/v1/admin/approvals", "Holds awaiting approval", "admin", None, ListOf[Approval],
               auth="admin"),
-    Operation("POST", "/v1/admin/approvals/{request_id}/approve", "Approve a hold", "admin", None,
+    Operation("POST", "/v1/admin/approvals/{agent_id}/{request_id}/approve", "Approve an agent's held request or "
+              "payout (409 already_decided once decided)", "admin", None, ApprovalResult, auth="admin"),
+    Operation("POST", "/v1/admin/approvals/{agent_id}/{request_id}/deny", "Deny an agent's held request or payout "
+              "(409 already_decided once decided)", "admin", DenyBody, ApprovalResult, auth="admin"),
+    Operation("POST", "/v1/admin/approvals/{request_id}/approve", "Approve the one pending approval with this id "
+              "(400 agent_id_required when several agents have one: use the path with the agent)", "admin", None,
               ApprovalResult, auth="admin"),
-    Operation("POST", "/v1/admin/approvals/{request_id}/deny", "Deny a hold", "admin", DenyBody, ApprovalResult,
+    Operation("POST", "/v1/admin/approvals/{request_id}/deny", "Deny the one pending approval with this id "
+              "(400 agent_id_required when several agents have one)", "admin", DenyBody, ApprovalResult,
               auth="admin"),
     Operation("GET", "/v1/admin/audit", "The ledger as an audit log", "admin", None, ListOf[HistoryItem],
               auth="admin"),

@@ -199,7 +199,7 @@ def reserve_of(route: RouteReply) -> Reserve:
     """What a reservation for this route holds at most: the envelope over the client's max_tokens, or over the
     configured ceiling when it set none (the vault then reserves what the agent can afford, up to it)."""
     env = route.envelope
-    out = env.output_tokens if env.output_tokens is not None else env.max_output_tokens
+    out = (env.output_tokens if env.output_tokens is not None else env.max_output_tokens) * env.choices
     return Reserve(amount_msat=cost_msat(env.input_tokens, out, env.input_rate, env.output_rate, env.base_fee_msat),
                    output_tokens=out, output_budget="max_tokens" if env.output_tokens is not None else "ceiling",
                    input_rate=env.input_rate, output_rate=env.output_rate, base_fee_msat=env.base_fee_msat)
@@ -329,7 +329,7 @@ def route_request(request: web.Request, body: dict[str, Any], spec: EndpointSpec
     return RouteRequest(
         request_id=request_id, endpoint=spec.name, model=body["model"], last_user_text=s.last_user_text,
         text_sample=s.text_sample, input_tokens=s.input_tokens, turns=s.turns, max_tokens=s.max_tokens,
-        stream=bool(body.get("stream")) and spec.streams, tools=s.tools,
+        choices=s.choices, stream=bool(body.get("stream")) and spec.streams, tools=s.tools,
         policy=policy, complexity=complexity,
     )
 

@@ -24,7 +24,7 @@ from schemas.tokens import estimate_text_tokens
 
 from .auth_gate import AuthGate
 from .bus import Bus
-from .endpoints import EndpointSpec, validate
+from .endpoints import EndpointSpec, cap_upstream, validate
 from .headers import bearer_token, route_overrides
 from .http import REQUEST_ID, STARTED, TRACE, error_response, read_json_object
 from .meter import Hold, Meter, Usage
@@ -123,7 +123,7 @@ class Proxy:
         req = RouteRequest(
             request_id=ex.request_id, endpoint=spec.name, model=body["model"], last_user_text=s.last_user_text,
             text_sample=s.text_sample, input_tokens=s.input_tokens, turns=s.turns, max_tokens=s.max_tokens,
-            stream=stream, tools=s.tools, policy=policy, complexity=complexity,
+            choices=s.choices, stream=stream, tools=s.tools, policy=policy, complexity=complexity,
         )
         # Routing is a pure read: asking again after a lost reply is safe and lands on a surviving instance.
         return await self.bus.call(subjects.ROUTER_ROUTE, req, RouteReply, request_id=ex.request_id,
@@ -137,11 +137,9 @@ class Proxy:
         if stream and not ex.spec.typed_events:  # typed-event streams report usage on their terminal event
             opts = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
             upstream_body["stream_options"] = {**opts, "include_usage": True}
-        if ex.hold.output_tokens is not None and ex.spec.max_tokens_field and \
-                not any(isinstance(body.get(k), int)
-                        for k in ("max_tokens", "max_completion_tokens", "max_output_tokens")):
-            upstream_body[ex.spec.max_tokens_field] = ex.hold.output_tokens
-            extra_headers["x-arbstr-max-tokens"] = str(ex.hold.output_tokens)
+        if ex.hold.output_tokens is not None and ex.spec.cap_fields:
+            budget = cap_upstream(upstream_body, ex.spec, ex.hold.output_tokens, ex.route.envelope.choices)
+            extra_headers["x-arbstr-max-tokens"] = str(budget)
 
         last: Optional[UpstreamFailure] = None
         probe_wait_s: Optional[int] = None  # set when a recovering provider's probe slot was taken

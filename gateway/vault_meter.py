@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import secrets
 import time
 from typing import Optional
 
@@ -16,7 +17,7 @@ from schemas import subjects
 from schemas.errors import ArbstrError
 from schemas.router import RouteReply
 from schemas.trace import TRACEPARENT
-from schemas.vault import AccountView, ReserveReply, ReserveRequest, SettleCommand, TokenRef
+from schemas.vault import AccountView, Empty, ReserveReply, ReserveRequest, SettleCommand, TokenRef
 
 from .bus import Bus
 from .meter import Hold, Usage
@@ -24,6 +25,7 @@ from .meter import Hold, Usage
 log = logging.getLogger("arbstr.gateway.meter")
 
 ANONYMOUS = "anon"  # subject token of a release whose agent the gateway never learnt
+RELEASE_WAIT_S = 2.0  # a release on a failure path waits this long for the vault before queueing instead
 
 
 def missing_token() -> ArbstrError:
@@ -66,9 +68,12 @@ class VaultMeter:
             raise missing_token()
         th = token_hash(token)
         first = route.candidates[0] if route.candidates else None
+        # Each reserve is one attempt of the request id: a release naming it refuses exactly this reserve should it
+        # arrive late, while the client may retry the id (a new attempt) once this one was released.
+        attempt = secrets.token_hex(8)
         req = ReserveRequest(request_id=request_id, token_hash=th, envelope=route.envelope,
                              provider=first.provider if first else "", model=first.model if first else route.model,
-                             endpoint=endpoint)
+                             endpoint=endpoint, attempt=attempt)
         try:
             reply = await self.bus.call(subjects.VAULT_RESERVE, req, ReserveReply, request_id=request_id,
                                         traceparent=TRACEPARENT.get() or None)
@@ -83,22 +88,32 @@ class VaultMeter:
                 # tombstones the rid, so a request the client saw fail is never charged. In the background: in
                 # an election it waits for the new leader, and the client should have its 503/504 now.
                 task = asyncio.create_task(self._command(SettleCommand(
-                    kind="release", request_id=request_id, token_hash=th, reason="reserve failed"), None))
+                    kind="release", request_id=request_id, attempt=attempt, token_hash=th, reason="reserve failed"),
+                    None))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
             raise
         return Hold(request_id=request_id, agent_id=reply.agent_id, amount_msat=reply.amount_msat,
-                    output_tokens=reply.output_tokens)
+                    output_tokens=reply.output_tokens, attempt=attempt)
 
     async def settle(self, hold: Hold, usage: Usage) -> None:
         await self._command(SettleCommand(
-            kind="settle", request_id=hold.request_id, agent_id=hold.agent_id, provider=usage.provider,
-            model=usage.model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            cost_msat=usage.cost_msat, estimated=usage.estimated), hold.agent_id)
+            kind="settle", request_id=hold.request_id, attempt=hold.attempt, agent_id=hold.agent_id,
+            provider=usage.provider, model=usage.model, input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens, cost_msat=usage.cost_msat, estimated=usage.estimated), hold.agent_id)
 
     async def release(self, hold: Hold, reason: str) -> None:
-        await self._command(SettleCommand(kind="release", request_id=hold.request_id, agent_id=hold.agent_id,
-                                          reason=reason), hold.agent_id)
+        """Journaled before the client hears of the failure (a request/reply to the vault), so a retry with the
+        same X-Request-Id finds the hold released; the durable work queue when the vault does not answer."""
+        cmd = SettleCommand(kind="release", request_id=hold.request_id, attempt=hold.attempt,
+                            agent_id=hold.agent_id, reason=reason)
+        try:
+            await self.bus.call(subjects.VAULT_RELEASE, cmd, Empty, request_id=hold.request_id,
+                                timeout_s=min(self.bus.timeout_s, RELEASE_WAIT_S))
+            return
+        except Exception as e:  # unanswered, or refused: the work queue retries it durably
+            log.info("request %s: release not answered (%r); queued", hold.request_id, e)
+        await self._command(cmd, hold.agent_id)
 
     async def close(self) -> None:
         """A release still retrying after a failed reserve is what keeps a client's failed request from being
@@ -109,9 +124,11 @@ class VaultMeter:
     async def _command(self, cmd: SettleCommand, agent_id: Optional[str]) -> None:
         """Publish until JetStream acks; the msg id makes retries (and a gateway's double send) harmless."""
         data = cmd.model_dump_json().encode()
-        # Request ids come from clients and may collide across agents: the dedup key names the account too.
+        # Request ids come from clients and may collide across agents: the dedup key names the account too, and
+        # the attempt (a retried request id's second release must not be dropped as the first one's duplicate).
         owner = agent_id or f"token-{(cmd.token_hash or '')[:16]}"
-        headers = {subjects.H_MSG_ID: f"{cmd.kind}:{owner}:{cmd.request_id}", subjects.H_REQUEST_ID: cmd.request_id}
+        headers = {subjects.H_MSG_ID: f"{cmd.kind}:{owner}:{cmd.request_id}#{cmd.attempt}",
+                   subjects.H_REQUEST_ID: cmd.request_id}
         if TRACEPARENT.get():
             headers[subjects.H_TRACEPARENT] = TRACEPARENT.get()
         subject = subjects.settle_command(agent_id or ANONYMOUS)

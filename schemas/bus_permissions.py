@@ -84,12 +84,13 @@ def table() -> dict[str, Permissions]:
         GATEWAY: Permissions(
             publish=(s.ROUTER_ROUTE, s.PRICING_TABLE, s.PRICING_QUOTE, s.PRICING_CONFIRM, s.BREAKER_STATE,
                      s.BREAKER_PROBE, f"{s.BREAKER_OUTCOME_PREFIX}.*", s.VAULT_RESERVE, s.VAULT_AWAIT_APPROVAL,
+                     s.VAULT_RELEASE,
                      f"{s.VAULT_AGENT_GROUP}.*", f"{s.VAULT_ADMIN_GROUP}.*", f"{s.REQUESTS_PREFIX}.*",
                      f"{s.SETTLE_PREFIX}.*", "$SRV.PING.>", "$SRV.STATS.>",
                      f"{JS_API}.CONSUMER.INFO.{s.STREAM_SETTLE}.*",  # the settle backlog, for /metrics
                      *_read_bucket(s.KV_PRICES, create=True), *_read_bucket(s.KV_BREAKERS, create=True),
                      *_read_bucket(s.KV_PROVIDER_KEYS), *_read_stream(s.STREAM_EVENTS)),
-            subscribe=(f"{inbox_prefix(GATEWAY)}.>", f"{s.PREFIX}.notice.>")),
+            subscribe=(f"{inbox_prefix(GATEWAY)}.>", s.TOKEN_REVOKED)),
         ROUTER: Permissions(
             publish=(*_read_bucket(s.KV_PRICES, create=True), *_read_bucket(s.KV_BREAKERS, create=True)),
             subscribe=(f"{s.ROUTER_GROUP}.>", _DISCOVERY, f"{inbox_prefix(ROUTER)}.>"), responds=True),
@@ -101,7 +102,7 @@ def table() -> dict[str, Permissions]:
             subscribe=(s.BREAKER_STATE, s.BREAKER_PROBE, s.BREAKER_OUTCOME_ALL, _DISCOVERY,
                        f"{inbox_prefix(BREAKER)}.>"), responds=True),
         VAULT: Permissions(
-            publish=(f"{s.LEDGER_PREFIX}.>", f"{s.HOLDS_PREFIX}.>", f"{s.SPEND_PREFIX}.*", f"{s.PREFIX}.notice.>",
+            publish=(f"{s.LEDGER_PREFIX}.>", f"{s.HOLDS_PREFIX}.>", f"{s.SPEND_PREFIX}.*", s.TOKEN_REVOKED,
                      *(g for stream in vault_streams for g in _own_stream(stream)),
                      *_own_bucket(s.KV_VAULT), *_own_bucket(s.KV_PROVIDER_KEYS), *_read_bucket(s.KV_PRICES)),
             subscribe=(f"{s.VAULT_GROUP}.>", _DISCOVERY, f"{inbox_prefix(VAULT)}.>"), responds=True),

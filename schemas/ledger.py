@@ -25,6 +25,13 @@ Count = Annotated[int, Field(ge=0, strict=True)]
 Policy = Annotated[JournaledPolicy,
                    BeforeValidator(lambda v: v.model_dump() if isinstance(v, JournaledPolicy) else v)]
 HASH_HEX_LEN = 64
+# One reserve attempt of a request id, named by the gateway that made it (hex nonce; "" in journals written
+# before attempts existed, and from callers that name none). A subject-safe token, never containing "#".
+Attempt = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{0,64}$")]
+ATTEMPT_DOC = "the reserve attempt this names (gateway nonce); \"\" = the rid's only or open one"
+# Fields added after journals were first written: left out of the canonical JSON while empty, so an event
+# written before they existed hashes as it did then and old journals still verify and replay.
+_LATER_FIELDS = ("attempt", "payout_key")
 
 
 class _Body(BaseModel):
@@ -91,6 +98,8 @@ class PayoutStarted(_Body):
                                         "may send or check it")
     approval_deadline_ms: Optional[Count] = Field(
         None, description="set: the payout waits for a human (held, not sent) until approved, denied or this time")
+    payout_key: str = Field("", max_length=128, description="the agent's idempotency key, when it gave one: the "
+                                                            "key names this payout and no other")
 
 
 class PayoutApproved(_Body):
@@ -144,6 +153,7 @@ HoldState = Literal["held", "awaiting_approval"]
 class Reserved(_Body):
     kind: Literal["reserved"] = "reserved"
     rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
     amount_msat: Amount
     output_tokens: Count
     expires_at_ms: Count
@@ -162,17 +172,20 @@ class Reserved(_Body):
 class Approved(_Body):
     kind: Literal["approved"] = "approved"
     rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
 
 
 class Denied(_Body):
     kind: Literal["denied"] = "denied"
     rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
     reason: str = ""
 
 
 class Settled(_Body):
     kind: Literal["settled"] = "settled"
     rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
     cost_msat: Amount = Field(description="what the request cost, whether or not it could all be charged")
     charged_msat: Amount
     uncollectible_msat: Amount
@@ -192,12 +205,14 @@ class Settled(_Body):
 class Released(_Body):
     kind: Literal["released"] = "released"
     rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
     reason: str = ""
 
 
 class Expired(_Body):
     kind: Literal["expired"] = "expired"
     rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
     action: Literal["charge", "release"]
     charged_msat: Amount
 
@@ -209,10 +224,12 @@ class Expired(_Body):
 
 
 class Tombstoned(_Body):
-    """A release/settle/expiry of a rid never reserved: a reserve arriving later is refused."""
+    """A release/settle/expiry of a reserve attempt never journaled: that attempt's reserve, arriving later, is
+    refused. With ``attempt`` "" (a caller that names no attempt) every later reserve of the rid is refused."""
 
     kind: Literal["tombstoned"] = "tombstoned"
     rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
     reason: str = ""
 
 
@@ -238,8 +255,12 @@ class LedgerEvent(BaseModel):
 
 def canonical_json(event: LedgerEvent) -> bytes:
     """Sorted keys, no whitespace, ASCII only: the same bytes for the same event on every machine."""
-    return json.dumps(event.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=True).encode("ascii")
+    data = event.model_dump(mode="json")
+    body = data["body"]
+    for name in _LATER_FIELDS:
+        if body.get(name, None) == "":
+            del body[name]
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 _HASHES: "OrderedDict[int, tuple[LedgerEvent, str]]" = OrderedDict()

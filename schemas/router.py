@@ -12,6 +12,8 @@ Endpoint = Literal["chat", "completions", "embeddings", "responses"]
 
 # The router sees a summary, not the whole body: bodies may exceed the NATS payload limit.
 MAX_TEXT_CHARS = 32_768
+# Outputs one request may ask for (prompts × n or best_of): far above any real use, and it keeps sizes bounded.
+MAX_CHOICES = 1_000_000
 
 
 class RouteRequest(Message):
@@ -22,7 +24,10 @@ class RouteRequest(Message):
     text_sample: str = Field("", description="all message text, truncated: complexity features read it")
     input_tokens: int = Field(ge=0, description="local estimate over the whole prompt")
     turns: int = Field(0, ge=0)
-    max_tokens: Optional[int] = Field(None, ge=1)
+    max_tokens: Optional[int] = Field(None, ge=1, description="the output cap per choice, on the field the "
+                                                               "endpoint's upstreams honour (the larger if two)")
+    choices: int = Field(1, ge=1, le=MAX_CHOICES, description="outputs the upstream generates and bills: chat n; "
+                                                             "completions prompts × max(n, best_of)")
     stream: bool = False
     tools: bool = False
     policy: Optional[str] = None
@@ -46,11 +51,15 @@ class Envelope(Message):
     """What a reservation must cover: the costliest candidate's rates over this request's token budget."""
 
     input_tokens: int = Field(ge=0)
-    output_tokens: Optional[int] = Field(None, ge=1, description="the client's max_tokens; None: the vault sizes it")
+    output_tokens: Optional[int] = Field(None, ge=1, description="the client's output cap per choice; None: the "
+                                                                 "vault sizes it")
     input_rate: Rate
     output_rate: Rate
     base_fee_msat: Msat = 0
-    max_output_tokens: int = Field(ge=1, description="ceiling of the output budget when output_tokens is None")
+    max_output_tokens: int = Field(ge=1, description="ceiling of the output budget per choice when output_tokens "
+                                                     "is None")
+    choices: int = Field(1, ge=1, le=MAX_CHOICES, description="outputs generated: the hold covers the output "
+                                                             "budget this many times")
 
 
 class RouteReply(Message):

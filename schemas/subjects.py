@@ -36,6 +36,8 @@ BREAKER_OUTCOME_ALL = f"{BREAKER_OUTCOME_PREFIX}.*"
 SPEND_PREFIX = f"{PREFIX}.spend"
 SPEND_ALL = f"{SPEND_PREFIX}.*"
 AUDIT_PREFIX = f"{PREFIX}.audit"
+# The vault announces tokens that stopped being valid (rotation); every gateway ends what is open on them.
+TOKEN_REVOKED = f"{PREFIX}.tokens.revoked"
 REQUESTS_PREFIX = f"{PREFIX}.requests"  # one RequestRecord per request, captured by STREAM_EVENTS
 REQUESTS_ANON = "anon"  # the agent token of free-mode requests
 

@@ -72,6 +72,10 @@ class AccountView(Message):
 # Agents are identified on the bus by the sha256 of their bearer token: the token itself never leaves the
 # gateway that received it.
 
+# A gateway's nonce naming one reserve attempt of a request id ("" from callers that name none).
+ATTEMPT_PATTERN = r"^[A-Za-z0-9_-]{0,64}$"
+
+
 class ReserveRequest(Message):
     request_id: str
     token_hash: str
@@ -79,6 +83,8 @@ class ReserveRequest(Message):
     provider: str = ""
     model: str = ""
     endpoint: str = "chat"
+    attempt: str = Field("", pattern=ATTEMPT_PATTERN, description="unique per reserve call: a release naming it "
+                                                                  "refuses exactly this reserve if it comes late")
 
 
 class ReserveReply(Message):
@@ -100,6 +106,8 @@ class SettleCommand(Message):
 
     kind: SettleKind
     request_id: str
+    attempt: str = Field("", pattern=ATTEMPT_PATTERN, description="the reserve attempt it resolves; \"\": the "
+                                                                  "rid's open hold")
     agent_id: Optional[str] = None
     token_hash: Optional[str] = Field(None, description="when the reserve reply never came: find the agent by it")
     provider: str = ""
@@ -135,6 +143,16 @@ class SpendEvent(Message):
     reason: str = ""
     at_ms: int
     ledger_seq: int
+
+
+class TokenRevoked(Message):
+    """Published on ``arbstr.v1.tokens.revoked`` when an agent's token stops being valid (rotation): gateways end
+    whatever is still open on it (event streams)."""
+
+    agent_id: str
+    token_hash: str = Field(description="sha256 of the token that no longer opens anything")
+    reason: Literal["token_rotated", "agent_removed"] = "token_rotated"
+    at_ms: int = Field(ge=0)
 
 
 class AgentRef(Message):
@@ -198,6 +216,9 @@ class ApprovalList(Message):
 
 class ApprovalAction(Message):
     request_id: str
+    agent_id: Optional[str] = Field(None, description="whose request: request ids are the clients' and collide "
+                                                      "across agents; without it only a single pending match is "
+                                                      "decided")
     reason: str = ""
 
 

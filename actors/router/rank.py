@@ -206,7 +206,7 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
         retry_at = min((breakers[o.provider].retry_at_ms for o in at_tier), default=None)
         raise _no_provider(req, reasons, retry_at, now_ms)
 
-    output_tokens = req.max_tokens or config.router.default_output_tokens
+    output_tokens = (req.max_tokens or config.router.default_output_tokens) * req.choices  # n outputs, n paid
     candidates = [
         Candidate(
             provider=o.provider,
@@ -230,6 +230,7 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
         output_rate=max(c.output_rate for c in candidates),
         base_fee_msat=max(c.base_fee_msat for c in candidates),
         max_output_tokens=config.router.max_output_tokens,
+        choices=req.choices,
     )
     return RouteReply(
         request_id=req.request_id,

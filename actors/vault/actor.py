@@ -31,7 +31,7 @@ from schemas.vault import (AccountView, AgentDeposit, AgentList, AgentPolicy, Ag
                            ApprovalList, ApprovalResult, Books, ChainCheck, ClearFreeze, CreateAgent, DepositCommand, DepositReply,
                            DepositRequest, Empty, History, HistoryQuery, PayoutList, PayoutRef, PayoutView,
                            Reconciliation, ReserveReply, ReserveRequest, RotateToken, SetPolicy, SettleCommand,
-                           SpendEvent, TokenRef, WithdrawRequest)
+                           SpendEvent, TokenRef, TokenRevoked, WithdrawRequest)
 
 from . import decide
 from .book import Book
@@ -59,6 +59,9 @@ class Written:
     decided: decide.Decided
     state: AccountState
     events: list[LedgerEvent]  # what this call journaled; empty when the command was a no-op
+    # An append of this call met a conflict: a "duplicate" no-op may then be this call's own write, whose ack was
+    # lost, rather than another caller's earlier one.
+    conflicted: bool = False
 
 
 def now_ms() -> int:
@@ -92,7 +95,9 @@ class VaultActor:
         self.request_log = RequestLog(self.projection)
         self.nc: Optional[NATS] = None
         self.journal: Optional[Journal] = None
-        self._waiters: dict[str, asyncio.Event] = {}
+        # (agent id, rid) -> the wake-up of a reserve waiting for its approval. Keyed by agent too: two agents'
+        # requests may share a rid, and one's decision must neither wake nor strand the other's wait.
+        self._waiters: dict[tuple[str, str], set[asyncio.Event]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._settle_sem = asyncio.Semaphore(256)
         self._running = False
@@ -213,6 +218,7 @@ class VaultActor:
             deadline = time.monotonic() + APPEND_BUDGET_S
             attempt = 0
             caught_up = False
+            conflicted = False
             while time.monotonic() < deadline:
                 attempt += 1
                 at = now_ms()
@@ -233,19 +239,20 @@ class VaultActor:
                         raise
                     continue
                 if not decided.bodies:
-                    return Written(decided, slot.state, [])
+                    return Written(decided, slot.state, [], conflicted)
                 events = next_events(slot.state, decided.op_id, decided.bodies, at)
                 entry = JournalEntry(op_id=decided.op_id, agent_id=agent_id, events=events)
                 try:
                     seq = await self.journal.append(entry, slot.stream_seq)
                 except Conflict:
                     self.conflicts += 1
+                    conflicted = True
                     await self._catch_up(agent_id)
                     if attempt > 1:  # a hot agent on several instances: back off so one of them wins
                         await asyncio.sleep(random.uniform(0, min(0.05, 0.001 * 2 ** attempt)))
                     continue
                 self.book.apply_entry(entry, seq, in_order=False)
-                return Written(decided, slot.state, events)
+                return Written(decided, slot.state, events, conflicted)
         raise ArbstrError(503, "the account is busy; try again", code="ledger_contention",
                           headers={"retry-after": "1"})
 
@@ -261,8 +268,8 @@ class VaultActor:
         self.rails.on_events(events)
         for e in events:
             rid = getattr(e.body, "rid", None)
-            if rid is not None and rid in self._waiters:
-                self._waiters[rid].set()
+            for waiter in self._waiters.get((e.agent_id, rid), ()) if rid is not None else ():
+                waiter.set()
 
     async def _publish_spend(self, state: AccountState, events: list[LedgerEvent], request_id: str) -> None:
         """One spend event per resolution; its id is stable, so a republish is deduplicated by the stream."""
@@ -327,13 +334,14 @@ class VaultActor:
         ttl_ms = self.vc.hold_ttl_s * 1000
         rid = req.request_id
         w = await self.execute(agent_id, lambda s, at: decide.reserve(
-            s, rid, req.envelope, at, ttl_ms=ttl_ms, provider=req.provider, model=req.model))
-        if w.decided.noop == "duplicate":
-            # Gateways send a reserve once; a second one with this id is another request reusing it, and a hold
-            # shared by two upstream calls would let one of them go unpaid.
+            s, rid, req.envelope, at, ttl_ms=ttl_ms, provider=req.provider, model=req.model, attempt=req.attempt))
+        if w.decided.noop == "duplicate" and not req.attempt and not w.conflicted:
+            # A caller naming no attempt sends a reserve once: a second one with this id is another request reusing
+            # it, and a hold shared by two upstream calls would let one of them go unpaid. (A repeat of a named
+            # attempt is the same reserve delivered again: it is answered from its hold.)
             raise ArbstrError(409, f"request id {rid!r} was already used by this agent; send a new X-Request-Id",
                               code="request_id_reused", param="X-Request-Id", headers={"x-should-retry": "false"})
-        reply = self._hold_reply(agent_id, rid, w.state)
+        reply = self._hold_reply(agent_id, rid, w.state, req.attempt)
         if self.timers is not None:
             await self.timers.arm(agent_id, rid, (reply.expires_at_ms - now_ms()) / 1000)
         return reply
@@ -343,15 +351,17 @@ class VaultActor:
         agent_id = await self._agent_for(req.token_hash)
         hold = self.book.slot(agent_id).state.holds.get(req.request_id)
         state = self.book.slot(agent_id).state
-        if hold is not None and hold.state == "awaiting_approval":
+        if hold is not None and hold.state == "awaiting_approval" and hold.attempt == req.attempt:
             state = await self._await_approval(agent_id, req.request_id, hold.approval_deadline_ms or now_ms())
-        return self._hold_reply(agent_id, req.request_id, state)
+        return self._hold_reply(agent_id, req.request_id, state, req.attempt)
 
-    def _hold_reply(self, agent_id: str, rid: str, state: AccountState) -> ReserveReply:
+    def _hold_reply(self, agent_id: str, rid: str, state: AccountState, attempt: str = "") -> ReserveReply:
         hold = state.holds.get(rid)
+        if hold is not None and hold.attempt != attempt:
+            hold = None  # another attempt's hold: this one ended (and the rid was reserved again since)
         if hold is None:
             res = state.resolutions.get(rid)
-            if res is not None and res.kind == "denied":
+            if res is not None and res.kind == "denied" and res.hold.attempt == attempt:
                 code = "approval_timeout" if res.reason == decide.APPROVAL_TIMEOUT else "approval_denied"
                 raise ArbstrError(403, f"the spend was not approved ({res.reason or 'denied'})", code=code,
                                   headers={"x-should-retry": "false"})
@@ -363,7 +373,9 @@ class VaultActor:
 
     async def _await_approval(self, agent_id: str, rid: str, deadline_ms: int) -> AccountState:
         """Hold the reply until a human approves or denies, or the deadline denies it for them."""
-        event = self._waiters.setdefault(rid, asyncio.Event())
+        key = (agent_id, rid)
+        event = asyncio.Event()
+        self._waiters.setdefault(key, set()).add(event)
         try:
             while True:
                 hold = self.book.slot(agent_id).state.holds.get(rid)
@@ -380,7 +392,11 @@ class VaultActor:
                 except asyncio.TimeoutError:
                     pass
         finally:
-            self._waiters.pop(rid, None)
+            waiting = self._waiters.get(key)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del self._waiters[key]
 
     # --- settle / release ------------------------------------------------------------------------------
     async def apply_settle(self, cmd: SettleCommand) -> None:
@@ -395,9 +411,9 @@ class VaultActor:
         if cmd.kind == "settle":
             decider: Decider = lambda s, at: decide.settle(
                 s, rid, cmd.cost_msat, at, input_tokens=cmd.input_tokens, output_tokens=cmd.output_tokens,
-                provider=cmd.provider, model=cmd.model, estimated=cmd.estimated)
+                provider=cmd.provider, model=cmd.model, estimated=cmd.estimated, attempt=cmd.attempt)
         else:
-            decider = lambda s, at: decide.release(s, rid, cmd.reason or "released", at)
+            decider = lambda s, at: decide.release(s, rid, cmd.reason or "released", at, attempt=cmd.attempt)
         w = await self.execute(agent_id, decider)
         await self._publish_spend(w.state, w.events, rid)
 
@@ -468,7 +484,7 @@ class VaultActor:
         for agent_id, slot in list(self.book.slots.items()):
             for rid, hold in list(slot.state.holds.items()):
                 deadline = hold.approval_deadline_ms if hold.state == "awaiting_approval" else hold.expires_at_ms
-                if deadline is not None and deadline <= at and rid not in self._waiters:
+                if deadline is not None and deadline <= at and (agent_id, rid) not in self._waiters:
                     due.append((agent_id, rid))
             unanswered += [(agent_id, pid) for pid, p in slot.state.payouts.items()
                            if p.approval_deadline_ms is not None and p.approval_deadline_ms <= at]
@@ -486,7 +502,7 @@ class VaultActor:
 
     async def expire_one(self, agent_id: str, rid: str) -> int:
         """Expire one hold if it is due (a timer's marker or the sweep); 1 if this call resolved it."""
-        if rid in self._waiters or agent_id not in self.book.slots:
+        if (agent_id, rid) in self._waiters or agent_id not in self.book.slots:
             return 0  # an approval this instance is waiting on is resolved by that wait
         try:
             w = await self.execute(agent_id, lambda s, t: decide.expire(s, rid, t, self.vc.expiry_action))
@@ -599,13 +615,31 @@ class VaultActor:
         await self._known(req.agent_id)
         if self.book.agent_by_token(req.token_hash) is not None:
             raise ArbstrError(409, "that token is already in use", code="token_in_use")
-        return view((await self.execute(req.agent_id,
-                                        lambda s, at: decide.rotate_token(s, req.token_hash, at))).state)
+        replaced: list[str] = []
+
+        def rotate(s: AccountState, at: int) -> decide.Decided:
+            replaced[:] = [s.token_hash]
+            return decide.rotate_token(s, req.token_hash, at)
+
+        w = await self.execute(req.agent_id, rotate)
+        if w.events and replaced:
+            await self._revoked(req.agent_id, replaced[0], "token_rotated")
+        return view(w.state)
+
+    async def _revoked(self, agent_id: str, token_hash: str, reason: str) -> None:
+        """Tell every gateway that ``token_hash`` no longer opens anything (its open event streams end). Core
+        NATS may drop it: gateways also re-check their streams' tokens now and then."""
+        assert self.nc is not None
+        notice = TokenRevoked(agent_id=agent_id, token_hash=token_hash, reason=reason, at_ms=now_ms())
+        try:
+            await self.nc.publish(subjects.TOKEN_REVOKED, notice.model_dump_json().encode())
+        except Exception:
+            log.warning("could not publish the revocation of %s's token", agent_id)
 
     async def _deposit(self, req: DepositCommand, headers: dict[str, str]) -> AccountView:
         await self._known(req.agent_id)
         return view((await self.execute(req.agent_id, lambda s, at: decide.deposit(
-            s, req.deposit_id, req.amount_msat, req.rail, req.reference, at))).state)
+            s, req.deposit_id, req.amount_msat, req.rail, req.reference, at, self.book.deposited_msat()))).state)
 
     async def _deposit_token(self, req: AgentDeposit, headers: dict[str, str]) -> DepositReply:
         await self._known(req.agent_id)
@@ -630,21 +664,48 @@ class VaultActor:
         items.sort(key=lambda a: a.requested_at_ms)
         return ApprovalList(approvals=items)
 
-    async def _holder(self, rid: str) -> tuple[str, bool]:
-        """(agent id, whether it is a payout) of what ``rid`` names."""
+    async def _holder(self, rid: str, agent_id: Optional[str]) -> tuple[str, bool]:
+        """(agent id, whether it is a payout) of the approval ``rid`` names.
+
+        Request ids are the clients' and collide across agents: with ``agent_id`` the approval is that agent's;
+        without it, only a single pending approval with that id is ever chosen — several pending (or several
+        agents knowing the id and none pending) is a 400 asking for the agent, never a guess."""
         await self._caught_up()
+        if agent_id is not None:
+            slot = self.book.slots.get(agent_id)
+            if slot is None or not slot.state.created:
+                raise ArbstrError(404, f"no agent {agent_id}", code="agent_not_found", param="agent_id")
+            found = _approval_of(slot.state, rid)
+            if found is None:
+                raise ArbstrError(404, f"agent {agent_id} has no reservation {rid}", code="unknown_request",
+                                  param="request_id")
+            return agent_id, found[1]
+        pending: list[tuple[str, bool]] = []
+        known: list[tuple[str, bool]] = []
         for state in self.book.agents():
-            if rid in state.holds or rid in state.resolutions:
-                return state.agent_id, False
-        owner = self.rails.owner_of_payout(rid)  # payout ids (a payment hash, tok:…) never look like request ids
-        if owner is not None:
-            return owner, True
+            found = _approval_of(state, rid)
+            if found is not None:
+                (pending if found[0] else known).append((state.agent_id, found[1]))
+        if len(pending) == 1:
+            return pending[0]
+        if len(pending) > 1 or (not pending and len(known) > 1):
+            agents = ", ".join(sorted(a for a, _ in pending or known))
+            raise ArbstrError(400, f"request id {rid} names requests of several agents ({agents}): decide it at "
+                                   f"/v1/admin/approvals/{{agent_id}}/{rid}/approve|deny", code="agent_id_required",
+                              param="agent_id")
+        if known:
+            return known[0]  # decided already, or never awaiting approval: the deciders say which (409)
         raise ArbstrError(404, f"no reservation {rid}", code="unknown_request", param="request_id")
 
     async def _decide_payout(self, agent_id: str, pid: str, approve: bool, reason: str) -> ApprovalResult:
         state = self.book.slot(agent_id).state
         payout = state.payouts.get(pid)
         if payout is None or payout.approval_deadline_ms is None:
+            done = state.payouts_done.get(pid)
+            if f"payout_approved:{pid}" in state.op_ids:
+                raise decide.already_decided(pid, "approved")
+            if done is not None and done.payout.approval_deadline_ms is not None:
+                raise decide.already_decided(pid, "denied")
             raise ArbstrError(409, f"payout {pid} is not waiting for approval", code="not_awaiting_approval")
         if approve:
             await self.execute(agent_id, lambda s, at: decide.approve_payout(s, pid, at))
@@ -655,7 +716,7 @@ class VaultActor:
         return ApprovalResult(request_id=pid, agent_id=agent_id, state="approved" if approve else "denied")
 
     async def _decide_approval(self, req: ApprovalAction, approve: bool) -> ApprovalResult:
-        agent_id, is_payout = await self._holder(req.request_id)
+        agent_id, is_payout = await self._holder(req.request_id, req.agent_id)
         if is_payout:
             return await self._decide_payout(agent_id, req.request_id, approve, req.reason)
         rid = req.request_id
@@ -663,6 +724,8 @@ class VaultActor:
             w = await self.execute(agent_id, lambda s, at: decide.approve(s, rid, at))
         else:
             w = await self.execute(agent_id, lambda s, at: decide.deny(s, rid, req.reason, at))
+        if w.decided.noop == "duplicate" and not w.conflicted:
+            raise decide.already_decided(rid, "approved" if approve else "denied")  # by someone else, before
         await self._publish_spend(w.state, w.events, rid)
         state = w.state
         hold = state.holds.get(rid)
@@ -734,6 +797,21 @@ class VaultActor:
         broken = [a for a, evs in events_by_agent.items() if not verify_chain(evs)[0]]
         return ChainCheck(agents=len(events_by_agent), events=sum(len(v) for v in events_by_agent.values()),
                           ok=not broken, broken=sorted(broken))
+
+
+def _approval_of(state: AccountState, rid: str) -> Optional[tuple[bool, bool]]:
+    """(pending, is a payout) of what ``rid`` names in one account — a pending one first — or None."""
+    hold = state.holds.get(rid)
+    payout = state.payouts.get(rid)
+    if hold is not None and hold.state == "awaiting_approval":
+        return True, False
+    if payout is not None and payout.approval_deadline_ms is not None:
+        return True, True
+    if hold is not None or rid in state.resolutions:
+        return False, False
+    if payout is not None or rid in state.payouts_done:
+        return False, True
+    return None
 
 
 async def read_ledger(nc: NATS, timeout_s: float = 60.0) -> dict[str, list[LedgerEvent]]:

@@ -110,6 +110,10 @@ class Book:
     def agents(self) -> list[AccountState]:
         return [s.state for s in self.slots.values() if s.state.created]
 
+    def deposited_msat(self) -> int:
+        """Σ deposits over every agent: the vault-wide side of the deposit bound."""
+        return sum(s.state.deposited_msat for s in self.slots.values())
+
     def books(self, ledger_seq: int) -> Books:
         """Σ deposits − Σ withdrawals = Σ available + Σ pending (holds and payouts) + Σ spent, over every agent."""
         states = self.agents()

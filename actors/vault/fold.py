@@ -64,6 +64,12 @@ class Hold:
     state: HoldState
     approval_deadline_ms: Optional[int]
     reserved_at_ms: int
+    attempt: str = ""  # the gateway's nonce of the reserve that made it ("" in older journals)
+    earlier_attempts: tuple[str, ...] = ()  # attempts of this rid reserved and released before this one
+
+    def reserved(self, attempt: str) -> bool:
+        """Whether ``attempt`` of this rid was reserved: this hold's or one released before it."""
+        return attempt == self.attempt or attempt in self.earlier_attempts
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,12 @@ class Resolution:
     at_ms: int
     seq: int
 
+    @property
+    def reusable(self) -> bool:
+        """Nothing was charged and the upstream was not paid for it: the rid may be reserved again (a failed
+        request's retry keeps its X-Request-Id). A settle (even of 0) or a charged expiry uses it up for good."""
+        return self.kind in ("released", "denied") or (self.kind == "expired" and self.charged_msat == 0)
+
 
 @dataclass(frozen=True)
 class Payout:
@@ -93,6 +105,7 @@ class Payout:
     fallback: bool = False
     wallet: str = ""  # the identity of the wallet that pays it ("" in journals older than the field)
     approval_deadline_ms: Optional[int] = None  # set while it waits for a human: held, never sent
+    payout_key: str = ""  # the agent's idempotency key for it, if it gave one
 
     @property
     def held_msat(self) -> int:
@@ -148,13 +161,15 @@ class AccountState:
     available_msat: int = 0
     pending_msat: int = 0
     payout_pending_msat: int = 0
-    holds: dict[str, Hold] = field(default_factory=dict)
-    resolutions: dict[str, Resolution] = field(default_factory=dict)
-    tombstones: dict[str, str] = field(default_factory=dict)
+    holds: dict[str, Hold] = field(default_factory=dict)  # the open hold of each rid (at most one at a time)
+    resolutions: dict[str, Resolution] = field(default_factory=dict)  # how each rid's latest hold ended
+    # rid -> {attempt: reason} of releases/settles that came before their reserve ("" refuses every attempt)
+    tombstones: dict[str, dict[str, str]] = field(default_factory=dict)
     deposits: dict[str, int] = field(default_factory=dict)
     withdrawals: dict[str, int] = field(default_factory=dict)
     payouts: dict[str, Payout] = field(default_factory=dict)  # open: journaled, not yet resolved
     payouts_done: dict[str, PayoutEnd] = field(default_factory=dict)
+    payout_keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> the payout it names
     invoices: dict[str, Invoice] = field(default_factory=dict)  # by deposit_id
     settle_index: int = 0  # highest Lightning settle index credited to this agent
     # op_id -> (first seq, last seq) of the events it produced; kept forever, unlike the stream's dedup window.
@@ -174,8 +189,9 @@ class AccountState:
             withdrawn_msat=self.withdrawn_msat, spent_msat=self.spent_msat,
             uncollectible_msat=self.uncollectible_msat, available_msat=self.available_msat,
             pending_msat=self.pending_msat, payout_pending_msat=self.payout_pending_msat, holds=dict(self.holds), resolutions=dict(self.resolutions),
-            tombstones=dict(self.tombstones), deposits=dict(self.deposits), withdrawals=dict(self.withdrawals),
-            payouts=dict(self.payouts), payouts_done=dict(self.payouts_done), invoices=dict(self.invoices),
+            tombstones={rid: dict(t) for rid, t in self.tombstones.items()}, deposits=dict(self.deposits),
+            withdrawals=dict(self.withdrawals), payouts=dict(self.payouts), payouts_done=dict(self.payouts_done),
+            payout_keys=dict(self.payout_keys), invoices=dict(self.invoices),
             settle_index=self.settle_index, op_ids=dict(self.op_ids), window=list(self.window), seq=self.seq, last_hash=self.last_hash,
             last_op_id=self.last_op_id,
         )
@@ -183,6 +199,20 @@ class AccountState:
     def knows(self, rid: str) -> bool:
         """Whether ``rid`` was ever reserved or tombstoned here."""
         return rid in self.holds or rid in self.resolutions or rid in self.tombstones
+
+    def reserved(self, rid: str, attempt: str) -> bool:
+        """Whether ``attempt`` of ``rid`` was ever reserved (open now, or resolved)."""
+        hold = self.holds.get(rid)
+        if hold is not None and hold.reserved(attempt):
+            return True
+        res = self.resolutions.get(rid)
+        return res is not None and res.hold.reserved(attempt)
+
+    def tombstoned(self, rid: str, attempt: str) -> bool:
+        """Whether a reserve of ``attempt`` is refused: that attempt was released before its reserve came, or the
+        rid was released by a caller naming no attempt."""
+        marks = self.tombstones.get(rid)
+        return marks is not None and ("" in marks or attempt in marks)
 
 
 def check_invariants(state: AccountState) -> None:
@@ -236,7 +266,26 @@ def _open_hold(state: AccountState, event: LedgerEvent, rid: str) -> Hold:
     if hold is None:
         done = "already resolved" if rid in state.resolutions else "unknown"
         raise _fail(event, f"hold {rid} is {done}")
+    attempt = getattr(event.body, "attempt", "")
+    if attempt and attempt != hold.attempt:
+        raise _fail(event, f"hold {rid} is attempt {hold.attempt!r}, not {attempt!r}")
     return hold
+
+
+def _earlier_attempts(state: AccountState, event: LedgerEvent, rid: str, attempt: str) -> tuple[str, ...]:
+    """The attempts of ``rid`` before this reserve; refuses a reserve the rid's history does not allow."""
+    if rid in state.holds:
+        raise _fail(event, f"rid {rid} already has an open hold")
+    if state.tombstoned(rid, attempt):
+        raise _fail(event, f"rid {rid} attempt {attempt!r} was tombstoned")
+    res = state.resolutions.get(rid)
+    if res is None:
+        return ()
+    if not res.reusable:
+        raise _fail(event, f"rid {rid} was {res.kind} with a charge: it cannot be reserved again")
+    if res.hold.reserved(attempt):
+        raise _fail(event, f"rid {rid} attempt {attempt!r} was reserved before")
+    return res.hold.earlier_attempts + (res.hold.attempt,)
 
 
 def _open_payout(state: AccountState, event: LedgerEvent, payout_id: str) -> Payout:
@@ -312,14 +361,13 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         state.available_msat -= body.amount_msat
         _charge(state, event.at_ms, body.amount_msat)
     elif isinstance(body, Reserved):
-        if state.knows(body.rid):
-            raise _fail(event, f"rid {body.rid} was already reserved or tombstoned")
+        earlier = _earlier_attempts(state, event, body.rid, body.attempt)
         if body.amount_msat > state.available_msat:
             raise _fail(event, f"hold of {body.amount_msat} exceeds available {state.available_msat}")
         state.holds[body.rid] = Hold(rid=body.rid, amount_msat=body.amount_msat, output_tokens=body.output_tokens,
                                      expires_at_ms=body.expires_at_ms, provider=body.provider, model=body.model,
                                      state=body.state, approval_deadline_ms=body.approval_deadline_ms,
-                                     reserved_at_ms=event.at_ms)
+                                     reserved_at_ms=event.at_ms, attempt=body.attempt, earlier_attempts=earlier)
         state.available_msat -= body.amount_msat
         state.pending_msat += body.amount_msat
     elif isinstance(body, Approved):
@@ -328,10 +376,7 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
             raise _fail(event, f"hold {body.rid} is not awaiting approval")
         if hold.approval_deadline_ms is not None and event.at_ms >= hold.approval_deadline_ms:
             raise _fail(event, "approved after the deadline: the timeout already denied it")
-        state.holds[body.rid] = Hold(rid=hold.rid, amount_msat=hold.amount_msat, output_tokens=hold.output_tokens,
-                                     expires_at_ms=hold.expires_at_ms, provider=hold.provider, model=hold.model,
-                                     state="held", approval_deadline_ms=hold.approval_deadline_ms,
-                                     reserved_at_ms=hold.reserved_at_ms)
+        state.holds[body.rid] = replace(hold, state="held")
     elif isinstance(body, Denied):
         hold = _open_hold(state, event, body.rid)
         if hold.state != "awaiting_approval":
@@ -361,9 +406,14 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         _resolve(state, event, hold, "expired", charged=body.charged_msat, cost=body.charged_msat,
                  reason=body.action)
     elif isinstance(body, Tombstoned):
-        if state.knows(body.rid):
-            raise _fail(event, f"rid {body.rid} is known: only unknown rids are tombstoned")
-        state.tombstones[body.rid] = body.reason
+        if body.attempt in state.tombstones.get(body.rid, {}):
+            raise _fail(event, f"rid {body.rid} attempt {body.attempt!r} is already tombstoned")
+        # Naming no attempt, a release stands for the whole rid: only a rid never reserved is tombstoned that way.
+        known = (body.rid in state.holds or body.rid in state.resolutions) if body.attempt == "" \
+            else state.reserved(body.rid, body.attempt)
+        if known:
+            raise _fail(event, f"rid {body.rid} attempt {body.attempt!r} is known: only unknown ones are tombstoned")
+        state.tombstones.setdefault(body.rid, {})[body.attempt] = body.reason
     elif isinstance(body, InvoiceIssued):
         if body.deposit_id in state.invoices or body.deposit_id in state.deposits:
             raise _fail(event, f"deposit {body.deposit_id} already exists")
@@ -376,10 +426,15 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         payout = Payout(payout_id=body.payout_id, amount_msat=body.amount_msat, fee_limit_msat=body.fee_limit_msat,
                         rail=body.rail, reference=body.reference, destination=body.destination,
                         started_at_ms=event.at_ms, initial_rail=body.rail, wallet=body.wallet,
-                        approval_deadline_ms=body.approval_deadline_ms)
+                        approval_deadline_ms=body.approval_deadline_ms, payout_key=body.payout_key)
         if payout.held_msat > state.available_msat:
             raise _fail(event, f"payout of {payout.held_msat} exceeds available {state.available_msat}")
+        if body.payout_key and body.payout_key in state.payout_keys:
+            raise _fail(event, f"idempotency key {body.payout_key} already names payout "
+                               f"{state.payout_keys[body.payout_key]}")
         state.payouts[body.payout_id] = payout
+        if body.payout_key:
+            state.payout_keys[body.payout_key] = body.payout_id
         state.available_msat -= payout.held_msat
         state.payout_pending_msat += payout.held_msat
     elif isinstance(body, PayoutApproved):

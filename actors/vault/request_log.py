@@ -20,7 +20,7 @@ from actors.runtime import unsubscribe_quietly
 from schemas import subjects
 from schemas.requests import RequestList, RequestRecord, RequestsQuery, StatsQuery, StatsReply, StatsRow
 
-from .projection import Projection, SpooledTable, where_clause
+from .projection import Projection, SpooledTable, where_clause, widen
 
 log = logging.getLogger("arbstr.vault.requests")
 
@@ -28,7 +28,7 @@ _COLUMNS = {
     "stream_seq": "BIGINT", "request_id": "VARCHAR", "agent_id": "VARCHAR", "endpoint": "VARCHAR",
     "model": "VARCHAR", "provider": "VARCHAR", "upstream_model": "VARCHAR", "tier": "VARCHAR",
     "status": "INTEGER", "success": "BOOLEAN", "streamed": "BOOLEAN", "input_tokens": "BIGINT",
-    "output_tokens": "BIGINT", "cost_msat": "BIGINT", "baseline_msat": "BIGINT", "latency_ms": "DOUBLE",
+    "output_tokens": "BIGINT", "cost_msat": "HUGEINT", "baseline_msat": "HUGEINT", "latency_ms": "DOUBLE",
     "overhead_ms": "DOUBLE", "at_ms": "BIGINT", "estimated": "BOOLEAN",
 }
 _RECORD_FIELDS = [c for c in _COLUMNS if c != "stream_seq"]
@@ -50,6 +50,7 @@ class RequestLog(SpooledTable):
         # Shares the ledger projection's database and lock: one DuckDB file, one writer at a time.
         with projection._lock:
             projection.db.execute(_SCHEMA)
+            widen(projection.db, "requests", ["cost_msat", "baseline_msat"])
         self._init_spool(projection.db, projection._lock, projection._spool, "requests.jsonl", _READ, _META_KEY)
         self._sub: Any = None
 
