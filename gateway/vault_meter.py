@@ -107,7 +107,8 @@ class VaultMeter:
         await self._command(SettleCommand(
             kind="settle", request_id=hold.request_id, agent_id=hold.agent_id, provider=usage.provider,
             model=usage.model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            cost_msat=usage.cost_msat, estimated=usage.estimated), hold.agent_id)
+            cost_msat=usage.cost_msat, estimated=usage.estimated, provider_cost_msat=usage.provider_cost_msat,
+            cost_drift=usage.cost_drift), hold.agent_id)
 
     async def release(self, hold: Hold, reason: str) -> None:
         await self._command(SettleCommand(kind="release", request_id=hold.request_id, agent_id=hold.agent_id,
