@@ -349,6 +349,8 @@ class TopUpConfig(_Section):
                                                                "cover it up to this much")
     wait_on_402_s: float = Field(20.0, ge=0, description="a request a funded node refused with 402 waits this long "
                                                          "for one top-up before falling over (0: never)")
+    prepaid_keys: bool = Field(True, description="buy each node a prepaid key and keep it topped up; false: pay "
+                                                 "only per request (x_cashu)")
     x_cashu: bool = Field(True, description="pay nodes without a prepaid key per request with an X-Cashu token "
                                             "(non-streamed requests only: the node buffers the whole answer)")
     x_cashu_max_msat: int = Field(1_000_000, gt=0, description="the largest token one request may carry")

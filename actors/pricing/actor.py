@@ -302,7 +302,7 @@ class PricingActor:
             try:
                 body = await get_json(session, node.url + "/models", timeout_s=cfg.timeout_s)
                 prices = routstr.parse_models(body)
-                listing = Listing(models=tuple(m.model for m in prices),
+                listing = Listing(models=tuple(m.model for m in prices) + tuple(routstr.unpriced_models(body)),
                                   rates={m.model: ModelRate(input_rate=m.input_rate, output_rate=m.output_rate)
                                          for m in prices},
                                   context={m.model: m.context_length for m in prices if m.context_length},

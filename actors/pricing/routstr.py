@@ -112,3 +112,15 @@ def parse_models(body: dict) -> list[ModelPrice]:
                                context_length=held.context_length or price.context_length, node=node)
         prices[model] = price
     return list(prices.values())
+
+
+def unpriced_models(body: dict) -> list[str]:
+    """Models a listing names without usable ``sats_pricing`` (null while the node lacks a BTC price): listed, with
+    a note, never routed — arbstr does not guess a node's sats price from its USD one."""
+    priced = {m.model for m in parse_models(body)}
+    out = []
+    for item in body.get("data", []) if isinstance(body, dict) else []:
+        mid = item.get("id") if isinstance(item, dict) else None
+        if isinstance(mid, str) and mid and len(mid) <= 256 and mid not in priced and mid not in out:
+            out.append(mid)
+    return out

@@ -132,6 +132,8 @@ class TopUps:
 
     async def run_once(self) -> None:
         self.rounds += 1
+        if not self.cfg.prepaid_keys:
+            return
         for p in await self.providers():
             try:
                 await self.top_up(p)
