@@ -96,6 +96,8 @@ class Knobs:
     redemption_fault: Optional[str] = None  # a key of REDEMPTION_ERRORS: every redemption fails so
     hold_answers: Optional[asyncio.Event] = None  # paid requests wait for it after payment, before answering
     swept: bool = False  # unclaimed X-Cashu change was swept: /refund answers 410
+    redirect_to: Optional[str] = None  # every request under redirect_prefix answers 307 to this base URL
+    redirect_prefix: str = "/"
 
 
 def models_of(models: Union[dict[str, Price], dict[str, NodeModel], None]) -> dict[str, NodeModel]:
@@ -119,6 +121,7 @@ class RoutstrNode:
         self.x_cashu_in: dict[str, str] = {}  # X-Cashu token → the node's request id
         self.refunds: dict[str, Refund] = {}  # request id → change issued
         self.requests: list[dict[str, Any]] = []  # bodies of the paid requests it served, in order
+        self.hits: list[str] = []  # "METHOD /path" of every request it received
         self.url = ""
         self._runner: Optional[web.AppRunner] = None
 
@@ -143,6 +146,9 @@ class RoutstrNode:
     async def _request_id(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                           ) -> web.StreamResponse:
         request[RID] = str(uuid.uuid4())
+        self.hits.append(f"{request.method} {request.path}")
+        if self.knobs.redirect_to and request.path.startswith(self.knobs.redirect_prefix):
+            raise web.HTTPTemporaryRedirect(self.knobs.redirect_to + request.path_qs)
         try:
             resp = await handler(request)
         except NodeError as e:

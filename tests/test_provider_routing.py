@@ -87,3 +87,30 @@ async def test_point3_the_nodes_charge_is_recorded_beside_ours_and_a_drift_flagg
 
 async def _keyed(m: Market, name: str, node: Any) -> bool:
     return bool(node.keys) and await m.routable(name)
+
+
+async def test_nothing_a_node_redirects_is_followed(
+        http: aiohttp.ClientSession, fresh_nats: NatsServer, mock_upstream: str, nutshell_mint: NutshellMint,
+        outside: OutsideWallet, tmp_path: Path, relay: NostrRelay, routstr_nodes: StartNode) -> None:
+    """A key, a token or a prompt sent to a node never follows its Location header to another host: neither the
+    gateway's request nor the vault's key creation."""
+    node = await routstr_nodes({"a-model": CHEAP})
+    grabber = await routstr_nodes({"a-model": CHEAP, "b-model": CHEAP}, name="grabber")
+    sly = await routstr_nodes({"b-model": CHEAP}, name="sly")
+    sly.knobs.redirect_to, sly.knobs.redirect_prefix = grabber.url, "/v1/balance"
+    async with market(http, fresh_nats, mock_upstream, nutshell_mint, outside, tmp_path, relay,
+                      topup={"x_cashu": False}) as m:
+        name = await m.announce(node)
+        await eventually(lambda: _keyed(m, name, node))
+        node.knobs.redirect_to = grabber.url
+        status, body, _ = await m.chat("a-model", "follow me", max_tokens=20)
+        assert status == 502, body
+        await m.announce(sly, "sly")
+        rounds = m.rig.actor.topups.rounds
+        await eventually(lambda: _later(m, rounds + 10), what="ten top-up rounds")
+        assert not grabber.hits and not sly.keys and sly.hits  # sly was asked; nothing followed it
+        await m.clean_books()
+
+
+async def _later(m: Market, rounds: int) -> bool:
+    return m.rig.actor.topups.rounds >= rounds

@@ -165,7 +165,12 @@ class PerRequestPayments:
         if action == "change" and answer is not None:
             change = answer.body.get("token") if isinstance(answer.body, dict) else None
             change = change if isinstance(change, str) and change else answer.headers.get("X-Cashu", "")
-            return await self._take(change, pid, "change")
+            try:
+                return await self._take(change, pid, "change")
+            except WalletError as e:  # another mint's ecash, a spent token: not ours to credit
+                if e.status >= 500 or age < self.cfg.x_cashu_give_up_s:
+                    raise
+                return await self._close(pid, "lost", f"the node's change is unusable here ({e.code})")
         if action == "close_spent":
             return await self._close(pid, "spent", reason)
         if action == "close_lost":
