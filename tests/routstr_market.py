@@ -16,7 +16,9 @@ import aiohttp
 from actors.pricing.market import node_name
 from actors.vault.wallets.cashu_wallet import CashuWallet
 from arbstr.natsserver import NatsServer
+from schemas import subjects
 from schemas.config import CashuConfig
+from schemas.vault import ProviderKey
 from tests.nostr_relay import NostrRelay, Signer, publish_all
 from tests.nutshell import NutshellMint, OutsideWallet
 from tests.routstr_node import RoutstrNode
@@ -33,16 +35,53 @@ async def eventually(check: Callable[[], Any], timeout_s: float = 15.0, what: st
 
 class Market:
     def __init__(self, http: aiohttp.ClientSession, stack: Any, rig: Rig, wallet: CashuWallet, agent: str,
-                 relay: NostrRelay, mint: NutshellMint) -> None:
+                 relay: NostrRelay, mint: NutshellMint, outside: OutsideWallet) -> None:
         self.http, self.stack, self.rig, self.wallet, self.agent = http, stack, rig, wallet, agent
-        self.relay, self.mint = relay, mint
+        self.relay, self.mint, self.outside = relay, mint, outside
+
+    def prepare(self, node: RoutstrNode, d: str = "n1") -> tuple[Signer, str]:
+        """The node's Nostr identity and its provider name in arbstr, before anything is published."""
+        signer = Signer(f"{d}-{node.url}-{time.time_ns()}")
+        return signer, node_name(signer.pubkey, d)
+
+    async def publish(self, signer: Signer, node: RoutstrNode, d: str = "n1",
+                      mints: Optional[tuple[str, ...]] = None) -> None:
+        await publish_all(self.http, self.relay.url, signer.announcement(
+            d, node.url, mints=(self.mint.url,) if mints is None else mints))
 
     async def announce(self, node: RoutstrNode, d: str = "n1", mints: Optional[tuple[str, ...]] = None) -> str:
         """Publish the node on the relay; its provider name in arbstr."""
-        signer = Signer(f"{d}-{node.url}-{time.time_ns()}")
-        await publish_all(self.http, self.relay.url, signer.announcement(
-            d, node.url, mints=(self.mint.url,) if mints is None else mints))
-        return node_name(signer.pubkey, d)
+        signer, name = self.prepare(node, d)
+        await self.publish(signer, node, d, mints)
+        return name
+
+    async def seed_key(self, name: str, node: RoutstrNode, sats: int) -> Any:
+        """A key arbstr already holds at the node (made earlier, e.g. by an arbstr that used the GET form): made
+        here with outside ecash and recorded in arbstr_provider_keys as the vault records its own."""
+        token = await self.outside.mint_token(sats)
+        async with self.http.get(f"{node.url}/v1/balance/create", params={"initial_balance_token": token}) as r:
+            created = await r.json()
+            assert r.status == 200, created
+        key = node.keys[created["api_key"][3:]]
+        record = ProviderKey(provider=name, url=f"{node.url}/v1", api_key=created["api_key"],
+                             balance_msat=key.total_balance, credited_msat=key.balance)
+        kv = await self.stack.nc.jetstream().key_value(subjects.KV_PROVIDER_KEYS)
+        await kv.put(name, record.model_dump_json().encode())
+        return key
+
+    async def keyed(self, name: str, node: RoutstrNode) -> bool:
+        """The gateway routes to the node with a key (read from what any arbstr shows: its keys, /providers)."""
+        return bool(node.keys) and await self.routable(name)
+
+    async def seeded(self, node: RoutstrNode, sats: int, d: str = "n1",
+                     mints: Optional[tuple[str, ...]] = None) -> tuple[str, Any]:
+        """A node arbstr already holds a key for (made before this run), then announced: isolates what a test is
+        about from key creation."""
+        signer, name = self.prepare(node, d)
+        key = await self.seed_key(name, node, sats)
+        await self.publish(signer, node, d, mints)
+        await eventually(lambda: self.keyed(name, node), what=f"{name} routable")
+        return name, key
 
     async def views(self) -> dict[str, Any]:
         async with self.http.get(f"{self.stack.url}/providers") as r:
@@ -106,7 +145,7 @@ async def market(http: aiohttp.ClientSession, nats: NatsServer, mock_upstream: s
         async with http.post(f"{stack.url}/v1/vault/me/deposits", headers=bearer(agent),
                              json={"rail": "cashu", "token": await outside.mint_token(agent_sat)}) as r:
             assert r.status == 201, await r.text()
-        yield Market(http, stack, rig, wallet, agent, relay, mint)
+        yield Market(http, stack, rig, wallet, agent, relay, mint, outside)
     finally:
         await rig.stop_vault()
         await stack.stop()

@@ -49,12 +49,11 @@ async def test_point3_the_nodes_charge_is_recorded_beside_ours_and_a_drift_flagg
     node = await routstr_nodes({"a-model": CHEAP})
     async with market(http, fresh_nats, mock_upstream, nutshell_mint, outside, tmp_path, relay,
                       topup={"x_cashu": False}) as m:
-        name = await m.announce(node)
-        await eventually(lambda: _keyed(m, name, node))
+        name, key = await m.seeded(node, 100)
         status, body, headers = await m.chat("a-model", "what does it cost", max_tokens=20)
         assert status == 200 and headers["x-arbstr-provider"] == name, body
         charged = token_cost(CHEAP, 4 + 3, 7).total_msats  # words (+3 per message) in, 7 words out
-        assert node.keys and next(iter(node.keys.values())).total_spent == charged
+        assert key.total_spent == charged
         # The node's billing of arbstr (its charge, our balance there) is not relayed to the agent.
         assert set(body["usage"]) == {"prompt_tokens", "completion_tokens", "total_tokens"}
         assert "cost" not in body and "routstr" not in body.get("metadata", {})
@@ -85,10 +84,6 @@ async def test_point3_the_nodes_charge_is_recorded_beside_ours_and_a_drift_flagg
         await m.clean_books()
 
 
-async def _keyed(m: Market, name: str, node: Any) -> bool:
-    return bool(node.keys) and await m.routable(name)
-
-
 async def test_nothing_a_node_redirects_is_followed(
         http: aiohttp.ClientSession, fresh_nats: NatsServer, mock_upstream: str, nutshell_mint: NutshellMint,
         outside: OutsideWallet, tmp_path: Path, relay: NostrRelay, routstr_nodes: StartNode) -> None:
@@ -100,8 +95,7 @@ async def test_nothing_a_node_redirects_is_followed(
     sly.knobs.redirect_to, sly.knobs.redirect_prefix = grabber.url, "/v1/balance"
     async with market(http, fresh_nats, mock_upstream, nutshell_mint, outside, tmp_path, relay,
                       topup={"x_cashu": False}) as m:
-        name = await m.announce(node)
-        await eventually(lambda: _keyed(m, name, node))
+        name, _ = await m.seeded(node, 50)
         node.knobs.redirect_to = grabber.url
         status, body, _ = await m.chat("a-model", "follow me", max_tokens=20)
         assert status == 502, body
