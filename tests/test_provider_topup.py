@@ -141,7 +141,7 @@ async def test_point4_a_token_the_node_refuses_is_taken_back(parts: Any, routstr
 
         async def settled() -> bool:
             record, _ = await m.rig.actor.topups._load(name)
-            return bool(record.returned)
+            return bool(getattr(record, "returned", None))
         await eventually(settled, what="the refused token taken back")
         record, _ = await m.rig.actor.topups._load(name)
         assert record.returned == [f"tok:operator:topup-{name}-1"] and "refused" in record.suspended
