@@ -36,6 +36,9 @@ from .xcashu_plan import is_payment, payment_id, payout_id, provider_of, refund_
 log = logging.getLogger("arbstr.vault.xcashu")
 
 LEASE_S = 30.0
+# Change worth no more than the mint's input fee cannot be redeemed: the node kept what it was worth, in effect.
+DUST = "token_too_small"
+DUST_REASON = "the change is worth less than the mint's fee to redeem it"
 
 
 class PerRequestPayments:
@@ -94,6 +97,8 @@ class PerRequestPayments:
             try:
                 return await self._take(rep.change, pid, "change")
             except WalletError as e:  # unusable change: the node will be asked for it again
+                if e.code == DUST:
+                    return await self._close(pid, "spent", DUST_REASON)
                 log.warning("payment %s: the change handed back was refused (%s)", rep.payment_id, e.code)
         elif rep.outcome == "answered":
             return await self._close(pid, "spent", "the node answered and returned no change")
@@ -150,7 +155,9 @@ class PerRequestPayments:
             # receipt answers and it is credited now. Spent by the node: the mint says so.
             return await self._take(token, pid, "reclaimed")
         except WalletError as e:
-            if e.code != "token_spent":
+            if e.code == DUST and state == "unspent":
+                return await self._close(pid, "lost", "the token is worth less than the mint's fee to take back")
+            if e.code not in ("token_spent", DUST):
                 raise
         entry = await self.topups.entry(provider_of(pid.split(":", 2)[2]) or "")
         status: Optional[int] = None
@@ -168,6 +175,8 @@ class PerRequestPayments:
             try:
                 return await self._take(change, pid, "change")
             except WalletError as e:  # another mint's ecash, a spent token: not ours to credit
+                if e.code == DUST:
+                    return await self._close(pid, "spent", DUST_REASON)
                 if e.status >= 500 or age < self.cfg.x_cashu_give_up_s:
                     raise
                 return await self._close(pid, "lost", f"the node's change is unusable here ({e.code})")
