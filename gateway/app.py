@@ -161,6 +161,7 @@ class Gateway:
 
     async def _cleanup(self, app: web.Application) -> None:
         await self.meter.close()  # before the connection drains: releases still in flight reach the journal
+        await self.proxy.routstr.close()  # X-Cashu change still being handed back to the vault
         await self.directory.stop()
         await self.metrics.stop()
         await self.upstream.close()

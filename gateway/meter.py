@@ -28,6 +28,8 @@ class Usage:
     output_tokens: int
     cost_msat: int
     estimated: bool  # tokens counted locally because the upstream reported no usage
+    provider_cost_msat: Optional[int] = None  # what the provider says it charged arbstr (Routstr nodes report it)
+    cost_drift: bool = False  # that charge is far from cost_msat: arbstr's rates for it are off
 
 
 class Meter(Protocol):

@@ -16,10 +16,12 @@ from nats.aio.client import Client as NATS
 from schemas import subjects
 from schemas.breaker import Outcome, OutcomeKind, ProbeReply, ProbeRequest
 from schemas.common import MAX_MSAT, MAX_TOKENS
-from schemas.config import Config
+from schemas.config import Config, ProviderConfig
 from schemas.errors import ArbstrError
 from schemas.money import ceil_div, cost_msat
+from schemas.payments import XCashuOutcome, XCashuToken
 from schemas.router import Candidate, RouteReply, RouteRequest
+from schemas.routstr import USAGE_FIELDS, NodeModelPrice, drifted, reported_cost_msat, strip_billing
 from schemas.tokens import estimate_text_tokens
 
 from .auth_gate import AuthGate
@@ -31,6 +33,7 @@ from .meter import Hold, Meter, Usage
 from .metrics import Metrics
 from .providers import ProviderDirectory
 from .request_log import publish_record, request_record
+from .routstr_pay import RoutstrPay, request_reserve_msat, token_amount_msat
 from .responses_relay import relay_typed_events
 from .client_stream import CLIENT_GONE, ClientStream, StallGuard
 from .upstream import (READ_ERRORS, Upstream, UpstreamBusy, UpstreamFailure, UpstreamReply, read_failure,
@@ -77,6 +80,8 @@ class Exchange:
     streamed: bool = False
     status: Optional[int] = None  # the HTTP status the client got, once known
     success: bool = True  # False when a stream was cut after its 200
+    paid: Optional[XCashuToken] = None  # the X-Cashu token of the attempt under way, until reported
+    topped_up: bool = False  # a node's 402 already waited for one top-up
 
     def overhead_ms(self, now: float) -> float:
         return max(0.0, (now - self.started - self.upstream_time) * 1000)
@@ -95,6 +100,7 @@ class Proxy:
         self.meter = meter
         # Configured providers, plus the market's once the gateway follows the price table (app startup).
         self.directory = directory
+        self.routstr = RoutstrPay(bus, config)
 
     # --- the whole path --------------------------------------------------------------------------------
     async def handle(self, request: web.Request, spec: EndpointSpec) -> web.StreamResponse:
@@ -154,12 +160,15 @@ class Proxy:
                 if wait_s is not None:
                     probe_wait_s = wait_s if probe_wait_s is None else min(probe_wait_s, wait_s)
                     continue
+            if provider.x_cashu and stream:
+                continue  # paid per request, a node buffers the whole answer: never a stream (the router knows)
             upstream_body["model"] = cand.model
             payload = orjson.dumps(upstream_body)
             t = time.perf_counter()
             try:
-                reply = await self.upstream.open(provider, ex.spec.path, payload, request_id=ex.request_id,
-                                                 traceparent=ex.traceparent, stream=stream)
+                if provider.x_cashu:
+                    ex.paid = await self._x_cashu_token(cand, ex, upstream_body)
+                reply = await self._open(provider, cand, ex, payload, stream, upstream_body)
                 if reply.response.status >= 400:
                     ex.upstream_time += time.perf_counter() - t
                     await self._outcome(cand, ex, "http_4xx", reply.response.status, t)
@@ -182,6 +191,10 @@ class Proxy:
             except UpstreamFailure as f:
                 ex.upstream_time += time.perf_counter() - t
                 ex.attempts.append(cand.provider)
+                if ex.paid is not None:  # the token went (or not): the vault takes back whatever came of it
+                    outcome: XCashuOutcome = "unsent" if not f.sent else "refused" if f.status else "unknown"
+                    self.routstr.report_later(ex.paid.payment_id, outcome, f.change, f.status, ex.request_id)
+                    ex.paid = None
                 await self._outcome(cand, ex, f.kind, f.status, t, f.retry_after_s)
                 log.info("request %s: %s failed (%s), %s", ex.request_id, cand.provider, f.kind,
                          "falling over" if cand is not ex.route.candidates[-1] else "no more candidates")
@@ -195,6 +208,40 @@ class Proxy:
                               code="no_provider_available",
                               headers={"retry-after": str(probe_wait_s), "x-arbstr-retries": "0"})
         raise self._exhausted(last, ex)
+
+    # --- Routstr nodes: a per-request token, one top-up after a 402 ----------------------------------------
+    def _node_price(self, cand: Candidate) -> Optional[NodeModelPrice]:
+        entry = self.directory.entries.get(cand.provider)
+        return entry.node_prices.get(cand.model) if entry is not None else None
+
+    async def _x_cashu_token(self, cand: Candidate, ex: Exchange, upstream_body: dict[str, Any]) -> XCashuToken:
+        assert ex.hold is not None
+        amount = token_amount_msat(ex.hold.amount_msat, request_reserve_msat(self._node_price(cand), upstream_body))
+        try:
+            return await self.routstr.token(ex.request_id, ex.hold.agent_id, cand.provider, amount, ex.traceparent)
+        except ArbstrError as e:  # the vault could not pay it now: the next provider may not need paying
+            raise UpstreamFailure("refused", f"no X-Cashu token for {cand.provider}: {e.message}", sent=False) \
+                from None
+
+    async def _open(self, provider: ProviderConfig, cand: Candidate, ex: Exchange, payload: bytes, stream: bool,
+                    upstream_body: dict[str, Any]) -> UpstreamReply:
+        """One attempt; a node the vault holds a key for that answers 402 is topped up once (the request waits)
+        and asked again: its 402 is decided on a reserve that may exceed the balance the last top-up left."""
+        def attempt() -> Any:
+            return self.upstream.open(provider, ex.spec.path, payload, request_id=ex.request_id,
+                                      traceparent=ex.traceparent, stream=stream,
+                                      x_cashu=ex.paid.token if ex.paid is not None else None)
+        try:
+            return await attempt()
+        except UpstreamFailure as f:
+            if f.status != 402 or not provider.routstr or provider.x_cashu or ex.topped_up:
+                raise
+            ex.topped_up = True
+            needed = max(request_reserve_msat(self._node_price(cand), upstream_body),
+                         (f.node.required_msat or 0) if f.node is not None else 0)
+            if not await self.routstr.top_up(cand.provider, needed, ex.request_id):
+                raise
+            return await attempt()
 
     def _exhausted(self, last: Optional[UpstreamFailure], ex: Exchange) -> ArbstrError:
         headers = {"x-arbstr-retries": str(len(ex.attempts))}
@@ -233,7 +280,11 @@ class Proxy:
                              reply: UpstreamReply, cand: Candidate, ex: Exchange,
                              extra_headers: dict[str, str]) -> web.StreamResponse:
         raw, parsed = result
-        usage = self._usage(cand, ex, parsed.get("usage"), lambda: ex.spec.output_text(parsed), None)
+        routstr = self._is_routstr(cand)
+        usage = self._usage(cand, ex, parsed.get("usage"), lambda: ex.spec.output_text(parsed), None,
+                            reply.response.headers if routstr else None, routstr)
+        if routstr:  # the node's billing of arbstr (its charge, our balance there) is not the agent's business
+            raw = orjson.dumps(strip_billing(parsed))
         headers = self._headers(cand, ex, extra_headers)
         headers["x-arbstr-cost-msat"] = str(usage.cost_msat)
         headers["x-arbstr-overhead-ms"] = f"{ex.overhead_ms(time.perf_counter()):.3f}"
@@ -250,19 +301,33 @@ class Proxy:
             pass
         finally:
             guard.stop()
+        if ex.paid is not None:  # after the client has its answer, like the settle
+            paid, ex.paid = ex.paid, None
+            await self.routstr.report(paid.payment_id, "answered", reply.change, reply.response.status,
+                                      ex.request_id)
         await self._settle(ex, usage)  # after the client has its answer: settle is off the latency path
         return resp
+
+    def _is_routstr(self, cand: Candidate) -> bool:
+        provider = self.directory.get(cand.provider)
+        return provider is not None and provider.routstr
 
     async def _client_error(self, reply: UpstreamReply, cand: Candidate, ex: Exchange,
                             extra_headers: dict[str, str]) -> web.StreamResponse:
         """An upstream 4xx is the client's problem: same status, sanitised OpenAI body, nothing billed."""
         resp = reply.response
-        try:
-            raw = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            raw = b""
-        finally:
-            resp.release()
+        if reply.body is not None:
+            raw = reply.body
+        else:
+            try:
+                raw = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                raw = b""
+            finally:
+                resp.release()
+        if ex.paid is not None:  # the node refused before taking the token (or refunded it): the vault takes it back
+            self.routstr.report_later(ex.paid.payment_id, "refused", reply.change, resp.status, ex.request_id)
+            ex.paid = None
         message, type_, param, code = upstream_error_detail(resp.status, raw)
         err = ArbstrError(resp.status, message, type=type_, param=param, code=code or "upstream_client_error")
         ex.status = resp.status
@@ -335,7 +400,10 @@ class Proxy:
         finally:
             up.release()
         text = "".join(pieces)
-        usage = self._usage(cand, ex, usage_block, lambda: text, max(content_chunks, 0))
+        routstr = self._is_routstr(cand)
+        usage = self._usage(cand, ex, usage_block, lambda: text, max(content_chunks, 0), None, routstr)
+        if routstr and usage_block is not None:
+            usage_block = {k: v for k, v in usage_block.items() if k not in USAGE_FIELDS}
         await self._outcome(cand, ex, "ok" if failure is None else "cut", 200, t_open)
         if failure is None and (done or finished):
             if client_wants_usage:
@@ -367,8 +435,8 @@ class Proxy:
         return client.response
 
     # --- accounting ------------------------------------------------------------------------------------
-    def _usage(self, cand: Candidate, ex: Exchange, block: Any, output_text: Any,
-               chunk_count: Optional[int]) -> Usage:
+    def _usage(self, cand: Candidate, ex: Exchange, block: Any, output_text: Any, chunk_count: Optional[int],
+               headers: Any = None, routstr: bool = False) -> Usage:
         assert ex.route is not None
         in_tok: Optional[int] = None
         out_tok: Optional[int] = None
@@ -391,7 +459,14 @@ class Proxy:
             if chunk_count:
                 out_tok = max(out_tok, chunk_count)
         cost = min(cost_msat(in_tok, out_tok, cand.input_rate, cand.output_rate, cand.base_fee_msat), MAX_MSAT)
-        return Usage(cand.provider, cand.model, in_tok, out_tok, cost, estimated)
+        theirs = reported_cost_msat(block, headers) if routstr else None
+        drift = theirs is not None and drifted(cost, theirs)
+        if drift:
+            log.warning("request %s: %s charged %d msat where arbstr computed %d msat", ex.request_id, cand.provider,
+                        theirs, cost)
+        if self.metrics is not None and theirs is not None:
+            self.metrics.provider_cost(cand.provider, theirs, drift)
+        return Usage(cand.provider, cand.model, in_tok, out_tok, cost, estimated, theirs, drift)
 
     async def _settle(self, ex: Exchange, usage: Usage) -> None:
         assert ex.hold is not None

@@ -37,7 +37,8 @@ def request_record(*, request_id: str, agent_id: Optional[str], endpoint: str, r
                          cost_msat=usage.cost_msat,
                          baseline_msat=max(usage.cost_msat,
                                            baseline_msat(route, usage.input_tokens, usage.output_tokens)),
-                         estimated=usage.estimated)
+                         estimated=usage.estimated, provider_cost_msat=usage.provider_cost_msat,
+                         cost_drift=usage.cost_drift)
 
 
 async def publish_record(nc: NATS, record: RequestRecord) -> None:

@@ -100,7 +100,8 @@ class VaultMeter:
         await self._command(SettleCommand(
             kind="settle", request_id=hold.request_id, attempt=hold.attempt, agent_id=hold.agent_id,
             provider=usage.provider, model=usage.model, input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens, cost_msat=usage.cost_msat, estimated=usage.estimated), hold.agent_id)
+            output_tokens=usage.output_tokens, cost_msat=usage.cost_msat, estimated=usage.estimated,
+            provider_cost_msat=usage.provider_cost_msat, cost_drift=usage.cost_drift), hold.agent_id)
 
     async def release(self, hold: Hold, reason: str) -> None:
         """Journaled before the client hears of the failure (a request/reply to the vault), so a retry with the

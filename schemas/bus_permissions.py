@@ -84,7 +84,7 @@ def table() -> dict[str, Permissions]:
         GATEWAY: Permissions(
             publish=(s.ROUTER_ROUTE, s.PRICING_TABLE, s.PRICING_QUOTE, s.PRICING_CONFIRM, s.BREAKER_STATE,
                      s.BREAKER_PROBE, f"{s.BREAKER_OUTCOME_PREFIX}.*", s.VAULT_RESERVE, s.VAULT_AWAIT_APPROVAL,
-                     s.VAULT_RELEASE,
+                     s.VAULT_RELEASE, s.VAULT_XCASHU_TOKEN, s.VAULT_XCASHU_REPORT, s.VAULT_TOPUP_NOW,
                      f"{s.VAULT_AGENT_GROUP}.*", f"{s.VAULT_ADMIN_GROUP}.*", f"{s.REQUESTS_PREFIX}.*",
                      f"{s.SETTLE_PREFIX}.*", "$SRV.PING.>", "$SRV.STATS.>",
                      f"{JS_API}.CONSUMER.INFO.{s.STREAM_SETTLE}.*",  # the settle backlog, for /metrics

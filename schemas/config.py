@@ -64,6 +64,10 @@ class ProviderConfig(_Section):
     total_timeout_s: Optional[Seconds] = Field(None, description="none by default: long generations are not cut")
     public_only: bool = Field(False, description="connect only when the host resolves to public addresses (set for "
                                                  "nodes found in public announcements)")
+    routstr: bool = Field(False, description="a Routstr node: its cost reports are read (and kept from clients), "
+                                             "its payment refusals fall over instead of reaching the client")
+    x_cashu: bool = Field(False, description="paid per request with an X-Cashu token from the vault (set for "
+                                             "Routstr nodes arbstr holds no key for)")
 
     @field_validator("url")
     @classmethod
@@ -358,6 +362,20 @@ class TopUpConfig(_Section):
     providers: list[str] = Field(default_factory=list, description="top up only these providers; empty: every "
                                                                    "payable Routstr node, up to max_providers")
     max_providers: int = Field(10, ge=1, le=10_000, description="at most this many providers are ever funded")
+    reserve_cap_msat: int = Field(2_000_000, gt=0, description="a node's 402 rule may demand its dearest model's "
+                                                               "whole max_cost as balance: top-ups are sized to "
+                                                               "cover it up to this much")
+    wait_on_402_s: float = Field(20.0, ge=0, description="a request a funded node refused with 402 waits this long "
+                                                         "for one top-up before falling over (0: never)")
+    prepaid_keys: bool = Field(True, description="buy each node a prepaid key and keep it topped up; false: pay "
+                                                 "only per request (x_cashu)")
+    x_cashu: bool = Field(True, description="pay nodes without a prepaid key per request with an X-Cashu token "
+                                            "(non-streamed requests only: the node buffers the whole answer)")
+    x_cashu_max_msat: int = Field(1_000_000, gt=0, description="the largest token one request may carry")
+    x_cashu_grace_s: float = Field(600.0, gt=0, description="a token sent and not reported on is recovered after "
+                                                            "this long (≥ the longest upstream timeout)")
+    x_cashu_give_up_s: float = Field(86_400.0, gt=0, description="after this long a spent token whose change the "
+                                                                 "node never hands back is closed without it")
 
 
 class VaultConfig(_Section):

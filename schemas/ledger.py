@@ -147,6 +147,18 @@ class PayoutFailed(_Body):
     fallback: bool = False
 
 
+class ProviderPaymentClosed(_Body):
+    """A token paid out to pay a provider per request (X-Cashu) is accounted for: the change it brought back (if
+    any) was credited in the same command, or it was taken back whole, or it is known to be gone. Moves no money
+    itself; it ends the recovery of that token, once."""
+
+    kind: Literal["provider_payment_closed"] = "provider_payment_closed"
+    payout_id: str = Field(min_length=1)
+    outcome: Literal["change", "spent", "reclaimed", "lost"]
+    change_msat: Amount = 0
+    reason: str = ""
+
+
 HoldState = Literal["held", "awaiting_approval"]
 
 
@@ -236,7 +248,7 @@ class Tombstoned(_Body):
 EventBody = Annotated[
     Union[AgentCreated, TokenRotated, PolicySet, Deposited, Withdrawn, Reserved, Approved, Denied, Settled,
           Released, Expired, Tombstoned, InvoiceIssued, PayoutStarted, PayoutApproved, PayoutRerouted, PayoutSettled,
-          PayoutFailed],
+          PayoutFailed, ProviderPaymentClosed],
     Field(discriminator="kind"),
 ]
 

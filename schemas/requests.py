@@ -35,6 +35,9 @@ class RequestRecord(Message):
     overhead_ms: float = Field(ge=0)
     at_ms: int = Field(ge=0)
     estimated: bool = False
+    provider_cost_msat: Optional[Msat] = Field(None, description="what the provider says it charged arbstr (a "
+                                                                 "Routstr node's usage.cost / X-Routstr-Cost-Msats)")
+    cost_drift: bool = Field(False, description="provider_cost_msat is far from cost_msat: arbstr's rates are off")
 
 
 class StatsQuery(Message):

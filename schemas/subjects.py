@@ -27,6 +27,9 @@ VAULT_RESERVE = f"{VAULT_GROUP}.reserve"
 VAULT_SETTLE = f"{VAULT_GROUP}.settle"
 VAULT_RELEASE = f"{VAULT_GROUP}.release"
 VAULT_AWAIT_APPROVAL = f"{VAULT_GROUP}.await_approval"
+VAULT_XCASHU_TOKEN = f"{VAULT_GROUP}.xcashu.token"  # a per-request token for a Routstr node
+VAULT_XCASHU_REPORT = f"{VAULT_GROUP}.xcashu.report"  # what became of it (the node's change handed back)
+VAULT_TOPUP_NOW = f"{VAULT_GROUP}.topup.now"  # top up a node that answered 402, once, while the request waits
 VAULT_AGENT_GROUP = f"{VAULT_GROUP}.agent"
 VAULT_ADMIN_GROUP = f"{VAULT_GROUP}.admin"
 

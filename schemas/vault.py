@@ -117,6 +117,8 @@ class SettleCommand(Message):
     cost_msat: Amount = 0  # the gateway bounds what an upstream reports (see Proxy._usage)
     estimated: bool = False
     reason: str = ""
+    provider_cost_msat: Optional[Msat] = Field(None, description="what the provider says it charged arbstr")
+    cost_drift: bool = False
 
 
 SpendKind = Literal["settled", "released", "expired", "denied"]
@@ -143,6 +145,9 @@ class SpendEvent(Message):
     reason: str = ""
     at_ms: int
     ledger_seq: int
+    provider_cost_msat: Optional[Msat] = Field(None, description="what the provider says it charged arbstr for "
+                                                                 "this request (Routstr nodes report it)")
+    cost_drift: bool = Field(False, description="that charge is far from cost_msat: the provider's rates moved")
 
 
 class TokenRevoked(Message):
@@ -386,7 +391,12 @@ class ProviderKey(Message):
     url: str
     api_key: str = ""
     delivered: list[str] = Field(default_factory=list, description="top-up payouts the provider took")
+    returned: list[str] = Field(default_factory=list, description="top-ups the provider refused, taken back into "
+                                                                  "the vault's wallet")
+    lost: list[str] = Field(default_factory=list, description="top-ups spent without landing at the provider")
     balance_msat: Optional[int] = Field(None, description="the provider's balance when last checked")
+    credited_msat: Optional[int] = Field(None, description="balance + reserved + spent at the provider after the "
+                                                           "last delivery recorded here: a rise means a token landed")
     checked_at_ms: int = 0
     suspended: str = Field("", description="why top-ups stopped (a top-up that did not raise the balance)")
 

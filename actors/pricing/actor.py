@@ -32,7 +32,7 @@ from schemas.pricing import (ConfirmReply, ConfirmRequest, ModelRate, PriceTable
                              QuoteRequest, TableRequest)
 from schemas.vault import provider_api_key
 
-from .fetch import FetchError, fetch_feed, fetch_listing, get_json
+from .fetch import FetchError, fetch_feed, fetch_listing, get_json, info_mints
 from .guard import confirm, guard
 from .listing import Listing
 from . import nostr, routstr
@@ -295,20 +295,22 @@ class PricingActor:
                 return replace(node, discovery=node.discovery.failed(f"unreadable ({type(e).__name__})", now_ms()))
 
         async def read_node(node: Node) -> Node:
-            if not accepted.intersection(m.rstrip("/") for m in node.mints):
-                return node  # not payable: nothing to read
             refused = None if allow_private else await private_reason(node.url)
             if refused is not None:
                 return replace(node, discovery=node.discovery.failed(refused, now_ms()))
             session = self._session if allow_private else self._public_session
             assert session is not None
+            node = replace(node, info_mints=await info_mints(session, node.url, cfg.timeout_s))
+            if not accepted.intersection(m.rstrip("/") for m in node.accepted_mints):
+                return node  # not payable: nothing more to read
             try:
                 body = await get_json(session, node.url + "/models", timeout_s=cfg.timeout_s)
                 prices = routstr.parse_models(body)
-                listing = Listing(models=tuple(m.model for m in prices),
+                listing = Listing(models=tuple(m.model for m in prices) + tuple(routstr.unpriced_models(body)),
                                   rates={m.model: ModelRate(input_rate=m.input_rate, output_rate=m.output_rate)
                                          for m in prices},
-                                  context={m.model: m.context_length for m in prices if m.context_length})
+                                  context={m.model: m.context_length for m in prices if m.context_length},
+                                  node={m.model: m.node for m in prices if m.node is not None})
                 if not listing.models:
                     raise FetchError("the listing names no models")
                 d = node.discovery.succeeded(listing, now_ms())

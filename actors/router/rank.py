@@ -84,6 +84,9 @@ def static_exclusion(option: Option, req: RouteRequest, policy: Optional[PolicyC
             return f"output rate {option.rates.output_rate} above the policy cap {policy.max_output_rate}"
     if req.tools and not option.prices.supports_tools:
         return "does not support tools"
+    if req.stream and option.prices.payment == "x_cashu":
+        # Paid per request, the node answers only once the whole completion is in: no stream to relay.
+        return "paid per request (X-Cashu): streamed requests are not sent there"
     return None
 
 

@@ -25,6 +25,7 @@ from actors.runtime import Endpoint, admin_token_hash, cancel_and_wait, check_ad
 from schemas import subjects
 from schemas.config import Config, VaultConfig
 from schemas.errors import ArbstrError
+from schemas.payments import TopUpNow, TopUpResult, XCashuReport, XCashuRequest, XCashuResult, XCashuToken
 from schemas.ledger import Denied, Expired, JournalEntry, LedgerEvent, Released, Settled, verify_chain
 from schemas.requests import RequestList, RequestsQuery, StatsQuery, StatsReply
 from schemas.vault import (AccountView, AgentDeposit, AgentList, AgentPolicy, AgentRef, Approval, ApprovalAction,
@@ -44,6 +45,7 @@ from .claims import Claims
 from .freeze import FreezeSwitch
 from .rails import Rails
 from .topup import TopUps
+from .xcashu import PerRequestPayments
 from .wallets import build_wallet
 from .wallets.base import Wallet
 
@@ -91,6 +93,8 @@ class VaultActor:
                            self._caught_up)
         self.topups = TopUps(self.vc.topup, self.rails, self.book, self.execute,
                              public_only=not private_urls_allowed(config.market.nostr)) if self.vc.topup else None
+        self.x_cashu = PerRequestPayments(self.topups, self.claims, self._caught_up) \
+            if self.topups is not None else None
         self.projection = Projection(self.vc.duckdb_path)
         self.request_log = RequestLog(self.projection)
         self.nc: Optional[NATS] = None
@@ -124,6 +128,8 @@ class VaultActor:
         await self.rails.start()
         if self.topups is not None:
             await self.topups.start(nc, self.vc.replicas)
+        if self.x_cashu is not None:
+            await self.x_cashu.start()
         self.timers = HoldTimers(nc, self.vc.replicas, self.vc.hold_ttl_s, self.expire_one)
         await self.timers.start()
         self._running = True
@@ -141,6 +147,8 @@ class VaultActor:
         await cancel_and_wait(*self._tasks)
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=10)
+        if self.x_cashu is not None:
+            await self.x_cashu.stop()
         if self.topups is not None:
             await self.topups.stop()
         await self.rails.stop()
@@ -179,6 +187,9 @@ class VaultActor:
             Endpoint("await-approval", subjects.VAULT_AWAIT_APPROVAL, ReserveRequest, self._wait_approval),
             Endpoint("release", subjects.VAULT_RELEASE, SettleCommand, self._release_now),
             Endpoint("settle", subjects.VAULT_SETTLE, SettleCommand, self._release_now),
+            Endpoint("xcashu-token", subjects.VAULT_XCASHU_TOKEN, XCashuRequest, self._x_cashu_token),
+            Endpoint("xcashu-report", subjects.VAULT_XCASHU_REPORT, XCashuReport, self._x_cashu_report),
+            Endpoint("topup-now", subjects.VAULT_TOPUP_NOW, TopUpNow, self._top_up_now),
             Endpoint("agent-me", a("me"), TokenRef, self._me),
             Endpoint("agent-history", a("history"), HistoryQuery, self._my_history),
             Endpoint("agent-deposit", a("deposit"), DepositRequest, self._my_deposit),
@@ -271,7 +282,8 @@ class VaultActor:
             for waiter in self._waiters.get((e.agent_id, rid), ()) if rid is not None else ():
                 waiter.set()
 
-    async def _publish_spend(self, state: AccountState, events: list[LedgerEvent], request_id: str) -> None:
+    async def _publish_spend(self, state: AccountState, events: list[LedgerEvent], request_id: str,
+                             cmd: Optional[SettleCommand] = None) -> None:
         """One spend event per resolution; its id is stable, so a republish is deduplicated by the stream."""
         assert self.nc is not None
         for e in events:
@@ -290,7 +302,9 @@ class VaultActor:
                 reserved_msat=hold.amount_msat if hold else 0, balance_msat=state.available_msat,
                 estimated=getattr(b, "estimated", False),
                 flagged=isinstance(b, Expired) and b.action == "charge", reason=getattr(b, "reason", ""),
-                at_ms=e.at_ms, ledger_seq=e.seq)
+                at_ms=e.at_ms, ledger_seq=e.seq,
+                provider_cost_msat=cmd.provider_cost_msat if cmd is not None and isinstance(b, Settled) else None,
+                cost_drift=bool(cmd is not None and isinstance(b, Settled) and cmd.cost_drift))
             try:
                 await self.nc.publish(subjects.spend(e.agent_id), ev.model_dump_json().encode(),
                                       headers={subjects.H_MSG_ID: f"spend:{ev.event_id}",
@@ -326,6 +340,24 @@ class VaultActor:
         if agent_id is None:
             raise unauthorized()
         return agent_id
+
+    # --- paying Routstr nodes --------------------------------------------------------------------------
+    def _payments(self) -> PerRequestPayments:
+        if self.x_cashu is None:
+            raise ArbstrError(503, "this vault pays no providers ([vault.topup] is not configured)",
+                              code="topup_unavailable")
+        return self.x_cashu
+
+    async def _x_cashu_token(self, req: XCashuRequest, headers: dict[str, str]) -> XCashuToken:
+        self.freeze.check()
+        return await self._payments().issue(req)
+
+    async def _x_cashu_report(self, req: XCashuReport, headers: dict[str, str]) -> XCashuResult:
+        return await self._payments().report(req)
+
+    async def _top_up_now(self, req: TopUpNow, headers: dict[str, str]) -> TopUpResult:
+        self.freeze.check()
+        return await self._payments().topups.top_up_now(req)
 
     # --- reserve ---------------------------------------------------------------------------------------
     async def _reserve(self, req: ReserveRequest, headers: dict[str, str]) -> ReserveReply:
@@ -415,7 +447,7 @@ class VaultActor:
         else:
             decider = lambda s, at: decide.release(s, rid, cmd.reason or "released", at, attempt=cmd.attempt)
         w = await self.execute(agent_id, decider)
-        await self._publish_spend(w.state, w.events, rid)
+        await self._publish_spend(w.state, w.events, rid, cmd)
 
     async def _release_now(self, cmd: SettleCommand, headers: dict[str, str]) -> Empty:
         """Synchronous settle/release (tools and tests); gateways use the ARBSTR_SETTLE work queue."""

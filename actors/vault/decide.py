@@ -23,6 +23,7 @@ from schemas.ledger import (
     PayoutSettled,
     PayoutStarted,
     PolicySet,
+    ProviderPaymentClosed,
     TokenRotated,
     Withdrawn,
 )
@@ -272,6 +273,39 @@ def reroute_payout(state: AccountState, payout_id: str, from_rail: str, rail: st
     return Decided(op_id, (PayoutRerouted(payout_id=payout_id, from_rail=from_rail, rail=rail,
                                           fee_limit_msat=fee_limit_msat, reference=reference, reason=reason,
                                           wallet=wallet),))
+
+
+def provider_payment_closed(state: AccountState, payout_id: str) -> bool:
+    return payout_id in state.provider_payments
+
+
+def close_provider_payment(state: AccountState, payout_id: str, outcome: str, now_ms: int, *,
+                           change: Optional[tuple[str, int, str]] = None, reason: str = "") -> Decided:
+    """Account for a token paid out to pay a provider per request: credit what came back (``change`` = deposit id,
+    msat, reference; once, by the deposit id) and close it (once). A change that arrives after the close (a late
+    report) is still credited: the wallet holds it."""
+    require_agent(state)
+    op_id = f"provider_payment_closed:{payout_id}"
+    bodies: list[EventBody] = []
+    deposit_id = ""
+    if change is not None:
+        deposit_id, amount, reference = change
+        if deposit_id in state.deposits:
+            if state.deposits[deposit_id] != amount:
+                raise ArbstrError(409, f"deposit {deposit_id} was credited with {state.deposits[deposit_id]} msat",
+                                  code="deposit_conflict")
+        elif amount > 0:
+            bodies.append(Deposited(deposit_id=deposit_id, amount_msat=amount, rail="cashu", reference=reference))
+    closed = payout_id in state.provider_payments
+    if not closed:
+        done = state.payouts_done.get(payout_id)
+        if done is None or done.kind != "settled":
+            raise ArbstrError(409, f"payout {payout_id} is not a paid-out token", code="payout_not_paid")
+        bodies.append(ProviderPaymentClosed(payout_id=payout_id, outcome=outcome,  # type: ignore[arg-type]
+                                            change_msat=change[1] if change is not None else 0, reason=reason[:500]))
+    if not bodies:
+        return Decided(op_id, noop="duplicate")
+    return Decided(op_id if not closed else f"deposit:{deposit_id}", tuple(bodies))
 
 
 def _trace(payout: Payout) -> dict[str, object]:

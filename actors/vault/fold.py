@@ -26,6 +26,7 @@ from schemas.ledger import (
     LedgerEvent,
     PayoutApproved,
     PayoutFailed,
+    ProviderPaymentClosed,
     PayoutRerouted,
     PayoutSettled,
     PayoutStarted,
@@ -171,6 +172,8 @@ class AccountState:
     payouts_done: dict[str, PayoutEnd] = field(default_factory=dict)
     payout_keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> the payout it names
     invoices: dict[str, Invoice] = field(default_factory=dict)  # by deposit_id
+    # Per-request provider payments (X-Cashu tokens) accounted for: payout id -> (outcome, change msat).
+    provider_payments: dict[str, tuple[str, int]] = field(default_factory=dict)
     settle_index: int = 0  # highest Lightning settle index credited to this agent
     # op_id -> (first seq, last seq) of the events it produced; kept forever, unlike the stream's dedup window.
     op_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -192,6 +195,7 @@ class AccountState:
             tombstones={rid: dict(t) for rid, t in self.tombstones.items()}, deposits=dict(self.deposits),
             withdrawals=dict(self.withdrawals), payouts=dict(self.payouts), payouts_done=dict(self.payouts_done),
             payout_keys=dict(self.payout_keys), invoices=dict(self.invoices),
+            provider_payments=dict(self.provider_payments),
             settle_index=self.settle_index, op_ids=dict(self.op_ids), window=list(self.window), seq=self.seq, last_hash=self.last_hash,
             last_op_id=self.last_op_id,
         )
@@ -473,6 +477,13 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         state.payout_pending_msat -= payout.held_msat
         state.available_msat += payout.held_msat
         state.payouts_done[body.payout_id] = PayoutEnd("failed", payout, 0, 0, body.reason, event.at_ms)
+    elif isinstance(body, ProviderPaymentClosed):
+        done = state.payouts_done.get(body.payout_id)
+        if done is None or done.kind != "settled":
+            raise _fail(event, f"payout {body.payout_id} is not a paid-out token")
+        if body.payout_id in state.provider_payments:
+            raise _fail(event, f"payment {body.payout_id} was already closed")
+        state.provider_payments[body.payout_id] = (body.outcome, body.change_msat)
     else:  # pragma: no cover - the union is closed; a new kind must be handled here
         raise _fail(event, "unknown event kind")
 

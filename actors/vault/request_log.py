@@ -29,8 +29,12 @@ _COLUMNS = {
     "model": "VARCHAR", "provider": "VARCHAR", "upstream_model": "VARCHAR", "tier": "VARCHAR",
     "status": "INTEGER", "success": "BOOLEAN", "streamed": "BOOLEAN", "input_tokens": "BIGINT",
     "output_tokens": "BIGINT", "cost_msat": "HUGEINT", "baseline_msat": "HUGEINT", "latency_ms": "DOUBLE",
-    "overhead_ms": "DOUBLE", "at_ms": "BIGINT", "estimated": "BOOLEAN",
+    "overhead_ms": "DOUBLE", "at_ms": "BIGINT", "estimated": "BOOLEAN", "provider_cost_msat": "HUGEINT",
+    "cost_drift": "BOOLEAN",
 }
+# Columns added after the first release: a projection file made before them gains them (NULL in old rows).
+_ADDED = ("ALTER TABLE requests ADD COLUMN IF NOT EXISTS provider_cost_msat BIGINT;"
+          "ALTER TABLE requests ADD COLUMN IF NOT EXISTS cost_drift BOOLEAN;")
 _RECORD_FIELDS = [c for c in _COLUMNS if c != "stream_seq"]
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS requests (" + ", ".join(f"{k} {v}" for k, v in _COLUMNS.items()) + ");"
            "CREATE TABLE IF NOT EXISTS projection_meta (k VARCHAR PRIMARY KEY, v BIGINT NOT NULL);")
@@ -50,7 +54,8 @@ class RequestLog(SpooledTable):
         # Shares the ledger projection's database and lock: one DuckDB file, one writer at a time.
         with projection._lock:
             projection.db.execute(_SCHEMA)
-            widen(projection.db, "requests", ["cost_msat", "baseline_msat"])
+            projection.db.execute(_ADDED)
+            widen(projection.db, "requests", ["cost_msat", "baseline_msat", "provider_cost_msat"])
         self._init_spool(projection.db, projection._lock, projection._spool, "requests.jsonl", _READ, _META_KEY)
         self._sub: Any = None
 
@@ -109,5 +114,6 @@ class RequestLog(SpooledTable):
             total = self.db.execute(f"SELECT count(*) FROM requests{where}", params).fetchone()
             rows = self.db.execute(f"SELECT {', '.join(_RECORD_FIELDS)} FROM requests{where} ORDER BY {order} "
                                    "LIMIT ? OFFSET ?", params + [q.limit, q.offset]).fetchall()
-        items = [RequestRecord(**dict(zip(_RECORD_FIELDS, r))) for r in rows]
+        items = [RequestRecord(**{k: v for k, v in zip(_RECORD_FIELDS, r) if v is not None or k != "cost_drift"})
+                 for r in rows]
         return RequestList(total=int(total[0]) if total else 0, items=items)
