@@ -7,7 +7,8 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from .common import Message, Msat
+from .common import Message, Msat, Tier
+from .router import FeatureWeight, Scorer
 
 GroupBy = Literal["model", "provider", "tier", "agent", "day"]
 SortKey = Literal["at", "cost", "latency"]
@@ -35,6 +36,13 @@ class RequestRecord(Message):
     overhead_ms: float = Field(ge=0)
     at_ms: int = Field(ge=0)
     estimated: bool = False
+    predicted_tier: Optional[Tier] = Field(None, description="the tier scorer's decision (None: not scored; `tier` "
+                                                             "may differ when the client's X-Arbstr-Complexity set it)")
+    tier_confidence: Optional[float] = Field(None, ge=0.0, le=1.0, description="the model's probability of that tier")
+    tier_scorer: Optional[Scorer] = Field(None, description="trained, keywords, or skipped (a named model served at "
+                                                            "one tier)")
+    tier_features: list[FeatureWeight] = Field(default_factory=list,
+                                               description="the features that pushed the decision most")
 
 
 class StatsQuery(Message):

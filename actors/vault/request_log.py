@@ -31,11 +31,19 @@ _COLUMNS = {
     "output_tokens": "BIGINT", "cost_msat": "BIGINT", "baseline_msat": "BIGINT", "latency_ms": "DOUBLE",
     "overhead_ms": "DOUBLE", "at_ms": "BIGINT", "estimated": "BOOLEAN",
 }
+# Added after the first release: an older file gets them by ALTER TABLE (NULL in its old rows).
+_ADDED_COLUMNS = {
+    "predicted_tier": "VARCHAR", "tier_confidence": "DOUBLE", "tier_scorer": "VARCHAR",
+    "tier_features": "STRUCT(name VARCHAR, weight DOUBLE)[]",
+}
+_COLUMNS.update(_ADDED_COLUMNS)
 _RECORD_FIELDS = [c for c in _COLUMNS if c != "stream_seq"]
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS requests (" + ", ".join(f"{k} {v}" for k, v in _COLUMNS.items()) + ");"
-           "CREATE TABLE IF NOT EXISTS projection_meta (k VARCHAR PRIMARY KEY, v BIGINT NOT NULL);")
-_READ = ("INSERT INTO requests SELECT " + ", ".join(_COLUMNS) + " FROM read_json(?, format = 'newline_delimited', "
-         "columns = {" + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "})")
+           + "".join(f"ALTER TABLE requests ADD COLUMN IF NOT EXISTS {k} {v};" for k, v in _ADDED_COLUMNS.items())
+           + "CREATE TABLE IF NOT EXISTS projection_meta (k VARCHAR PRIMARY KEY, v BIGINT NOT NULL);")
+_READ = ("INSERT INTO requests (" + ", ".join(_COLUMNS) + ") SELECT " + ", ".join(_COLUMNS)
+         + " FROM read_json(?, format = 'newline_delimited', columns = {"
+         + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "})")
 _META_KEY = "requests_seq"
 
 _GROUP_KEY = {
@@ -43,6 +51,13 @@ _GROUP_KEY = {
     "day": "strftime(epoch_ms(at_ms), '%Y-%m-%d')",
 }
 _SORT = {"at": "at_ms", "cost": "cost_msat", "latency": "latency_ms"}
+
+
+def _record(row: tuple[Any, ...]) -> RequestRecord:
+    fields = dict(zip(_RECORD_FIELDS, row))
+    if fields.get("tier_features") is None:  # a row from before the column existed
+        fields["tier_features"] = []
+    return RequestRecord(**fields)
 
 
 class RequestLog(SpooledTable):
@@ -108,5 +123,5 @@ class RequestLog(SpooledTable):
             total = self.db.execute(f"SELECT count(*) FROM requests{where}", params).fetchone()
             rows = self.db.execute(f"SELECT {', '.join(_RECORD_FIELDS)} FROM requests{where} ORDER BY {order} "
                                    "LIMIT ? OFFSET ?", params + [q.limit, q.offset]).fetchall()
-        items = [RequestRecord(**dict(zip(_RECORD_FIELDS, r))) for r in rows]
+        items = [_record(r) for r in rows]
         return RequestList(total=int(total[0]) if total else 0, items=items)
