@@ -270,7 +270,7 @@ def test_each_feature_scores() -> None:
 
 
 def test_thresholds() -> None:
-    w = ComplexityWeights(medium_at=2, high_at=4)
+    w = ComplexityWeights(scorer="keywords", medium_at=2, high_at=4)
     assert [classify(s, w) for s in (0, 1, 2, 3, 4, 9)] == ["low", "low", "medium", "medium", "high", "high"]
     assert score_complexity(rq(text_sample="debug ```x```"))[1] == "medium"
     assert score_complexity(rq(input_tokens=20_000, text_sample=HARD_TEXT))[1] == "high"
@@ -287,7 +287,7 @@ TIERED = [pp("loc", ["m"], 0, 0, tier="local"), pp("std", ["m"], 100, 100), pp("
 
 
 def test_computed_tier_excludes_only_providers_below_it() -> None:
-    low = route(rq(text_sample="hi"), TIERED, {}, cfg(), NOW)
+    low = route(rq(text_sample="hi", input_tokens=5), TIERED, {}, cfg(), NOW)
     assert (low.complexity, low.tier, providers_of(low)) == ("low", "local", ["loc", "std", "top"])
     medium = route(rq(text_sample="debug ```x```"), TIERED, {}, cfg(), NOW)
     assert (medium.complexity, medium.tier, providers_of(medium)) == ("medium", "standard", ["std", "top"])
@@ -339,7 +339,7 @@ AUTO_PRICES = [
 
 
 def test_auto_picks_the_cheapest_provider_and_model_pairs() -> None:
-    reply = route(rq("auto", text_sample="hi"), AUTO_PRICES, {}, cfg(), NOW)
+    reply = route(rq("auto", text_sample="hi", input_tokens=5), AUTO_PRICES, {}, cfg(), NOW)
     assert reply.model == "auto"
     assert [(c.provider, c.model) for c in reply.candidates] == [("b", "tiny"), ("a", "small"), ("a", "big"),
                                                                   ("c", "huge")]
