@@ -75,7 +75,9 @@ def load_labelled(path: Path = CORPUS, split: Optional[str] = None) -> list[Labe
         row = json.loads(line)
         if split is not None and row.get("split", "train") != split:
             continue
-        out.append(Labelled(row["id"], row.get("family", "?"), row["tier"], row.get("lang", "?"),
+        # The old generated workload (bench/make_workload.py) names these "required_tier" and "kind".
+        tier = row.get("tier") or row["required_tier"]
+        out.append(Labelled(row["id"], row.get("family") or row.get("kind", "?"), tier, row.get("lang", "en"),
                             row.get("split", "train"), route_request(row["id"], row["body"]), row["output_tokens"]))
     return out
 

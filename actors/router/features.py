@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Optional
 
 from schemas.router import RouteRequest
 
@@ -130,16 +131,20 @@ def _cjk_runs(lowered: str) -> list[str]:
 
 
 def _groups(tokens: set[str], lowered: str, cjk_runs: list[str]) -> set[str]:
+    # Set intersections run in C: only tokens the lexicon knows are looked at one by one.
     groups: set[str] = set()
-    for tok in tokens:
-        hit = LEX_WORDS.get(tok)
-        if hit:
-            groups.update(hit)
-        if len(tok) >= 5:
-            for stem, group in LEX_STEMS.get(tok[:5], ()):
-                if tok.startswith(stem):
-                    groups.add(group)
-        for phrase, group in LEX_PHRASES_BY_TOKEN.get(tok, ()):
+    for tok in tokens & LEX_WORDS.keys():
+        groups.update(LEX_WORDS[tok])
+    long_tokens = [t for t in tokens if len(t) >= 5]
+    stem_hits = {t[:5] for t in long_tokens} & LEX_STEMS.keys()
+    if stem_hits:
+        for tok in long_tokens:
+            if tok[:5] in stem_hits:
+                for stem, group in LEX_STEMS[tok[:5]]:
+                    if tok.startswith(stem):
+                        groups.add(group)
+    for tok in tokens & LEX_PHRASES_BY_TOKEN.keys():
+        for phrase, group in LEX_PHRASES_BY_TOKEN[tok]:
             if group not in groups and phrase in lowered:
                 groups.add(group)
     if cjk_runs:
@@ -180,26 +185,39 @@ def _paragraph_ends(text: str) -> tuple[str, str]:
 def _looks_pasted(par: str) -> bool:
     if len(par) < 8 or par.startswith(("#", "```", "{", "[", "<", "|", "//", "/*", "--")):
         return True
-    return sum(par.count(c) for c in ";{}=<>[]|") * 20 > len(par)
+    return sum(map(par.count, ";{}=<>[]|")) * 20 > len(par)
 
 
-def _asks_something(par: str) -> tuple[bool, int, int]:
-    """How much a paragraph reads like an instruction: a question mark, then words of intent, then shortness."""
+def _intent(par: str) -> tuple[set[str], set[str]]:
+    """(tokens, word groups) of a paragraph, lowered."""
     lowered = par.lower()
-    intent = _groups(_tokens(lowered), lowered, _cjk_runs(lowered)) - _CODE_GROUPS
-    return "?" in par or "？" in par, len(intent), -len(par)
+    tokens = _tokens(lowered)
+    return tokens, _groups(tokens, lowered, _cjk_runs(lowered))
+
+
+def _instruction(ask: str) -> tuple[str, Optional[tuple[set[str], set[str]]]]:
+    """The instruction, and its (tokens, groups) when they were computed on the way."""
+    if len(ask) <= INSTRUCTION_MAX:
+        return ask, None
+    first, last = _paragraph_ends(ask)
+    prose = [p for p in (first, last) if not _looks_pasted(p)]
+    if not prose:
+        return first[:200] + "\n" + last[-200:], None
+    if len(prose) == 1:
+        return prose[0], None
+    # Whichever reads more like an ask: a question mark, then words of intent, then shortness.
+    scored = []
+    for par in prose:
+        intent = _intent(par)
+        scored.append((("?" in par or "？" in par, len(intent[1] - _CODE_GROUPS), -len(par)), par, intent))
+    best = max(scored, key=lambda s: s[0])
+    return best[1], best[2]
 
 
 def instruction_of(ask: str) -> str:
     """What the user asked, without what they pasted: the whole message when it is short, else its first or last
     paragraph (people write the ask before or after the paste), whichever reads more like an ask."""
-    if len(ask) <= INSTRUCTION_MAX:
-        return ask
-    first, last = _paragraph_ends(ask)
-    prose = [p for p in (first, last) if not _looks_pasted(p)]
-    if not prose:
-        return first[:200] + "\n" + last[-200:]
-    return max(prose, key=_asks_something)
+    return _instruction(ask)[0]
 
 
 def prose_of(instruction: str) -> str:
@@ -210,7 +228,7 @@ def prose_of(instruction: str) -> str:
     if "\n" not in instruction:
         return instruction
     keep = [line for line in instruction.split("\n")
-            if not line.startswith(("    ", "\t")) and sum(line.count(c) for c in ";{}=()<>[]") * 12 <= len(line)]
+            if not line.startswith(("    ", "\t")) and sum(map(line.count, ";{}=()<>[]")) * 12 <= len(line)]
     return "\n".join(keep)
 
 
@@ -259,7 +277,7 @@ def parts(req: RouteRequest) -> Parts:
     window = _window(ask)
     if "`" in window and window.count("`") - 6 * window.count("```") >= 2:
         feats["code:inline"] = 1.0
-    symbols = sum(window.count(s) for s in _SYMBOLS)
+    symbols = sum(map(window.count, _SYMBOLS))
     feats[_band(100 * symbols // max(1, len(window)), (1, 3, 6), "code:sym")] = 1.0
     indented = window.count("\n    ") + window.count("\n\t")
     if indented >= 2:
@@ -272,20 +290,20 @@ def parts(req: RouteRequest) -> Parts:
     if _FILE_EXT_RE.search(lowered) or has_file_path(window, max_tokens=16):
         feats["code:path"] = 1.0
 
-    instruction = instruction_of(ask)
+    instruction, known = _instruction(ask)
     prose = prose_of(instruction)
     instr_lowered = lowered if prose is ask and window is ask else prose.lower()
     instr_cjk = _cjk_runs(instr_lowered)
     instr_len = _weighted_len(prose, instr_cjk)
     feats[_band(instr_len, (25, 60, 150, 300), "instr")] = 1.0
-    clauses = sum(instr_lowered.count(m) for m in _CLAUSE_MARKS)
+    clauses = sum(map(instr_lowered.count, _CLAUSE_MARKS))
     feats[_band(clauses, (2, 4, 7), "clauses")] = 1.0
-    digits = sum(instr_lowered.count(d) for d in _DIGITS)
+    digits = sum(map(instr_lowered.count, _DIGITS))
     if digits:
         feats[_band(digits, (3, 10), "digits")] = 1.0
-    if sum(instr_lowered.count(o) for o in _OPS) >= 2:
+    if sum(map(instr_lowered.count, _OPS)) >= 2:
         feats["math:ops"] = 1.0
-    feats[_band(sum(instr_lowered.count(c) for c in _COMMAS), (1, 3, 6), "commas")] = 1.0
+    feats[_band(sum(map(instr_lowered.count, _COMMAS)), (1, 3, 6), "commas")] = 1.0
     if instr_lowered.count("\n- ") + instr_lowered.count("\n* ") + sum(instr_lowered.count(f"\n{i}") for i in "123")\
             >= 2:
         feats["list_items"] = 1.0
@@ -295,8 +313,11 @@ def parts(req: RouteRequest) -> Parts:
     # --- intent: word groups -----------------------------------------------------------------------------------
     # Intent groups come from the instruction only; code groups from the whole window when it is shaped like code
     # (pasted code is a code task's material, a pasted report's words are not the ask).
-    instr_tokens = _tokens(instr_lowered)
-    groups = _groups(instr_tokens, instr_lowered, instr_cjk)
+    if known is not None and prose is instruction:
+        instr_tokens, groups = known[0], set(known[1])
+    else:
+        instr_tokens = _tokens(instr_lowered)
+        groups = _groups(instr_tokens, instr_lowered, instr_cjk)
     code_shaped = bool(fences_ask or indented >= 2 or symbols * 100 >= 3 * max(1, len(window)))
     if instr_lowered is not lowered and code_shaped:
         groups |= _groups(_tokens(lowered), lowered, _cjk_runs(lowered)) & _CODE_GROUPS

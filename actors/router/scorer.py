@@ -12,6 +12,7 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from schemas.common import Tier
@@ -132,6 +133,6 @@ def predict(model: TierModel, req: RouteRequest, margin: float, frontier_margin:
     tier = tier_for(p_std, p_top, margin, margin if frontier_margin is None else frontier_margin)
     # Explain the boundary that decided: frontier-or-not for frontier, standard-or-not otherwise.
     col = 2 if tier == "frontier" else 1
-    ranked = heapq.nlargest(top_n, ((abs(u[col]), u[0], u[col]) for u in used if u[0] != "bias"))
-    top = tuple(Contribution(name, round(c, 3)) for _, name, c in ranked)
+    ranked = heapq.nlargest(top_n + 1, used, key=lambda u, c=col: abs(u[c]))  # +1: the bias may be among them
+    top = tuple(Contribution(u[0], round(u[col], 3)) for u in ranked if u[0] != "bias")[:top_n]
     return Prediction(tier, round(probs[tier], 4), {t: round(p, 4) for t, p in probs.items()}, top)
