@@ -383,3 +383,43 @@ def test_policy_virtual_model_picks_model_and_provider_within_the_policy() -> No
         do_route(RouteRequest(request_id="v2", model="arbstr/quality", input_tokens=10, policy="other"), prices, {},
                  config, 0)
     assert e.value.status == 400
+
+
+# --- the trained scorer: explanation, skipping --------------------------------------------------------------
+def test_the_trained_scorer_explains_its_decision() -> None:
+    reply = route(rq("auto", last_user_text="implement binary search in Go",
+                     text_sample="implement binary search in Go", input_tokens=8), TIERED, {}, cfg(), NOW)
+    x = reply.explanation
+    assert x is not None and x.scorer == "trained" and not x.overridden
+    assert (reply.tier, x.predicted_tier, reply.complexity) == ("standard", "standard", "medium")
+    assert x.confidence == x.probabilities["standard"] and 0 < x.confidence <= 1
+    assert abs(sum(x.probabilities.values()) - 1) < 1e-3
+    names = [f.name for f in x.top_features]
+    assert names and "lex:plang" in names and len(names) <= 5
+    assert 0 <= reply.complexity_score <= 100
+
+
+def test_the_override_keeps_the_prediction_visible() -> None:
+    reply = route(rq("auto", last_user_text="hi", text_sample="hi", input_tokens=5, complexity="high"), TIERED, {},
+                  cfg(), NOW)
+    assert reply.tier == "frontier" and reply.explanation is not None
+    assert reply.explanation.overridden and reply.explanation.predicted_tier == "local"
+
+
+def test_a_named_model_served_at_one_tier_is_not_scored(monkeypatch: pytest.MonkeyPatch) -> None:
+    import actors.router.rank as rank
+
+    def boom(*_: Any, **__: Any) -> None:
+        raise AssertionError("scored a request that names a model served at one tier")
+
+    monkeypatch.setattr(rank, "decide", boom)
+    hard = rq(last_user_text=HARD_TEXT, text_sample=HARD_TEXT, input_tokens=20_000)
+    reply = route(hard, [pp("s1", ["m"]), pp("s2", ["m"], 200, 200)], {}, cfg(), NOW)
+    assert reply.explanation is not None and reply.explanation.scorer == "skipped"
+    assert sorted(c.provider for c in reply.candidates) == ["s1", "s2"]
+    # Embeddings inputs hold no ask either.
+    emb = rq("auto", endpoint="embeddings", last_user_text=HARD_TEXT, text_sample=HARD_TEXT)
+    assert route(emb, TIERED, {}, cfg(), NOW).explanation.scorer == "skipped"  # type: ignore[union-attr]
+    # A model offered at several tiers is scored (the score picks among them).
+    monkeypatch.undo()
+    assert route(hard, TIERED, {}, cfg(), NOW).explanation.scorer == "trained"  # type: ignore[union-attr]
