@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from schemas import subjects
 from schemas.breaker import BreakerState, BreakerStatus, StateReply, StateRequest
@@ -22,7 +22,7 @@ from schemas.errors import ArbstrError
 from schemas.money import ceil_div, cost_msat
 from schemas.pricing import (ConfirmReply, ConfirmRequest, HeldRate, ModelRate, PriceSource, PriceTable,
                              ProviderKind, ProviderPrices, TableRequest)
-from schemas.router import Candidate, RouteReply, RouteRequest
+from schemas.router import Candidate, FeatureWeight, RouteReply, RouteRequest, TierExplanation
 
 from .endpoints import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSpec, validate
 from actors.runtime import admin_token_hash
@@ -100,6 +100,10 @@ class CostEstimate(BaseModel):
     tier: Tier
     complexity: Complexity
     complexity_score: int
+    predicted_tier: Optional[Tier] = Field(None, description="the tier scorer's decision (None: nothing was scored)")
+    confidence: Optional[float] = Field(None, description="the model's probability of the predicted tier")
+    top_features: list[FeatureWeight] = Field(default_factory=list, description="what pushed the decision most")
+    explanation: Optional[TierExplanation] = None
     input_tokens: int
     output_tokens: int
     estimated_cost_msat: int
@@ -195,6 +199,15 @@ def provider_views(configured: list[str], prices: Optional[list[ProviderPrices]]
     return views
 
 
+def explanation_of(route: RouteReply) -> dict[str, Any]:
+    """The tier decision's explanation as the cost estimate shows it."""
+    x = route.explanation
+    if x is None:
+        return {}
+    return {"predicted_tier": x.predicted_tier, "confidence": x.confidence, "top_features": x.top_features,
+            "explanation": x}
+
+
 def reserve_of(route: RouteReply) -> Reserve:
     """What a reservation for this route holds at most: the envelope over the client's max_tokens, or over the
     configured ceiling when it set none (the vault then reserves what the agent can afford, up to it)."""
@@ -281,7 +294,7 @@ class Ops:
         env = route.envelope
         estimate = CostEstimate(
             request_id=rid, model=route.model, policy=route.policy, tier=route.tier, complexity=route.complexity,
-            complexity_score=route.complexity_score, input_tokens=env.input_tokens,
+            complexity_score=route.complexity_score, **explanation_of(route), input_tokens=env.input_tokens,
             output_tokens=env.output_tokens or self.gw.config.router.default_output_tokens,
             estimated_cost_msat=route.candidates[0].estimated_cost_msat, candidates=route.candidates,
             reserve=reserve_of(route))

@@ -12,6 +12,7 @@ Tier = Literal["local", "standard", "frontier"]
 TIER_ORDER: dict[str, int] = {"local": 0, "standard": 1, "frontier": 2}
 Complexity = Literal["low", "medium", "high"]
 COMPLEXITY_TIER: dict[str, Tier] = {"low": "local", "medium": "standard", "high": "frontier"}
+TIER_COMPLEXITY: dict[str, Complexity] = {"local": "low", "standard": "medium", "frontier": "high"}
 
 # Names that become subject tokens or KV keys.
 Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]

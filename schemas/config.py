@@ -224,26 +224,51 @@ class BreakerConfig(_Section):
     tick_interval_s: Seconds = Field(1.0, description="how often the breaker moves open to half-open, frees probes")
 
 
+# Keys of the keyword points scorer (``scorer = "keywords"``), the router's first scorer.
+KEYWORD_SCORER_KEYS = frozenset({"length_bands", "code_block", "file_path", "reasoning_word", "reasoning_cap",
+                                 "reasoning_words", "turn_bands", "tools", "medium_at", "high_at"})
+TRAINED_SCORER_KEYS = ("margin", "frontier_margin", "model_file", "top_features")
+
+
 class ComplexityConfig(_Section):
-    """Weights and thresholds of the complexity score (see actors/router/complexity.py); every point is whole."""
+    """How the router decides the minimum tier a request needs (see actors/router/complexity.py).
+
+    ``scorer = "trained"`` (the default): the model trained on the labelled corpus (README, "Tiers"), tuned by
+    ``margin``/``frontier_margin``/``model_file``/``top_features``. ``scorer = "keywords"``: the old keyword points
+    scorer, tuned by the remaining keys; setting those without it is a load error naming the new keys.
+    """
+
+    scorer: Literal["trained", "keywords"] = Field(
+        "trained", description="trained: the shipped tier model; keywords: the old keyword points scorer")
+    margin: Optional[float] = Field(
+        None, ge=0.0, lt=0.5, description="choose the higher tier once its probability reaches 0.5 - margin "
+                                          "(when unsure, the higher tier); unset: the margin the model was "
+                                          "trained with")
+    frontier_margin: Optional[float] = Field(
+        None, ge=0.0, lt=0.5, description="the same for the standard/frontier boundary; unset: the model's")
+    model_file: Optional[str] = Field(
+        None, description="a tier model file written by `python -m bench.train_tiers --out` (unset: the shipped "
+                          "one)")
+    top_features: int = Field(5, ge=0, le=20, description="features explained per decision")
 
     length_bands: tuple[tuple[int, int], ...] = Field(
         ((1_000, 1), (4_000, 2), (16_000, 3)),
-        description="[input tokens, points] pairs: the highest threshold reached gives its points")
-    code_block: int = Field(2, ge=0, description="points for a fenced code block")
-    file_path: int = Field(1, ge=0, description="points for something that looks like a file path")
-    reasoning_word: int = Field(1, ge=0, description="points per distinct reasoning word")
-    reasoning_cap: int = Field(3, ge=0, description="most points reasoning words can add")
+        description="keywords scorer: [input tokens, points] pairs: the highest threshold reached gives its points")
+    code_block: int = Field(2, ge=0, description="keywords scorer: points for a fenced code block")
+    file_path: int = Field(1, ge=0, description="keywords scorer: points for something that looks like a file path")
+    reasoning_word: int = Field(1, ge=0, description="keywords scorer: points per distinct reasoning word")
+    reasoning_cap: int = Field(3, ge=0, description="keywords scorer: most points reasoning words can add")
     reasoning_words: tuple[str, ...] = (
         "prove", "proof", "step by step", "analyze", "analyse", "architecture", "debug", "refactor",
         "optimize", "derive", "reason", "trade-off", "tradeoff", "design", "algorithm", "complexity",
         "root cause", "why does", "compare", "evaluate",
     )
     turn_bands: tuple[tuple[int, int], ...] = Field(
-        ((6, 1), (12, 2)), description="[user turns, points] pairs: the highest threshold reached gives its points")
-    tools: int = Field(1, ge=0, description="points when the request offers tools")
-    medium_at: int = Field(3, ge=0, description="a score from here is medium (standard tier)")
-    high_at: int = Field(6, ge=0, description="a score from here is high (frontier tier)")
+        ((6, 1), (12, 2)),
+        description="keywords scorer: [user turns, points] pairs: the highest threshold reached gives its points")
+    tools: int = Field(1, ge=0, description="keywords scorer: points when the request offers tools")
+    medium_at: int = Field(3, ge=0, description="keywords scorer: a score from here is medium (standard tier)")
+    high_at: int = Field(6, ge=0, description="keywords scorer: a score from here is high (frontier tier)")
 
     @field_validator("length_bands", "turn_bands")
     @classmethod
@@ -265,6 +290,21 @@ class ComplexityConfig(_Section):
     def _order(self) -> "ComplexityConfig":
         if self.high_at < self.medium_at:
             raise ValueError("high_at must be >= medium_at")
+        return self
+
+    @model_validator(mode="after")
+    def _scorer_keys(self) -> "ComplexityConfig":
+        # A tuned keyword scorer silently ignored would route as if untuned: say what replaced it instead.
+        legacy = sorted(self.model_fields_set & KEYWORD_SCORER_KEYS)
+        if legacy and self.scorer != "keywords":
+            raise ValueError(
+                f"{', '.join('complexity.' + k for k in legacy)} {'is a key' if len(legacy) == 1 else 'are keys'} of "
+                f"the keyword scorer, which the trained tier scorer replaced: tune that one with {', '.join('complexity.' + k for k in TRAINED_SCORER_KEYS)}, "
+                f"or set complexity.scorer = \"keywords\" to keep the keyword scorer and these keys")
+        trained = sorted(self.model_fields_set & {"margin", "frontier_margin", "model_file"})
+        if trained and self.scorer == "keywords":
+            raise ValueError(f"{', '.join('complexity.' + k for k in trained)} tune the trained scorer, "
+                             f"but complexity.scorer = \"keywords\"")
         return self
 
 

@@ -7,7 +7,8 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from .common import MAX_EPOCH_MS, Message, Msat
+from .common import MAX_EPOCH_MS, Message, Msat, Tier
+from .router import FeatureWeight, Scorer
 
 GroupBy = Literal["model", "provider", "tier", "agent", "day"]
 SortKey = Literal["at", "cost", "latency"]
@@ -38,6 +39,13 @@ class RequestRecord(Message):
     provider_cost_msat: Optional[Msat] = Field(None, description="what the provider says it charged arbstr (a "
                                                                  "Routstr node's usage.cost / X-Routstr-Cost-Msats)")
     cost_drift: bool = Field(False, description="provider_cost_msat is far from cost_msat: arbstr's rates are off")
+    predicted_tier: Optional[Tier] = Field(None, description="the tier scorer's decision (None: not scored; `tier` "
+                                                             "may differ when the client's X-Arbstr-Complexity set it)")
+    tier_confidence: Optional[float] = Field(None, ge=0.0, le=1.0, description="the model's probability of that tier")
+    tier_scorer: Optional[Scorer] = Field(None, description="trained, keywords, or skipped (a named model served at "
+                                                            "one tier)")
+    tier_features: list[FeatureWeight] = Field(default_factory=list,
+                                               description="the features that pushed the decision most")
 
 
 class StatsQuery(Message):

@@ -62,12 +62,37 @@ class Envelope(Message):
                                                              "budget this many times")
 
 
+Scorer = Literal["trained", "keywords", "skipped"]
+
+
+class FeatureWeight(Message):
+    name: str = Field(description="a feature of the request, e.g. lex:plang (a programming language is named), "
+                                  "code:fence, len:4 (a prompt length band), w:regex (a word)")
+    weight: float = Field(description="its push on the decision in log-odds: positive towards the higher tier")
+
+
+class TierExplanation(Message):
+    """Why the router chose the minimum tier it did."""
+
+    scorer: Scorer = Field(description="trained: the tier model; keywords: the keyword points scorer; skipped: "
+                                       "nothing was scored (a named model served at one tier, an embeddings input, "
+                                       "no text)")
+    predicted_tier: Optional[Tier] = Field(None, description="the scorer's tier (an X-Arbstr-Complexity override "
+                                                             "may have replaced it)")
+    confidence: Optional[float] = Field(None, ge=0.0, le=1.0, description="the model's probability of that tier")
+    probabilities: dict[str, float] = Field(default_factory=dict, description="per tier (trained scorer)")
+    top_features: list[FeatureWeight] = Field(default_factory=list)
+    overridden: bool = Field(False, description="the client's X-Arbstr-Complexity header set the tier")
+
+
 class RouteReply(Message):
     request_id: str
     model: str = Field(description="the model the client asked for")
     policy: Optional[str] = None
     tier: Tier
     complexity: Complexity
-    complexity_score: int = 0
+    complexity_score: int = Field(0, description="keywords scorer: its points; trained scorer: the expected need "
+                                                 "from 0 (surely local) to 100 (surely frontier)")
+    explanation: Optional[TierExplanation] = None
     candidates: list[Candidate]
     envelope: Envelope

@@ -222,6 +222,24 @@ async def test_cost_estimates_without_calling_upstream(http: aiohttp.ClientSessi
             assert (await (await s.get(f"{mock_upstream}/_mock/{p}/stats")).json())["requests"] == 0
 
 
+async def test_cost_explains_the_tier_decision(http: aiohttp.ClientSession, ops: Ops) -> None:
+    """POST /v1/cost shows the predicted tier, the model's confidence and the features that decided it."""
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "write a SQL query that ranks customers by "
+                                                                        "revenue"}]}
+    r = await http.post(f"{ops.url}/v1/cost", json=body)
+    assert r.status == 200
+    est = await r.json()
+    assert (est["tier"], est["complexity"], est["predicted_tier"]) == ("standard", "medium", "standard")
+    assert r.headers["x-arbstr-complexity"] == "medium"
+    assert 0 < est["confidence"] <= 1 and est["confidence"] == est["explanation"]["probabilities"]["standard"]
+    names = [f["name"] for f in est["top_features"]]
+    assert "lex:sql" in names and all(isinstance(f["weight"], float) for f in est["top_features"])
+    assert est["explanation"]["scorer"] == "trained" and not est["explanation"]["overridden"]
+    r = await http.post(f"{ops.url}/v1/cost", json=body, headers={"X-Arbstr-Complexity": "high"})
+    est = await r.json()
+    assert (est["tier"], est["predicted_tier"], est["explanation"]["overridden"]) == ("frontier", "standard", True)
+
+
 async def test_cost_applies_headers_policies_and_other_endpoints(http: aiohttp.ClientSession, ops: Ops) -> None:
     chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
     est = await (await http.post(f"{ops.url}/v1/cost", json=chat, headers={"X-Arbstr-Complexity": "high"})).json()

@@ -17,8 +17,9 @@ from schemas.money import ceil_div, cost_msat
 from schemas.pricing import ModelRate, ProviderPrices
 from schemas.router import Candidate, Envelope, RouteReply, RouteRequest
 
-from .complexity import minimum_tier, score_complexity
+from .complexity import TierDecision, decide, skipped
 from .policy import choose_policy
+from .scorer import TierModel
 
 log = logging.getLogger("arbstr.router")
 
@@ -159,9 +160,21 @@ def _quiet(state: Optional[BreakerState]) -> bool:
     return state is None or (state.state == "closed" and state.consecutive_failures == 0)
 
 
+def decide_for(req: RouteRequest, able: list[Option], config: Config, model: Optional[TierModel] = None) -> TierDecision:
+    """The tier decision, or none when it cannot matter or there is nothing to judge: a named model (not ``auto``)
+    whose able providers all sit in one tier gets those providers whatever the score says, so scoring it would only
+    cost time; an embeddings input or a request without text holds no ask."""
+    if req.model != AUTO_MODEL and len({o.tier for o in able}) <= 1:
+        return skipped(req)
+    if req.endpoint == "embeddings" or not (req.last_user_text or req.text_sample):
+        return skipped(req)
+    return decide(req, config.complexity, model)
+
+
 def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, BreakerState], config: Config,
-          now_ms: int, unroutable: Sequence[ProviderPrices] = ()) -> RouteReply:
-    """``prices`` are the entries the router may choose; ``unroutable`` only explain a failure."""
+          now_ms: int, unroutable: Sequence[ProviderPrices] = (), model: Optional[TierModel] = None) -> RouteReply:
+    """``prices`` are the entries the router may choose; ``unroutable`` only explain a failure; ``model``: the tier
+    model (default: the one the config names)."""
     asked_model = req.model
     virtual = next((p for p in config.policies if p.virtual_model and p.virtual_model == req.model), None)
     if virtual is not None:
@@ -172,10 +185,6 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
         req = req.model_copy(update={"model": AUTO_MODEL})  # pick model and provider together, as for "auto"
     else:
         policy = choose_policy(req.policy, req.last_user_text, config.policies)
-    score, complexity = score_complexity(req, config.complexity)
-    tier = minimum_tier(complexity)
-    explicit = req.complexity is not None
-
     reasons: list[str] = []
     able: list[Option] = []
     too_small: list[Option] = []  # would serve it, but for the size of this request
@@ -191,6 +200,10 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
         able.append(option)
     if not able and too_small:
         raise context_exceeded(req, too_small)
+
+    decision = decide_for(req, able, config, model)
+    tier = decision.tier
+    explicit = req.complexity is not None
 
     at_tier, ignored_tier = apply_min_tier(able, tier, explicit)
     if ignored_tier:
@@ -240,8 +253,9 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
         model=asked_model,
         policy=policy.name if policy is not None else None,
         tier=tier,
-        complexity=complexity,
-        complexity_score=score,
+        complexity=decision.complexity,
+        complexity_score=decision.score,
+        explanation=decision.explanation,
         candidates=candidates,
         envelope=envelope,
     )

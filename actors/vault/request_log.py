@@ -29,17 +29,22 @@ _COLUMNS = {
     "model": "VARCHAR", "provider": "VARCHAR", "upstream_model": "VARCHAR", "tier": "VARCHAR",
     "status": "INTEGER", "success": "BOOLEAN", "streamed": "BOOLEAN", "input_tokens": "BIGINT",
     "output_tokens": "BIGINT", "cost_msat": "HUGEINT", "baseline_msat": "HUGEINT", "latency_ms": "DOUBLE",
-    "overhead_ms": "DOUBLE", "at_ms": "BIGINT", "estimated": "BOOLEAN", "provider_cost_msat": "HUGEINT",
-    "cost_drift": "BOOLEAN",
+    "overhead_ms": "DOUBLE", "at_ms": "BIGINT", "estimated": "BOOLEAN",
 }
-# Columns added after the first release: a projection file made before them gains them (NULL in old rows).
-_ADDED = ("ALTER TABLE requests ADD COLUMN IF NOT EXISTS provider_cost_msat BIGINT;"
-          "ALTER TABLE requests ADD COLUMN IF NOT EXISTS cost_drift BOOLEAN;")
+# Added after the first release: an older file gets them by ALTER TABLE (NULL in its old rows).
+_ADDED_COLUMNS = {
+    "provider_cost_msat": "HUGEINT", "cost_drift": "BOOLEAN",
+    "predicted_tier": "VARCHAR", "tier_confidence": "DOUBLE", "tier_scorer": "VARCHAR",
+    "tier_features": "STRUCT(name VARCHAR, weight DOUBLE)[]",
+}
+_COLUMNS.update(_ADDED_COLUMNS)
 _RECORD_FIELDS = [c for c in _COLUMNS if c != "stream_seq"]
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS requests (" + ", ".join(f"{k} {v}" for k, v in _COLUMNS.items()) + ");"
-           "CREATE TABLE IF NOT EXISTS projection_meta (k VARCHAR PRIMARY KEY, v BIGINT NOT NULL);")
-_READ = ("INSERT INTO requests SELECT " + ", ".join(_COLUMNS) + " FROM read_json(?, format = 'newline_delimited', "
-         "columns = {" + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "})")
+           + "".join(f"ALTER TABLE requests ADD COLUMN IF NOT EXISTS {k} {v};" for k, v in _ADDED_COLUMNS.items())
+           + "CREATE TABLE IF NOT EXISTS projection_meta (k VARCHAR PRIMARY KEY, v BIGINT NOT NULL);")
+_READ = ("INSERT INTO requests (" + ", ".join(_COLUMNS) + ") SELECT " + ", ".join(_COLUMNS)
+         + " FROM read_json(?, format = 'newline_delimited', columns = {"
+         + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "})")
 _META_KEY = "requests_seq"
 
 _GROUP_KEY = {
@@ -49,12 +54,20 @@ _GROUP_KEY = {
 _SORT = {"at": "at_ms", "cost": "cost_msat", "latency": "latency_ms"}
 
 
+def _record(row: tuple[Any, ...]) -> RequestRecord:
+    fields = dict(zip(_RECORD_FIELDS, row))
+    if fields.get("tier_features") is None:  # a row from before the column existed
+        fields["tier_features"] = []
+    if fields.get("cost_drift") is None:
+        fields["cost_drift"] = False
+    return RequestRecord(**fields)
+
+
 class RequestLog(SpooledTable):
     def __init__(self, projection: Projection) -> None:
         # Shares the ledger projection's database and lock: one DuckDB file, one writer at a time.
         with projection._lock:
             projection.db.execute(_SCHEMA)
-            projection.db.execute(_ADDED)
             widen(projection.db, "requests", ["cost_msat", "baseline_msat", "provider_cost_msat"])
         self._init_spool(projection.db, projection._lock, projection._spool, "requests.jsonl", _READ, _META_KEY)
         self._sub: Any = None
@@ -114,6 +127,5 @@ class RequestLog(SpooledTable):
             total = self.db.execute(f"SELECT count(*) FROM requests{where}", params).fetchone()
             rows = self.db.execute(f"SELECT {', '.join(_RECORD_FIELDS)} FROM requests{where} ORDER BY {order} "
                                    "LIMIT ? OFFSET ?", params + [q.limit, q.offset]).fetchall()
-        items = [RequestRecord(**{k: v for k, v in zip(_RECORD_FIELDS, r) if v is not None or k != "cost_drift"})
-                 for r in rows]
+        items = [_record(r) for r in rows]
         return RequestList(total=int(total[0]) if total else 0, items=items)
