@@ -84,7 +84,9 @@ def run(args: argparse.Namespace) -> Any:
     if cmd == ("approvals", "list"):
         return request(args, "GET", "/v1/admin/approvals")["data"]
     if cmd in (("approvals", "approve"), ("approvals", "deny")):
-        return request(args, "POST", f"/v1/admin/approvals/{q(args.request_id)}/{args.action}")
+        # By (agent, request id): two agents may use the same request id, and the wrong one must never be decided.
+        return request(args, "POST", f"/v1/admin/approvals/{q(args.agent_id)}/{q(args.request_id)}/{args.action}",
+                       {"reason": args.reason} if args.action == "deny" and args.reason else None)
     if args.command == "books":
         return request(args, "GET", "/v1/admin/books")
     if args.command == "payouts":
@@ -210,8 +212,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     ap = approvals.add_subparsers(dest="action", required=True)
     ap.add_parser("list", parents=[common])
     for verb in ("approve", "deny"):
-        p = ap.add_parser(verb, parents=[common])
+        p = ap.add_parser(verb, parents=[common], help=f"{verb} one agent's held request or payout (409 once decided)")
+        p.add_argument("agent_id", help="whose request (the agent_id column of 'approvals list')")
         p.add_argument("request_id")
+        if verb == "deny":
+            p.add_argument("--reason", default="")
 
     sub.add_parser("books", parents=[common], help="deposits = balances + pending + spent + withdrawn?")
     po = sub.add_parser("payouts", parents=[common], help="every payout (Lightning, melt, token) and its state")

@@ -9,7 +9,9 @@ predict them exactly:
   characters, so ``schemas.tokens.estimate_text_tokens(reply) == completion_tokens`` — a gateway that has
   to count tokens itself (usage omitted) gets the same number as the usage block would have said;
 * output tokens = min(``max_completion_tokens`` / ``max_tokens`` / ``max_output_tokens``, the
-  ``x-mock-output-tokens`` header or the server default); one token per stream chunk;
+  ``x-mock-output-tokens`` header or the server default) per output; one token per stream chunk. As a real
+  upstream: chat makes ``n`` outputs, completions ``max(n, best_of)`` per prompt (``n`` of them come back), and
+  every output made is billed;
 * prompt tokens = ``estimate_messages_tokens`` over the chat messages (Responses: over the input turned
   into messages, see :func:`responses_messages`); completions and embeddings: ``estimate_text_tokens``
   of each prompt string (a token-id array counts its length).
@@ -79,6 +81,8 @@ class Fault:
     ``cut_after_chunks`` closes the connection after that many content chunks (non-streamed: after half
     the body). ``omit_usage`` leaves usage out; ``usage_on_content_chunk`` puts chat-stream usage on the
     finish chunk (the last one that still has ``choices``) instead of a separate ``choices: []`` chunk.
+    ``redirect_to`` answers ``redirect_status`` (307 unless set) with that ``Location`` (an abusive provider
+    pointing its caller elsewhere, e.g. at a loopback service).
     """
 
     status: Optional[int] = None
@@ -95,6 +99,8 @@ class Fault:
     omit_usage: bool = False
     usage_on_content_chunk: bool = False
     drop_connection: bool = False
+    redirect_to: Optional[str] = None
+    redirect_status: int = 307
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,7 +166,16 @@ def parse_fault(obj: Any) -> Fault:
         omit_usage=bool(_opt_bool(obj, "omit_usage")),
         usage_on_content_chunk=bool(_opt_bool(obj, "usage_on_content_chunk")),
         drop_connection=bool(_opt_bool(obj, "drop_connection")),
+        redirect_to=_opt_str(obj, "redirect_to"),
+        redirect_status=_redirect_status(obj),
     )
+
+
+def _redirect_status(obj: Mapping[str, Any]) -> int:
+    value = obj.get("redirect_status", 307)
+    if value not in (301, 302, 303, 307, 308) or isinstance(value, bool):
+        raise FaultError("redirect_status must be one of 301, 302, 303, 307, 308")
+    return int(value)
 
 
 def parse_fault_script(obj: Any) -> list[Fault]:
@@ -282,6 +297,16 @@ def token_limit(body: Mapping[str, Any], keys: Sequence[str]) -> Optional[int]:
             raise InvalidRequest(f"'{key}' must be a positive integer", key)
         limit = value if limit is None else min(limit, value)
     return limit
+
+
+def output_count(body: Mapping[str, Any], key: str) -> int:
+    """``n`` / ``best_of``: how many outputs to make (1 when absent)."""
+    value = body.get(key)
+    if value is None:
+        return 1
+    if not _is_int(value) or not 1 <= value <= 128:
+        raise InvalidRequest(f"'{key}' must be an integer from 1 to 128", key)
+    return value
 
 
 def plan_output(limit: Optional[int], target: int) -> tuple[int, bool]:
@@ -609,6 +634,10 @@ class MockUpstream:
                 state.dropped += 1
                 _close(request)
                 return web.Response(status=500)  # never reaches the peer: the connection is gone
+            if fault.redirect_to is not None:
+                state.statuses[fault.redirect_status] = state.statuses.get(fault.redirect_status, 0) + 1
+                return web.json_response({"redirect": fault.redirect_to}, status=fault.redirect_status,
+                                         headers=self._headers(call, {"Location": fault.redirect_to}))
             if fault.status is not None:
                 message = fault.message or f"mock upstream fault: HTTP {fault.status} from {state.name}"
                 return await self._send_error(request, call, fault.status, fault.error_shape, message,
@@ -785,10 +814,11 @@ class MockUpstream:
         stream = body.get("stream") is True
         n_out, truncated = plan_output(token_limit(body, ("max_completion_tokens", "max_tokens")),
                                        self._target_tokens(call))
+        outputs = output_count(body, "n")
         finish_reason = "length" if truncated else "stop"
         prompt_tokens = estimate_messages_tokens(messages)
         tokens = reply_tokens(last_user_text(messages), n_out)
-        usage = chat_usage(prompt_tokens, n_out)
+        usage = chat_usage(prompt_tokens, n_out * outputs)
         fault = call.fault
         omit_usage = fault is not None and fault.omit_usage
         model = body["model"]
@@ -798,13 +828,13 @@ class MockUpstream:
             reply: dict[str, Any] = {
                 "id": cid, "object": "chat.completion", "created": created, "model": model,
                 "system_fingerprint": _FINGERPRINT,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(tokens),
+                "choices": [{"index": i, "message": {"role": "assistant", "content": "".join(tokens),
                                                      "refusal": None, "annotations": []},
-                             "logprobs": None, "finish_reason": finish_reason}],
+                             "logprobs": None, "finish_reason": finish_reason} for i in range(outputs)],
             }
             if not omit_usage:
                 reply["usage"] = usage
-            return await self._send_json(request, call, orjson.dumps(reply), prompt_tokens, n_out)
+            return await self._send_json(request, call, orjson.dumps(reply), prompt_tokens, n_out * outputs)
 
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -814,15 +844,15 @@ class MockUpstream:
         if include_usage:
             base["usage"] = None  # as OpenAI: every chunk carries usage null until the usage chunk
 
-        def chunk(delta: dict[str, Any], finish: Optional[str]) -> dict[str, Any]:
-            return {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        def chunk(delta: dict[str, Any], finish: Optional[str], index: int = 0) -> dict[str, Any]:
+            return {**base, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
-        head = [sse(chunk({"role": "assistant", "content": "", "refusal": None}, None))]
-        content = [sse(chunk({"content": tok}, None)) for tok in tokens]
-        final = chunk({}, finish_reason)
+        head = [sse(chunk({"role": "assistant", "content": "", "refusal": None}, None, i)) for i in range(outputs)]
+        content = [sse(chunk({"content": tok}, None, i)) for tok in tokens for i in range(outputs)]
+        finals = [chunk({}, finish_reason, i) for i in range(outputs)]
         if on_content and not omit_usage:
-            final["usage"] = usage
-        tail = [sse(final)]
+            finals[-1]["usage"] = usage
+        tail = [sse(final) for final in finals]
         if include_usage and not omit_usage and not on_content:
             tail.append(sse({**base, "choices": [], "usage": usage}))
         tail.append(_DONE)
@@ -832,31 +862,37 @@ class MockUpstream:
         prompts = prompt_texts(body.get("prompt"), "prompt")
         stream = body.get("stream") is True
         n_out, truncated = plan_output(token_limit(body, ("max_tokens",)), self._target_tokens(call))
+        returned = output_count(body, "n")
+        made = max(returned, output_count(body, "best_of"))  # best_of are made and billed; n come back
         finish_reason = "length" if truncated else "stop"
         prompt_tokens = prompt_tokens_of(prompts)
-        first = prompts[0]
-        tokens = reply_tokens(first if isinstance(first, str) else "", n_out)
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": n_out, "total_tokens": prompt_tokens + n_out}
+        replies = [reply_tokens(p if isinstance(p, str) else "", n_out) for p in prompts]
+        billed = n_out * made * len(prompts)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": billed, "total_tokens": prompt_tokens + billed}
+        # One choice per prompt and output, indexed prompt by prompt as OpenAI does.
+        indexed = [(p * returned + j, replies[p]) for p in range(len(prompts)) for j in range(returned)]
         omit_usage = call.fault is not None and call.fault.omit_usage
         base = {"id": f"cmpl-mock{next(self._ids)}", "object": "text_completion", "created": int(time.time()),
                 "model": body["model"], "system_fingerprint": _FINGERPRINT}
         if not stream:
-            reply: dict[str, Any] = {**base, "choices": [{"text": "".join(tokens), "index": 0, "logprobs": None,
-                                                          "finish_reason": finish_reason}]}
+            reply: dict[str, Any] = {**base, "choices": [{"text": "".join(toks), "index": i, "logprobs": None,
+                                                          "finish_reason": finish_reason} for i, toks in indexed]}
             if not omit_usage:
                 reply["usage"] = usage
-            return await self._send_json(request, call, orjson.dumps(reply), prompt_tokens, n_out)
+            return await self._send_json(request, call, orjson.dumps(reply), prompt_tokens, billed)
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
 
-        def chunk(text: str, finish: Optional[str]) -> bytes:
-            return sse({**base, "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]})
+        def chunk(text: str, finish: Optional[str], index: int = 0) -> bytes:
+            return sse({**base, "choices": [{"text": text, "index": index, "logprobs": None,
+                                             "finish_reason": finish}]})
 
-        tail = [chunk("", finish_reason)]
+        tail = [chunk("", finish_reason, i) for i, _ in indexed]
         if include_usage and not omit_usage:
             tail.append(sse({**base, "choices": [], "usage": usage}))
         tail.append(_DONE)
-        return await self._send_stream(request, call, prompt_tokens, [], [chunk(t, None) for t in tokens], tail)
+        content = [chunk(toks[k], None, i) for k in range(n_out) for i, toks in indexed]
+        return await self._send_stream(request, call, prompt_tokens, [], content, tail)
 
     async def _embeddings(self, request: web.Request, call: _Call, body: dict[str, Any]) -> web.StreamResponse:
         items = prompt_texts(body.get("input"), "input")

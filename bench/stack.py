@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
+from arbstr.bus_auth import BusCredentials
 from arbstr.demo import demo_toml, free_port
 from arbstr.natsserver import NatsServer
 from arbstr.supervisor import wait_http
@@ -18,13 +20,30 @@ from arbstr.supervisor import wait_http
 
 class BenchStack:
     def __init__(self, workdir: Path, gateway_url: str, mock_url: str, nats: NatsServer,
-                 procs: list[subprocess.Popen[bytes]], admin_token: str = "") -> None:
+                 procs: list[subprocess.Popen[bytes]], admin_token: str = "",
+                 bus: Optional[BusCredentials] = None, names: Optional[list[str]] = None) -> None:
         self.workdir = workdir
         self.gateway_url = gateway_url
         self.mock_url = mock_url
         self.nats = nats
         self.procs = procs
         self.admin_token = admin_token
+        self.bus = bus
+        self.names = names or []  # the component each of ``procs`` runs (mock-upstream first)
+
+    def arbstr_pids(self) -> list[int]:
+        """arbstr's own processes and the nats-server: what a request costs in CPU (not the mock, not the client)."""
+        pids = [p.pid for p, name in zip(self.procs, self.names) if name != "mock-upstream"]
+        if self.nats.proc is not None:
+            pids.append(self.nats.proc.pid)
+        return pids
+
+    def connect_options(self, identity: str = "operator") -> dict[str, object]:
+        from schemas.bus_permissions import inbox_prefix
+
+        if self.bus is None:
+            return {}
+        return {"nkeys_seed_str": self.bus.seed(identity), "inbox_prefix": inbox_prefix(identity)}
 
     def create_agent(self, name: str, deposit_msat: int) -> str:
         """A funded agent; returns its bearer token."""
@@ -44,20 +63,24 @@ def bench_stack(paid: bool = False, components: Optional[list[str]] = None,
         cfg = work / "arbstr.toml"
         admin = "adm_" + secrets.token_urlsafe(32) if paid else ""
         cfg.write_text(demo_toml(gw_port, mock_port, admin_token=admin))
-        nats = NatsServer(work / "nats", sync_always=sync_always).start()
+        bus = BusCredentials.ensure(work / "bus")  # the bus as `arbstr up` runs it: every part its own identity
+        nats = NatsServer(work / "nats", sync_always=sync_always, authorization=bus.authorization_conf()).start()
         logs = open(work / "components.log", "ab")
         py = sys.executable
         procs = [subprocess.Popen([py, "-m", "arbstr", "mock-upstream", "--port", str(mock_port)],
                                   stdout=logs, stderr=logs)]
+        names = ["mock-upstream"]
         for comp in components or ["pricing", "breaker", "router", *(["vault"] if paid else []), "gateway"]:
+            env = {**os.environ, "ARBSTR_NATS_CREDS": str(bus.path(comp))}
             procs.append(subprocess.Popen([py, "-m", "arbstr", "run", comp, "--config", str(cfg), "--nats", nats.url],
-                                          stdout=logs, stderr=logs))
+                                          stdout=logs, stderr=logs, env=env))
+            names.append(comp)
         try:
             gw = f"http://127.0.0.1:{gw_port}"
             if not wait_http(gw + "/ready", 30):
                 raise RuntimeError(f"stack did not become ready; see {work / 'components.log'}")
             time.sleep(0.3)
-            yield BenchStack(work, gw, f"http://127.0.0.1:{mock_port}", nats, procs, admin)
+            yield BenchStack(work, gw, f"http://127.0.0.1:{mock_port}", nats, procs, admin, bus, names)
         finally:
             for p in reversed(procs):
                 p.terminate()

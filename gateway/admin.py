@@ -6,13 +6,14 @@ import hmac
 import re
 import secrets
 import uuid
-from datetime import datetime
 from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from actors.runtime import admin_token_hash, token_hash
 from schemas import subjects
+from schemas.common import MAX_APPROVAL_TIMEOUT_S, MAX_MSAT
 from schemas.config import Config
 from schemas.errors import ArbstrError
 from schemas.requests import MAX_LIMIT, RequestList, RequestsQuery, StatsQuery, StatsReply
@@ -22,9 +23,9 @@ from schemas.vault import (AccountView, AgentDeposit, AgentList, AgentPolicy, Ag
                            Reconciliation, RotateToken, SetPolicy, TokenRef, WithdrawRequest)
 
 from .bus import Bus
+from .headers import header
 from .http import REQUEST_ID, bearer_token, json_response, read_json_object
-from actors.runtime import admin_token_hash, token_hash
-
+from .query import epoch_ms, optional_int
 from .vault_meter import missing_token, require_admin
 
 R = TypeVar("R", bound=BaseModel)
@@ -46,10 +47,10 @@ class CreateAgentBody(_Strict):
 
 
 class PolicyPatch(_Strict):
-    max_tx_msat: Optional[int] = Field(None, ge=0, strict=True)
-    daily_limit_msat: Optional[int] = Field(None, ge=0, strict=True)
-    approval_over_msat: Optional[int] = Field(None, ge=0, strict=True)
-    approval_timeout_s: Optional[int] = Field(None, ge=1, strict=True)
+    max_tx_msat: Optional[int] = Field(None, ge=0, le=MAX_MSAT, strict=True)
+    daily_limit_msat: Optional[int] = Field(None, ge=0, le=MAX_MSAT, strict=True)
+    approval_over_msat: Optional[int] = Field(None, ge=0, le=MAX_MSAT, strict=True)
+    approval_timeout_s: Optional[int] = Field(None, ge=1, le=MAX_APPROVAL_TIMEOUT_S, strict=True)
 
 
 class DepositBody(_Strict):
@@ -102,16 +103,20 @@ def _body(model: type[R], data: dict[str, Any]) -> R:
                           code="invalid_value") from None
 
 
-def _since_ms(value: Optional[str], param: str = "since") -> Optional[int]:
-    if value is None or value == "":
+def idempotency_key(request: web.Request) -> Optional[str]:
+    """The ``Idempotency-Key`` header of a deposit or payout: 1–128 of A-Z a-z 0-9 _ . : - (it becomes a journal
+    id), else 400."""
+    key = header(request, "Idempotency-Key")
+    if not key:
         return None
-    if value.isdigit():
-        return int(value)
-    try:
-        return int(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
-        raise ArbstrError(400, f"{param} must be epoch milliseconds or an ISO 8601 time", param=param,
-                          code="invalid_value") from None
+    if not PAYOUT_ID.match(key):
+        raise ArbstrError(400, "Idempotency-Key must be 1–128 of A-Z a-z 0-9 _ . : -", code="invalid_value",
+                          param="Idempotency-Key")
+    return key
+
+
+def _since_ms(value: Optional[str], param: str = "since") -> Optional[int]:
+    return epoch_ms(value, param)
 
 
 def _choice(query: Any, param: str, allowed: tuple[str, ...], default: Optional[str] = None) -> Optional[str]:
@@ -129,21 +134,11 @@ def _flag(query: Any, param: str) -> Optional[bool]:
 
 
 def _count(query: Any, param: str, default: int, low: int, high: int) -> int:
-    value = query.get(param)
-    if value is None or value == "":
-        return default
-    if not value.isdigit() or not low <= int(value) <= high:
-        raise ArbstrError(400, f"{param} must be an integer from {low} to {high}", param=param,
-                          code="invalid_value")
-    return int(value)
+    return optional_int(query.get(param), param, default, low, high)
 
 
 def _limit(value: Optional[str]) -> int:
-    if value is None:
-        return 100
-    if not value.isdigit() or not 1 <= int(value) <= 1000:
-        raise ArbstrError(400, "limit must be an integer from 1 to 1000", param="limit", code="invalid_value")
-    return int(value)
+    return optional_int(value, "limit", 100, 1, 1000)
 
 
 class VaultHTTP:
@@ -162,6 +157,10 @@ class VaultHTTP:
         r.add_post("/v1/admin/agents/{agent_id}/deposits", self.admin(self.deposit))
         r.add_post("/v1/admin/agents/{agent_id}/token", self.admin(self.rotate))
         r.add_get("/v1/admin/approvals", self.admin(self.approvals))
+        # By (agent, request id): request ids are the clients' and collide across agents. The old path decides only
+        # when exactly one pending approval has that id (else 400 agent_id_required): it never guesses.
+        r.add_post("/v1/admin/approvals/{agent_id}/{request_id}/approve", self.admin(self.approve))
+        r.add_post("/v1/admin/approvals/{agent_id}/{request_id}/deny", self.admin(self.deny))
         r.add_post("/v1/admin/approvals/{request_id}/approve", self.admin(self.approve))
         r.add_post("/v1/admin/approvals/{request_id}/deny", self.admin(self.deny))
         r.add_get("/v1/admin/audit", self.admin(self.audit))
@@ -230,7 +229,8 @@ class VaultHTTP:
         if body.amount_msat is None:
             raise ArbstrError(400, "send amount_msat (a credit) or token (Cashu)", code="invalid_value",
                               param="amount_msat")
-        deposit_id = body.deposit_id or request.headers.get("Idempotency-Key") or f"dep_{uuid.uuid4().hex}"
+        key = idempotency_key(request)  # checked even when the body names the id: a bad header is never ignored
+        deposit_id = body.deposit_id or key or f"dep_{uuid.uuid4().hex}"
         view = await self._call(request, "deposit",
                                 DepositCommand(agent_id=agent_id, amount_msat=body.amount_msat, deposit_id=deposit_id,
                                                rail="simulated", reference=body.reference), AccountView)
@@ -247,18 +247,20 @@ class VaultHTTP:
         items = await self._call(request, "approvals", Empty(), ApprovalList)
         return json_response({"object": "list", "data": [a.model_dump(mode="json") for a in items.approvals]})
 
+    @staticmethod
+    def _approval(request: web.Request, reason: str = "") -> ApprovalAction:
+        return ApprovalAction(request_id=request.match_info["request_id"],
+                              agent_id=request.match_info.get("agent_id"), reason=reason)
+
     async def approve(self, request: web.Request) -> web.Response:
-        res = await self._call(request, "approve", ApprovalAction(request_id=request.match_info["request_id"]),
-                               ApprovalResult)
+        res = await self._call(request, "approve", self._approval(request), ApprovalResult)
         return json_response(res.model_dump(mode="json"))
 
     async def deny(self, request: web.Request) -> web.Response:
         reason = ""
         if request.can_read_body:
             reason = _body(DenyBody, await read_json_object(request, 64 * 1024)).reason
-        res = await self._call(request, "deny",
-                               ApprovalAction(request_id=request.match_info["request_id"], reason=reason),
-                               ApprovalResult)
+        res = await self._call(request, "deny", self._approval(request, reason), ApprovalResult)
         return json_response(res.model_dump(mode="json"))
 
     async def audit(self, request: web.Request) -> web.Response:
@@ -369,10 +371,8 @@ class VaultHTTP:
         if body.bolt11 is None and body.amount_msat is None:
             raise ArbstrError(400, "send a bolt11 to pay, or amount_msat (rail cashu) for a token",
                               code="invalid_value", param="bolt11")
-        payout_id = body.payout_id or request.headers.get("Idempotency-Key") or None
-        if payout_id is not None and not PAYOUT_ID.match(payout_id):
-            raise ArbstrError(400, "Idempotency-Key must be 1–128 of A-Z a-z 0-9 _ . : -", code="invalid_value",
-                              param="Idempotency-Key")
+        key = idempotency_key(request)
+        payout_id = body.payout_id or key
         view = await self.bus.call(subjects.vault_agent("withdraw"),
                                    WithdrawRequest(token_hash=th, bolt11=body.bolt11, amount_msat=body.amount_msat,
                                                    rail=body.rail, payout_id=payout_id), PayoutView,

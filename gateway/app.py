@@ -24,6 +24,7 @@ from .endpoints import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSpec
 from schemas.trace import REQUEST_ID as REQUEST_ID_VAR, TRACEPARENT as TRACEPARENT_VAR
 from schemas.trace import new_traceparent, valid_traceparent
 
+from .headers import header
 from .http import REQUEST_ID, STARTED, TRACE, error_response, json_response, new_request_id
 from .meter import FreeMeter, Meter
 from .metrics import Metrics
@@ -36,7 +37,11 @@ from .dashboard import add_dashboard_routes
 from .openapi import add_openapi_route
 from .ops import add_ops_routes
 from .responses_relay import add_responses_routes
+from .server import gateway_runner
+from actors.runtime import admin_token_hash
+
 from .vault_meter import VaultMeter
+from .auth_gate import AuthGate
 
 log = logging.getLogger("arbstr.gateway")
 
@@ -49,14 +54,12 @@ async def envelope(request: web.Request, handler: Callable[[web.Request], Awaita
                    ) -> web.StreamResponse:
     """Request id on everything; every failure becomes an OpenAI error object, never a bare 500."""
     request[STARTED] = time.perf_counter()
-    rid = new_request_id(request.headers.get("X-Request-Id"))
+    rid, trace, refused = _client_ids(request)
     request[REQUEST_ID] = rid
-    # The client's trace continues through every NATS message and the upstream call; none: one starts here.
-    trace = valid_traceparent(request.headers.get("traceparent")) or new_traceparent()
     request[TRACE] = trace
     REQUEST_ID_VAR.set(rid)
     TRACEPARENT_VAR.set(trace)
-    resp = await _answer(request, handler, rid)
+    resp = error_response(refused, rid) if refused is not None else await _answer(request, handler, rid)
     if not resp.prepared:
         resp.headers["traceparent"] = trace
     elapsed = time.perf_counter() - request[STARTED]
@@ -67,6 +70,17 @@ async def envelope(request: web.Request, handler: Callable[[web.Request], Awaita
     if gw is not None and gw.config.server.access_log and access_log.isEnabledFor(logging.INFO):
         access_log.info("%s %s %d %.1fms", request.method, request.path, resp.status, elapsed * 1000)
     return resp
+
+
+def _client_ids(request: web.Request) -> tuple[str, str, Optional[ArbstrError]]:
+    """The request id (the client's ``X-Request-Id`` when sane) and trace (the client's ``traceparent`` continues
+    through every NATS message and the upstream call; none: one starts here), and the 400 a header holding bytes
+    no such value can hold earns."""
+    try:
+        rid = new_request_id(header(request, "X-Request-Id"))
+        return rid, valid_traceparent(header(request, "traceparent")) or new_traceparent(), None
+    except ArbstrError as e:
+        return new_request_id(None), new_traceparent(), e
 
 
 async def _answer(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
@@ -102,13 +116,16 @@ class Gateway:
         self.config = config
         self.nc = nc
         self.bus = Bus(nc, config.nats.request_timeout_s)
-        self.upstream = Upstream(config.server.upstream_connections)
+        self.upstream = Upstream(config.server.upstream_connections, config.server.upstream_pool_wait_s)
         if meter is None:
             meter = VaultMeter(nc, self.bus) if config.vault is not None else FreeMeter()
         self.meter: Meter = meter
         self.metrics = Metrics()
         self.directory = ProviderDirectory(config)  # who to call for a provider, market ones included
-        self.proxy = Proxy(config, nc, self.bus, self.upstream, self.meter, self.directory, self.metrics)
+        # Paid mode: a bearer is checked before any body is read or routed (free mode stays open).
+        self.auth: Optional[AuthGate] = AuthGate(self.bus, admin_token_hash(config)) if config.vault else None
+        self.proxy = Proxy(config, nc, self.bus, self.upstream, self.meter, self.directory, self.metrics,
+                           auth=self.auth)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[envelope], client_max_size=self.config.server.max_body_bytes)
@@ -123,7 +140,8 @@ class Gateway:
         if self.config.vault is not None:
             vault_http = VaultHTTP(self.config, self.bus)
             vault_http.add_routes(app)
-            SpendEventsHTTP(self.nc, self.bus, vault_http.admin_hash).add_routes(app)
+            SpendEventsHTTP(self.nc, self.bus, vault_http.admin_hash,
+                            self.config.server.client_write_timeout_s).add_routes(app)
         add_ops_routes(app, self)
         add_responses_routes(app, self)
         add_openapi_route(app, self)
@@ -132,6 +150,10 @@ class Gateway:
         app.router.add_get("/ready", self.ready)
         return app
 
+    def runner(self, app: web.Application) -> web.AppRunner:
+        """How to serve ``app``: with JSON answers to malformed requests and the head and keep-alive deadlines."""
+        return gateway_runner(app, self.config.server)
+
     async def _startup(self, app: web.Application) -> None:
         await self.upstream.start()
         self.metrics.start(self.nc)
@@ -139,6 +161,7 @@ class Gateway:
 
     async def _cleanup(self, app: web.Application) -> None:
         await self.meter.close()  # before the connection drains: releases still in flight reach the journal
+        await self.proxy.routstr.close()  # X-Cashu change still being handed back to the vault
         await self.directory.stop()
         await self.metrics.stop()
         await self.upstream.close()
@@ -219,7 +242,7 @@ async def serve(config: Config, nats_url: Optional[str] = None, host: Optional[s
     """Entry point of ``arbstr run gateway``: serve until SIGTERM/SIGINT."""
     nc = await connect(nats_url or config.nats.url, "arbstr-gateway", identity=GATEWAY_IDENTITY, creds=creds)
     gw = Gateway(config, nc)
-    runner = web.AppRunner(gw.app(), access_log=None, handle_signals=False)
+    runner = gw.runner(gw.app())
     await runner.setup()
     site = web.TCPSite(runner, host or config.server.host, config.server.port if port is None else port,
                        backlog=1024, reuse_address=True)

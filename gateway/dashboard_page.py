@@ -201,10 +201,13 @@ function renderApprovals(items) {
   for (const a of items) {
     const actions = el("span");
     for (const action of ["approve", "deny"]) {
-      const btn = el("button", {class: action, "data-request-id": a.request_id}, action === "approve" ? "Approve" : "Deny");
+      const btn = el("button", {class: action, "data-request-id": a.request_id, "data-agent-id": a.agent_id},
+                     action === "approve" ? "Approve" : "Deny");
       btn.addEventListener("click", async () => {
         btn.disabled = true;
-        try { await api("POST", `/v1/admin/approvals/${encodeURIComponent(a.request_id)}/${action}`); }
+        // By agent and request id: two agents' requests may share an id; the one in this row is decided.
+        const path = `/v1/admin/approvals/${encodeURIComponent(a.agent_id)}/${encodeURIComponent(a.request_id)}`;
+        try { await api("POST", `${path}/${action}`); }
         catch (e) { $("status").textContent = action + " failed: " + e.message; }
         await refresh();
       });

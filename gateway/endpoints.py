@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional
 
 from pydantic import BaseModel, ValidationError
 
 from schemas.errors import ArbstrError
 from schemas.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ResponsesRequest
-from schemas.router import MAX_TEXT_CHARS, Endpoint
-from schemas.tokens import content_text, estimate_messages_tokens, estimate_text_tokens, responses_messages
+from schemas.router import MAX_CHOICES, MAX_TEXT_CHARS, Endpoint
+from schemas.tokens import (content_text, estimate_messages_tokens, estimate_prompt_tokens, estimate_text_tokens,
+                            responses_messages)
 
 
 @dataclass(frozen=True)
@@ -19,8 +20,9 @@ class Summary:
     text_sample: str
     input_tokens: int
     turns: int
-    max_tokens: Optional[int]
+    max_tokens: Optional[int]  # the output cap per choice, on the fields the endpoint's upstreams honour
     tools: bool
+    choices: int = 1  # outputs the upstream generates and bills (n, best_of, prompts)
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,15 @@ class EndpointSpec:
     output_text: Callable[[dict[str, Any]], str]  # generated text of a whole (non-streamed) response
     delta_text: Callable[[dict[str, Any]], str]   # generated text of one stream chunk
     streams: bool
-    max_tokens_field: Optional[str]  # where the output cap goes upstream; None: nothing to cap
+    # The output caps an upstream of this endpoint honours (any one of them, for chat): the hold covers the
+    # largest the client set, and the gateway caps each of them at the budget it reserved. The first is the one
+    # set when the client set none. Empty: nothing to cap (embeddings).
+    cap_fields: tuple[str, ...]
     typed_events: bool = False  # streams `event:` + `data:` frames with usage on the terminal event, no [DONE]
+
+    @property
+    def max_tokens_field(self) -> Optional[str]:
+        return self.cap_fields[0] if self.cap_fields else None
 
 
 def validate(spec: EndpointSpec, body: dict[str, Any]) -> None:
@@ -51,16 +60,43 @@ def validate(spec: EndpointSpec, body: dict[str, Any]) -> None:
                           param=param, code="invalid_value") from None
 
 
+# The output caps each endpoint's upstreams honour (see EndpointSpec.cap_fields).
+CHAT_CAPS = ("max_tokens", "max_completion_tokens")
+COMPLETION_CAPS = ("max_tokens",)
+RESPONSES_CAPS = ("max_output_tokens",)
+
+
+def cap_upstream(upstream_body: dict[str, Any], spec: EndpointSpec, reserved_tokens: int, choices: int) -> int:
+    """Cap every output field the upstream may honour at the per-choice budget the hold paid for (the client's own
+    lower cap stays); set the endpoint's main field when the client set none. Returns that budget: a settle can
+    then never exceed its reservation because of output the hold did not cover."""
+    budget = max(1, reserved_tokens // max(1, choices))
+    present = [f for f in spec.cap_fields if _positive_int(upstream_body.get(f)) is not None]
+    for f in present or spec.cap_fields[:1]:
+        upstream_body[f] = min(_positive_int(upstream_body.get(f)) or budget, budget)
+    return budget
+
+
 def _tail(text: str) -> str:
     return text[-MAX_TEXT_CHARS:]
 
 
-def _max_tokens(body: dict[str, Any]) -> Optional[int]:
-    for key in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        v = body.get(key)
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return v
-    return None
+def _positive_int(value: Any) -> Optional[int]:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def output_cap(body: dict[str, Any], fields: tuple[str, ...]) -> Optional[int]:
+    """The largest cap the client set on ``fields``: which one an upstream honours is its business, so the hold
+    must cover whichever is larger (a cap on a field the upstream ignores limits nothing)."""
+    caps = [c for c in (_positive_int(body.get(f)) for f in fields) if c is not None]
+    return max(caps) if caps else None
+
+
+def _prompt_count(value: Any) -> int:
+    """How many prompts a completions ``prompt`` holds: each is completed on its own."""
+    if isinstance(value, list) and value and not all(isinstance(v, int) for v in value):
+        return len(value)
+    return 1
 
 
 def _messages_summary(messages: list[dict[str, Any]], tools: Any, max_tokens: Optional[int]) -> Summary:
@@ -79,7 +115,9 @@ def _messages_summary(messages: list[dict[str, Any]], tools: Any, max_tokens: Op
 
 
 def _chat_summary(body: dict[str, Any]) -> Summary:
-    return _messages_summary(body["messages"], body.get("tools") or body.get("functions"), _max_tokens(body))
+    s = _messages_summary(body["messages"], body.get("tools") or body.get("functions"),
+                          output_cap(body, CHAT_CAPS))
+    return replace(s, choices=_positive_int(body.get("n")) or 1)
 
 
 def _prompt_text(value: Any) -> str:
@@ -91,13 +129,23 @@ def _prompt_text(value: Any) -> str:
 
 
 def _completion_summary(body: dict[str, Any]) -> Summary:
-    text = _prompt_text(body.get("prompt"))
-    return Summary(_tail(text), _tail(text), estimate_text_tokens(text), 1, _max_tokens(body), False)
+    prompt = body.get("prompt")
+    text = _prompt_text(prompt)
+    # Each prompt is completed max(n, best_of) times, and every one of them is billed (best_of picks which
+    # n come back, not which are paid for).
+    per_prompt = max(_positive_int(body.get("n")) or 1, _positive_int(body.get("best_of")) or 1)
+    choices = _prompt_count(prompt) * per_prompt
+    if choices > MAX_CHOICES:
+        raise ArbstrError(400, f"{choices} completions requested (prompts × max(n, best_of)); the limit is "
+                               f"{MAX_CHOICES}", param="n", code="invalid_value")
+    return Summary(_tail(text), _tail(text), estimate_prompt_tokens(prompt), 1, output_cap(body, COMPLETION_CAPS),
+                   False, choices)
 
 
 def _embedding_summary(body: dict[str, Any]) -> Summary:
-    text = _prompt_text(body.get("input"))
-    return Summary(_tail(text), _tail(text), estimate_text_tokens(text), 1, None, False)
+    value = body.get("input")
+    text = _prompt_text(value)
+    return Summary(_tail(text), _tail(text), estimate_prompt_tokens(value), 1, None, False)
 
 
 def _chat_output(resp: dict[str, Any]) -> str:
@@ -129,7 +177,7 @@ def _completion_text(resp: dict[str, Any]) -> str:
 
 
 def _responses_summary(body: dict[str, Any]) -> Summary:
-    return _messages_summary(responses_messages(body), body.get("tools"), _max_tokens(body))
+    return _messages_summary(responses_messages(body), body.get("tools"), output_cap(body, RESPONSES_CAPS))
 
 
 def _responses_output(resp: dict[str, Any]) -> str:
@@ -156,10 +204,11 @@ def _nothing(_: dict[str, Any]) -> str:
 
 
 CHAT = EndpointSpec("chat", "/chat/completions", ChatCompletionRequest, _chat_summary, _chat_output, _chat_delta,
-                    True, "max_tokens")
+                    True, CHAT_CAPS)
 COMPLETIONS = EndpointSpec("completions", "/completions", CompletionRequest, _completion_summary,
-                           _completion_text, _completion_text, True, "max_tokens")
+                           _completion_text, _completion_text, True, COMPLETION_CAPS)
 EMBEDDINGS = EndpointSpec("embeddings", "/embeddings", EmbeddingRequest, _embedding_summary, _nothing, _nothing,
-                          False, None)
+                          False, ())
+# Responses honours max_output_tokens only: a max_completion_tokens (or max_tokens) beside it limits nothing.
 RESPONSES = EndpointSpec("responses", "/responses", ResponsesRequest, _responses_summary, _responses_output,
-                         _responses_delta, True, "max_output_tokens", typed_events=True)
+                         _responses_delta, True, RESPONSES_CAPS, typed_events=True)

@@ -17,7 +17,8 @@ class Hold:
     request_id: str
     agent_id: Optional[str]
     amount_msat: int
-    output_tokens: Optional[int]  # the output budget the hold paid for; the upstream max_tokens is capped to it
+    output_tokens: Optional[int]  # the output budget the hold paid for, over every choice; the upstream is capped
+    attempt: str = ""  # the nonce of the reserve that made it: its settle or release names it
     partition: Optional[int] = None  # the vault partition of the agent: where its settle goes
     token_hash: str = ""
     extensions: int = 0  # how often it grew for a fallback (numbers the next extension)
@@ -31,6 +32,8 @@ class Usage:
     output_tokens: int
     cost_msat: int
     estimated: bool  # tokens counted locally because the upstream reported no usage
+    provider_cost_msat: Optional[int] = None  # what the provider says it charged arbstr (Routstr nodes report it)
+    cost_drift: bool = False  # that charge is far from cost_msat: arbstr's rates for it are off
 
 
 class Meter(Protocol):

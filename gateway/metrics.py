@@ -41,6 +41,10 @@ class Metrics:
         self.tokens = Counter("arbstr_tokens", "tokens billed", ["provider", "model", "direction"], registry=r)
         self.spent = Counter("arbstr_spent_msat", "millisats charged for served requests", ["provider", "model"],
                              registry=r)
+        self.provider_charged = Counter("arbstr_provider_charged_msat", "millisats providers say they charged arbstr "
+                                        "(Routstr nodes' own cost reports)", ["provider"], registry=r)
+        self.cost_drift = Counter("arbstr_provider_cost_drift", "requests whose provider-reported charge is far from "
+                                  "arbstr's computed cost", ["provider"], registry=r)
         self.breaker = Gauge("arbstr_breaker_state", "circuit state per provider (0 closed, 1 half-open, 2 open)",
                              ["provider"], registry=r)
         self.vault_ops = Gauge("arbstr_vault_operations", "vault endpoint requests (all instances)",
@@ -55,6 +59,11 @@ class Metrics:
     # --- recorded by the request path ------------------------------------------------------------------
     def attempt(self, provider: str, model: str, outcome: str) -> None:
         self.upstream.labels(provider, model, outcome).inc()
+
+    def provider_cost(self, provider: str, charged_msat: int, drift: bool) -> None:
+        self.provider_charged.labels(provider).inc(charged_msat)
+        if drift:
+            self.cost_drift.labels(provider).inc()
 
     def served_request(self, endpoint: str, provider: str, model: str, streamed: bool, input_tokens: int,
                        output_tokens: int, cost_msat: int, overhead_s: float) -> None:

@@ -126,9 +126,15 @@ OPERATIONS: tuple[Operation, ...] = (
               RotatedToken, auth="admin"),
     Operation("GET", "/v1/admin/approvals", "Holds awaiting approval", "admin", None, ListOf[Approval],
               auth="admin"),
-    Operation("POST", "/v1/admin/approvals/{request_id}/approve", "Approve a hold", "admin", None,
+    Operation("POST", "/v1/admin/approvals/{agent_id}/{request_id}/approve", "Approve an agent's held request or "
+              "payout (409 already_decided once decided)", "admin", None, ApprovalResult, auth="admin"),
+    Operation("POST", "/v1/admin/approvals/{agent_id}/{request_id}/deny", "Deny an agent's held request or payout "
+              "(409 already_decided once decided)", "admin", DenyBody, ApprovalResult, auth="admin"),
+    Operation("POST", "/v1/admin/approvals/{request_id}/approve", "Approve the one pending approval with this id "
+              "(400 agent_id_required when several agents have one: use the path with the agent)", "admin", None,
               ApprovalResult, auth="admin"),
-    Operation("POST", "/v1/admin/approvals/{request_id}/deny", "Deny a hold", "admin", DenyBody, ApprovalResult,
+    Operation("POST", "/v1/admin/approvals/{request_id}/deny", "Deny the one pending approval with this id "
+              "(400 agent_id_required when several agents have one)", "admin", DenyBody, ApprovalResult,
               auth="admin"),
     Operation("GET", "/v1/admin/audit", "The ledger as an audit log", "admin", None, ListOf[HistoryItem],
               auth="admin"),
@@ -148,10 +154,14 @@ OPERATIONS: tuple[Operation, ...] = (
 
 # The statuses a client can meet on any operation, and what each means here.
 ERROR_STATUSES: dict[int, str] = {
-    400: "invalid request (param names the field)", 401: "missing or unknown bearer token",
+    400: "invalid request (param names the field; context_length_exceeded, json_too_deep, invalid_header, ...)",
+    401: "missing or unknown bearer token (paid mode: checked before the body)",
     402: "insufficient balance (x-should-retry: false)", 403: "denied by policy (x-should-retry: false)",
-    404: "unknown model or path", 413: "body too large", 429: "rate or daily limit (retry-after when it passes)",
-    502: "upstream failure", 503: "no provider available or an actor unreachable", 504: "timeout",
+    404: "unknown model or path", 408: "no complete request head within [server] header_timeout_s",
+    413: "body too large", 429: "rate or daily limit (retry-after when it passes)",
+    431: "a header line over 8,190 bytes, or too many headers", 502: "upstream failure",
+    503: "no provider available, upstream connections all busy (upstream_busy, retry-after), or an actor "
+         "unreachable", 504: "timeout",
 }
 
 

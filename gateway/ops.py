@@ -13,7 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from schemas import subjects
 from schemas.breaker import BreakerState, BreakerStatus, StateReply, StateRequest
@@ -22,12 +22,13 @@ from schemas.errors import ArbstrError
 from schemas.money import ceil_div, cost_msat
 from schemas.pricing import (ConfirmReply, ConfirmRequest, HeldRate, ModelRate, PriceSource, PriceTable,
                              ProviderKind, ProviderPrices, TableRequest)
-from schemas.router import Candidate, RouteReply, RouteRequest
+from schemas.router import Candidate, FeatureWeight, RouteReply, RouteRequest, TierExplanation
 
 from .endpoints import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSpec, validate
-from .http import REQUEST_ID, bearer_token, json_response, read_json_object
 from actors.runtime import admin_token_hash
 
+from .headers import route_overrides
+from .http import REQUEST_ID, TRACE, bearer_token, json_response, read_json_object
 from .vault_meter import require_admin
 
 if TYPE_CHECKING:
@@ -36,9 +37,6 @@ if TYPE_CHECKING:
 # Views for people and dashboards: an actor that does not answer soon is reported, not waited for.
 OPS_TIMEOUT_S = 1.0
 HEALTH_TIMEOUT_S = 0.5
-COMPLEXITY_HEADER = "X-Arbstr-Complexity"
-POLICY_HEADER = "X-Arbstr-Policy"
-_COMPLEXITIES = ("low", "medium", "high")
 
 HealthStatus = Literal["ok", "degraded", "unhealthy"]
 
@@ -102,6 +100,10 @@ class CostEstimate(BaseModel):
     tier: Tier
     complexity: Complexity
     complexity_score: int
+    predicted_tier: Optional[Tier] = Field(None, description="the tier scorer's decision (None: nothing was scored)")
+    confidence: Optional[float] = Field(None, description="the model's probability of the predicted tier")
+    top_features: list[FeatureWeight] = Field(default_factory=list, description="what pushed the decision most")
+    explanation: Optional[TierExplanation] = None
     input_tokens: int
     output_tokens: int
     estimated_cost_msat: int
@@ -197,11 +199,20 @@ def provider_views(configured: list[str], prices: Optional[list[ProviderPrices]]
     return views
 
 
+def explanation_of(route: RouteReply) -> dict[str, Any]:
+    """The tier decision's explanation as the cost estimate shows it."""
+    x = route.explanation
+    if x is None:
+        return {}
+    return {"predicted_tier": x.predicted_tier, "confidence": x.confidence, "top_features": x.top_features,
+            "explanation": x}
+
+
 def reserve_of(route: RouteReply) -> Reserve:
     """What a reservation for this route holds at most: the envelope over the client's max_tokens, or over the
     configured ceiling when it set none (the vault then reserves what the agent can afford, up to it)."""
     env = route.envelope
-    out = env.output_tokens if env.output_tokens is not None else env.max_output_tokens
+    out = (env.output_tokens if env.output_tokens is not None else env.max_output_tokens) * env.choices
     return Reserve(amount_msat=cost_msat(env.input_tokens, out, env.input_rate, env.output_rate, env.base_fee_msat),
                    output_tokens=out, output_budget="max_tokens" if env.output_tokens is not None else "ceiling",
                    input_rate=env.input_rate, output_rate=env.output_rate, base_fee_msat=env.base_fee_msat)
@@ -272,16 +283,18 @@ class Ops:
 
     async def cost(self, request: web.Request) -> web.Response:
         rid = request[REQUEST_ID]
+        if self.gw.auth is not None:  # paid: routes and prices are for token holders, asked before the body
+            await self.gw.auth.check(request)
         body = await read_json_object(request, self.gw.config.server.max_body_bytes)
         spec = spec_for(body)
         validate(spec, body)
         route = await self.gw.bus.call(subjects.ROUTER_ROUTE, route_request(request, body, spec, rid),
-                                       RouteReply, request_id=rid, traceparent=request.headers.get("traceparent"),
+                                       RouteReply, request_id=rid, traceparent=request[TRACE],
                                        retries=1)
         env = route.envelope
         estimate = CostEstimate(
             request_id=rid, model=route.model, policy=route.policy, tier=route.tier, complexity=route.complexity,
-            complexity_score=route.complexity_score, input_tokens=env.input_tokens,
+            complexity_score=route.complexity_score, **explanation_of(route), input_tokens=env.input_tokens,
             output_tokens=env.output_tokens or self.gw.config.router.default_output_tokens,
             estimated_cost_msat=route.candidates[0].estimated_cost_msat, candidates=route.candidates,
             reserve=reserve_of(route))
@@ -324,19 +337,13 @@ class Ops:
 
 def route_request(request: web.Request, body: dict[str, Any], spec: EndpointSpec, request_id: str) -> RouteRequest:
     """The router's view of a request, as the proxy builds it (override headers checked the same way)."""
-    complexity = request.headers.get(COMPLEXITY_HEADER)
-    if complexity is not None:
-        complexity = complexity.strip().lower()
-        if complexity not in _COMPLEXITIES:
-            raise ArbstrError(400, f"{COMPLEXITY_HEADER} must be one of low, medium, high",
-                              param=COMPLEXITY_HEADER, code="invalid_header")
-    policy = request.headers.get(POLICY_HEADER)
+    policy, complexity = route_overrides(request)
     s = spec.summarize(body)
     return RouteRequest(
         request_id=request_id, endpoint=spec.name, model=body["model"], last_user_text=s.last_user_text,
         text_sample=s.text_sample, input_tokens=s.input_tokens, turns=s.turns, max_tokens=s.max_tokens,
-        stream=bool(body.get("stream")) and spec.streams, tools=s.tools,
-        policy=policy.strip() if policy else None, complexity=complexity,  # type: ignore[arg-type]
+        choices=s.choices, stream=bool(body.get("stream")) and spec.streams, tools=s.tools,
+        policy=policy, complexity=complexity,
     )
 
 

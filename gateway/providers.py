@@ -3,7 +3,8 @@
 Configured providers come from this gateway's own config. A provider that exists only in the live price table
 (an endpoint a quote feed admitted, a Routstr node announced on Nostr) is called at the URL its entry names,
 with the key from ``[[market.credentials]]`` (matched by that URL) or, for Routstr nodes, from the
-``arbstr_provider_keys`` KV bucket the vault fills after topping the node up. Both buckets are watched and
+``arbstr_provider_keys`` KV bucket the vault fills after topping the node up; a Routstr node without a key yet is
+paid per request (X-Cashu) when its entry says so. Both buckets are watched and
 cached here: the request path looks a provider up in a dict, never in KV.
 """
 
@@ -40,7 +41,8 @@ def live_provider(entry: ProviderPrices, config: Config, keys: dict[str, SecretS
         key = keys.get(entry.provider)
     else:
         key = None
-    if key is None:
+    per_request = key is None and entry.kind == "routstr" and entry.payment == "x_cashu"
+    if key is None and not per_request:
         return None
     try:
         return ProviderConfig(
@@ -50,7 +52,8 @@ def live_provider(entry: ProviderPrices, config: Config, keys: dict[str, SecretS
             free=entry.free or entry.input_rate == 0 or entry.output_rate == 0,  # rates here are display only
             connect_timeout_s=config.market.connect_timeout_s,
             first_byte_timeout_s=config.market.first_byte_timeout_s,
-            public_only=entry.kind == "routstr" and not private_urls_allowed(config.market.nostr))
+            public_only=entry.kind == "routstr" and not private_urls_allowed(config.market.nostr),
+            routstr=entry.kind == "routstr", x_cashu=per_request)
     except ValidationError as e:
         log.warning("gateway: cannot call market provider %s: %s", entry.provider, e.errors()[0].get("msg"))
         return None

@@ -15,29 +15,55 @@ from nats.aio.client import Client as NATS
 
 from schemas import subjects
 from schemas.breaker import Outcome, OutcomeKind, ProbeReply, ProbeRequest
-from schemas.config import Config
+from schemas.common import MAX_MSAT, MAX_TOKENS
+from schemas.config import Config, ProviderConfig
 from schemas.errors import ArbstrError
 from schemas.money import ceil_div, cost_msat
+from schemas.payments import XCashuOutcome, XCashuToken
 from schemas.router import Candidate, RouteReply, RouteRequest
+from schemas.routstr import USAGE_FIELDS, NodeModelPrice, drifted, reported_cost_msat, strip_billing
 from schemas.tokens import estimate_text_tokens
 
+from .auth_gate import AuthGate
 from .bus import Bus
-from .endpoints import EndpointSpec, validate
-from .http import REQUEST_ID, STARTED, TRACE, bearer_token, error_response, read_json_object
+from .endpoints import EndpointSpec, cap_upstream, validate
+from .headers import bearer_token, route_overrides
+from .http import REQUEST_ID, STARTED, TRACE, error_response, read_json_object
 from .meter import Hold, Meter, Usage
 from .metrics import Metrics
 from .providers import ProviderDirectory
 from schemas.requests import RequestRecord
 
 from .request_log import publish_record, request_record
+from .routstr_pay import RoutstrPay, request_reserve_msat, token_amount_msat
 from .responses_relay import relay_typed_events
-from .client_stream import ClientStream
-from .upstream import READ_ERRORS, Upstream, UpstreamFailure, UpstreamReply, read_failure, upstream_error_detail
+from .client_stream import CLIENT_GONE, ClientStream, StallGuard
+from .upstream import (READ_ERRORS, Upstream, UpstreamBusy, UpstreamFailure, UpstreamReply, read_failure,
+                       upstream_error_detail)
 
 log = logging.getLogger("arbstr.gateway")
 
-_COMPLEXITY_VALUES = ("low", "medium", "high")
 PROBE_TIMEOUT_S = 0.5  # asking for a half-open probe slot: a slow breaker must not hold the request long
+
+
+OUR_USAGE_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens", "cost_msat")
+
+
+# An upstream's JSON is parsed up to orjson's depth limit (1,024), past what orjson serialises (~254) or repr
+# walks (Python's recursion limit). Neither may turn its answer into a 500 after the hold: a chunk that will not
+# re-serialise is relayed as it came, and text that cannot be walked counts as none (the provider's loss).
+def dumps_or(value: Any, fallback: bytes) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return fallback
+
+
+def text_or_empty(extract: Any, *args: Any) -> str:
+    try:
+        return str(extract(*args))
+    except RecursionError:
+        return ""
 
 
 @dataclass
@@ -56,6 +82,8 @@ class Exchange:
     streamed: bool = False
     status: Optional[int] = None  # the HTTP status the client got, once known
     success: bool = True  # False when a stream was cut after its 200
+    paid: Optional[XCashuToken] = None  # the X-Cashu token of the attempt under way, until reported
+    topped_up: bool = False  # a node's 402 already waited for one top-up
 
     def overhead_ms(self, now: float) -> float:
         return max(0.0, (now - self.started - self.upstream_time) * 1000)
@@ -63,8 +91,10 @@ class Exchange:
 
 class Proxy:
     def __init__(self, config: Config, nc: NATS, bus: Bus, upstream: Upstream, meter: Meter,
-                 directory: ProviderDirectory, metrics: Optional[Metrics] = None) -> None:
+                 directory: ProviderDirectory, metrics: Optional[Metrics] = None,
+                 auth: Optional[AuthGate] = None) -> None:
         self.config = config
+        self.auth = auth
         self.metrics = metrics
         self.nc = nc
         self.bus = bus
@@ -72,15 +102,19 @@ class Proxy:
         self.meter = meter
         # Configured providers, plus the market's once the gateway follows the price table (app startup).
         self.directory = directory
+        self.routstr = RoutstrPay(bus, config)
 
     # --- the whole path --------------------------------------------------------------------------------
     async def handle(self, request: web.Request, spec: EndpointSpec) -> web.StreamResponse:
         ex = Exchange(request[REQUEST_ID], spec, request[STARTED], request[TRACE])
+        if self.auth is not None:  # paid: 401 before the body is validated or routed
+            await self.auth.check(request)
         body = await read_json_object(request, self.config.server.max_body_bytes)
         validate(spec, body)
         stream = bool(body.get("stream")) and spec.streams
         ex.route = await self._route(request, body, spec, stream, ex)
-        ex.hold = await self.meter.reserve(bearer_token(request), ex.request_id, ex.route, spec.name)
+        ex.hold = await self.meter.reserve(bearer_token(request) if self.meter.paid else None, ex.request_id,
+                                           ex.route, spec.name)
         try:
             return await self._serve(request, body, stream, ex)
         except ArbstrError as e:
@@ -92,19 +126,12 @@ class Proxy:
 
     async def _route(self, request: web.Request, body: dict[str, Any], spec: EndpointSpec, stream: bool,
                      ex: Exchange) -> RouteReply:
-        complexity = request.headers.get("X-Arbstr-Complexity")
-        if complexity is not None:
-            complexity = complexity.strip().lower()
-            if complexity not in _COMPLEXITY_VALUES:
-                raise ArbstrError(400, "X-Arbstr-Complexity must be one of low, medium, high",
-                                  param="X-Arbstr-Complexity", code="invalid_header")
-        policy = request.headers.get("X-Arbstr-Policy")
+        policy, complexity = route_overrides(request)
         s = spec.summarize(body)
         req = RouteRequest(
             request_id=ex.request_id, endpoint=spec.name, model=body["model"], last_user_text=s.last_user_text,
             text_sample=s.text_sample, input_tokens=s.input_tokens, turns=s.turns, max_tokens=s.max_tokens,
-            stream=stream, tools=s.tools, policy=policy.strip() if policy else None,
-            complexity=complexity,  # type: ignore[arg-type]
+            choices=s.choices, stream=stream, tools=s.tools, policy=policy, complexity=complexity,
         )
         # Routing is a pure read: asking again after a lost reply is safe and lands on a surviving instance.
         return await self.bus.call(subjects.ROUTER_ROUTE, req, RouteReply, request_id=ex.request_id,
@@ -118,15 +145,14 @@ class Proxy:
         if stream and not ex.spec.typed_events:  # typed-event streams report usage on their terminal event
             opts = body.get("stream_options") if isinstance(body.get("stream_options"), dict) else {}
             upstream_body["stream_options"] = {**opts, "include_usage": True}
-        if ex.hold.output_tokens is not None and ex.spec.max_tokens_field and \
-                not any(isinstance(body.get(k), int)
-                        for k in ("max_tokens", "max_completion_tokens", "max_output_tokens")):
-            upstream_body[ex.spec.max_tokens_field] = ex.hold.output_tokens
-            extra_headers["x-arbstr-max-tokens"] = str(ex.hold.output_tokens)
+        if ex.hold.output_tokens is not None and ex.spec.cap_fields:
+            budget = cap_upstream(upstream_body, ex.spec, ex.hold.output_tokens, ex.route.envelope.choices)
+            extra_headers["x-arbstr-max-tokens"] = str(budget)
 
         last: Optional[UpstreamFailure] = None
         probe_wait_s: Optional[int] = None  # set when a recovering provider's probe slot was taken
         unaffordable: Optional[ArbstrError] = None  # a costlier fallback the agent's funds or policy refused
+        busy: Optional[UpstreamBusy] = None  # set when a provider's pooled connections all stayed in use
         for cand in ex.route.candidates:
             provider = self.directory.get(cand.provider)
             if provider is None:  # a price entry for a provider this gateway has no URL or credentials for
@@ -137,6 +163,8 @@ class Proxy:
                 if wait_s is not None:
                     probe_wait_s = wait_s if probe_wait_s is None else min(probe_wait_s, wait_s)
                     continue
+            if provider.x_cashu and stream:
+                continue  # paid per request, a node buffers the whole answer: never a stream (the router knows)
             if self.meter.paid:
                 refusal = await self._cover(cand, ex)
                 if refusal is not None:
@@ -146,8 +174,9 @@ class Proxy:
             payload = orjson.dumps(upstream_body)
             t = time.perf_counter()
             try:
-                reply = await self.upstream.open(provider, ex.spec.path, payload, request_id=ex.request_id,
-                                                 traceparent=ex.traceparent, stream=stream)
+                if provider.x_cashu:
+                    ex.paid = await self._x_cashu_token(cand, ex, upstream_body)
+                reply = await self._open(provider, cand, ex, payload, stream, upstream_body)
                 if reply.response.status >= 400:
                     ex.upstream_time += time.perf_counter() - t
                     await self._outcome(cand, ex, "http_4xx", reply.response.status, t)
@@ -162,13 +191,26 @@ class Proxy:
                 ex.upstream_time += time.perf_counter() - t
                 await self._outcome(cand, ex, "ok", reply.response.status, t)
                 return await self._respond_whole(request, result, reply, cand, ex, extra_headers)
+            except UpstreamBusy as b:  # our pool, not the provider: no breaker outcome, try the next one
+                ex.upstream_time += time.perf_counter() - t
+                log.info("request %s: %s", ex.request_id, b)
+                busy = b
+                continue
             except UpstreamFailure as f:
                 ex.upstream_time += time.perf_counter() - t
                 ex.attempts.append(cand.provider)
+                if ex.paid is not None:  # the token went (or not): the vault takes back whatever came of it
+                    outcome: XCashuOutcome = "unsent" if not f.sent else "refused" if f.status else "unknown"
+                    self.routstr.report_later(ex.paid.payment_id, outcome, f.change, f.status, ex.request_id)
+                    ex.paid = None
                 await self._outcome(cand, ex, f.kind, f.status, t, f.retry_after_s)
                 log.info("request %s: %s failed (%s), %s", ex.request_id, cand.provider, f.kind,
                          "falling over" if cand is not ex.route.candidates[-1] else "no more candidates")
                 last = f
+        if busy is not None:
+            # Retrying soon can help: connections free up as the requests holding them finish.
+            raise ArbstrError(503, f"arbstr's upstream connections are all in use: {busy}", code="upstream_busy",
+                              headers={"retry-after": "1", "x-arbstr-retries": str(len(ex.attempts))})
         if last is None and unaffordable is not None:
             raise unaffordable  # nothing was called: the only candidates left cost more than the agent may spend
         if last is None and probe_wait_s is not None:
@@ -193,6 +235,40 @@ class Proxy:
                      cand.provider, needed, e.message)
             return e
         return None
+
+    # --- Routstr nodes: a per-request token, one top-up after a 402 ----------------------------------------
+    def _node_price(self, cand: Candidate) -> Optional[NodeModelPrice]:
+        entry = self.directory.entries.get(cand.provider)
+        return entry.node_prices.get(cand.model) if entry is not None else None
+
+    async def _x_cashu_token(self, cand: Candidate, ex: Exchange, upstream_body: dict[str, Any]) -> XCashuToken:
+        assert ex.hold is not None
+        amount = token_amount_msat(ex.hold.amount_msat, request_reserve_msat(self._node_price(cand), upstream_body))
+        try:
+            return await self.routstr.token(ex.request_id, ex.hold.agent_id, cand.provider, amount, ex.traceparent)
+        except ArbstrError as e:  # the vault could not pay it now: the next provider may not need paying
+            raise UpstreamFailure("refused", f"no X-Cashu token for {cand.provider}: {e.message}", sent=False) \
+                from None
+
+    async def _open(self, provider: ProviderConfig, cand: Candidate, ex: Exchange, payload: bytes, stream: bool,
+                    upstream_body: dict[str, Any]) -> UpstreamReply:
+        """One attempt; a node the vault holds a key for that answers 402 is topped up once (the request waits)
+        and asked again: its 402 is decided on a reserve that may exceed the balance the last top-up left."""
+        def attempt() -> Any:
+            return self.upstream.open(provider, ex.spec.path, payload, request_id=ex.request_id,
+                                      traceparent=ex.traceparent, stream=stream,
+                                      x_cashu=ex.paid.token if ex.paid is not None else None)
+        try:
+            return await attempt()
+        except UpstreamFailure as f:
+            if f.status != 402 or not provider.routstr or provider.x_cashu or ex.topped_up:
+                raise
+            ex.topped_up = True
+            needed = max(request_reserve_msat(self._node_price(cand), upstream_body),
+                         (f.node.required_msat or 0) if f.node is not None else 0)
+            if not await self.routstr.top_up(cand.provider, needed, ex.request_id):
+                raise
+            return await attempt()
 
     def _exhausted(self, last: Optional[UpstreamFailure], ex: Exchange) -> ArbstrError:
         headers = {"x-arbstr-retries": str(len(ex.attempts))}
@@ -231,28 +307,54 @@ class Proxy:
                              reply: UpstreamReply, cand: Candidate, ex: Exchange,
                              extra_headers: dict[str, str]) -> web.StreamResponse:
         raw, parsed = result
-        usage = self._usage(cand, ex, parsed.get("usage"), lambda: ex.spec.output_text(parsed), None)
+        routstr = self._is_routstr(cand)
+        usage = self._usage(cand, ex, parsed.get("usage"), lambda: ex.spec.output_text(parsed), None,
+                            reply.response.headers if routstr else None, routstr)
+        if routstr:  # the node's billing of arbstr (its charge, our balance there) is not the agent's business
+            raw = orjson.dumps(strip_billing(parsed))
         headers = self._headers(cand, ex, extra_headers)
         headers["x-arbstr-cost-msat"] = str(usage.cost_msat)
         headers["x-arbstr-overhead-ms"] = f"{ex.overhead_ms(time.perf_counter()):.3f}"
         ex.status = reply.response.status
         resp = web.Response(body=raw, status=reply.response.status, content_type="application/json",
                             headers=headers)
-        await resp.prepare(request)
-        await resp.write_eof()
+        # The upstream has answered in full: the request is billed whether or not the client takes the answer
+        # (gone, or not reading within the write timeout, which cuts it off).
+        guard = StallGuard(request, self.config.server.client_write_timeout_s)
+        try:
+            await resp.prepare(request)
+            await guard.write(resp, None)
+        except CLIENT_GONE:
+            pass
+        finally:
+            guard.stop()
+        if ex.paid is not None:  # after the client has its answer, like the settle
+            paid, ex.paid = ex.paid, None
+            await self.routstr.report(paid.payment_id, "answered", reply.change, reply.response.status,
+                                      ex.request_id)
         await self._settle(ex, usage)  # after the client has its answer: settle is off the latency path
         return resp
+
+    def _is_routstr(self, cand: Candidate) -> bool:
+        provider = self.directory.get(cand.provider)
+        return provider is not None and provider.routstr
 
     async def _client_error(self, reply: UpstreamReply, cand: Candidate, ex: Exchange,
                             extra_headers: dict[str, str]) -> web.StreamResponse:
         """An upstream 4xx is the client's problem: same status, sanitised OpenAI body, nothing billed."""
         resp = reply.response
-        try:
-            raw = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            raw = b""
-        finally:
-            resp.release()
+        if reply.body is not None:
+            raw = reply.body
+        else:
+            try:
+                raw = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                raw = b""
+            finally:
+                resp.release()
+        if ex.paid is not None:  # the node refused before taking the token (or refunded it): the vault takes it back
+            self.routstr.report_later(ex.paid.payment_id, "refused", reply.change, resp.status, ex.request_id)
+            ex.paid = None
         message, type_, param, code = upstream_error_detail(resp.status, raw)
         err = ArbstrError(resp.status, message, type=type_, param=param, code=code or "upstream_client_error")
         ex.status = resp.status
@@ -270,7 +372,8 @@ class Proxy:
         # The client's choice decides what it sees; upstream always reports usage so billing is exact.
         client_wants_usage = isinstance(opts, dict) and opts.get("include_usage") is True
         client = await ClientStream.open(request, self._headers(cand, ex, extra_headers),
-                                          ex.overhead_ms(time.perf_counter()))
+                                          ex.overhead_ms(time.perf_counter()),
+                                          self.config.server.client_write_timeout_s)
         send = client.send
 
         usage_block: Optional[dict[str, Any]] = None
@@ -306,10 +409,10 @@ class Proxy:
                     if not choices:
                         continue  # upstream's usage-only chunk: ours, with the cost, replaces it
                     chunk = {k: v for k, v in chunk.items() if k != "usage"}
-                    payload = orjson.dumps(chunk)
+                    payload = dumps_or(chunk, payload)
                 if choices:
                     last_chunk = chunk
-                    text = ex.spec.delta_text(chunk)
+                    text = text_or_empty(ex.spec.delta_text, chunk)
                     if text:
                         pieces.append(text)
                         content_chunks += 1
@@ -324,7 +427,10 @@ class Proxy:
         finally:
             up.release()
         text = "".join(pieces)
-        usage = self._usage(cand, ex, usage_block, lambda: text, max(content_chunks, 0))
+        routstr = self._is_routstr(cand)
+        usage = self._usage(cand, ex, usage_block, lambda: text, max(content_chunks, 0), None, routstr)
+        if routstr and usage_block is not None:
+            usage_block = {k: v for k, v in usage_block.items() if k not in USAGE_FIELDS}
         await self._outcome(cand, ex, "ok" if failure is None else "cut", 200, t_open)
         if failure is None and (done or finished):
             if client_wants_usage:
@@ -340,7 +446,12 @@ class Proxy:
                               "total_tokens": usage.input_tokens + usage.output_tokens,
                               "cost_msat": usage.cost_msat},
                 }
-                await send(b"data: " + orjson.dumps(final) + b"\n\n")
+                final_bytes = dumps_or(final, b"")
+                if not final_bytes:  # the upstream's own fields would not serialise: ours alone
+                    final_bytes = orjson.dumps({**final, "id": ex.request_id, "object": "chat.completion.chunk",
+                                                "created": int(time.time()), "model": cand.model,
+                                                "usage": {k: final["usage"][k] for k in OUR_USAGE_KEYS}})
+                await send(b"data: " + final_bytes + b"\n\n")
             await send(b"data: [DONE]\n\n")
         else:
             ex.success = False
@@ -351,29 +462,38 @@ class Proxy:
         return client.response
 
     # --- accounting ------------------------------------------------------------------------------------
-    def _usage(self, cand: Candidate, ex: Exchange, block: Any, output_text: Any,
-               chunk_count: Optional[int]) -> Usage:
+    def _usage(self, cand: Candidate, ex: Exchange, block: Any, output_text: Any, chunk_count: Optional[int],
+               headers: Any = None, routstr: bool = False) -> Usage:
         assert ex.route is not None
         in_tok: Optional[int] = None
         out_tok: Optional[int] = None
         if isinstance(block, dict):
             p, c = block.get("prompt_tokens", block.get("input_tokens")), \
                 block.get("completion_tokens", block.get("output_tokens"))
+            # An upstream's numbers are bounded like a client's: 2^63 tokens would price past 64 bits, and no
+            # store behind the vault (nor orjson) holds that.
             if isinstance(p, int) and not isinstance(p, bool) and p >= 0:
-                in_tok = p
+                in_tok = min(p, MAX_TOKENS)
             if isinstance(c, int) and not isinstance(c, bool) and c >= 0:
-                out_tok = c
+                out_tok = min(c, MAX_TOKENS)
             elif isinstance(p, int) and ex.spec.name == "embeddings":
                 out_tok = 0
         estimated = in_tok is None or out_tok is None
         if in_tok is None:
             in_tok = ex.route.envelope.input_tokens
         if out_tok is None:
-            out_tok = estimate_text_tokens(output_text())
+            out_tok = estimate_text_tokens(text_or_empty(output_text))
             if chunk_count:
                 out_tok = max(out_tok, chunk_count)
-        cost = cost_msat(in_tok, out_tok, cand.input_rate, cand.output_rate, cand.base_fee_msat)
-        return Usage(cand.provider, cand.model, in_tok, out_tok, cost, estimated)
+        cost = min(cost_msat(in_tok, out_tok, cand.input_rate, cand.output_rate, cand.base_fee_msat), MAX_MSAT)
+        theirs = reported_cost_msat(block, headers) if routstr else None
+        drift = theirs is not None and drifted(cost, theirs)
+        if drift:
+            log.warning("request %s: %s charged %d msat where arbstr computed %d msat", ex.request_id, cand.provider,
+                        theirs, cost)
+        if self.metrics is not None and theirs is not None:
+            self.metrics.provider_cost(cand.provider, theirs, drift)
+        return Usage(cand.provider, cand.model, in_tok, out_tok, cost, estimated, theirs, drift)
 
     async def _settle(self, ex: Exchange, usage: Usage) -> None:
         assert ex.hold is not None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Any, Optional
 
 from nats.aio.client import Client as NATS
 
@@ -23,13 +23,22 @@ def baseline_msat(route: RouteReply, input_tokens: int, output_tokens: int) -> i
                 for c in route.candidates), default=0)
 
 
+def explanation_fields(route: RouteReply) -> dict[str, Any]:
+    """The tier decision's explanation, as the request record carries it."""
+    x = route.explanation
+    if x is None:
+        return {}
+    return {"predicted_tier": x.predicted_tier, "tier_confidence": x.confidence, "tier_scorer": x.scorer,
+            "tier_features": x.top_features}
+
+
 def request_record(*, request_id: str, agent_id: Optional[str], endpoint: str, route: RouteReply,
                    usage: Optional[Usage], status: int, success: bool, streamed: bool, latency_ms: float,
                    overhead_ms: float, at_ms: int, provider: Optional[str] = None) -> RequestRecord:
     """``usage`` None: nothing was served or billed (the hold was released)."""
     common = dict(request_id=request_id, agent_id=agent_id, endpoint=endpoint, model=route.model, tier=route.tier,
                   status=status, success=success, streamed=streamed, latency_ms=max(0.0, latency_ms),
-                  overhead_ms=max(0.0, overhead_ms), at_ms=at_ms)
+                  overhead_ms=max(0.0, overhead_ms), at_ms=at_ms, **explanation_fields(route))
     if usage is None:
         return RequestRecord(**common, provider=provider)  # type: ignore[arg-type]
     return RequestRecord(**common, provider=usage.provider, upstream_model=usage.model,  # type: ignore[arg-type]
@@ -37,7 +46,8 @@ def request_record(*, request_id: str, agent_id: Optional[str], endpoint: str, r
                          cost_msat=usage.cost_msat,
                          baseline_msat=max(usage.cost_msat,
                                            baseline_msat(route, usage.input_tokens, usage.output_tokens)),
-                         estimated=usage.estimated)
+                         estimated=usage.estimated, provider_cost_msat=usage.provider_cost_msat,
+                         cost_drift=usage.cost_drift)
 
 
 async def publish_record(nc: NATS, record: RequestRecord) -> None:

@@ -47,7 +47,7 @@ async def relay_typed_events(proxy: "Proxy", request: web.Request, reply: Upstre
                              ex: "Exchange", extra_headers: dict[str, str], t_open: float) -> web.StreamResponse:
     up = reply.response
     client = await ClientStream.open(request, proxy._headers(cand, ex, extra_headers),
-                                      ex.overhead_ms(time.perf_counter()))
+                                      ex.overhead_ms(time.perf_counter()), proxy.config.server.client_write_timeout_s)
     send = client.send
 
     usage_block: Optional[dict[str, Any]] = None

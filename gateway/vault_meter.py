@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import hmac
 import logging
+import secrets
 import time
 from typing import Optional
 
@@ -28,6 +29,7 @@ log = logging.getLogger("arbstr.gateway.meter")
 
 ANONYMOUS = "anon"  # subject token of a release whose agent the gateway never learnt
 OWNER_WAIT_S = 4.0  # a partition changing owner has nobody listening for up to ~3 s
+RELEASE_WAIT_S = 2.0  # a release on a failure path waits this long for the owner before queueing instead
 
 
 def missing_token() -> ArbstrError:
@@ -72,9 +74,13 @@ class VaultMeter:
         th = token_hash(token)
         where = await self.agents.route_of(th, request_id)
         first = route.candidates[0] if route.candidates else None
+        # Each reserve is one attempt of the request id: a release naming it refuses exactly this reserve should it
+        # arrive late, while the client may retry the id (a new attempt) once this one was released.
+        attempt = secrets.token_hex(8)
         req = ReserveRequest(request_id=request_id, token_hash=th, envelope=route.envelope,
                              provider=first.provider if first else "", model=first.model if first else route.model,
-                             endpoint=endpoint, agent_id=where.agent_id, sent_at_ms=int(time.time() * 1000))
+                             endpoint=endpoint, agent_id=where.agent_id, attempt=attempt,
+                             sent_at_ms=int(time.time() * 1000))
         try:
             # Straight to the owner of the agent's partition: one hop, decided from memory, group-committed.
             reply = await self.bus.call(subjects.vault_partition(where.partition, "reserve"), req, ReserveReply,
@@ -94,13 +100,13 @@ class VaultMeter:
                 # journal write whose ack was lost. A durable release resolves or tombstones the rid, so a request
                 # the client saw fail is never charged. In the background: the client has its 503/504 now.
                 task = asyncio.create_task(self._command(SettleCommand(
-                    kind="release", request_id=request_id, agent_id=where.agent_id, reason="reserve failed"),
-                    where.agent_id, where.partition, direct=False))
+                    kind="release", request_id=request_id, attempt=attempt, agent_id=where.agent_id, token_hash=th,
+                    reason="reserve failed"), where.agent_id, where.partition, direct=False))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
             raise
         return Hold(request_id=request_id, agent_id=reply.agent_id, amount_msat=reply.amount_msat,
-                    output_tokens=reply.output_tokens, partition=where.partition, token_hash=th)
+                    output_tokens=reply.output_tokens, attempt=attempt, partition=where.partition, token_hash=th)
 
     async def extend(self, hold: Hold, amount_msat: int, provider: str) -> Hold:
         assert hold.agent_id is not None and hold.partition is not None
@@ -113,13 +119,19 @@ class VaultMeter:
 
     async def settle(self, hold: Hold, usage: Usage, record: Optional[RequestRecord] = None) -> None:
         await self._command(SettleCommand(
-            kind="settle", request_id=hold.request_id, agent_id=hold.agent_id, provider=usage.provider,
-            model=usage.model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
-            cost_msat=usage.cost_msat, estimated=usage.estimated, record=record), hold.agent_id, hold.partition)
+            kind="settle", request_id=hold.request_id, attempt=hold.attempt, agent_id=hold.agent_id,
+            provider=usage.provider, model=usage.model, input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens, cost_msat=usage.cost_msat, estimated=usage.estimated,
+            provider_cost_msat=usage.provider_cost_msat, cost_drift=usage.cost_drift, record=record),
+            hold.agent_id, hold.partition)
 
     async def release(self, hold: Hold, reason: str, record: Optional[RequestRecord] = None) -> None:
-        await self._command(SettleCommand(kind="release", request_id=hold.request_id, agent_id=hold.agent_id,
-                                          reason=reason, record=record), hold.agent_id, hold.partition)
+        """Journaled before the client hears of the failure (request/reply to the owner), so a retry with the same
+        X-Request-Id finds the hold released; the durable work queue when the owner does not answer soon."""
+        await self._command(SettleCommand(kind="release", request_id=hold.request_id, attempt=hold.attempt,
+                                          agent_id=hold.agent_id, token_hash=hold.token_hash or None, reason=reason,
+                                          record=record), hold.agent_id, hold.partition,
+                            timeout_s=min(self.bus.timeout_s, RELEASE_WAIT_S))
 
     async def close(self) -> None:
         """A release still retrying after a failed reserve is what keeps a client's failed request from being
@@ -128,12 +140,13 @@ class VaultMeter:
             await asyncio.wait(set(self._background), timeout=self.settle_budget_s + 1)
 
     async def _command(self, cmd: SettleCommand, agent_id: Optional[str], partition: Optional[int],
-                       direct: bool = True) -> None:
+                       direct: bool = True, timeout_s: Optional[float] = None) -> None:
         """To the owner, journaled before it answers; if it cannot answer now, into the durable queue."""
         if direct and partition is not None:
             try:
                 await self.bus.call(subjects.vault_partition(partition, cmd.kind), cmd, Empty,
-                                    request_id=cmd.request_id, traceparent=TRACEPARENT.get() or None)
+                                    request_id=cmd.request_id, traceparent=TRACEPARENT.get() or None,
+                                    timeout_s=timeout_s)
                 return
             except ArbstrError as e:
                 if e.status < 500:
@@ -146,9 +159,11 @@ class VaultMeter:
     async def _enqueue(self, cmd: SettleCommand, agent_id: Optional[str]) -> None:
         """Publish until JetStream acks; the msg id makes retries (and a gateway's double send) harmless."""
         data = cmd.model_dump_json().encode()
-        # Request ids come from clients and may collide across agents: the dedup key names the account too.
+        # Request ids come from clients and may collide across agents: the dedup key names the account too, and
+        # the attempt (a retried request id's second release must not be dropped as the first one's duplicate).
         owner = agent_id or f"token-{(cmd.token_hash or '')[:16]}"
-        headers = {subjects.H_MSG_ID: f"{cmd.kind}:{owner}:{cmd.request_id}", subjects.H_REQUEST_ID: cmd.request_id}
+        headers = {subjects.H_MSG_ID: f"{cmd.kind}:{owner}:{cmd.request_id}#{cmd.attempt}",
+                   subjects.H_REQUEST_ID: cmd.request_id}
         if TRACEPARENT.get():
             headers[subjects.H_TRACEPARENT] = TRACEPARENT.get()
         subject = subjects.settle_command(agent_id or ANONYMOUS)

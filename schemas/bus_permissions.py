@@ -93,6 +93,7 @@ def table() -> dict[str, Permissions]:
         GATEWAY: Permissions(
             publish=(s.ROUTER_ROUTE, s.PRICING_TABLE, s.PRICING_QUOTE, s.PRICING_CONFIRM, s.BREAKER_STATE,
                      s.BREAKER_PROBE, f"{s.BREAKER_OUTCOME_PREFIX}.*", s.VAULT_RESERVE, s.VAULT_AWAIT_APPROVAL,
+                     s.VAULT_RELEASE, s.VAULT_XCASHU_TOKEN, s.VAULT_XCASHU_REPORT, s.VAULT_TOPUP_NOW,
                      f"{s.VAULT_AGENT_GROUP}.*", f"{s.VAULT_ADMIN_GROUP}.*", f"{s.REQUESTS_PREFIX}.*",
                      *(f"{s.VAULT_PARTITION_PREFIX}.*.{op}" for op in ("reserve", "await_approval", "extend",
                                                                       "settle", "release")),
@@ -100,7 +101,7 @@ def table() -> dict[str, Permissions]:
                      f"{JS_API}.CONSUMER.INFO.{s.STREAM_SETTLE}.*",  # the settle backlog, for /metrics
                      *_read_bucket(s.KV_PRICES, create=True), *_read_bucket(s.KV_BREAKERS, create=True),
                      *_read_bucket(s.KV_PROVIDER_KEYS), *_read_stream(s.STREAM_EVENTS)),
-            subscribe=(f"{inbox_prefix(GATEWAY)}.>", f"{s.PREFIX}.notice.>")),
+            subscribe=(f"{inbox_prefix(GATEWAY)}.>", s.TOKEN_REVOKED)),
         ROUTER: Permissions(
             publish=(*_read_bucket(s.KV_PRICES, create=True), *_read_bucket(s.KV_BREAKERS, create=True)),
             subscribe=(f"{s.ROUTER_GROUP}.>", _DISCOVERY, f"{inbox_prefix(ROUTER)}.>"), responds=True),
@@ -113,7 +114,7 @@ def table() -> dict[str, Permissions]:
                        f"{inbox_prefix(BREAKER)}.>"), responds=True),
         VAULT: Permissions(
             publish=(f"{s.LEDGER_PREFIX}.>", f"{s.LEDGERS_PREFIX}.>", f"{s.SPEND_PREFIX}.*",
-                     f"{s.REQUESTS_PREFIX}.*", f"{s.PREFIX}.notice.>",
+                     f"{s.REQUESTS_PREFIX}.*", s.TOKEN_REVOKED,
                      f"{s.VAULT_PARTITION_PREFIX}.>",  # a command passed on to its partition's owner
                      *(g for stream in vault_streams for g in _own_stream(stream)),
                      *_own_bucket(s.KV_VAULT), *_own_bucket(s.KV_PARTITIONS), *_own_bucket(s.KV_PROVIDER_KEYS),
@@ -121,7 +122,8 @@ def table() -> dict[str, Permissions]:
             subscribe=(f"{s.VAULT_GROUP}.>", _DISCOVERY, f"{inbox_prefix(VAULT)}.>"), responds=True),
         OPERATOR: Permissions(  # the operator holds the admin token anyway; reading the journal lets it audit
             publish=("$SRV.>", f"{JS_API}.INFO", f"{JS_API}.STREAM.INFO.*", f"{JS_API}.STREAM.NAMES",
-                     f"{JS_API}.STREAM.LIST", *(g for st in vault_streams for g in _read_stream(st))),
+                     f"{JS_API}.STREAM.LIST", *(g for st in vault_streams for g in _read_stream(st)),
+                     *_read_bucket(s.KV_PARTITIONS)),  # the ledger's layout: how many streams to read
             subscribe=(s.SPEND_ALL, f"{inbox_prefix(OPERATOR)}.>")),
         EVENTS: Permissions(
             publish=(*_durable_reader(s.STREAM_EVENTS),),

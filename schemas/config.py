@@ -10,7 +10,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from .common import Name, Rate, Tier
+from .common import (MAX_APPROVAL_TIMEOUT_S, MAX_DURATION_S, MAX_RATE, MAX_TOKENS, Amount, Name, Rate, Seconds,
+                     Tier)
 
 
 class _Section(BaseModel):
@@ -20,15 +21,25 @@ class _Section(BaseModel):
 class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger request bodies get 413")
-    upstream_connections: int = Field(512, ge=1, description="size of the one pooled upstream session")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=1024**3, description="larger request bodies get 413")
+    upstream_connections: int = Field(512, ge=1, le=100_000, description="size of the one pooled upstream session")
     access_log: bool = Field(True, description="one log line per request (costs ~10 % of peak throughput)")
+    header_timeout_s: float = Field(
+        20.0, gt=0, le=3600, description="a connection that has not sent a complete request head (request line and "
+                                         "headers) this long after opening, or after its first byte, is closed (408)")
+    keepalive_timeout_s: float = Field(75.0, gt=0, le=86_400, description="an idle keep-alive connection is closed")
+    client_write_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a client that takes longer to accept one write of a response (it stopped "
+                                         "reading) is cut off; a stream's upstream is still read to the end and billed")
+    upstream_pool_wait_s: float = Field(
+        5.0, gt=0, le=600, description="longest wait for a free pooled upstream connection; then the provider counts "
+                                       "as busy (next candidate, or 503 upstream_busy with retry-after)")
 
 
 class NatsConfig(_Section):
     url: str = "nats://127.0.0.1:4222"
-    request_timeout_s: float = Field(2.0, gt=0, description="timeout of every request/reply on the bus")
-    max_concurrency: int = Field(256, ge=1, description="in-flight handlers per actor endpoint")
+    request_timeout_s: Seconds = Field(2.0, description="timeout of every request/reply on the bus")
+    max_concurrency: int = Field(256, ge=1, le=100_000, description="in-flight handlers per actor endpoint")
     kv_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the KV buckets (3 on a cluster)")
     creds: Optional[str] = Field(None, description="this process's bus credential: an NKey seed file (or a JWT "
                                                    ".creds file); $ARBSTR_NATS_CREDS or --creds take precedence")
@@ -39,20 +50,24 @@ class ProviderConfig(_Section):
     url: str = Field(description="OpenAI-compatible base URL, including /v1")
     api_key: Optional[SecretStr] = None
     models: list[str] = Field(default_factory=list, description="models served; an empty list matches nothing")
-    input_rate: Rate = Field(description="sats per 1M input tokens")
-    output_rate: Rate = Field(description="sats per 1M output tokens")
-    base_fee_msat: int = Field(0, ge=0)
+    input_rate: Rate = Field(le=MAX_RATE, description="sats per 1M input tokens")
+    output_rate: Rate = Field(le=MAX_RATE, description="sats per 1M output tokens")
+    base_fee_msat: Amount = Field(0)
     tier: Tier = "standard"
-    context_length: int = Field(128_000, ge=1)
+    context_length: int = Field(128_000, ge=1, le=MAX_TOKENS)
     supports_tools: bool = True
     free: bool = Field(False, description="zero prices are accepted only from providers marked free/local")
     discover: bool = Field(False, description="GET {url}/models at start and every [market] discovery_interval_s: "
                                               "a successful listing replaces `models` (and prices it publishes)")
-    connect_timeout_s: float = Field(5.0, gt=0)
-    first_byte_timeout_s: float = Field(60.0, gt=0)
-    total_timeout_s: Optional[float] = Field(None, gt=0, description="none by default: long generations are not cut")
+    connect_timeout_s: Seconds = Field(5.0)
+    first_byte_timeout_s: Seconds = Field(60.0)
+    total_timeout_s: Optional[Seconds] = Field(None, description="none by default: long generations are not cut")
     public_only: bool = Field(False, description="connect only when the host resolves to public addresses (set for "
                                                  "nodes found in public announcements)")
+    routstr: bool = Field(False, description="a Routstr node: its cost reports are read (and kept from clients), "
+                                             "its payment refusals fall over instead of reaching the client")
+    x_cashu: bool = Field(False, description="paid per request with an X-Cashu token from the vault (set for "
+                                             "Routstr nodes arbstr holds no key for)")
 
     @field_validator("url")
     @classmethod
@@ -79,14 +94,14 @@ class FeedConfig(_Section):
 
     url: str = Field(description="base URL of the feed service")
     name: Optional[Name] = Field(None, description="label in each price's sources; default: the URL's host")
-    interval_s: float = Field(60.0, gt=0, description="how often the feed is polled")
-    max_age_s: float = Field(900.0, gt=0, description="quotes observed longer ago than this are dropped")
+    interval_s: Seconds = Field(60.0, description="how often the feed is polled")
+    max_age_s: Seconds = Field(900.0, description="quotes observed longer ago than this are dropped")
     reliability_floor: float = Field(0.0, ge=0, le=1, description="providers the feed rates below this are skipped")
     source: Optional[str] = Field(None, min_length=1, description="only quotes of this source (the feed's `source`)")
     limit: int = Field(2000, ge=1, le=100_000, description="quotes asked for per poll")
-    timeout_s: float = Field(10.0, gt=0)
+    timeout_s: Seconds = Field(10.0)
     tier: Tier = Field("standard", description="tier of the endpoints this feed admits")
-    context_length: int = Field(128_000, ge=1, description="assumed for the endpoints this feed admits")
+    context_length: int = Field(128_000, ge=1, le=MAX_TOKENS, description="assumed for the endpoints this feed admits")
     supports_tools: bool = True
 
     @field_validator("url")
@@ -112,8 +127,8 @@ class NostrConfig(_Section):
     """Routstr nodes announced on Nostr (kind 38421): admitted when they accept a mint the vault pays with."""
 
     relays: list[str] = Field(min_length=1, description="ws:// or wss:// relay URLs")
-    interval_s: float = Field(300.0, gt=0, description="how often announcements and each node's /v1/models are read")
-    timeout_s: float = Field(5.0, gt=0)
+    interval_s: Seconds = Field(300.0, description="how often announcements and each node's /v1/models are read")
+    timeout_s: Seconds = Field(5.0)
     tier: Tier = "standard"
     accepted_mints: list[str] = Field(default_factory=list, description="the vault's Cashu mint URL(s); default: "
                                                                       "[vault.wallet.cashu] mint_url")
@@ -149,14 +164,16 @@ class NostrConfig(_Section):
 class MarketConfig(_Section):
     """The live market: model discovery, quote feeds, Routstr nodes on Nostr, and the price guard."""
 
-    max_price_jump: float = Field(10.0, gt=1, description="a market price moving more than this factor between two "
-                                                          "updates is held until an admin confirms it")
-    discovery_interval_s: float = Field(300.0, gt=0, description="how often providers with discover = true are listed")
-    discovery_timeout_s: float = Field(10.0, gt=0)
-    sats_per_usd: Optional[int] = Field(None, ge=1, description="converts USD prices in /models listings; unset: "
-                                                               "USD prices are ignored")
-    connect_timeout_s: float = Field(5.0, gt=0, description="market endpoints (feeds, Nostr): upstream timeouts")
-    first_byte_timeout_s: float = Field(60.0, gt=0)
+    max_price_jump: float = Field(10.0, gt=1, le=1e6,
+                                  description="a market price moving more than this factor between two "
+                                              "updates is held until an admin confirms it")
+    discovery_interval_s: Seconds = Field(300.0, description="how often providers with discover = true are listed")
+    discovery_timeout_s: Seconds = Field(10.0)
+    sats_per_usd: Optional[int] = Field(None, ge=1, le=10**9,
+                                        description="converts USD prices in /models listings; unset: "
+                                                    "USD prices are ignored")
+    connect_timeout_s: Seconds = Field(5.0, description="market endpoints (feeds, Nostr): upstream timeouts")
+    first_byte_timeout_s: Seconds = Field(60.0)
     feeds: list[FeedConfig] = Field(default_factory=list)
     credentials: list[CredentialConfig] = Field(default_factory=list)
     nostr: Optional[NostrConfig] = None
@@ -184,8 +201,8 @@ class PolicyConfig(_Section):
     description: str = ""
     keywords: list[str] = Field(default_factory=list, description="case-insensitive; matched in the last user message")
     allowed_models: list[str] = Field(default_factory=list, description="empty: any model")
-    max_input_rate: Optional[Rate] = None
-    max_output_rate: Optional[Rate] = None
+    max_input_rate: Optional[Rate] = Field(None, le=MAX_RATE)
+    max_output_rate: Optional[Rate] = Field(None, le=MAX_RATE)
     virtual_model: Optional[str] = Field(
         None, min_length=1, max_length=256,
         description="a model name clients may send (e.g. \"arbstr/cheap\"): it selects this policy and lets the "
@@ -200,32 +217,58 @@ class RouterConfig(_Section):
 
 
 class BreakerConfig(_Section):
-    failure_threshold: int = Field(3, ge=1, description="consecutive failures (5xx, connect, timeout, cut) that open")
-    cooldown_s: float = Field(30.0, gt=0, description="how long an open breaker keeps its provider out")
-    probe_timeout_s: float = Field(10.0, gt=0, description="a half-open probe not resolved by then frees its slot")
-    tick_interval_s: float = Field(1.0, gt=0, description="how often the breaker moves open to half-open, frees probes")
+    failure_threshold: int = Field(3, ge=1, le=10_000,
+                                   description="consecutive failures (5xx, connect, timeout, cut) that open")
+    cooldown_s: Seconds = Field(30.0, description="how long an open breaker keeps its provider out")
+    probe_timeout_s: Seconds = Field(10.0, description="a half-open probe not resolved by then frees its slot")
+    tick_interval_s: Seconds = Field(1.0, description="how often the breaker moves open to half-open, frees probes")
+
+
+# Keys of the keyword points scorer (``scorer = "keywords"``), the router's first scorer.
+KEYWORD_SCORER_KEYS = frozenset({"length_bands", "code_block", "file_path", "reasoning_word", "reasoning_cap",
+                                 "reasoning_words", "turn_bands", "tools", "medium_at", "high_at"})
+TRAINED_SCORER_KEYS = ("margin", "frontier_margin", "model_file", "top_features")
 
 
 class ComplexityConfig(_Section):
-    """Weights and thresholds of the complexity score (see actors/router/complexity.py); every point is whole."""
+    """How the router decides the minimum tier a request needs (see actors/router/complexity.py).
+
+    ``scorer = "trained"`` (the default): the model trained on the labelled corpus (README, "Tiers"), tuned by
+    ``margin``/``frontier_margin``/``model_file``/``top_features``. ``scorer = "keywords"``: the old keyword points
+    scorer, tuned by the remaining keys; setting those without it is a load error naming the new keys.
+    """
+
+    scorer: Literal["trained", "keywords"] = Field(
+        "trained", description="trained: the shipped tier model; keywords: the old keyword points scorer")
+    margin: Optional[float] = Field(
+        None, ge=0.0, lt=0.5, description="choose the higher tier once its probability reaches 0.5 - margin "
+                                          "(when unsure, the higher tier); unset: the margin the model was "
+                                          "trained with")
+    frontier_margin: Optional[float] = Field(
+        None, ge=0.0, lt=0.5, description="the same for the standard/frontier boundary; unset: the model's")
+    model_file: Optional[str] = Field(
+        None, description="a tier model file written by `python -m bench.train_tiers --out` (unset: the shipped "
+                          "one)")
+    top_features: int = Field(5, ge=0, le=20, description="features explained per decision")
 
     length_bands: tuple[tuple[int, int], ...] = Field(
         ((1_000, 1), (4_000, 2), (16_000, 3)),
-        description="[input tokens, points] pairs: the highest threshold reached gives its points")
-    code_block: int = Field(2, ge=0, description="points for a fenced code block")
-    file_path: int = Field(1, ge=0, description="points for something that looks like a file path")
-    reasoning_word: int = Field(1, ge=0, description="points per distinct reasoning word")
-    reasoning_cap: int = Field(3, ge=0, description="most points reasoning words can add")
+        description="keywords scorer: [input tokens, points] pairs: the highest threshold reached gives its points")
+    code_block: int = Field(2, ge=0, description="keywords scorer: points for a fenced code block")
+    file_path: int = Field(1, ge=0, description="keywords scorer: points for something that looks like a file path")
+    reasoning_word: int = Field(1, ge=0, description="keywords scorer: points per distinct reasoning word")
+    reasoning_cap: int = Field(3, ge=0, description="keywords scorer: most points reasoning words can add")
     reasoning_words: tuple[str, ...] = (
         "prove", "proof", "step by step", "analyze", "analyse", "architecture", "debug", "refactor",
         "optimize", "derive", "reason", "trade-off", "tradeoff", "design", "algorithm", "complexity",
         "root cause", "why does", "compare", "evaluate",
     )
     turn_bands: tuple[tuple[int, int], ...] = Field(
-        ((6, 1), (12, 2)), description="[user turns, points] pairs: the highest threshold reached gives its points")
-    tools: int = Field(1, ge=0, description="points when the request offers tools")
-    medium_at: int = Field(3, ge=0, description="a score from here is medium (standard tier)")
-    high_at: int = Field(6, ge=0, description="a score from here is high (frontier tier)")
+        ((6, 1), (12, 2)),
+        description="keywords scorer: [user turns, points] pairs: the highest threshold reached gives its points")
+    tools: int = Field(1, ge=0, description="keywords scorer: points when the request offers tools")
+    medium_at: int = Field(3, ge=0, description="keywords scorer: a score from here is medium (standard tier)")
+    high_at: int = Field(6, ge=0, description="keywords scorer: a score from here is high (frontier tier)")
 
     @field_validator("length_bands", "turn_bands")
     @classmethod
@@ -249,24 +292,39 @@ class ComplexityConfig(_Section):
             raise ValueError("high_at must be >= medium_at")
         return self
 
+    @model_validator(mode="after")
+    def _scorer_keys(self) -> "ComplexityConfig":
+        # A tuned keyword scorer silently ignored would route as if untuned: say what replaced it instead.
+        legacy = sorted(self.model_fields_set & KEYWORD_SCORER_KEYS)
+        if legacy and self.scorer != "keywords":
+            raise ValueError(
+                f"{', '.join('complexity.' + k for k in legacy)} {'is a key' if len(legacy) == 1 else 'are keys'} of "
+                f"the keyword scorer, which the trained tier scorer replaced: tune that one with {', '.join('complexity.' + k for k in TRAINED_SCORER_KEYS)}, "
+                f"or set complexity.scorer = \"keywords\" to keep the keyword scorer and these keys")
+        trained = sorted(self.model_fields_set & {"margin", "frontier_margin", "model_file"})
+        if trained and self.scorer == "keywords":
+            raise ValueError(f"{', '.join('complexity.' + k for k in trained)} tune the trained scorer, "
+                             f"but complexity.scorer = \"keywords\"")
+        return self
+
 
 class MockUpstreamConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(9100, ge=0, le=65535)
-    latency_ms: int = Field(0, ge=0)
-    chunk_delay_ms: int = Field(0, ge=0)
+    latency_ms: int = Field(0, ge=0, le=86_400_000)
+    chunk_delay_ms: int = Field(0, ge=0, le=86_400_000)
 
 
 class DefaultPolicyConfig(_Section):
-    max_tx_msat: Optional[int] = Field(None, ge=0)
-    daily_limit_msat: Optional[int] = Field(None, ge=0)
-    approval_over_msat: Optional[int] = Field(None, ge=0)
-    approval_timeout_s: int = Field(300, ge=1)
+    max_tx_msat: Optional[Amount] = None
+    daily_limit_msat: Optional[Amount] = None
+    approval_over_msat: Optional[Amount] = None
+    approval_timeout_s: int = Field(300, ge=1, le=MAX_APPROVAL_TIMEOUT_S)
 
 
 class DemoAgentConfig(_Section):
     name: str = "demo"
-    deposit_msat: int = Field(10_000_000, ge=0, description="funded once, when `arbstr up` first creates it")
+    deposit_msat: Amount = Field(10_000_000, description="funded once, when `arbstr up` first creates it")
 
 
 class LndConfig(_Section):
@@ -276,7 +334,7 @@ class LndConfig(_Section):
     tls_cert_path: str = Field("", description="the node's tls.cert (PEM)")
     macaroon_path: str = Field("", description="a macaroon file; baked for invoices, offchain read/write only")
     macaroon_hex: Optional[SecretStr] = Field(None, description="or the macaroon itself, hex; ${LND_MACAROON}")
-    timeout_s: float = Field(15.0, gt=0, description="deadline of every unary call")
+    timeout_s: Seconds = Field(15.0, description="deadline of every unary call")
 
     @model_validator(mode="after")
     def _macaroon(self) -> "LndConfig":
@@ -293,7 +351,7 @@ class CashuConfig(_Section):
                             description="where the wallet's proofs are kept (they ARE the money: back it up); "
                                         "vault instances may share it (file-locked)")
     unit: Literal["sat"] = "sat"
-    timeout_s: float = Field(30.0, gt=0)
+    timeout_s: Seconds = Field(30.0)
 
     @field_validator("mint_url")
     @classmethod
@@ -307,14 +365,16 @@ class WalletConfig(_Section):
     """The money rails: where deposits arrive and payouts leave from."""
 
     kind: Literal["simulated", "lnd", "cashu", "auto"] = "simulated"
-    fee_limit_ppm: int = Field(5_000, ge=0, description="Lightning fee limit per payout, parts per million")
-    fee_limit_min_msat: int = Field(1_000, ge=1, description="the fee limit never goes below this (never 0)")
-    invoice_expiry_s: int = Field(3600, ge=60)
-    pay_wait_s: float = Field(5.0, gt=0, description="a withdrawal answers 'pending' if the rail takes longer")
-    check_interval_s: float = Field(5.0, gt=0, description="how often payouts under way are checked")
-    reconcile_margin_msat: int = Field(0, ge=0, description="shortfall of assets vs liabilities tolerated")
-    reconcile_interval_s: float = Field(30.0, gt=0, description="how often the watchdog compares the books")
-    auto_threshold_msat: int = Field(1_000_000, ge=1, description="auto rail: Cashu below this amount, else Lightning")
+    fee_limit_ppm: int = Field(5_000, ge=0, le=1_000_000,
+                               description="Lightning fee limit per payout, parts per million")
+    fee_limit_min_msat: Amount = Field(1_000, ge=1, description="the fee limit never goes below this (never 0)")
+    invoice_expiry_s: int = Field(3600, ge=60, le=MAX_DURATION_S)
+    pay_wait_s: Seconds = Field(5.0, description="a withdrawal answers 'pending' if the rail takes longer")
+    check_interval_s: Seconds = Field(5.0, description="how often payouts under way are checked")
+    reconcile_margin_msat: Amount = Field(0, description="shortfall of assets vs liabilities tolerated")
+    reconcile_interval_s: Seconds = Field(30.0, description="how often the watchdog compares the books")
+    auto_threshold_msat: Amount = Field(1_000_000, ge=1,
+                                        description="auto rail: Cashu below this amount, else Lightning")
     lnd: Optional[LndConfig] = None
     cashu: Optional[CashuConfig] = None
 
@@ -333,25 +393,40 @@ class TopUpConfig(_Section):
 
     operator_agent: str = Field("operator", pattern=r"^[A-Za-z0-9_-]{1,64}$",
                                 description="the vault account top-ups are paid from (fund it like an agent)")
-    amount_msat: int = Field(100_000, gt=0, description="what one top-up adds")
-    min_balance_msat: int = Field(20_000, ge=0, description="top up when the provider's balance falls below this")
-    interval_s: float = Field(10.0, gt=0, description="how often balances are checked")
-    timeout_s: float = Field(15.0, gt=0, description="deadline of each call to a provider")
-    daily_limit_msat: int = Field(10_000_000, gt=0, description="the operator account's rolling 24 h limit: what "
+    amount_msat: Amount = Field(100_000, gt=0, description="what one top-up adds")
+    min_balance_msat: Amount = Field(20_000, description="top up when the provider's balance falls below this")
+    interval_s: Seconds = Field(10.0, description="how often balances are checked")
+    timeout_s: Seconds = Field(15.0, description="deadline of each call to a provider")
+    daily_limit_msat: Amount = Field(10_000_000, gt=0, description="the operator account's rolling 24 h limit: what "
                                                                 "top-ups may spend in a day, all providers together")
     providers: list[str] = Field(default_factory=list, description="top up only these providers; empty: every "
                                                                    "payable Routstr node, up to max_providers")
-    max_providers: int = Field(10, ge=1, description="at most this many providers are ever funded")
+    max_providers: int = Field(10, ge=1, le=10_000, description="at most this many providers are ever funded")
+    reserve_cap_msat: int = Field(2_000_000, gt=0, description="a node's 402 rule may demand its dearest model's "
+                                                               "whole max_cost as balance: top-ups are sized to "
+                                                               "cover it up to this much")
+    wait_on_402_s: float = Field(20.0, ge=0, description="a request a funded node refused with 402 waits this long "
+                                                         "for one top-up before falling over (0: never)")
+    prepaid_keys: bool = Field(True, description="buy each node a prepaid key and keep it topped up; false: pay "
+                                                 "only per request (x_cashu)")
+    x_cashu: bool = Field(True, description="pay nodes without a prepaid key per request with an X-Cashu token "
+                                            "(non-streamed requests only: the node buffers the whole answer)")
+    x_cashu_max_msat: int = Field(1_000_000, gt=0, description="the largest token one request may carry")
+    x_cashu_grace_s: float = Field(600.0, gt=0, description="a token sent and not reported on is recovered after "
+                                                            "this long (≥ the longest upstream timeout)")
+    x_cashu_give_up_s: float = Field(86_400.0, gt=0, description="after this long a spent token whose change the "
+                                                                 "node never hands back is closed without it")
 
 
 class VaultConfig(_Section):
     """Present: paid mode (every request is reserved and settled against the caller's sub-account)."""
 
     admin_token: Optional[SecretStr] = Field(None, description="bearer token of /v1/admin/*; ${ARBSTR_ADMIN_TOKEN}")
-    hold_ttl_s: int = Field(900, ge=1, description="≥ the longest upstream timeout + the settle retry budget")
+    hold_ttl_s: int = Field(900, ge=1, le=MAX_DURATION_S,
+                            description="≥ the longest upstream timeout + the settle retry budget")
     expiry_action: Literal["charge", "release"] = Field(
         "charge", description="an expired hold: charge it and flag it (the provider was probably paid) or release")
-    sweep_interval_s: float = Field(5.0, gt=0)
+    sweep_interval_s: Seconds = Field(5.0)
     replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the ledger, settle and events streams")
     default_policy: DefaultPolicyConfig = Field(default_factory=DefaultPolicyConfig)
     duckdb_path: str = Field("", description="file of the DuckDB projection; empty: in memory")

@@ -13,15 +13,26 @@ from collections import OrderedDict
 import json
 from typing import Annotated, Iterable, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .requests import RequestRecord
-from .vault import AgentPolicy
+from .vault import JournaledPolicy
 
 # Strict: a float or a numeric string must never become money by coercion.
 Amount = Annotated[int, Field(ge=0, strict=True)]
 Count = Annotated[int, Field(ge=0, strict=True)]
+# A policy as journaled: whatever kind of policy the vault hands in, the event holds the journal's own type, so an
+# event and its replay compare equal.
+Policy = Annotated[JournaledPolicy,
+                   BeforeValidator(lambda v: v.model_dump() if isinstance(v, JournaledPolicy) else v)]
 HASH_HEX_LEN = 64
+# One reserve attempt of a request id, named by the gateway that made it (hex nonce; "" in journals written
+# before attempts existed, and from callers that name none). A subject-safe token, never containing "#".
+Attempt = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{0,64}$")]
+ATTEMPT_DOC = "the reserve attempt this names (gateway nonce); \"\" = the rid's only or open one"
+# Fields added after journals were first written: left out of the canonical JSON while empty, so an event
+# written before they existed hashes as it did then and old journals still verify and replay.
+_LATER_FIELDS: dict[str, object] = {"attempt": "", "payout_key": "", "provider_cost_msat": None, "cost_drift": False}
 
 
 class _Body(BaseModel):
@@ -33,7 +44,7 @@ class AgentCreated(_Body):
     kind: Literal["agent_created"] = "agent_created"
     name: str
     token_hash: str
-    policy: AgentPolicy
+    policy: Policy
 
 
 class TokenRotated(_Body):
@@ -43,7 +54,7 @@ class TokenRotated(_Body):
 
 class PolicySet(_Body):
     kind: Literal["policy_set"] = "policy_set"
-    policy: AgentPolicy
+    policy: Policy
 
 
 class Deposited(_Body):
@@ -88,6 +99,8 @@ class PayoutStarted(_Body):
                                         "may send or check it")
     approval_deadline_ms: Optional[Count] = Field(
         None, description="set: the payout waits for a human (held, not sent) until approved, denied or this time")
+    payout_key: str = Field("", max_length=128, description="the agent's idempotency key, when it gave one: the "
+                                                            "key names this payout and no other")
 
 
 class PayoutApproved(_Body):
@@ -135,12 +148,25 @@ class PayoutFailed(_Body):
     fallback: bool = False
 
 
+class ProviderPaymentClosed(_Body):
+    """A token paid out to pay a provider per request (X-Cashu) is accounted for: the change it brought back (if
+    any) was credited in the same command, or it was taken back whole, or it is known to be gone. Moves no money
+    itself; it ends the recovery of that token, once."""
+
+    kind: Literal["provider_payment_closed"] = "provider_payment_closed"
+    payout_id: str = Field(min_length=1)
+    outcome: Literal["change", "spent", "reclaimed", "lost"]
+    change_msat: Amount = 0
+    reason: str = ""
+
+
 HoldState = Literal["held", "awaiting_approval"]
 
 
 class Reserved(_Body):
     kind: Literal["reserved"] = "reserved"
     rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
     amount_msat: Amount
     output_tokens: Count
     expires_at_ms: Count
@@ -167,17 +193,20 @@ class HoldExtended(_Body):
 class Approved(_Body):
     kind: Literal["approved"] = "approved"
     rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
 
 
 class Denied(_Body):
     kind: Literal["denied"] = "denied"
     rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
     reason: str = ""
 
 
 class Settled(_Body):
     kind: Literal["settled"] = "settled"
     rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
     cost_msat: Amount = Field(description="what the request cost, whether or not it could all be charged")
     charged_msat: Amount
     uncollectible_msat: Amount
@@ -186,6 +215,8 @@ class Settled(_Body):
     provider: str = ""
     model: str = ""
     estimated: bool = Field(False, description="usage was counted locally: the upstream reported none")
+    provider_cost_msat: Optional[Amount] = Field(None, description="what the provider itself billed, when it said")
+    cost_drift: bool = Field(False, description="the provider billed more than its listed price")
 
     @model_validator(mode="after")
     def _split(self) -> "Settled":
@@ -197,12 +228,14 @@ class Settled(_Body):
 class Released(_Body):
     kind: Literal["released"] = "released"
     rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
     reason: str = ""
 
 
 class Expired(_Body):
     kind: Literal["expired"] = "expired"
     rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
     action: Literal["charge", "release"]
     charged_msat: Amount
 
@@ -214,10 +247,12 @@ class Expired(_Body):
 
 
 class Tombstoned(_Body):
-    """A release/settle/expiry of a rid never reserved: a reserve arriving later is refused."""
+    """A release/settle/expiry of a reserve attempt never journaled: that attempt's reserve, arriving later, is
+    refused. With ``attempt`` "" (a caller that names no attempt) every later reserve of the rid is refused."""
 
     kind: Literal["tombstoned"] = "tombstoned"
     rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
     reason: str = ""
 
 
@@ -225,7 +260,7 @@ EventBody = Annotated[
     Union[AgentCreated, TokenRotated, PolicySet, Deposited, Withdrawn, Reserved, HoldExtended, Approved, Denied,
           Settled,
           Released, Expired, Tombstoned, InvoiceIssued, PayoutStarted, PayoutApproved, PayoutRerouted, PayoutSettled,
-          PayoutFailed],
+          PayoutFailed, ProviderPaymentClosed],
     Field(discriminator="kind"),
 ]
 
@@ -244,8 +279,12 @@ class LedgerEvent(BaseModel):
 
 def canonical_json(event: LedgerEvent) -> bytes:
     """Sorted keys, no whitespace, ASCII only: the same bytes for the same event on every machine."""
-    return json.dumps(event.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
-                      ensure_ascii=True).encode("ascii")
+    data = event.model_dump(mode="json")
+    body = data["body"]
+    for name, empty in _LATER_FIELDS.items():
+        if name in body and body[name] == empty:
+            del body[name]
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
 _HASHES: "OrderedDict[int, tuple[LedgerEvent, str]]" = OrderedDict()

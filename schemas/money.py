@@ -7,6 +7,9 @@ from __future__ import annotations
 
 MSAT_PER_SAT = 1000
 TOKENS_PER_RATE_UNIT = 1_000_000
+# All the bitcoin there will ever be (21M BTC × 1e8 sat × 1e3), in msat: no account, and no vault, can hold more.
+# Bounding deposits by it keeps every counter far below 2^63 (DuckDB BIGINT, JSON encoders' 64-bit integers).
+MAX_MSAT = 2_100_000_000_000_000_000
 
 
 def ceil_div(numerator: int, denominator: int) -> int:

@@ -71,6 +71,9 @@ class CompletionRequest(_Open):
     stream_options: Optional[StreamOptions] = None
     max_tokens: Optional[int] = Field(None, ge=1, le=10_000_000, strict=True)
     n: Optional[int] = Field(None, ge=1, le=128, strict=True)
+    best_of: Optional[int] = Field(None, ge=1, le=128, strict=True, description="completions generated (and "
+                                                                                "billed) per prompt; n of them "
+                                                                                "come back")
 
 
 class EmbeddingRequest(_Open):

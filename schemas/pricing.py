@@ -7,10 +7,14 @@ from typing import Literal, Optional
 from pydantic import Field
 
 from .common import Message, Msat, Rate, Tier
+from .routstr import NodeModelPrice
 
 # Where a price entry comes from: the operator's [[providers]], an endpoint a quote feed admitted, or a Routstr
 # node announced on Nostr.
 ProviderKind = Literal["configured", "feed", "routstr"]
+# How arbstr pays a Routstr node: with the prepaid key the vault bought ("key"), or per request with an X-Cashu
+# token from the vault ("x_cashu": non-streamed requests only, since the node then buffers the whole answer).
+Payment = Literal["", "key", "x_cashu"]
 # Where the gateway finds the key for a provider: its own [[providers]] api_key (possibly none), the
 # [[market.credentials]] entry whose url is the entry's url, or the arbstr_provider_keys KV bucket.
 CredentialSource = Literal["config", "market", "provider_keys"]
@@ -64,6 +68,10 @@ class ProviderPrices(Message):
     mints: list[str] = Field(default_factory=list, description="Routstr nodes: the Cashu mints they accept")
     payable: bool = Field(True, description="False: the vault cannot pay it (a Routstr node that accepts none of "
                                             "[market.nostr] accepted_mints): never top it up")
+    payment: Payment = Field("", description="Routstr nodes: paid with the vault's prepaid key, or per request "
+                                             "(X-Cashu, non-streamed requests only)")
+    node_prices: dict[str, NodeModelPrice] = Field(default_factory=dict, description="Routstr nodes: the node's "
+                                                   "own terms per model (what its 402 rule reserves)")
 
     def rates_for(self, model: str) -> ModelRate:
         return self.model_rates.get(model) or ModelRate(input_rate=self.input_rate, output_rate=self.output_rate)

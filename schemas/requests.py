@@ -7,7 +7,8 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from .common import Message, Msat
+from .common import MAX_EPOCH_MS, Message, Msat, Tier
+from .router import FeatureWeight, Scorer
 
 GroupBy = Literal["model", "provider", "tier", "agent", "day"]
 SortKey = Literal["at", "cost", "latency"]
@@ -35,14 +36,24 @@ class RequestRecord(Message):
     overhead_ms: float = Field(ge=0)
     at_ms: int = Field(ge=0)
     estimated: bool = False
+    provider_cost_msat: Optional[Msat] = Field(None, description="what the provider says it charged arbstr (a "
+                                                                 "Routstr node's usage.cost / X-Routstr-Cost-Msats)")
+    cost_drift: bool = Field(False, description="provider_cost_msat is far from cost_msat: arbstr's rates are off")
+    predicted_tier: Optional[Tier] = Field(None, description="the tier scorer's decision (None: not scored; `tier` "
+                                                             "may differ when the client's X-Arbstr-Complexity set it)")
+    tier_confidence: Optional[float] = Field(None, ge=0.0, le=1.0, description="the model's probability of that tier")
+    tier_scorer: Optional[Scorer] = Field(None, description="trained, keywords, or skipped (a named model served at "
+                                                            "one tier)")
+    tier_features: list[FeatureWeight] = Field(default_factory=list,
+                                               description="the features that pushed the decision most")
 
 
 class StatsQuery(Message):
     group_by: Optional[GroupBy] = None
     agent_id: Optional[str] = None
     token_hash: Optional[str] = Field(None, description="an agent's own report: the vault scopes it to that agent")
-    since_ms: Optional[int] = None
-    until_ms: Optional[int] = None
+    since_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
+    until_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
 
 
 class StatsRow(Message):
@@ -73,12 +84,12 @@ class RequestsQuery(Message):
     token_hash: Optional[str] = Field(None, description="an agent's own report: the vault scopes it to that agent")
     success: Optional[bool] = None
     streamed: Optional[bool] = None
-    since_ms: Optional[int] = None
-    until_ms: Optional[int] = None
+    since_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
+    until_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
     sort: SortKey = "at"
     order: Literal["asc", "desc"] = "desc"
     limit: int = Field(100, ge=1, le=MAX_LIMIT)
-    offset: int = Field(0, ge=0)
+    offset: int = Field(0, ge=0, le=10**9)
 
 
 class RequestList(Message):

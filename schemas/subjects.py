@@ -27,6 +27,9 @@ VAULT_RESERVE = f"{VAULT_GROUP}.reserve"
 VAULT_SETTLE = f"{VAULT_GROUP}.settle"
 VAULT_RELEASE = f"{VAULT_GROUP}.release"
 VAULT_AWAIT_APPROVAL = f"{VAULT_GROUP}.await_approval"
+VAULT_XCASHU_TOKEN = f"{VAULT_GROUP}.xcashu.token"  # a per-request token for a Routstr node
+VAULT_XCASHU_REPORT = f"{VAULT_GROUP}.xcashu.report"  # what became of it (the node's change handed back)
+VAULT_TOPUP_NOW = f"{VAULT_GROUP}.topup.now"  # top up a node that answered 402, once, while the request waits
 VAULT_AGENT_GROUP = f"{VAULT_GROUP}.agent"
 VAULT_ADMIN_GROUP = f"{VAULT_GROUP}.admin"
 VAULT_WHOAMI = f"{VAULT_AGENT_GROUP}.whoami"  # token hash -> agent id (any instance): where to send its commands
@@ -39,6 +42,8 @@ BREAKER_OUTCOME_ALL = f"{BREAKER_OUTCOME_PREFIX}.*"
 SPEND_PREFIX = f"{PREFIX}.spend"
 SPEND_ALL = f"{SPEND_PREFIX}.*"
 AUDIT_PREFIX = f"{PREFIX}.audit"
+# The vault announces tokens that stopped being valid (rotation); every gateway ends what is open on them.
+TOKEN_REVOKED = f"{PREFIX}.tokens.revoked"
 REQUESTS_PREFIX = f"{PREFIX}.requests"  # one RequestRecord per request, captured by STREAM_EVENTS
 REQUESTS_ANON = "anon"  # the agent token of free-mode requests
 

@@ -21,6 +21,20 @@ def estimate_text_tokens(text: str) -> int:
     return -(-ascii_chars // 4) + non_ascii
 
 
+def estimate_prompt_tokens(value: Any) -> int:
+    """A completions ``prompt`` / embeddings ``input``: each string estimated on its own, a token-id array by its
+    length (a list of them: summed). Items are counted one by one, as an upstream bills them — estimating the joined
+    text instead would come out lower, and an estimate feeds the hold."""
+    if isinstance(value, str):
+        return estimate_text_tokens(value)
+    if not isinstance(value, list):
+        return 0
+    if value and all(isinstance(v, int) for v in value):
+        return len(value)
+    return sum(estimate_text_tokens(v) if isinstance(v, str) else len(v) if isinstance(v, list) else 0
+               for v in value)
+
+
 def content_text(content: Any) -> str:
     """The text of an OpenAI message ``content`` (a string or a list of typed parts)."""
     if content is None:

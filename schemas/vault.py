@@ -11,23 +11,47 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field
 
-from .common import Message, Msat
+from .common import MAX_APPROVAL_TIMEOUT_S, MAX_EPOCH_MS, MAX_MSAT, MAX_TOKENS, Amount, Message, Msat
 from .requests import RequestRecord
 from .router import Envelope
 
 
-class AgentPolicy(Message):
+class JournaledPolicy(Message):
+    """A policy as the ledger holds it: the same fields without the upper bounds, so events written before them
+    replay. Everything that decides uses ``AgentPolicy.within_bounds`` of it; new policies are ``AgentPolicy``."""
+
+    max_tx_msat: Optional[Msat] = None
+    daily_limit_msat: Optional[Msat] = None
+    approval_over_msat: Optional[Msat] = None
+    approval_timeout_s: int = Field(300, ge=1)
+
+
+class AgentPolicy(JournaledPolicy):
     """Spending rules of one agent. ``None`` means "no limit" / "no approval step"."""
 
-    max_tx_msat: Optional[Msat] = Field(None, description="largest single spend")
-    daily_limit_msat: Optional[Msat] = Field(
+    max_tx_msat: Optional[Amount] = Field(None, description="largest single spend")
+    daily_limit_msat: Optional[Amount] = Field(
         None, description="spends plus pending holds over any rolling 24 h window")
-    approval_over_msat: Optional[Msat] = Field(
+    approval_over_msat: Optional[Amount] = Field(
         None,
         description="spends above it wait for a human; when set, a spend over max_tx or the daily limit "
                     "waits for approval instead of being denied",
     )
-    approval_timeout_s: int = Field(300, ge=1, description="an approval not given in time denies the spend")
+    approval_timeout_s: int = Field(300, ge=1, le=MAX_APPROVAL_TIMEOUT_S,
+                                    description="an approval not given in time denies the spend")
+
+    @classmethod
+    def within_bounds(cls, policy: "JournaledPolicy") -> "AgentPolicy":
+        """A policy from the journal, as the vault applies it: one written before the bounds existed is clamped
+        (the journaled event itself stays as written, so its hash still verifies)."""
+        if isinstance(policy, AgentPolicy):
+            return policy
+        data = policy.model_dump()
+        for key in ("max_tx_msat", "daily_limit_msat", "approval_over_msat"):
+            if data[key] is not None:
+                data[key] = min(data[key], MAX_MSAT)
+        data["approval_timeout_s"] = min(data["approval_timeout_s"], MAX_APPROVAL_TIMEOUT_S)
+        return cls.model_validate(data)
 
 
 class AccountView(Message):
@@ -49,6 +73,10 @@ class AccountView(Message):
 # Agents are identified on the bus by the sha256 of their bearer token: the token itself never leaves the
 # gateway that received it.
 
+# A gateway's nonce naming one reserve attempt of a request id ("" from callers that name none).
+ATTEMPT_PATTERN = r"^[A-Za-z0-9_-]{0,64}$"
+
+
 class ReserveRequest(Message):
     request_id: str
     token_hash: str
@@ -56,9 +84,11 @@ class ReserveRequest(Message):
     provider: str = ""
     model: str = ""
     endpoint: str = "chat"
+    attempt: str = Field("", pattern=ATTEMPT_PATTERN, description="unique per reserve call: a release naming it "
+                                                                  "refuses exactly this reserve if it comes late")
     agent_id: Optional[str] = Field(None, description="the agent the gateway believes the token is: it picks the "
                                                       "partition; the owner still checks the token hash")
-    sent_at_ms: Optional[int] = Field(None, ge=0, description="when the gateway sent it: a reserve delivered "
+    sent_at_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS, description="when the gateway sent it: a reserve delivered "
                                                              "late (NATS buffers requests across a reconnect) "
                                                              "is refused, never held")
 
@@ -69,7 +99,7 @@ class ExtendRequest(Message):
     request_id: str
     agent_id: str
     token_hash: str
-    amount_msat: Msat
+    amount_msat: Amount
     attempt: int = Field(1, ge=1, le=64, description="which extension of this request (a repeat is a no-op)")
     provider: str = ""
 
@@ -93,15 +123,19 @@ class SettleCommand(Message):
 
     kind: SettleKind
     request_id: str
+    attempt: str = Field("", pattern=ATTEMPT_PATTERN, description="the reserve attempt it resolves; \"\": the "
+                                                                  "rid's open hold")
     agent_id: Optional[str] = None
     token_hash: Optional[str] = Field(None, description="when the reserve reply never came: find the agent by it")
     provider: str = ""
     model: str = ""
-    input_tokens: int = Field(0, ge=0)
-    output_tokens: int = Field(0, ge=0)
-    cost_msat: Msat = 0
+    input_tokens: int = Field(0, ge=0, le=MAX_TOKENS)
+    output_tokens: int = Field(0, ge=0, le=MAX_TOKENS)
+    cost_msat: Amount = 0  # the gateway bounds what an upstream reports (see Proxy._usage)
     estimated: bool = False
     reason: str = ""
+    provider_cost_msat: Optional[Msat] = Field(None, description="what the provider says it charged arbstr")
+    cost_drift: bool = False
     record: Optional[RequestRecord] = Field(None, description="the gateway's record of the request: journaled "
                                                               "with the settle, published from the journal")
 
@@ -130,6 +164,19 @@ class SpendEvent(Message):
     reason: str = ""
     at_ms: int
     ledger_seq: int
+    provider_cost_msat: Optional[Msat] = Field(None, description="what the provider says it charged arbstr for "
+                                                                 "this request (Routstr nodes report it)")
+    cost_drift: bool = Field(False, description="that charge is far from cost_msat: the provider's rates moved")
+
+
+class TokenRevoked(Message):
+    """Published on ``arbstr.v1.tokens.revoked`` when an agent's token stops being valid (rotation): gateways end
+    whatever is still open on it (event streams)."""
+
+    agent_id: str
+    token_hash: str = Field(description="sha256 of the token that no longer opens anything")
+    reason: Literal["token_rotated", "agent_removed"] = "token_rotated"
+    at_ms: int = Field(ge=0)
 
 
 class AgentRef(Message):
@@ -178,7 +225,7 @@ class SetPolicy(Message):
 
 class DepositCommand(Message):
     agent_id: str
-    amount_msat: int = Field(gt=0, strict=True)
+    amount_msat: int = Field(gt=0, le=MAX_MSAT, strict=True)
     deposit_id: str = Field(min_length=1, max_length=128)
     rail: str = "simulated"
     reference: str = ""
@@ -213,6 +260,9 @@ class ApprovalList(Message):
 
 class ApprovalAction(Message):
     request_id: str
+    agent_id: Optional[str] = Field(None, description="whose request: request ids are the clients' and collide "
+                                                      "across agents; without it only a single pending match is "
+                                                      "decided")
     reason: str = ""
 
 
@@ -225,7 +275,7 @@ class ApprovalResult(Message):
 class HistoryQuery(Message):
     token_hash: Optional[str] = None
     agent_id: Optional[str] = None
-    since_ms: Optional[int] = None
+    since_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
     limit: int = Field(100, ge=1, le=1000)
 
 
@@ -282,7 +332,7 @@ class DepositRequest(Message):
 
     token_hash: str
     rail: Rail
-    amount_msat: Optional[int] = Field(None, gt=0, strict=True)
+    amount_msat: Optional[int] = Field(None, gt=0, le=MAX_MSAT, strict=True)
     token: Optional[str] = Field(None, min_length=1, max_length=100_000)
 
 
@@ -303,8 +353,8 @@ class WithdrawRequest(Message):
     token_hash: str
     bolt11: Optional[str] = Field(None, min_length=1, max_length=8_000)
     amount_msat: Optional[int] = Field(
-        None, gt=0, strict=True, description="a token payout's amount; with a BOLT11 only informative: the "
-                                             "invoice's own amount is charged")
+        None, gt=0, le=MAX_MSAT, strict=True,
+        description="a token payout's amount; with a BOLT11 only informative: the invoice's own amount is charged")
     rail: Optional[Rail] = Field(None, description="which rail pays; default: by amount on the auto rail, else "
                                                    "Lightning if configured")
     payout_id: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,128}$",
@@ -380,7 +430,12 @@ class ProviderKey(Message):
     url: str
     api_key: str = ""
     delivered: list[str] = Field(default_factory=list, description="top-up payouts the provider took")
+    returned: list[str] = Field(default_factory=list, description="top-ups the provider refused, taken back into "
+                                                                  "the vault's wallet")
+    lost: list[str] = Field(default_factory=list, description="top-ups spent without landing at the provider")
     balance_msat: Optional[int] = Field(None, description="the provider's balance when last checked")
+    credited_msat: Optional[int] = Field(None, description="balance + reserved + spent at the provider after the "
+                                                           "last delivery recorded here: a rise means a token landed")
     checked_at_ms: int = 0
     suspended: str = Field("", description="why top-ups stopped (a top-up that did not raise the balance)")
 

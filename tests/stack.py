@@ -105,7 +105,7 @@ async def start_stack(config: Config, nats_url: str, *, routers: int = 1, meter:
     app = gw.app()
     if extend is not None:  # routes a test adds beside the gateway's own (before the app freezes)
         extend(app, gw)
-    runner = web.AppRunner(app, access_log=None)
+    runner = gw.runner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -10,6 +10,7 @@ import aiohttp
 from actors.runtime import ensure_stream
 from actors.vault.streams import settle_stream_config
 from arbstr.natsserver import NatsServer
+from gateway.vault_meter import token_hash
 from schemas import subjects
 from schemas.vault import AgentRoute
 from tests.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
@@ -24,8 +25,11 @@ async def test_a_release_still_retrying_is_journaled_before_the_gateway_goes(
 
     sub = await stack.nc.subscribe(subjects.VAULT_WHOAMI, cb=whoami)
     try:
-        # The reserve finds no owner and the vault's streams do not exist yet (JetStream still electing, say): the
-        # reserve fails, and the release the gateway sends after it keeps retrying.
+        # No vault owner answers and its streams do not exist yet (JetStream still electing, say): the reserve fails,
+        # and the release the gateway sends after it keeps retrying. (The token was confirmed moments before, so
+        # the gateway's first check lets it through to the reserve.)
+        assert stack.gateway.auth is not None
+        stack.gateway.auth.valid.add(token_hash(f"{ADMIN_TOKEN}x"))
         async with http.post(f"{stack.url}/v1/chat/completions", headers={"Authorization": f"Bearer {ADMIN_TOKEN}x"},
                              json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}) as r:
             assert r.status >= 500, await r.text()

@@ -513,9 +513,28 @@ async def test_completions_plain_and_streamed(mock: MockUpstreamServer, http: ai
     frames = sse_frames(raw)
     assert frames[-1] == b"data: [DONE]" and frames.count(b"data: [DONE]") == 1
     chunks = [orjson.loads(data_of(f)) for f in frames[:-1]]
-    assert [c["choices"][0]["text"] for c in chunks[:3]] == ["Onc ", "eup ", "ona "]
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 3
+    texts = [(c["choices"][0]["index"], c["choices"][0]["text"]) for c in chunks[:6]]
+    assert [t for i, t in texts if i == 0] == ["Onc ", "eup ", "ona "]  # each prompt completed on its own
+    assert [t for i, t in texts if i == 1] == ["xxx "] * 3
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
     assert chunks[-1]["usage"]["prompt_tokens"] == estimate_text_tokens(prompt) + 1
+
+
+async def test_n_and_best_of_make_and_bill_every_output(mock: MockUpstreamServer, http: aiohttp.ClientSession,
+                                                        provider: str) -> None:
+    """As a real upstream: chat makes n outputs, completions max(n, best_of) per prompt; all of them are billed."""
+    base = mock.base_url(provider)
+    _, _, raw = await post(http, base + "/chat/completions", {
+        "model": "mock-small", "messages": [{"role": "user", "content": "Hello there"}], "max_tokens": 5, "n": 3})
+    reply = orjson.loads(raw)
+    assert [c["index"] for c in reply["choices"]] == [0, 1, 2]
+    assert reply["usage"]["completion_tokens"] == 15
+    _, _, raw = await post(http, base + "/completions", {"model": "mock-small", "prompt": ["ab", "cd"],
+                                                        "max_tokens": 2, "n": 2, "best_of": 3})
+    reply = orjson.loads(raw)
+    assert len(reply["choices"]) == 4 and reply["usage"]["completion_tokens"] == 2 * 3 * 2
+    status, _, _ = await post(http, base + "/completions", {"model": "mock-small", "prompt": "x", "n": 0})
+    assert status == 400
 
 
 async def test_embeddings_float_and_base64_agree(mock: MockUpstreamServer, http: aiohttp.ClientSession,

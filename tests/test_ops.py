@@ -208,8 +208,9 @@ async def test_cost_estimates_without_calling_upstream(http: aiohttp.ClientSessi
     assert cands == [("ops_a", cost_msat(n, 50, 1000, 2000, 7), False), ("ops_b", cost_msat(n, 50, 2000, 4000, 7),
                                                                          False)]
     assert est["estimated_cost_msat"] == cands[0][1]
-    assert est["reserve"] == {"amount_msat": cost_msat(n, 50, 2000, 4000, 7), "output_tokens": 50,
-                              "output_budget": "max_tokens", "input_rate": 2000, "output_rate": 4000,
+    # The hold is sized to the first candidate (a fallback to ops_b would extend it first).
+    assert est["reserve"] == {"amount_msat": cost_msat(n, 50, 1000, 2000, 7), "output_tokens": 50,
+                              "output_budget": "max_tokens", "input_rate": 1000, "output_rate": 2000,
                               "base_fee_msat": 7}
     # No max_tokens: ranked with the default output estimate, reserved up to the ceiling.
     del body["max_tokens"]
@@ -220,6 +221,24 @@ async def test_cost_estimates_without_calling_upstream(http: aiohttp.ClientSessi
     async with aiohttp.ClientSession() as s:
         for p in PROVIDERS:
             assert (await (await s.get(f"{mock_upstream}/_mock/{p}/stats")).json())["requests"] == 0
+
+
+async def test_cost_explains_the_tier_decision(http: aiohttp.ClientSession, ops: Ops) -> None:
+    """POST /v1/cost shows the predicted tier, the model's confidence and the features that decided it."""
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "write a SQL query that ranks customers by "
+                                                                        "revenue"}]}
+    r = await http.post(f"{ops.url}/v1/cost", json=body)
+    assert r.status == 200
+    est = await r.json()
+    assert (est["tier"], est["complexity"], est["predicted_tier"]) == ("standard", "medium", "standard")
+    assert r.headers["x-arbstr-complexity"] == "medium"
+    assert 0 < est["confidence"] <= 1 and est["confidence"] == est["explanation"]["probabilities"]["standard"]
+    names = [f["name"] for f in est["top_features"]]
+    assert "lex:sql" in names and all(isinstance(f["weight"], float) for f in est["top_features"])
+    assert est["explanation"]["scorer"] == "trained" and not est["explanation"]["overridden"]
+    r = await http.post(f"{ops.url}/v1/cost", json=body, headers={"X-Arbstr-Complexity": "high"})
+    est = await r.json()
+    assert (est["tier"], est["predicted_tier"], est["explanation"]["overridden"]) == ("frontier", "standard", True)
 
 
 async def test_cost_applies_headers_policies_and_other_endpoints(http: aiohttp.ClientSession, ops: Ops) -> None:

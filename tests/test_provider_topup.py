@@ -1,33 +1,30 @@
-"""Paying providers in sats, end to end with real parts: a Routstr-like node announced on a real Nostr relay, a
-real Nutshell mint, the vault's Cashu wallet. The vault buys the node's prepaid key with a token paid out of
-the operator account (journaled like any payout), the gateway routes to the node with that key, and when the
-node's balance runs low the vault tops it up again. Books balance and the wallet holds what the books say."""
+"""Paying Routstr nodes with prepaid keys, end to end with real parts: nodes rebuilt from routstr-core's source
+(tests/routstr_node.py) announced on a real Nostr relay, a real Nutshell mint, the vault's Cashu wallet. The vault
+buys each node a key with a token paid out of the operator account (journaled like any payout), keeps it topped up
+by the node's own 402 rule, and recovers tokens whose delivery was lost. Each test names the point of issue 13 it
+covers; each fails against the client as it was (POST with the token in the query, flat top-ups, a 400 on a
+redelivered token leaving it undelivered for ever, mints read only from Nostr tags)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
+import hashlib
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, Iterator
 
 import aiohttp
 import pytest
 
-from actors.pricing.market import node_name
-from actors.vault.wallets.cashu_wallet import CashuWallet
 from arbstr.natsserver import NatsServer
-from schemas.config import CashuConfig
-from tests.nostr_relay import NostrRelay, Signer, publish_all, running_relay
-from tests.nutshell import NutshellMint, OutsideWallet, nutshell_mint, outside  # noqa: F401 (fixtures)
+from tests.nostr_relay import NostrRelay, running_relay
+from tests.nutshell import NutshellMint, OutsideWallet, nutshell_mint, outside, value_after_fee  # noqa: F401
+from tests.routstr_market import eventually, market
 from tests.routstr_node import StartNode, routstr_nodes  # noqa: F401 (fixture)
-from tests.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
-from tests.test_vault_rails import Rig, bearer
-from tests.vault_helpers import admin, new_agent, reconciled
+from tests.routstr_rules import NodeModel
 
-MODEL = "node-llama"  # served by the node only, so routing there does not depend on relative prices
-TOPUP_MSAT = 100_000
-MIN_MSAT = 40_000  # above the dearest request (~30 sat): a node never answers 402 between top-ups
+CHEAP = NodeModel(0.001, 0.003, context_length=8192, max_completion_tokens=4096)  # reserves ≤ 16.4 sat
+# Reserves up to 286.7 sat (4096 prompt + 4096 completion tokens): far above the old flat 100 sat top-up.
+DEAR = NodeModel(0.02, 0.05, context_length=8192, max_completion_tokens=4096)
+KEYS_ONLY = {"x_cashu": False, "amount_msat": 100_000, "min_balance_msat": 20_000}
 
 
 @pytest.fixture(scope="module")
@@ -35,139 +32,137 @@ def relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NostrRelay]:
     yield from running_relay(tmp_path_factory, "topup-relay")
 
 
-async def eventually(check: Callable[[], Any], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
+@pytest.fixture
+def parts(http: aiohttp.ClientSession, fresh_nats: NatsServer, mock_upstream: str, nutshell_mint: NutshellMint,
+          outside: OutsideWallet, tmp_path: Path, relay: NostrRelay) -> Any:
+    return lambda **kw: market(http, fresh_nats, mock_upstream, nutshell_mint, outside, tmp_path, relay, **kw)
 
 
-class Market:
-    """A stack whose vault pays Nostr-announced nodes from a real mint; the operator and one agent funded."""
-
-    def __init__(self, stack: Any, rig: Rig, wallet: CashuWallet, agent: str) -> None:
-        self.stack, self.rig, self.wallet, self.agent = stack, rig, wallet, agent
+def token_of_key(node: Any) -> str:
+    [key] = node.keys.values()
+    return key.api_key
 
 
-@contextlib.asynccontextmanager
-async def market(http: aiohttp.ClientSession, fresh_nats: NatsServer, mock_upstream: str, nutshell_mint: NutshellMint,
-                 outside: OutsideWallet, tmp_path: Path, relay: NostrRelay) -> AsyncIterator[Market]:
-    cfg = demo_config(
-        mock_upstream,
-        market={"nostr": {"relays": [relay.url], "interval_s": 0.2, "timeout_s": 2, "tier": "frontier",
-                          "accepted_mints": [nutshell_mint.url], "allow_private_urls": True}},
-        vault=vault_section(wallet={"pay_wait_s": 5.0, "check_interval_s": 0.5},
-                            topup={"interval_s": 0.2, "amount_msat": TOPUP_MSAT, "min_balance_msat": MIN_MSAT}))
-    stack = await start_stack(cfg, fresh_nats.url)
-    wallet = CashuWallet(CashuConfig(mint_url=nutshell_mint.url, wallet_dir=str(tmp_path / "vault-wallet")))
-    rig = Rig(stack, wallet)  # type: ignore[arg-type]
-    await rig.start_vault()
-    try:
-        # The operator funds the account top-ups are paid from, with real ecash; an agent funds itself.
-        status, funded = await _post(http, stack.url, "/v1/admin/agents/operator/deposits", ADMIN_TOKEN,
-                                     {"token": await outside.mint_token(500)})
-        assert (status, funded["status"]) == (201, "credited"), funded
-        _, agent = await new_agent(http, stack, "node-user")
-        status, dep = await _post(http, stack.url, "/v1/vault/me/deposits", agent,
-                                  {"rail": "cashu", "token": await outside.mint_token(400)})
-        assert status == 201, dep
-        yield Market(stack, rig, wallet, agent)
-    finally:
-        await rig.stop_vault()
-        await stack.stop()
+async def test_point1_keys_are_made_with_a_json_body_and_by_get_on_older_nodes(parts: Any,
+                                                                               routstr_nodes: StartNode) -> None:
+    new = await routstr_nodes({"a-model": CHEAP}, name="new")
+    old404 = await routstr_nodes({"b-model": CHEAP}, name="old404")
+    old404.knobs.legacy_create = "404"
+    old400 = await routstr_nodes({"c-model": CHEAP}, name="old400")
+    old400.knobs.legacy_create = "400"
+    async with parts(topup=KEYS_ONLY) as m:
+        names = [await m.announce(n, d) for n, d in ((new, "a"), (old404, "b"), (old400, "c"))]
+        for node_, name in zip((new, old404, old400), names):
+            await eventually(lambda: m.keyed(name, node_), what=f"{name} keyed")
+        for node, name, model in ((new, names[0], "a-model"), (old404, names[1], "b-model"),
+                                  (old400, names[2], "c-model")):
+            [key] = node.keys.values()  # one key per node, named by the token that made it
+            record, _ = await m.rig.actor.topups._load(name)
+            assert record.api_key == key.api_key and record.delivered == [f"tok:operator:topup-{name}-1"]
+            token = (await m.rig.actor.rails.payout("operator", record.delivered[0])).token
+            assert key.api_key == "sk-" + hashlib.sha256(token.encode()).hexdigest()
+            status, body, headers = await m.chat(model, max_tokens=5)
+            assert status == 200 and headers["x-arbstr-provider"] == name, body
+            assert key.total_requests == 1
+        await m.clean_books()
 
 
-async def routable(http: aiohttp.ClientSession, stack: Any, name: str) -> bool:
-    async with http.get(f"{stack.url}/providers") as r:
-        views = {v["name"]: v for v in (await r.json())["data"]}
-    return name in views and views[name]["routable"]
+async def test_point2_top_ups_follow_the_nodes_402_rule(parts: Any, routstr_nodes: StartNode) -> None:
+    """A request reserving ~200 sat at a node (its max_tokens × completion price) passes: the vault keeps the
+    node's balance above the dearest reserve its listing allows (286.7 sat), where the defaults (top up 100 sat
+    below 20 sat) left it at 20-120 sat and the node answered 402."""
+    node = await routstr_nodes({"dear-model": DEAR})
+    async with parts(topup=KEYS_ONLY) as m:
+        name, key = await m.seeded(node, 100)
+
+        async def covered() -> bool:
+            return key.total_balance >= 286_000
+        await eventually(covered, what="the node's balance above its dearest reserve")
+        status, body, headers = await m.chat("dear-model", max_tokens=4000)
+        assert status == 200 and headers["x-arbstr-provider"] == name, body
+        [paid] = [p["amount_msat"] for p in await m.payouts()]
+        assert 286_720 <= paid < 300_000  # the dearest reserve
+        await m.clean_books()
 
 
-async def clean_books(http: aiohttp.ClientSession, m: Market) -> None:
-    """The books balance, and the wallet holds exactly what the books say it should."""
-    rec = await reconciled(http, m.stack)
-    assert not rec["frozen"], rec
-    assert rec["assets_msat"] == await m.wallet.assets_msat()
+async def test_point2_a_402_from_a_funded_node_tops_it_up_once_before_falling_over(
+        parts: Any, routstr_nodes: StartNode) -> None:
+    node = await routstr_nodes({"dear-model": DEAR})
+    # The standing balance is capped below this request's reserve: the node answers 402 first.
+    async with parts(topup={**KEYS_ONLY, "reserve_cap_msat": 30_000}) as m:
+        name, key = await m.seeded(node, 100)
+        assert key.total_balance < 200_000
+        status, body, headers = await m.chat("dear-model", max_tokens=4000)
+        assert status == 200 and headers["x-arbstr-provider"] == name, body
+        assert headers["x-arbstr-retries"] == "0"  # served by the same node, after one top-up
+        assert [p["payout_id"] for p in await m.payouts()] == [f"tok:operator:topup-{name}-1"]
+        assert len(node.requests) == 1 and key.total_requests == 1
+        await m.clean_books()
 
 
-async def test_a_nostr_node_is_paid_from_the_cashu_rail_and_topped_up_as_agents_spend(
-        http: aiohttp.ClientSession, fresh_nats: NatsServer, mock_upstream: str, relay: NostrRelay,
-        nutshell_mint: NutshellMint, outside: OutsideWallet, routstr_nodes: StartNode, tmp_path: Path) -> None:
-    node = await routstr_nodes(prices={MODEL: ("2", "5")})  # sats per token: ~30 sat a request below
-    signer = Signer(f"topup-{time.time_ns()}")
-    name = node_name(signer.pubkey, "n1")
-    async with market(http, fresh_nats, mock_upstream, nutshell_mint, outside, tmp_path, relay) as m:
-        stack, agent = m.stack, m.agent
-        # Announced on Nostr: listed, then paid and routable without anyone touching a key.
-        await publish_all(http, relay.url, signer.announcement("n1", node.url, mints=(nutshell_mint.url,)))
-        await eventually(lambda: routable(http, stack, name))
-        [key] = node.keys.values()
-        assert key.balance_msat > 0
-
-        # Agents' requests go to the node with the key the vault bought; each costs ~30 sat there.
-        served = 0
-        for _ in range(4):
-            async with http.post(f"{stack.url}/v1/chat/completions", headers=bearer(agent),
-                                 json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
-                                       "max_tokens": 5}) as r:
-                body = await r.json()
-                assert r.status == 200, body
-                assert r.headers["x-arbstr-provider"] == name
-                served += 1
-            # The next request waits for the vault to see the low balance and top up again.
-            async def funded_again() -> bool:
-                return key.balance_msat >= MIN_MSAT
-            await eventually(funded_again)
-        assert key.total_requests == served
-
-        # Every top-up is an operator payout on the Cashu rail, journaled and settled once.
-        payouts = (await admin(http, stack, "GET", "/v1/admin/payouts?agent=operator", expect=200))["data"]
-        topups = sorted(p["payout_id"] for p in payouts)
-        assert len(topups) >= 2 and all(p["rail"] == "cashu" and p["status"] == "succeeded" for p in payouts)
-        assert topups[0] == f"tok:operator:topup-{name}-1"
-        assert all(p["amount_msat"] == TOPUP_MSAT for p in payouts)
-        assert "cashuA" not in str(payouts) and "cashuB" not in str(payouts)  # the operator's list never carries the ecash itself
-
-        await clean_books(http, m)
-
-
-async def test_a_key_whose_record_was_not_saved_is_recovered_by_delivering_the_same_token_again(
-        http: aiohttp.ClientSession, fresh_nats: NatsServer, mock_upstream: str, relay: NostrRelay,
-        nutshell_mint: NutshellMint, outside: OutsideWallet, routstr_nodes: StartNode, tmp_path: Path) -> None:
-    """The node made a key for our token, but its record never reached arbstr_provider_keys (KV down, or the
-    vault died in between): the next round delivers the same token again, the node answers with the same key
-    (Routstr names a key by its token), and no second top-up is paid for the one that looked lost."""
-    node = await routstr_nodes(prices={MODEL: ("2", "5")})
-    signer = Signer(f"topup-lost-{time.time_ns()}")
-    name = node_name(signer.pubkey, "n1")
-    async with market(http, fresh_nats, mock_upstream, nutshell_mint, outside, tmp_path, relay) as m:
+async def test_point4_a_redelivered_top_up_the_node_took_is_recovered_from_its_credit(
+        parts: Any, routstr_nodes: StartNode) -> None:
+    """The node credited a top-up but its record was lost (KV write failed): the next round delivers the same
+    token again, the node answers 400 cashu_token_already_spent, and the key's credit (balance + reserved +
+    spent) shows it landed. Before, that payout stayed undelivered for ever and nothing was paid again."""
+    node = await routstr_nodes({"a-model": CHEAP})
+    async with parts(topup=KEYS_ONLY) as m:
         topups = m.rig.actor.topups
-        save = topups._save
-        failed: list[str] = []
+        name, key = await m.seeded(node, 100)
+        save, failed = topups._save, []
 
-        async def save_fails_once_after_create(key: Any, revision: Any) -> int:
-            if key.delivered and not failed:
-                failed.append(key.delivered[-1])
+        async def save_fails_once_after_delivery(record: Any, revision: Any) -> int:
+            if record.delivered and not failed:
+                failed.append(record.delivered[-1])
                 raise RuntimeError("the KV write was lost")
-            return await save(key, revision)
-        topups._save = save_fails_once_after_create
-        await publish_all(http, relay.url, signer.announcement("n1", node.url, mints=(nutshell_mint.url,)))
-        await eventually(lambda: routable(http, m.stack, name))
-        assert failed == [f"tok:operator:topup-{name}-1"]
-        [key] = node.keys.values()  # one key at the node, funded once
-        assert 0 < key.balance_msat <= TOPUP_MSAT
-        payouts = (await admin(http, m.stack, "GET", "/v1/admin/payouts?agent=operator", expect=200))["data"]
-        assert [p["payout_id"] for p in payouts] == failed  # nothing paid twice
-        async with http.post(f"{m.stack.url}/v1/chat/completions", headers=bearer(m.agent),
-                             json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
-                                   "max_tokens": 5}) as r:
-            assert r.status == 200, await r.text()
-            assert r.headers["x-arbstr-provider"] == name
-        assert key.total_requests == 1  # served with the recovered key
-        await clean_books(http, m)
+            return await save(record, revision)
+        topups._save = save_fails_once_after_delivery
+        spent = key.balance - 10_000  # agents spent it down: the node moves it from balance to spent
+        key.balance, key.total_spent = key.balance - spent, key.total_spent + spent
+
+        async def recovered() -> bool:
+            record, _ = await topups._load(name)
+            return bool(record.delivered)
+        await eventually(recovered, what="the top-up recorded")
+        record, _ = await topups._load(name)
+        assert failed == record.delivered == [f"tok:operator:topup-{name}-1"]
+        assert not record.suspended and not record.lost
+        assert record.credited_msat == key.balance + key.total_spent
+        assert len(await m.payouts()) == 1  # nothing paid for the one that looked lost
+        await m.clean_books()
 
 
-async def _post(http: aiohttp.ClientSession, url: str, path: str, token: str, body: dict[str, Any]
-                ) -> tuple[int, Any]:
-    async with http.post(f"{url}{path}", json=body, headers=bearer(token)) as r:
-        return r.status, await r.json()
+async def test_point4_a_token_the_node_refuses_is_taken_back(parts: Any, routstr_nodes: StartNode) -> None:
+    node = await routstr_nodes({"a-model": CHEAP})
+    async with parts(topup=KEYS_ONLY) as m:
+        name, key = await m.seeded(node, 100)
+        node.knobs.redemption_fault = "zero"  # 400 cashu_token_zero_value, the token not redeemed
+        key.balance, key.total_spent = 1_000, key.balance - 1_000  # spent down: a top-up is due
+
+        async def settled() -> bool:
+            record, _ = await m.rig.actor.topups._load(name)
+            return bool(getattr(record, "returned", None))
+        await eventually(settled, what="the refused token taken back")
+        record, _ = await m.rig.actor.topups._load(name)
+        assert record.returned == [f"tok:operator:topup-{name}-1"] and "refused" in record.suspended
+        token = (await m.rig.actor.rails.payout("operator", record.returned[0])).token
+        deposits = list(m.operator_state.deposits.values())
+        assert len(deposits) == 2 and deposits[1] == value_after_fee(token) * 1000  # back, less the mint's fee
+        await m.clean_books()
+
+
+async def test_point5_mints_from_v1_info_and_listings_without_sats_prices(parts: Any,
+                                                                          routstr_nodes: StartNode) -> None:
+    """The node announces another mint in its Nostr tags, but its /v1/info says it takes ours: payable. A model
+    listed with sats_pricing null is listed, not routed."""
+    node = await routstr_nodes({"a-model": CHEAP, "dark-model": NodeModel(0.1, 0.1, unpriced=True)})
+    async with parts(topup=KEYS_ONLY) as m:
+        name, _ = await m.seeded(node, 50, mints=("https://mint.elsewhere.example",))
+        status, _, headers = await m.chat("a-model", max_tokens=5)
+        assert status == 200 and headers["x-arbstr-provider"] == name
+        entry = await m.rig.actor.topups.entry(name)
+        assert m.mint.url in entry.mints and entry.models == ["a-model"]
+        assert any("without sats_pricing" in n and "dark-model" in n for n in entry.notes)
+        assert entry.node_prices["a-model"].max_cost_msat == 16_384  # 4096 × (0.001 + 0.003) sat
+        status, body, _ = await m.chat("dark-model", max_tokens=5)
+        assert status == 404, body  # listed in the notes, never a candidate

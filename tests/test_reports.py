@@ -230,3 +230,59 @@ async def test_ensure_streams_widens_an_older_events_stream(fresh_nats: NatsServ
         assert ack.stream == subjects.STREAM_EVENTS
     finally:
         await nc.drain()
+
+
+# --- the tier decision in the record ------------------------------------------------------------------------------
+def _explained_route() -> Any:
+    from schemas.router import Candidate, Envelope, FeatureWeight, RouteReply, TierExplanation
+
+    cand = Candidate(provider="alpha", model="m", input_rate=100, output_rate=400, tier="standard",
+                     estimated_cost_msat=5)
+    return RouteReply(
+        request_id="r1", model="auto", tier="standard", complexity="medium", complexity_score=48,
+        explanation=TierExplanation(scorer="trained", predicted_tier="standard", confidence=0.83,
+                                    probabilities={"local": 0.1, "standard": 0.83, "frontier": 0.07},
+                                    top_features=[FeatureWeight(name="lex:plang", weight=2.5),
+                                                  FeatureWeight(name="x:code", weight=1.6)]),
+        candidates=[cand], envelope=Envelope(input_tokens=10, input_rate=100, output_rate=400, max_output_tokens=50))
+
+
+def test_the_record_carries_the_tier_decision_through_the_projection(tmp_path: Any) -> None:
+    """The gateway copies the router's explanation into the record; the vault's DuckDB projection keeps it, also in a
+    file written before the columns existed (they are added, old rows read with none)."""
+    import duckdb
+
+    from actors.vault.projection import Projection
+    from actors.vault.request_log import RequestLog
+    from gateway.request_log import request_record
+    from schemas.requests import RequestsQuery
+
+    path = str(tmp_path / "old.duckdb")
+    old = duckdb.connect(path)
+    old.execute("CREATE TABLE requests (stream_seq BIGINT, request_id VARCHAR, agent_id VARCHAR, endpoint VARCHAR, "
+                "model VARCHAR, provider VARCHAR, upstream_model VARCHAR, tier VARCHAR, status INTEGER, "
+                "success BOOLEAN, streamed BOOLEAN, input_tokens BIGINT, output_tokens BIGINT, cost_msat BIGINT, "
+                "baseline_msat BIGINT, latency_ms DOUBLE, overhead_ms DOUBLE, at_ms BIGINT, estimated BOOLEAN)")
+    old.execute("INSERT INTO requests VALUES (1, 'r0', NULL, 'chat', 'm', 'alpha', 'm', 'local', 200, true, false, "
+                "1, 1, 1, 1, 1.0, 0.1, 1000, false)")
+    old.execute("CREATE TABLE projection_meta (k VARCHAR PRIMARY KEY, v BIGINT NOT NULL)")
+    old.execute("INSERT INTO projection_meta VALUES ('requests_seq', 1)")
+    old.close()
+
+    record = request_record(request_id="r1", agent_id=None, endpoint="chat", route=_explained_route(), usage=None,
+                            status=503, success=False, streamed=False, latency_ms=1.0, overhead_ms=0.5, at_ms=2000)
+    assert (record.predicted_tier, record.tier_confidence, record.tier_scorer) == ("standard", 0.83, "trained")
+    assert [(f.name, f.weight) for f in record.tier_features] == [("lex:plang", 2.5), ("x:code", 1.6)]
+
+    log = RequestLog(Projection(path))
+    log.add(record, 2)
+    items = {r.request_id: r for r in log.requests(RequestsQuery(sort="at", order="asc")).items}
+    assert items["r1"] == record
+    assert (items["r0"].predicted_tier, items["r0"].tier_features) == (None, [])
+
+
+async def test_served_records_say_how_the_tier_was_decided(http, stack, traffic) -> None:
+    log = (await get(http, stack, "/v1/requests"))["data"]
+    # Every provider of this stack sits at one tier: a named model there is never scored, and the record says so.
+    assert {r["tier_scorer"] for r in log} == {"skipped"}
+    assert all(r["predicted_tier"] is None and r["tier_features"] == [] for r in log)

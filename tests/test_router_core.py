@@ -272,7 +272,7 @@ def test_each_feature_scores() -> None:
 
 
 def test_thresholds() -> None:
-    w = ComplexityWeights(medium_at=2, high_at=4)
+    w = ComplexityWeights(scorer="keywords", medium_at=2, high_at=4)
     assert [classify(s, w) for s in (0, 1, 2, 3, 4, 9)] == ["low", "low", "medium", "medium", "high", "high"]
     assert score_complexity(rq(text_sample="debug ```x```"))[1] == "medium"
     assert score_complexity(rq(input_tokens=20_000, text_sample=HARD_TEXT))[1] == "high"
@@ -289,7 +289,7 @@ TIERED = [pp("loc", ["m"], 0, 0, tier="local"), pp("std", ["m"], 100, 100), pp("
 
 
 def test_computed_tier_excludes_only_providers_below_it() -> None:
-    low = route(rq(text_sample="hi"), TIERED, {}, cfg(), NOW)
+    low = route(rq(text_sample="hi", input_tokens=5), TIERED, {}, cfg(), NOW)
     assert (low.complexity, low.tier, providers_of(low)) == ("low", "local", ["loc", "std", "top"])
     medium = route(rq(text_sample="debug ```x```"), TIERED, {}, cfg(), NOW)
     assert (medium.complexity, medium.tier, providers_of(medium)) == ("medium", "standard", ["std", "top"])
@@ -341,7 +341,7 @@ AUTO_PRICES = [
 
 
 def test_auto_picks_the_cheapest_provider_and_model_pairs() -> None:
-    reply = route(rq("auto", text_sample="hi"), AUTO_PRICES, {}, cfg(), NOW)
+    reply = route(rq("auto", text_sample="hi", input_tokens=5), AUTO_PRICES, {}, cfg(), NOW)
     assert reply.model == "auto"
     assert [(c.provider, c.model) for c in reply.candidates] == [("b", "tiny"), ("a", "small"), ("a", "big"),
                                                                   ("c", "huge")]
@@ -385,3 +385,67 @@ def test_policy_virtual_model_picks_model_and_provider_within_the_policy() -> No
         do_route(RouteRequest(request_id="v2", model="arbstr/quality", input_tokens=10, policy="other"), prices, {},
                  config, 0)
     assert e.value.status == 400
+
+
+def test_a_request_no_context_can_hold_is_400_naming_the_limit() -> None:
+    prices = [pp("small", ["m"], 1, 1, ctx=1000), pp("big", ["m"], ctx=8000), pp("other", ["n"], ctx=10**6)]
+    err = raises(400, "context_length_exceeded", route, rq(input_tokens=600, max_tokens=10_000_000), prices, {},
+                 cfg(), NOW)
+    assert err.param == "max_tokens" and "8000" in err.message and err.headers["x-should-retry"] == "false"
+    err = raises(400, "context_length_exceeded", route, rq(input_tokens=9000), prices, {}, cfg(), NOW)
+    assert err.param == "messages" and "8000" in err.message
+    err = raises(400, "context_length_exceeded", route, rq(input_tokens=100, max_tokens=9000, endpoint="responses"),
+                 prices, {}, cfg(), NOW)
+    assert err.param == "max_output_tokens"
+    err = raises(400, "context_length_exceeded", route, rq(input_tokens=9000, endpoint="embeddings"), prices, {},
+                 cfg(), NOW)
+    assert err.param == "input"
+    # A provider kept out for another reason (tools) does not make the size the client's fault
+    tooled = [pp("small", ["m"], ctx=1000), pp("plain", ["m"], ctx=10**6, tools=False)]
+    raises(400, "context_length_exceeded", route, rq(input_tokens=5000, tools=True), tooled, {}, cfg(), NOW)
+    raises(503, "no_provider_available", route, rq(input_tokens=500, tools=True), tooled[1:], {}, cfg(), NOW)
+    # One that fits, even behind an open breaker, is waited for (503), never refused as too large
+    ok = route(rq(input_tokens=600, max_tokens=7000), prices, {}, cfg(), NOW)
+    assert providers_of(ok) == ["big"]
+    raises(503, "no_provider_available", route, rq(input_tokens=600, max_tokens=7000), prices,
+           {"big": breaker("big", "open", NOW + 5000)}, cfg(), NOW)
+
+
+# --- the trained scorer: explanation, skipping --------------------------------------------------------------
+def test_the_trained_scorer_explains_its_decision() -> None:
+    reply = route(rq("auto", last_user_text="implement binary search in Go",
+                     text_sample="implement binary search in Go", input_tokens=8), TIERED, {}, cfg(), NOW)
+    x = reply.explanation
+    assert x is not None and x.scorer == "trained" and not x.overridden
+    assert (reply.tier, x.predicted_tier, reply.complexity) == ("standard", "standard", "medium")
+    assert x.confidence == x.probabilities["standard"] and 0 < x.confidence <= 1
+    assert abs(sum(x.probabilities.values()) - 1) < 1e-3
+    names = [f.name for f in x.top_features]
+    assert names and "lex:plang" in names and len(names) <= 5
+    assert 0 <= reply.complexity_score <= 100
+
+
+def test_the_override_keeps_the_prediction_visible() -> None:
+    reply = route(rq("auto", last_user_text="hi", text_sample="hi", input_tokens=5, complexity="high"), TIERED, {},
+                  cfg(), NOW)
+    assert reply.tier == "frontier" and reply.explanation is not None
+    assert reply.explanation.overridden and reply.explanation.predicted_tier == "local"
+
+
+def test_a_named_model_served_at_one_tier_is_not_scored(monkeypatch: pytest.MonkeyPatch) -> None:
+    import actors.router.rank as rank
+
+    def boom(*_: Any, **__: Any) -> None:
+        raise AssertionError("scored a request that names a model served at one tier")
+
+    monkeypatch.setattr(rank, "decide", boom)
+    hard = rq(last_user_text=HARD_TEXT, text_sample=HARD_TEXT, input_tokens=20_000)
+    reply = route(hard, [pp("s1", ["m"]), pp("s2", ["m"], 200, 200)], {}, cfg(), NOW)
+    assert reply.explanation is not None and reply.explanation.scorer == "skipped"
+    assert sorted(c.provider for c in reply.candidates) == ["s1", "s2"]
+    # Embeddings inputs hold no ask either.
+    emb = rq("auto", endpoint="embeddings", last_user_text=HARD_TEXT, text_sample=HARD_TEXT)
+    assert route(emb, TIERED, {}, cfg(), NOW).explanation.scorer == "skipped"  # type: ignore[union-attr]
+    # A model offered at several tiers is scored (the score picks among them).
+    monkeypatch.undo()
+    assert route(hard, TIERED, {}, cfg(), NOW).explanation.scorer == "trained"  # type: ignore[union-attr]

@@ -1,6 +1,7 @@
 """The complexity tier table: prompts with their expected complexity route to the cheapest provider at or above
-the tier they need, the override header wins, the weights come from the config, and the gateway reports the
-decision in ``x-arbstr-tier`` / ``x-arbstr-complexity``."""
+the tier they need, the override header wins, the scorer and its knobs come from the config (the old keyword
+scorer's keys only with ``scorer = "keywords"``), and the gateway reports the decision in ``x-arbstr-tier`` /
+``x-arbstr-complexity``."""
 
 from __future__ import annotations
 
@@ -39,13 +40,16 @@ TABLE: list[tuple[str, dict[str, Any], str]] = [
     ("greeting", {"messages": user("hi")}, "low"),
     ("fact", {"messages": user("What is the capital of France?")}, "low"),
     ("translation", {"messages": user("Translate 'good morning, see you tomorrow' into Spanish.")}, "low"),
-    ("one reasoning word and a path", {"messages": user("Why does /usr/lib/libfoo.so fail to load?")}, "low"),
-    ("short chat with history", {"messages": conversation(4, "and what about tomorrow?")}, "low"),
+    # A library that fails to load is a task on code and system config: standard, by the tier definitions.
+    ("one reasoning word and a path", {"messages": user("Why does /usr/lib/libfoo.so fail to load?")}, "medium"),
+    ("short chat with history", {"messages": conversation(4, "thanks! and how do you say goodbye in Italian?")},
+     "low"),
     ("debug a snippet", {"messages": user("Please debug this:\n```python\nprint(x)\n```")}, "medium"),
     ("refactor a file", {"messages": user("Refactor src/app/models.py to use dataclasses:\n```python\n"
                                           "class A:\n    def __init__(self, x):\n        self.x = x\n```")},
      "medium"),
-    ("document summary", {"messages": user(CONTEXT + "\nSummarize the evidence.")}, "low"),
+    # "Summaries and analysis of a few pages" are standard work; the keyword scorer sent this one to local.
+    ("document summary", {"messages": user(CONTEXT + "\nSummarize the evidence.")}, "medium"),
     ("very long document summary", {"messages": user(FRONTIER_CONTEXT + "\nSummarize it.")}, "medium"),
     ("agent loop with tools", {"messages": conversation(12, "continue"), "tools": TOOLS}, "medium"),
     ("long reasoning with code", {"messages": user(CONTEXT + "\nProve step by step that the design is sound, "
@@ -96,27 +100,68 @@ def test_override_wins_over_the_score(override: str) -> None:
         assert reply.candidates[0].provider == PROVIDER_OF[override]
 
 
-def test_the_router_reads_weights_and_thresholds_from_the_config() -> None:
+def test_the_keyword_scorer_keeps_its_weights_and_thresholds() -> None:
     debug = summary_request({"model": "m", "messages": user("Please debug this:\n```python\nprint(x)\n```")})
-    assert route(debug, prices(), {}, Config(), NOW).complexity == "medium"
-    strict = Config(complexity=ComplexityConfig(medium_at=4, high_at=8))
+    keywords = Config(complexity=ComplexityConfig(scorer="keywords"))
+    assert route(debug, prices(), {}, keywords, NOW).complexity == "medium"
+    strict = Config(complexity=ComplexityConfig(scorer="keywords", medium_at=4, high_at=8))
     assert route(debug, prices(), {}, strict, NOW).complexity == "low"
-    eager = Config(complexity=ComplexityConfig(code_block=6))
+    eager = Config(complexity=ComplexityConfig(scorer="keywords", code_block=6))
     assert route(debug, prices(), {}, eager, NOW).complexity == "high"
-    words = Config(complexity=ComplexityConfig(reasoning_words=("Capital",), reasoning_word=3))
+    words = Config(complexity=ComplexityConfig(scorer="keywords", reasoning_words=("Capital",), reasoning_word=3))
     fact = summary_request({"model": "m", "messages": user("What is the capital of France?")})
     assert route(fact, prices(), {}, words, NOW).complexity == "medium"  # config words match case-insensitively
+    assert route(fact, prices(), {}, Config(), NOW).complexity == "low"  # the trained scorer ignores those keys
+    reply = route(debug, prices(), {}, keywords, NOW)
+    assert reply.explanation is not None and reply.explanation.scorer == "keywords"
+    assert {f.name for f in reply.explanation.top_features} == {"code", "reasoning"}  # "debug" is a reasoning word
+
+
+def test_the_margin_decides_how_unsure_the_router_may_be() -> None:
+    """The same probabilities, a wider margin: the higher tier is chosen sooner, never later."""
+    ask = summary_request({"model": "m", "messages": user("and what about tomorrow?")})
+    replies = [route(ask, prices(), {}, Config(complexity=ComplexityConfig(margin=m, frontier_margin=m)), NOW)
+               for m in (0.0, 0.2, 0.35, 0.49)]
+    order = {"local": 0, "standard": 1, "frontier": 2}
+    tiers = [order[r.tier] for r in replies]
+    assert tiers == sorted(tiers)
+    assert replies[0].tier == "local" and replies[-1].tier != "local"
+    # The margin moves the decision, not the model's probabilities.
+    assert len({str(r.explanation.probabilities) for r in replies if r.explanation is not None}) == 1
 
 
 def test_complexity_config_from_toml_values() -> None:
-    cfg = parse_config({"complexity": {"length_bands": [[10, 5]], "medium_at": 2, "high_at": 5}})
+    cfg = parse_config({"complexity": {"scorer": "keywords", "length_bands": [[10, 5]], "medium_at": 2,
+                                       "high_at": 5}})
     assert cfg.complexity.length_bands == ((10, 5),)
     with pytest.raises(ValueError):
-        parse_config({"complexity": {"medium_at": 5, "high_at": 4}})
+        parse_config({"complexity": {"scorer": "keywords", "medium_at": 5, "high_at": 4}})
+    cfg = parse_config({"complexity": {"margin": 0.3, "frontier_margin": 0.1, "top_features": 3}})
+    assert (cfg.complexity.scorer, cfg.complexity.margin, cfg.complexity.frontier_margin) == ("trained", 0.3, 0.1)
+    for bad in ({"margin": 0.5}, {"margin": -0.1}, {"scorer": "neural"}, {"top_features": 99}):
+        with pytest.raises(ValueError):
+            parse_config({"complexity": bad})
     with pytest.raises(ValueError):
         parse_config({"complexity": {"unknown_weight": 1}})
     with pytest.raises(ValueError):
-        parse_config({"complexity": {"length_bands": [[-1, 1]]}})
+        parse_config({"complexity": {"scorer": "keywords", "length_bands": [[-1, 1]]}})
+
+
+@pytest.mark.parametrize("key,value", [("length_bands", [[10, 5]]), ("code_block", 3), ("file_path", 0),
+                                       ("reasoning_word", 2), ("reasoning_cap", 4), ("reasoning_words", ["why"]),
+                                       ("turn_bands", [[3, 1]]), ("tools", 2), ("medium_at", 2), ("high_at", 9)])
+def test_old_keyword_keys_fail_at_load_naming_the_new_ones(key: str, value: Any) -> None:
+    """A tuned keyword scorer must not be ignored silently: without scorer = "keywords" its keys are a load error
+    that names the trained scorer's keys and the way to keep the old scorer."""
+    with pytest.raises(ValueError) as err:
+        parse_config({"complexity": {key: value}})
+    msg = str(err.value)
+    assert f"complexity.{key}" in msg and "complexity.margin" in msg and "complexity.frontier_margin" in msg
+    assert 'scorer = "keywords"' in msg
+    kept = parse_config({"complexity": {"scorer": "keywords", key: value}})
+    assert getattr(kept.complexity, key) is not None
+    with pytest.raises(ValueError, match="trained scorer"):
+        parse_config({"complexity": {"scorer": "keywords", "margin": 0.2}})
 
 
 # --- through the gateway ---------------------------------------------------------------------------------------------

@@ -369,9 +369,13 @@ def test_approval_then_settle() -> None:
     assert ledger.state.holds["r1"].state == "held"
     assert approve(ledger.state, "r1", T0 + 2_000).noop == "duplicate"
     e = err(lambda: deny(ledger.state, "r1", "", T0 + 2_000))
-    assert (e.status, e.code) == (409, "not_awaiting_approval")
+    assert (e.status, e.code) == (409, "already_decided")  # approved: a denial now would do nothing
     do(ledger, settle(ledger.state, "r1", 8_000, T0 + 3_000), T0 + 3_000)
     assert ledger.state.spent_msat == 8_000
+    for decide_again in (lambda: approve(ledger.state, "r1", T0 + 4_000),
+                         lambda: deny(ledger.state, "r1", "", T0 + 4_000)):
+        e = err(decide_again)
+        assert (e.status, e.code) == (409, "already_decided")  # never a quiet 200 "settled"
 
 
 def test_deny_releases_the_hold() -> None:
@@ -380,7 +384,8 @@ def test_deny_releases_the_hold() -> None:
     do(ledger, deny(ledger.state, "r1", "too pricey", T0 + 1))
     assert ledger.state.resolutions["r1"].kind == "denied"
     assert (ledger.state.available_msat, ledger.state.pending_msat) == (100_000, 0)
-    assert approve(ledger.state, "r1", T0 + 2).noop == "resolved"
+    e = err(lambda: approve(ledger.state, "r1", T0 + 2))
+    assert (e.status, e.code) == (409, "already_decided")
 
 
 def test_approval_past_the_deadline_is_a_denial() -> None:
@@ -397,7 +402,7 @@ def test_approval_timeout_by_the_sweeper() -> None:
     assert err(lambda: expire(ledger.state, "r1", T0 + 119_999)).code == "not_expired"
     (event,) = do(ledger, expire(ledger.state, "r1", T0 + 120_000), T0 + 120_000)
     assert event.body.kind == "denied" and event.body.reason == "approval_timeout"
-    assert approve(ledger.state, "r1", T0 + 120_001).noop == "resolved"
+    assert err(lambda: approve(ledger.state, "r1", T0 + 120_001)).code == "already_decided"
     assert ledger.state.available_msat == 100_000 and ledger.state.spent_msat == 0
 
 
@@ -443,7 +448,10 @@ def test_awaiting_hold_resolves_once_in_any_order() -> None:
     for order in itertools.permutations(commands):
         ledger = funded(100_000, APPROVING)
         do(ledger, reserve(ledger.state, "r1", env(10), T0, ttl_ms=TTL))
-        for name in order:
+        for i, name in enumerate(order):
+            if i and name in ("approve", "deny"):  # deciding one already resolved is a 409, and changes nothing
+                assert err(lambda: commands[name](ledger.state)).code in ("already_decided", "not_awaiting_approval")
+                continue
             do(ledger, commands[name](ledger.state), late)
         kinds = [e.body.kind for e in ledger.events[3:]]
         assert len(kinds) == 1 and kinds[0] in ("settled", "released", "denied"), (order, kinds)
@@ -508,10 +516,12 @@ def test_evolve_refuses_a_second_resolution_and_a_second_reserve() -> None:
     ledger = funded(10_000)
     do(ledger, reserve(ledger.state, "r1", env(5), T0, ttl_ms=TTL))
     _refused(ledger, _forge(ledger, "x", Reserved(rid="r1", amount_msat=1, output_tokens=1, expires_at_ms=T0)),
-             "already reserved")
+             "open hold")
     do(ledger, settle(ledger.state, "r1", 1_000, T0))
     _refused(ledger, _forge(ledger, "release:r1", Released(rid="r1")), "already resolved")
-    _refused(ledger, _forge(ledger, "t", Tombstoned(rid="r1")), "only unknown rids")
+    _refused(ledger, _forge(ledger, "t", Tombstoned(rid="r1")), "only unknown ones")
+    _refused(ledger, _forge(ledger, "y", Reserved(rid="r1", attempt="b", amount_msat=1, output_tokens=1,
+                                                  expires_at_ms=T0)), "cannot be reserved again")
     do(ledger, release(ledger.state, "r2", "", T0))
     _refused(ledger, _forge(ledger, "reserve:r2", Reserved(rid="r2", amount_msat=1, output_tokens=1,
                                                            expires_at_ms=T0)), "tombstoned")

@@ -8,6 +8,7 @@ implementation agree, a refold equals the live state, and the hash chain verifie
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -36,6 +37,10 @@ POLICIES = [
 ]
 
 RIDS = st.sampled_from([f"r{i}" for i in range(6)])
+# "" is a caller naming no attempt (older gateways, tools); letters are gateway nonces. "own": the attempt of the
+# rid's open hold (or its latest one), so settles and releases mostly name the reserve they belong to.
+ATTEMPTS = st.sampled_from(["", "a", "b", "c"])
+NAMED = st.sampled_from(["own", "own", "", "a", "b", "c"])
 # None: any rid from RIDS; >= 0: an open hold; < 0: any rid ever reserved (most of them resolved by now).
 PICK = st.none() | st.integers(-1_000, 1_000) | st.integers(0, 1_000)
 FRESH = st.integers(0, 3)  # 0: reuse an id from the small pool (conflicts, duplicates), else a new one
@@ -49,6 +54,11 @@ class RefHold:
     awaiting: bool
     expires_at: int
     deadline: Optional[int]
+    attempt: str = ""
+
+
+def op(kind: str, rid: str, attempt: str) -> str:
+    return f"{kind}:{rid}" + (f"#{attempt}" if attempt else "")
 
 
 @dataclass
@@ -62,9 +72,13 @@ class Reference:
     uncollectible: int = 0
     available: int = 0
     holds: dict[str, RefHold] = field(default_factory=dict)
-    ended: dict[str, str] = field(default_factory=dict)
-    tombstones: set[str] = field(default_factory=set)
-    ended_at: dict[str, int] = field(default_factory=dict)  # when each rid ended or was tombstoned
+    ended: dict[str, str] = field(default_factory=dict)  # rid -> how its latest hold ended
+    used_up: set[str] = field(default_factory=set)  # rids charged (settled, or expired with a charge): never again
+    had_deadline: dict[str, bool] = field(default_factory=dict)  # rid -> its latest ended hold awaited approval
+    attempts: dict[str, set[str]] = field(default_factory=dict)  # rid -> every attempt of it ever reserved
+    tombstones: dict[str, set[str]] = field(default_factory=dict)  # rid -> attempts released before reserve
+    ended_at: dict[str, int] = field(default_factory=dict)  # rid -> when its latest hold ended
+    tombstoned_at: dict[str, int] = field(default_factory=dict)  # rid -> when its latest tombstone was laid
     ops: set[str] = field(default_factory=set)
     deposits: dict[str, int] = field(default_factory=dict)
     withdrawals: dict[str, int] = field(default_factory=dict)
@@ -118,25 +132,50 @@ class Reference:
             self.charges.append((now, charged))
         self.ended[rid] = kind
         self.ended_at[rid] = now
+        self.had_deadline[rid] = h.deadline is not None
+        if kind == "settled" or (kind == "expired" and charged):
+            self.used_up.add(rid)
         self.ops.add(op)
         return ("events", 1)
 
-    def _tombstone(self, rid: str, op: str, now: int) -> Result:
-        self.tombstones.add(rid)
-        self.ended_at[rid] = now
+    def _tombstone(self, rid: str, attempt: str, op: str, now: int) -> Result:
+        self.tombstones.setdefault(rid, set()).add(attempt)
+        self.tombstoned_at[rid] = now
         self.ops.add(op)
         return ("events", 1)
 
     def forget(self, before: int) -> None:
-        """A request id is remembered FORGET_AFTER_MS after it ends; the vault forgets as it writes its next event."""
+        """A request id is remembered FORGET_AFTER_MS after it ends (or its latest tombstone): the vault forgets as
+        it applies its next event. An open hold of a reused rid keeps the op ids of every attempt of it."""
         for rid in [r for r, at in self.ended_at.items() if at < before]:
             del self.ended_at[rid]
             self.ended.pop(rid, None)
-            self.tombstones.discard(rid)
-            self.ops -= {f"{op}:{rid}" for op in ("reserve", "settle", "release", "expire", "approve", "deny")}
+            self.had_deadline.pop(rid, None)
+            self.used_up.discard(rid)
+            if rid not in self.holds:
+                self._forget_ops(rid, {"", *self.attempts.pop(rid, set())})
+        for rid in [r for r, at in self.tombstoned_at.items() if at < before]:
+            del self.tombstoned_at[rid]
+            stones = self.tombstones.pop(rid, set())
+            if rid not in self.holds and rid not in self.ended:
+                self._forget_ops(rid, {"", *stones})
 
-    def _done(self, op: str, rid: str) -> bool:
-        return op in self.ops or rid in self.ended or rid in self.tombstones
+    def _forget_ops(self, rid: str, attempts: set[str]) -> None:
+        self.ops -= {op(kind, rid, a) for kind in ("reserve", "settle", "release", "expire", "approve", "deny")
+                     for a in attempts}
+
+    def _open(self, rid: str, attempt: str, op: str, now: int) -> Optional[Result]:
+        """None when (rid, attempt) names the open hold; else what a settle/release/expiry of it does."""
+        if op in self.ops:
+            return ("events", 0)
+        h = self.holds.get(rid)
+        if h is not None and (not attempt or h.attempt == attempt):
+            return None
+        if attempt in self.tombstones.get(rid, set()):
+            return ("events", 0)
+        if (rid in self.ended) if not attempt else attempt in self.attempts.get(rid, set()):
+            return ("events", 0)
+        return self._tombstone(rid, attempt, op, now)
 
     # -- commands ---------------------------------------------------------------------------------------------
     def deposit(self, did: str, amount: int, now: int) -> Result:
@@ -165,12 +204,17 @@ class Reference:
         self.ops.add("withdraw:" + wid)
         return ("events", 1)
 
-    def reserve(self, rid: str, inp: int, out: Optional[int], fee: int, max_out: int, now: int) -> Result:
-        op = "reserve:" + rid
-        if op in self.ops:
+    def reserve(self, rid: str, attempt: str, inp: int, out: Optional[int], fee: int, max_out: int,
+                now: int) -> Result:
+        op_id = op("reserve", rid, attempt)
+        if op_id in self.ops:
             return ("events", 0)
-        if rid in self.tombstones:
+        tombs = self.tombstones.get(rid, set())
+        if "" in tombs or attempt in tombs:
             return ("error", 409, "request_released", None)
+        # A rid is reserved again only after its hold ended with nothing charged, and only by a named attempt.
+        if rid in self.holds or rid in self.used_up or (rid in self.ended and not attempt):
+            return ("error", 409, "request_id_reused", None)
         fixed = inp * MSAT_PER_TOKEN + fee
 
         def tokens(budget: int) -> int:
@@ -195,75 +239,79 @@ class Reference:
         awaiting = verdict[1]
         deadline = now + self.policy.approval_timeout_s * 1000 if awaiting else None
         expires = (deadline if deadline is not None else now) + TTL
-        self.holds[rid] = RefHold(amount, awaiting, expires, deadline)
+        self.holds[rid] = RefHold(amount, awaiting, expires, deadline, attempt)
+        self.attempts.setdefault(rid, set()).add(attempt)
         self.available -= amount
-        self.ops.add(op)
+        self.ops.add(op_id)
         return ("events", 1)
 
-    def settle(self, rid: str, cost: int, now: int) -> Result:
-        op = "settle:" + rid
-        if self._done(op, rid):
-            return ("events", 0)
-        if rid not in self.holds:
-            return self._tombstone(rid, op, now)
+    def settle(self, rid: str, attempt: str, cost: int, now: int) -> Result:
+        op_id = op("settle", rid, attempt)
+        done = self._open(rid, attempt, op_id, now)
+        if done is not None:
+            return done
         h = self.holds[rid]
         from_hold = min(cost, h.amount)
         from_available = min(cost - from_hold, self.available)
-        return self._end(rid, "settled", from_hold + from_available, op, now,
+        return self._end(rid, "settled", from_hold + from_available, op_id, now,
                          uncollectible=cost - from_hold - from_available)
 
-    def release(self, rid: str, now: int) -> Result:
-        op = "release:" + rid
-        if self._done(op, rid):
-            return ("events", 0)
-        if rid not in self.holds:
-            return self._tombstone(rid, op, now)
-        return self._end(rid, "released", 0, op, now)
+    def release(self, rid: str, attempt: str, now: int) -> Result:
+        op_id = op("release", rid, attempt)
+        done = self._open(rid, attempt, op_id, now)
+        if done is not None:
+            return done
+        return self._end(rid, "released", 0, op_id, now)
 
     def expire(self, rid: str, charge: bool, now: int) -> Result:
-        op = "expire:" + rid
-        if self._done(op, rid):
-            return ("events", 0)
-        if rid not in self.holds:
-            return self._tombstone(rid, op, now)
-        h = self.holds[rid]
+        h = self.holds.get(rid)
+        op_id = op("expire", rid, h.attempt if h is not None else "")
+        done = self._open(rid, "", op_id, now)
+        if done is not None:
+            return done
+        assert h is not None
         if h.awaiting:
             assert h.deadline is not None
             if h.deadline <= now:
-                return self._end(rid, "denied", 0, op, now)
+                return self._end(rid, "denied", 0, op_id, now)
             return ("error", 409, "not_expired", None)
         if h.expires_at > now:
             return ("error", 409, "not_expired", None)
-        return self._end(rid, "expired", h.amount if charge else 0, op, now)
+        return self._end(rid, "expired", h.amount if charge else 0, op_id, now)
 
-    def _awaiting(self, op: str, rid: str) -> Optional[Result]:
-        if self._done(op, rid):
-            return ("events", 0)
-        if rid not in self.holds:
-            return ("error", 404, "unknown_request", None)
-        if not self.holds[rid].awaiting:
-            return ("error", 409, "not_awaiting_approval", None)
-        return None
+    def _awaiting(self, kind: str, rid: str) -> tuple[Optional[Result], str]:
+        """(an answer that ends the command, or None to act; the command's op id)."""
+        h = self.holds.get(rid)
+        if h is None:
+            if rid not in self.ended:
+                return ("error", 404, "unknown_request", None), ""
+            decided = self.had_deadline[rid]  # it awaited approval once: decided (or timed out) since
+            return ("error", 409, "already_decided" if decided else "not_awaiting_approval", None), ""
+        op_id = op(kind, rid, h.attempt)
+        if op_id in self.ops:
+            return ("events", 0), op_id
+        if not h.awaiting:
+            return ("error", 409, "already_decided" if h.deadline is not None else "not_awaiting_approval",
+                    None), op_id
+        return None, op_id
 
     def approve(self, rid: str, now: int) -> Result:
-        op = "approve:" + rid
-        early = self._awaiting(op, rid)
+        early, op_id = self._awaiting("approve", rid)
         if early is not None:
             return early
         h = self.holds[rid]
         assert h.deadline is not None
         if now >= h.deadline:
-            return self._end(rid, "denied", 0, op, now)
+            return self._end(rid, "denied", 0, op_id, now)
         h.awaiting = False
-        self.ops.add(op)
+        self.ops.add(op_id)
         return ("events", 1)
 
     def deny(self, rid: str, now: int) -> Result:
-        op = "deny:" + rid
-        early = self._awaiting(op, rid)
+        early, op_id = self._awaiting("deny", rid)
         if early is not None:
             return early
-        return self._end(rid, "denied", 0, op, now)
+        return self._end(rid, "denied", 0, op_id, now)
 
 
 class VaultMachine(RuleBasedStateMachine):
@@ -290,14 +338,14 @@ class VaultMachine(RuleBasedStateMachine):
             elif name == "withdraw":
                 d = decide.withdraw(s, args[0], args[1], "simulated", "", now)
             elif name == "reserve":
-                rid, inp, out, fee, max_out = args
+                rid, attempt, inp, out, fee, max_out = args
                 envelope = Envelope(input_tokens=inp, output_tokens=out, input_rate=1_000_000,
                                     output_rate=1_000_000, base_fee_msat=fee, max_output_tokens=max_out)
-                d = decide.reserve(s, rid, envelope, now, ttl_ms=TTL)
+                d = decide.reserve(s, rid, envelope, now, ttl_ms=TTL, attempt=attempt)
             elif name == "settle":
-                d = decide.settle(s, args[0], args[1], now)
+                d = decide.settle(s, args[0], args[2], now, attempt=args[1])
             elif name == "release":
-                d = decide.release(s, args[0], "test", now)
+                d = decide.release(s, args[0], "test", now, attempt=args[1])
             elif name == "expire":
                 d = decide.expire(s, args[0], now, action="charge" if args[1] else "release")
             elif name == "approve":
@@ -319,10 +367,14 @@ class VaultMachine(RuleBasedStateMachine):
         return getattr(self.ref, name)(*args, self.now)
 
     def run(self, name: str, args: tuple[Any, ...]) -> None:
-        before = self.now - FORGET_AFTER_MS
-        expected = self._ref(name, args)
+        # The vault decides on what it remembers now, and forgets (as of the new event's time) as it applies the
+        # event: the reference decides on a copy, and only a command that writes makes it forget, then act.
+        trial = copy.deepcopy(self.ref)
+        expected = getattr(trial, name)(*args, self.now)
         if expected[0] == "events" and expected[1]:
-            self.ref.forget(before)
+            self.ref.forget(self.now - FORGET_AFTER_MS)
+            again = self._ref(name, args)
+            assert again == expected, (name, args, again, expected)
         got = self._impl(name, args)
         assert got == expected, (name, args, got, expected)
         # Visible with --hypothesis-show-statistics: which outcomes the runs actually reached.
@@ -338,12 +390,13 @@ class VaultMachine(RuleBasedStateMachine):
     def withdraw(self, wid: str, fresh: int, amount: int) -> None:
         self.run("withdraw", (f"wn{len(self.history)}" if fresh else wid, amount))
 
-    @rule(rid=RIDS, fresh=st.booleans(), inp=st.integers(0, 5), out=st.none() | st.integers(1, 30),
-          fee=st.sampled_from([0, 500]), max_out=st.integers(1, 40))
-    def reserve(self, rid: str, fresh: bool, inp: int, out: Optional[int], fee: int, max_out: int) -> None:
+    @rule(rid=RIDS, attempt=ATTEMPTS, fresh=st.booleans(), inp=st.integers(0, 5),
+          out=st.none() | st.integers(1, 30), fee=st.sampled_from([0, 500]), max_out=st.integers(1, 40))
+    def reserve(self, rid: str, attempt: str, fresh: bool, inp: int, out: Optional[int], fee: int,
+                max_out: int) -> None:
         if fresh:
             rid = f"n{len(self.reserved)}"
-        self.run("reserve", (rid, inp, out, fee, max_out))
+        self.run("reserve", (rid, attempt, inp, out, fee, max_out))
         if rid in self.ref.holds and rid not in self.reserved:
             self.reserved.append(rid)
 
@@ -351,7 +404,18 @@ class VaultMachine(RuleBasedStateMachine):
           max_out=st.integers(1, 40))
     def reserve_fresh(self, inp: int, out: Optional[int], fee: int, max_out: int) -> None:
         """Reserves are most of the traffic: a second rule makes them as frequent as the ways to end them."""
-        self.reserve("unused", True, inp, out, fee, max_out)
+        self.reserve("unused", "a", True, inp, out, fee, max_out)
+
+    @precondition(lambda self: bool(self.reserved))
+    @rule(pick=st.integers(0, 1_000), attempt=st.sampled_from(["b", "c", "d", "e"]), inp=st.integers(0, 5),
+          out=st.none() | st.integers(1, 30))
+    def retry(self, pick: int, attempt: str, inp: int, out: Optional[int]) -> None:
+        """A client retrying a request with its X-Request-Id: refused while in flight or once charged, accepted
+        after a release; a new attempt nonce each time, as a gateway makes."""
+        rid = self.reserved[pick % len(self.reserved)]
+        before = self.ref.ended.get(rid, "open" if rid in self.ref.holds else "unknown")
+        self.run("reserve", (rid, attempt, inp, out, 0, 40))
+        event(f"retry after {before}: {'held' if self.ref.holds.get(rid) else 'refused'}")
 
     def target(self, rid: str, pick: Optional[int]) -> str:
         """Mostly an open hold or a rid that was reserved; sometimes any rid, so unknown ones come up too."""
@@ -362,14 +426,22 @@ class VaultMachine(RuleBasedStateMachine):
             return open_holds[pick % len(open_holds)]
         return self.reserved[pick % len(self.reserved)] if self.reserved else rid
 
-    @rule(rid=RIDS, pick=PICK, cost=st.integers(0, 40_000))
-    def settle(self, rid: str, pick: Optional[int], cost: int) -> None:
-        # Costs reach well past any hold: overruns and uncollectible amounts happen often.
-        self.run("settle", (self.target(rid, pick), cost))
+    def named(self, rid: str, attempt: str) -> str:
+        if attempt != "own":
+            return attempt
+        h = self.ref.holds.get(rid)
+        return h.attempt if h is not None else max(self.ref.attempts.get(rid, {""}))
 
-    @rule(rid=RIDS, pick=PICK)
-    def release(self, rid: str, pick: Optional[int]) -> None:
-        self.run("release", (self.target(rid, pick),))
+    @rule(rid=RIDS, pick=PICK, attempt=NAMED, cost=st.integers(0, 40_000))
+    def settle(self, rid: str, pick: Optional[int], attempt: str, cost: int) -> None:
+        # Costs reach well past any hold: overruns and uncollectible amounts happen often.
+        rid = self.target(rid, pick)
+        self.run("settle", (rid, self.named(rid, attempt), cost))
+
+    @rule(rid=RIDS, pick=PICK, attempt=NAMED)
+    def release(self, rid: str, pick: Optional[int], attempt: str) -> None:
+        rid = self.target(rid, pick)
+        self.run("release", (rid, self.named(rid, attempt)))
 
     @rule(rid=RIDS, pick=PICK, charge=st.booleans())
     def expire(self, rid: str, pick: Optional[int], charge: bool) -> None:
@@ -418,7 +490,8 @@ class VaultMachine(RuleBasedStateMachine):
         assert {rid: (h.amount_msat, h.state == "awaiting_approval") for rid, h in s.holds.items()} == {
             rid: (h.amount, h.awaiting) for rid, h in r.holds.items()}
         assert {rid: res.kind for rid, res in s.resolutions.items()} == r.ended
-        assert set(s.tombstones) == r.tombstones
+        assert {rid: set(t) for rid, t in s.tombstones.items()} == r.tombstones
+        assert {rid: h.attempt for rid, h in s.holds.items()} == {rid: h.attempt for rid, h in r.holds.items()}
 
     @invariant()
     def refold_equals_live(self) -> None:

@@ -857,7 +857,7 @@ async def test_a_stale_owner_is_fenced_and_writes_nothing(fresh_nats: NatsServer
         await a.execute(agent_id, lambda s, at: decide.create_agent(s, "stale", "h" * 64, AgentPolicy(), at))
         assert a.ownership is not None
         await a.ownership.freeze()
-        await until(lambda: k in b.owners, "the takeover", timeout_s=10)
+        await until(lambda: len(b.owners) == PARTITIONS, "the takeover of every partition", timeout_s=10)
         js = conns[0].jetstream()
         before = (await js.stream_info(subjects.STREAM_LEDGER)).state.last_seq
         with pytest.raises(ArbstrError) as refused:

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from actors.bucket_follower import BucketFollower, is_delete
 from actors.netguard import private_reason, private_urls_allowed, public_connector
+from actors.redirects import refuse_redirects
 from actors.runtime import Endpoint, admin_token_hash, cancel_and_wait, open_bucket, wait_condition
 from schemas import subjects
 from schemas.config import Config, FeedConfig, ProviderConfig
@@ -31,7 +32,7 @@ from schemas.pricing import (ConfirmReply, ConfirmRequest, ModelRate, PriceTable
                              QuoteRequest, TableRequest)
 from schemas.vault import provider_api_key
 
-from .fetch import FetchError, fetch_feed, fetch_listing, get_json
+from .fetch import FetchError, fetch_feed, fetch_listing, get_json, info_mints
 from .guard import confirm, guard
 from .listing import Listing
 from . import nostr, routstr
@@ -112,9 +113,10 @@ class PricingActor:
             await asyncio.wait_for(asyncio.gather(*(f.loaded.wait() for f in self._followers)), INITIAL_LOAD_S)
         except asyncio.TimeoutError:
             log.warning("pricing: the published prices did not load within %.0f s", INITIAL_LOAD_S)
-        self._session = aiohttp.ClientSession()
+        # Listings, feeds and relays: a redirect is never followed, even by a call that forgets to say so.
+        self._session = aiohttp.ClientSession(trace_configs=[refuse_redirects()])
         # Announced nodes are read through a resolver that refuses private addresses (see netguard).
-        self._public_session = aiohttp.ClientSession(connector=public_connector())
+        self._public_session = aiohttp.ClientSession(connector=public_connector(), trace_configs=[refuse_redirects()])
         await self.refresh()
         for p in self._discovered:
             self._spawn(self._every(self.market.discovery_interval_s, lambda p=p: self._discover(p)),
@@ -293,20 +295,22 @@ class PricingActor:
                 return replace(node, discovery=node.discovery.failed(f"unreadable ({type(e).__name__})", now_ms()))
 
         async def read_node(node: Node) -> Node:
-            if not accepted.intersection(m.rstrip("/") for m in node.mints):
-                return node  # not payable: nothing to read
             refused = None if allow_private else await private_reason(node.url)
             if refused is not None:
                 return replace(node, discovery=node.discovery.failed(refused, now_ms()))
             session = self._session if allow_private else self._public_session
             assert session is not None
+            node = replace(node, info_mints=await info_mints(session, node.url, cfg.timeout_s))
+            if not accepted.intersection(m.rstrip("/") for m in node.accepted_mints):
+                return node  # not payable: nothing more to read
             try:
                 body = await get_json(session, node.url + "/models", timeout_s=cfg.timeout_s)
                 prices = routstr.parse_models(body)
-                listing = Listing(models=tuple(m.model for m in prices),
+                listing = Listing(models=tuple(m.model for m in prices) + tuple(routstr.unpriced_models(body)),
                                   rates={m.model: ModelRate(input_rate=m.input_rate, output_rate=m.output_rate)
                                          for m in prices},
-                                  context={m.model: m.context_length for m in prices if m.context_length})
+                                  context={m.model: m.context_length for m in prices if m.context_length},
+                                  node={m.model: m.node for m in prices if m.node is not None})
                 if not listing.models:
                     raise FetchError("the listing names no models")
                 d = node.discovery.succeeded(listing, now_ms())

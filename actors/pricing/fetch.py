@@ -73,3 +73,17 @@ async def fetch_feed(session: aiohttp.ClientSession, feed: FeedConfig) -> tuple[
         return parse_quotes(quotes_body), parse_nodes(nodes_body)
     except ValueError as e:
         raise FetchError(str(e)) from None
+
+
+async def info_mints(session: aiohttp.ClientSession, base_url: str, timeout_s: float) -> tuple[str, ...]:
+    """The mints a Routstr node accepts, from its ``GET /v1/info`` (``mints``); () when it cannot be read (the
+    announcement's ``mint`` tags then stand)."""
+    try:
+        body = await get_json(session, base_url.rstrip("/") + "/info", timeout_s=timeout_s)
+    except FetchError:
+        return ()
+    mints = body.get("mints") if isinstance(body, dict) else None
+    if not isinstance(mints, list):
+        return ()
+    return tuple(dict.fromkeys(m.strip().rstrip("/") for m in mints[:50]
+                               if isinstance(m, str) and m.startswith(("http://", "https://")) and len(m) < 2048))

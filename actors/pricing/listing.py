@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any, Optional
 
 from schemas.pricing import ModelRate
+from schemas.routstr import NodeModelPrice
 
 from .units import per_token_to_rate
 
@@ -25,6 +26,7 @@ class Listing:
     models: tuple[str, ...]
     rates: dict[str, ModelRate] = field(default_factory=dict)  # only the models the listing prices
     context: dict[str, int] = field(default_factory=dict)      # only the models that state one
+    node: dict[str, NodeModelPrice] = field(default_factory=dict)  # Routstr nodes: their own terms, by model
 
 
 def _pair(block: Any, scale: Decimal) -> Optional[ModelRate]:

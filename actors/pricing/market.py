@@ -57,6 +57,12 @@ class Node:
     created_at: int  # seconds, as Nostr counts
     expires_at: Optional[int] = None
     discovery: DiscoveryState = field(default_factory=DiscoveryState)
+    info_mints: tuple[str, ...] = ()  # what its GET /v1/info says it accepts now (read each round; () if unread)
+
+    @property
+    def accepted_mints(self) -> tuple[str, ...]:
+        """The node's own word first: an announcement may be older than its current mint list."""
+        return self.info_mints or self.mints
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Optional
 from urllib.parse import urlsplit
 
 from schemas.config import Config, FeedConfig, ProviderConfig
-from schemas.pricing import ModelRate, PriceSource, ProviderPrices
+from schemas.pricing import ModelRate, Payment, PriceSource, ProviderPrices
 
 from .feeds import FeedQuote, endpoint_key
 from .market import DiscoveryState, MarketState, Node
@@ -229,7 +229,7 @@ def node_entry(node: Node, config: Config, keyed: frozenset[str], now_ms: int) -
     nostr = config.market.nostr
     assert nostr is not None
     accepted = set(nostr.accepted_mints)
-    mints = [m.rstrip("/") for m in node.mints]
+    mints = [m.rstrip("/") for m in node.accepted_mints]
     reasons: list[str] = []
     notes: list[str] = []
     sources = [PriceSource(name="nostr", observed_at_ms=node.created_at * 1000)]
@@ -237,6 +237,7 @@ def node_entry(node: Node, config: Config, keyed: frozenset[str], now_ms: int) -
     rates: dict[str, ModelRate] = {}
     context = 128_000
     payable = bool(accepted.intersection(mints))
+    node_prices = {}
     if not payable:
         reasons.append(f"no payment possible: the node takes {', '.join(mints) or 'no mint'}; the vault pays with "
                        f"{', '.join(sorted(accepted)) or 'no mint ([market.nostr] accepted_mints is empty)'}")
@@ -258,22 +259,38 @@ def node_entry(node: Node, config: Config, keyed: frozenset[str], now_ms: int) -
                 notes.append(f"listed without sats_pricing, not routed: {', '.join(unpriced[:10])}")
             rates = {m: r for m, r in priced.items() if not _zero(r)}
             models = [m for m in d.listing.models if m in rates]
+            node_prices = {m: d.listing.node[m] for m in models if m in d.listing.node}
             contexts = [d.listing.context[m] for m in models if m in d.listing.context]
             context = min(contexts) if contexts else context
             if not models:
                 reasons.append("its listing has no priced model")
-        if node.name not in keyed:
-            reasons.append(
-                "no credential: the vault has not topped up this node yet (no key in arbstr_provider_keys)"
-                if config.vault is not None and config.vault.topup is not None else
-                "no credential: nothing pays this node ([vault.topup] is not configured, no key in "
-                "arbstr_provider_keys)")
+    payment = pay_by(node.name, config, keyed) if payable else ""
+    if payment == "x_cashu":
+        notes.append("paid per request with X-Cashu (no prepaid key yet): non-streamed requests only")
+    elif not payment:
+        reasons.append(
+            "no credential: the vault has not topped up this node yet (no key in arbstr_provider_keys)"
+            if config.vault is not None and config.vault.topup is not None else
+            "no credential: nothing pays this node ([vault.topup] is not configured, no key in "
+            "arbstr_provider_keys)")
     return ProviderPrices(
         provider=node.name, tier=nostr.tier, models=models, model_rates=rates,
         input_rate=max((r.input_rate for r in rates.values()), default=0),
         output_rate=max((r.output_rate for r in rates.values()), default=0), context_length=context,
         source=_joined(sources), updated_at_ms=now_ms, kind="routstr", url=node.url, credential="provider_keys",
-        sources=sources, routable=not reasons, reasons=reasons, notes=notes, mints=mints, payable=payable)
+        sources=sources, routable=not reasons, reasons=reasons, notes=notes, mints=mints, payable=payable,
+        payment=payment, node_prices=node_prices)
+
+
+def pay_by(name: str, config: Config, keyed: frozenset[str]) -> Payment:
+    """How a payable node is paid: its prepaid key once the vault holds one, else per request with X-Cashu when
+    the vault may (top-ups configured with x_cashu, the node allow-listed if a list is set), else not at all."""
+    if name in keyed:
+        return "key"
+    topup = config.vault.topup if config.vault is not None else None
+    if topup is not None and topup.x_cashu and (not topup.providers or name in topup.providers):
+        return "x_cashu"
+    return ""
 
 
 # --- the table ----------------------------------------------------------------------------------------------

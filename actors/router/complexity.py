@@ -1,121 +1,72 @@
-"""A cheap, explainable complexity score of one request, and the minimum provider tier it calls for.
+"""The minimum tier a request needs, and why: the trained tier scorer by default (``scorer.py``), the keyword
+points scorer when the config asks for it (``keywords.py``), the client's ``X-Arbstr-Complexity`` over both.
 
-Every feature adds whole points, so a score can be explained feature by feature (``complexity_features``):
-
-- length: the highest band of ``length_bands`` the prompt's input tokens reach;
-- code: a fenced code block (```) anywhere in the text;
-- paths: something that looks like a file path (``src/app/main.py``, ``C:\\repo\\x``);
-- reasoning: one point per distinct reasoning word ("prove", "step by step", ...), capped;
-- turns: the highest band of ``turn_bands`` the conversation's message count reaches;
-- tools: the request offers tools.
-
-The score reaching ``medium_at`` means "medium", reaching ``high_at`` means "high", else "low". Weights and
-thresholds come from the ``[complexity]`` config section (``schemas.config.ComplexityConfig``), whose defaults
-are ``DEFAULT_WEIGHTS``.
+Pure: the request, the ``[complexity]`` config and the model come in, a ``TierDecision`` comes out.
 """
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 from typing import Optional
 
-from schemas.common import COMPLEXITY_TIER, Complexity, Tier
+from schemas.common import COMPLEXITY_TIER, TIER_COMPLEXITY, Complexity, Tier
 from schemas.config import ComplexityConfig
-from schemas.router import RouteRequest
+from schemas.router import FeatureWeight, RouteRequest, TierExplanation
 
-from .text import contains_term
-
-
-# The weights live in the config (``[complexity]``); this name stays for the code that reads them.
-ComplexityWeights = ComplexityConfig
-
-DEFAULT_WEIGHTS = ComplexityWeights()
-
-_FENCE = "```"
-# A token is a path when it has a separator and a file extension (src/app/main.py) or two separators
-# (/usr/bin/env); "and/or" and URLs are not paths.
-_PATH_EDGE_PUNCT = "\"'`()[]{}<>,;:!?"
-_EXT_RE = re.compile(r"\.[A-Za-z0-9]{1,8}$")
+from .keywords import (DEFAULT_WEIGHTS, ComplexityWeights, classify, complexity_features,  # noqa: F401 (re-exported)
+                       score_complexity)
+from .paths import has_file_path, looks_like_path  # noqa: F401 (re-exported)
+from .scorer import TierModel, predict
+from .weights import model_for
 
 
-def looks_like_path(token: str) -> bool:
-    token = token.strip(_PATH_EDGE_PUNCT).rstrip(".")
-    if "://" in token:
-        return False
-    separators = token.count("/") + token.count("\\")
-    if separators == 0 or len(token) < 3:
-        return False
-    last = max(token.rfind("/"), token.rfind("\\"))
-    return separators >= 2 or bool(_EXT_RE.search(token[last + 1:]))
-
-
-def _token_around(text: str, i: int) -> tuple[str, int]:
-    """The whitespace-delimited token holding ``text[i]``, and the index just past it."""
-    start = i
-    while start > 0 and not text[start - 1].isspace():
-        start -= 1
-    end = i + 1
-    while end < len(text) and not text[end].isspace():
-        end += 1
-    return text[start:end], end
-
-
-def has_file_path(text: str, max_tokens: int = 64) -> bool:
-    """Looks at the tokens around separators only (at most ``max_tokens`` of them, to bound the cost)."""
-    i = 0
-    for _ in range(max_tokens):
-        slash, backslash = text.find("/", i), text.find("\\", i)
-        hits = [h for h in (slash, backslash) if h >= 0]
-        if not hits:
-            return False
-        token, i = _token_around(text, min(hits))
-        if looks_like_path(token):
-            return True
-    return False
-
-
-def _band(value: int, bands: tuple[tuple[int, int], ...]) -> int:
-    points = 0
-    for threshold, band_points in bands:
-        if value >= threshold:
-            points = max(points, band_points)
-    return points
-
-
-def complexity_features(req: RouteRequest, weights: ComplexityWeights = DEFAULT_WEIGHTS) -> dict[str, int]:
-    """Points per feature; their sum is the score."""
-    text = req.text_sample or req.last_user_text
-    lowered = text.lower()
-    reasoning_hits = 0
-    for word in weights.reasoning_words:
-        if reasoning_hits * weights.reasoning_word >= weights.reasoning_cap:
-            break  # the rest cannot change the score
-        if contains_term(lowered, word):  # stored lowered by the config
-            reasoning_hits += 1
-    return {
-        "length": _band(req.input_tokens, weights.length_bands),
-        "code": weights.code_block if _FENCE in text else 0,
-        "paths": weights.file_path if has_file_path(text) else 0,
-        "reasoning": min(weights.reasoning_cap, weights.reasoning_word * reasoning_hits),
-        "turns": _band(req.turns, weights.turn_bands),
-        "tools": weights.tools if req.tools else 0,
-    }
-
-
-def classify(score: int, weights: ComplexityWeights = DEFAULT_WEIGHTS) -> Complexity:
-    if score >= weights.high_at:
-        return "high"
-    if score >= weights.medium_at:
-        return "medium"
-    return "low"
-
-
-def score_complexity(req: RouteRequest, weights: ComplexityWeights = DEFAULT_WEIGHTS) -> tuple[int, Complexity]:
-    """(score, complexity) of ``req``; the client's ``X-Arbstr-Complexity`` override wins over the score."""
-    score = sum(complexity_features(req, weights).values())
-    override: Optional[Complexity] = req.complexity
-    return score, override if override is not None else classify(score, weights)
+@dataclass(frozen=True)
+class TierDecision:
+    tier: Tier
+    complexity: Complexity
+    score: int
+    explanation: TierExplanation
 
 
 def minimum_tier(complexity: Complexity) -> Tier:
     return COMPLEXITY_TIER[complexity]
+
+
+def _keywords(req: RouteRequest, config: ComplexityConfig) -> TierDecision:
+    points = complexity_features(req, config)
+    score, complexity = score_complexity(req, config)
+    predicted = minimum_tier(classify(score, config))
+    top = sorted(((n, p) for n, p in points.items() if p), key=lambda np: -np[1])[:config.top_features]
+    explanation = TierExplanation(scorer="keywords", predicted_tier=predicted,
+                                  top_features=[FeatureWeight(name=n, weight=float(p)) for n, p in top],
+                                  overridden=req.complexity is not None)
+    return TierDecision(minimum_tier(complexity), complexity, score, explanation)
+
+
+def _trained(req: RouteRequest, config: ComplexityConfig, model: TierModel) -> TierDecision:
+    margin = config.margin if config.margin is not None else model.default_margin
+    f_margin = config.frontier_margin if config.frontier_margin is not None else model.default_frontier_margin
+    p = predict(model, req, margin, f_margin, config.top_features)
+    tier = minimum_tier(req.complexity) if req.complexity is not None else p.tier
+    # 0 = surely local, 100 = surely frontier: one number for dashboards that sort by need.
+    score = round(50 * (1.0 - p.probabilities["local"] + p.probabilities["frontier"]))
+    explanation = TierExplanation(scorer="trained", predicted_tier=p.tier, confidence=p.confidence,
+                                  probabilities=p.probabilities,
+                                  top_features=[FeatureWeight(name=c.name, weight=c.weight) for c in p.top],
+                                  overridden=req.complexity is not None)
+    return TierDecision(tier, TIER_COMPLEXITY[tier], score, explanation)
+
+
+def decide(req: RouteRequest, config: ComplexityConfig, model: Optional[TierModel] = None) -> TierDecision:
+    """The minimum tier of ``req``: the client's override if it sent one, else the configured scorer's."""
+    if config.scorer == "keywords":
+        return _keywords(req, config)
+    return _trained(req, config, model if model is not None else model_for(config.model_file))
+
+
+def skipped(req: RouteRequest) -> TierDecision:
+    """No scoring (a named model one tier serves, so the score could not change the candidates; or no ask to
+    judge). No floor is imposed (the lowest tier), unless the client's override sets one."""
+    tier: Tier = minimum_tier(req.complexity) if req.complexity is not None else "local"
+    return TierDecision(tier, TIER_COMPLEXITY[tier], 0,
+                        TierExplanation(scorer="skipped", overridden=req.complexity is not None))

@@ -17,8 +17,9 @@ from schemas.money import ceil_div, cost_msat
 from schemas.pricing import ModelRate, ProviderPrices
 from schemas.router import Candidate, Envelope, RouteReply, RouteRequest
 
-from .complexity import minimum_tier, score_complexity
+from .complexity import TierDecision, decide, skipped
 from .policy import choose_policy
+from .scorer import TierModel
 
 log = logging.getLogger("arbstr.router")
 
@@ -84,10 +85,37 @@ def static_exclusion(option: Option, req: RouteRequest, policy: Optional[PolicyC
             return f"output rate {option.rates.output_rate} above the policy cap {policy.max_output_rate}"
     if req.tools and not option.prices.supports_tools:
         return "does not support tools"
+    if req.stream and option.prices.payment == "x_cashu":
+        # Paid per request, the node answers only once the whole completion is in: no stream to relay.
+        return "paid per request (X-Cashu): streamed requests are not sent there"
+    return None
+
+
+def context_exclusion(option: Option, req: RouteRequest) -> Optional[str]:
+    """Why ``option``'s context cannot hold this request (input plus the output cap), or None."""
     needed = req.input_tokens + (req.max_tokens or 0)
     if needed > option.prices.context_length:
         return f"context {option.prices.context_length} < {needed} tokens"
     return None
+
+
+# Where each endpoint carries the prompt and the output cap, for the ``param`` of a context error.
+_PROMPT_PARAM = {"chat": "messages", "completions": "prompt", "embeddings": "input", "responses": "input"}
+_CAP_PARAM = {"chat": "max_tokens", "completions": "max_tokens", "responses": "max_output_tokens"}
+
+
+def context_exceeded(req: RouteRequest, too_small: Sequence[Option]) -> ArbstrError:
+    """400, not 503: waiting cannot help a request that no provider able to serve it has the context for. Names the
+    largest context on offer, and the field to shrink (the output cap when the prompt alone would fit)."""
+    largest = max(o.prices.context_length for o in too_small)
+    cap = req.max_tokens or 0
+    param = _PROMPT_PARAM.get(req.endpoint, "messages")
+    if req.input_tokens <= largest and cap:
+        param = _CAP_PARAM.get(req.endpoint, "max_tokens")
+    parts = f"{req.input_tokens} of input and up to {cap} of output" if cap else f"{req.input_tokens} of input"
+    return ArbstrError(400, f"this request needs {req.input_tokens + cap} tokens ({parts}), but the largest context "
+                            f"of a provider that could serve model {req.model!r} is {largest} tokens",
+                       param=param, code="context_length_exceeded", headers={"x-should-retry": "false"})
 
 
 def unroutable_reasons(model: str, unroutable: Sequence[ProviderPrices]) -> list[str]:
@@ -132,9 +160,21 @@ def _quiet(state: Optional[BreakerState]) -> bool:
     return state is None or (state.state == "closed" and state.consecutive_failures == 0)
 
 
+def decide_for(req: RouteRequest, able: list[Option], config: Config, model: Optional[TierModel] = None) -> TierDecision:
+    """The tier decision, or none when it cannot matter or there is nothing to judge: a named model (not ``auto``)
+    whose able providers all sit in one tier gets those providers whatever the score says, so scoring it would only
+    cost time; an embeddings input or a request without text holds no ask."""
+    if req.model != AUTO_MODEL and len({o.tier for o in able}) <= 1:
+        return skipped(req)
+    if req.endpoint == "embeddings" or not (req.last_user_text or req.text_sample):
+        return skipped(req)
+    return decide(req, config.complexity, model)
+
+
 def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, BreakerState], config: Config,
-          now_ms: int, unroutable: Sequence[ProviderPrices] = ()) -> RouteReply:
-    """``prices`` are the entries the router may choose; ``unroutable`` only explain a failure."""
+          now_ms: int, unroutable: Sequence[ProviderPrices] = (), model: Optional[TierModel] = None) -> RouteReply:
+    """``prices`` are the entries the router may choose; ``unroutable`` only explain a failure; ``model``: the tier
+    model (default: the one the config names)."""
     asked_model = req.model
     virtual = next((p for p in config.policies if p.virtual_model and p.virtual_model == req.model), None)
     if virtual is not None:
@@ -145,18 +185,25 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
         req = req.model_copy(update={"model": AUTO_MODEL})  # pick model and provider together, as for "auto"
     else:
         policy = choose_policy(req.policy, req.last_user_text, config.policies)
-    score, complexity = score_complexity(req, config.complexity)
-    tier = minimum_tier(complexity)
-    explicit = req.complexity is not None
-
     reasons: list[str] = []
     able: list[Option] = []
+    too_small: list[Option] = []  # would serve it, but for the size of this request
     for option in serving_options(req, prices, policy, unroutable):
         why = static_exclusion(option, req, policy)
+        if why is None:
+            why = context_exclusion(option, req)
+            if why is not None:
+                too_small.append(option)
         if why is not None:
             reasons.append(f"{option.provider}/{option.model}: {why}")
             continue
         able.append(option)
+    if not able and too_small:
+        raise context_exceeded(req, too_small)
+
+    decision = decide_for(req, able, config, model)
+    tier = decision.tier
+    explicit = req.complexity is not None
 
     at_tier, ignored_tier = apply_min_tier(able, tier, explicit)
     if ignored_tier:
@@ -175,7 +222,7 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
         retry_at = min((breakers[o.provider].retry_at_ms for o in at_tier), default=None)
         raise _no_provider(req, reasons, retry_at, now_ms)
 
-    output_tokens = req.max_tokens or config.router.default_output_tokens
+    output_tokens = (req.max_tokens or config.router.default_output_tokens) * req.choices  # n outputs, n paid
     candidates = [
         Candidate(
             provider=o.provider,
@@ -200,14 +247,16 @@ def route(req: RouteRequest, prices: list[ProviderPrices], breakers: dict[str, B
         output_rate=first.output_rate,
         base_fee_msat=first.base_fee_msat,
         max_output_tokens=config.router.max_output_tokens,
+        choices=req.choices,
     )
     return RouteReply(
         request_id=req.request_id,
         model=asked_model,
         policy=policy.name if policy is not None else None,
         tier=tier,
-        complexity=complexity,
-        complexity_score=score,
+        complexity=decision.complexity,
+        complexity_score=decision.score,
+        explanation=decision.explanation,
         candidates=candidates,
         envelope=envelope,
     )

@@ -33,15 +33,17 @@ from actors.runtime import (QUEUE_GROUP, Endpoint, RawReply, admin_token_hash, a
 from schemas import subjects
 from schemas.config import Config, VaultConfig
 from schemas.errors import ArbstrError
+from schemas.payments import TopUpNow, TopUpResult, XCashuReport, XCashuRequest, XCashuResult, XCashuToken
 from schemas.ledger import (Denied, Expired, JournalBatch, JournalEntry, LedgerEvent, Released, Settled,
                             verify_batches, verify_chain)
 from schemas.partitions import partition_of
 from schemas.requests import RequestList, RequestRecord, RequestsQuery, StatsQuery, StatsReply
-from schemas.vault import (AccountView, AgentDeposit, AgentRoute, ExtendRequest, AgentList, AgentPolicy, AgentRef, Approval, ApprovalAction,
-                           ApprovalList, ApprovalResult, Books, ChainCheck, ClearFreeze, CreateAgent, CreditDeposit,
-                           DepositCommand, DepositReply, DepositRequest, Empty, History, HistoryQuery, PayoutList,
-                           PayoutRef, PayoutView, Reconciliation, ReserveReply, ReserveRequest, RotateToken,
-                           SetPolicy, SettleCommand, SpendEvent, TokenRef, WithdrawRequest)
+from schemas.vault import (AccountView, AgentDeposit, AgentList, AgentPolicy, AgentRef, AgentRoute, Approval,
+                           ApprovalAction, ApprovalList, ApprovalResult, Books, ChainCheck, ClearFreeze, CreateAgent,
+                           CreditDeposit, DepositCommand, DepositReply, DepositRequest, Empty, ExtendRequest, History,
+                           HistoryQuery, PayoutList, PayoutRef, PayoutView, Reconciliation, ReserveReply,
+                           ReserveRequest, RotateToken, SetPolicy, SettleCommand, SpendEvent, TokenRef, TokenRevoked,
+                           WithdrawRequest)
 
 from . import decide
 from .book import Book
@@ -62,6 +64,7 @@ from .request_log import RequestLog
 from .snapshots import SnapshotStore
 from .streams import ensure_streams, settle_consumer_config
 from .topup import TopUps
+from .xcashu import PerRequestPayments
 from .wallets import build_wallet
 from .wallets.base import Wallet
 
@@ -121,6 +124,8 @@ class VaultActor:
                            self._caught_up, owns=self.owns, credit=self._credit)
         self.topups = TopUps(self.vc.topup, self.rails, self.book, self.execute, owns=self.owns,
                              public_only=not private_urls_allowed(config.market.nostr)) if self.vc.topup else None
+        self.x_cashu = PerRequestPayments(self.topups, self.claims, self._caught_up) \
+            if self.topups is not None else None
         self.projection: Optional[Projection] = None
         self.request_log: Optional[RequestLog] = None
         self.nc: Optional[NATS] = None
@@ -131,7 +136,9 @@ class VaultActor:
         self.ownership: Optional[Ownership] = None
         self.owners: dict[int, PartitionOwner] = {}
         self._subs: dict[int, Any] = {}
-        self._waiters: dict[tuple[str, str], asyncio.Event] = {}
+        # (agent id, rid) -> the wake-ups of reserves waiting for its approval. Keyed by agent too: two agents'
+        # requests may share a rid, and one's decision must neither wake nor strand the other's wait.
+        self._waiters: dict[tuple[str, str], set[asyncio.Event]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._inflight: set[asyncio.Task[Any]] = set()
         self._settle_sem = asyncio.Semaphore(256)
@@ -178,6 +185,8 @@ class VaultActor:
         await self.rails.start()
         if self.topups is not None:
             await self.topups.start(nc, replicas)
+        if self.x_cashu is not None:
+            await self.x_cashu.start()
         self._running = True
         self._tasks = [asyncio.create_task(self._consume_settles()),
                        asyncio.create_task(self._flush_projection_forever())]
@@ -201,6 +210,8 @@ class VaultActor:
         await cancel_and_wait(*self._tasks)
         if self._inflight:
             await asyncio.wait(set(self._inflight), timeout=10)
+        if self.x_cashu is not None:
+            await self.x_cashu.stop()
         if self.topups is not None:
             await self.topups.stop()
         await self.rails.stop()
@@ -394,10 +405,8 @@ class VaultActor:
             self.rails.on_events(entry.events)
             for event in entry.events:
                 rid = getattr(event.body, "rid", None)
-                if rid is not None:
-                    waiter = self._waiters.get((entry.agent_id, rid))
-                    if waiter is not None:
-                        waiter.set()
+                for waiter in self._waiters.get((entry.agent_id, rid), ()) if rid is not None else ():
+                    waiter.set()
             self._publish_entry(entry, state)
 
     def _publish_entry(self, entry: JournalEntry, state: AccountState) -> None:
@@ -467,6 +476,13 @@ class VaultActor:
             Op("release", subjects.VAULT_RELEASE, SettleCommand, self._settle_now, self._settle_route),
             Op("settle", subjects.VAULT_SETTLE, SettleCommand, self._settle_now, self._settle_route),
             Op("credit", "", CreditDeposit, self._credit_here, by_agent),  # internal: owner to owner only
+            # Paying Routstr nodes: payouts of the operator account, so decided where its partition is served.
+            Op("xcashu-token", subjects.VAULT_XCASHU_TOKEN, XCashuRequest, self._x_cashu_token, self._operator_route,
+               timeout_s=RAIL_TIMEOUT_S),
+            Op("xcashu-report", subjects.VAULT_XCASHU_REPORT, XCashuReport, self._x_cashu_report,
+               self._operator_route, timeout_s=RAIL_TIMEOUT_S),
+            Op("topup-now", subjects.VAULT_TOPUP_NOW, TopUpNow, self._top_up_now, self._operator_route,
+               timeout_s=RAIL_TIMEOUT_S),
             Op("whoami", subjects.VAULT_WHOAMI, TokenRef, self._whoami),
             Op("agent-me", a("me"), TokenRef, self._me, by_token),
             Op("agent-history", a("history"), HistoryQuery, self._my_history),
@@ -585,8 +601,12 @@ class VaultActor:
         raise ArbstrError(404, f"{cmd.kind} of {cmd.request_id} names no known agent", code="unknown_agent")
 
     async def _approval_route(self, req: ApprovalAction) -> str:
-        agent_id, _ = await self._holder(req.request_id)
+        agent_id, _ = await self._holder(req.request_id, req.agent_id)
+        req.agent_id = agent_id  # the owner decides for exactly this agent
         return agent_id
+
+    async def _operator_route(self, msg: Any) -> str:
+        return self._payments().operator
 
     async def _agent_for(self, token_hash: str, refuse: bool = True) -> str:
         agent_id = self.book.agent_by_token(token_hash)
@@ -611,6 +631,24 @@ class VaultActor:
         agent_id = await self._agent_for(req.token_hash)
         return AgentRoute(agent_id=agent_id, partition=self.partition_of(agent_id))
 
+    # --- paying Routstr nodes --------------------------------------------------------------------------
+    def _payments(self) -> PerRequestPayments:
+        if self.x_cashu is None:
+            raise ArbstrError(503, "this vault pays no providers ([vault.topup] is not configured)",
+                              code="topup_unavailable")
+        return self.x_cashu
+
+    async def _x_cashu_token(self, req: XCashuRequest, headers: dict[str, str], operator: str) -> XCashuToken:
+        self.freeze.check()
+        return await self._payments().issue(req)
+
+    async def _x_cashu_report(self, req: XCashuReport, headers: dict[str, str], operator: str) -> XCashuResult:
+        return await self._payments().report(req)
+
+    async def _top_up_now(self, req: TopUpNow, headers: dict[str, str], operator: str) -> TopUpResult:
+        self.freeze.check()
+        return await self._payments().topups.top_up_now(req)
+
     # --- reserve ---------------------------------------------------------------------------------------
     async def _reserve(self, req: ReserveRequest, headers: dict[str, str], agent_id: str) -> ReserveReply:
         self.freeze.check()
@@ -620,14 +658,15 @@ class VaultActor:
         ttl_ms = self.vc.hold_ttl_s * 1000
         rid = req.request_id
         w = await self.execute(agent_id, lambda s, at: decide.reserve(
-            s, rid, req.envelope, at, ttl_ms=ttl_ms, provider=req.provider, model=req.model),
-            answer_with=lambda s, d: None if d.noop else self._hold_reply(agent_id, rid, s))
-        if w.decided.noop == "duplicate":
-            # Gateways send a reserve once; a second one with this id is another request reusing it, and a hold
-            # shared by two upstream calls would let one of them go unpaid.
+            s, rid, req.envelope, at, ttl_ms=ttl_ms, provider=req.provider, model=req.model, attempt=req.attempt),
+            answer_with=lambda s, d: None if d.noop else self._hold_reply(agent_id, rid, s, req.attempt))
+        if w.decided.noop == "duplicate" and not req.attempt:
+            # A caller naming no attempt sends a reserve once: a second one with this id is another request reusing
+            # it, and a hold shared by two upstream calls would let one of them go unpaid. (A repeat of a named
+            # attempt is the same reserve delivered again: it is answered from its hold.)
             raise ArbstrError(409, f"request id {rid!r} was already used by this agent; send a new X-Request-Id",
                               code="request_id_reused", param="X-Request-Id", headers={"x-should-retry": "false"})
-        return w.answer if w.answer is not None else self._hold_reply(agent_id, rid, w.state)
+        return w.answer if w.answer is not None else self._hold_reply(agent_id, rid, w.state, req.attempt)
 
     async def _extend(self, req: ExtendRequest, headers: dict[str, str], agent_id: str) -> ReserveReply:
         """A fallback to a costlier candidate: the hold grows first (one more journal write, only then)."""
@@ -636,22 +675,25 @@ class VaultActor:
         self.freeze.check()
         rid = req.request_id
         w = await self.execute(agent_id, lambda s, at: decide.extend(s, rid, req.amount_msat, at, req.attempt),
-                               answer_with=lambda s, d: self._hold_reply(agent_id, rid, s))
+                               answer_with=lambda s, d: self._hold_reply(agent_id, rid, s, s.holds[rid].attempt
+                                                                         if rid in s.holds else ""))
         return w.answer
 
     async def _wait_approval(self, req: ReserveRequest, headers: dict[str, str], agent_id: str) -> ReserveReply:
         """The second half of a reserve that needs approval: answers when it is approved, denied or timed out."""
         state = self.book.state(agent_id)
         hold = state.holds.get(req.request_id)
-        if hold is not None and hold.state == "awaiting_approval":
+        if hold is not None and hold.state == "awaiting_approval" and hold.attempt == req.attempt:
             state = await self._await_approval(agent_id, req.request_id, hold.approval_deadline_ms or now_ms())
-        return self._hold_reply(agent_id, req.request_id, state)
+        return self._hold_reply(agent_id, req.request_id, state, req.attempt)
 
-    def _hold_reply(self, agent_id: str, rid: str, state: AccountState) -> ReserveReply:
+    def _hold_reply(self, agent_id: str, rid: str, state: AccountState, attempt: str = "") -> ReserveReply:
         hold = state.holds.get(rid)
+        if hold is not None and hold.attempt != attempt:
+            hold = None  # another attempt's hold: this one ended (and the rid was reserved again since)
         if hold is None:
             res = state.resolutions.get(rid)
-            if res is not None and res.kind == "denied":
+            if res is not None and res.kind == "denied" and res.hold.attempt == attempt:
                 code = "approval_timeout" if res.reason == decide.APPROVAL_TIMEOUT else "approval_denied"
                 raise ArbstrError(403, f"the spend was not approved ({res.reason or 'denied'})", code=code,
                                   headers={"x-should-retry": "false"})
@@ -664,7 +706,8 @@ class VaultActor:
     async def _await_approval(self, agent_id: str, rid: str, deadline_ms: int) -> AccountState:
         """Hold the reply until a human approves or denies, or the deadline denies it for them."""
         key = (agent_id, rid)
-        event = self._waiters.setdefault(key, asyncio.Event())
+        event = asyncio.Event()
+        self._waiters.setdefault(key, set()).add(event)
         try:
             while True:
                 state = self.book.state(agent_id)
@@ -681,7 +724,11 @@ class VaultActor:
                 except asyncio.TimeoutError:
                     pass
         finally:
-            self._waiters.pop(key, None)
+            waiting = self._waiters.get(key)
+            if waiting is not None:
+                waiting.discard(event)
+                if not waiting:
+                    del self._waiters[key]
 
     # --- settle / release ------------------------------------------------------------------------------
     async def _settle_now(self, cmd: SettleCommand, headers: dict[str, str], agent_id: str) -> Empty:
@@ -697,9 +744,10 @@ class VaultActor:
         if cmd.kind == "settle":
             decider: Decider = lambda s, at: decide.settle(
                 s, rid, cmd.cost_msat, at, input_tokens=cmd.input_tokens, output_tokens=cmd.output_tokens,
-                provider=cmd.provider, model=cmd.model, estimated=cmd.estimated)
+                provider=cmd.provider, model=cmd.model, estimated=cmd.estimated, attempt=cmd.attempt,
+                provider_cost_msat=cmd.provider_cost_msat, cost_drift=cmd.cost_drift)
         else:
-            decider = lambda s, at: decide.release(s, rid, cmd.reason or "released", at)
+            decider = lambda s, at: decide.release(s, rid, cmd.reason or "released", at, attempt=cmd.attempt)
         await self.execute(agent_id, decider, record=cmd.record)
 
     async def _consume_settles(self) -> None:
@@ -879,7 +927,7 @@ class VaultActor:
 
     async def _credit_here(self, req: CreditDeposit, headers: dict[str, str], agent_id: str) -> Empty:
         await self.execute(agent_id, lambda s, at: decide.deposit(s, req.deposit_id, req.amount_msat, req.rail,
-                                                                  req.reference, at))
+                                                                  req.reference, at, None))
         return Empty()
 
     # --- admin endpoints -------------------------------------------------------------------------------
@@ -917,12 +965,31 @@ class VaultActor:
         await self._known(agent_id)
         if self.book.agent_by_token(req.token_hash) is not None:
             raise ArbstrError(409, "that token is already in use", code="token_in_use")
-        return view((await self.execute(agent_id, lambda s, at: decide.rotate_token(s, req.token_hash, at))).state)
+        replaced: list[str] = []
+
+        def rotate(s: AccountState, at: int) -> decide.Decided:
+            replaced[:] = [s.token_hash]
+            return decide.rotate_token(s, req.token_hash, at)
+
+        w = await self.execute(agent_id, rotate)
+        if w.events and replaced:
+            await self._revoked(agent_id, replaced[0], "token_rotated")
+        return view(w.state)
+
+    async def _revoked(self, agent_id: str, token_hash: str, reason: str) -> None:
+        """Tell every gateway that ``token_hash`` no longer opens anything (its open event streams end). Core
+        NATS may drop it: gateways also re-check their streams' tokens now and then."""
+        assert self.nc is not None
+        notice = TokenRevoked(agent_id=agent_id, token_hash=token_hash, reason=reason, at_ms=now_ms())
+        try:
+            await self.nc.publish(subjects.TOKEN_REVOKED, notice.model_dump_json().encode())
+        except Exception:
+            log.warning("could not publish the revocation of %s's token", agent_id)
 
     async def _deposit(self, req: DepositCommand, headers: dict[str, str], agent_id: str) -> AccountView:
         await self._known(agent_id)
         return view((await self.execute(agent_id, lambda s, at: decide.deposit(
-            s, req.deposit_id, req.amount_msat, req.rail, req.reference, at))).state)
+            s, req.deposit_id, req.amount_msat, req.rail, req.reference, at, self.book.deposited_msat()))).state)
 
     async def _deposit_token(self, req: AgentDeposit, headers: dict[str, str], agent_id: str) -> DepositReply:
         await self._known(agent_id)
@@ -947,20 +1014,48 @@ class VaultActor:
         items.sort(key=lambda a: a.requested_at_ms)
         return ApprovalList(approvals=items)
 
-    async def _holder(self, rid: str) -> tuple[str, bool]:
-        """(agent id, whether it is a payout) of what ``rid`` names."""
+    async def _holder(self, rid: str, agent_id: Optional[str]) -> tuple[str, bool]:
+        """(agent id, whether it is a payout) of the approval ``rid`` names.
+
+        Request ids are the clients' and collide across agents: with ``agent_id`` the approval is that agent's;
+        without it, only a single pending approval with that id is ever chosen — several pending (or several
+        agents knowing the id and none pending) is a 400 asking for the agent, never a guess."""
         await self._caught_up()
+        if agent_id is not None:
+            state = self.book.state(agent_id)
+            if not state.created:
+                raise ArbstrError(404, f"no agent {agent_id}", code="agent_not_found", param="agent_id")
+            found = _approval_of(state, rid)
+            if found is None:
+                raise ArbstrError(404, f"agent {agent_id} has no reservation {rid}", code="unknown_request",
+                                  param="request_id")
+            return agent_id, found[1]
+        pending: list[tuple[str, bool]] = []
+        known: list[tuple[str, bool]] = []
         for state in self.book.agents():
-            if rid in state.holds or rid in state.resolutions:
-                return state.agent_id, False
-        owner = self.rails.owner_of_payout(rid)  # payout ids (a payment hash, tok:…) never look like request ids
-        if owner is not None:
-            return owner, True
+            found = _approval_of(state, rid)
+            if found is not None:
+                (pending if found[0] else known).append((state.agent_id, found[1]))
+        if len(pending) == 1:
+            return pending[0]
+        if len(pending) > 1 or (not pending and len(known) > 1):
+            agents = ", ".join(sorted(a for a, _ in pending or known))
+            raise ArbstrError(400, f"request id {rid} names requests of several agents ({agents}): decide it at "
+                                   f"/v1/admin/approvals/{{agent_id}}/{rid}/approve|deny", code="agent_id_required",
+                              param="agent_id")
+        if known:
+            return known[0]  # decided already, or never awaiting approval: the deciders say which (409)
         raise ArbstrError(404, f"no reservation {rid}", code="unknown_request", param="request_id")
 
     async def _decide_payout(self, agent_id: str, pid: str, approve: bool, reason: str) -> ApprovalResult:
-        payout = self.book.state(agent_id).payouts.get(pid)
+        state = self.book.state(agent_id)
+        payout = state.payouts.get(pid)
         if payout is None or payout.approval_deadline_ms is None:
+            done = state.payouts_done.get(pid)
+            if f"payout_approved:{pid}" in state.op_ids:
+                raise decide.already_decided(pid, "approved")
+            if done is not None and done.payout.approval_deadline_ms is not None:
+                raise decide.already_decided(pid, "denied")
             raise ArbstrError(409, f"payout {pid} is not waiting for approval", code="not_awaiting_approval")
         if approve:
             await self.execute(agent_id, lambda s, at: decide.approve_payout(s, pid, at))
@@ -972,13 +1067,15 @@ class VaultActor:
 
     async def _decide_approval(self, req: ApprovalAction, agent_id: str, approve: bool) -> ApprovalResult:
         rid = req.request_id
-        state = self.book.state(agent_id)
-        if rid not in state.holds and rid not in state.resolutions and self.rails.owner_of_payout(rid) == agent_id:
+        found = _approval_of(self.book.state(agent_id), rid)
+        if found is not None and found[1]:
             return await self._decide_payout(agent_id, rid, approve, req.reason)
         if approve:
             w = await self.execute(agent_id, lambda s, at: decide.approve(s, rid, at))
         else:
             w = await self.execute(agent_id, lambda s, at: decide.deny(s, rid, req.reason, at))
+        if w.decided.noop == "duplicate":
+            raise decide.already_decided(rid, "approved" if approve else "denied")  # by someone else, before
         hold = w.state.holds.get(rid)
         res = w.state.resolutions.get(rid)
         status = hold.state if hold is not None else (res.kind if res is not None else "unknown")
@@ -1042,6 +1139,21 @@ class VaultActor:
         return await verify_ledger(self.nc, self.layout.streams)
 
 
+def _approval_of(state: AccountState, rid: str) -> Optional[tuple[bool, bool]]:
+    """(pending, is a payout) of what ``rid`` names in one account — a pending one first — or None."""
+    hold = state.holds.get(rid)
+    payout = state.payouts.get(rid)
+    if hold is not None and hold.state == "awaiting_approval":
+        return True, False
+    if payout is not None and payout.approval_deadline_ms is not None:
+        return True, True
+    if hold is not None or rid in state.resolutions:
+        return False, False
+    if payout is not None or rid in state.payouts_done:
+        return False, True
+    return None
+
+
 def spend_event(e: LedgerEvent, state: AccountState) -> Optional[SpendEvent]:
     """The spend event of one journaled resolution (settle, release, expiry, denial), else None."""
     b = e.body
@@ -1059,7 +1171,8 @@ def spend_event(e: LedgerEvent, state: AccountState) -> Optional[SpendEvent]:
         reserved_msat=hold.amount_msat if hold else 0, balance_msat=state.available_msat,
         estimated=getattr(b, "estimated", False),
         flagged=isinstance(b, Expired) and b.action == "charge", reason=getattr(b, "reason", ""),
-        at_ms=e.at_ms, ledger_seq=e.seq)
+        at_ms=e.at_ms, ledger_seq=e.seq, provider_cost_msat=getattr(b, "provider_cost_msat", None),
+        cost_drift=getattr(b, "cost_drift", False))
 
 
 def _hash(raw: bytes) -> str:

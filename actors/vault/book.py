@@ -104,6 +104,10 @@ class Book:
             return None
         return agent_id
 
+    def deposited_msat(self) -> int:
+        """Σ deposits over every agent this instance knows: the vault-wide side of the deposit bound."""
+        return sum(s.deposited_msat for s in self.agents())
+
     # --- the books -------------------------------------------------------------------------------------
     def books(self, ledger_seq: int) -> Books:
         return books(self.agents(), ledger_seq, corrupt=bool(self.corrupt()))

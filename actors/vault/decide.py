@@ -8,17 +8,13 @@ so a redelivered command, or a retry after a lost ack, never acts twice. ``Ledge
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 from schemas.errors import ArbstrError
 from schemas.ledger import (
     AgentCreated,
-    Approved,
-    Denied,
     Deposited,
     EventBody,
-    Expired,
-    HoldExtended,
     InvoiceIssued,
     LedgerEvent,
     PayoutApproved,
@@ -27,59 +23,20 @@ from schemas.ledger import (
     PayoutSettled,
     PayoutStarted,
     PolicySet,
-    Released,
-    Reserved,
-    Settled,
-    Tombstoned,
+    ProviderPaymentClosed,
     TokenRotated,
     Withdrawn,
 )
-from schemas.money import cost_msat, max_output_tokens_for
-from schemas.router import Envelope
+from schemas.money import MAX_MSAT
 from schemas.vault import AgentPolicy
 
-from .fold import AccountState, Hold, Payout, apply_event, fold, next_events
-from .policy import check, daily_headroom_msat
-
-Noop = Literal["", "duplicate", "resolved", "tombstoned"]
-ExpiryAction = Literal["charge", "release"]
-
-APPROVAL_TIMEOUT = "approval_timeout"
-
-
-@dataclass(frozen=True)
-class Decided:
-    """What a command decided: events to journal under ``op_id``, or none and why (``noop``)."""
-
-    op_id: str
-    bodies: tuple[EventBody, ...] = ()
-    noop: Noop = ""
-
-
-def _require_agent(state: AccountState) -> None:
-    if not state.created:
-        raise ArbstrError(404, f"unknown agent {state.agent_id}", code="unknown_agent")
-
-
-def _positive(amount_msat: int, param: str) -> None:
-    if not isinstance(amount_msat, int) or isinstance(amount_msat, bool) or amount_msat <= 0:
-        raise ArbstrError(400, f"{param} must be a positive integer of millisats", code="invalid_amount", param=param)
-
-
-def insufficient(needed_msat: int, available_msat: int) -> ArbstrError:
-    return ArbstrError(402, f"insufficient balance: {needed_msat} msat needed, {available_msat} msat available",
-                       code="insufficient_balance", headers={"x-should-retry": "false"})
-
-
-def _settled_rid(state: AccountState, op_id: str, rid: str) -> Optional[Decided]:
-    """The no-op answer for a rid that already ended, or None if it is still open or unknown."""
-    if op_id in state.op_ids:
-        return Decided(op_id, noop="duplicate")
-    if rid in state.resolutions:
-        return Decided(op_id, noop="resolved")
-    if rid in state.tombstones:
-        return Decided(op_id, noop="tombstoned")
-    return None
+# The hold deciders and the shared types live in their own modules; callers import them all from here.
+from .decide_holds import (already_decided, approve, deny, expire, extend, op_name, release, reserve,  # noqa: F401
+                           settle, settle_split)
+from .decided import (APPROVAL_TIMEOUT, Decided, ExpiryAction, Noop, insufficient, positive,  # noqa: F401
+                      require_agent)
+from .fold import AccountState, Payout, apply_event, fold, next_events
+from .policy import check
 
 
 # -- the account ----------------------------------------------------------------------------------------------
@@ -95,7 +52,7 @@ def create_agent(state: AccountState, name: str, token_hash: str, policy: AgentP
 
 def rotate_token(state: AccountState, token_hash: str, now_ms: int, change_id: Optional[str] = None) -> Decided:
     """``change_id`` makes a retried rotation idempotent; without one each call is a new rotation."""
-    _require_agent(state)
+    require_agent(state)
     op_id = f"token:{change_id if change_id is not None else state.token_version + 1}"
     if op_id in state.op_ids:
         return Decided(op_id, noop="duplicate")
@@ -103,24 +60,41 @@ def rotate_token(state: AccountState, token_hash: str, now_ms: int, change_id: O
 
 
 def set_policy(state: AccountState, policy: AgentPolicy, now_ms: int, change_id: Optional[str] = None) -> Decided:
-    _require_agent(state)
+    require_agent(state)
     op_id = f"policy:{change_id if change_id is not None else state.policy_version + 1}"
     if op_id in state.op_ids:
         return Decided(op_id, noop="duplicate")
     return Decided(op_id, (PolicySet(policy=policy),))
 
 
+def within_bound(state: AccountState, amount_msat: int, vault_deposited_msat: int) -> None:
+    """Refuse money that would take the account's or the vault's deposits past ``MAX_MSAT`` (all bitcoin), before
+    anything is journaled: every counter of the books then stays far inside 64 bits. ``vault_deposited_msat`` is
+    the sum over every agent as this instance knows it (exact per account; vault-wide, concurrent deposits to
+    other agents on other instances may add a few more)."""
+    for what, total in (("the account's", state.deposited_msat), ("the vault's", vault_deposited_msat)):
+        if total + amount_msat > MAX_MSAT:
+            raise ArbstrError(409, f"a deposit of {amount_msat} msat would take {what} deposits to "
+                                   f"{total + amount_msat} msat, above the limit of {MAX_MSAT} msat (all bitcoin)",
+                              code="deposit_limit_exceeded", param="amount_msat")
+
+
 def deposit(state: AccountState, deposit_id: str, amount_msat: int, rail: str, reference: str,
-            now_ms: int) -> Decided:
-    """Credit a confirmed deposit once, however often its confirmation arrives."""
-    _require_agent(state)
+            now_ms: int, vault_deposited_msat: Optional[int] = 0) -> Decided:
+    """Credit a confirmed deposit once, however often its confirmation arrives.
+
+    ``vault_deposited_msat`` None: money already received (a paid invoice, bounded when it was issued) is credited
+    whatever the bound says — refusing it would leave it in the wallet, owned by nobody."""
+    require_agent(state)
     op_id = f"deposit:{deposit_id}"
     if deposit_id in state.deposits:
         if state.deposits[deposit_id] != amount_msat:
             raise ArbstrError(409, f"deposit {deposit_id} was credited with {state.deposits[deposit_id]} msat",
                               code="deposit_conflict")
         return Decided(op_id, noop="duplicate")
-    _positive(amount_msat, "amount_msat")
+    positive(amount_msat, "amount_msat")
+    if vault_deposited_msat is not None:
+        within_bound(state, amount_msat, vault_deposited_msat)
     return Decided(op_id, (Deposited(deposit_id=deposit_id, amount_msat=amount_msat, rail=rail, reference=reference),))
 
 
@@ -128,14 +102,14 @@ def withdraw(state: AccountState, withdrawal_id: str, amount_msat: int, rail: st
              now_ms: int) -> Decided:
     """A one-step debit with no rail behind it (the journal keeps the event; the HTTP flows use payouts, which
     hold first and go through approval). Policy-checked like a spend: needing approval denies here."""
-    _require_agent(state)
+    require_agent(state)
     op_id = f"withdraw:{withdrawal_id}"
     if withdrawal_id in state.withdrawals:
         if state.withdrawals[withdrawal_id] != amount_msat:
             raise ArbstrError(409, f"withdrawal {withdrawal_id} was debited with "
                                    f"{state.withdrawals[withdrawal_id]} msat", code="withdrawal_conflict")
         return Decided(op_id, noop="duplicate")
-    _positive(amount_msat, "amount_msat")
+    positive(amount_msat, "amount_msat")
     if amount_msat > state.available_msat:
         raise insufficient(amount_msat, state.available_msat)
     decision = check(state.policy, state, amount_msat, now_ms)
@@ -148,35 +122,63 @@ def withdraw(state: AccountState, withdrawal_id: str, amount_msat: int, rail: st
 # -- rails: invoices and payouts -------------------------------------------------------------------------------
 
 def issue_invoice(state: AccountState, deposit_id: str, amount_msat: int, rail: str, payment_hash: str,
-                  bolt11: str, expires_at_ms: int, now_ms: int) -> Decided:
+                  bolt11: str, expires_at_ms: int, now_ms: int, vault_deposited_msat: int = 0) -> Decided:
     """Record a deposit invoice made for the agent, so a payment of it can be credited to the right account."""
-    _require_agent(state)
+    require_agent(state)
     op_id = f"invoice:{deposit_id}"
     if op_id in state.op_ids:
         return Decided(op_id, noop="duplicate")
     if deposit_id in state.invoices or deposit_id in state.deposits:
         raise ArbstrError(409, f"deposit {deposit_id} already exists", code="deposit_conflict")
-    _positive(amount_msat, "amount_msat")
+    positive(amount_msat, "amount_msat")
+    within_bound(state, amount_msat, vault_deposited_msat)  # paid later, it must still be creditable
     return Decided(op_id, (InvoiceIssued(deposit_id=deposit_id, amount_msat=amount_msat, rail=rail,
                                          reference=payment_hash, bolt11=bolt11, expires_at_ms=expires_at_ms),))
 
 
+def known_payout(state: AccountState, payout_id: str) -> Optional[Payout]:
+    """The payout ``payout_id`` names, open or resolved."""
+    done = state.payouts_done.get(payout_id)
+    return state.payouts.get(payout_id) or (done.payout if done is not None else None)
+
+
+def payout_conflict(what: str) -> ArbstrError:
+    return ArbstrError(409, what, code="payout_conflict", param="payout_id", headers={"x-should-retry": "false"})
+
+
+def same_payout(state: AccountState, payout_id: str, amount_msat: int, rail: Optional[str],
+                payout_key: str = "") -> Optional[Payout]:
+    """The payout a repeated request names, if any; 409 when the repeat asks for other terms (as a deposit id
+    credited with another amount is): the first payout is never answered for a different request."""
+    if payout_key:
+        bound = state.payout_keys.get(payout_key)
+        if bound is not None and bound != payout_id:
+            raise payout_conflict(f"idempotency key {payout_key!r} already names another payout")
+    known = known_payout(state, payout_id)
+    if known is None:
+        return None
+    if known.amount_msat != amount_msat:
+        raise payout_conflict(f"payout {payout_id} is for {known.amount_msat} msat, not {amount_msat}")
+    if rail is not None and rail != (known.initial_rail or known.rail):
+        raise payout_conflict(f"payout {payout_id} was started on the {known.initial_rail or known.rail} rail")
+    return known
+
+
 def start_payout(state: AccountState, payout_id: str, amount_msat: int, fee_limit_msat: int, rail: str,
-                 reference: str, destination: str, now_ms: int, wallet: str = "") -> Decided:
+                 reference: str, destination: str, now_ms: int, wallet: str = "", payout_key: str = "") -> Decided:
     """Hold a payout's amount and fee limit before the rail is called, policy-checked like any spend.
 
     ``amount_msat`` must be the destination's own figure (a decoded invoice's amount), never a caller's number.
-    Starting the same payout again decides nothing; the same id with other terms is a conflict.
+    Starting the same payout again decides nothing; the same id (or idempotency key) with other terms is a 409.
     """
-    _require_agent(state)
+    require_agent(state)
     op_id = f"payout:{payout_id}"
-    known = state.payouts.get(payout_id) or (state.payouts_done[payout_id].payout
-                                             if payout_id in state.payouts_done else None)
+    known = same_payout(state, payout_id, amount_msat, rail, payout_key)
     if known is not None:
-        if (known.amount_msat, known.reference, known.rail) != (amount_msat, reference, rail):
-            raise ArbstrError(409, f"payout {payout_id} exists with other terms", code="payout_conflict")
+        # Same terms: a concurrent repeat planned it again (a melt quote of its own, abandoned unpaid); the payout
+        # journaled first, with its reference, is the one driven.
         return Decided(op_id, noop="duplicate")
-    _positive(amount_msat, "amount_msat")
+    positive(amount_msat, "amount_msat")
     if not isinstance(fee_limit_msat, int) or isinstance(fee_limit_msat, bool) or fee_limit_msat < 0:
         raise ArbstrError(400, "fee_limit_msat must be a non-negative integer", code="invalid_amount",
                           param="fee_limit_msat")
@@ -193,11 +195,11 @@ def start_payout(state: AccountState, payout_id: str, amount_msat: int, fee_limi
         raise decision.error()
     return Decided(op_id, (PayoutStarted(payout_id=payout_id, amount_msat=amount_msat, fee_limit_msat=fee_limit_msat,
                                          rail=rail, reference=reference, destination=destination, wallet=wallet,
-                                         approval_deadline_ms=deadline),))
+                                         approval_deadline_ms=deadline, payout_key=payout_key),))
 
 
 def approve_payout(state: AccountState, payout_id: str, now_ms: int) -> Decided:
-    _require_agent(state)
+    require_agent(state)
     op_id = f"payout_approved:{payout_id}"
     if op_id in state.op_ids:
         return Decided(op_id, noop="duplicate")
@@ -211,7 +213,7 @@ def approve_payout(state: AccountState, payout_id: str, now_ms: int) -> Decided:
 
 def _to_resolve(state: AccountState, payout_id: str, op_id: str) -> Union[Decided, Payout]:
     """The open payout a settle or a failure resolves, or the no-op of a repeat."""
-    _require_agent(state)
+    require_agent(state)
     if op_id in state.op_ids:
         return Decided(op_id, noop="duplicate")
     done = state.payouts_done.get(payout_id)
@@ -254,7 +256,7 @@ def reroute_payout(state: AccountState, payout_id: str, from_rail: str, rail: st
                    reference: str, reason: str, now_ms: int, wallet: str = "") -> Decided:
     """The auto rail's single fallback after a definite failure on ``from_rail``: journaled before the other rail
     is called. The amount stays the invoice's; only the fee limit (and so the hold) follows the new rail."""
-    _require_agent(state)
+    require_agent(state)
     op_id = f"payout_rerouted:{payout_id}"
     if op_id in state.op_ids:
         return Decided(op_id, noop="duplicate")
@@ -273,206 +275,42 @@ def reroute_payout(state: AccountState, payout_id: str, from_rail: str, rail: st
                                           wallet=wallet),))
 
 
+def provider_payment_closed(state: AccountState, payout_id: str) -> bool:
+    return payout_id in state.provider_payments
+
+
+def close_provider_payment(state: AccountState, payout_id: str, outcome: str, now_ms: int, *,
+                           change: Optional[tuple[str, int, str]] = None, reason: str = "") -> Decided:
+    """Account for a token paid out to pay a provider per request: credit what came back (``change`` = deposit id,
+    msat, reference; once, by the deposit id) and close it (once). A change that arrives after the close (a late
+    report) is still credited: the wallet holds it."""
+    require_agent(state)
+    op_id = f"provider_payment_closed:{payout_id}"
+    bodies: list[EventBody] = []
+    deposit_id = ""
+    if change is not None:
+        deposit_id, amount, reference = change
+        if deposit_id in state.deposits:
+            if state.deposits[deposit_id] != amount:
+                raise ArbstrError(409, f"deposit {deposit_id} was credited with {state.deposits[deposit_id]} msat",
+                                  code="deposit_conflict")
+        elif amount > 0:
+            bodies.append(Deposited(deposit_id=deposit_id, amount_msat=amount, rail="cashu", reference=reference))
+    closed = payout_id in state.provider_payments
+    if not closed:
+        done = state.payouts_done.get(payout_id)
+        if done is None or done.kind != "settled":
+            raise ArbstrError(409, f"payout {payout_id} is not a paid-out token", code="payout_not_paid")
+        bodies.append(ProviderPaymentClosed(payout_id=payout_id, outcome=outcome,  # type: ignore[arg-type]
+                                            change_msat=change[1] if change is not None else 0, reason=reason[:500]))
+    if not bodies:
+        return Decided(op_id, noop="duplicate")
+    return Decided(op_id if not closed else f"deposit:{deposit_id}", tuple(bodies))
+
+
 def _trace(payout: Payout) -> dict[str, object]:
     return {"initial_rail": payout.initial_rail or payout.rail, "final_rail": payout.rail,
             "fallback": payout.fallback}
-
-
-# -- holds ----------------------------------------------------------------------------------------------------
-
-def _output_budget(state: AccountState, envelope: Envelope, now_ms: int) -> int:
-    """The most output tokens the agent can afford, up to the envelope's ceiling.
-
-    The budget also stays within what the policy allows without approval (per-transaction, daily headroom,
-    approval threshold) when that still leaves at least one token: a request with no max_tokens should not be
-    denied or sent for approval just because the vault sized it large. If a cap leaves no room, it is ignored
-    here and the policy check decides on the affordable size.
-    """
-    def tokens(budget_msat: int) -> int:
-        return max_output_tokens_for(budget_msat, envelope.input_tokens, envelope.input_rate,
-                                     envelope.output_rate, envelope.base_fee_msat)
-
-    affordable = tokens(state.available_msat)
-    if affordable < 1:
-        return 0
-    policy = state.policy
-    budget = affordable
-    for cap in (policy.max_tx_msat, daily_headroom_msat(policy, state, now_ms), policy.approval_over_msat):
-        if cap is not None:
-            within = tokens(cap)
-            if within >= 1:
-                budget = min(budget, within)
-    return min(budget, envelope.max_output_tokens)
-
-
-def reserve(state: AccountState, rid: str, envelope: Envelope, now_ms: int, *, ttl_ms: int,
-            provider: str = "", model: str = "") -> Decided:
-    """Hold the envelope's worst-case cost, or refuse (402, 403, 409, 429), or queue it for approval.
-
-    A repeat of a reserve already journaled decides nothing: the caller answers from the existing hold (or its
-    resolution). A hold awaiting approval expires ``ttl_ms`` after its approval deadline.
-    """
-    _require_agent(state)
-    op_id = f"reserve:{rid}"
-    if op_id in state.op_ids:
-        return Decided(op_id, noop="duplicate")
-    if rid in state.tombstones:
-        raise ArbstrError(409, f"request {rid} was already released", code="request_released")
-    if state.knows(rid):  # pragma: no cover - a known, non-tombstoned rid always has its reserve op_id
-        raise ArbstrError(409, f"request {rid} already has a reservation", code="request_exists")
-    if envelope.output_tokens is not None:
-        output_tokens = envelope.output_tokens
-    else:
-        output_tokens = _output_budget(state, envelope, now_ms)
-        if output_tokens < 1:
-            raise insufficient(cost_msat(envelope.input_tokens, 1, envelope.input_rate, envelope.output_rate,
-                                         envelope.base_fee_msat), state.available_msat)
-    amount = cost_msat(envelope.input_tokens, output_tokens, envelope.input_rate, envelope.output_rate,
-                       envelope.base_fee_msat)
-    if amount > state.available_msat:
-        raise insufficient(amount, state.available_msat)
-    decision = check(state.policy, state, amount, now_ms)
-    if decision.denied:
-        raise decision.error()
-    if decision.allowed:
-        body = Reserved(rid=rid, amount_msat=amount, output_tokens=output_tokens, expires_at_ms=now_ms + ttl_ms,
-                        provider=provider, model=model, state="held")
-    else:
-        deadline = now_ms + state.policy.approval_timeout_s * 1000
-        body = Reserved(rid=rid, amount_msat=amount, output_tokens=output_tokens, expires_at_ms=deadline + ttl_ms,
-                        provider=provider, model=model, state="awaiting_approval", approval_deadline_ms=deadline)
-    return Decided(op_id, (body,))
-
-
-def extend(state: AccountState, rid: str, amount_msat: int, now_ms: int, attempt: int = 1) -> Decided:
-    """Grow a held reservation to ``amount_msat`` (a costlier candidate is about to be called), or refuse as a
-    reserve of that size would be refused (402, 403, 429). Already as large: nothing to do. ``attempt`` numbers the
-    extensions of one request, so a repeat of the same one is a no-op."""
-    _require_agent(state)
-    op_id = f"extend:{rid}:{attempt}"
-    if op_id in state.op_ids:
-        return Decided(op_id, noop="duplicate")
-    hold = state.holds.get(rid)
-    if hold is None:
-        raise ArbstrError(409, f"request {rid} holds nothing to extend", code="request_resolved")
-    if hold.state != "held":
-        raise ArbstrError(409, f"request {rid} awaits approval", code="not_held")
-    if amount_msat <= hold.amount_msat:
-        return Decided(op_id, noop="duplicate")
-    extra = amount_msat - hold.amount_msat
-    if extra > state.available_msat:
-        raise insufficient(extra, state.available_msat)
-    policy = state.policy
-    if policy.max_tx_msat is not None and amount_msat > policy.max_tx_msat:
-        raise ArbstrError(403, f"{amount_msat} msat exceeds the agent's max per transaction", code="max_tx_exceeded")
-    if policy.approval_over_msat is not None and amount_msat > policy.approval_over_msat:
-        raise ArbstrError(403, "a larger hold would need approval", code="approval_required")
-    decision = check(policy, state, extra, now_ms)
-    if not decision.allowed:
-        raise decision.error()
-    return Decided(op_id, (HoldExtended(rid=rid, amount_msat=amount_msat),))
-
-
-def settle_split(hold_msat: int, cost: int, available_msat: int) -> tuple[int, int]:
-    """(charged, uncollectible) of a settle: the hold covers up to its amount, available funds cover an overrun,
-    and what neither covers is recorded, never overdrawn."""
-    covered = min(cost, hold_msat)
-    overrun = cost - covered
-    from_available = min(overrun, available_msat)
-    return covered + from_available, overrun - from_available
-
-
-def settle(state: AccountState, rid: str, cost: int, now_ms: int, *, input_tokens: int = 0,
-           output_tokens: int = 0, provider: str = "", model: str = "", estimated: bool = False) -> Decided:
-    """Charge a finished request. An unknown rid is tombstoned so a reserve delivered later is refused."""
-    _require_agent(state)
-    op_id = f"settle:{rid}"
-    done = _settled_rid(state, op_id, rid)
-    if done is not None:
-        return done
-    if not isinstance(cost, int) or isinstance(cost, bool) or cost < 0:
-        raise ArbstrError(400, "cost must be a non-negative integer of millisats", code="invalid_amount",
-                          param="cost_msat")
-    hold = state.holds.get(rid)
-    if hold is None:
-        return Decided(op_id, (Tombstoned(rid=rid, reason="settled_before_reserve"),))
-    # A hold still awaiting approval is charged too: a settle means the provider was called and paid.
-    charged, uncollectible = settle_split(hold.amount_msat, cost, state.available_msat)
-    return Decided(op_id, (Settled(rid=rid, cost_msat=cost, charged_msat=charged, uncollectible_msat=uncollectible,
-                                   input_tokens=input_tokens, output_tokens=output_tokens,
-                                   provider=provider or hold.provider, model=model or hold.model,
-                                   estimated=estimated),))
-
-
-def release(state: AccountState, rid: str, reason: str, now_ms: int) -> Decided:
-    """Return a hold's funds. An unknown rid is tombstoned so a reserve delivered later is refused."""
-    _require_agent(state)
-    op_id = f"release:{rid}"
-    done = _settled_rid(state, op_id, rid)
-    if done is not None:
-        return done
-    if rid not in state.holds:
-        return Decided(op_id, (Tombstoned(rid=rid, reason=reason or "released_before_reserve"),))
-    return Decided(op_id, (Released(rid=rid, reason=reason),))
-
-
-def expire(state: AccountState, rid: str, now_ms: int, action: ExpiryAction = "charge") -> Decided:
-    """Resolve a hold past its TTL: charge it (the provider was probably paid) or release it.
-
-    A hold still awaiting approval past its deadline is denied instead. A hold not yet due is 409 ``not_expired``.
-    """
-    _require_agent(state)
-    op_id = f"expire:{rid}"
-    done = _settled_rid(state, op_id, rid)
-    if done is not None:
-        return done
-    hold = state.holds.get(rid)
-    if hold is None:
-        return Decided(op_id, (Tombstoned(rid=rid, reason="expired_before_reserve"),))
-    if hold.state == "awaiting_approval":
-        assert hold.approval_deadline_ms is not None
-        if hold.approval_deadline_ms <= now_ms:
-            return Decided(op_id, (Denied(rid=rid, reason=APPROVAL_TIMEOUT),))
-        raise ArbstrError(409, f"request {rid} awaits approval until {hold.approval_deadline_ms}",
-                          code="not_expired")
-    if hold.expires_at_ms > now_ms:
-        raise ArbstrError(409, f"request {rid} expires at {hold.expires_at_ms}", code="not_expired")
-    charged = hold.amount_msat if action == "charge" else 0
-    return Decided(op_id, (Expired(rid=rid, action=action, charged_msat=charged),))
-
-
-def _awaiting(state: AccountState, op_id: str, rid: str) -> tuple[Optional[Decided], Optional[Hold]]:
-    done = _settled_rid(state, op_id, rid)
-    if done is not None:
-        return done, None
-    hold = state.holds.get(rid)
-    if hold is None:
-        raise ArbstrError(404, f"no reservation {rid}", code="unknown_request")
-    if hold.state != "awaiting_approval":
-        raise ArbstrError(409, f"request {rid} is not awaiting approval", code="not_awaiting_approval")
-    return None, hold
-
-
-def approve(state: AccountState, rid: str, now_ms: int) -> Decided:
-    """Let a held spend proceed. An approval that comes after the deadline denies instead: the timeout won."""
-    _require_agent(state)
-    op_id = f"approve:{rid}"
-    done, hold = _awaiting(state, op_id, rid)
-    if done is not None:
-        return done
-    assert hold is not None and hold.approval_deadline_ms is not None
-    if now_ms >= hold.approval_deadline_ms:
-        return Decided(op_id, (Denied(rid=rid, reason=APPROVAL_TIMEOUT),))
-    return Decided(op_id, (Approved(rid=rid),))
-
-
-def deny(state: AccountState, rid: str, reason: str, now_ms: int) -> Decided:
-    _require_agent(state)
-    op_id = f"deny:{rid}"
-    done, _ = _awaiting(state, op_id, rid)
-    if done is not None:
-        return done
-    return Decided(op_id, (Denied(rid=rid, reason=reason or "denied"),))
 
 
 # -- an in-memory journal -------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from schemas.ledger import (
     LedgerEvent,
     PayoutApproved,
     PayoutFailed,
+    ProviderPaymentClosed,
     PayoutRerouted,
     PayoutSettled,
     PayoutStarted,
@@ -71,6 +72,12 @@ class Hold:
     state: HoldState
     approval_deadline_ms: Optional[int]
     reserved_at_ms: int
+    attempt: str = ""  # the gateway's nonce of the reserve that made it ("" in older journals)
+    earlier_attempts: tuple[str, ...] = ()  # attempts of this rid reserved and released before this one
+
+    def reserved(self, attempt: str) -> bool:
+        """Whether ``attempt`` of this rid was reserved: this hold's or one released before it."""
+        return attempt == self.attempt or attempt in self.earlier_attempts
 
 
 @dataclass(frozen=True)
@@ -86,6 +93,12 @@ class Resolution:
     at_ms: int
     seq: int
 
+    @property
+    def reusable(self) -> bool:
+        """Nothing was charged and the upstream was not paid for it: the rid may be reserved again (a failed
+        request's retry keeps its X-Request-Id). A settle (even of 0) or a charged expiry uses it up for good."""
+        return self.kind in ("released", "denied") or (self.kind == "expired" and self.charged_msat == 0)
+
 
 @dataclass(frozen=True)
 class Payout:
@@ -100,6 +113,7 @@ class Payout:
     fallback: bool = False
     wallet: str = ""  # the identity of the wallet that pays it ("" in journals older than the field)
     approval_deadline_ms: Optional[int] = None  # set while it waits for a human: held, never sent
+    payout_key: str = ""  # the agent's idempotency key for it, if it gave one
 
     @property
     def held_msat(self) -> int:
@@ -155,15 +169,19 @@ class AccountState:
     available_msat: int = 0
     pending_msat: int = 0
     payout_pending_msat: int = 0
-    holds: dict[str, Hold] = field(default_factory=dict)
-    resolutions: dict[str, Resolution] = field(default_factory=dict)
-    tombstones: dict[str, str] = field(default_factory=dict)
-    tombstoned_at: dict[str, int] = field(default_factory=dict)  # in the order laid: what forgetting walks
+    holds: dict[str, Hold] = field(default_factory=dict)  # the open hold of each rid (at most one at a time)
+    resolutions: dict[str, Resolution] = field(default_factory=dict)  # how each rid's latest hold ended
+    # rid -> {attempt: reason} of releases/settles that came before their reserve ("" refuses every attempt)
+    tombstones: dict[str, dict[str, str]] = field(default_factory=dict)
+    tombstoned_at: dict[str, int] = field(default_factory=dict)  # rid -> when its latest tombstone was laid
     deposits: dict[str, int] = field(default_factory=dict)
     withdrawals: dict[str, int] = field(default_factory=dict)
     payouts: dict[str, Payout] = field(default_factory=dict)  # open: journaled, not yet resolved
     payouts_done: dict[str, PayoutEnd] = field(default_factory=dict)
+    payout_keys: dict[str, str] = field(default_factory=dict)  # idempotency key -> the payout it names
     invoices: dict[str, Invoice] = field(default_factory=dict)  # by deposit_id
+    # Per-request provider payments (X-Cashu tokens) accounted for: payout id -> (outcome, change msat).
+    provider_payments: dict[str, tuple[str, int]] = field(default_factory=dict)
     settle_index: int = 0  # highest Lightning settle index credited to this agent
     # op_id -> (first seq, last seq) of the events it produced; kept forever, unlike the stream's dedup window.
     op_ids: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -182,9 +200,11 @@ class AccountState:
             withdrawn_msat=self.withdrawn_msat, spent_msat=self.spent_msat,
             uncollectible_msat=self.uncollectible_msat, available_msat=self.available_msat,
             pending_msat=self.pending_msat, payout_pending_msat=self.payout_pending_msat, holds=dict(self.holds), resolutions=dict(self.resolutions),
-            tombstones=dict(self.tombstones), tombstoned_at=dict(self.tombstoned_at), deposits=dict(self.deposits),
-            withdrawals=dict(self.withdrawals),
-            payouts=dict(self.payouts), payouts_done=dict(self.payouts_done), invoices=dict(self.invoices),
+            tombstones={rid: dict(t) for rid, t in self.tombstones.items()},
+            tombstoned_at=dict(self.tombstoned_at), deposits=dict(self.deposits),
+            withdrawals=dict(self.withdrawals), payouts=dict(self.payouts), payouts_done=dict(self.payouts_done),
+            payout_keys=dict(self.payout_keys), invoices=dict(self.invoices),
+            provider_payments=dict(self.provider_payments),
             settle_index=self.settle_index, op_ids=dict(self.op_ids), window=list(self.window), seq=self.seq, last_hash=self.last_hash,
             last_op_id=self.last_op_id,
         )
@@ -192,6 +212,20 @@ class AccountState:
     def knows(self, rid: str) -> bool:
         """Whether ``rid`` was ever reserved or tombstoned here."""
         return rid in self.holds or rid in self.resolutions or rid in self.tombstones
+
+    def reserved(self, rid: str, attempt: str) -> bool:
+        """Whether ``attempt`` of ``rid`` was ever reserved (open now, or resolved)."""
+        hold = self.holds.get(rid)
+        if hold is not None and hold.reserved(attempt):
+            return True
+        res = self.resolutions.get(rid)
+        return res is not None and res.hold.reserved(attempt)
+
+    def tombstoned(self, rid: str, attempt: str) -> bool:
+        """Whether a reserve of ``attempt`` is refused: that attempt was released before its reserve came, or the
+        rid was released by a caller naming no attempt."""
+        marks = self.tombstones.get(rid)
+        return marks is not None and ("" in marks or attempt in marks)
 
 
 def check_invariants(state: AccountState) -> None:
@@ -247,7 +281,26 @@ def _open_hold(state: AccountState, event: LedgerEvent, rid: str) -> Hold:
     if hold is None:
         done = "already resolved" if rid in state.resolutions else "unknown"
         raise _fail(event, f"hold {rid} is {done}")
+    attempt = getattr(event.body, "attempt", "")
+    if attempt and attempt != hold.attempt:
+        raise _fail(event, f"hold {rid} is attempt {hold.attempt!r}, not {attempt!r}")
     return hold
+
+
+def _earlier_attempts(state: AccountState, event: LedgerEvent, rid: str, attempt: str) -> tuple[str, ...]:
+    """The attempts of ``rid`` before this reserve; refuses a reserve the rid's history does not allow."""
+    if rid in state.holds:
+        raise _fail(event, f"rid {rid} already has an open hold")
+    if state.tombstoned(rid, attempt):
+        raise _fail(event, f"rid {rid} attempt {attempt!r} was tombstoned")
+    res = state.resolutions.get(rid)
+    if res is None:
+        return ()
+    if not res.reusable:
+        raise _fail(event, f"rid {rid} was {res.kind} with a charge: it cannot be reserved again")
+    if res.hold.reserved(attempt):
+        raise _fail(event, f"rid {rid} attempt {attempt!r} was reserved before")
+    return res.hold.earlier_attempts + (res.hold.attempt,)
 
 
 def _open_payout(state: AccountState, event: LedgerEvent, payout_id: str) -> Payout:
@@ -269,6 +322,7 @@ def _resolve(state: AccountState, event: LedgerEvent, hold: Hold, kind: Resoluti
     state.available_msat = available
     state.spent_msat += charged
     state.uncollectible_msat += uncollectible
+    state.resolutions.pop(hold.rid, None)  # a reused rid's new resolution goes last: forgetting walks in time order
     state.resolutions[hold.rid] = Resolution(kind=kind, hold=hold, charged_msat=charged,
                                              uncollectible_msat=uncollectible, cost_msat=cost, reason=reason,
                                              at_ms=event.at_ms, seq=event.seq)
@@ -298,13 +352,13 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         state.created = True
         state.name = body.name
         state.token_hash = body.token_hash
-        state.policy = body.policy
+        state.policy = AgentPolicy.within_bounds(body.policy)
         state.created_at_ms = event.at_ms
     elif isinstance(body, TokenRotated):
         state.token_hash = body.token_hash
         state.token_version += 1
     elif isinstance(body, PolicySet):
-        state.policy = body.policy
+        state.policy = AgentPolicy.within_bounds(body.policy)
         state.policy_version += 1
     elif isinstance(body, Deposited):
         if body.deposit_id in state.deposits:
@@ -323,14 +377,13 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         state.available_msat -= body.amount_msat
         _charge(state, event.at_ms, body.amount_msat)
     elif isinstance(body, Reserved):
-        if state.knows(body.rid):
-            raise _fail(event, f"rid {body.rid} was already reserved or tombstoned")
+        earlier = _earlier_attempts(state, event, body.rid, body.attempt)
         if body.amount_msat > state.available_msat:
             raise _fail(event, f"hold of {body.amount_msat} exceeds available {state.available_msat}")
         state.holds[body.rid] = Hold(rid=body.rid, amount_msat=body.amount_msat, output_tokens=body.output_tokens,
                                      expires_at_ms=body.expires_at_ms, provider=body.provider, model=body.model,
                                      state=body.state, approval_deadline_ms=body.approval_deadline_ms,
-                                     reserved_at_ms=event.at_ms)
+                                     reserved_at_ms=event.at_ms, attempt=body.attempt, earlier_attempts=earlier)
         state.available_msat -= body.amount_msat
         state.pending_msat += body.amount_msat
     elif isinstance(body, HoldExtended):
@@ -349,10 +402,7 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
             raise _fail(event, f"hold {body.rid} is not awaiting approval")
         if hold.approval_deadline_ms is not None and event.at_ms >= hold.approval_deadline_ms:
             raise _fail(event, "approved after the deadline: the timeout already denied it")
-        state.holds[body.rid] = Hold(rid=hold.rid, amount_msat=hold.amount_msat, output_tokens=hold.output_tokens,
-                                     expires_at_ms=hold.expires_at_ms, provider=hold.provider, model=hold.model,
-                                     state="held", approval_deadline_ms=hold.approval_deadline_ms,
-                                     reserved_at_ms=hold.reserved_at_ms)
+        state.holds[body.rid] = replace(hold, state="held")
     elif isinstance(body, Denied):
         hold = _open_hold(state, event, body.rid)
         if hold.state != "awaiting_approval":
@@ -382,9 +432,15 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         _resolve(state, event, hold, "expired", charged=body.charged_msat, cost=body.charged_msat,
                  reason=body.action)
     elif isinstance(body, Tombstoned):
-        if state.knows(body.rid):
-            raise _fail(event, f"rid {body.rid} is known: only unknown rids are tombstoned")
-        state.tombstones[body.rid] = body.reason
+        if body.attempt in state.tombstones.get(body.rid, {}):
+            raise _fail(event, f"rid {body.rid} attempt {body.attempt!r} is already tombstoned")
+        # Naming no attempt, a release stands for the whole rid: only a rid never reserved is tombstoned that way.
+        known = (body.rid in state.holds or body.rid in state.resolutions) if body.attempt == "" \
+            else state.reserved(body.rid, body.attempt)
+        if known:
+            raise _fail(event, f"rid {body.rid} attempt {body.attempt!r} is known: only unknown ones are tombstoned")
+        state.tombstones.setdefault(body.rid, {})[body.attempt] = body.reason
+        state.tombstoned_at.pop(body.rid, None)  # re-laid: moves to the end, where forgetting reaches it last
         state.tombstoned_at[body.rid] = event.at_ms
     elif isinstance(body, InvoiceIssued):
         if body.deposit_id in state.invoices or body.deposit_id in state.deposits:
@@ -398,10 +454,15 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         payout = Payout(payout_id=body.payout_id, amount_msat=body.amount_msat, fee_limit_msat=body.fee_limit_msat,
                         rail=body.rail, reference=body.reference, destination=body.destination,
                         started_at_ms=event.at_ms, initial_rail=body.rail, wallet=body.wallet,
-                        approval_deadline_ms=body.approval_deadline_ms)
+                        approval_deadline_ms=body.approval_deadline_ms, payout_key=body.payout_key)
         if payout.held_msat > state.available_msat:
             raise _fail(event, f"payout of {payout.held_msat} exceeds available {state.available_msat}")
+        if body.payout_key and body.payout_key in state.payout_keys:
+            raise _fail(event, f"idempotency key {body.payout_key} already names payout "
+                               f"{state.payout_keys[body.payout_key]}")
         state.payouts[body.payout_id] = payout
+        if body.payout_key:
+            state.payout_keys[body.payout_key] = body.payout_id
         state.available_msat -= payout.held_msat
         state.payout_pending_msat += payout.held_msat
     elif isinstance(body, PayoutApproved):
@@ -440,6 +501,13 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         state.payout_pending_msat -= payout.held_msat
         state.available_msat += payout.held_msat
         state.payouts_done[body.payout_id] = PayoutEnd("failed", payout, 0, 0, body.reason, event.at_ms)
+    elif isinstance(body, ProviderPaymentClosed):
+        done = state.payouts_done.get(body.payout_id)
+        if done is None or done.kind != "settled":
+            raise _fail(event, f"payout {body.payout_id} is not a paid-out token")
+        if body.payout_id in state.provider_payments:
+            raise _fail(event, f"payment {body.payout_id} was already closed")
+        state.provider_payments[body.payout_id] = (body.outcome, body.change_msat)
     else:  # pragma: no cover - the union is closed; a new kind must be handled here
         raise _fail(event, "unknown event kind")
 
@@ -471,23 +539,28 @@ def forget(state: AccountState, before_ms: int) -> None:
         if res.at_ms >= before_ms:
             break
         del resolutions[rid]
-        _forget_ops(state, rid)
+        if rid not in state.holds:  # a rid reused since keeps the op ids of its open attempt
+            _forget_ops(state, rid, ("", res.hold.attempt, *res.hold.earlier_attempts))
     stones = state.tombstoned_at
     while stones:
         rid, at = next(iter(stones.items()))
         if at >= before_ms:
             break
         del stones[rid]
-        state.tombstones.pop(rid, None)
-        _forget_ops(state, rid)
+        attempts = tuple(state.tombstones.pop(rid, {}))
+        if rid not in state.holds and rid not in state.resolutions:
+            _forget_ops(state, rid, ("", *attempts))
 
 
-def _forget_ops(state: AccountState, rid: str) -> None:
-    for op in _RID_OPS:
-        state.op_ids.pop(f"{op}:{rid}", None)
-    n = 1
-    while state.op_ids.pop(f"extend:{rid}:{n}", None) is not None:  # a hold's extensions, numbered from 1
-        n += 1
+def _forget_ops(state: AccountState, rid: str, attempts: tuple[str, ...]) -> None:
+    """The op ids a rid's commands left: ``kind:rid`` and ``kind:rid#attempt``, and a hold's numbered extensions."""
+    for attempt in set(attempts):
+        for op in _RID_OPS:
+            state.op_ids.pop(f"{op}:{rid}#{attempt}" if attempt else f"{op}:{rid}", None)
+        extend = f"extend:{rid}#{attempt}" if attempt else f"extend:{rid}"
+        n = 1
+        while state.op_ids.pop(f"{extend}:{n}", None) is not None:
+            n += 1
 
 
 def evolve(state: AccountState, event: LedgerEvent) -> AccountState:

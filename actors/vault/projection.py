@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS ledger (
     op_id VARCHAR NOT NULL,
     kind VARCHAR NOT NULL,
     rid VARCHAR,
-    amount_msat BIGINT NOT NULL,
+    amount_msat HUGEINT NOT NULL,
     provider VARCHAR,
     model VARCHAR,
     body VARCHAR NOT NULL,
@@ -45,8 +45,9 @@ CREATE TABLE IF NOT EXISTS projection_meta (k VARCHAR PRIMARY KEY, v BIGINT NOT 
 """
 
 _COLUMNS = {
-    "stream": "INTEGER", "stream_seq": "BIGINT", "agent_id": "VARCHAR", "seq": "BIGINT", "part": "INTEGER", "at_ms": "BIGINT",
-    "op_id": "VARCHAR", "kind": "VARCHAR", "rid": "VARCHAR", "amount_msat": "BIGINT", "provider": "VARCHAR",
+    "stream": "INTEGER", "stream_seq": "BIGINT", "agent_id": "VARCHAR", "seq": "BIGINT", "part": "INTEGER",
+    "at_ms": "BIGINT", "op_id": "VARCHAR", "kind": "VARCHAR", "rid": "VARCHAR", "amount_msat": "HUGEINT",
+    "provider": "VARCHAR",
     "model": "VARCHAR", "body": "VARCHAR", "hash": "VARCHAR", "prev_hash": "VARCHAR",
 }
 _NAMES = list(_COLUMNS)
@@ -106,6 +107,16 @@ def bulk_load(db: duckdb.DuckDBPyConnection, path: str, read_sql: str, rows: lis
         raise
     finally:
         cur.close()
+
+
+def widen(db: duckdb.DuckDBPyConnection, table: str, columns: list[str]) -> None:
+    """Money columns are 128-bit: a journal written before deposits were bounded may hold amounts or sums past
+    2^63, and a report must never fail on one. Files from before are widened in place (no rebuild needed)."""
+    for column in columns:
+        row = db.execute("SELECT data_type FROM duckdb_columns() WHERE table_name = ? AND column_name = ?",
+                         [table, column]).fetchone()
+        if row is not None and row[0] != "HUGEINT":
+            db.execute(f"ALTER TABLE {table} ALTER {column} SET DATA TYPE HUGEINT")
 
 
 def where_clause(agent_id: Optional[str], since_ms: Optional[int], until_ms: Optional[int],
@@ -228,6 +239,7 @@ class Projection:
     def __init__(self, path: str = "", streams: int = 1) -> None:
         db = duckdb.connect(path or ":memory:")
         db.execute(_SCHEMA)
+        widen(db, "ledger", ["amount_msat"])
         _rebuild_if_older(db)
         self.db = db
         self._lock = threading.Lock()

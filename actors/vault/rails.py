@@ -145,7 +145,8 @@ class Rails:
                     raise ArbstrError(500, "the wallet named the token differently than it said it would",
                                       code="wallet_inconsistent")
                 w = await self.execute(agent_id, lambda s, at: decide.deposit(
-                    s, redeemed.deposit_id, redeemed.amount_msat, "cashu", redeemed.reference, at))
+                    s, redeemed.deposit_id, redeemed.amount_msat, "cashu", redeemed.reference, at,
+                    None))  # the ecash is the vault's now: credited whatever the bound (a mint caps tokens far below)
                 if w.decided.noop:  # type: ignore[attr-defined]  # credited before: a token is spent once
                     raise ArbstrError(409, "that token was already deposited", code="token_spent", param="token")
                 state = w.state  # type: ignore[attr-defined]
@@ -160,7 +161,8 @@ class Rails:
             raise wallet_error(e) from None
         deposit_id = f"ln:{inv.payment_hash}"
         w = await self.execute(agent_id, lambda s, at: decide.issue_invoice(
-            s, deposit_id, inv.amount_msat, "lightning", inv.payment_hash, inv.bolt11, inv.expires_at_ms, at))
+            s, deposit_id, inv.amount_msat, "lightning", inv.payment_hash, inv.bolt11, inv.expires_at_ms, at,
+            self.book.deposited_msat()))
         return DepositReply(deposit_id=deposit_id, rail="lightning", status="invoice", amount_msat=inv.amount_msat,
                             bolt11=inv.bolt11, payment_hash=inv.payment_hash, expires_at_ms=inv.expires_at_ms,
                             balance_msat=w.state.available_msat)  # type: ignore[attr-defined]
@@ -177,7 +179,7 @@ class Rails:
             await self.credit(agent_id, deposit_id, settled.amount_msat, "lightning", reference)
             return
         await self.execute(agent_id, lambda s, at: decide.deposit(
-            s, deposit_id, settled.amount_msat, "lightning", reference, at))
+            s, deposit_id, settled.amount_msat, "lightning", reference, at, None))
 
     def _find_invoice(self, payment_hash: str) -> Optional[tuple[str, str]]:
         """The account that issued an invoice, from the read model (after a restart, or written elsewhere)."""
@@ -263,7 +265,8 @@ class Rails:
             def start(s: AccountState, at: int) -> decide.Decided:
                 self.freeze.check()
                 return decide.start_payout(s, payout_id, plan.amount_msat, plan.fee_limit_msat, plan.rail,
-                                           plan.reference, plan.destination, at, wallet=self.identity(plan.rail))
+                                           plan.reference, plan.destination, at, wallet=self.identity(plan.rail),
+                                           payout_key=req.payout_id or "")
             w = await self.execute(agent_id, start)
             resume = bool(w.decided.noop)  # type: ignore[attr-defined]  # a concurrent retry journaled it first
         # A repeated request for a payout already journaled asks the rail first rather than sending blind.
@@ -277,15 +280,31 @@ class Rails:
             log.warning("payout %s: its driver failed (%r); it stays pending", payout_id, e)
         return await self.payout(agent_id, payout_id)
 
+    async def _claim_invoice(self, agent_id: str, payment_hash: str) -> None:
+        """Make ``agent_id`` the one account that may pay this payment hash, vault-wide, before anything is
+        journaled. Checking the journals of every agent and then writing is check-then-act: two agents posting one
+        invoice at the same moment (on one instance or several) would both be charged. The KV create is atomic:
+        exactly one of them owns the hash, for good (even if its payout is then refused), like a token's claim."""
+        owner = self.owner_of_payout(payment_hash)  # payouts journaled before claims existed
+        if owner is None:
+            try:
+                owner = await self.claims.claim(f"invoice:{payment_hash}", agent_id)
+            except Exception as e:
+                raise ArbstrError(503, f"the invoice could not be claimed now ({type(e).__name__}); try again",
+                                  code="vault_unavailable", headers={"retry-after": "1"}) from None
+        if owner != agent_id:
+            raise ArbstrError(409, "that invoice is being paid by another account", code="payout_conflict",
+                              param="bolt11", headers={"x-should-retry": "false"})
+
     async def _plan_invoice(self, agent_id: str, req: WithdrawRequest
                             ) -> tuple[str, Optional[PayoutPlan], Optional[str]]:
         assert req.bolt11 is not None
         payment_hash, amount, _ = decode_bolt11(req.bolt11)
-        owner = self.owner_of_payout(payment_hash)
-        if owner is not None and owner != agent_id:
-            raise ArbstrError(409, "that invoice is being paid by another account", code="payout_conflict")
-        if owner is not None:
-            return payment_hash, None, owner
+        await self._claim_invoice(agent_id, payment_hash)
+        # A repeat: the same invoice on the same rail under the same key is the same payout; anything else a 409.
+        if decide.same_payout(self.book.state(agent_id), payment_hash, amount, req.rail,
+                              req.payout_id or "") is not None:
+            return payment_hash, None, agent_id
         rail = self._rail_for(req, amount)
         return payment_hash, await self.wallet.plan_payout(req.bolt11, rail), None
 
@@ -299,11 +318,12 @@ class Rails:
             raise ArbstrError(400, "only the cashu rail pays out as a token; send a bolt11 for Lightning",
                               code="invalid_value", param="rail")
         # Token payouts are named by the agent's idempotency key (or a fresh one): a retried request finds its
-        # payout, and the wallet keeps the token it issued under that name.
+        # payout, and the wallet keeps the token it issued under that name. The same key for another amount is a
+        # 409, as a deposit id credited with another amount is.
         payout_id = f"tok:{agent_id}:{req.payout_id or os.urandom(12).hex()}"
-        owner = self.owner_of_payout(payout_id)
-        if owner is not None:
-            return payout_id, None, owner
+        if decide.same_payout(self.book.state(agent_id), payout_id, req.amount_msat, rail,
+                              req.payout_id or "") is not None:
+            return payout_id, None, agent_id
         return payout_id, await self.wallet.plan_token_payout(payout_id, req.amount_msat), None
 
     async def payout(self, agent_id: str, payout_id: str) -> PayoutView:

@@ -20,7 +20,7 @@ from actors.runtime import unsubscribe_quietly
 from schemas import subjects
 from schemas.requests import RequestList, RequestRecord, RequestsQuery, StatsQuery, StatsReply, StatsRow
 
-from .projection import Projection, SpooledTable, where_clause
+from .projection import Projection, SpooledTable, where_clause, widen
 
 log = logging.getLogger("arbstr.vault.requests")
 
@@ -28,14 +28,23 @@ _COLUMNS = {
     "stream_seq": "BIGINT", "request_id": "VARCHAR", "agent_id": "VARCHAR", "endpoint": "VARCHAR",
     "model": "VARCHAR", "provider": "VARCHAR", "upstream_model": "VARCHAR", "tier": "VARCHAR",
     "status": "INTEGER", "success": "BOOLEAN", "streamed": "BOOLEAN", "input_tokens": "BIGINT",
-    "output_tokens": "BIGINT", "cost_msat": "BIGINT", "baseline_msat": "BIGINT", "latency_ms": "DOUBLE",
+    "output_tokens": "BIGINT", "cost_msat": "HUGEINT", "baseline_msat": "HUGEINT", "latency_ms": "DOUBLE",
     "overhead_ms": "DOUBLE", "at_ms": "BIGINT", "estimated": "BOOLEAN",
 }
+# Added after the first release: an older file gets them by ALTER TABLE (NULL in its old rows).
+_ADDED_COLUMNS = {
+    "provider_cost_msat": "HUGEINT", "cost_drift": "BOOLEAN",
+    "predicted_tier": "VARCHAR", "tier_confidence": "DOUBLE", "tier_scorer": "VARCHAR",
+    "tier_features": "STRUCT(name VARCHAR, weight DOUBLE)[]",
+}
+_COLUMNS.update(_ADDED_COLUMNS)
 _RECORD_FIELDS = [c for c in _COLUMNS if c != "stream_seq"]
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS requests (" + ", ".join(f"{k} {v}" for k, v in _COLUMNS.items()) + ");"
-           "CREATE TABLE IF NOT EXISTS projection_meta (k VARCHAR PRIMARY KEY, v BIGINT NOT NULL);")
-_READ = ("INSERT INTO requests SELECT " + ", ".join(_COLUMNS) + " FROM read_json(?, format = 'newline_delimited', "
-         "columns = {" + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "})")
+           + "".join(f"ALTER TABLE requests ADD COLUMN IF NOT EXISTS {k} {v};" for k, v in _ADDED_COLUMNS.items())
+           + "CREATE TABLE IF NOT EXISTS projection_meta (k VARCHAR PRIMARY KEY, v BIGINT NOT NULL);")
+_READ = ("INSERT INTO requests (" + ", ".join(_COLUMNS) + ") SELECT " + ", ".join(_COLUMNS)
+         + " FROM read_json(?, format = 'newline_delimited', columns = {"
+         + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "})")
 _META_KEY = "requests_seq"
 
 _GROUP_KEY = {
@@ -45,11 +54,21 @@ _GROUP_KEY = {
 _SORT = {"at": "at_ms", "cost": "cost_msat", "latency": "latency_ms"}
 
 
+def _record(row: tuple[Any, ...]) -> RequestRecord:
+    fields = dict(zip(_RECORD_FIELDS, row))
+    if fields.get("tier_features") is None:  # a row from before the column existed
+        fields["tier_features"] = []
+    if fields.get("cost_drift") is None:
+        fields["cost_drift"] = False
+    return RequestRecord(**fields)
+
+
 class RequestLog(SpooledTable):
     def __init__(self, projection: Projection) -> None:
         # Shares the ledger projection's database and lock: one DuckDB file, one writer at a time.
         with projection._lock:
             projection.db.execute(_SCHEMA)
+            widen(projection.db, "requests", ["cost_msat", "baseline_msat", "provider_cost_msat"])
         self._init_spool(projection.db, projection._lock, projection._spool, "requests.jsonl", _READ, _META_KEY)
         self._sub: Any = None
 
@@ -108,5 +127,5 @@ class RequestLog(SpooledTable):
             total = self.db.execute(f"SELECT count(*) FROM requests{where}", params).fetchone()
             rows = self.db.execute(f"SELECT {', '.join(_RECORD_FIELDS)} FROM requests{where} ORDER BY {order} "
                                    "LIMIT ? OFFSET ?", params + [q.limit, q.offset]).fetchall()
-        items = [RequestRecord(**dict(zip(_RECORD_FIELDS, r))) for r in rows]
+        items = [_record(r) for r in rows]
         return RequestList(total=int(total[0]) if total else 0, items=items)

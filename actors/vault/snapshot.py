@@ -44,7 +44,7 @@ def decode(raw: bytes) -> PartitionState:
 
 
 def _account(a: dict[str, Any]) -> AccountState:
-    hold = lambda h: Hold(**h)  # noqa: E731
+    hold = lambda h: Hold(**{**h, "earlier_attempts": tuple(h.get("earlier_attempts", ()))})  # noqa: E731
     payout = lambda p: Payout(**p)  # noqa: E731
     values: dict[str, Any] = {f.name: a[f.name] for f in fields(AccountState) if f.name in a}
     values["policy"] = AgentPolicy.model_validate(a["policy"])

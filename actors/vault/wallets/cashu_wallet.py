@@ -397,6 +397,26 @@ class CashuWallet:
         assert done is not None
         return Redeemed(deposit_id, done.amount_sat * MSAT_PER_SAT, done.reference)
 
+    async def token_state(self, token: str) -> str:
+        """NUT-07, read only: "unspent" (every proof of the token), "pending" (one is in an operation at the mint)
+        or "spent" (one or more already spent). How a token handed to someone else is known to be used or not."""
+        parsed = parse_token(token)
+        for mint in parsed.mints:
+            if not same_mint(mint, self.mint_url):
+                raise WalletError("the token is from another mint", code="foreign_mint")
+        try:
+            async with self._lock:
+                await self._known_keysets(parsed.proofs)
+            states = await ask(LedgerAPI.check_proof_state(self._wallet, parsed.proofs), self.cfg.timeout_s)
+        except (MintUnreachable, MintRefused) as e:
+            raise WalletError(f"the mint could not say: {e}", code="rail_unavailable", status=503) from None
+        values = [st.state.value for st in states.states]
+        if len(values) != len(parsed.proofs):
+            raise WalletError("the mint answered for other proofs", code="rail_unavailable", status=503)
+        if "PENDING" in values:
+            return "pending"
+        return "unspent" if all(v == "UNSPENT" for v in values) else "spent"
+
     # --- deposits: mint quotes paid over Lightning -----------------------------------------------------
     async def create_invoice(self, amount_msat: int, memo: str, expiry_s: int) -> DepositInvoice:
         sats = whole_sats(amount_msat, "a deposit")

@@ -1,0 +1,136 @@
+"""Paid mode against free mode, in one run on the same machine (ratios hold on noisy machines):
+
+    python -m bench.paid [--requests 1000] [--concurrency 32] [--duration 8] [--agents 100]
+
+Each mode runs the whole stack as processes (as `arbstr up` does, on an authenticated bus) against the mock
+upstream. Printed per mode: added latency (sequential p50 against direct-to-mock), streamed time to first token
+added, throughput at C in flight from one agent and from many, CPU per request of every arbstr process plus
+nats-server (from /proc, the load client and the mock excluded), and in paid mode the journal messages and
+events-stream messages per request. Then the ratios paid ÷ free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+from typing import Any, Optional
+
+import aiohttp
+import nats
+
+from arbstr.components import install_uvloop
+from schemas import subjects
+
+from .overhead import Headers, pct, sequential, throughput, ttft
+from .stack import BenchStack, bench_stack
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of these processes so far (fields 14 and 15 of /proc/<pid>/stat)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / TICK
+
+
+async def stream_seq(stack: BenchStack, stream: str) -> int:
+    nc = await nats.connect(stack.nats.url, **stack.connect_options("operator"))  # type: ignore[arg-type]
+    try:
+        return int((await nc.jetstream().stream_info(stream)).state.last_seq)
+    except Exception:
+        return 0
+    finally:
+        await nc.close()
+
+
+async def loaded(stack: BenchStack, http: aiohttp.ClientSession, url: str, concurrency: int, duration_s: float,
+                 headers: Headers) -> dict[str, Any]:
+    pids = stack.arbstr_pids()
+    ledger0, events0 = await stream_seq(stack, subjects.STREAM_LEDGER), await stream_seq(stack, subjects.STREAM_EVENTS)
+    cpu0 = cpu_s(pids)
+    result = await throughput(http, url, concurrency, duration_s, headers)
+    await asyncio.sleep(0.5)  # settles after the last answers are part of what those requests cost
+    cpu = cpu_s(pids) - cpu0
+    done = max(1, result["ok"] + result["errors"])
+    result["cpu_ms_per_request"] = round(cpu * 1000 / done, 3)
+    if stack.admin_token:
+        ledger = await stream_seq(stack, subjects.STREAM_LEDGER) - ledger0
+        events = await stream_seq(stack, subjects.STREAM_EVENTS) - events0
+        result["journal_messages_per_request"] = round(ledger / done, 3)
+        result["events_messages_per_request"] = round(events / done, 3)
+    return result
+
+
+async def measure(stack: BenchStack, requests: int, concurrency: int, duration_s: float, one: Headers,
+                  many: Headers) -> dict[str, Any]:
+    conn = aiohttp.TCPConnector(limit=concurrency * 2)
+    async with aiohttp.ClientSession(connector=conn) as http:
+        gw, direct = f"{stack.gateway_url}/v1/chat/completions", f"{stack.mock_url}/alpha/v1/chat/completions"
+        await sequential(http, gw, 200, one)  # warm-up: connections, caches, lazy imports
+        await sequential(http, direct, 200, [{}])
+        d_lat, _ = await sequential(http, direct, requests, [{}])
+        g_lat, g_over = await sequential(http, gw, requests, one)
+        d_ttft = await ttft(http, direct, min(requests, 300), [{}])
+        g_ttft = await ttft(http, gw, min(requests, 300), one)
+        one_agent = await loaded(stack, http, gw, concurrency, duration_s, one)
+        many_agents = await loaded(stack, http, gw, concurrency, duration_s, many)
+        direct_tp = await throughput(http, direct, concurrency, duration_s, [{}])
+    return {
+        "added_ms_p50": round(pct(g_lat, 50) - pct(d_lat, 50), 3),
+        "added_ms_p99": round(pct(g_lat, 99) - pct(d_lat, 99), 3),
+        "x_arbstr_overhead_ms_p50": pct(g_over, 50),
+        "ttft_added_ms_p50": round(pct(g_ttft, 50) - pct(d_ttft, 50), 3),
+        "one_agent": one_agent,
+        "many_agents": many_agents,
+        "direct_req_per_s": direct_tp["req_per_s"],
+    }
+
+
+def ratios(free: dict[str, Any], paid: dict[str, Any]) -> dict[str, Any]:
+    def r(a: float, b: float) -> Optional[float]:
+        return round(a / b, 3) if b else None
+
+    return {
+        "throughput_one_agent": r(paid["one_agent"]["req_per_s"], free["one_agent"]["req_per_s"]),
+        "throughput_many_agents": r(paid["many_agents"]["req_per_s"], free["many_agents"]["req_per_s"]),
+        "cpu_per_request_one_agent": r(paid["one_agent"]["cpu_ms_per_request"],
+                                       free["one_agent"]["cpu_ms_per_request"]),
+        "added_latency_p50_ms_over_free": round(paid["added_ms_p50"] - free["added_ms_p50"], 3),
+        "ttft_added_p50_ms_over_free": round(paid["ttft_added_ms_p50"] - free["ttft_added_ms_p50"], 3),
+        "paid_vs_direct_to_mock": r(paid["one_agent"]["req_per_s"], paid["direct_req_per_s"]),
+    }
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=32)
+    ap.add_argument("--duration", type=float, default=8.0)
+    ap.add_argument("--agents", type=int, default=100)
+    args = ap.parse_args(argv)
+    install_uvloop()
+    out: dict[str, Any] = {"concurrency": args.concurrency}
+    for mode in ("free", "paid"):
+        with bench_stack(paid=mode == "paid") as stack:
+            if mode == "paid":
+                tokens = [stack.create_agent(f"bench{i}", 10**15) for i in range(args.agents)]
+                one: Headers = [{"Authorization": f"Bearer {tokens[0]}"}]
+                many: Headers = [{"Authorization": f"Bearer {t}"} for t in tokens]
+            else:
+                one = many = [{}]
+            out[mode] = asyncio.run(measure(stack, args.requests, args.concurrency, args.duration, one, many))
+    out["paid_over_free"] = ratios(out["free"], out["paid"])
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
