@@ -46,6 +46,9 @@ Handler = Callable[[Any, dict[str, str]], Awaitable[BaseModel]]
 T = TypeVar("T")
 # How long an actor's start may wait for JetStream (leaders being elected on a fresh or degraded cluster).
 STARTUP_BUDGET_S = 60.0
+# An ordered consumer whose server went away is re-made after two missed heartbeats: nats-py's default (5 s)
+# leaves a follower blind for 10 s after a node dies.
+HEARTBEAT_S = 1.0
 QUEUE_GROUP = "arbstr"
 
 

@@ -50,7 +50,7 @@ class NatsServer:
         self.authorization = authorization  # an `authorization { … }` block (arbstr.bus_auth); None: open bus
         self.cluster = cluster  # a `cluster { … }` block for a node of a cluster
         self.proc: Optional[subprocess.Popen[bytes]] = None
-        self._ports_dir = Path(tempfile.mkdtemp(prefix="arbstr-nats-ports-"))
+        self._ports_dir: Optional[Path] = None  # made per start, removed at stop: nothing left behind in /tmp
 
     @property
     def url(self) -> str:
@@ -84,6 +84,8 @@ class NatsServer:
 
     def start(self, timeout_s: float = 10.0) -> "NatsServer":
         self.store_dir.mkdir(parents=True, exist_ok=True)
+        self._remove_ports_dir()
+        self._ports_dir = Path(tempfile.mkdtemp(prefix="arbstr-nats-ports-"))
         args = [
             nats_server_binary(), "-c", str(self._config_file()), "-a", self.host,
             "-p", str(self.port if self.port else -1), "-n", self.name,
@@ -108,14 +110,19 @@ class NatsServer:
         raise TimeoutError("nats-server did not start")
 
     def stop(self, kill: bool = False) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._remove_ports_dir()
+
+    def _remove_ports_dir(self) -> None:
+        if self._ports_dir is not None:
+            shutil.rmtree(self._ports_dir, ignore_errors=True)
+            self._ports_dir = None
 
     def restart(self) -> None:
         """Same store, same port."""
@@ -127,5 +134,3 @@ class NatsServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-        if os.environ.get("ARBSTR_KEEP_NATS_PORTS") is None:
-            shutil.rmtree(self._ports_dir, ignore_errors=True)

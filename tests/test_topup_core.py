@@ -103,3 +103,13 @@ def test_what_an_answer_to_a_delivered_token_means() -> None:
     assert verdict(500, err("cashu_token_consumed")) == "retry"
     assert verdict(401, err("invalid_api_key")) == "retry"
     assert verdict(400, {"detail": "Invalid token format", "request_id": "r"}) == "retry"
+
+
+def test_a_providers_top_ups_are_its_own_not_those_of_a_provider_whose_name_extends_it() -> None:
+    from actors.vault.topup_plan import is_topup_of
+
+    assert is_topup_of("node-a", "topup-node-a-3")
+    assert not is_topup_of("node-a", "topup-node-a-2-1")  # node-a-2's first top-up
+    assert is_topup_of("node-a-2", "topup-node-a-2-1")
+    assert not is_topup_of("node-a", "topup-node-a-")
+    assert not is_topup_of("node-a", "topup-node-b-1")

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from actors.netguard import private_urls_allowed
 from actors.runtime import (QUEUE_GROUP, Endpoint, RawReply, admin_token_hash, answer, cancel_and_wait, check_admin,
-                            error_reply, open_bucket)
+                            error_reply, open_bucket, retry_transient)
 from schemas import subjects
 from schemas.config import Config, VaultConfig
 from schemas.errors import ArbstrError
@@ -166,7 +166,9 @@ class VaultActor:
         await self.snapshots.start()
         # The read model: every partition's snapshot and the journal after it, then live.
         self.follower = Follower(nc, self.book, self.layout.streams, legacy_upto)
-        live_from = {i: await stream_last_seq(nc, subjects.ledger_stream(i)) + 1 for i in range(self.layout.streams)}
+        live_from = {i: await retry_transient(lambda i=i: stream_last_seq(nc, subjects.ledger_stream(i)),
+                                              f"ledger stream {i}") + 1
+                     for i in range(self.layout.streams)}
         self.follower.hold()
         await self.follower.start(live_from)
         await self._load_read_model()
@@ -326,10 +328,16 @@ class VaultActor:
         """Every partition from its snapshot and its journal since, read per partition (not the whole stream)."""
         assert self.snapshots is not None and self.journal is not None
 
-        async def one(k: int) -> None:
+        async def load(k: int) -> PartitionState:
             part = await self.snapshots.load(k) or PartitionState(k)  # type: ignore[union-attr]
             async for seq, raw in self.journal.tail(k, part.last_seq):  # type: ignore[union-attr]
                 fold_batch(part, JournalBatch.model_validate_json(raw), seq, _hash(raw))
+            return part
+
+        async def one(k: int) -> None:
+            # A fresh cluster (or one electing a leader) times reads out for a while: each attempt starts over
+            # from an empty partition, so nothing is folded twice.
+            part = await retry_transient(lambda: load(k), f"partition {k} read model")
             self.book.adopt(part, k % self.layout.streams)
 
         for start in range(0, self.layout.partitions, 16):
@@ -619,12 +627,22 @@ class VaultActor:
             return ""
         return agent_id
 
+    @property
+    def _read_wait_s(self) -> float:
+        # Below the caller's bus timeout: a read model that is behind (a follower re-subscribing after a lost
+        # server) answers a clear 503 to retry, not a timeout the caller cannot tell from a dead vault.
+        return min(10.0, 0.6 * self.config.nats.request_timeout_s)
+
     async def _caught_up(self) -> None:
         """The read model has every batch journaled so far (by any instance): read-your-writes for admin reads."""
         assert self.nc is not None and self.follower is not None
-        for i in range(self.layout.streams):
-            last = await stream_last_seq(self.nc, subjects.ledger_stream(i))
-            await self.follower.wait_applied(i, last)
+        try:
+            for i in range(self.layout.streams):
+                last = await stream_last_seq(self.nc, subjects.ledger_stream(i))
+                await self.follower.wait_applied(i, last, self._read_wait_s)
+        except asyncio.TimeoutError:
+            raise ArbstrError(503, "the vault's read model is catching up with the journal; try again",
+                              code="catching_up", headers={"retry-after": "1"}) from None
 
     async def _whoami(self, req: TokenRef, headers: dict[str, str]) -> AgentRoute:
         """Which agent a token is (the gateway then sends its reserves straight to the partition's owner)."""
@@ -1105,7 +1123,7 @@ class VaultActor:
                     await stack.enter_async_context(owner.writer.quiet())
             upto = dict(self.book.top_seq)
             books = self.book.books(max(upto.values(), default=0))
-        if not await self.feed.reached(upto):
+        if not await self.feed.reached(upto, self._read_wait_s):
             return books  # the projection is behind: the books answer without the comparison
         totals = await asyncio.to_thread(self.projection.totals, None, upto)
         books.projection_agrees = (
@@ -1117,7 +1135,7 @@ class VaultActor:
     async def _projection_current(self) -> None:
         """Writes acked so far reach the projection before a history read: read-after-write."""
         assert self.feed is not None
-        if not await self.feed.reached(dict(self.book.top_seq)):
+        if not await self.feed.reached(dict(self.book.top_seq), self._read_wait_s):
             log.warning("history: the projection is behind the journal; answering with what it has")
 
     async def _payouts(self, req: AgentRef, headers: dict[str, str]) -> PayoutList:

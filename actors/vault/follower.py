@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from actors.runtime import unsubscribe_quietly
+from actors.runtime import HEARTBEAT_S, unsubscribe_quietly
 from schemas import subjects
 from schemas.ledger import JournalBatch, JournalEntry, batch_hash
 
@@ -67,6 +67,7 @@ class Follower:
             filter_subject = subjects.ledger_stream_subjects(index)[0]
             self._subs.append(await js.subscribe(
                 filter_subject, cb=on_msg, ordered_consumer=True, stream=subjects.ledger_stream(index),
+                idle_heartbeat=HEARTBEAT_S,
                 config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)))
 
     def _handle(self, index: int, msg: Msg) -> None:

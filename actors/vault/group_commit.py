@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Optional
@@ -73,6 +74,7 @@ class GroupCommit:
         self._wake = asyncio.Event()
         self._task: Optional[asyncio.Task[None]] = None
         self._batches = 0
+        self._session = secrets.token_hex(4)
         self.stopped: Optional[str] = None
         self.stats = {"batches": 0, "commands": 0, "journaled": 0}
         self._lock = asyncio.Lock()  # held while a batch is decided and written: memory is ahead of the journal
@@ -121,8 +123,10 @@ class GroupCommit:
                 c.future.set_exception(moved(self.part.partition))
 
     def _next_id(self) -> str:
+        # The session token keeps ids unique even when a writer is restarted under the same epoch: JetStream's
+        # de-duplication would otherwise ack a new batch with an old batch's sequence.
         self._batches += 1
-        return f"p{self.part.partition}:e{self.epoch}:{self._batches}"
+        return f"p{self.part.partition}:e{self.epoch}:{self._session}:{self._batches}"
 
     async def _run(self) -> None:
         while self.stopped is None:

@@ -71,7 +71,12 @@ class PartitionJournal:
             if e.err_code in (WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT):
                 raise Fenced(str(e)) from None
             raise
-        # A duplicate ack names the sequence this batch landed at before (its first ack was lost): ours too.
+        # A duplicate ack names the sequence a message with this id landed at before. Batch ids are unique per
+        # writer session, so that is our own earlier send whose ack was lost, and it must lie after the point we
+        # expected. At or before it, the id belongs to another batch: taking its sequence as ours would answer
+        # commands that were never journaled.
+        if getattr(ack, "duplicate", False) and int(ack.seq) <= expected_seq:
+            raise Fenced(f"batch id {batch_id} already used at sequence {ack.seq} (expected after {expected_seq})")
         return int(ack.seq)
 
     async def last(self, partition: int) -> Optional[tuple[int, bytes]]:

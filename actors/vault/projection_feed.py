@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from actors.runtime import unsubscribe_quietly
+from actors.runtime import HEARTBEAT_S, unsubscribe_quietly
 from schemas import subjects
 
 from .projection import Projection
@@ -43,7 +43,7 @@ class ProjectionFeed:
                     self._progress.notify_all()
 
             self._subs.append(await js.subscribe(
-                subjects.ledger_stream_subjects(index)[0], cb=on_msg, ordered_consumer=True,
+                subjects.ledger_stream_subjects(index)[0], cb=on_msg, ordered_consumer=True, idle_heartbeat=HEARTBEAT_S,
                 stream=subjects.ledger_stream(index),
                 config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
                                       opt_start_seq=self.projection.applied(index) + 1)))

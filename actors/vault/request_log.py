@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from actors.runtime import unsubscribe_quietly
+from actors.runtime import HEARTBEAT_S, unsubscribe_quietly
 from schemas import subjects
 from schemas.requests import RequestList, RequestRecord, RequestsQuery, StatsQuery, StatsReply, StatsRow
 
@@ -92,7 +92,7 @@ class RequestLog(SpooledTable):
             if start > 1 else ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
         self._sub = await nc.jetstream().subscribe(f"{subjects.REQUESTS_PREFIX}.>", cb=on_msg,
                                                    ordered_consumer=True, stream=subjects.STREAM_EVENTS,
-                                                   config=config)
+                                                   idle_heartbeat=HEARTBEAT_S, config=config)
 
     async def stop(self) -> None:
         await unsubscribe_quietly(self._sub)

@@ -36,7 +36,8 @@ from . import decide
 from .book import Book
 from .node_client import Answer, NodeClient
 from .rails import Execute, Rails
-from .topup_plan import Step, credited_msat, delivery_verdict, next_step, reserve_need_msat, sizing, topup_prefix
+from .topup_plan import (Step, credited_msat, delivery_verdict, is_topup_of, next_step, reserve_need_msat, sizing,
+                         topup_prefix)
 
 log = logging.getLogger("arbstr.vault.topup")
 
@@ -198,11 +199,18 @@ class TopUps:
 
     def _payouts(self, provider: str) -> dict[str, str]:
         """Top-up payout id → pending / succeeded / failed, of one provider ("": of every provider)."""
-        prefix = f"tok:{self.cfg.operator_agent}:{topup_prefix(provider) if provider else 'topup-'}"
+        owner = f"tok:{self.cfg.operator_agent}:"
+
+        def ours(pid: str) -> bool:
+            if not pid.startswith(owner):
+                return False
+            local = pid[len(owner):]
+            return is_topup_of(provider, local) if provider else local.startswith("topup-")
+
         state = self.book.state(self.cfg.operator_agent)
-        out = {pid: "pending" for pid in state.payouts if pid.startswith(prefix)}
+        out = {pid: "pending" for pid in state.payouts if ours(pid)}
         out.update({pid: ("succeeded" if end.kind == "settled" else "failed")
-                    for pid, end in state.payouts_done.items() if pid.startswith(prefix)})
+                    for pid, end in state.payouts_done.items() if ours(pid)})
         return out
 
     async def _deliver(self, entry: ProviderPrices, key: Optional[ProviderKey], revision: Optional[int],

@@ -34,6 +34,13 @@ def topup_prefix(provider: str) -> str:
     return f"topup-{provider}-"
 
 
+def is_topup_of(provider: str, payout_id: str) -> bool:
+    """Whether ``payout_id`` (without the ``tok:<operator>:`` part) is one of ``provider``'s top-ups: the prefix
+    alone would give node-a the top-ups of node-a-2."""
+    rest = payout_id.removeprefix(topup_prefix(provider))
+    return rest != payout_id and rest.isdigit()
+
+
 def settled_out(key: Optional[ProviderKey]) -> set[str]:
     """Paid top-ups that need nothing more: delivered, taken back into the wallet, or known lost."""
     if key is None:
