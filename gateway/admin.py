@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable, Optional, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from actors.runtime import admin_token_hash, token_hash
+from actors.runtime.tokens import admin_token_hash, token_hash
 from schemas import subjects
 from schemas.common import MAX_APPROVAL_TIMEOUT_S, MAX_MSAT
 from schemas.config import Config

@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable, Optional
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from actors.runtime import connect
+from actors.runtime.connection import connect
 from schemas import subjects
 from schemas.bus_permissions import GATEWAY as GATEWAY_IDENTITY
 from schemas.config import Config
@@ -38,7 +38,7 @@ from .openapi import add_openapi_route
 from .ops import add_ops_routes
 from .responses_relay import add_responses_routes
 from .server import gateway_runner
-from actors.runtime import admin_token_hash
+from actors.runtime.tokens import admin_token_hash
 
 from .vault_meter import VaultMeter
 from .auth_gate import AuthGate

@@ -25,7 +25,7 @@ from schemas.pricing import (ConfirmReply, ConfirmRequest, HeldRate, ModelRate, 
 from schemas.router import Candidate, FeatureWeight, RouteReply, RouteRequest, TierExplanation
 
 from .endpoints import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSpec, validate
-from actors.runtime import admin_token_hash
+from actors.runtime.tokens import admin_token_hash
 
 from .headers import route_overrides
 from .http import REQUEST_ID, TRACE, bearer_token, json_response, read_json_object

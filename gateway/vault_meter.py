@@ -13,7 +13,7 @@ from typing import Optional
 
 from nats.aio.client import Client as NATS
 
-from actors.runtime import token_hash
+from actors.runtime.tokens import token_hash
 from schemas import subjects
 from schemas.errors import ArbstrError
 from schemas.router import RouteReply

@@ -21,8 +21,10 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from actors.bucket_follower import BucketFollower, is_delete
-from actors.runtime import QUEUE_GROUP, Endpoint, cancel_and_wait, open_bucket
+from actors.runtime.bucket_follower import BucketFollower, is_delete
+from actors.runtime.endpoints import QUEUE_GROUP, Endpoint
+from actors.runtime.jetstream import open_bucket
+from actors.runtime.tasks import cancel_and_wait
 from schemas import subjects
 from schemas.breaker import BreakerState, Outcome, ProbeReply, ProbeRequest, StateReply, StateRequest
 from schemas.config import Config

@@ -21,10 +21,13 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from actors.bucket_follower import BucketFollower, is_delete
-from actors.netguard import private_reason, private_urls_allowed, public_connector
-from actors.redirects import refuse_redirects
-from actors.runtime import Endpoint, admin_token_hash, cancel_and_wait, open_bucket, wait_condition
+from actors.runtime.bucket_follower import BucketFollower, is_delete
+from actors.runtime.endpoints import Endpoint
+from actors.runtime.jetstream import open_bucket
+from actors.runtime.netguard import private_reason, private_urls_allowed, public_connector
+from actors.runtime.redirects import refuse_redirects
+from actors.runtime.tasks import cancel_and_wait, wait_condition
+from actors.runtime.tokens import admin_token_hash
 from schemas import subjects
 from schemas.config import Config, FeedConfig, ProviderConfig
 from schemas.errors import ArbstrError

@@ -12,8 +12,10 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
-from actors.bucket_follower import BucketFollower, is_delete
-from actors.runtime import Endpoint, open_bucket, wait_condition
+from actors.runtime.bucket_follower import BucketFollower, is_delete
+from actors.runtime.endpoints import Endpoint
+from actors.runtime.jetstream import open_bucket
+from actors.runtime.tasks import wait_condition
 from schemas import subjects
 from schemas.breaker import BreakerState
 from schemas.config import Config

@@ -27,9 +27,11 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import BaseModel
 
-from actors.netguard import private_urls_allowed
-from actors.runtime import (QUEUE_GROUP, Endpoint, RawReply, admin_token_hash, answer, cancel_and_wait, check_admin,
-                            error_reply, open_bucket)
+from actors.runtime.endpoints import QUEUE_GROUP, Endpoint, RawReply, answer, error_reply
+from actors.runtime.jetstream import open_bucket
+from actors.runtime.netguard import private_urls_allowed
+from actors.runtime.tasks import cancel_and_wait
+from actors.runtime.tokens import admin_token_hash, check_admin
 from schemas import subjects
 from schemas.config import Config, VaultConfig
 from schemas.errors import ArbstrError

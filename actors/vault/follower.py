@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from actors.runtime import unsubscribe_quietly
+from actors.runtime.tasks import unsubscribe_quietly
 from schemas import subjects
 from schemas.ledger import JournalBatch, JournalEntry, batch_hash
 

@@ -16,7 +16,7 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from actors.runtime import unsubscribe_quietly
+from actors.runtime.tasks import unsubscribe_quietly
 from schemas import subjects
 from schemas.requests import RequestList, RequestRecord, RequestsQuery, StatsQuery, StatsReply, StatsRow
 

@@ -9,6 +9,7 @@ top-up after a 402 covers what the refused request needed.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Optional
 
@@ -32,6 +33,11 @@ class Step:
 
 def topup_prefix(provider: str) -> str:
     return f"topup-{provider}-"
+
+
+def key_of(token: str) -> str:
+    """The key a Routstr node makes from a token: it is named by the token itself."""
+    return "sk-" + hashlib.sha256(token.encode()).hexdigest()
 
 
 def settled_out(key: Optional[ProviderKey]) -> set[str]:
