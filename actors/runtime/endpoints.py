@@ -1,5 +1,6 @@
-"""One actor endpoint: its subject, the pydantic message it takes, its handler — and the one codec every actor
-endpoint answers through (decode, admin check, run, encode the reply or the error)."""
+"""One actor endpoint: an exchange of ``schemas.exchanges`` (subject, request and reply models) and the handler that
+serves it — and the one codec every actor endpoint answers through (decode, admin check, run, encode the reply or
+the error with the error codec of ``schemas.exchanges``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas import subjects, trace
 from schemas.errors import ArbstrError
+from schemas.exchanges import Exchange, encode_error, reply_status
 
 from .jetstream import transient_bus_error
 from .tokens import check_admin
@@ -41,14 +43,13 @@ class RawReply:
     headers: Optional[dict[str, str]] = None
 
 
-def error_reply(err: ArbstrError) -> tuple[bytes, dict[str, str]]:
-    headers = {
-        subjects.H_SERVICE_ERROR: err.message[:200],
-        subjects.H_SERVICE_ERROR_CODE: str(err.status),
-    }
-    for k, v in err.headers.items():
-        headers[f"X-Http-{k}"] = v
-    return err.body().model_dump_json().encode(), headers
+def serve(exchange: Exchange[Any, Any], handler: Handler) -> Endpoint:
+    """The endpoint that answers ``exchange`` with ``handler`` (on its own subject, in the queue group)."""
+    return Endpoint(exchange.name, exchange.subject, exchange.request, handler, auth=exchange.auth)
+
+
+# The reply an actor sends for an error: the one codec of ``schemas.exchanges``, which callers decode.
+error_reply = encode_error
 
 
 async def answer(ep: Endpoint, data: bytes, headers: dict[str, str], admin_hash: Optional[str],
@@ -69,7 +70,7 @@ async def answer(ep: Endpoint, data: bytes, headers: dict[str, str], admin_hash:
                               code="invalid_message", param=loc or None) from None
         reply = await ep.handler(message, headers)
         if isinstance(reply, RawReply):
-            return reply.data, reply.headers, (reply.headers or {}).get(subjects.H_SERVICE_ERROR_CODE, "200")
+            return reply.data, reply.headers, reply_status(reply.headers)
         return reply.model_dump_json().encode(), None, "200"
     except ArbstrError as err:
         body, h = error_reply(err)
