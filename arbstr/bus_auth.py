@@ -20,7 +20,7 @@ from typing import Optional
 
 import nkeys
 
-from actors.runtime import read_seed
+from actors.runtime.connection import read_seed
 from schemas.bus_permissions import IDENTITIES, Permissions, table
 
 ROUTE_USER = "route"

@@ -21,7 +21,7 @@ COMPONENTS = ("gateway", *ACTORS)
 
 def bus_credential(flag: Optional[str], config: Config) -> Optional[str]:
     """The credential file a component connects with: --creds, else $ARBSTR_NATS_CREDS, else [nats] creds."""
-    from actors.runtime import ENV_CREDS
+    from actors.runtime.connection import ENV_CREDS
 
     return flag or os.environ.get(ENV_CREDS) or config.nats.creds or None
 
@@ -37,7 +37,7 @@ async def run_component(name: str, config: Config, nats_url: Optional[str] = Non
         return
     if name not in ACTORS:
         raise ValueError(f"unknown component {name!r}; one of: {', '.join(COMPONENTS)}")
-    from actors.runtime import run_forever
+    from actors.runtime.host import run_forever
 
     module, cls = ACTORS[name]
     actor = getattr(importlib.import_module(module), cls)(config)

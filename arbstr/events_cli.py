@@ -14,7 +14,7 @@ import nats
 import nats.js.errors
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from actors.runtime import ENV_CREDS, credential_options
+from actors.runtime.connection import ENV_CREDS, credential_options
 from schemas import subjects
 from schemas.bus_permissions import OPERATOR
 

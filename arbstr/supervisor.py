@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from actors.runtime import ENV_CREDS
+from actors.runtime.connection import ENV_CREDS
 from schemas.config import Config
 
 from .bus_auth import BusCredentials, private_dir

@@ -17,26 +17,30 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 import nats
+from pydantic import BaseModel
 
 from arbstr.components import install_uvloop
 from arbstr.natsserver import NatsServer
-from schemas import subjects
+from schemas import exchanges, subjects
+from schemas.exchanges import Exchange, decode_error
 from schemas.router import Envelope
-from schemas.vault import (AccountView, Books, CreateAgent, DepositCommand, Empty, ReserveReply, ReserveRequest,
-                           SettleCommand)
+from schemas.vault import CreateAgent, DepositCommand, Empty, ReserveRequest, SettleCommand
 
+Q = TypeVar("Q", bound=BaseModel)
+R = TypeVar("R", bound=BaseModel)
 ENVELOPE = Envelope(input_tokens=200, output_tokens=100, input_rate=12000, output_rate=12000,
                     max_output_tokens=100)
 
 
-async def call(nc: Any, subject: str, msg: Any, reply: Any) -> Any:
-    r = await nc.request(subject, msg.model_dump_json().encode(), timeout=10)
-    if r.headers and r.headers.get(subjects.H_SERVICE_ERROR_CODE):
+async def call(nc: Any, exchange: Exchange[Q, R], msg: Q) -> R:
+    r = await nc.request(exchange.subject, msg.model_dump_json().encode(), timeout=10)
+    error = decode_error(r.data, r.headers)
+    if error is not None:
         raise RuntimeError(r.data.decode())
-    return reply.model_validate_json(r.data)
+    return exchange.reply.model_validate_json(r.data)
 
 
 async def run(url: str, agents: int, pairs: int, concurrency: int) -> dict[str, Any]:
@@ -45,10 +49,9 @@ async def run(url: str, agents: int, pairs: int, concurrency: int) -> dict[str, 
     accounts = []
     for k in range(agents):
         th = hashlib.sha256(f"bench-token-{k}".encode()).hexdigest()
-        view = await call(nc, subjects.vault_admin("create_agent"), CreateAgent(name=f"bench{k}", token_hash=th),
-                          AccountView)
-        await call(nc, subjects.vault_admin("deposit"),
-                   DepositCommand(agent_id=view.agent_id, amount_msat=10**15, deposit_id="seed"), AccountView)
+        view = await call(nc, exchanges.CREATE_AGENT, CreateAgent(name=f"bench{k}", token_hash=th))
+        await call(nc, exchanges.ADMIN_DEPOSIT,
+                   DepositCommand(agent_id=view.agent_id, amount_msat=10**15, deposit_id="seed"))
         accounts.append((view.agent_id, th))
     counter = iter(range(pairs))
     reserve_lat: list[float] = []
@@ -58,8 +61,7 @@ async def run(url: str, agents: int, pairs: int, concurrency: int) -> dict[str, 
             agent_id, th = accounts[i % agents]
             rid = f"bench-{i}"
             t = time.perf_counter()
-            await call(nc, subjects.VAULT_RESERVE, ReserveRequest(request_id=rid, token_hash=th, envelope=ENVELOPE),
-                       ReserveReply)
+            await call(nc, exchanges.RESERVE, ReserveRequest(request_id=rid, token_hash=th, envelope=ENVELOPE))
             reserve_lat.append((time.perf_counter() - t) * 1000)
             cmd = SettleCommand(kind="settle", request_id=rid, agent_id=agent_id, cost_msat=1000)
             await js.publish(subjects.settle_command(agent_id), cmd.model_dump_json().encode(),
@@ -69,7 +71,7 @@ async def run(url: str, agents: int, pairs: int, concurrency: int) -> dict[str, 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     issued = time.perf_counter() - started
     while True:
-        books = await call(nc, subjects.vault_admin("books"), Empty(), Books)
+        books = await call(nc, exchanges.BOOKS, Empty())
         if books.pending_msat == 0:
             break
         await asyncio.sleep(0.01)

@@ -11,16 +11,16 @@ from typing import Any, Awaitable, Callable, Optional, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from actors.runtime import admin_token_hash, token_hash
-from schemas import subjects
+from actors.runtime.tokens import admin_token_hash, token_hash
+from schemas import exchanges
 from schemas.common import MAX_APPROVAL_TIMEOUT_S, MAX_MSAT
 from schemas.config import Config
 from schemas.errors import ArbstrError
-from schemas.requests import MAX_LIMIT, RequestList, RequestsQuery, StatsQuery, StatsReply
-from schemas.vault import (AccountView, AgentDeposit, AgentList, AgentPolicy, AgentRef, ApprovalAction, ApprovalList,
-                           ApprovalResult, Books, ChainCheck, ClearFreeze, CreateAgent, DepositCommand, DepositReply,
-                           DepositRequest, Empty, History, HistoryQuery, PayoutList, PayoutRef, PayoutView, Rail,
-                           Reconciliation, RotateToken, SetPolicy, TokenRef, WithdrawRequest)
+from schemas.exchanges import Exchange
+from schemas.requests import MAX_LIMIT, RequestsQuery, StatsQuery
+from schemas.vault import (AgentDeposit, AgentPolicy, AgentRef, ApprovalAction, ClearFreeze, CreateAgent,
+                           DepositCommand, DepositRequest, Empty, HistoryQuery, PayoutRef, Rail, RotateToken,
+                           SetPolicy, TokenRef, WithdrawRequest)
 
 from .bus import Bus
 from .headers import header
@@ -28,6 +28,7 @@ from .http import REQUEST_ID, bearer_token, json_response, read_json_object
 from .query import epoch_ms, optional_int
 from .vault_meter import missing_token, require_admin
 
+Q = TypeVar("Q", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
 TOKEN_PREFIX = "arb_"
 
@@ -178,11 +179,11 @@ class VaultHTTP:
         r.add_get("/v1/stats", self.stats)
         r.add_get("/v1/requests", self.requests)
 
-    async def _call(self, request: web.Request, op: str, msg: BaseModel, reply: type[R],
+    async def _call(self, request: web.Request, exchange: Exchange[Q, R], msg: Q,
                     timeout_s: Optional[float] = None) -> R:
         """An admin command: it carries the operator's token, which the vault checks again itself."""
-        return await self.bus.call(subjects.vault_admin(op), msg, reply, request_id=request[REQUEST_ID],
-                                   admin_token=bearer_token(request), timeout_s=timeout_s)
+        return await self.bus.ask(exchange, msg, request_id=request[REQUEST_ID], admin_token=bearer_token(request),
+                                  timeout_s=timeout_s)
 
     # --- auth ------------------------------------------------------------------------------------------
     def admin(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -196,55 +197,53 @@ class VaultHTTP:
     async def create_agent(self, request: web.Request) -> web.Response:
         body = _body(CreateAgentBody, await read_json_object(request, 64 * 1024))
         token = new_agent_token()
-        view = await self._call(request, "create_agent",
-                                CreateAgent(name=body.name, token_hash=token_hash(token), policy=body.policy),
-                                AccountView)
+        view = await self._call(request, exchanges.CREATE_AGENT,
+                                CreateAgent(name=body.name, token_hash=token_hash(token), policy=body.policy))
         return json_response({**view.model_dump(mode="json"), "token": token}, status=201)
 
     async def list_agents(self, request: web.Request) -> web.Response:
-        agents = await self._call(request, "list_agents", Empty(), AgentList)
+        agents = await self._call(request, exchanges.LIST_AGENTS, Empty())
         return json_response({"object": "list", "data": [a.model_dump(mode="json") for a in agents.agents]})
 
     async def get_agent(self, request: web.Request) -> web.Response:
-        view = await self._call(request, "get_agent", AgentRef(agent_id=request.match_info["agent_id"]),
-                                AccountView)
+        view = await self._call(request, exchanges.GET_AGENT, AgentRef(agent_id=request.match_info["agent_id"]))
         return json_response(view.model_dump(mode="json"))
 
     async def patch_policy(self, request: web.Request) -> web.Response:
         agent_id = request.match_info["agent_id"]
         data = await read_json_object(request, 64 * 1024)
         patch = _body(PolicyPatch, data.get("policy", data) if isinstance(data.get("policy"), dict) else data)
-        current = await self._call(request, "get_agent", AgentRef(agent_id=agent_id), AccountView)
+        current = await self._call(request, exchanges.GET_AGENT, AgentRef(agent_id=agent_id))
         merged = current.policy.model_copy(update=patch.model_dump(exclude_unset=True))
-        view = await self._call(request, "set_policy", SetPolicy(agent_id=agent_id, policy=merged), AccountView)
+        view = await self._call(request, exchanges.SET_POLICY, SetPolicy(agent_id=agent_id, policy=merged))
         return json_response(view.model_dump(mode="json"))
 
     async def deposit(self, request: web.Request) -> web.Response:
         agent_id = request.match_info["agent_id"]
         body = _body(DepositBody, await read_json_object(request, 128 * 1024))
         if body.token is not None:
-            reply = await self._call(request, "deposit_token", AgentDeposit(agent_id=agent_id, token=body.token),
-                                     DepositReply, timeout_s=RAIL_TIMEOUT_S)
+            reply = await self._call(request, exchanges.ADMIN_DEPOSIT_TOKEN,
+                                     AgentDeposit(agent_id=agent_id, token=body.token), timeout_s=RAIL_TIMEOUT_S)
             return json_response(reply.model_dump(mode="json"), status=201)
         if body.amount_msat is None:
             raise ArbstrError(400, "send amount_msat (a credit) or token (Cashu)", code="invalid_value",
                               param="amount_msat")
         key = idempotency_key(request)  # checked even when the body names the id: a bad header is never ignored
         deposit_id = body.deposit_id or key or f"dep_{uuid.uuid4().hex}"
-        view = await self._call(request, "deposit",
+        view = await self._call(request, exchanges.ADMIN_DEPOSIT,
                                 DepositCommand(agent_id=agent_id, amount_msat=body.amount_msat, deposit_id=deposit_id,
-                                               rail="simulated", reference=body.reference), AccountView)
+                                               rail="simulated", reference=body.reference))
         return json_response({**view.model_dump(mode="json"), "deposit_id": deposit_id}, status=201)
 
     async def rotate(self, request: web.Request) -> web.Response:
         agent_id = request.match_info["agent_id"]
         token = new_agent_token()
-        view = await self._call(request, "rotate_token", RotateToken(agent_id=agent_id, token_hash=token_hash(token)),
-                                AccountView)
+        view = await self._call(request, exchanges.ROTATE_TOKEN,
+                                RotateToken(agent_id=agent_id, token_hash=token_hash(token)))
         return json_response({"agent_id": view.agent_id, "token": token})
 
     async def approvals(self, request: web.Request) -> web.Response:
-        items = await self._call(request, "approvals", Empty(), ApprovalList)
+        items = await self._call(request, exchanges.APPROVALS, Empty())
         return json_response({"object": "list", "data": [a.model_dump(mode="json") for a in items.approvals]})
 
     @staticmethod
@@ -253,43 +252,43 @@ class VaultHTTP:
                               agent_id=request.match_info.get("agent_id"), reason=reason)
 
     async def approve(self, request: web.Request) -> web.Response:
-        res = await self._call(request, "approve", self._approval(request), ApprovalResult)
+        res = await self._call(request, exchanges.APPROVE, self._approval(request))
         return json_response(res.model_dump(mode="json"))
 
     async def deny(self, request: web.Request) -> web.Response:
         reason = ""
         if request.can_read_body:
             reason = _body(DenyBody, await read_json_object(request, 64 * 1024)).reason
-        res = await self._call(request, "deny", self._approval(request, reason), ApprovalResult)
+        res = await self._call(request, exchanges.DENY, self._approval(request, reason))
         return json_response(res.model_dump(mode="json"))
 
     async def audit(self, request: web.Request) -> web.Response:
         q = HistoryQuery(agent_id=request.query.get("agent") or None, since_ms=_since_ms(request.query.get("since")),
                          limit=_limit(request.query.get("limit")))
-        history = await self._call(request, "audit", q, History)
+        history = await self._call(request, exchanges.AUDIT, q)
         return json_response({"object": "list", "data": [i.model_dump(mode="json") for i in history.items]})
 
     async def verify(self, request: web.Request) -> web.Response:
-        check = await self._call(request, "verify", Empty(), ChainCheck)
+        check = await self._call(request, exchanges.VERIFY, Empty())
         return json_response(check.model_dump(mode="json"))
 
     async def books(self, request: web.Request) -> web.Response:
-        books = await self._call(request, "books", Empty(), Books)
+        books = await self._call(request, exchanges.BOOKS, Empty())
         return json_response(books.model_dump(mode="json"))
 
     async def payouts(self, request: web.Request) -> web.Response:
         ref = AgentRef(agent_id=request.query.get("agent") or "*")
-        items = await self._call(request, "payouts", ref, PayoutList)
+        items = await self._call(request, exchanges.ADMIN_PAYOUTS, ref)
         return json_response({"object": "list", "data": [p.model_dump(mode="json") for p in items.payouts]})
 
     async def reconcile(self, request: web.Request) -> web.Response:
-        rec = await self._call(request, "reconcile", Empty(), Reconciliation, timeout_s=RAIL_TIMEOUT_S)
+        rec = await self._call(request, exchanges.RECONCILE, Empty(), timeout_s=RAIL_TIMEOUT_S)
         return json_response(rec.model_dump(mode="json"))
 
     async def reconcile_clear(self, request: web.Request) -> web.Response:
         """Reopen a vault the watchdog closed: 409 while the shortfall persists, unless ``{"force": true}``."""
         body = _body(ClearBody, await read_json_object(request, 1024)) if request.can_read_body else ClearBody()
-        rec = await self._call(request, "reconcile_clear", ClearFreeze(force=body.force), Reconciliation,
+        rec = await self._call(request, exchanges.RECONCILE_CLEAR, ClearFreeze(force=body.force),
                                timeout_s=RAIL_TIMEOUT_S)
         return json_response(rec.model_dump(mode="json"))
 
@@ -303,8 +302,8 @@ class VaultHTTP:
         if self.admin_hash is not None and hmac.compare_digest(token_hash(token), self.admin_hash):
             return request.query.get("agent") or None, None
         th = token_hash(token)
-        view = await self.bus.call(subjects.vault_agent("me"), TokenRef(token_hash=th), AccountView,
-                                   request_id=request[REQUEST_ID])
+        view = await self.bus.ask(exchanges.AGENT_ME, TokenRef(token_hash=th),
+                                  request_id=request[REQUEST_ID])
         agent = request.query.get("agent")
         if agent and agent != view.agent_id:
             raise ArbstrError(403, "an agent token sees only its own requests", param="agent", code="forbidden")
@@ -317,7 +316,7 @@ class VaultHTTP:
         agent_id, th = await self._report_scope(request)
         q = StatsQuery(group_by=group_by, agent_id=agent_id, token_hash=th, since_ms=since,  # type: ignore[arg-type]
                        until_ms=until)
-        reply = await self._call(request, "stats", q, StatsReply)
+        reply = await self._call(request, exchanges.STATS, q)
         return json_response({"object": "list", "group_by": reply.group_by,
                               "data": [r.model_dump(mode="json") for r in reply.rows]})
 
@@ -332,7 +331,7 @@ class VaultHTTP:
             order=_choice(query, "order", ("asc", "desc"), "desc"),  # type: ignore[arg-type]
             limit=_count(query, "limit", 100, 1, MAX_LIMIT), offset=_count(query, "offset", 0, 0, 10**9),
             agent_id=agent_id, token_hash=th)
-        reply = await self._call(request, "requests", q, RequestList)
+        reply = await self._call(request, exchanges.REQUESTS, q)
         return json_response({"object": "list", "total": reply.total, "limit": q.limit, "offset": q.offset,
                               "data": [r.model_dump(mode="json") for r in reply.items]})
 
@@ -344,24 +343,24 @@ class VaultHTTP:
         return token_hash(token)
 
     async def me(self, request: web.Request) -> web.Response:
-        view = await self.bus.call(subjects.vault_agent("me"), TokenRef(token_hash=self._agent_token(request)),
-                                   AccountView, request_id=request[REQUEST_ID])
+        view = await self.bus.ask(exchanges.AGENT_ME, TokenRef(token_hash=self._agent_token(request)),
+                                  request_id=request[REQUEST_ID])
         return json_response(view.model_dump(mode="json"))
 
     async def my_history(self, request: web.Request) -> web.Response:
         q = HistoryQuery(token_hash=self._agent_token(request), since_ms=_since_ms(request.query.get("since")),
                          limit=_limit(request.query.get("limit")))
-        history = await self.bus.call(subjects.vault_agent("history"), q, History, request_id=request[REQUEST_ID])
+        history = await self.bus.ask(exchanges.AGENT_HISTORY, q, request_id=request[REQUEST_ID])
         return json_response({"object": "list", "data": [i.model_dump(mode="json") for i in history.items]})
 
     async def my_deposit(self, request: web.Request) -> web.Response:
         """``{"rail": "lightning", "amount_msat": n}`` → an invoice; ``{"rail": "cashu", "token": …}`` → credited."""
         th = self._agent_token(request)
         body = _body(AgentDepositBody, await read_json_object(request, 128 * 1024))
-        reply = await self.bus.call(subjects.vault_agent("deposit"),
-                                    DepositRequest(token_hash=th, rail=body.rail, amount_msat=body.amount_msat,
-                                                   token=body.token),
-                                    DepositReply, request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
+        reply = await self.bus.ask(exchanges.AGENT_DEPOSIT,
+                                   DepositRequest(token_hash=th, rail=body.rail, amount_msat=body.amount_msat,
+                                                  token=body.token),
+                                   request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
         return json_response(reply.model_dump(mode="json"), status=201)
 
     async def my_withdraw(self, request: web.Request) -> web.Response:
@@ -373,21 +372,21 @@ class VaultHTTP:
                               code="invalid_value", param="bolt11")
         key = idempotency_key(request)
         payout_id = body.payout_id or key
-        view = await self.bus.call(subjects.vault_agent("withdraw"),
-                                   WithdrawRequest(token_hash=th, bolt11=body.bolt11, amount_msat=body.amount_msat,
-                                                   rail=body.rail, payout_id=payout_id), PayoutView,
-                                   request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
+        view = await self.bus.ask(exchanges.AGENT_WITHDRAW,
+                                  WithdrawRequest(token_hash=th, bolt11=body.bolt11, amount_msat=body.amount_msat,
+                                                  rail=body.rail, payout_id=payout_id),
+                                  request_id=request[REQUEST_ID], timeout_s=RAIL_TIMEOUT_S)
         under_way = view.status in ("pending", "awaiting_approval")
         return json_response(view.model_dump(mode="json"), status=202 if under_way else 200)
 
     async def my_withdrawals(self, request: web.Request) -> web.Response:
-        items = await self.bus.call(subjects.vault_agent("payouts"), TokenRef(token_hash=self._agent_token(request)),
-                                    PayoutList, request_id=request[REQUEST_ID])
+        items = await self.bus.ask(exchanges.AGENT_PAYOUTS, TokenRef(token_hash=self._agent_token(request)),
+                                   request_id=request[REQUEST_ID])
         return json_response({"object": "list", "data": [p.model_dump(mode="json") for p in items.payouts]})
 
     async def my_withdrawal(self, request: web.Request) -> web.Response:
-        view = await self.bus.call(subjects.vault_agent("payout"),
-                                   PayoutRef(token_hash=self._agent_token(request),
-                                             payout_id=request.match_info["payout_id"]),
-                                   PayoutView, request_id=request[REQUEST_ID])
+        view = await self.bus.ask(exchanges.AGENT_PAYOUT,
+                                  PayoutRef(token_hash=self._agent_token(request),
+                                            payout_id=request.match_info["payout_id"]),
+                                  request_id=request[REQUEST_ID])
         return json_response(view.model_dump(mode="json"))

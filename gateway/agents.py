@@ -7,7 +7,7 @@ import time
 from collections import OrderedDict
 from typing import Optional
 
-from schemas import subjects
+from schemas import exchanges
 from schemas.vault import AgentRoute, TokenRef
 
 from .bus import Bus
@@ -27,8 +27,8 @@ class AgentDirectory:
         now = time.monotonic()
         if hit is not None and hit[1] > now:
             return hit[0]
-        reply = await self.bus.call(subjects.VAULT_WHOAMI, TokenRef(token_hash=token_hash), AgentRoute,
-                                    request_id=request_id, retries=1)
+        reply = await self.bus.ask(exchanges.WHOAMI, TokenRef(token_hash=token_hash), request_id=request_id,
+                                   retries=1)
         self._known[token_hash] = (reply, now + TTL_S)
         self._known.move_to_end(token_hash)
         while len(self._known) > MAX_ENTRIES:

@@ -11,13 +11,13 @@ from typing import Any, Awaitable, Callable, Optional
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from actors.runtime import connect
-from schemas import subjects
+from actors.runtime.connection import connect
+from schemas import exchanges, subjects
 from schemas.bus_permissions import GATEWAY as GATEWAY_IDENTITY
 from schemas.config import Config
 from schemas.errors import ArbstrError
 from schemas.openai import ModelCard, ModelList, ModelPricing
-from schemas.pricing import PriceTable, ProviderPrices, TableRequest
+from schemas.pricing import ProviderPrices, TableRequest
 
 from .bus import Bus
 from .endpoints import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSpec
@@ -38,7 +38,7 @@ from .openapi import add_openapi_route
 from .ops import add_ops_routes
 from .responses_relay import add_responses_routes
 from .server import gateway_runner
-from actors.runtime import admin_token_hash
+from actors.runtime.tokens import admin_token_hash
 
 from .vault_meter import VaultMeter
 from .auth_gate import AuthGate
@@ -173,8 +173,7 @@ class Gateway:
 
     # --- models ----------------------------------------------------------------------------------------
     async def _prices(self, request: web.Request) -> list[ProviderPrices]:
-        table = await self.bus.call(subjects.PRICING_TABLE, TableRequest(), PriceTable,
-                                    request_id=request[REQUEST_ID], retries=1)
+        table = await self.bus.ask(exchanges.PRICE_TABLE, TableRequest(), request_id=request[REQUEST_ID], retries=1)
         return table.providers
 
     @staticmethod

@@ -16,8 +16,8 @@ from typing import Callable, Optional
 
 from aiohttp import web
 
-from schemas import subjects
-from schemas.vault import AccountView, TokenRef
+from schemas import exchanges
+from schemas.vault import TokenRef
 
 from .bus import Bus
 from .headers import bearer_token
@@ -73,6 +73,5 @@ class AuthGate:
             return  # what the admin may do past here is unchanged: /v1/cost answers it, a reserve refuses it
         if th in self.valid:
             return
-        await self.bus.call(subjects.vault_agent("me"), TokenRef(token_hash=th), AccountView,
-                            request_id=request[REQUEST_ID])
+        await self.bus.ask(exchanges.AGENT_ME, TokenRef(token_hash=th), request_id=request[REQUEST_ID])
         self.valid.add(th)

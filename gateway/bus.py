@@ -1,18 +1,23 @@
-"""The gateway's side of the bus: typed request/reply with explicit timeouts and errors mapped to HTTP."""
+"""The gateway's side of the bus: typed request/reply with explicit timeouts and errors mapped to HTTP.
+
+A call site names an exchange of ``schemas.exchanges`` (``bus.ask(exchanges.ROUTE, req)``) and gets that exchange's
+reply type back; an actor's error comes back as the ``ArbstrError`` it raised (the codec of ``schemas.exchanges``)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeoutError
 from pydantic import BaseModel, ValidationError
 
 from schemas import subjects
-from schemas.errors import ArbstrError, ErrorBody
+from schemas.errors import ArbstrError
+from schemas.exchanges import Exchange, decode_error
 
+Q = TypeVar("Q", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
 
 
@@ -20,6 +25,13 @@ class Bus:
     def __init__(self, nc: NATS, timeout_s: float) -> None:
         self.nc = nc
         self.timeout_s = timeout_s
+
+    async def ask(self, exchange: Exchange[Q, R], message: Q, *, partition: Optional[int] = None,
+                  **options: Any) -> R:
+        """Request/reply on ``exchange``: on its subject, or on ``partition``'s when given (straight to the owner of
+        a vault partition). ``options`` as ``call``'s."""
+        subject = exchange.on_partition(partition) if partition is not None else exchange.subject
+        return await self.call(subject, message, exchange.reply, **options)
 
     async def call(
         self,
@@ -34,7 +46,8 @@ class Bus:
         admin_token: Optional[str] = None,
         wait_for_responder_s: float = 0.0,
     ) -> R:
-        """Request/reply. No responders → 503, timeout → 504, an actor's error → its own status and body.
+        """Request/reply on a subject (``ask`` names the exchange instead). No responders → 503, timeout → 504, an
+        actor's error → its own status and body.
 
         ``retries`` is only for idempotent reads (route, quote): a request lost with a dying instance is
         asked again and the queue group hands it to a survivor. ``admin_token``: the operator's token, which an
@@ -73,16 +86,9 @@ class Bus:
             except Exception as e:  # connection closed / reconnecting: the bus is unavailable, not a bug
                 raise ArbstrError(503, f"message bus unavailable ({type(e).__name__})",
                                   code="bus_unavailable", headers={"retry-after": "1"}) from None
-        h = msg.headers or {}
-        code = h.get(subjects.H_SERVICE_ERROR_CODE)
-        if code:
-            status = int(code) if code.isdigit() else 500
-            extra = {k[len("X-Http-"):]: v for k, v in h.items() if k.startswith("X-Http-")}
-            try:
-                body = ErrorBody.model_validate_json(msg.data)
-            except ValidationError:
-                raise ArbstrError(status, h.get(subjects.H_SERVICE_ERROR, "actor error"), headers=extra) from None
-            raise ArbstrError.from_body(status, body, headers=extra)
+        error = decode_error(msg.data, msg.headers)
+        if error is not None:
+            raise error
         try:
             return reply_model.model_validate_json(msg.data)
         except ValidationError as e:

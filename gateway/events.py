@@ -22,9 +22,9 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from schemas import subjects
+from schemas import exchanges, subjects
 from schemas.errors import ArbstrError
-from schemas.vault import AccountView, TokenRef, TokenRevoked
+from schemas.vault import TokenRef, TokenRevoked
 
 from .bus import Bus
 from .client_stream import StallGuard
@@ -101,15 +101,13 @@ class SpendEventsHTTP:
             if agent and not subjects.TOKEN_RE.match(agent):
                 raise ArbstrError(400, "agent is not a valid agent id", param="agent", code="invalid_value")
             return (subjects.spend(agent) if agent else subjects.SPEND_ALL), False
-        me = await self.bus.call(subjects.vault_agent("me"), TokenRef(token_hash=th), AccountView,
-                                 request_id=request[REQUEST_ID])
+        me = await self.bus.ask(exchanges.AGENT_ME, TokenRef(token_hash=th), request_id=request[REQUEST_ID])
         return subjects.spend(me.agent_id), True  # an agent sees its own events, whatever it asks for
 
     async def _still_valid(self, request: web.Request, th: str) -> bool:
         """False only when the vault says the token opens nothing (401); an unreachable vault keeps the stream."""
         try:
-            await self.bus.call(subjects.vault_agent("me"), TokenRef(token_hash=th), AccountView,
-                                request_id=request[REQUEST_ID])
+            await self.bus.ask(exchanges.AGENT_ME, TokenRef(token_hash=th), request_id=request[REQUEST_ID])
         except ArbstrError as e:
             return e.status != 401
         return True

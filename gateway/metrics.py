@@ -14,7 +14,7 @@ from nats.aio.client import Client as NATS
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from actors.runtime import cancel_and_wait
+from actors.runtime.tasks import cancel_and_wait
 from schemas import subjects
 from schemas.breaker import BreakerState
 

@@ -15,17 +15,17 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from schemas import subjects
-from schemas.breaker import BreakerState, BreakerStatus, StateReply, StateRequest
+from schemas import exchanges, subjects
+from schemas.breaker import BreakerState, BreakerStatus, StateRequest
 from schemas.common import Complexity, Tier
 from schemas.errors import ArbstrError
 from schemas.money import ceil_div, cost_msat
-from schemas.pricing import (ConfirmReply, ConfirmRequest, HeldRate, ModelRate, PriceSource, PriceTable,
-                             ProviderKind, ProviderPrices, TableRequest)
+from schemas.pricing import (ConfirmRequest, HeldRate, ModelRate, PriceSource, ProviderKind, ProviderPrices,
+                             TableRequest)
 from schemas.router import Candidate, FeatureWeight, RouteReply, RouteRequest, TierExplanation
 
 from .endpoints import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSpec, validate
-from actors.runtime import admin_token_hash
+from actors.runtime.tokens import admin_token_hash
 
 from .headers import route_overrides
 from .http import REQUEST_ID, TRACE, bearer_token, json_response, read_json_object
@@ -258,16 +258,16 @@ class Ops:
     async def _breakers(self, request_id: str, timeout_s: float) -> tuple[Optional[dict[str, BreakerState]], int]:
         """Every provider's breaker state and the breaker's clock; (None, local clock) when it does not answer."""
         try:
-            reply = await self.gw.bus.call(subjects.BREAKER_STATE, StateRequest(), StateReply,
-                                           request_id=request_id, timeout_s=timeout_s)
+            reply = await self.gw.bus.ask(exchanges.BREAKER_STATE, StateRequest(), request_id=request_id,
+                                          timeout_s=timeout_s)
         except ArbstrError:
             return None, int(time.time() * 1000)
         return {s.provider: s for s in reply.states}, reply.now_ms
 
     async def _prices(self, request_id: str) -> Optional[list[ProviderPrices]]:
         try:
-            table = await self.gw.bus.call(subjects.PRICING_TABLE, TableRequest(), PriceTable,
-                                           request_id=request_id, timeout_s=OPS_TIMEOUT_S, retries=1)
+            table = await self.gw.bus.ask(exchanges.PRICE_TABLE, TableRequest(), request_id=request_id,
+                                          timeout_s=OPS_TIMEOUT_S, retries=1)
         except ArbstrError:
             return None
         return table.providers
@@ -288,9 +288,8 @@ class Ops:
         body = await read_json_object(request, self.gw.config.server.max_body_bytes)
         spec = spec_for(body)
         validate(spec, body)
-        route = await self.gw.bus.call(subjects.ROUTER_ROUTE, route_request(request, body, spec, rid),
-                                       RouteReply, request_id=rid, traceparent=request[TRACE],
-                                       retries=1)
+        route = await self.gw.bus.ask(exchanges.ROUTE, route_request(request, body, spec, rid), request_id=rid,
+                                      traceparent=request[TRACE], retries=1)
         env = route.envelope
         estimate = CostEstimate(
             request_id=rid, model=route.model, policy=route.policy, tier=route.tier, complexity=route.complexity,
@@ -329,9 +328,8 @@ class Ops:
         provider = request.match_info["provider"]
         if not subjects.TOKEN_RE.match(provider):
             raise ArbstrError(404, f"no provider {provider!r} in the price table", code="provider_not_found")
-        reply = await self.gw.bus.call(subjects.PRICING_CONFIRM, ConfirmRequest(provider=provider, models=models),
-                                       ConfirmReply, request_id=request[REQUEST_ID],
-                                       admin_token=bearer_token(request))
+        reply = await self.gw.bus.ask(exchanges.CONFIRM_PRICES, ConfirmRequest(provider=provider, models=models),
+                                      request_id=request[REQUEST_ID], admin_token=bearer_token(request))
         return json_response(reply.model_dump(mode="json"))
 
 

@@ -17,9 +17,9 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from pydantic import SecretStr, ValidationError
 
-from actors.bucket_follower import BucketFollower, is_delete
-from actors.netguard import private_urls_allowed
-from actors.runtime import open_bucket
+from actors.runtime.bucket_follower import BucketFollower, is_delete
+from actors.runtime.jetstream import open_bucket
+from actors.runtime.netguard import private_urls_allowed
 from schemas import subjects
 from schemas.config import Config, ProviderConfig
 from schemas.pricing import ProviderPrices

@@ -13,8 +13,8 @@ import orjson
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from schemas import subjects
-from schemas.breaker import Outcome, OutcomeKind, ProbeReply, ProbeRequest
+from schemas import exchanges, subjects
+from schemas.breaker import Outcome, OutcomeKind, ProbeRequest
 from schemas.common import MAX_MSAT, MAX_TOKENS
 from schemas.config import Config, ProviderConfig
 from schemas.errors import ArbstrError
@@ -134,8 +134,8 @@ class Proxy:
             choices=s.choices, stream=stream, tools=s.tools, policy=policy, complexity=complexity,
         )
         # Routing is a pure read: asking again after a lost reply is safe and lands on a surviving instance.
-        return await self.bus.call(subjects.ROUTER_ROUTE, req, RouteReply, request_id=ex.request_id,
-                                   traceparent=ex.traceparent, retries=1)
+        return await self.bus.ask(exchanges.ROUTE, req, request_id=ex.request_id, traceparent=ex.traceparent,
+                                  retries=1)
 
     async def _serve(self, request: web.Request, body: dict[str, Any], stream: bool,
                      ex: Exchange) -> web.StreamResponse:
@@ -575,9 +575,9 @@ class Proxy:
         """None when this request may try ``cand``'s half-open provider; else seconds until it is worth asking
         again. An unreachable breaker refuses: a recovering provider gets no traffic nobody is counting."""
         try:
-            reply = await self.bus.call(subjects.BREAKER_PROBE, ProbeRequest(provider=cand.provider,
-                                                                             probe_id=ex.request_id),
-                                        ProbeReply, request_id=ex.request_id, traceparent=ex.traceparent,
+            reply = await self.bus.ask(exchanges.BREAKER_PROBE, ProbeRequest(provider=cand.provider,
+                                                                           probe_id=ex.request_id),
+                                       request_id=ex.request_id, traceparent=ex.traceparent,
                                         timeout_s=min(PROBE_TIMEOUT_S, self.config.nats.request_timeout_s))
         except ArbstrError as e:
             log.info("request %s: no probe of %s (%s)", ex.request_id, cand.provider, e.message)

@@ -13,12 +13,11 @@ import asyncio
 import logging
 from typing import Any, Optional
 
-from schemas import subjects
+from schemas import exchanges
 from schemas.config import Config
 from schemas.errors import ArbstrError
 from schemas.money import MSAT_PER_SAT, ceil_div
-from schemas.payments import (TopUpNow, TopUpResult, XCashuOutcome, XCashuReport, XCashuRequest, XCashuResult,
-                              XCashuToken)
+from schemas.payments import TopUpNow, XCashuOutcome, XCashuReport, XCashuRequest, XCashuToken
 from schemas.routstr import NodeModelPrice, node_reserve_msat, prompt_chars
 
 from .bus import Bus
@@ -57,8 +56,8 @@ class RoutstrPay:
                     traceparent: Optional[str]) -> XCashuToken:
         if agent_id is None:
             raise ArbstrError(503, "per-request payment needs paid mode", code="x_cashu_unavailable")
-        return await self.bus.call(subjects.VAULT_XCASHU_TOKEN, XCashuRequest(
-            request_id=request_id, agent_id=agent_id, provider=provider, amount_msat=amount_msat), XCashuToken,
+        return await self.bus.ask(exchanges.XCASHU_TOKEN, XCashuRequest(
+            request_id=request_id, agent_id=agent_id, provider=provider, amount_msat=amount_msat),
             request_id=request_id, traceparent=traceparent, timeout_s=self.timeout_s)
 
     async def report(self, payment_id: str, outcome: XCashuOutcome, change: Optional[str],
@@ -66,8 +65,8 @@ class RoutstrPay:
         """Hand back what the node returned. Failures are logged, not raised: the vault recovers unreported
         payments itself (the change stays claimable at the node)."""
         try:
-            result = await self.bus.call(subjects.VAULT_XCASHU_REPORT, XCashuReport(
-                payment_id=payment_id, outcome=outcome, change=change, status=status), XCashuResult,
+            result = await self.bus.ask(exchanges.XCASHU_REPORT, XCashuReport(
+                payment_id=payment_id, outcome=outcome, change=change, status=status),
                 request_id=request_id, timeout_s=REPORT_TIMEOUT_S)
             log.debug("x-cashu payment %s: %s %s", payment_id, result.state, result.outcome)
         except ArbstrError as e:
@@ -85,9 +84,8 @@ class RoutstrPay:
         if self.wait_on_402_s <= 0:
             return False
         try:
-            result = await self.bus.call(subjects.VAULT_TOPUP_NOW, TopUpNow(provider=provider,
-                                                                            needed_msat=needed_msat),
-                                         TopUpResult, request_id=request_id, timeout_s=self.wait_on_402_s)
+            result = await self.bus.ask(exchanges.TOPUP_NOW, TopUpNow(provider=provider, needed_msat=needed_msat),
+                                        request_id=request_id, timeout_s=self.wait_on_402_s)
         except ArbstrError as e:
             log.info("request %s: no top-up of %s after its 402 (%s)", request_id, provider, e.message)
             return False

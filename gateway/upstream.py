@@ -12,8 +12,8 @@ from typing import Optional
 import aiohttp
 import orjson
 
-from actors.netguard import private_host, public_connector
-from actors.redirects import refuse_redirects
+from actors.runtime.netguard import private_host, public_connector
+from actors.runtime.redirects import refuse_redirects
 from schemas.breaker import OutcomeKind
 from schemas.config import ProviderConfig
 from schemas.routstr import NodeError, is_payment_refusal, node_error

@@ -13,13 +13,13 @@ from typing import Optional
 
 from nats.aio.client import Client as NATS
 
-from actors.runtime import token_hash
-from schemas import subjects
+from actors.runtime.tokens import token_hash
+from schemas import exchanges, subjects
 from schemas.errors import ArbstrError
 from schemas.router import RouteReply
 from schemas.trace import TRACEPARENT
 from schemas.requests import RequestRecord
-from schemas.vault import AccountView, Empty, ExtendRequest, ReserveReply, ReserveRequest, SettleCommand, TokenRef
+from schemas.vault import ExtendRequest, ReserveRequest, SettleCommand, TokenRef
 
 from .agents import AgentDirectory
 from .bus import Bus
@@ -48,8 +48,7 @@ async def require_admin(token: Optional[str], admin_hash: Optional[str], bus: Bu
     if hmac.compare_digest(token_hash(token), admin_hash):
         return
     try:
-        await bus.call(subjects.vault_agent("me"), TokenRef(token_hash=token_hash(token)), AccountView,
-                       request_id=request_id)
+        await bus.ask(exchanges.AGENT_ME, TokenRef(token_hash=token_hash(token)), request_id=request_id)
     except ArbstrError:
         raise ArbstrError(401, "invalid admin token", code="invalid_api_key") from None
     raise ArbstrError(403, "agent tokens cannot use admin endpoints", code="admin_only")
@@ -83,13 +82,13 @@ class VaultMeter:
                              sent_at_ms=int(time.time() * 1000))
         try:
             # Straight to the owner of the agent's partition: one hop, decided from memory, group-committed.
-            reply = await self.bus.call(subjects.vault_partition(where.partition, "reserve"), req, ReserveReply,
-                                        request_id=request_id, traceparent=TRACEPARENT.get() or None,
+            reply = await self.bus.ask(exchanges.RESERVE, req, partition=where.partition,
+                                       request_id=request_id, traceparent=TRACEPARENT.get() or None,
                                         wait_for_responder_s=OWNER_WAIT_S)
             if reply.state == "awaiting_approval":
                 wait_s = max(0.0, ((reply.approval_deadline_ms or 0) - time.time() * 1000) / 1000)
-                reply = await self.bus.call(subjects.vault_partition(where.partition, "await_approval"), req,
-                                            ReserveReply, request_id=request_id,
+                reply = await self.bus.ask(exchanges.AWAIT_APPROVAL, req, partition=where.partition,
+                                           request_id=request_id,
                                             timeout_s=wait_s + self.bus.timeout_s + 1,
                                             wait_for_responder_s=OWNER_WAIT_S)
         except ArbstrError as e:
@@ -111,9 +110,9 @@ class VaultMeter:
     async def extend(self, hold: Hold, amount_msat: int, provider: str) -> Hold:
         assert hold.agent_id is not None and hold.partition is not None
         attempt = hold.extensions + 1
-        reply = await self.bus.call(subjects.vault_partition(hold.partition, "extend"), ExtendRequest(
+        reply = await self.bus.ask(exchanges.EXTEND, ExtendRequest(
             request_id=hold.request_id, agent_id=hold.agent_id, token_hash=hold.token_hash, amount_msat=amount_msat,
-            attempt=attempt, provider=provider), ReserveReply, request_id=hold.request_id,
+            attempt=attempt, provider=provider), partition=hold.partition, request_id=hold.request_id,
             traceparent=TRACEPARENT.get() or None, wait_for_responder_s=OWNER_WAIT_S)
         return dataclasses.replace(hold, amount_msat=reply.amount_msat, extensions=attempt)
 
@@ -144,7 +143,7 @@ class VaultMeter:
         """To the owner, journaled before it answers; if it cannot answer now, into the durable queue."""
         if direct and partition is not None:
             try:
-                await self.bus.call(subjects.vault_partition(partition, cmd.kind), cmd, Empty,
+                await self.bus.ask(exchanges.VAULT[cmd.kind], cmd, partition=partition,
                                     request_id=cmd.request_id, traceparent=TRACEPARENT.get() or None,
                                     timeout_s=timeout_s)
                 return

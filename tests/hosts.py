@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
-from actors.runtime import Actor, ActorHost
+from actors.runtime.host import Actor, ActorHost
 from tests.bus import connect_actor
 
 

@@ -28,7 +28,7 @@ import pytest
 import yaml
 from coincurve import PrivateKey
 
-from actors.pricing.nostr import ANNOUNCEMENT_KIND, DELETION_KIND, compute_event_id
+from actors.pricing.announcements import ANNOUNCEMENT_KIND, DELETION_KIND, compute_event_id
 
 # The relay's own CLI, run with the venv's interpreter (``nostr-relay -c CONFIG serve --use-uvicorn``):
 # uvicorn alone starts in well under a second, gunicorn's worker fork adds nothing a test needs.

@@ -12,7 +12,7 @@ from nats.aio.client import Client as NATS
 from actors.breaker.actor import BreakerActor
 from actors.pricing.actor import PricingActor
 from actors.router.actor import RouterActor
-from actors.runtime import ActorHost
+from actors.runtime.host import ActorHost
 from gateway.app import Gateway
 from schemas import subjects
 from schemas.bus_permissions import GATEWAY

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.resolver import ThreadedResolver
 
-from actors.netguard import PublicOnlyResolver
-from actors.redirects import RedirectRefused, refuse_redirects
+from actors.runtime.netguard import PublicOnlyResolver
+from actors.runtime.redirects import RedirectRefused, refuse_redirects
 from arbstr.mock_upstream import MockUpstreamServer
 from arbstr.natsserver import NatsServer
 from gateway.auth_gate import ValidTokens

@@ -16,7 +16,7 @@ from nats.errors import NoRespondersError
 from actors.breaker.actor import BreakerActor
 from actors.pricing.actor import PricingActor
 from actors.router.actor import RouterActor
-from actors.runtime import open_bucket
+from actors.runtime.jetstream import open_bucket
 from schemas import subjects
 from schemas.breaker import BreakerState, Outcome, OutcomeKind, ProbeReply, ProbeRequest, StateReply, StateRequest
 from schemas.config import BreakerConfig, Config, ProviderConfig

@@ -10,8 +10,8 @@ from typing import Any
 
 from nats.js.kv import KeyValue
 
-from actors.bucket_follower import BucketFollower, is_delete
-from actors.runtime import open_bucket
+from actors.runtime.bucket_follower import BucketFollower, is_delete
+from actors.runtime.jetstream import open_bucket
 
 
 async def until(condition: Any, within_s: float = 5.0) -> None:

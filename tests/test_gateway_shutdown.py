@@ -7,7 +7,7 @@ import asyncio
 
 import aiohttp
 
-from actors.runtime import ensure_stream
+from actors.runtime.jetstream import ensure_stream
 from actors.vault.streams import settle_stream_config
 from arbstr.natsserver import NatsServer
 from gateway.vault_meter import token_hash

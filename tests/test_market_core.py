@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import pytest
 
-from actors.netguard import private_host
+from actors.runtime.netguard import private_host
 from actors.pricing.feeds import FeedQuote, endpoint_key, parse_nodes, parse_quotes, parse_time_ms
 from actors.pricing.guard import confirm, guard, jumped
 from actors.pricing.listing import Listing, ListingError, parse_listing

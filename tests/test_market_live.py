@@ -16,7 +16,7 @@ import pytest
 
 from actors.pricing.actor import PricingActor
 from actors.router.actor import RouterActor
-from actors.runtime import ActorHost
+from actors.runtime.host import ActorHost
 from arbstr import providers_cli
 from arbstr.mock_upstream import auth_fingerprint
 from schemas import subjects

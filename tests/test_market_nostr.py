@@ -14,7 +14,7 @@ import pytest
 
 from actors.pricing.actor import PricingActor
 from actors.pricing.market import node_name
-from actors.runtime import open_bucket
+from actors.runtime.jetstream import open_bucket
 from schemas import subjects
 from schemas.router import RouteRequest
 from tests.market_servers import MarketServer, listing, market, within  # noqa: F401 (fixture)

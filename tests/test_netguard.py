@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from actors.netguard import PublicOnlyResolver, private_ip, private_reason
+from actors.runtime.netguard import PublicOnlyResolver, private_ip, private_reason
 
 
 def answers(*addresses: str) -> Any:

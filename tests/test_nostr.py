@@ -13,14 +13,8 @@ from typing import Any, Iterator
 import aiohttp
 import pytest
 
-from actors.pricing.nostr import (
-    NodeAnnouncement,
-    RelayError,
-    fetch_announcements,
-    fold_announcements,
-    openai_base_url,
-    verify_event,
-)
+from actors.pricing.announcements import NodeAnnouncement, fold_announcements, openai_base_url, verify_event
+from actors.pricing.nostr import RelayError, fetch_announcements
 from actors.pricing.routstr import ModelPrice, parse_models, sats_per_token_to_rate
 from tests.nostr_relay import NostrRelay, Signer, publish_all, running_relay
 

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from actors.breaker.actor import BreakerActor
-from actors.runtime import ActorHost
+from actors.runtime.host import ActorHost
 from arbstr.natsserver import NatsServer
 from gateway.app import Gateway, envelope
 from gateway.ops import add_ops_routes, health_of, provider_views, reserve_of

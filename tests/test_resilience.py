@@ -21,7 +21,8 @@ from nats.aio.client import Client as NATS
 
 from actors.breaker.actor import BreakerActor
 from actors.router.rank import route
-from actors.runtime import ActorHost, open_bucket
+from actors.runtime.host import ActorHost
+from actors.runtime.jetstream import open_bucket
 from arbstr.natsserver import NatsServer
 from gateway.app import Gateway
 from schemas import subjects

@@ -28,7 +28,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from actors.runtime import ActorHost
+from actors.runtime.host import ActorHost
 from actors.vault.actor import VaultActor, read_ledger, verify_ledger
 from actors.vault.fold import fold, view
 from arbstr.natsserver import NatsServer

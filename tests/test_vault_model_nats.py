@@ -36,7 +36,9 @@ from nats.aio.client import Client as NATS
 
 import actors.vault.actor as vault_actor_module
 import actors.vault.group_commit as group_commit_module
-from actors.runtime import ActorHost, RawReply, cancel_and_wait
+from actors.runtime.endpoints import RawReply
+from actors.runtime.host import ActorHost
+from actors.runtime.tasks import cancel_and_wait
 from actors.vault import decide
 from actors.vault.actor import VaultActor, read_ledger, verify_ledger
 from actors.vault.fold import FORGET_AFTER_MS, fold

@@ -8,7 +8,7 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from actors.runtime import ActorHost
+from actors.runtime.host import ActorHost
 from actors.vault.actor import VaultActor
 from actors.vault.wallets.base import PaymentStatus, PayoutPlan, Redeemed
 from actors.vault.wallets.simulated import SimulatedWallet, make_invoice

@@ -79,7 +79,7 @@ class Rig:
     async def start_vault(self) -> Any:
         import nats
 
-        from actors.runtime import ActorHost
+        from actors.runtime.host import ActorHost
         from actors.vault.actor import VaultActor
         nc = await nats.connect(self.stack.nc.connected_url.geturl())  # type: ignore[union-attr]
         self.actor = VaultActor(self.stack.config, wallet=self.wallet)

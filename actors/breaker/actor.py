@@ -21,9 +21,11 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from actors.bucket_follower import BucketFollower, is_delete
-from actors.runtime import QUEUE_GROUP, Endpoint, cancel_and_wait, open_bucket
-from schemas import subjects
+from actors.runtime.bucket_follower import BucketFollower, is_delete
+from actors.runtime.endpoints import QUEUE_GROUP, Endpoint, serve
+from actors.runtime.jetstream import open_bucket
+from actors.runtime.tasks import cancel_and_wait
+from schemas import exchanges, subjects
 from schemas.breaker import BreakerState, Outcome, ProbeReply, ProbeRequest, StateReply, StateRequest
 from schemas.config import Config
 from schemas.errors import ArbstrError
@@ -69,8 +71,8 @@ class BreakerActor:
 
     def endpoints(self) -> list[Endpoint]:
         return [
-            Endpoint("state", subjects.BREAKER_STATE, StateRequest, self._state),
-            Endpoint("probe", subjects.BREAKER_PROBE, ProbeRequest, self._probe),
+            serve(exchanges.BREAKER_STATE, self._state),
+            serve(exchanges.BREAKER_PROBE, self._probe),
         ]
 
     # --- lifecycle -------------------------------------------------------------------------------------

@@ -21,11 +21,14 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from pydantic import ValidationError
 
-from actors.bucket_follower import BucketFollower, is_delete
-from actors.netguard import private_reason, private_urls_allowed, public_connector
-from actors.redirects import refuse_redirects
-from actors.runtime import Endpoint, admin_token_hash, cancel_and_wait, open_bucket, wait_condition
-from schemas import subjects
+from actors.runtime.bucket_follower import BucketFollower, is_delete
+from actors.runtime.endpoints import Endpoint, serve
+from actors.runtime.jetstream import open_bucket
+from actors.runtime.netguard import private_reason, private_urls_allowed, public_connector
+from actors.runtime.redirects import refuse_redirects
+from actors.runtime.tasks import cancel_and_wait, wait_condition
+from actors.runtime.tokens import admin_token_hash
+from schemas import exchanges, subjects
 from schemas.config import Config, FeedConfig, ProviderConfig
 from schemas.errors import ArbstrError
 from schemas.pricing import (ConfirmReply, ConfirmRequest, ModelRate, PriceTable, ProviderPrices, QuoteReply,
@@ -88,10 +91,11 @@ class PricingActor:
 
     def endpoints(self) -> list[Endpoint]:
         return [
-            Endpoint("quote", subjects.PRICING_QUOTE, QuoteRequest, self._quote),
-            Endpoint("table", subjects.PRICING_TABLE, TableRequest, self._table),
-            # A held price goes in force on the operator's say-so: checked here, not only at the gateway.
-            Endpoint("confirm", subjects.PRICING_CONFIRM, ConfirmRequest, self._confirm, auth="admin"),
+            serve(exchanges.QUOTE, self._quote),
+            serve(exchanges.PRICE_TABLE, self._table),
+            # A held price goes in force on the operator's say-so (an admin exchange): checked here, not only at
+            # the gateway.
+            serve(exchanges.CONFIRM_PRICES, self._confirm),
         ]
 
     # --- lifecycle -------------------------------------------------------------------------------------

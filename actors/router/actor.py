@@ -12,9 +12,11 @@ from nats.aio.client import Client as NATS
 from nats.js.kv import KeyValue
 from pydantic import BaseModel, ValidationError
 
-from actors.bucket_follower import BucketFollower, is_delete
-from actors.runtime import Endpoint, open_bucket, wait_condition
-from schemas import subjects
+from actors.runtime.bucket_follower import BucketFollower, is_delete
+from actors.runtime.endpoints import Endpoint, serve
+from actors.runtime.jetstream import open_bucket
+from actors.runtime.tasks import wait_condition
+from schemas import exchanges, subjects
 from schemas.breaker import BreakerState
 from schemas.config import Config
 from schemas.errors import ArbstrError
@@ -45,7 +47,7 @@ class RouterActor:
         self.followers: list[BucketFollower] = []
 
     def endpoints(self) -> list[Endpoint]:
-        return [Endpoint("route", subjects.ROUTER_ROUTE, RouteRequest, self._route)]
+        return [serve(exchanges.ROUTE, self._route)]
 
     async def start(self, nc: NATS) -> None:
         replicas = self.config.nats.kv_replicas

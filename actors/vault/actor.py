@@ -27,10 +27,14 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from pydantic import BaseModel
 
-from actors.netguard import private_urls_allowed
-from actors.runtime import (QUEUE_GROUP, Endpoint, RawReply, admin_token_hash, answer, cancel_and_wait, check_admin,
-                            error_reply, open_bucket, retry_transient)
+from actors.runtime.endpoints import QUEUE_GROUP, Endpoint, RawReply, answer, error_reply, serve
+from actors.runtime.jetstream import open_bucket, retry_transient
+from actors.runtime.netguard import private_urls_allowed
+from actors.runtime.tasks import cancel_and_wait
+from actors.runtime.tokens import admin_token_hash, check_admin
+from schemas import exchanges as ex
 from schemas import subjects
+from schemas.exchanges import Exchange, decode_error, reply_status
 from schemas.config import Config, VaultConfig
 from schemas.errors import ArbstrError
 from schemas.payments import TopUpNow, TopUpResult, XCashuReport, XCashuRequest, XCashuResult, XCashuToken
@@ -93,13 +97,19 @@ Handler = Callable[[Any, dict[str, str], str], Awaitable[Any]]
 
 @dataclass(frozen=True)
 class Op:
-    name: str
-    subject: str
-    model: type[BaseModel]
+    """How this actor serves one vault exchange: its handler, and where the command is decided."""
+
+    exchange: Exchange[Any, Any]
     handler: Callable[..., Awaitable[Any]]
     route: Optional[Route] = None  # None: answered here, by whichever instance receives it
-    auth: Optional[str] = None
-    timeout_s: float = 5.0
+    timeout_s: float = 5.0  # when forwarded to the partition's owner
+
+    @property
+    def name(self) -> str:
+        return self.exchange.name
+
+    def endpoint(self, handler: Callable[[Any, dict[str, str]], Awaitable[Any]]) -> Endpoint:
+        return serve(self.exchange, handler)
 
 
 class VaultActor:
@@ -473,59 +483,51 @@ class VaultActor:
 
     # --- routing commands to their partition's owner ---------------------------------------------------
     def _op_table(self) -> list[Op]:
-        a, ad = subjects.vault_agent, subjects.vault_admin
         by_token = self._by_token
         by_agent = self._by_agent
         return [
-            Op("reserve", subjects.VAULT_RESERVE, ReserveRequest, self._reserve, self._reserve_route),
-            Op("await_approval", subjects.VAULT_AWAIT_APPROVAL, ReserveRequest, self._wait_approval,
-               self._reserve_route, timeout_s=86_400),
-            Op("extend", "", ExtendRequest, self._extend, by_agent),  # partition subjects only
-            Op("release", subjects.VAULT_RELEASE, SettleCommand, self._settle_now, self._settle_route),
-            Op("settle", subjects.VAULT_SETTLE, SettleCommand, self._settle_now, self._settle_route),
-            Op("credit", "", CreditDeposit, self._credit_here, by_agent),  # internal: owner to owner only
+            Op(ex.RESERVE, self._reserve, self._reserve_route),
+            Op(ex.AWAIT_APPROVAL, self._wait_approval, self._reserve_route, timeout_s=86_400),
+            Op(ex.EXTEND, self._extend, by_agent),  # partition subjects only
+            Op(ex.RELEASE, self._settle_now, self._settle_route),
+            Op(ex.SETTLE, self._settle_now, self._settle_route),
+            Op(ex.CREDIT, self._credit_here, by_agent),  # internal: owner to owner only
             # Paying Routstr nodes: payouts of the operator account, so decided where its partition is served.
-            Op("xcashu-token", subjects.VAULT_XCASHU_TOKEN, XCashuRequest, self._x_cashu_token, self._operator_route,
-               timeout_s=RAIL_TIMEOUT_S),
-            Op("xcashu-report", subjects.VAULT_XCASHU_REPORT, XCashuReport, self._x_cashu_report,
-               self._operator_route, timeout_s=RAIL_TIMEOUT_S),
-            Op("topup-now", subjects.VAULT_TOPUP_NOW, TopUpNow, self._top_up_now, self._operator_route,
-               timeout_s=RAIL_TIMEOUT_S),
-            Op("whoami", subjects.VAULT_WHOAMI, TokenRef, self._whoami),
-            Op("agent-me", a("me"), TokenRef, self._me, by_token),
-            Op("agent-history", a("history"), HistoryQuery, self._my_history),
-            Op("agent-deposit", a("deposit"), DepositRequest, self._my_deposit, by_token, timeout_s=RAIL_TIMEOUT_S),
-            Op("agent-withdraw", a("withdraw"), WithdrawRequest, self._my_withdraw, by_token,
-               timeout_s=RAIL_TIMEOUT_S),
-            Op("agent-payout", a("payout"), PayoutRef, self._my_payout, by_token, timeout_s=RAIL_TIMEOUT_S),
-            Op("agent-payouts", a("payouts"), TokenRef, self._my_payouts),
-            # Money and identities move on the operator's say-so only: these carry the admin token, checked here
-            # too, so a gateway's bus credential alone can neither mint nor move money.
-            Op("admin-create-agent", ad("create_agent"), CreateAgent, self._create_agent, self._new_agent, "admin"),
-            Op("admin-list-agents", ad("list_agents"), Empty, self._list_agents, None, "admin"),
-            Op("admin-get-agent", ad("get_agent"), AgentRef, self._get_agent, None, "admin"),
-            Op("admin-set-policy", ad("set_policy"), SetPolicy, self._set_policy, by_agent, "admin"),
-            Op("admin-rotate-token", ad("rotate_token"), RotateToken, self._rotate_token, by_agent, "admin"),
-            Op("admin-deposit", ad("deposit"), DepositCommand, self._deposit, by_agent, "admin"),
-            Op("admin-deposit-token", ad("deposit_token"), AgentDeposit, self._deposit_token, by_agent, "admin",
-               timeout_s=RAIL_TIMEOUT_S),
-            Op("admin-approvals", ad("approvals"), Empty, self._approvals, None, "admin"),
-            Op("admin-approve", ad("approve"), ApprovalAction, self._approve, self._approval_route, "admin"),
-            Op("admin-deny", ad("deny"), ApprovalAction, self._deny, self._approval_route, "admin"),
-            Op("admin-audit", ad("audit"), HistoryQuery, self._audit, None, "admin"),
-            Op("admin-books", ad("books"), Empty, self._books, None, "admin"),
-            Op("admin-verify", ad("verify"), Empty, self._verify, None, "admin"),
-            Op("admin-payouts", ad("payouts"), AgentRef, self._payouts, None, "admin"),
-            Op("admin-reconcile", ad("reconcile"), Empty, self._reconcile, None, "admin"),
-            Op("admin-reconcile-clear", ad("reconcile_clear"), ClearFreeze, self._reconcile_clear, None, "admin"),
+            Op(ex.XCASHU_TOKEN, self._x_cashu_token, self._operator_route, timeout_s=RAIL_TIMEOUT_S),
+            Op(ex.XCASHU_REPORT, self._x_cashu_report, self._operator_route, timeout_s=RAIL_TIMEOUT_S),
+            Op(ex.TOPUP_NOW, self._top_up_now, self._operator_route, timeout_s=RAIL_TIMEOUT_S),
+            Op(ex.WHOAMI, self._whoami),
+            Op(ex.AGENT_ME, self._me, by_token),
+            Op(ex.AGENT_HISTORY, self._my_history),
+            Op(ex.AGENT_DEPOSIT, self._my_deposit, by_token, timeout_s=RAIL_TIMEOUT_S),
+            Op(ex.AGENT_WITHDRAW, self._my_withdraw, by_token, timeout_s=RAIL_TIMEOUT_S),
+            Op(ex.AGENT_PAYOUT, self._my_payout, by_token, timeout_s=RAIL_TIMEOUT_S),
+            Op(ex.AGENT_PAYOUTS, self._my_payouts),
+            # Money and identities move on the operator's say-so only: these carry the admin token (admin
+            # exchanges), checked here too, so a gateway's bus credential alone can neither mint nor move money.
+            Op(ex.CREATE_AGENT, self._create_agent, self._new_agent),
+            Op(ex.LIST_AGENTS, self._list_agents),
+            Op(ex.GET_AGENT, self._get_agent),
+            Op(ex.SET_POLICY, self._set_policy, by_agent),
+            Op(ex.ROTATE_TOKEN, self._rotate_token, by_agent),
+            Op(ex.ADMIN_DEPOSIT, self._deposit, by_agent),
+            Op(ex.ADMIN_DEPOSIT_TOKEN, self._deposit_token, by_agent, timeout_s=RAIL_TIMEOUT_S),
+            Op(ex.APPROVALS, self._approvals),
+            Op(ex.APPROVE, self._approve, self._approval_route),
+            Op(ex.DENY, self._deny, self._approval_route),
+            Op(ex.AUDIT, self._audit),
+            Op(ex.BOOKS, self._books),
+            Op(ex.VERIFY, self._verify),
+            Op(ex.ADMIN_PAYOUTS, self._payouts),
+            Op(ex.RECONCILE, self._reconcile),
+            Op(ex.RECONCILE_CLEAR, self._reconcile_clear),
             # Reports: the operator's (admin token) or an agent's own (its token hash scopes them).
-            Op("admin-stats", ad("stats"), StatsQuery, self._stats),
-            Op("admin-requests", ad("requests"), RequestsQuery, self._requests),
+            Op(ex.STATS, self._stats),
+            Op(ex.REQUESTS, self._requests),
         ]
 
     def endpoints(self) -> list[Endpoint]:
-        return [Endpoint(op.name, op.subject, op.model, self._routed(op), auth=op.auth) for op in self._ops.values()
-                if op.subject]
+        return [op.endpoint(self._routed(op)) for op in self._ops.values() if op.exchange.subject]
 
     def _routed(self, op: Op) -> Callable[[Any, dict[str, str]], Awaitable[Any]]:
         async def handle(msg: Any, headers: dict[str, str]) -> Any:
@@ -547,7 +549,7 @@ class VaultActor:
         deadline = time.monotonic() + FORWARD_WAIT_S
         while True:
             try:
-                reply = await self.nc.request(subjects.vault_partition(k, op.name), data, timeout=op.timeout_s,
+                reply = await self.nc.request(op.exchange.on_partition(k), data, timeout=op.timeout_s,
                                               headers=fwd)
                 return RawReply(reply.data, dict(reply.headers) if reply.headers else None)
             except NoRespondersError:
@@ -567,7 +569,7 @@ class VaultActor:
             if op is None:
                 data, headers = error_reply(ArbstrError(404, f"no vault operation {msg.subject}", code="unknown_op"))
             else:
-                ep = Endpoint(op.name, op.subject, op.model, self._routed(op), auth=op.auth)
+                ep = op.endpoint(self._routed(op))
                 h = dict(msg.headers or {})
                 h.setdefault(H_FORWARDED, "direct")  # sent to the owner: if it is not any more, the caller retries
                 data, headers, status = await answer(ep, msg.data, h, self.admin_hash, self.service_name)
@@ -809,7 +811,7 @@ class VaultActor:
             try:
                 reply = await self._routed(op)(cmd, {})
                 if isinstance(reply, RawReply):
-                    code = (reply.headers or {}).get(subjects.H_SERVICE_ERROR_CODE, "200")
+                    code = reply_status(reply.headers)
                     if code.isdigit() and int(code) >= 500:
                         raise ArbstrError(int(code), "the owner could not journal it yet")
             except ArbstrError as e:
@@ -938,10 +940,9 @@ class VaultActor:
         reply = await self._routed(op)(CreditDeposit(agent_id=agent_id, deposit_id=deposit_id,
                                                      amount_msat=amount_msat, rail=rail, reference=reference), {})
         if isinstance(reply, RawReply):
-            code = (reply.headers or {}).get(subjects.H_SERVICE_ERROR_CODE)
-            if code:
-                raise ArbstrError(int(code) if code.isdigit() else 500,
-                                  (reply.headers or {}).get(subjects.H_SERVICE_ERROR, "credit refused"))
+            error = decode_error(reply.data, reply.headers)
+            if error is not None:
+                raise error
 
     async def _credit_here(self, req: CreditDeposit, headers: dict[str, str], agent_id: str) -> Empty:
         await self.execute(agent_id, lambda s, at: decide.deposit(s, req.deposit_id, req.amount_msat, req.rail,

@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from actors.runtime import open_bucket
+from actors.runtime.jetstream import open_bucket
 from schemas import subjects
 
 log = logging.getLogger("arbstr.vault.claims")

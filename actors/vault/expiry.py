@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Awaitable, Callable, Optional
 
-from actors.runtime import cancel_and_wait
+from actors.runtime.tasks import cancel_and_wait
 
 from .fold import AccountState
 

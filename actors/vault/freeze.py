@@ -15,7 +15,8 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError
 from nats.js.kv import KeyValue
 
-from actors.runtime import cancel_and_wait, open_bucket
+from actors.runtime.jetstream import open_bucket
+from actors.runtime.tasks import cancel_and_wait
 from schemas import subjects
 from schemas.errors import ArbstrError
 from schemas.vault import FreezeState

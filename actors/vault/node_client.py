@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional
 import aiohttp
 import orjson
 
-from actors.netguard import private_host, public_connector
+from actors.runtime.netguard import private_host, public_connector
 from schemas.routstr import NodeError, is_payment_refusal, node_error
 
 MAX_BODY = 1024 * 1024

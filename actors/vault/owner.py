@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Callable, Optional
 
-from actors.runtime import cancel_and_wait
+from actors.runtime.tasks import cancel_and_wait
 from schemas.ledger import Approved, JournalBatch, JournalEntry, PayoutStarted, Reserved, batch_hash
 
 from .expiry import Timers

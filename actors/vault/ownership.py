@@ -22,7 +22,7 @@ import orjson
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from actors.runtime import cancel_and_wait
+from actors.runtime.tasks import cancel_and_wait
 
 log = logging.getLogger("arbstr.vault.ownership")
 

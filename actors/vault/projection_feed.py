@@ -12,7 +12,8 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from actors.runtime import HEARTBEAT_S, unsubscribe_quietly
+from actors.runtime.jetstream import HEARTBEAT_S
+from actors.runtime.tasks import unsubscribe_quietly
 from schemas import subjects
 
 from .projection import Projection

@@ -19,7 +19,7 @@ from typing import Awaitable, Callable, Optional
 
 import orjson
 
-from actors.runtime import cancel_and_wait
+from actors.runtime.tasks import cancel_and_wait
 from schemas.config import WalletConfig
 from schemas.errors import ArbstrError
 from schemas.ledger import InvoiceIssued, LedgerEvent

@@ -16,7 +16,8 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
-from actors.runtime import HEARTBEAT_S, unsubscribe_quietly
+from actors.runtime.jetstream import HEARTBEAT_S
+from actors.runtime.tasks import unsubscribe_quietly
 from schemas import subjects
 from schemas.requests import RequestList, RequestRecord, RequestsQuery, StatsQuery, StatsReply, StatsRow
 

@@ -10,7 +10,7 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 from nats.js.object_store import ObjectStore
 
-from actors.runtime import retry_transient
+from actors.runtime.jetstream import retry_transient
 from schemas import subjects
 
 from . import snapshot

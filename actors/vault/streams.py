@@ -43,7 +43,7 @@ def settle_consumer_config() -> ConsumerConfig:
 
 async def ensure_streams(nc: "NATS", layout: "Layout", replicas: int = 1) -> None:
     """Every stream the vault writes, created when missing (another instance may be doing the same)."""
-    from actors.runtime import ensure_stream
+    from actors.runtime.jetstream import ensure_stream
 
     from .partition_journal import ledger_stream_configs
 

@@ -23,8 +23,9 @@ from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
-from actors.netguard import private_host
-from actors.runtime import cancel_and_wait, open_bucket
+from actors.runtime.jetstream import open_bucket
+from actors.runtime.netguard import private_host
+from actors.runtime.tasks import cancel_and_wait
 from schemas import subjects
 from schemas.config import TopUpConfig
 from schemas.errors import ArbstrError
@@ -36,18 +37,10 @@ from . import decide
 from .book import Book
 from .node_client import Answer, NodeClient
 from .rails import Execute, Rails
-from .topup_plan import (Step, credited_msat, delivery_verdict, is_topup_of, next_step, reserve_need_msat, sizing,
-                         topup_prefix)
+from .topup_plan import (Step, credited_msat, delivery_verdict, is_topup_of, key_of, next_step, reserve_need_msat,
+                         sizing, topup_prefix)
 
 log = logging.getLogger("arbstr.vault.topup")
-
-__all__ = ["Step", "TopUps", "next_step", "topup_prefix"]
-
-
-def key_of(token: str) -> str:
-    """The key a Routstr node makes from a token: it is named by the token itself."""
-    return "sk-" + hashlib.sha256(token.encode()).hexdigest()
-
 
 class TopUps:
     def __init__(self, cfg: TopUpConfig, rails: Rails, book: Book, execute: Execute,

@@ -9,6 +9,7 @@ top-up after a 402 covers what the refused request needed.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Optional
 
@@ -39,6 +40,11 @@ def is_topup_of(provider: str, payout_id: str) -> bool:
     alone would give node-a the top-ups of node-a-2."""
     rest = payout_id.removeprefix(topup_prefix(provider))
     return rest != payout_id and rest.isdigit()
+
+
+def key_of(token: str) -> str:
+    """The key a Routstr node makes from a token: it is named by the token itself."""
+    return "sk-" + hashlib.sha256(token.encode()).hexdigest()
 
 
 def settled_out(key: Optional[ProviderKey]) -> set[str]:

@@ -21,7 +21,7 @@ import logging
 import time
 from typing import Any, Optional
 
-from actors.runtime import cancel_and_wait
+from actors.runtime.tasks import cancel_and_wait
 from schemas.errors import ArbstrError
 from schemas.payments import XCashuReport, XCashuRequest, XCashuResult, XCashuToken
 from schemas.vault import WithdrawRequest

@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, Iterable, Optional
 
 from nats.js.kv import KeyValue
 
-from actors.runtime import cancel_and_wait
+from .tasks import cancel_and_wait
 
 log = logging.getLogger("arbstr.kv")
 

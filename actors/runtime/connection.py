@@ -1,0 +1,73 @@
+"""Connecting to the bus: a component's own credential, the inbox prefix its permissions allow, reconnect forever."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import nats
+from nats.aio.client import Client as NATS
+
+from schemas.bus_permissions import IDENTITIES, identity_of_service, inbox_prefix
+
+log = logging.getLogger("arbstr.runtime")
+
+# Where a process finds its bus credential when no --creds flag names one (a seed file or a JWT .creds file).
+ENV_CREDS = "ARBSTR_NATS_CREDS"
+
+
+def read_seed(path: Path) -> str:
+    """The NKey user seed in a seed file (comments and blank lines ignored)."""
+    for line in path.read_text().splitlines():
+        if line.strip().startswith("SU"):
+            return line.strip()
+    raise ValueError(f"{path} holds no NKey user seed")
+
+
+def credential_options(identity: str, creds: Optional[str] = None) -> dict[str, Any]:
+    """nats.connect keywords: the credential (``creds``, else $ARBSTR_NATS_CREDS; none: an open bus) and the inbox
+    prefix its permissions allow replies on — of the identity a seed file ``<identity>.nk`` is named for, else
+    ``identity``."""
+    path = creds or os.environ.get(ENV_CREDS) or None
+    options: dict[str, Any] = {}
+    if path:
+        file = Path(path)
+        if "BEGIN NATS USER JWT" in file.read_text():
+            options["user_credentials"] = str(file)  # decentralised auth: JWT and seed in one .creds file
+        else:
+            options["nkeys_seed_str"] = read_seed(file)
+        if file.suffix == ".nk" and file.stem in IDENTITIES:
+            identity = file.stem
+    options["inbox_prefix"] = inbox_prefix(identity)
+    return options
+
+
+async def connect(url: str, name: str, identity: Optional[str] = None, creds: Optional[str] = None,
+                  **kwargs: Any) -> NATS:
+    """Connect as ``identity`` (default: the one ``name`` implies) with reconnect-forever semantics; callbacks
+    must be coroutines for nats-py."""
+
+    async def error_cb(e: Exception) -> None:
+        log.warning("nats error (%s): %r", name, e)
+
+    async def disconnected_cb() -> None:
+        log.warning("nats disconnected (%s)", name)
+
+    async def reconnected_cb() -> None:
+        log.info("nats reconnected (%s)", name)
+
+    return await nats.connect(
+        servers=[u.strip() for u in url.split(",") if u.strip()],
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        allow_reconnect=True,
+        error_cb=error_cb,
+        disconnected_cb=disconnected_cb,
+        reconnected_cb=reconnected_cb,
+        **credential_options(identity or identity_of_service(name), creds),
+        **kwargs,
+    )
