@@ -26,7 +26,7 @@ from .bus import Bus
 from .headers import header
 from .http import REQUEST_ID, bearer_token, json_response, read_json_object
 from .query import epoch_ms, optional_int
-from .vault_meter import missing_token, require_admin
+from .vault_meter import missing_token
 
 R = TypeVar("R", bound=BaseModel)
 TOKEN_PREFIX = "arb_"
@@ -147,50 +147,25 @@ class VaultHTTP:
         self.bus = bus
         self.admin_hash = admin_token_hash(config)
 
-    def add_routes(self, app: web.Application) -> None:
-        r = app.router
-        r.add_post("/v1/admin/agents", self.admin(self.create_agent))
-        r.add_get("/v1/admin/agents", self.admin(self.list_agents))
-        r.add_get("/v1/admin/agents/{agent_id}", self.admin(self.get_agent))
-        r.add_patch("/v1/admin/agents/{agent_id}/policy", self.admin(self.patch_policy))
-        r.add_put("/v1/admin/agents/{agent_id}/policy", self.admin(self.patch_policy))
-        r.add_post("/v1/admin/agents/{agent_id}/deposits", self.admin(self.deposit))
-        r.add_post("/v1/admin/agents/{agent_id}/token", self.admin(self.rotate))
-        r.add_get("/v1/admin/approvals", self.admin(self.approvals))
-        # By (agent, request id): request ids are the clients' and collide across agents. The old path decides only
-        # when exactly one pending approval has that id (else 400 agent_id_required): it never guesses.
-        r.add_post("/v1/admin/approvals/{agent_id}/{request_id}/approve", self.admin(self.approve))
-        r.add_post("/v1/admin/approvals/{agent_id}/{request_id}/deny", self.admin(self.deny))
-        r.add_post("/v1/admin/approvals/{request_id}/approve", self.admin(self.approve))
-        r.add_post("/v1/admin/approvals/{request_id}/deny", self.admin(self.deny))
-        r.add_get("/v1/admin/audit", self.admin(self.audit))
-        r.add_get("/v1/admin/audit/verify", self.admin(self.verify))
-        r.add_get("/v1/admin/books", self.admin(self.books))
-        r.add_get("/v1/vault/me", self.me)
-        r.add_get("/v1/vault/me/history", self.my_history)
-        r.add_post("/v1/vault/me/deposits", self.my_deposit)
-        r.add_post("/v1/vault/me/withdrawals", self.my_withdraw)
-        r.add_get("/v1/vault/me/withdrawals", self.my_withdrawals)
-        r.add_get("/v1/vault/me/withdrawals/{payout_id}", self.my_withdrawal)
-        r.add_get("/v1/admin/payouts", self.admin(self.payouts))
-        r.add_get("/v1/admin/reconcile", self.admin(self.reconcile))
-        r.add_post("/v1/admin/reconcile/clear", self.admin(self.reconcile_clear))
-        r.add_get("/v1/stats", self.stats)
-        r.add_get("/v1/requests", self.requests)
+    def handlers(self) -> dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]:
+        """The handlers the route table (gateway/routes.py) names; it applies the admin and agent checks."""
+        return {
+            "admin.create_agent": self.create_agent, "admin.list_agents": self.list_agents,
+            "admin.get_agent": self.get_agent, "admin.policy": self.patch_policy, "admin.deposit": self.deposit,
+            "admin.rotate": self.rotate, "admin.approvals": self.approvals, "admin.approve": self.approve,
+            "admin.deny": self.deny, "admin.audit": self.audit, "admin.verify": self.verify,
+            "admin.books": self.books, "admin.payouts": self.payouts, "admin.reconcile": self.reconcile,
+            "admin.reconcile_clear": self.reconcile_clear,
+            "vault.me": self.me, "vault.history": self.my_history, "vault.deposit": self.my_deposit,
+            "vault.withdraw": self.my_withdraw, "vault.withdrawals": self.my_withdrawals,
+            "vault.withdrawal": self.my_withdrawal, "stats": self.stats, "requests": self.requests,
+        }
 
     async def _call(self, request: web.Request, op: str, msg: BaseModel, reply: type[R],
                     timeout_s: Optional[float] = None) -> R:
         """An admin command: it carries the operator's token, which the vault checks again itself."""
         return await self.bus.call(subjects.vault_admin(op), msg, reply, request_id=request[REQUEST_ID],
                                    admin_token=bearer_token(request), timeout_s=timeout_s)
-
-    # --- auth ------------------------------------------------------------------------------------------
-    def admin(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-              ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            await require_admin(bearer_token(request), self.admin_hash, self.bus, request[REQUEST_ID])
-            return await handler(request)
-        return guarded
 
     # --- admin handlers --------------------------------------------------------------------------------
     async def create_agent(self, request: web.Request) -> web.Response:
