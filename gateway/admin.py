@@ -128,6 +128,23 @@ def _choice(query: Any, param: str, allowed: tuple[str, ...], default: Optional[
     return value
 
 
+# A model or provider name to filter on: printable, no spaces, bounded (an unknown one simply matches nothing).
+_NAME = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,256}$")
+
+
+def _name(query: Any, param: str) -> Optional[str]:
+    values = query.getall(param, [])
+    if len(values) > 1:
+        raise ArbstrError(400, f"{param} may be given once", param=param, code="invalid_value")
+    value = values[0] if values else None
+    if not value:
+        return None
+    if not _NAME.match(value):
+        raise ArbstrError(400, f"{param} must be 1–256 of A-Z a-z 0-9 _ . : / @ + -", param=param,
+                          code="invalid_value")
+    return value
+
+
 def _flag(query: Any, param: str) -> Optional[bool]:
     value = _choice(query, param, ("true", "false"))
     return None if value is None else value == "true"
@@ -291,7 +308,7 @@ class VaultHTTP:
         since, until = _since_ms(query.get("since")), _since_ms(query.get("until"), "until")
         agent_id, th = await self._report_scope(request)
         q = StatsQuery(group_by=group_by, agent_id=agent_id, token_hash=th, since_ms=since,  # type: ignore[arg-type]
-                       until_ms=until)
+                       until_ms=until, model=_name(query, "model"), provider=_name(query, "provider"))
         reply = await self._call(request, "stats", q, StatsReply)
         return json_response({"object": "list", "group_by": reply.group_by,
                               "data": [r.model_dump(mode="json") for r in reply.rows]})

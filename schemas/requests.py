@@ -50,6 +50,8 @@ class RequestRecord(Message):
 
 class StatsQuery(Message):
     group_by: Optional[GroupBy] = None
+    model: Optional[str] = Field(None, description="only requests for this model (as the client asked for it)")
+    provider: Optional[str] = Field(None, description="only requests this provider served")
     agent_id: Optional[str] = None
     token_hash: Optional[str] = Field(None, description="an agent's own report: the vault scopes it to that agent")
     since_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)

@@ -134,6 +134,29 @@ async def test_stats_sum_to_the_billed_costs(http, stack, traffic) -> None:
     assert later["requests"] == 0 and later["cost_msat"] == 0
 
 
+async def test_stats_filter_by_provider_and_model(http, stack, traffic) -> None:
+    by_provider = traffic["by_provider"]
+    alpha = (await get(http, stack, "/v1/stats?provider=alpha"))["data"]
+    assert len(alpha) == 1 and alpha[0]["requests"] == 3 and alpha[0]["cost_msat"] == by_provider["alpha"]
+    days = (await get(http, stack, "/v1/stats?group_by=day&provider=beta"))["data"]
+    assert len(days) == 1 and days[0]["requests"] == 1 and days[0]["cost_msat"] == by_provider["beta"]
+    both = (await get(http, stack, "/v1/stats?group_by=provider&model=gpt-4o-mini&provider=alpha"))["data"]
+    assert [(r["key"], r["requests"]) for r in both] == [("alpha", 3)]
+    # Unknown names match nothing: no groups, or one all-zero total.
+    assert (await get(http, stack, "/v1/stats?group_by=day&provider=nobody"))["data"] == []
+    none = (await get(http, stack, "/v1/stats?model=gpt-9"))["data"]
+    assert none[0]["requests"] == 0 and none[0]["cost_msat"] == 0
+    # An agent's token is filtered the same way, within its own requests.
+    a_id, a_tok = traffic["a"]
+    own = (await get(http, stack, "/v1/stats?provider=alpha", headers=bearer(a_tok)))["data"]
+    assert own[0]["requests"] == 2
+    for query, param in (("provider=a%20b", "provider"), ("model=" + "m" * 257, "model"),
+                         ("provider=alpha&provider=beta", "provider"), ("model=%00", "model")):
+        body = await get(http, stack, f"/v1/stats?{query}", expect=400)
+        assert body["error"]["param"] == param and body["error"]["code"] == "invalid_value", (query, body)
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
 async def test_request_log_filters_sorts_and_paginates(http, stack, traffic) -> None:
     a_id, b_id = traffic["a"][0], traffic["b"][0]
     log = (await get(http, stack, "/v1/requests"))["data"]

@@ -102,7 +102,7 @@ class RequestLog(SpooledTable):
     def stats(self, q: StatsQuery) -> StatsReply:
         self.flush()
         key = _GROUP_KEY[q.group_by] if q.group_by else "NULL"
-        where, params = where_clause(q.agent_id, q.since_ms, q.until_ms)
+        where, params = where_clause(q.agent_id, q.since_ms, q.until_ms, model=q.model, provider=q.provider)
         sql = (f"SELECT {key} AS k, count(*), count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success), "
                "count(*) FILTER (WHERE streamed), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), "
                "coalesce(sum(cost_msat), 0), coalesce(sum(baseline_msat), 0), quantile_cont(latency_ms, 0.5), "
