@@ -15,19 +15,24 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
+from schemas.config import load_config
+
+from .admin_token import find_admin_token
+
 
 class CliError(Exception):
     pass
 
 
 def _admin_token(args: argparse.Namespace) -> str:
-    token = args.admin_token or os.environ.get("ARBSTR_ADMIN_TOKEN")
+    """--admin-token, else the one rule `arbstr up` follows: environment, config (--config), data dir's file."""
+    if args.admin_token:
+        return str(args.admin_token)
+    config = load_config(args.config) if getattr(args, "config", None) else None
+    token, _ = find_admin_token(config, Path(args.data_dir))
     if not token:
-        saved = Path(args.data_dir) / "admin-token"
-        if saved.exists():
-            token = saved.read_text().strip()
-    if not token:
-        raise CliError("no admin token: pass --admin-token, set ARBSTR_ADMIN_TOKEN, or point --data-dir at `arbstr up`'s")
+        raise CliError("no admin token: pass --admin-token, set ARBSTR_ADMIN_TOKEN, pass --config with [vault] "
+                       "admin_token, or point --data-dir at `arbstr up`'s")
     return token
 
 
@@ -181,7 +186,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=os.environ.get("ARBSTR_URL", "http://127.0.0.1:8080"),
                         help="gateway base URL (env ARBSTR_URL)")
-    common.add_argument("--admin-token", help="admin token (env ARBSTR_ADMIN_TOKEN; else <data-dir>/admin-token)")
+    common.add_argument("--admin-token", help="admin token (else env ARBSTR_ADMIN_TOKEN, else --config's [vault] "
+                                              "admin_token, else <data-dir>/admin-token)")
+    common.add_argument("--config", help="arbstr.toml whose [vault] admin_token to use (after the environment)")
     common.add_argument("--data-dir", default="./arbstr-data")
 
     def policy_flags(p: argparse.ArgumentParser) -> None:

@@ -4,12 +4,13 @@ marketplace spread the mission cites (8, 10 and 12 sats per 1k tokens)."""
 from __future__ import annotations
 
 import json
-import secrets
 import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, Optional
+
+from .admin_token import settle_admin_token
 
 DEMO_MODELS = ["gpt-4o-mini", "gpt-4o", "llama-3.1-8b", "text-embedding-3-small"]
 # (name, sats per 1k tokens) -> rates in sats per 1M tokens
@@ -65,20 +66,10 @@ def demo_toml(gateway_port: int, mock_port: int, host: str = "127.0.0.1", admin_
     return "\n".join(lines)
 
 
-def admin_token(data_dir: Path) -> str:
-    """The demo's admin token: made once per data dir, readable by its owner only."""
-    path = data_dir / "admin-token"
-    if path.exists():
-        return path.read_text().strip()
-    token = "adm_" + secrets.token_urlsafe(32)
-    path.write_text(token + "\n")
-    path.chmod(0o600)
-    return token
-
-
 def write_demo_config(data_dir: Path, gateway_port: int, host: str = "127.0.0.1") -> Path:
+    """The demo's config; its admin token follows the one rule (arbstr/admin_token.py)."""
     path = data_dir / "arbstr.demo.toml"
-    path.write_text(demo_toml(gateway_port, free_port(), host, admin_token(data_dir)))
+    path.write_text(demo_toml(gateway_port, free_port(), host, settle_admin_token(None, data_dir)))
     path.chmod(0o600)
     return path
 
