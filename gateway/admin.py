@@ -310,7 +310,10 @@ class VaultHTTP:
         q = StatsQuery(group_by=group_by, agent_id=agent_id, token_hash=th, since_ms=since,  # type: ignore[arg-type]
                        until_ms=until, model=_name(query, "model"), provider=_name(query, "provider"))
         reply = await self._call(request, "stats", q, StatsReply)
+        # Savings are measured against the cheapest single provider able to serve every billed request of a row
+        # (each row names its baseline; a row no single provider could serve falls back to costliest_candidate).
         return json_response({"object": "list", "group_by": reply.group_by,
+                              "savings_baseline": "cheapest_single_provider",
                               "data": [r.model_dump(mode="json") for r in reply.rows]})
 
     async def requests(self, request: web.Request) -> web.Response:

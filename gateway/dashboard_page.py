@@ -112,8 +112,11 @@ function renderSavings(total) {
   const t = total || {cost_msat: 0, baseline_msat: 0, savings_msat: 0, requests: 0};
   $("savings-total").textContent = sats(t.savings_msat) + " sats saved";
   const pct = t.baseline_msat ? (100 * t.savings_msat / t.baseline_msat).toFixed(1) : "0.0";
+  const baseline = t.savings_baseline === "costliest_candidate" ? "each request's costliest candidate"
+    : t.baseline_provider ? "the cheapest single provider able to serve them all (" + t.baseline_provider + " " +
+      t.baseline_model + ")" : "the cheapest single provider able to serve them all";
   $("savings-detail").textContent = t.requests + " requests in " + DAYS + " days: spent " + sats(t.cost_msat) +
-    " sats where the costliest candidates would have cost " + sats(t.baseline_msat) + " sats (" + pct + "% saved)";
+    " sats where " + baseline + " would have cost " + sats(t.baseline_msat) + " sats (" + pct + "% saved)";
 }
 
 // series: [{name, points: Map(label -> msat)}]; labels: x categories. Grouped bars, one color per series.

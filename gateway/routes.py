@@ -22,7 +22,7 @@ from schemas.openai import (ChatCompletionChunk, ChatCompletionRequest, ChatComp
                             CompletionResponse, EmbeddingRequest, EmbeddingResponse, ModelCard, ModelList,
                             ResponseObject, ResponsesRequest, ResponseStreamEvent)
 from schemas.pricing import ConfirmReply
-from schemas.requests import GroupBy, RequestRecord, StatsRow
+from schemas.requests import GroupBy, RequestRecord, SavingsBaseline, StatsRow
 from schemas.vault import (AccountView, ApprovalResult, Approval, Books, ChainCheck, DepositReply, HistoryItem,
                            PayoutView, Reconciliation, SpendEvent)
 
@@ -67,6 +67,7 @@ class ConfirmBody(BaseModel):
 class StatsDocument(BaseModel):
     object: Literal["list"] = "list"
     group_by: Optional[GroupBy] = None
+    savings_baseline: SavingsBaseline = "cheapest_single_provider"
     data: list[StatsRow]
 
 

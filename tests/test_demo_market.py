@@ -94,3 +94,41 @@ async def test_first_requests_show_tiers_and_price_routing(http: aiohttp.ClientS
         ("auto", "local", "beta-local", "llama-3.1-8b"), ("auto", "frontier", "gamma-frontier", "gpt-4o"),
         ("gpt-4o-mini", "local", "alpha", "gpt-4o-mini")]  # the tier the ask needs; the named model is above it
     assert log["data"][0]["predicted_tier"] == "local" and log["data"][1]["predicted_tier"] == "frontier"
+
+
+async def test_savings_are_measured_against_the_cheapest_single_provider(http: aiohttp.ClientSession,
+                                                                         demo: Stack) -> None:
+    agent_id, token = await new_agent(http, demo, "saver", deposit_msat=10_000_000)
+    await ask(http, demo, token, "auto", "hello there")
+    await ask(http, demo, token, "auto", HARD)
+    await settled(http, demo, agent_id)
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await (await http.get(f"{demo.url}/v1/requests?limit=1", headers=ADMIN)).json())["total"] < 2:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.1)
+    log = (await (await http.get(f"{demo.url}/v1/requests", headers=ADMIN)).json())["data"]
+    doc = await (await http.get(f"{demo.url}/v1/stats", headers=ADMIN)).json()
+    assert doc["savings_baseline"] == "cheapest_single_provider"
+    row = doc["data"][0]
+    # Only a frontier offer can serve both asks; the cheapest of them is gamma-frontier's gpt-4o. A client
+    # pinning it would have paid both at its rates: that, not the costliest candidate, is what routing saved on.
+    pinned = sum(next(p["cost_msat"] for p in r["pinned_costs"]
+                      if (p["provider"], p["model"]) == ("gamma-frontier", "gpt-4o")) for r in log)
+    assert (row["savings_baseline"], row["baseline_provider"], row["baseline_model"]) == (
+        "cheapest_single_provider", "gamma-frontier", "gpt-4o")
+    assert row["baseline_msat"] == pinned
+    assert row["savings_msat"] == pinned - row["cost_msat"] > 0
+    assert row["baseline_msat"] < sum(r["baseline_msat"] for r in log)  # less than the costliest candidates'
+
+    # A named model no other offer serves joins the range: no single provider could have served all three, and
+    # the row says which baseline it fell back to.
+    await ask(http, demo, token, "gpt-4o-mini", "hello there")
+    await settled(http, demo, agent_id)
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        row = (await (await http.get(f"{demo.url}/v1/stats", headers=ADMIN)).json())["data"][0]
+        if row["requests"] == 3:
+            break
+        assert asyncio.get_running_loop().time() < deadline, row
+        await asyncio.sleep(0.1)
+    assert (row["savings_baseline"], row["baseline_provider"]) == ("costliest_candidate", None)
