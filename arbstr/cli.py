@@ -64,7 +64,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"  config: {config_path}", flush=True)
         print(f"  logs:   {data_dir / 'logs'}", flush=True)
         print(f"  try:    curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
-              f"-d '{{\"model\": \"gpt-4o-mini\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'",
+              f"-d '{{\"model\": \"auto\", \"messages\": [{{\"role\": \"user\", \"content\": \"hello there\"}}]}}' -i"
+              "   (model auto: the router picks tier, model and provider; see x-arbstr-tier)",
               flush=True)
         print("Ctrl-C stops everything.", flush=True)
         sup.watch()
