@@ -15,19 +15,24 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Optional
 
+from schemas.config import load_config
+
+from .admin_token import find_admin_token
+
 
 class CliError(Exception):
     pass
 
 
 def _admin_token(args: argparse.Namespace) -> str:
-    token = args.admin_token or os.environ.get("ARBSTR_ADMIN_TOKEN")
+    """--admin-token, else the one rule `arbstr up` follows: environment, config (--config), data dir's file."""
+    if args.admin_token:
+        return str(args.admin_token)
+    config = load_config(args.config) if getattr(args, "config", None) else None
+    token, _ = find_admin_token(config, Path(args.data_dir))
     if not token:
-        saved = Path(args.data_dir) / "admin-token"
-        if saved.exists():
-            token = saved.read_text().strip()
-    if not token:
-        raise CliError("no admin token: pass --admin-token, set ARBSTR_ADMIN_TOKEN, or point --data-dir at `arbstr up`'s")
+        raise CliError("no admin token: pass --admin-token, set ARBSTR_ADMIN_TOKEN, pass --config with [vault] "
+                       "admin_token, or point --data-dir at `arbstr up`'s")
     return token
 
 
@@ -129,12 +134,14 @@ def wallet(args: argparse.Namespace) -> Any:
 
 
 SPEND_COLUMNS = ("requests", "failed", "input_tokens", "output_tokens", "cost_msat", "baseline_msat",
-                 "savings_msat", "latency_p50_ms", "latency_p95_ms")
+                 "savings_msat", "latency_p50_ms", "latency_p95_ms", "savings_baseline", "baseline_provider")
 _BY = {"agent": "agent", "provider": "provider", "model": "model", "day": "day", "tier": "tier"}
 
 
-def spend_table(rows: list[dict[str, Any]], by: Optional[str]) -> list[list[str]]:
-    """Header plus one line per group (and a total line when grouped), all as strings."""
+def spend_table(rows: list[dict[str, Any]], by: Optional[str], total: Optional[dict[str, Any]] = None
+                ) -> list[list[str]]:
+    """Header plus one line per group (and a total line when grouped: the whole range's own row when given, since
+    its savings baseline is one provider for all of it, not the sum of each group's), all as strings."""
     def fmt(v: Any) -> str:
         if v is None:
             return ""
@@ -142,16 +149,19 @@ def spend_table(rows: list[dict[str, Any]], by: Optional[str]) -> list[list[str]
 
     header = [by or "range", *SPEND_COLUMNS]
     lines = [[fmt(r.get("key")) if by else "all", *(fmt(r.get(c)) for c in SPEND_COLUMNS)] for r in rows]
-    if by and rows:
+    if by and rows and total is not None:
+        lines.append(["TOTAL", *(fmt(total.get(c)) for c in SPEND_COLUMNS)])
+    elif by and rows:
         sums = {c: sum(int(r.get(c) or 0) for r in rows) for c in SPEND_COLUMNS[:7]}
-        lines.append(["TOTAL", *(str(sums[c]) for c in SPEND_COLUMNS[:7]), "", ""])
+        lines.append(["TOTAL", *(str(sums[c]) for c in SPEND_COLUMNS[:7]), *([""] * (len(SPEND_COLUMNS) - 7))])
     return [header, *lines]
 
 
-def render_spend(rows: list[dict[str, Any]], by: Optional[str], fmt: str) -> str:
+def render_spend(rows: list[dict[str, Any]], by: Optional[str], fmt: str,
+                 total: Optional[dict[str, Any]] = None) -> str:
     if fmt == "json":
         return json.dumps(rows, indent=2)
-    table = spend_table(rows, by)
+    table = spend_table(rows, by, total)
     if fmt == "csv":
         out = io.StringIO()
         csv.writer(out, lineterminator="\n").writerows(table)
@@ -165,7 +175,12 @@ def spend(args: argparse.Namespace) -> str:
     params = {k: v for k, v in (("group_by", _BY.get(args.by or "")), ("since", args.since),
                                 ("until", args.until), ("agent", args.agent)) if v}
     reply = request(args, "GET", "/v1/stats" + ("?" + urllib.parse.urlencode(params) if params else ""))
-    return render_spend(reply["data"], args.by, args.format)
+    total = None
+    if args.by and args.format != "json":
+        whole = {k: v for k, v in params.items() if k != "group_by"}
+        rows = request(args, "GET", "/v1/stats" + ("?" + urllib.parse.urlencode(whole) if whole else ""))["data"]
+        total = rows[0] if rows else None
+    return render_spend(reply["data"], args.by, args.format, total)
 
 
 def spend_main(args: argparse.Namespace) -> int:
@@ -181,7 +196,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--url", default=os.environ.get("ARBSTR_URL", "http://127.0.0.1:8080"),
                         help="gateway base URL (env ARBSTR_URL)")
-    common.add_argument("--admin-token", help="admin token (env ARBSTR_ADMIN_TOKEN; else <data-dir>/admin-token)")
+    common.add_argument("--admin-token", help="admin token (else env ARBSTR_ADMIN_TOKEN, else --config's [vault] "
+                                              "admin_token, else <data-dir>/admin-token)")
+    common.add_argument("--config", help="arbstr.toml whose [vault] admin_token to use (after the environment)")
     common.add_argument("--data-dir", default="./arbstr-data")
 
     def policy_flags(p: argparse.ArgumentParser) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -11,6 +12,7 @@ from typing import Optional
 from schemas.config import Config, ConfigError, load_config
 
 from . import admin_cli, bus_cli, events_cli, providers_cli
+from .admin_token import ENV as ADMIN_ENV, settle_admin_token, token_file
 from .logs import setup_logging
 from .components import COMPONENTS, install_uvloop, run_component
 
@@ -37,6 +39,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         config_path = write_demo_config(data_dir, args.port or 8080, args.host or "127.0.0.1")
         config = load_config(config_path)
+    if config.vault is not None:
+        # One rule (arbstr/admin_token.py): the environment, else the config, else the data dir's file. Every
+        # component gets the result in its environment, and the file lets `arbstr agent …` find it.
+        admin_token = settle_admin_token(config, data_dir)
+        os.environ[ADMIN_ENV] = admin_token
     # Command-line overrides reach the gateway process as its own --host/--port.
     config.server.host = args.host or config.server.host
     config.server.port = args.port or config.server.port
@@ -47,17 +54,18 @@ def cmd_up(args: argparse.Namespace) -> int:
         url = sup.start()
         auth = ""
         print(f"arbstr is up: {url}/v1  (OpenAI base URL)", flush=True)
-        if config.vault is not None and config.vault.demo_agent is not None and config.vault.admin_token:
+        if config.vault is not None and config.vault.demo_agent is not None:
             demo = config.vault.demo_agent
-            agent = ensure_demo_agent(url, data_dir, config.vault.admin_token.get_secret_value(), demo.name,
-                                      demo.deposit_msat)
+            agent = ensure_demo_agent(url, data_dir, os.environ[ADMIN_ENV], demo.name, demo.deposit_msat)
             auth = f" -H 'Authorization: Bearer {agent['token']}'"
             print(f"  demo agent: {agent['agent_id']}  token: {agent['token']}", flush=True)
-            print(f"  admin token: in {data_dir / 'admin-token'}", flush=True)
+        if config.vault is not None:
+            print(f"  admin token: in {token_file(data_dir)}", flush=True)
         print(f"  config: {config_path}", flush=True)
         print(f"  logs:   {data_dir / 'logs'}", flush=True)
         print(f"  try:    curl {url}/v1/chat/completions -H 'Content-Type: application/json'{auth} "
-              f"-d '{{\"model\": \"gpt-4o-mini\", \"messages\": [{{\"role\": \"user\", \"content\": \"hi\"}}]}}'",
+              f"-d '{{\"model\": \"auto\", \"messages\": [{{\"role\": \"user\", \"content\": \"hello there\"}}]}}' -i"
+              "   (model auto: the router picks tier, model and provider; see x-arbstr-tier)",
               flush=True)
         print("Ctrl-C stops everything.", flush=True)
         sup.watch()

@@ -98,6 +98,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     c.add_argument("--model", action="append", help="only this model (repeatable); default: every held price")
     # SUPPRESS: a --url given before "confirm" stands (a subparser's default would overwrite it).
     c.add_argument("--url", default=argparse.SUPPRESS, help="gateway base URL (env ARBSTR_URL)")
-    c.add_argument("--admin-token", help="admin token (env ARBSTR_ADMIN_TOKEN; else <data-dir>/admin-token)")
+    c.add_argument("--admin-token", help="admin token (else env ARBSTR_ADMIN_TOKEN, else --config's [vault] "
+                                         "admin_token, else <data-dir>/admin-token)")
+    c.add_argument("--config", help="arbstr.toml whose [vault] admin_token to use (after the environment)")
     c.add_argument("--data-dir", default="./arbstr-data")
     p.set_defaults(func=main)

@@ -26,7 +26,7 @@ from .bus import Bus
 from .headers import header
 from .http import REQUEST_ID, bearer_token, json_response, read_json_object
 from .query import epoch_ms, optional_int
-from .vault_meter import missing_token, require_admin
+from .vault_meter import missing_token
 
 Q = TypeVar("Q", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
@@ -129,6 +129,23 @@ def _choice(query: Any, param: str, allowed: tuple[str, ...], default: Optional[
     return value
 
 
+# A model or provider name to filter on: printable, no spaces, bounded (an unknown one simply matches nothing).
+_NAME = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,256}$")
+
+
+def _name(query: Any, param: str) -> Optional[str]:
+    values = query.getall(param, [])
+    if len(values) > 1:
+        raise ArbstrError(400, f"{param} may be given once", param=param, code="invalid_value")
+    value = values[0] if values else None
+    if not value:
+        return None
+    if not _NAME.match(value):
+        raise ArbstrError(400, f"{param} must be 1–256 of A-Z a-z 0-9 _ . : / @ + -", param=param,
+                          code="invalid_value")
+    return value
+
+
 def _flag(query: Any, param: str) -> Optional[bool]:
     value = _choice(query, param, ("true", "false"))
     return None if value is None else value == "true"
@@ -148,50 +165,25 @@ class VaultHTTP:
         self.bus = bus
         self.admin_hash = admin_token_hash(config)
 
-    def add_routes(self, app: web.Application) -> None:
-        r = app.router
-        r.add_post("/v1/admin/agents", self.admin(self.create_agent))
-        r.add_get("/v1/admin/agents", self.admin(self.list_agents))
-        r.add_get("/v1/admin/agents/{agent_id}", self.admin(self.get_agent))
-        r.add_patch("/v1/admin/agents/{agent_id}/policy", self.admin(self.patch_policy))
-        r.add_put("/v1/admin/agents/{agent_id}/policy", self.admin(self.patch_policy))
-        r.add_post("/v1/admin/agents/{agent_id}/deposits", self.admin(self.deposit))
-        r.add_post("/v1/admin/agents/{agent_id}/token", self.admin(self.rotate))
-        r.add_get("/v1/admin/approvals", self.admin(self.approvals))
-        # By (agent, request id): request ids are the clients' and collide across agents. The old path decides only
-        # when exactly one pending approval has that id (else 400 agent_id_required): it never guesses.
-        r.add_post("/v1/admin/approvals/{agent_id}/{request_id}/approve", self.admin(self.approve))
-        r.add_post("/v1/admin/approvals/{agent_id}/{request_id}/deny", self.admin(self.deny))
-        r.add_post("/v1/admin/approvals/{request_id}/approve", self.admin(self.approve))
-        r.add_post("/v1/admin/approvals/{request_id}/deny", self.admin(self.deny))
-        r.add_get("/v1/admin/audit", self.admin(self.audit))
-        r.add_get("/v1/admin/audit/verify", self.admin(self.verify))
-        r.add_get("/v1/admin/books", self.admin(self.books))
-        r.add_get("/v1/vault/me", self.me)
-        r.add_get("/v1/vault/me/history", self.my_history)
-        r.add_post("/v1/vault/me/deposits", self.my_deposit)
-        r.add_post("/v1/vault/me/withdrawals", self.my_withdraw)
-        r.add_get("/v1/vault/me/withdrawals", self.my_withdrawals)
-        r.add_get("/v1/vault/me/withdrawals/{payout_id}", self.my_withdrawal)
-        r.add_get("/v1/admin/payouts", self.admin(self.payouts))
-        r.add_get("/v1/admin/reconcile", self.admin(self.reconcile))
-        r.add_post("/v1/admin/reconcile/clear", self.admin(self.reconcile_clear))
-        r.add_get("/v1/stats", self.stats)
-        r.add_get("/v1/requests", self.requests)
+    def handlers(self) -> dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]:
+        """The handlers the route table (gateway/routes.py) names; it applies the admin and agent checks."""
+        return {
+            "admin.create_agent": self.create_agent, "admin.list_agents": self.list_agents,
+            "admin.get_agent": self.get_agent, "admin.policy": self.patch_policy, "admin.deposit": self.deposit,
+            "admin.rotate": self.rotate, "admin.approvals": self.approvals, "admin.approve": self.approve,
+            "admin.deny": self.deny, "admin.audit": self.audit, "admin.verify": self.verify,
+            "admin.books": self.books, "admin.payouts": self.payouts, "admin.reconcile": self.reconcile,
+            "admin.reconcile_clear": self.reconcile_clear,
+            "vault.me": self.me, "vault.history": self.my_history, "vault.deposit": self.my_deposit,
+            "vault.withdraw": self.my_withdraw, "vault.withdrawals": self.my_withdrawals,
+            "vault.withdrawal": self.my_withdrawal, "stats": self.stats, "requests": self.requests,
+        }
 
     async def _call(self, request: web.Request, exchange: Exchange[Q, R], msg: Q,
                     timeout_s: Optional[float] = None) -> R:
         """An admin command: it carries the operator's token, which the vault checks again itself."""
         return await self.bus.ask(exchange, msg, request_id=request[REQUEST_ID], admin_token=bearer_token(request),
                                   timeout_s=timeout_s)
-
-    # --- auth ------------------------------------------------------------------------------------------
-    def admin(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-              ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        async def guarded(request: web.Request) -> web.StreamResponse:
-            await require_admin(bearer_token(request), self.admin_hash, self.bus, request[REQUEST_ID])
-            return await handler(request)
-        return guarded
 
     # --- admin handlers --------------------------------------------------------------------------------
     async def create_agent(self, request: web.Request) -> web.Response:
@@ -315,9 +307,12 @@ class VaultHTTP:
         since, until = _since_ms(query.get("since")), _since_ms(query.get("until"), "until")
         agent_id, th = await self._report_scope(request)
         q = StatsQuery(group_by=group_by, agent_id=agent_id, token_hash=th, since_ms=since,  # type: ignore[arg-type]
-                       until_ms=until)
+                       until_ms=until, model=_name(query, "model"), provider=_name(query, "provider"))
         reply = await self._call(request, exchanges.STATS, q)
+        # Savings are measured against the cheapest single provider able to serve every billed request of a row
+        # (each row names its baseline; a row no single provider could serve falls back to costliest_candidate).
         return json_response({"object": "list", "group_by": reply.group_by,
+                              "savings_baseline": "cheapest_single_provider",
                               "data": [r.model_dump(mode="json") for r in reply.rows]})
 
     async def requests(self, request: web.Request) -> web.Response:

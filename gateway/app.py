@@ -25,7 +25,7 @@ from schemas.trace import REQUEST_ID as REQUEST_ID_VAR, TRACEPARENT as TRACEPARE
 from schemas.trace import new_traceparent, valid_traceparent
 
 from .headers import header
-from .http import REQUEST_ID, STARTED, TRACE, error_response, json_response, new_request_id
+from .http import REQUEST_ID, STARTED, TRACE, bearer_token, error_response, json_response, new_request_id
 from .meter import FreeMeter, Meter
 from .metrics import Metrics
 from .providers import ProviderDirectory
@@ -33,14 +33,15 @@ from .proxy import Proxy
 from .upstream import Upstream
 from .admin import VaultHTTP
 from .events import SpendEventsHTTP
-from .dashboard import add_dashboard_routes
-from .openapi import add_openapi_route
-from .ops import add_ops_routes
-from .responses_relay import add_responses_routes
+from .dashboard import dashboard
+from .openapi import openapi_handler
+from .ops import ops_handlers
+from .responses_relay import responses_handler
+from .routes import Guards, Handler, register
 from .server import gateway_runner
 from actors.runtime.tokens import admin_token_hash
 
-from .vault_meter import VaultMeter
+from .vault_meter import VaultMeter, require_admin
 from .auth_gate import AuthGate
 
 log = logging.getLogger("arbstr.gateway")
@@ -123,32 +124,34 @@ class Gateway:
         self.metrics = Metrics()
         self.directory = ProviderDirectory(config)  # who to call for a provider, market ones included
         # Paid mode: a bearer is checked before any body is read or routed (free mode stays open).
-        self.auth: Optional[AuthGate] = AuthGate(self.bus, admin_token_hash(config)) if config.vault else None
-        self.proxy = Proxy(config, nc, self.bus, self.upstream, self.meter, self.directory, self.metrics,
-                           auth=self.auth)
+        self.admin_hash = admin_token_hash(config)
+        self.auth: Optional[AuthGate] = AuthGate(self.bus, self.admin_hash) if config.vault else None
+        self.proxy = Proxy(config, nc, self.bus, self.upstream, self.meter, self.directory, self.metrics)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[envelope], client_max_size=self.config.server.max_body_bytes)
         app[GATEWAY_KEY] = self
         app.on_startup.append(self._startup)
         app.on_cleanup.append(self._cleanup)
-        for prefix in ("/v1", ""):
-            for spec in (CHAT, COMPLETIONS, EMBEDDINGS):
-                app.router.add_post(prefix + spec.path, self._proxied(spec))
-            app.router.add_get(prefix + "/models", self.models)
-            app.router.add_get(prefix + "/models/{model:.+}", self.model)
+        handlers: dict[str, Handler] = {
+            "chat": self._proxied(CHAT), "completions": self._proxied(COMPLETIONS),
+            "embeddings": self._proxied(EMBEDDINGS), "responses": responses_handler(self),
+            "models": self.models, "model": self.model, "metrics": self.metrics.handler, "ready": self.ready,
+            "openapi": openapi_handler(), **ops_handlers(self),
+        }
         if self.config.vault is not None:
             vault_http = VaultHTTP(self.config, self.bus)
-            vault_http.add_routes(app)
-            SpendEventsHTTP(self.nc, self.bus, vault_http.admin_hash,
-                            self.config.server.client_write_timeout_s).add_routes(app)
-        add_ops_routes(app, self)
-        add_responses_routes(app, self)
-        add_openapi_route(app, self)
-        add_dashboard_routes(app, self)
-        app.router.add_get("/metrics", self.metrics.handler)
-        app.router.add_get("/ready", self.ready)
+            events = SpendEventsHTTP(self.nc, self.bus, vault_http.admin_hash,
+                                     self.config.server.client_write_timeout_s)
+            handlers.update(vault_http.handlers(), **events.attach(app), dashboard=dashboard)
+        register(app, handlers, self.guards())
         return app
+
+    def guards(self) -> Guards:
+        """The one admin check and, in paid mode, the one agent check the route table applies."""
+        async def admin(request: web.Request) -> None:
+            await require_admin(bearer_token(request), self.admin_hash, self.bus, request[REQUEST_ID])
+        return Guards(admin=admin, agent=self.auth.check if self.auth else None)
 
     def runner(self, app: web.Application) -> web.AppRunner:
         """How to serve ``app``: with JSON answers to malformed requests and the head and keep-alive deadlines."""

@@ -1,4 +1,4 @@
-"""``GET /dashboard``: the operator's page, served in paid mode only (its data needs the admin endpoints).
+"""``GET /dashboard``: the operator's page, served in paid mode only (gateway/routes.py) (its data needs the admin endpoints).
 
 The page itself is public and secret-free; everything it shows comes from the admin-token JSON endpoints.
 The Content-Security-Policy forbids any asset or connection outside this gateway, so the page stays
@@ -7,14 +7,9 @@ self-contained.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from aiohttp import web
 
 from .dashboard_page import PAGE
-
-if TYPE_CHECKING:
-    from .app import Gateway
 
 CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
@@ -27,6 +22,3 @@ async def dashboard(request: web.Request) -> web.Response:
                                  "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"})
 
 
-def add_dashboard_routes(app: web.Application, gw: "Gateway") -> None:
-    if gw.config.vault is not None:
-        app.router.add_get("/dashboard", dashboard)

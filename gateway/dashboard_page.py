@@ -72,7 +72,6 @@ function svg(tag, attrs, text) {
 }
 // msat are integers; sats are shown with three decimals so no millisat is hidden.
 const sats = (msat) => (msat / 1000).toLocaleString(undefined, {minimumFractionDigits: 3, maximumFractionDigits: 3});
-const day = (ms) => new Date(ms).toISOString().slice(0, 10);
 
 async function api(method, path) {
   const r = await fetch(path, {method, headers: {"Authorization": "Bearer " + sessionStorage.getItem(KEY)}});
@@ -100,7 +99,10 @@ function renderBooks(b) {
   state.dataset.balanced = String(ok);
   const t = $("books-table"); t.replaceChildren();
   for (const k of ["deposits_msat", "withdrawals_msat", "balances_msat", "pending_msat", "spent_msat",
-                   "uncollectible_msat"]) row(t, [k.replace("_msat", ""), sats(b[k]) + " sats"]);
+                   "uncollectible_msat"]) {
+    const tr = row(t, [k.replace("_msat", ""), sats(b[k]) + " sats"]);
+    tr.dataset.field = k; tr.dataset.msat = String(b[k]);
+  }
   row(t, ["agents", b.agents]);
   row(t, ["projection agrees", b.projection_agrees === null ? "n/a" : String(b.projection_agrees)]);
   row(t, ["ledger seq", b.ledger_seq]);
@@ -110,8 +112,11 @@ function renderSavings(total) {
   const t = total || {cost_msat: 0, baseline_msat: 0, savings_msat: 0, requests: 0};
   $("savings-total").textContent = sats(t.savings_msat) + " sats saved";
   const pct = t.baseline_msat ? (100 * t.savings_msat / t.baseline_msat).toFixed(1) : "0.0";
+  const baseline = t.savings_baseline === "costliest_candidate" ? "each request's costliest candidate"
+    : t.baseline_provider ? "the cheapest single provider able to serve them all (" + t.baseline_provider + " " +
+      t.baseline_model + ")" : "the cheapest single provider able to serve them all";
   $("savings-detail").textContent = t.requests + " requests in " + DAYS + " days: spent " + sats(t.cost_msat) +
-    " sats where the costliest candidates would have cost " + sats(t.baseline_msat) + " sats (" + pct + "% saved)";
+    " sats where " + baseline + " would have cost " + sats(t.baseline_msat) + " sats (" + pct + "% saved)";
 }
 
 // series: [{name, points: Map(label -> msat)}]; labels: x categories. Grouped bars, one color per series.
@@ -159,19 +164,19 @@ async function loadCharts(since) {
   }).filter((s) => s.points.size);
   barChart("chart-agents", [...days].sort(), agentSeries);
 
-  // /v1/stats groups by one key at a time; the day x provider split is folded from the request log.
-  const log = await api("GET", `/v1/requests?since=${since}&sort=at&order=desc&limit=1000`);
-  const byProvider = new Map(), pdays = new Set();
-  for (const r of log.data) {
-    if (!r.provider || !r.cost_msat) continue;
-    const d = day(r.at_ms); pdays.add(d);
-    const m = byProvider.get(r.provider) || new Map(); m.set(d, (m.get(d) || 0) + r.cost_msat);
-    byProvider.set(r.provider, m);
-  }
-  barChart("chart-providers", [...pdays].sort(),
-           [...byProvider.entries()].sort().map(([name, points]) => ({name, points})));
-
+  // The day x provider split: one /v1/stats?group_by=day per provider (filtered server-side), never raw rows.
   const prov = (await api("GET", `/v1/stats?group_by=provider&since=${since}`)).data.filter((r) => r.key);
+  const perProvider = await Promise.all(prov.map((p) =>
+    api("GET", `/v1/stats?group_by=day&since=${since}&provider=${encodeURIComponent(p.key)}`)));
+  const pdays = new Set();
+  const providerSeries = prov.map((p, i) => {
+    const points = new Map(perProvider[i].data.filter((r) => r.cost_msat > 0).map((r) => [r.key, r.cost_msat]));
+    points.forEach((_, k) => pdays.add(k));
+    return {name: p.key, points};
+  }).filter((s) => s.points.size);
+  barChart("chart-providers", [...pdays].sort(), providerSeries);
+
+
   const labels = prov.map((r) => r.key);
   barChart("chart-provider-totals", labels, [
     {name: "spent", points: new Map(prov.map((r) => [r.key, r.cost_msat]))},
@@ -267,17 +272,42 @@ async function followEvents() {
   }
 }
 
-let refreshTimer = null;
+// Refreshes never overlap: an event arriving while one runs marks the page dirty and one more runs after it,
+// so a slow, older answer can never paint over a newer one (the Books panel once showed "pending" after the
+// live event had said "settled"). The Books panel is read first and again on every event, as it happens.
+let refreshTimer = null, refreshing = null, dirty = false, booksAsked = 0, booksShown = 0;
 function scheduleRefresh() {
+  refreshBooks();
   if (!refreshTimer) refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, 500);
 }
 
+async function refreshBooks() {
+  const asked = ++booksAsked;
+  try {
+    const books = await api("GET", "/v1/admin/books");
+    if (asked > booksShown) { booksShown = asked; renderBooks(books); }
+  } catch (e) {
+    $("status").textContent = "refresh failed: " + e.message;
+  }
+}
+
 async function refresh() {
+  if (refreshing) { dirty = true; return refreshing; }
+  refreshing = (async () => {
+    do {
+      dirty = false;
+      await refreshOnce();
+    } while (dirty);
+  })();
+  try { await refreshing; } finally { refreshing = null; }
+}
+
+async function refreshOnce() {
   const since = Date.now() - DAYS * 86400000;
   try {
-    const [books, providers, approvals] = await Promise.all([
-      api("GET", "/v1/admin/books"), api("GET", "/providers"), api("GET", "/v1/admin/approvals")]);
-    renderBooks(books); renderProviders(providers); renderApprovals(approvals.data);
+    const [, providers, approvals] = await Promise.all([
+      refreshBooks(), api("GET", "/providers"), api("GET", "/v1/admin/approvals")]);
+    renderProviders(providers); renderApprovals(approvals.data);
     await loadCharts(since);
     $("status").textContent = "updated " + new Date().toLocaleTimeString();
     document.body.dataset.loaded = "true";

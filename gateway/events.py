@@ -65,11 +65,11 @@ class SpendEventsHTTP:
         self._open: dict[str, set[asyncio.Event]] = {}  # token hash -> its open streams' "revoked" flags
         self._revocations: Any = None
 
-    def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/v1/spend/events", self.stream)
-        app.router.add_get("/v1/schemas/{name}.json", self.schema)
+    def attach(self, app: web.Application) -> dict[str, Any]:
+        """Listen for token revocations while ``app`` runs; the handlers the route table names."""
         app.on_startup.append(self._listen)
         app.on_cleanup.append(self._stop_listening)
+        return {"spend.events": self.stream, "schema": self.schema}
 
     async def _listen(self, app: web.Application) -> None:
         async def on_notice(msg: Any) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Literal, Optional
 
 from aiohttp import web
 from pydantic import BaseModel, Field
@@ -29,7 +29,6 @@ from actors.runtime.tokens import admin_token_hash
 
 from .headers import route_overrides
 from .http import REQUEST_ID, TRACE, bearer_token, json_response, read_json_object
-from .vault_meter import require_admin
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -283,8 +282,6 @@ class Ops:
 
     async def cost(self, request: web.Request) -> web.Response:
         rid = request[REQUEST_ID]
-        if self.gw.auth is not None:  # paid: routes and prices are for token holders, asked before the body
-            await self.gw.auth.check(request)
         body = await read_json_object(request, self.gw.config.server.max_body_bytes)
         spec = spec_for(body)
         validate(spec, body)
@@ -317,7 +314,6 @@ class Ops:
 
     async def confirm_prices(self, request: web.Request) -> web.Response:
         """``POST /v1/admin/prices/{provider}/confirm`` [``{"models": [...]}``]: held prices go in force."""
-        await require_admin(bearer_token(request), self.admin_hash, self.gw.bus, request[REQUEST_ID])
         models: Optional[list[str]] = None
         if request.can_read_body:
             body = await read_json_object(request, 64 * 1024)
@@ -345,10 +341,8 @@ def route_request(request: web.Request, body: dict[str, Any], spec: EndpointSpec
     )
 
 
-def add_ops_routes(app: web.Application, gw: "Gateway") -> None:
+def ops_handlers(gw: "Gateway") -> dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]:
+    """The handlers the route table (gateway/routes.py) names; it applies the admin and agent checks."""
     ops = Ops(gw)
-    for prefix in ("/v1", ""):
-        app.router.add_get(prefix + "/providers", ops.providers)
-        app.router.add_post(prefix + "/cost", ops.cost)
-    app.router.add_get("/health", ops.health)
-    app.router.add_post("/v1/admin/prices/{provider}/confirm", ops.confirm_prices)
+    return {"providers": ops.providers, "cost": ops.cost, "health": ops.health,
+            "admin.confirm_prices": ops.confirm_prices}

@@ -24,7 +24,6 @@ from schemas.router import Candidate, RouteReply, RouteRequest
 from schemas.routstr import USAGE_FIELDS, NodeModelPrice, drifted, reported_cost_msat, strip_billing
 from schemas.tokens import estimate_text_tokens
 
-from .auth_gate import AuthGate
 from .bus import Bus
 from .endpoints import EndpointSpec, cap_upstream, validate
 from .headers import bearer_token, route_overrides
@@ -91,10 +90,8 @@ class Exchange:
 
 class Proxy:
     def __init__(self, config: Config, nc: NATS, bus: Bus, upstream: Upstream, meter: Meter,
-                 directory: ProviderDirectory, metrics: Optional[Metrics] = None,
-                 auth: Optional[AuthGate] = None) -> None:
+                 directory: ProviderDirectory, metrics: Optional[Metrics] = None) -> None:
         self.config = config
-        self.auth = auth
         self.metrics = metrics
         self.nc = nc
         self.bus = bus
@@ -107,8 +104,7 @@ class Proxy:
     # --- the whole path --------------------------------------------------------------------------------
     async def handle(self, request: web.Request, spec: EndpointSpec) -> web.StreamResponse:
         ex = Exchange(request[REQUEST_ID], spec, request[STARTED], request[TRACE])
-        if self.auth is not None:  # paid: 401 before the body is validated or routed
-            await self.auth.check(request)
+        # paid: the route table's agent check (gateway/routes.py) already ran, before the body is read
         body = await read_json_object(request, self.config.server.max_body_bytes)
         validate(spec, body)
         stream = bool(body.get("stream")) and spec.streams

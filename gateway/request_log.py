@@ -9,7 +9,7 @@ from nats.aio.client import Client as NATS
 
 from schemas import subjects
 from schemas.money import cost_msat
-from schemas.requests import RequestRecord
+from schemas.requests import PinnedCost, RequestRecord
 from schemas.router import RouteReply
 
 from .meter import Usage
@@ -21,6 +21,16 @@ def baseline_msat(route: RouteReply, input_tokens: int, output_tokens: int) -> i
     """What the same tokens would have cost at the route's most expensive candidate: the savings baseline."""
     return max((cost_msat(input_tokens, output_tokens, c.input_rate, c.output_rate, c.base_fee_msat)
                 for c in route.candidates), default=0)
+
+
+def pinned_costs(route: RouteReply, input_tokens: int, output_tokens: int) -> list[PinnedCost]:
+    """The same tokens at every offer able to serve the request: /v1/stats finds the cheapest single one."""
+    seen: dict[tuple[str, str], PinnedCost] = {}
+    for c in route.candidates:
+        seen.setdefault((c.provider, c.model), PinnedCost(
+            provider=c.provider, model=c.model,
+            cost_msat=cost_msat(input_tokens, output_tokens, c.input_rate, c.output_rate, c.base_fee_msat)))
+    return list(seen.values())
 
 
 def explanation_fields(route: RouteReply) -> dict[str, Any]:
@@ -46,6 +56,7 @@ def request_record(*, request_id: str, agent_id: Optional[str], endpoint: str, r
                          cost_msat=usage.cost_msat,
                          baseline_msat=max(usage.cost_msat,
                                            baseline_msat(route, usage.input_tokens, usage.output_tokens)),
+                         pinned_costs=pinned_costs(route, usage.input_tokens, usage.output_tokens),
                          estimated=usage.estimated, provider_cost_msat=usage.provider_cost_msat,
                          cost_drift=usage.cost_drift)
 

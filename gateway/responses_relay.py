@@ -4,7 +4,7 @@ event's usage (``input_tokens`` / ``output_tokens``), no ``[DONE]`` (the Respons
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional
 
 import orjson
 from aiohttp import web
@@ -107,6 +107,12 @@ async def relay_typed_events(proxy: "Proxy", request: web.Request, reply: Upstre
 def has_route(app: web.Application, method: str, path: str) -> bool:
     return any(r.method == method and r.resource is not None and r.resource.canonical == path
                for r in app.router.routes())
+
+
+def responses_handler(gw: Any) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await gw.proxy.handle(request, RESPONSES)
+    return handler
 
 
 def add_responses_routes(app: web.Application, gw: Any) -> None:

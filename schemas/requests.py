@@ -13,6 +13,19 @@ from .router import FeatureWeight, Scorer
 GroupBy = Literal["model", "provider", "tier", "agent", "day"]
 SortKey = Literal["at", "cost", "latency"]
 MAX_LIMIT = 1000
+# What /v1/stats measures savings against (named in every row): the cheapest single offer (provider and model)
+# that could have served every billed request of the row — what a client pinning one provider would have paid
+# without degrading any answer. Rows where no single offer could (or records from before offers were kept) fall
+# back to each request's costliest candidate, and say so.
+SavingsBaseline = Literal["cheapest_single_provider", "costliest_candidate"]
+
+
+class PinnedCost(Message):
+    """What this request would have cost at one offer able to serve it (a route candidate)."""
+
+    provider: str
+    model: str
+    cost_msat: Msat
 
 
 class RequestRecord(Message):
@@ -32,6 +45,9 @@ class RequestRecord(Message):
     output_tokens: int = Field(0, ge=0)
     cost_msat: Msat = 0
     baseline_msat: Msat = Field(0, description="the same tokens at the route's most expensive candidate")
+    pinned_costs: list[PinnedCost] = Field(default_factory=list,
+                                           description="the same tokens at every offer able to serve the request "
+                                                       "(the route's candidates): the savings baseline's input")
     latency_ms: float = Field(ge=0)
     overhead_ms: float = Field(ge=0)
     at_ms: int = Field(ge=0)
@@ -50,6 +66,8 @@ class RequestRecord(Message):
 
 class StatsQuery(Message):
     group_by: Optional[GroupBy] = None
+    model: Optional[str] = Field(None, description="only requests for this model (as the client asked for it)")
+    provider: Optional[str] = Field(None, description="only requests this provider served")
     agent_id: Optional[str] = None
     token_hash: Optional[str] = Field(None, description="an agent's own report: the vault scopes it to that agent")
     since_ms: Optional[int] = Field(None, ge=0, le=MAX_EPOCH_MS)
@@ -65,8 +83,11 @@ class StatsRow(Message):
     input_tokens: int
     output_tokens: int
     cost_msat: Msat
-    baseline_msat: Msat
-    savings_msat: int = Field(description="baseline - cost")
+    baseline_msat: Msat = Field(description="the same requests at the baseline savings_baseline names")
+    savings_msat: int = Field(description="baseline - cost (negative: routing cost more than the baseline)")
+    savings_baseline: SavingsBaseline = "cheapest_single_provider"
+    baseline_provider: Optional[str] = Field(None, description="the baseline's provider (cheapest_single_provider)")
+    baseline_model: Optional[str] = Field(None, description="the baseline's model (cheapest_single_provider)")
     latency_p50_ms: Optional[float] = None
     latency_p95_ms: Optional[float] = None
     overhead_p50_ms: Optional[float] = None

@@ -141,8 +141,11 @@ def check_the_bus_is_closed(data_dir: Path) -> None:
 @pytest.mark.slow
 def test_arbstr_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
+    # The environment's admin token wins (it used to be ignored for one `arbstr up` made itself).
+    env_token = "adm_from_the_environment_0123456789"
     proc = subprocess.Popen([sys.executable, "-m", "arbstr", "up", "--data-dir", str(tmp_path), "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "ARBSTR_ADMIN_TOKEN": env_token})
     try:
         lines: list[str] = []
         deadline = time.monotonic() + 60
@@ -169,6 +172,12 @@ def test_arbstr_up_serves_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
             body = json.loads(r.read())
             assert body["choices"][0]["message"]["content"]
         check_the_bus_is_closed(tmp_path)
+        # Written to the data dir, where the operator CLI (no token given, none in its environment) finds it.
+        assert (tmp_path / "admin-token").read_text().strip() == env_token
+        listed = subprocess.run([sys.executable, "-m", "arbstr", "agent", "list", "--url", f"http://127.0.0.1:{port}",
+                                 "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=30,
+                                env={k: v for k, v in os.environ.items() if k != "ARBSTR_ADMIN_TOKEN"})
+        assert listed.returncode == 0 and "demo" in listed.stdout, listed.stderr
         # a crashed component is restarted
         children = subprocess.run(["pgrep", "-f", f"arbstr run router.*{tmp_path}"], capture_output=True, text=True)
         pids = [int(p) for p in children.stdout.split()]

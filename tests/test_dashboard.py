@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -87,6 +88,9 @@ async def _devtools_port(profile: Path, proc: subprocess.Popen[bytes], timeout_s
 @pytest.fixture
 async def page(tmp_path: Path) -> AsyncIterator[CDP]:
     if CHROMIUM is None:
+        # CI installs it (.ci/run, Debian's package): there a missing browser is a failure, never a skip.
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but no chromium binary is on PATH: .ci/run must install Debian's 'chromium'")
         pytest.skip("no chromium binary on PATH (Debian package 'chromium'): the dashboard browser test needs it")
     profile = tmp_path / "chromium-profile"
     profile.mkdir()
@@ -167,9 +171,17 @@ async def test_approve_in_the_browser(http: aiohttp.ClientSession, stack: Stack,
     event = f"#events .event[data-request-id=\"{rid}\"][data-kind=\"settled\"]"
     await page.wait_for(f"!!document.querySelector({json.dumps(event)})")
     await settled(http, stack, agent_id)
-    assert_balanced(await books(http, stack))
+    final = await books(http, stack)
+    assert_balanced(final)
+    assert final["pending_msat"] == 0 and final["spent_msat"] > 0
     await page.wait_for("!document.querySelector('#approval-table tr[data-request-id]')")
     await page.wait_for("document.getElementById('books-state').dataset.balanced === 'true'")
+    # The figures, not only the verdict: the panel shows what the books say once the live event said settled.
+    for field in ("deposits_msat", "balances_msat", "pending_msat", "spent_msat"):
+        cell = f"document.querySelector('#books-table tr[data-field=\"{field}\"]')"
+        await page.wait_for(f"{cell} && {cell}.dataset.msat === '{final[field]}'", timeout_s=10)
+    shown = await page.eval("document.querySelector('#books-table tr[data-field=\"spent_msat\"]').textContent")
+    assert f"{final['spent_msat'] / 1000:,.3f}" in shown, shown
     spent = (await admin(http, stack, "GET", f"/v1/admin/agents/{agent_id}", expect=200))["spent_msat"]
     assert spent > 0
     await page.wait_for("!!document.querySelector('#chart-agents rect[data-series=\"needs-ok\"]')")

@@ -14,7 +14,8 @@ from actors.breaker.actor import BreakerActor
 from actors.runtime.host import ActorHost
 from arbstr.natsserver import NatsServer
 from gateway.app import Gateway, envelope
-from gateway.ops import add_ops_routes, health_of, provider_views, reserve_of
+from gateway.ops import health_of, ops_handlers, provider_views, reserve_of
+from gateway.routes import register
 from schemas.breaker import BreakerState
 from schemas.config import Config, parse_config
 from schemas.money import cost_msat
@@ -126,7 +127,7 @@ class Ops:
 async def serve_ops(gw: Gateway) -> tuple[str, web.AppRunner]:
     """The ops routes on an app of their own (same middleware as the gateway's), backed by ``gw``."""
     app = web.Application(middlewares=[envelope])
-    add_ops_routes(app, gw)
+    register(app, ops_handlers(gw), gw.guards())
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

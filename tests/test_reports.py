@@ -105,20 +105,33 @@ async def test_stats_sum_to_the_billed_costs(http, stack, traffic) -> None:
     row = whole[0]
     assert row["requests"] == 5 and row["succeeded"] == 4 and row["failed"] == 1 and row["streamed"] == 1
     assert row["cost_msat"] == total
-    assert row["savings_msat"] == row["baseline_msat"] - row["cost_msat"] > 0
+    # The baseline is the cheapest single provider able to serve every billed request: alpha (8,000 sats per 1M),
+    # which every route listed. The request that failed over to beta cost more than alpha would have: routing
+    # reports that honestly as negative savings, not as savings against the costliest candidate.
+    billed = [r for r in (await get(http, stack, "/v1/requests"))["data"] if r["cost_msat"] > 0]
+    at_alpha = sum(cost_msat(r["input_tokens"], r["output_tokens"], 8000, 8000) for r in billed)
+    assert (row["savings_baseline"], row["baseline_provider"], row["baseline_model"]) == (
+        "cheapest_single_provider", "alpha", "gpt-4o-mini")
+    assert row["baseline_msat"] == at_alpha
+    assert row["savings_msat"] == row["baseline_msat"] - row["cost_msat"] < 0
     assert 0 < row["latency_p50_ms"] <= row["latency_p95_ms"]
 
     prov = {r["key"]: r for r in (await get(http, stack, "/v1/stats?group_by=provider"))["data"]}
     assert prov["alpha"]["cost_msat"] == by_provider["alpha"] and prov["beta"]["cost_msat"] == by_provider["beta"]
     assert prov["alpha"]["requests"] == 3 and prov["beta"]["requests"] == 1
     assert prov[None]["requests"] == 1 and prov[None]["cost_msat"] == 0  # the upstream's 400: nobody served it
-    # Each served request's baseline is the same tokens at gamma's rate, the costliest candidate.
+    # Each served record keeps the same tokens at every offer able to serve it (the baseline's input), and at
+    # gamma's rate, the costliest candidate.
     beta_log = (await get(http, stack, "/v1/requests?provider=beta"))["data"]
     assert len(beta_log) == 1
     rec = beta_log[0]
     assert rec["baseline_msat"] == cost_msat(rec["input_tokens"], rec["output_tokens"], 12000, 12000)
     assert rec["cost_msat"] == cost_msat(rec["input_tokens"], rec["output_tokens"], 10000, 10000)
-    assert all(r["savings_msat"] >= 0 for r in prov.values())
+    assert {(p["provider"], p["cost_msat"]) for p in rec["pinned_costs"]} == {
+        (name, cost_msat(rec["input_tokens"], rec["output_tokens"], rate, rate)) for name, rate in RATES.items()}
+    assert prov["alpha"]["savings_msat"] == 0 and prov["alpha"]["baseline_provider"] == "alpha"
+    assert prov["beta"]["savings_msat"] == cost_msat(rec["input_tokens"], rec["output_tokens"], 8000, 8000) - \
+        rec["cost_msat"] < 0
 
     agents = {r["key"]: r for r in (await get(http, stack, "/v1/stats?group_by=agent"))["data"]}
     assert agents[a_id]["cost_msat"] == sum(costs[a_id]) and agents[a_id]["requests"] == 2
@@ -132,6 +145,29 @@ async def test_stats_sum_to_the_billed_costs(http, stack, traffic) -> None:
     assert one["cost_msat"] == sum(costs[a_id])
     later = (await get(http, stack, "/v1/stats?since=2999-01-01T00:00:00Z"))["data"][0]
     assert later["requests"] == 0 and later["cost_msat"] == 0
+
+
+async def test_stats_filter_by_provider_and_model(http, stack, traffic) -> None:
+    by_provider = traffic["by_provider"]
+    alpha = (await get(http, stack, "/v1/stats?provider=alpha"))["data"]
+    assert len(alpha) == 1 and alpha[0]["requests"] == 3 and alpha[0]["cost_msat"] == by_provider["alpha"]
+    days = (await get(http, stack, "/v1/stats?group_by=day&provider=beta"))["data"]
+    assert len(days) == 1 and days[0]["requests"] == 1 and days[0]["cost_msat"] == by_provider["beta"]
+    both = (await get(http, stack, "/v1/stats?group_by=provider&model=gpt-4o-mini&provider=alpha"))["data"]
+    assert [(r["key"], r["requests"]) for r in both] == [("alpha", 3)]
+    # Unknown names match nothing: no groups, or one all-zero total.
+    assert (await get(http, stack, "/v1/stats?group_by=day&provider=nobody"))["data"] == []
+    none = (await get(http, stack, "/v1/stats?model=gpt-9"))["data"]
+    assert none[0]["requests"] == 0 and none[0]["cost_msat"] == 0
+    # An agent's token is filtered the same way, within its own requests.
+    a_id, a_tok = traffic["a"]
+    own = (await get(http, stack, "/v1/stats?provider=alpha", headers=bearer(a_tok)))["data"]
+    assert own[0]["requests"] == 2
+    for query, param in (("provider=a%20b", "provider"), ("model=" + "m" * 257, "model"),
+                         ("provider=alpha&provider=beta", "provider"), ("model=%00", "model")):
+        body = await get(http, stack, f"/v1/stats?{query}", expect=400)
+        assert body["error"]["param"] == param and body["error"]["code"] == "invalid_value", (query, body)
+        assert set(body["error"]) == {"message", "type", "param", "code"}
 
 
 async def test_request_log_filters_sorts_and_paginates(http, stack, traffic) -> None:
@@ -196,7 +232,10 @@ async def test_spend_cli_prints_csv_json_and_table(http, stack, traffic) -> None
     assert int(cells["alpha"]["cost_msat"]) == traffic["by_provider"]["alpha"]
     total = cells["TOTAL"]
     assert int(total["cost_msat"]) == sum(sum(v) for v in traffic["costs"].values())
-    assert int(total["savings_msat"]) == int(total["baseline_msat"]) - int(total["cost_msat"]) > 0
+    # The total is the whole range's own row: one baseline provider for all of it (the failover to beta cost
+    # more than alpha would have).
+    assert int(total["savings_msat"]) == int(total["baseline_msat"]) - int(total["cost_msat"]) < 0
+    assert (total["savings_baseline"], total["baseline_provider"]) == ("cheapest_single_provider", "alpha")
 
     rc, out = await asyncio.to_thread(run_cli, ["spend", "--by", "agent", "--format", "json", *common])
     assert rc == 0

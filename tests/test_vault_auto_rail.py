@@ -14,7 +14,7 @@ from actors.vault.wallets.simulated import SimulatedWallet, make_invoice
 from arbstr.natsserver import NatsServer
 from tests.stack import demo_config, start_stack, vault_section
 from tests.test_vault_rails import Rig, bearer, clean, me, post
-from tests.vault_helpers import admin, new_agent
+from tests.vault_helpers import admin, new_agent, payout_outcome
 
 THRESHOLD = 50_000
 
@@ -61,8 +61,11 @@ async def test_small_payouts_go_by_cashu_large_by_lightning(http, auto) -> None:
     agent_id, token = await funded(http, auto, "ava", 200_000)
     small, _, _ = make_invoice(THRESHOLD - 1_000)
     large, _, _ = make_invoice(THRESHOLD)
-    s1, p1 = await post(http, auto, "/v1/vault/me/withdrawals", token, {"bolt11": small})
-    s2, p2 = await post(http, auto, "/v1/vault/me/withdrawals", token, {"bolt11": large})
+    # Each payout's outcome, not pay_wait_s's deadline (a loaded machine may answer 202 "pending" first).
+    s1, p1 = await payout_outcome(http, auto.stack, token,
+                                  *await post(http, auto, "/v1/vault/me/withdrawals", token, {"bolt11": small}))
+    s2, p2 = await payout_outcome(http, auto.stack, token,
+                                  *await post(http, auto, "/v1/vault/me/withdrawals", token, {"bolt11": large}))
     assert (s1, p1["rail"], p1["fee_limit_msat"], p1["fallback"]) == (200, "cashu", 2_000, False), p1
     assert (s2, p2["rail"], p2["fee_limit_msat"], p2["fallback"]) == (200, "lightning", 500, False), p2
     assert (auto.ecash.pay_calls, auto.ln.pay_calls) == (1, 1)
@@ -70,8 +73,8 @@ async def test_small_payouts_go_by_cashu_large_by_lightning(http, auto) -> None:
     assert [(d["initial_rail"], d["final_rail"], d["fallback"]) for d in settled] == [
         ("cashu", "cashu", False), ("lightning", "lightning", False)]
     # An explicit rail wins over the amount.
-    s3, p3 = await post(http, auto, "/v1/vault/me/withdrawals", token,
-                        {"bolt11": make_invoice(1_000)[0], "rail": "lightning"})
+    s3, p3 = await payout_outcome(http, auto.stack, token, *await post(
+        http, auto, "/v1/vault/me/withdrawals", token, {"bolt11": make_invoice(1_000)[0], "rail": "lightning"}))
     assert (s3, p3["rail"]) == (200, "lightning")
     await clean(http, auto)
 
@@ -80,7 +83,8 @@ async def test_a_definite_failure_falls_back_once_and_the_trace_is_journaled(htt
     agent_id, token = await funded(http, auto, "ben", 100_000)
     auto.ecash.rail_outcome["cashu"] = "fail"
     bolt11, payment_hash, _ = make_invoice(10_000)
-    status, p = await post(http, auto, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11})
+    status, p = await payout_outcome(http, auto.stack, token,
+                                     *await post(http, auto, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11}))
     assert (status, p["status"], p["initial_rail"], p["rail"], p["fallback"]) == (
         200, "succeeded", "cashu", "lightning", True), p
     assert (p["charged_msat"], auto.ecash.pay_calls, auto.ln.pay_calls) == (10_000, 1, 1)

@@ -12,7 +12,8 @@ import pytest
 from actors.vault.wallets.simulated import SimulatedWallet, make_invoice
 from arbstr.natsserver import NatsServer
 from tests.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
-from tests.vault_helpers import Rig, admin, assert_balanced, bearer, books, me, new_agent, post, reconciled
+from tests.vault_helpers import (Rig, admin, assert_balanced, bearer, books, me, new_agent, payout_outcome, post,
+                                 reconciled)
 
 
 @pytest.fixture
@@ -107,7 +108,8 @@ async def test_payout_is_charged_the_invoice_amount_plus_fee(http, rig) -> None:
     agent_id, token = await funded_by_invoice(http, rig, "dave", 100_000)
     rig.wallet.fee_msat = 120
     bolt11, payment_hash, _ = make_invoice(30_000)
-    status, p = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11})
+    status, p = await payout_outcome(http, rig.stack, token,
+                                     *await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11}))
     assert status == 200, p
     assert (p["status"], p["payout_id"], p["amount_msat"], p["fee_msat"], p["charged_msat"]) == (
         "succeeded", payment_hash, 30_000, 120, 30_120)
@@ -118,7 +120,8 @@ async def test_payout_is_charged_the_invoice_amount_plus_fee(http, rig) -> None:
     assert (status, again["status"], rig.wallet.pay_calls) == (200, "succeeded", 1)
     # An amount of the caller's choosing changes nothing: the invoice's own amount is what is paid and charged.
     other, other_hash, _ = make_invoice(20_000)
-    status, p = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": other, "amount_msat": 1})
+    status, p = await payout_outcome(http, rig.stack, token, *await post(
+        http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": other, "amount_msat": 1}))
     assert (status, p["status"], p["amount_msat"], p["charged_msat"]) == (200, "succeeded", 20_000, 20_120), p
     assert (await me(http, rig, token))["withdrawn_msat"] == 30_120 + 20_120
     # Unknown fields are refused, not ignored.

@@ -30,7 +30,7 @@ from schemas.config import LndConfig
 from tests.lnd_node import LndNode, mint_macaroon
 from tests.stack import Stack, demo_config, start_stack, vault_section
 from tests.vault_helpers import Rig as BaseRig
-from tests.vault_helpers import admin, bearer, me, new_agent, post, reconciled
+from tests.vault_helpers import admin, bearer, me, new_agent, payout_outcome, post, reconciled
 
 FEE_MIN = 500  # every payout's fee limit (ppm 0): amount + 500 is held
 
@@ -330,7 +330,8 @@ async def test_a_withdrawal_is_charged_the_invoices_amount_not_the_one_asked(htt
     _, token = await funded(http, rig, "carol", 100_000)
     rig.node.fee_msat = 120
     bolt11, h, _ = make_invoice(30_000)
-    status, p = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11, "amount_msat": 25_000})
+    status, p = await payout_outcome(http, rig.stack, token, *await post(
+        http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": bolt11, "amount_msat": 25_000}))
     assert status == 200, p
     assert (p["status"], p["payout_id"], p["amount_msat"], p["fee_msat"], p["charged_msat"]) == (
         "succeeded", h, 30_000, 120, 30_120)

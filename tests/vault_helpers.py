@@ -105,3 +105,19 @@ async def me(http: aiohttp.ClientSession, rig: Rig, token: str) -> dict[str, Any
     r = await http.get(f"{rig.stack.url}/v1/vault/me", headers=bearer(token))
     body = await r.json()
     return body if r.status == 200 else {}
+
+
+async def payout_outcome(http: aiohttp.ClientSession, stack: Stack, token: str, status: int, view: Any,
+                         timeout_s: float = 30.0) -> tuple[int, Any]:
+    """The outcome of a withdrawal, not of a deadline: a 202 "pending" (the rail outlasted ``pay_wait_s``, as it
+    does on a loaded machine) is followed until the payout is final, then reported as the 200 it would have been."""
+    if status != 202 or not isinstance(view, dict) or view.get("status") != "pending":
+        return status, view
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        r = await http.get(f"{stack.url}/v1/vault/me/withdrawals/{view['payout_id']}", headers=bearer(token))
+        view = await r.json()
+        if r.status != 200 or view.get("status") != "pending":
+            return r.status, view
+        assert asyncio.get_running_loop().time() < deadline, f"payout still pending after {timeout_s} s: {view}"
+        await asyncio.sleep(0.05)

@@ -18,9 +18,11 @@ def token_hash(token: str) -> str:
 
 
 def admin_token_hash(config: Config) -> Optional[str]:
-    """The admin token's hash ([vault] admin_token, else $ARBSTR_ADMIN_TOKEN); None: admin commands are off."""
-    secret = config.vault.admin_token if config.vault else None
-    value = secret.get_secret_value() if secret is not None else os.environ.get("ARBSTR_ADMIN_TOKEN", "")
+    """The admin token's hash ($ARBSTR_ADMIN_TOKEN wins, else [vault] admin_token: the rule of
+    arbstr/admin_token.py, whose data-dir file `arbstr up` hands over in the environment); None: admin is off."""
+    value = os.environ.get("ARBSTR_ADMIN_TOKEN", "")
+    if not value and config.vault is not None and config.vault.admin_token is not None:
+        value = config.vault.admin_token.get_secret_value()
     return token_hash(value) if value else None
 
 

@@ -37,6 +37,7 @@ _ADDED_COLUMNS = {
     "provider_cost_msat": "HUGEINT", "cost_drift": "BOOLEAN",
     "predicted_tier": "VARCHAR", "tier_confidence": "DOUBLE", "tier_scorer": "VARCHAR",
     "tier_features": "STRUCT(name VARCHAR, weight DOUBLE)[]",
+    "pinned_costs": "STRUCT(provider VARCHAR, model VARCHAR, cost_msat HUGEINT)[]",
 }
 _COLUMNS.update(_ADDED_COLUMNS)
 _RECORD_FIELDS = [c for c in _COLUMNS if c != "stream_seq"]
@@ -53,6 +54,24 @@ _GROUP_KEY = {
     "day": "strftime(epoch_ms(at_ms), '%Y-%m-%d')",
 }
 _SORT = {"at": "at_ms", "cost": "cost_msat", "latency": "latency_ms"}
+# A request some provider served and billed (its offers are the savings baseline's candidates).
+_BILLED = "(cost_msat > 0 OR input_tokens > 0 OR output_tokens > 0)"
+# Per group and offer: what the group's billed requests would have cost there, and how many it could serve.
+_OFFERS = ("SELECT k, o.provider, o.model, sum(o.cost_msat), count(*) FROM ("
+           "SELECT {key} AS k, unnest(pinned_costs) AS o FROM requests{where}) GROUP BY ALL")
+
+
+def cheapest_single_offers(served: dict[Any, int], offers: list[tuple[Any, ...]]) -> dict[Any, tuple[str, str, int]]:
+    """Per group: the cheapest (provider, model, total) among the offers able to serve every billed request of it."""
+    best: dict[Any, tuple[str, str, int]] = {}
+    for k, provider, model, total, able in offers:
+        if able != served.get(k):
+            continue  # some request of the group could not have been served there
+        candidate = (str(provider), str(model), int(total))
+        current = best.get(k)
+        if current is None or (candidate[2], candidate[0], candidate[1]) < (current[2], current[0], current[1]):
+            best[k] = candidate
+    return best
 
 
 def _record(row: tuple[Any, ...]) -> RequestRecord:
@@ -61,6 +80,8 @@ def _record(row: tuple[Any, ...]) -> RequestRecord:
         fields["tier_features"] = []
     if fields.get("cost_drift") is None:
         fields["cost_drift"] = False
+    if fields.get("pinned_costs") is None:
+        fields["pinned_costs"] = []
     return RequestRecord(**fields)
 
 
@@ -103,20 +124,34 @@ class RequestLog(SpooledTable):
     def stats(self, q: StatsQuery) -> StatsReply:
         self.flush()
         key = _GROUP_KEY[q.group_by] if q.group_by else "NULL"
-        where, params = where_clause(q.agent_id, q.since_ms, q.until_ms)
+        where, params = where_clause(q.agent_id, q.since_ms, q.until_ms, model=q.model, provider=q.provider)
         sql = (f"SELECT {key} AS k, count(*), count(*) FILTER (WHERE success), count(*) FILTER (WHERE NOT success), "
                "count(*) FILTER (WHERE streamed), coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), "
                "coalesce(sum(cost_msat), 0), coalesce(sum(baseline_msat), 0), quantile_cont(latency_ms, 0.5), "
                "quantile_cont(latency_ms, 0.95), quantile_cont(overhead_ms, 0.5) "
                f"FROM requests{where}" + (" GROUP BY k ORDER BY 8 DESC, k" if q.group_by else ""))
+        billed = where + (" AND " if where else " WHERE ") + _BILLED
         with self._lock:
             rows = self.db.execute(sql, params).fetchall()
+            served = dict(self.db.execute(f"SELECT {key} AS k, count(*) FROM requests{billed} GROUP BY k",
+                                          params).fetchall())
+            offers = self.db.execute(_OFFERS.format(key=key, where=billed), params).fetchall()
+        best = cheapest_single_offers(served, offers)
         out = []
-        for k, n, ok, bad, streamed, tin, tout, cost, base, p50, p95, o50 in rows:
+        for k, n, ok, bad, streamed, tin, tout, cost, costliest, p50, p95, o50 in rows:
+            cost = int(cost)
+            pinned = best.get(k)
+            if pinned is not None:
+                base: dict[str, Any] = {"baseline_msat": pinned[2], "savings_baseline": "cheapest_single_provider",
+                                        "baseline_provider": pinned[0], "baseline_model": pinned[1]}
+            elif not served.get(k):  # nothing billed: nothing to compare
+                base = {"baseline_msat": cost, "savings_baseline": "cheapest_single_provider"}
+            else:  # no single offer could have served all of them (or rows from before offers were kept)
+                base = {"baseline_msat": int(costliest), "savings_baseline": "costliest_candidate"}
             out.append(StatsRow(key=None if k is None else str(k), requests=n, succeeded=ok, failed=bad,
-                                streamed=streamed, input_tokens=int(tin), output_tokens=int(tout),
-                                cost_msat=int(cost), baseline_msat=int(base), savings_msat=int(base) - int(cost),
-                                latency_p50_ms=p50, latency_p95_ms=p95, overhead_p50_ms=o50))
+                                streamed=streamed, input_tokens=int(tin), output_tokens=int(tout), cost_msat=cost,
+                                savings_msat=base["baseline_msat"] - cost, latency_p50_ms=p50, latency_p95_ms=p95,
+                                overhead_p50_ms=o50, **base))
         return StatsReply(group_by=q.group_by, rows=out)
 
     def requests(self, q: RequestsQuery) -> RequestList:
