@@ -93,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_mock(args: argparse.Namespace) -> int:
-    from .mock_upstream import run as run_mock
+    from .mock_upstream.cli import run as run_mock
 
     return run_mock(args.mock_args)
 
@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["mock-upstream"]:  # its own parser owns every flag after the word
-        from .mock_upstream import run as run_mock
+        from .mock_upstream.cli import run as run_mock
 
         return run_mock(argv[1:])
     args = build_parser().parse_args(argv)

@@ -5,7 +5,7 @@ Property, over bodies hypothesis draws for every billed endpoint — every outpu
 set on fields the endpoint's upstream ignores, ``n``, ``best_of``, several prompts, token-id prompts, streamed or
 not: whatever the gateway accepts, the amount it reserved is at least what the mock upstream then bills, so
 nothing ever lands in ``uncollectible_msat``. The mock honours what a real upstream honours (see
-``arbstr/mock_upstream.py``) and produces more output than most caps allow, so a cap on the wrong field shows.
+``arbstr/mock_upstream/``) and produces more output than most caps allow, so a cap on the wrong field shows.
 """
 
 from __future__ import annotations

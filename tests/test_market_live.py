@@ -18,7 +18,7 @@ from actors.pricing.actor import PricingActor
 from actors.router.actor import RouterActor
 from actors.runtime.host import ActorHost
 from arbstr import providers_cli
-from arbstr.mock_upstream import auth_fingerprint
+from arbstr.mock_upstream.wire import auth_fingerprint
 from schemas import subjects
 from schemas.config import Config
 from schemas.router import RouteRequest

@@ -14,20 +14,11 @@ import aiohttp
 import orjson
 import pytest
 
-from arbstr.mock_upstream import (
-    Fault,
-    FaultError,
-    MockUpstreamServer,
-    ProviderState,
-    auth_fingerprint,
-    embedding_vector,
-    main,
-    parse_fault,
-    parse_fault_script,
-    reply_tokens,
-    responses_messages,
-)
-from schemas.tokens import estimate_messages_tokens, estimate_text_tokens
+from arbstr.mock_upstream import Fault, FaultError, MockUpstreamServer, parse_fault, parse_fault_script
+from arbstr.mock_upstream.cli import main
+from arbstr.mock_upstream.state import ProviderState
+from arbstr.mock_upstream.wire import auth_fingerprint, embedding_vector, reply_tokens
+from schemas.tokens import estimate_messages_tokens, estimate_text_tokens, responses_messages
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
