@@ -40,6 +40,7 @@ from .responses_relay import add_responses_routes
 from .server import gateway_runner
 from actors.runtime import admin_token_hash
 
+from .grant_meter import GrantMeter
 from .vault_meter import VaultMeter
 from .auth_gate import AuthGate
 
@@ -118,7 +119,10 @@ class Gateway:
         self.bus = Bus(nc, config.nats.request_timeout_s)
         self.upstream = Upstream(config.server.upstream_connections, config.server.upstream_pool_wait_s)
         if meter is None:
-            meter = VaultMeter(nc, self.bus) if config.vault is not None else FreeMeter()
+            meter = FreeMeter()
+            if config.vault is not None:
+                slow = VaultMeter(nc, self.bus)
+                meter = GrantMeter(nc, slow, config.vault.grants) if config.vault.grants.enabled else slow
         self.meter: Meter = meter
         self.metrics = Metrics()
         self.directory = ProviderDirectory(config)  # who to call for a provider, market ones included
@@ -138,7 +142,7 @@ class Gateway:
             app.router.add_get(prefix + "/models", self.models)
             app.router.add_get(prefix + "/models/{model:.+}", self.model)
         if self.config.vault is not None:
-            vault_http = VaultHTTP(self.config, self.bus)
+            vault_http = VaultHTTP(self.config, self.bus, self.meter)
             vault_http.add_routes(app)
             SpendEventsHTTP(self.nc, self.bus, vault_http.admin_hash,
                             self.config.server.client_write_timeout_s).add_routes(app)
@@ -156,6 +160,8 @@ class Gateway:
 
     async def _startup(self, app: web.Application) -> None:
         await self.upstream.start()
+        if isinstance(self.meter, GrantMeter):
+            await self.meter.start()
         self.metrics.start(self.nc)
         await self.directory.start(self.nc)
 
