@@ -160,10 +160,18 @@ def _limit(value: Optional[str]) -> int:
 
 
 class VaultHTTP:
-    def __init__(self, config: Config, bus: Bus) -> None:
+    def __init__(self, config: Config, bus: Bus, meter: Any = None) -> None:
         self.config = config
         self.bus = bus
         self.admin_hash = admin_token_hash(config)
+        # Grants (paid mode): what this gateway served is reported, and idle grants given back, before the books
+        # are read through it; a policy or token change ends the agent's grants here at once.
+        self._settle_up = getattr(meter, "settle_up", None)
+        self._revoke = getattr(meter, "revoke", None)
+
+    async def settle_up(self) -> None:
+        if self._settle_up is not None:
+            await self._settle_up(None)
 
     def handlers(self) -> dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]:
         """The handlers the route table (gateway/routes.py) names; it applies the admin and agent checks."""
@@ -182,6 +190,7 @@ class VaultHTTP:
     async def _call(self, request: web.Request, exchange: Exchange[Q, R], msg: Q,
                     timeout_s: Optional[float] = None) -> R:
         """An admin command: it carries the operator's token, which the vault checks again itself."""
+        await self.settle_up()
         return await self.bus.ask(exchange, msg, request_id=request[REQUEST_ID], admin_token=bearer_token(request),
                                   timeout_s=timeout_s)
 
@@ -208,6 +217,8 @@ class VaultHTTP:
         current = await self._call(request, exchanges.GET_AGENT, AgentRef(agent_id=agent_id))
         merged = current.policy.model_copy(update=patch.model_dump(exclude_unset=True))
         view = await self._call(request, exchanges.SET_POLICY, SetPolicy(agent_id=agent_id, policy=merged))
+        if self._revoke is not None:
+            await self._revoke(agent_id)  # this gateway decides the agent's next request by the new rules
         return json_response(view.model_dump(mode="json"))
 
     async def deposit(self, request: web.Request) -> web.Response:
@@ -232,6 +243,8 @@ class VaultHTTP:
         token = new_agent_token()
         view = await self._call(request, exchanges.ROTATE_TOKEN,
                                 RotateToken(agent_id=agent_id, token_hash=token_hash(token)))
+        if self._revoke is not None:
+            await self._revoke(agent_id)  # the old token decides nothing more here
         return json_response({"agent_id": view.agent_id, "token": token})
 
     async def approvals(self, request: web.Request) -> web.Response:
@@ -338,6 +351,7 @@ class VaultHTTP:
         return token_hash(token)
 
     async def me(self, request: web.Request) -> web.Response:
+        await self.settle_up()
         view = await self.bus.ask(exchanges.AGENT_ME, TokenRef(token_hash=self._agent_token(request)),
                                   request_id=request[REQUEST_ID])
         return json_response(view.model_dump(mode="json"))

@@ -38,6 +38,11 @@ class AgentDirectory:
     def forget(self, token_hash: str) -> None:
         self._known.pop(token_hash, None)
 
+    def forget_agent(self, agent_id: str) -> None:
+        """Every token of ``agent_id`` is asked about again (its token was rotated)."""
+        for th in [th for th, (route, _) in self._known.items() if route.agent_id == agent_id]:
+            del self._known[th]
+
     def cached(self, token_hash: str) -> Optional[AgentRoute]:
         hit = self._known.get(token_hash)
         return hit[0] if hit is not None and hit[1] > time.monotonic() else None

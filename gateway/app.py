@@ -41,6 +41,7 @@ from .routes import Guards, Handler, register
 from .server import gateway_runner
 from actors.runtime.tokens import admin_token_hash
 
+from .grant_meter import GrantMeter
 from .vault_meter import VaultMeter, require_admin
 from .auth_gate import AuthGate
 
@@ -119,7 +120,10 @@ class Gateway:
         self.bus = Bus(nc, config.nats.request_timeout_s)
         self.upstream = Upstream(config.server.upstream_connections, config.server.upstream_pool_wait_s)
         if meter is None:
-            meter = VaultMeter(nc, self.bus) if config.vault is not None else FreeMeter()
+            meter = FreeMeter()
+            if config.vault is not None:
+                slow = VaultMeter(nc, self.bus)
+                meter = GrantMeter(nc, slow, config.vault.grants) if config.vault.grants.enabled else slow
         self.meter: Meter = meter
         self.metrics = Metrics()
         self.directory = ProviderDirectory(config)  # who to call for a provider, market ones included
@@ -140,7 +144,7 @@ class Gateway:
             "openapi": openapi_handler(), **ops_handlers(self),
         }
         if self.config.vault is not None:
-            vault_http = VaultHTTP(self.config, self.bus)
+            vault_http = VaultHTTP(self.config, self.bus, self.meter)
             events = SpendEventsHTTP(self.nc, self.bus, vault_http.admin_hash,
                                      self.config.server.client_write_timeout_s)
             handlers.update(vault_http.handlers(), **events.attach(app), dashboard=dashboard)
@@ -159,6 +163,8 @@ class Gateway:
 
     async def _startup(self, app: web.Application) -> None:
         await self.upstream.start()
+        if isinstance(self.meter, GrantMeter):
+            await self.meter.start()
         self.metrics.start(self.nc)
         await self.directory.start(self.nc)
 

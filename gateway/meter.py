@@ -5,7 +5,7 @@ Free mode (no ``[vault]`` configured) meters nothing; paid mode talks to the vau
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
 from schemas.requests import RequestRecord
@@ -22,6 +22,7 @@ class Hold:
     partition: Optional[int] = None  # the vault partition of the agent: where its settle goes
     token_hash: str = ""
     extensions: int = 0  # how often it grew for a fallback (numbers the next extension)
+    grant: object = field(default=None, compare=False, repr=False)  # decided under this grant, not at the vault
 
 
 @dataclass(frozen=True)

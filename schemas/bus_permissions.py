@@ -96,12 +96,12 @@ def table() -> dict[str, Permissions]:
                      s.VAULT_RELEASE, s.VAULT_XCASHU_TOKEN, s.VAULT_XCASHU_REPORT, s.VAULT_TOPUP_NOW,
                      f"{s.VAULT_AGENT_GROUP}.*", f"{s.VAULT_ADMIN_GROUP}.*", f"{s.REQUESTS_PREFIX}.*",
                      *(f"{s.VAULT_PARTITION_PREFIX}.*.{op}" for op in ("reserve", "await_approval", "extend",
-                                                                      "settle", "release")),
+                                                                      "settle", "release", "grant", "grant_usage")),
                      f"{s.SETTLE_PREFIX}.*", "$SRV.PING.>", "$SRV.STATS.>",
                      f"{JS_API}.CONSUMER.INFO.{s.STREAM_SETTLE}.*",  # the settle backlog, for /metrics
                      *_read_bucket(s.KV_PRICES, create=True), *_read_bucket(s.KV_BREAKERS, create=True),
                      *_read_bucket(s.KV_PROVIDER_KEYS), *_read_stream(s.STREAM_EVENTS)),
-            subscribe=(f"{inbox_prefix(GATEWAY)}.>", s.TOKEN_REVOKED)),
+            subscribe=(f"{inbox_prefix(GATEWAY)}.>", s.TOKEN_REVOKED, s.GRANTS_REVOKED)),
         ROUTER: Permissions(
             publish=(*_read_bucket(s.KV_PRICES, create=True), *_read_bucket(s.KV_BREAKERS, create=True)),
             subscribe=(f"{s.ROUTER_GROUP}.>", _DISCOVERY, f"{inbox_prefix(ROUTER)}.>"), responds=True),
@@ -114,7 +114,7 @@ def table() -> dict[str, Permissions]:
                        f"{inbox_prefix(BREAKER)}.>"), responds=True),
         VAULT: Permissions(
             publish=(f"{s.LEDGER_PREFIX}.>", f"{s.LEDGERS_PREFIX}.>", f"{s.SPEND_PREFIX}.*",
-                     f"{s.REQUESTS_PREFIX}.*", s.TOKEN_REVOKED,
+                     f"{s.REQUESTS_PREFIX}.*", s.TOKEN_REVOKED, s.GRANTS_REVOKED,
                      f"{s.VAULT_PARTITION_PREFIX}.>",  # a command passed on to its partition's owner
                      *(g for stream in vault_streams for g in _own_stream(stream)),
                      *_own_bucket(s.KV_VAULT), *_own_bucket(s.KV_PARTITIONS), *_own_bucket(s.KV_PROVIDER_KEYS),

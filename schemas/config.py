@@ -10,7 +10,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from .common import (MAX_APPROVAL_TIMEOUT_S, MAX_DURATION_S, MAX_RATE, MAX_TOKENS, Amount, Name, Rate, Seconds,
+from .common import (MAX_APPROVAL_TIMEOUT_S, MAX_DURATION_S, MAX_MSAT, MAX_RATE, MAX_TOKENS, Amount, Name, Rate, Seconds,
                      Tier)
 
 
@@ -418,6 +418,25 @@ class TopUpConfig(_Section):
                                                                  "node never hands back is closed without it")
 
 
+class GrantsConfig(_Section):
+    """Credit control (DESIGN §6): the gateway decides requests against a slice of the agent's balance the vault
+    grants it, and reports them in batches; anything else takes the per-request reserve."""
+
+    enabled: bool = Field(True, description="false: every paid request is reserved and settled at the vault")
+    want_msat: int = Field(1_000_000, ge=1, le=MAX_MSAT, description="the usual size of a grant (capped by the "
+                                                                      "balance and the daily limit)")
+    requests_per_grant: int = Field(64, ge=1, le=1_000_000, description="a grant covers at least this many holds "
+                                                                        "of the request that asked for it")
+    max_msat: int = Field(100_000_000, ge=1, le=MAX_MSAT, description="the largest grant asked for")
+    use_s: float = Field(30.0, gt=0, le=3600, description="a grant is replaced after this long (at the latest "
+                                                          "at half its hold TTL)")
+    idle_s: float = Field(1.0, gt=0, le=3600, description="a grant unused this long is given back")
+    report_interval_s: float = Field(0.02, gt=0, le=10, description="how often served requests are reported")
+    report_batch: int = Field(256, ge=1, le=4096, description="a report goes at once when this many wait")
+    retry_after_refusal_s: float = Field(1.0, ge=0, le=60, description="after a grant is refused, requests take "
+                                                                       "the per-request path this long")
+
+
 class VaultConfig(_Section):
     """Present: paid mode (every request is reserved and settled against the caller's sub-account)."""
 
@@ -441,6 +460,7 @@ class VaultConfig(_Section):
     snapshot_interval_s: float = Field(30.0, gt=0, description="how often each partition's state is saved, so "
                                                                "a takeover folds only the journal since")
     demo_agent: Optional[DemoAgentConfig] = None
+    grants: GrantsConfig = Field(default_factory=GrantsConfig)
     wallet: WalletConfig = Field(default_factory=WalletConfig)
     topup: Optional[TopUpConfig] = Field(None, description="present: pay Routstr providers from the Cashu rail")
 

@@ -190,6 +190,20 @@ class HoldExtended(_Body):
     amount_msat: Amount
 
 
+class GrantDrawn(_Body):
+    """Part of a gateway's grant (an open hold, rid ``~grant:<id>``) becomes the hold of one request it served:
+    ``amount_msat`` moves from the grant to a new hold of ``rid``, which a Settled or Released in the same
+    command then closes exactly as a reserved request's hold (available and pending do not change here)."""
+
+    kind: Literal["grant_drawn"] = "grant_drawn"
+    grant: str = Field(min_length=1)
+    rid: str = Field(min_length=1)
+    attempt: Attempt = Field("", description=ATTEMPT_DOC)
+    amount_msat: Amount
+    provider: str = ""
+    model: str = ""
+
+
 class Approved(_Body):
     kind: Literal["approved"] = "approved"
     rid: str = Field(min_length=1)
@@ -257,7 +271,8 @@ class Tombstoned(_Body):
 
 
 EventBody = Annotated[
-    Union[AgentCreated, TokenRotated, PolicySet, Deposited, Withdrawn, Reserved, HoldExtended, Approved, Denied,
+    Union[AgentCreated, TokenRotated, PolicySet, Deposited, Withdrawn, Reserved, HoldExtended, GrantDrawn, Approved,
+          Denied,
           Settled,
           Released, Expired, Tombstoned, InvoiceIssued, PayoutStarted, PayoutApproved, PayoutRerouted, PayoutSettled,
           PayoutFailed, ProviderPaymentClosed],

@@ -44,6 +44,7 @@ SPEND_ALL = f"{SPEND_PREFIX}.*"
 AUDIT_PREFIX = f"{PREFIX}.audit"
 # The vault announces tokens that stopped being valid (rotation); every gateway ends what is open on them.
 TOKEN_REVOKED = f"{PREFIX}.tokens.revoked"
+GRANTS_REVOKED = f"{PREFIX}.grants.revoked"  # GrantsRevoked: gateways close that agent's grants
 REQUESTS_PREFIX = f"{PREFIX}.requests"  # one RequestRecord per request, captured by STREAM_EVENTS
 REQUESTS_ANON = "anon"  # the agent token of free-mode requests
 

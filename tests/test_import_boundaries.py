@@ -37,7 +37,7 @@ PURE_MODULES = frozenset({
     # breaker: the circuit state machine
     "actors.breaker.machine",
     # vault: ledger fold, deciders, policy, partition state and snapshots, top-up and X-Cashu planning
-    "actors.vault.book", "actors.vault.decide", "actors.vault.decide_holds", "actors.vault.decided",
+    "actors.vault.book", "actors.vault.decide", "actors.vault.decide_holds", "actors.vault.decide_grants", "actors.vault.decided",
     "actors.vault.fold", "actors.vault.partition", "actors.vault.policy", "actors.vault.snapshot",
     "actors.vault.topup_plan", "actors.vault.xcashu_plan",
     "actors.vault.wallets.base", "actors.vault.wallets.cashu_coins", "actors.vault.wallets.macaroons",

@@ -82,7 +82,7 @@ def test_one_letter_language_names_need_their_context(text: str) -> None:
     assert "lex:plang" not in parts(req(user(text))).named
 
 
-CODE_SESSION = [{"role": "user", "content": f"why does this hang?\n```python\nwhile True:\n    pass\n```"},
+CODE_SESSION = [{"role": "user", "content": "why does this hang?\n```python\nwhile True:\n    pass\n```"},
                 {"role": "assistant", "content": "It never leaves the loop; add a condition."}] * 3
 SMALL_TALK = [{"role": "user", "content": "hi there"}, {"role": "assistant", "content": "Hello! How can I help?"}]
 

@@ -53,9 +53,10 @@ from . import decide
 from .book import Book
 from .claims import Claims
 from .expiry import HOLD, Timers
-from .fold import AccountState, view
+from .fold import GRANT_PREFIX, AccountState, view
 from .follower import Follower
 from .freeze import FreezeSwitch
+from .grant_desk import GrantDesk
 from .group_commit import Written, moved
 from .owner import PartitionOwner
 from .ownership import LAYOUT_KEY, Claim, Ownership
@@ -128,7 +129,8 @@ class VaultActor:
         self.layout = Layout(self.vc.partitions, self.vc.ledger_streams)  # replaced by the ledger's own at start
         self.book = Book(self.partition_of)
         self.wallet: Wallet = wallet if wallet is not None else build_wallet(self.vc.wallet)
-        self.freeze = FreezeSwitch()
+        self.freeze = FreezeSwitch(on_frozen=lambda: self.grants.revoke("*", "vault_frozen"))
+        self.grants = GrantDesk(self.execute, self.book.state, self.freeze, self.vc.hold_ttl_s * 1000)
         self.claims = Claims(instance=self.instance)
         self.rails = Rails(self.vc.wallet, self.wallet, self.book, self.execute, self.freeze, self.claims,
                            self._caught_up, owns=self.owns, credit=self._credit)
@@ -166,7 +168,7 @@ class VaultActor:
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self, nc: NATS) -> None:
-        self.nc = nc
+        self.nc = self.grants.nc = nc
         replicas = self.vc.replicas
         parts_kv = await open_bucket(nc, subjects.KV_PARTITIONS, replicas=replicas)
         legacy_upto = await self._ensure_layout(parts_kv)
@@ -489,6 +491,8 @@ class VaultActor:
             Op(ex.RESERVE, self._reserve, self._reserve_route),
             Op(ex.AWAIT_APPROVAL, self._wait_approval, self._reserve_route, timeout_s=86_400),
             Op(ex.EXTEND, self._extend, by_agent),  # partition subjects only
+            Op(ex.GRANT, self.grants.grant, by_agent),  # a gateway's slice of an agent's balance
+            Op(ex.GRANT_USAGE, self.grants.usage, by_agent, timeout_s=30.0),
             Op(ex.RELEASE, self._settle_now, self._settle_route),
             Op(ex.SETTLE, self._settle_now, self._settle_route),
             Op(ex.CREDIT, self._credit_here, by_agent),  # internal: owner to owner only
@@ -978,7 +982,9 @@ class VaultActor:
 
     async def _set_policy(self, req: SetPolicy, headers: dict[str, str], agent_id: str) -> AccountView:
         await self._known(agent_id)
-        return view((await self.execute(agent_id, lambda s, at: decide.set_policy(s, req.policy, at))).state)
+        w = await self.execute(agent_id, lambda s, at: decide.set_policy(s, req.policy, at))
+        await self.grants.revoke(agent_id, "policy_changed")  # gateways decide the next request by the new rules
+        return view(w.state)
 
     async def _rotate_token(self, req: RotateToken, headers: dict[str, str], agent_id: str) -> AccountView:
         await self._known(agent_id)
@@ -992,6 +998,7 @@ class VaultActor:
 
         w = await self.execute(agent_id, rotate)
         if w.events and replaced:
+            await self.grants.revoke(agent_id, "token_rotated")
             await self._revoked(agent_id, replaced[0], "token_rotated")
         return view(w.state)
 
@@ -1178,6 +1185,8 @@ def spend_event(e: LedgerEvent, state: AccountState) -> Optional[SpendEvent]:
     b = e.body
     if not isinstance(b, (Settled, Released, Expired, Denied)):
         return None
+    if isinstance(b, Released) and b.rid.startswith(GRANT_PREFIX):
+        return None  # a grant given back: no request of the agent's (an expired grant is charged: that is one)
     res = state.resolutions.get(b.rid)
     hold = res.hold if res is not None else None
     return SpendEvent(

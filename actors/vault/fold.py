@@ -22,6 +22,7 @@ from schemas.ledger import (
     Deposited,
     EventBody,
     Expired,
+    GrantDrawn,
     HoldExtended,
     InvoiceIssued,
     LedgerEvent,
@@ -55,6 +56,9 @@ WINDOW_BUCKET_MS = 60_000
 
 HoldState = Literal["held", "awaiting_approval"]
 ResolutionKind = Literal["settled", "released", "expired", "denied"]
+
+
+GRANT_PREFIX = "~grant:"  # a gateway's grant: the hold requests are drawn from ("~" starts no request id)
 
 
 class LedgerViolation(ValueError):
@@ -396,6 +400,22 @@ def _apply_body(state: AccountState, event: LedgerEvent, body: EventBody) -> Non
         state.holds[body.rid] = replace(hold, amount_msat=body.amount_msat)
         state.available_msat -= extra
         state.pending_msat += extra
+    elif isinstance(body, GrantDrawn):
+        grant = state.holds.get(body.grant)  # the attempt named is the request's, not the grant's
+        if grant is None:
+            raise _fail(event, f"grant {body.grant} is not open")
+        if not body.grant.startswith(GRANT_PREFIX) or body.rid.startswith(GRANT_PREFIX):
+            raise _fail(event, f"{body.rid} cannot be drawn from {body.grant}")
+        if grant.state != "held":
+            raise _fail(event, f"grant {body.grant} is not held")
+        if body.amount_msat > grant.amount_msat:
+            raise _fail(event, f"drawing {body.amount_msat} exceeds grant {body.grant} of {grant.amount_msat}")
+        earlier = _earlier_attempts(state, event, body.rid, body.attempt)
+        state.holds[body.grant] = replace(grant, amount_msat=grant.amount_msat - body.amount_msat)
+        state.holds[body.rid] = Hold(rid=body.rid, amount_msat=body.amount_msat, output_tokens=0,
+                                     expires_at_ms=grant.expires_at_ms, provider=body.provider, model=body.model,
+                                     state="held", approval_deadline_ms=None, reserved_at_ms=event.at_ms,
+                                     attempt=body.attempt, earlier_attempts=earlier)
     elif isinstance(body, Approved):
         hold = _open_hold(state, event, body.rid)
         if hold.state != "awaiting_approval":

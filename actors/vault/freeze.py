@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from nats.aio.client import Client as NATS
 from nats.js.errors import KeyNotFoundError
@@ -33,8 +33,9 @@ def frozen_error(state: FreezeState) -> ArbstrError:
 
 
 class FreezeSwitch:
-    def __init__(self) -> None:
+    def __init__(self, on_frozen: Optional[Callable[[], Any]] = None) -> None:
         self.state = FreezeState(frozen=False)
+        self._on_frozen = on_frozen  # every instance sees the switch flip: gateways stop deciding locally
         self._kv: Optional[KeyValue] = None
         self._watch: Optional[asyncio.Task[None]] = None
         self._watcher: Optional[KeyValue.KeyWatcher] = None
@@ -55,9 +56,16 @@ class FreezeSwitch:
             if entry is None or not entry.value:
                 continue
             try:
+                was = self.state.frozen
                 self.state = FreezeState.model_validate_json(entry.value)
             except ValueError:
                 log.error("unreadable freeze state in %s; keeping %s", subjects.KV_VAULT, self.state)
+                continue
+            if self.state.frozen and not was and self._on_frozen is not None:
+                try:
+                    await self._on_frozen()
+                except Exception:
+                    log.exception("freeze: telling the gateways failed")
 
     async def stop(self) -> None:
         # The watcher's subscription is stopped first: abandoned, its queued heartbeats would hold a drain of the

@@ -38,7 +38,7 @@ from .book import Book
 from .node_client import Answer, NodeClient
 from .rails import Execute, Rails
 from .topup_plan import (Step, credited_msat, delivery_verdict, is_topup_of, key_of, next_step, reserve_need_msat,
-                         sizing, topup_prefix)
+                         sizing)
 
 log = logging.getLogger("arbstr.vault.topup")
 

@@ -1,0 +1,98 @@
+"""The owner's side of grants: open one for a gateway, journal the requests it reports, close it; and tell the
+gateways when what they decide locally may no longer hold (policy or token changed, vault frozen)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from typing import Any, Awaitable, Callable, Optional
+
+from nats.aio.client import Client as NATS
+
+from schemas import subjects
+from schemas.errors import ArbstrError
+from schemas.grants import GrantReply, GrantRequest, GrantsRevoked, GrantUsage, UsageItem
+from schemas.vault import Empty
+
+from . import decide_grants
+from .decided import Decided
+from .fold import AccountState
+from .freeze import FreezeSwitch
+from .group_commit import Written
+
+log = logging.getLogger("arbstr.vault.grants")
+
+Execute = Callable[..., Awaitable[Written]]
+
+
+def unauthorized() -> ArbstrError:
+    return ArbstrError(401, "invalid or revoked agent token", code="invalid_api_key")
+
+
+class GrantDesk:
+    def __init__(self, execute: Execute, state_of: Callable[[str], AccountState], freeze: FreezeSwitch,
+                 ttl_ms: int) -> None:
+        self.execute = execute
+        self.state_of = state_of
+        self.freeze = freeze
+        self.ttl_ms = ttl_ms
+        self.nc: Optional[NATS] = None
+        self.stats = {"opened": 0, "reported": 0, "closed": 0}
+
+    async def grant(self, req: GrantRequest, headers: dict[str, str], agent_id: str) -> GrantReply:
+        state = self.state_of(agent_id)
+        if not state.created or not hmac.compare_digest(state.token_hash, req.token_hash):
+            raise unauthorized()  # a grant is for the agent's current token only
+        self.freeze.check()
+        gid = req.grant_id
+        w = await self.execute(agent_id, lambda s, at: decide_grants.open_grant(
+            s, gid, req.want_msat, req.min_msat, at, ttl_ms=self.ttl_ms))
+        hold = w.state.holds.get(decide_grants.grant_rid(gid))
+        if hold is None:
+            raise ArbstrError(409, f"grant {gid} is already closed", code="grant_closed")
+        if not hmac.compare_digest(w.state.token_hash, req.token_hash):
+            raise unauthorized()  # rotated while the grant was being decided: the gateway must not use it
+        self.stats["opened"] += 1
+        return GrantReply(grant_id=gid, agent_id=agent_id, amount_msat=hold.amount_msat,
+                          expires_at_ms=hold.expires_at_ms, available_msat=w.state.available_msat,
+                          policy=w.state.policy, policy_version=w.state.policy_version,
+                          token_version=w.state.token_version)
+
+    async def usage(self, req: GrantUsage, headers: dict[str, str], agent_id: str) -> Empty:
+        """Every item is its own command (its own resolution and record); they share journal batches."""
+        if not self.state_of(agent_id).created:
+            raise ArbstrError(404, f"unknown agent {agent_id}", code="unknown_agent")
+        results = await asyncio.gather(*(self._item(agent_id, req.grant_id, item) for item in req.items),
+                                       return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        for r in failed:
+            if not isinstance(r, ArbstrError) or r.status >= 500:
+                raise r  # the gateway sends the whole report again: what landed is recognised by its op id
+            log.error("grant %s of %s: a reported request was refused (%s)", req.grant_id, agent_id, r.message)
+        self.stats["reported"] += len(req.items)
+        if req.close:
+            await self.execute(agent_id, lambda s, at: decide_grants.close_grant(s, req.grant_id, at))
+            self.stats["closed"] += 1
+        return Empty()
+
+    async def _item(self, agent_id: str, gid: str, item: UsageItem) -> Any:
+        def decider(s: AccountState, at: int) -> Decided:
+            if item.kind == "settle":
+                return decide_grants.draw_settle(
+                    s, gid, item.request_id, item.attempt, item.cost_msat, at, input_tokens=item.input_tokens,
+                    output_tokens=item.output_tokens, provider=item.provider, model=item.model,
+                    estimated=item.estimated, provider_cost_msat=item.provider_cost_msat,
+                    cost_drift=item.cost_drift)
+            return decide_grants.draw_release(s, gid, item.request_id, item.attempt, item.reason or "released", at)
+        return await self.execute(agent_id, decider, record=item.record)
+
+    async def revoke(self, agent_id: str, reason: str) -> None:
+        """Core NATS may drop it: a grant also ends at its expiry, and gateways use one only for a short while."""
+        if self.nc is None:
+            return
+        try:
+            await self.nc.publish(subjects.GRANTS_REVOKED,
+                                  GrantsRevoked(agent_id=agent_id, reason=reason).model_dump_json().encode())
+        except Exception:
+            log.warning("could not publish the revocation of %s's grants", agent_id)

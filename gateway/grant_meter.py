@@ -1,0 +1,362 @@
+"""Paid mode without a vault round trip per request: credit control with grants (RFC 4006 style, DESIGN §6).
+
+The vault grants this gateway a slice of an agent's balance (journaled as one hold). Requests that fit it — and
+that the agent's policy allows without a human (within max per transaction and the approval threshold; the daily
+limit is already in the grant's size) — are decided here, in memory, and reported to the partition's owner in
+batches, one command per request, so every request still has its resolution, spend event and record. Anything
+else takes the per-request path (``VaultMeter``), whose answers stay the contract: a request that does not fit,
+a request id seen before, a policy that needs approval, no grant to be had.
+
+A grant is used for a short while, then replaced; one with nothing in flight is closed (the rest goes back) when
+it is idle, replaced or revoked (policy or token changed, vault frozen), and before any read of the books through
+this gateway, so what a client reads includes what it was served. A grant this gateway never closes (it died)
+expires like a hold: charged and flagged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Optional
+
+from nats.aio.client import Client as NATS
+
+from actors.runtime.tokens import token_hash
+from schemas import exchanges, subjects
+from schemas.config import GrantsConfig
+from schemas.errors import ArbstrError
+from schemas.grants import GrantRequest, GrantsRevoked, GrantUsage, UsageItem
+from schemas.money import cost_msat, max_output_tokens_for
+from schemas.requests import RequestRecord
+from schemas.router import Envelope, RouteReply
+from schemas.vault import AgentPolicy
+
+from .meter import Hold, Usage
+from .vault_meter import OWNER_WAIT_S, VaultMeter, missing_token
+
+log = logging.getLogger("arbstr.gateway.grants")
+
+SEEN_RIDS = 4096  # request ids served here lately, per agent: a reuse goes to the vault, which knows the answer
+MAX_ITEMS = 4096  # requests per report (GrantUsage's bound)
+
+
+@dataclass
+class _Grant:
+    grant_id: str
+    agent_id: str
+    partition: int
+    token_hash: str
+    amount_msat: int
+    expires_at_ms: int
+    use_until: float  # monotonic: no request is decided under it after this (it is replaced)
+    policy: AgentPolicy
+    used_msat: int = 0  # holds of requests in flight plus costs of those done
+    inflight: int = 0
+    retired: bool = False
+    last_used: float = field(default_factory=time.monotonic)
+    items: list[UsageItem] = field(default_factory=list)
+    reporting: Optional["asyncio.Task[None]"] = None
+    closed: bool = False
+
+    @property
+    def remaining_msat(self) -> int:
+        return self.amount_msat - self.used_msat
+
+    def usable(self, now: float) -> bool:
+        return not self.retired and now < self.use_until
+
+
+@dataclass
+class _Agent:
+    grants: list[_Grant] = field(default_factory=list)  # the newest last
+    opening: Optional["asyncio.Future[Optional[_Grant]]"] = None
+    refused_until: float = 0.0  # a grant was refused lately: the per-request path until then
+    seen: "OrderedDict[str, None]" = field(default_factory=OrderedDict)
+
+
+def local_hold(env: Envelope, policy: AgentPolicy) -> tuple[int, int]:
+    """(amount, output tokens) of a request's hold, as the vault sizes it for an agent whose balance is not the
+    limit: the client's cap, else the model's ceiling within what the policy allows without a human."""
+    if env.output_tokens is not None:
+        out = env.output_tokens * env.choices
+    else:
+        per_choice = env.max_output_tokens
+        for cap in (policy.max_tx_msat, policy.approval_over_msat):
+            if cap is not None:
+                within = max_output_tokens_for(cap, env.input_tokens, env.input_rate, env.output_rate,
+                                               env.base_fee_msat)
+                if within >= env.choices:
+                    per_choice = min(per_choice, within // env.choices)
+        out = per_choice * env.choices
+    return cost_msat(env.input_tokens, out, env.input_rate, env.output_rate, env.base_fee_msat), out
+
+
+def allowed_locally(policy: AgentPolicy, amount_msat: int) -> bool:
+    """Within what the vault would allow at once (else it decides: a 403, or a wait for approval)."""
+    return all(cap is None or amount_msat <= cap for cap in (policy.max_tx_msat, policy.approval_over_msat))
+
+
+class GrantMeter:
+    paid = True
+
+    def __init__(self, nc: NATS, slow: VaultMeter, cfg: GrantsConfig, settle_budget_s: float = 30.0) -> None:
+        self.nc = nc
+        self.slow = slow  # the per-request path
+        self.bus = slow.bus
+        self.agents = slow.agents
+        self.cfg = cfg
+        self.settle_budget_s = settle_budget_s
+        self._by_agent: dict[str, _Agent] = {}
+        self._wake = asyncio.Event()
+        self._task: Optional[asyncio.Task[None]] = None
+        self._sub: object = None
+        self.stats = {"local": 0, "slow": 0, "grants_opened": 0, "grants_closed": 0, "reports": 0}
+
+    async def start(self) -> None:
+        async def on_revoked(msg: object) -> None:
+            try:
+                notice = GrantsRevoked.model_validate_json(msg.data)  # type: ignore[attr-defined]
+            except ValueError:
+                return
+            await self.revoke(None if notice.agent_id == "*" else notice.agent_id)
+
+        self._sub = await self.nc.subscribe(subjects.GRANTS_REVOKED, cb=on_revoked)
+        self._task = asyncio.create_task(self._report_forever(), name="grant-reports")
+
+    # --- the Meter protocol ------------------------------------------------------------------------------
+    async def reserve(self, token: Optional[str], request_id: str, route: RouteReply, endpoint: str) -> Hold:
+        if not token:
+            raise missing_token()
+        th = token_hash(token)
+        where = await self.agents.route_of(th, request_id)
+        agent = self._by_agent.setdefault(where.agent_id, _Agent())
+        if request_id in agent.seen or not route.candidates:
+            return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
+        grant = await self._grant_for(agent, where.agent_id, where.partition, th, route.envelope)
+        if grant is not None:
+            amount, out = local_hold(route.envelope, grant.policy)
+            if amount <= grant.remaining_msat and allowed_locally(grant.policy, amount):
+                grant.used_msat += amount
+                grant.inflight += 1
+                grant.last_used = time.monotonic()
+                self._remember(agent, request_id)
+                self.stats["local"] += 1
+                return Hold(request_id=request_id, agent_id=where.agent_id, amount_msat=amount, output_tokens=out,
+                            attempt=secrets.token_hex(8), partition=where.partition, token_hash=th, grant=grant)
+        return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
+
+    async def extend(self, hold: Hold, amount_msat: int, provider: str) -> Hold:
+        grant = hold.grant
+        if not isinstance(grant, _Grant):
+            return await self.slow.extend(hold, amount_msat, provider)
+        extra = amount_msat - hold.amount_msat
+        if extra <= 0:
+            return hold
+        if grant.retired or extra > grant.remaining_msat or not allowed_locally(grant.policy, amount_msat):
+            # Decided under the grant, grown under the grant or not at all: the candidate is skipped.
+            raise ArbstrError(402, f"the hold cannot grow to {amount_msat} msat here", code="insufficient_balance",
+                              headers={"x-should-retry": "false"})
+        grant.used_msat += extra
+        return dataclasses.replace(hold, amount_msat=amount_msat, extensions=hold.extensions + 1)
+
+    async def settle(self, hold: Hold, usage: Usage, record: Optional[RequestRecord] = None) -> None:
+        grant = hold.grant
+        if not isinstance(grant, _Grant):
+            return await self.slow.settle(hold, usage, record)
+        grant.used_msat += usage.cost_msat - hold.amount_msat
+        self._done(grant, UsageItem(
+            kind="settle", request_id=hold.request_id, attempt=hold.attempt, provider=usage.provider,
+            model=usage.model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            cost_msat=usage.cost_msat, estimated=usage.estimated, provider_cost_msat=usage.provider_cost_msat,
+            cost_drift=usage.cost_drift, record=record))
+
+    async def release(self, hold: Hold, reason: str, record: Optional[RequestRecord] = None) -> None:
+        grant = hold.grant
+        if not isinstance(grant, _Grant):
+            return await self.slow.release(hold, reason, record)
+        grant.used_msat -= hold.amount_msat
+        self._done(grant, UsageItem(kind="release", request_id=hold.request_id, attempt=hold.attempt,
+                                    reason=reason, record=record))
+
+    async def close(self) -> None:
+        """Report everything and give every grant back before the process goes."""
+        await self.revoke(None)
+        deadline = time.monotonic() + self.settle_budget_s
+        while any(a.grants for a in self._by_agent.values()) and time.monotonic() < deadline:
+            self._wake.set()
+            await asyncio.sleep(0.02)
+        if self._task is not None:
+            self._task.cancel()
+        if self._sub is not None:
+            try:
+                await self._sub.unsubscribe()  # type: ignore[attr-defined]
+            except Exception:
+                pass
+        await self.slow.close()
+
+    # --- what reads see ------------------------------------------------------------------------------------
+    async def settle_up(self, agent_id: Optional[str] = None) -> None:
+        """Before a read of the books: every request served here is reported, and every grant with nothing in
+        flight given back (``agent_id`` None: of every agent)."""
+        agents = [self._by_agent[agent_id]] if agent_id in self._by_agent else \
+            (list(self._by_agent.values()) if agent_id is None else [])
+        for agent in agents:
+            for g in agent.grants:
+                if g.inflight == 0:
+                    g.retired = True
+        await self._drain(agents, lambda g: not g.closed and (g.items or (g.retired and g.inflight == 0)))
+
+    async def revoke(self, agent_id: Optional[str]) -> None:
+        """Nothing more is decided under these grants; they are closed once their requests are reported."""
+        agents = list(self._by_agent.values()) if agent_id is None else \
+            ([self._by_agent[agent_id]] if agent_id in self._by_agent else [])
+        for agent in agents:
+            agent.refused_until = 0.0
+            for g in agent.grants:
+                g.retired = True
+        if agent_id is not None:
+            self.agents.forget_agent(agent_id)  # a rotated token is asked about again
+        await self._drain(agents, lambda g: not g.closed and g.inflight == 0)
+
+    async def _drain(self, agents: list[_Agent], pending: object, timeout_s: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while any(pending(g) for a in agents for g in a.grants) and time.monotonic() < deadline:  # type: ignore
+            self._wake.set()
+            await asyncio.sleep(0.005)
+
+    # --- grants ------------------------------------------------------------------------------------------
+    async def _grant_for(self, agent: _Agent, agent_id: str, partition: int, th: str,
+                         env: Envelope) -> Optional[_Grant]:
+        now = time.monotonic()
+        current = agent.grants[-1] if agent.grants else None
+        need = local_hold(env, current.policy if current is not None else AgentPolicy())[0]
+        if current is not None and current.usable(now) and current.token_hash == th \
+                and current.remaining_msat >= need:
+            return current
+        if agent.opening is not None:
+            got = await asyncio.shield(agent.opening)
+            if got is not None and got.usable(time.monotonic()) and got.remaining_msat >= need:
+                return got
+            return None
+        if now < agent.refused_until:
+            return None
+        fut: asyncio.Future[Optional[_Grant]] = asyncio.get_running_loop().create_future()
+        agent.opening = fut
+        try:
+            grant = await self._open(agent, agent_id, partition, th, need)
+            fut.set_result(grant)
+            return grant
+        except BaseException as e:
+            fut.set_result(None)
+            if not isinstance(e, Exception):
+                raise
+            return None
+        finally:
+            agent.opening = None
+
+    async def _open(self, agent: _Agent, agent_id: str, partition: int, th: str, need: int) -> Optional[_Grant]:
+        for g in agent.grants:
+            g.retired = True  # replaced: closed once what is in flight on it is reported
+        self._wake.set()
+        gid = secrets.token_hex(12)
+        want = min(self.cfg.max_msat, max(self.cfg.want_msat, need * self.cfg.requests_per_grant))
+        try:
+            reply = await self.bus.ask(exchanges.GRANT, GrantRequest(
+                grant_id=gid, agent_id=agent_id, token_hash=th, want_msat=max(want, need), min_msat=max(1, need)),
+                partition=partition, wait_for_responder_s=OWNER_WAIT_S)
+        except ArbstrError as e:
+            if e.status == 401:
+                self.agents.forget(th)
+            # Refused (no funds, the daily limit, a frozen vault) or not answered: the per-request path decides
+            # and answers for a while. A grant taken but unanswered expires like any hold.
+            agent.refused_until = time.monotonic() + self.cfg.retry_after_refusal_s
+            log.debug("agent %s: no grant (%s)", agent_id, e.message)
+            return None
+        ttl_s = max(0.0, (reply.expires_at_ms - time.time() * 1000) / 1000)
+        grant = _Grant(grant_id=gid, agent_id=agent_id, partition=partition, token_hash=th,
+                       amount_msat=reply.amount_msat, expires_at_ms=reply.expires_at_ms,
+                       use_until=time.monotonic() + min(self.cfg.use_s, ttl_s / 2), policy=reply.policy)
+        agent.grants.append(grant)
+        self.stats["grants_opened"] += 1
+        return grant
+
+    async def _slow_reserve(self, agent: _Agent, agent_id: str, token: str, request_id: str, route: RouteReply,
+                            endpoint: str) -> Hold:
+        self.stats["slow"] += 1
+        # What this gateway holds aside must not be why the vault refuses: idle grants go back first, and what
+        # was served under a request id is journaled before the vault is asked about that id.
+        if agent.grants:
+            for g in agent.grants:
+                if g.inflight == 0:
+                    g.retired = True
+            agent.refused_until = max(agent.refused_until, time.monotonic() + self.cfg.retry_after_refusal_s)
+            await self._drain([agent], lambda g: not g.closed and (g.items or (g.retired and g.inflight == 0)))
+        self._remember(agent, request_id)
+        return await self.slow.reserve(token, request_id, route, endpoint)
+
+    def _remember(self, agent: _Agent, request_id: str) -> None:
+        agent.seen[request_id] = None
+        agent.seen.move_to_end(request_id)
+        while len(agent.seen) > SEEN_RIDS:
+            agent.seen.popitem(last=False)
+
+    def _done(self, grant: _Grant, item: UsageItem) -> None:
+        grant.inflight -= 1
+        grant.items.append(item)
+        if len(grant.items) >= self.cfg.report_batch:
+            self._wake.set()
+
+    # --- reports -----------------------------------------------------------------------------------------
+    async def _report_forever(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.cfg.report_interval_s)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            now = time.monotonic()
+            for agent_id, agent in list(self._by_agent.items()):
+                for g in list(agent.grants):
+                    if g.inflight == 0 and not g.retired and (now - g.last_used > self.cfg.idle_s
+                                                              or now >= g.use_until):
+                        g.retired = True
+                    closing = g.retired and g.inflight == 0
+                    if (g.items or closing) and (g.reporting is None or g.reporting.done()):
+                        g.reporting = asyncio.create_task(self._report(agent, g, closing))
+                if not agent.grants and not agent.seen and agent.opening is None:
+                    self._by_agent.pop(agent_id, None)
+
+    async def _report(self, agent: _Agent, g: _Grant, closing: bool) -> None:
+        items = g.items[:MAX_ITEMS]
+        close = closing and len(items) == len(g.items)
+        msg = GrantUsage(grant_id=g.grant_id, agent_id=g.agent_id, items=items, close=close)
+        deadline = time.monotonic() + self.settle_budget_s
+        delay = 0.05
+        while True:
+            try:
+                await self.bus.ask(exchanges.GRANT_USAGE, msg, partition=g.partition,
+                                   timeout_s=max(self.bus.timeout_s, 5.0), wait_for_responder_s=OWNER_WAIT_S)
+                break
+            except ArbstrError as e:
+                if e.status < 500 or time.monotonic() + delay > deadline:
+                    # Not journaled: the grant expires at its TTL, charged and flagged — the agent is never
+                    # charged less than it was served, and an operator sees the flag.
+                    log.error("grant %s of %s: %d requests not reported (%s)", g.grant_id, g.agent_id, len(items),
+                              e.message)
+                    break
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        self.stats["reports"] += 1
+        del g.items[:len(items)]
+        if close:
+            g.closed = True
+            if g in agent.grants:
+                agent.grants.remove(g)
+            self.stats["grants_closed"] += 1
+        if g.items or (g.retired and g.inflight == 0 and not g.closed):
+            self._wake.set()

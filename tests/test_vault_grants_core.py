@@ -1,0 +1,111 @@
+"""Grants in the vault's pure core: a slice of the balance held for a gateway, requests drawn from it and
+settled or released one by one, the rest given back or expired; the books balance at every step."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.vault import decide
+from actors.vault.decide_grants import close_grant, draw_release, draw_settle, grant_rid, open_grant
+from actors.vault.fold import AccountState, apply_event, check_invariants, next_events
+from schemas.errors import ArbstrError
+from schemas.vault import AgentPolicy
+
+T0 = 1_700_000_000_000
+
+
+def run(state: AccountState, d: decide.Decided, at: int = T0) -> AccountState:
+    for e in next_events(state, d.op_id, d.bodies, at):
+        apply_event(state, e, chained=True)
+    check_invariants(state)
+    return state
+
+
+def agent(deposit: int = 100_000, policy: AgentPolicy | None = None) -> AccountState:
+    s = AccountState(agent_id="a")
+    run(s, decide.create_agent(s, "a", "h" * 64, policy or AgentPolicy(), T0))
+    if deposit:
+        run(s, decide.deposit(s, "d1", deposit, "sim", "", T0, 0))
+    return s
+
+
+def test_a_grant_holds_what_is_there_and_requests_are_charged_from_it() -> None:
+    s = agent(10_000)
+    run(s, open_grant(s, "g1", 50_000, 100, T0, ttl_ms=60_000))
+    assert s.holds[grant_rid("g1")].amount_msat == 10_000 and s.available_msat == 0 and s.pending_msat == 10_000
+    run(s, draw_settle(s, "g1", "r1", "x1", 300, T0, provider="p", model="m", input_tokens=5, output_tokens=7))
+    assert s.spent_msat == 300 and s.pending_msat == 9_700 and s.holds[grant_rid("g1")].amount_msat == 9_700
+    assert s.resolutions["r1"].kind == "settled" and s.resolutions["r1"].charged_msat == 300
+    run(s, draw_release(s, "g1", "r2", "x2", "upstream failed", T0))
+    assert s.resolutions["r2"].kind == "released" and s.spent_msat == 300
+    run(s, close_grant(s, "g1", T0))
+    assert s.available_msat == 9_700 and s.pending_msat == 0 and grant_rid("g1") not in s.holds
+
+
+def test_a_report_delivered_twice_charges_once() -> None:
+    s = agent()
+    run(s, open_grant(s, "g1", 5_000, 1, T0, ttl_ms=60_000))
+    run(s, draw_settle(s, "g1", "r1", "x1", 300, T0))
+    again = draw_settle(s, "g1", "r1", "x1", 300, T0)
+    assert again.noop == "duplicate" and s.spent_msat == 300
+
+
+def test_a_request_id_used_before_is_still_charged_under_its_own_rid() -> None:
+    s = agent()
+    run(s, decide.reserve(s, "r1", decide_envelope(), T0, ttl_ms=60_000, attempt="old"))
+    run(s, decide.settle(s, "r1", 50, T0, attempt="old"))
+    run(s, open_grant(s, "g1", 5_000, 1, T0, ttl_ms=60_000))
+    run(s, draw_settle(s, "g1", "r1", "new", 70, T0))
+    assert s.spent_msat == 120 and s.resolutions["r1~new"].charged_msat == 70
+
+
+def test_an_overrun_beyond_the_grant_comes_from_available_then_is_uncollectible() -> None:
+    s = agent(1_000)
+    run(s, open_grant(s, "g1", 600, 1, T0, ttl_ms=60_000))
+    run(s, draw_settle(s, "g1", "r1", "x1", 900, T0))  # 600 from the grant, 300 of the 400 available
+    assert s.spent_msat == 900 and s.available_msat == 100 and s.pending_msat == 0
+    run(s, draw_settle(s, "g1", "r2", "x2", 250, T0))  # the grant is empty: 100 available, 150 uncollectible
+    assert s.spent_msat == 1_000 and s.uncollectible_msat == 150 and s.available_msat == 0
+
+
+def test_a_report_after_the_grant_is_gone_is_still_charged() -> None:
+    s = agent(1_000)
+    run(s, open_grant(s, "g1", 600, 1, T0, ttl_ms=60_000))
+    run(s, close_grant(s, "g1", T0))
+    run(s, draw_settle(s, "g1", "r1", "x1", 200, T0))
+    assert s.spent_msat == 200 and s.available_msat == 800
+
+
+def test_an_unreported_grant_expires_like_a_hold_charged_and_flagged() -> None:
+    s = agent(1_000)
+    run(s, open_grant(s, "g1", 600, 1, T0, ttl_ms=60_000))
+    with pytest.raises(ArbstrError):
+        decide.expire(s, grant_rid("g1"), T0 + 1_000)  # not due
+    run(s, decide.expire(s, grant_rid("g1"), T0 + 60_000), T0 + 60_000)
+    assert s.spent_msat == 600 and s.resolutions[grant_rid("g1")].kind == "expired"
+
+
+def test_a_grant_fits_the_daily_limit_and_counts_against_it() -> None:
+    s = agent(100_000, AgentPolicy(daily_limit_msat=3_000))
+    run(s, open_grant(s, "g1", 50_000, 100, T0, ttl_ms=60_000))
+    assert s.pending_msat == 3_000
+    with pytest.raises(ArbstrError) as e:
+        open_grant(s, "g2", 50_000, 100, T0, ttl_ms=60_000)
+    assert e.value.status == 429
+    with pytest.raises(ArbstrError) as e:
+        decide.reserve(s, "r9", decide_envelope(), T0, ttl_ms=60_000, attempt="a")
+    assert e.value.status == 429
+
+
+def test_no_grant_below_its_minimum() -> None:
+    s = agent(50)
+    with pytest.raises(ArbstrError) as e:
+        open_grant(s, "g1", 5_000, 100, T0, ttl_ms=60_000)
+    assert e.value.status == 402
+
+
+def decide_envelope():  # type: ignore[no-untyped-def]
+    from schemas.router import Envelope
+
+    return Envelope(input_tokens=10, output_tokens=10, input_rate=1_000_000, output_rate=1_000_000,
+                    max_output_tokens=10)
