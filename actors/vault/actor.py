@@ -53,7 +53,7 @@ from . import decide
 from .book import Book
 from .claims import Claims
 from .expiry import HOLD, Timers
-from .fold import GRANT_PREFIX, AccountState, view
+from .fold import GRANT_PREFIX, AccountState, granted_msat, view
 from .follower import Follower
 from .freeze import FreezeSwitch
 from .grant_desk import GrantDesk
@@ -1196,7 +1196,7 @@ def spend_event(e: LedgerEvent, state: AccountState) -> Optional[SpendEvent]:
         input_tokens=getattr(b, "input_tokens", 0), output_tokens=getattr(b, "output_tokens", 0),
         cost_msat=getattr(b, "cost_msat", getattr(b, "charged_msat", 0)),
         charged_msat=getattr(b, "charged_msat", 0), uncollectible_msat=getattr(b, "uncollectible_msat", 0),
-        reserved_msat=hold.amount_msat if hold else 0, balance_msat=state.available_msat,
+        reserved_msat=hold.amount_msat if hold else 0, balance_msat=state.available_msat + granted_msat(state),
         estimated=getattr(b, "estimated", False),
         flagged=isinstance(b, Expired) and b.action == "charge", reason=getattr(b, "reason", ""),
         at_ms=e.at_ms, ledger_seq=e.seq, provider_cost_msat=getattr(b, "provider_cost_msat", None),

@@ -619,6 +619,11 @@ def next_events(state: AccountState, op_id: str, bodies: Sequence[EventBody], no
     return events
 
 
+def granted_msat(state: AccountState) -> int:
+    """What gateways hold in grants for the agent and no request has drawn yet: still the agent's to spend."""
+    return sum(h.amount_msat for rid, h in state.holds.items() if rid.startswith(GRANT_PREFIX))
+
+
 def view(state: AccountState) -> AccountView:
     return AccountView(
         agent_id=state.agent_id, name=state.name, balance_msat=state.available_msat,
