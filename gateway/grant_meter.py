@@ -77,6 +77,7 @@ class _Agent:
     opening: Optional["asyncio.Future[Optional[_Grant]]"] = None
     refused_until: float = 0.0  # a grant was refused lately: the per-request path until then
     seen: "OrderedDict[str, None]" = field(default_factory=OrderedDict)
+    inflight: set[str] = field(default_factory=set)  # request ids decided here and not yet resolved
 
 
 def local_hold(env: Envelope, policy: AgentPolicy) -> tuple[int, int]:
@@ -135,6 +136,11 @@ class GrantMeter:
         th = token_hash(token)
         where = await self.agents.route_of(th, request_id)
         agent = self._by_agent.setdefault(where.agent_id, _Agent())
+        if request_id in agent.inflight:
+            # What the vault answers for a hold in flight, which it cannot see before this one is reported.
+            raise ArbstrError(409, f"request id {request_id!r} was already used by this agent; send a new "
+                                   "X-Request-Id", code="request_id_reused", param="X-Request-Id",
+                              headers={"x-should-retry": "false"})
         if request_id in agent.seen or not route.candidates:
             return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
         grant = await self._grant_for(agent, where.agent_id, where.partition, th, route.envelope)
@@ -145,6 +151,7 @@ class GrantMeter:
                 grant.inflight += 1
                 grant.last_used = time.monotonic()
                 self._remember(agent, request_id)
+                agent.inflight.add(request_id)
                 self.stats["local"] += 1
                 return Hold(request_id=request_id, agent_id=where.agent_id, amount_msat=amount, output_tokens=out,
                             attempt=secrets.token_hex(8), partition=where.partition, token_hash=th, grant=grant)
@@ -169,7 +176,7 @@ class GrantMeter:
         if not isinstance(grant, _Grant):
             return await self.slow.settle(hold, usage, record)
         grant.used_msat += usage.cost_msat - hold.amount_msat
-        self._done(grant, UsageItem(
+        self._done(grant, hold, UsageItem(
             kind="settle", request_id=hold.request_id, attempt=hold.attempt, provider=usage.provider,
             model=usage.model, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
             cost_msat=usage.cost_msat, estimated=usage.estimated, provider_cost_msat=usage.provider_cost_msat,
@@ -180,7 +187,7 @@ class GrantMeter:
         if not isinstance(grant, _Grant):
             return await self.slow.release(hold, reason, record)
         grant.used_msat -= hold.amount_msat
-        self._done(grant, UsageItem(kind="release", request_id=hold.request_id, attempt=hold.attempt,
+        self._done(grant, hold, UsageItem(kind="release", request_id=hold.request_id, attempt=hold.attempt,
                                     reason=reason, record=record))
 
     async def close(self) -> None:
@@ -305,8 +312,11 @@ class GrantMeter:
         while len(agent.seen) > SEEN_RIDS:
             agent.seen.popitem(last=False)
 
-    def _done(self, grant: _Grant, item: UsageItem) -> None:
+    def _done(self, grant: _Grant, hold: Hold, item: UsageItem) -> None:
         grant.inflight -= 1
+        agent = self._by_agent.get(grant.agent_id)
+        if agent is not None:
+            agent.inflight.discard(hold.request_id)
         grant.items.append(item)
         if len(grant.items) >= self.cfg.report_batch:
             self._wake.set()
