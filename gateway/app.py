@@ -18,6 +18,7 @@ from schemas.config import Config
 from schemas.errors import ArbstrError
 from schemas.openai import ModelCard, ModelList, ModelPricing
 from schemas.pricing import ProviderPrices, TableRequest
+from schemas.router import RouteReply
 
 from .bus import Bus
 from .endpoints import CHAT, COMPLETIONS, EMBEDDINGS, EndpointSpec
@@ -127,10 +128,20 @@ class Gateway:
         self.meter: Meter = meter
         self.metrics = Metrics()
         self.directory = ProviderDirectory(config)  # who to call for a provider, market ones included
+        if isinstance(self.meter, GrantMeter):
+            self.meter.needs_vault_hold = self._pays_per_request
         # Paid mode: a bearer is checked before any body is read or routed (free mode stays open).
         self.admin_hash = admin_token_hash(config)
         self.auth: Optional[AuthGate] = AuthGate(self.bus, self.admin_hash) if config.vault else None
         self.proxy = Proxy(config, nc, self.bus, self.upstream, self.meter, self.directory, self.metrics)
+
+    def _pays_per_request(self, route: RouteReply) -> bool:
+        """Whether a candidate is paid per request (X-Cashu): that is paid against a hold the vault keeps."""
+        for cand in route.candidates:
+            provider = self.directory.get(cand.provider)
+            if provider is not None and provider.x_cashu:
+                return True
+        return False
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[envelope], client_max_size=self.config.server.max_body_bytes)

@@ -22,7 +22,7 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from nats.aio.client import Client as NATS
 
@@ -116,6 +116,9 @@ class GrantMeter:
         self._wake = asyncio.Event()
         self._task: Optional[asyncio.Task[None]] = None
         self._sub: object = None
+        # Requests the vault must hold itself: a provider paid per request (X-Cashu) is paid against the request's
+        # own hold at the vault. Set by the gateway, which knows its providers.
+        self.needs_vault_hold: Callable[[RouteReply], bool] = lambda route: False
         self.stats = {"local": 0, "slow": 0, "grants_opened": 0, "grants_closed": 0, "reports": 0}
 
     async def start(self) -> None:
@@ -141,7 +144,7 @@ class GrantMeter:
             raise ArbstrError(409, f"request id {request_id!r} was already used by this agent; send a new "
                                    "X-Request-Id", code="request_id_reused", param="X-Request-Id",
                               headers={"x-should-retry": "false"})
-        if request_id in agent.seen or not route.candidates:
+        if request_id in agent.seen or not route.candidates or self.needs_vault_hold(route):
             return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
         grant = await self._grant_for(agent, where.agent_id, where.partition, th, route.envelope)
         if grant is not None:
