@@ -32,7 +32,8 @@ Attempt = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{0,64}$")]
 ATTEMPT_DOC = "the reserve attempt this names (gateway nonce); \"\" = the rid's only or open one"
 # Fields added after journals were first written: left out of the canonical JSON while empty, so an event
 # written before they existed hashes as it did then and old journals still verify and replay.
-_LATER_FIELDS: dict[str, object] = {"attempt": "", "payout_key": "", "provider_cost_msat": None, "cost_drift": False}
+_LATER_FIELDS: dict[str, object] = {"attempt": "", "payout_key": "", "provider_cost_msat": None, "cost_drift": False,
+                                     "covered_by": ""}
 
 
 class _Body(BaseModel):
@@ -231,10 +232,15 @@ class Settled(_Body):
     estimated: bool = Field(False, description="usage was counted locally: the upstream reported none")
     provider_cost_msat: Optional[Amount] = Field(None, description="what the provider itself billed, when it said")
     cost_drift: bool = Field(False, description="the provider billed more than its listed price")
+    covered_by: str = Field("", description="a grant whose expiry already charged for this request (it was "
+                                            "reported after that): nothing is charged again")
 
     @model_validator(mode="after")
     def _split(self) -> "Settled":
-        if self.charged_msat + self.uncollectible_msat != self.cost_msat:
+        if self.covered_by:
+            if self.charged_msat or self.uncollectible_msat:
+                raise ValueError("a request covered by an expired grant's charge is not charged again")
+        elif self.charged_msat + self.uncollectible_msat != self.cost_msat:
             raise ValueError("charged_msat + uncollectible_msat must equal cost_msat")
         return self
 

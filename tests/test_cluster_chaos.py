@@ -286,7 +286,8 @@ async def test_cluster_survives_leader_and_instance_kills(
         election_s = max((b - a for a, b in zip(ends, ends[1:]) if b >= killed_at), default=0.0)
         if failures:
             first_fail = min(o.ended for o in failures)
-            fail_to_ok_s = min(o.ended for o in ok if o.started >= first_fail) - first_fail
+            # (None when the last failures came as the load stopped, with no request sent after them.)
+            fail_to_ok_s = min((o.ended for o in ok if o.started >= first_fail), default=first_fail) - first_fail
         else:
             fail_to_ok_s = 0.0
 

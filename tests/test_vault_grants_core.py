@@ -109,3 +109,13 @@ def decide_envelope():  # type: ignore[no-untyped-def]
 
     return Envelope(input_tokens=10, output_tokens=10, input_rate=1_000_000, output_rate=1_000_000,
                     max_output_tokens=10)
+
+
+def test_a_report_after_the_grant_expired_charged_is_covered_by_that_charge() -> None:
+    s = agent(1_000)
+    run(s, open_grant(s, "g1", 600, 1, T0, ttl_ms=60_000))
+    run(s, decide.expire(s, grant_rid("g1"), T0 + 60_000), T0 + 60_000)
+    assert s.spent_msat == 600
+    run(s, draw_settle(s, "g1", "r1", "x1", 200, T0 + 61_000), T0 + 61_000)
+    assert s.spent_msat == 600 and s.available_msat == 400  # charged once: by the expiry
+    assert s.resolutions["r1"].kind == "settled" and s.resolutions["r1"].charged_msat == 0

@@ -81,6 +81,9 @@ H_FORWARDED = "Arbstr-Forwarded"  # a command one vault instance passed to the o
 FORWARD_WAIT_S = 5.0  # how long a command waits for a partition's owner to appear (a takeover takes ≤ 3 s)
 RAIL_TIMEOUT_S = 30.0
 RESERVE_MAX_AGE_MS = 120_000  # a reserve sent longer ago is refused (NATS delivers buffered requests late)
+# A grant due while its partition had no owner waits this long after a takeover: its gateway retries its reports
+# for up to 30 s (settle budget), and a report that lands is better than charging the whole grant.
+GRANT_GRACE_S = 30.0
 REPUBLISH_WINDOW_MS = 100_000  # at takeover, events of batches this recent are published again (dedup: 120 s)
 
 
@@ -147,6 +150,7 @@ class VaultActor:
         self.feed: Optional[ProjectionFeed] = None
         self.ownership: Optional[Ownership] = None
         self.owners: dict[int, PartitionOwner] = {}
+        self._acquired_at: dict[int, float] = {}  # monotonic time each owned partition was taken
         self._subs: dict[int, Any] = {}
         # (agent id, rid) -> the wake-ups of reserves waiting for its approval. Keyed by agent too: two agents'
         # requests may share a rid, and one's decision must neither wake nor strand the other's wait.
@@ -359,6 +363,7 @@ class VaultActor:
     async def _acquired(self, claim: Claim) -> bool:
         assert self.journal is not None and self.snapshots is not None and self.nc is not None
         k = claim.partition
+        self._acquired_at[k] = time.monotonic()
         timers = Timers(lambda due, k=k: self._expire_due(k, due))
         owner = PartitionOwner(claim, self.journal, self.snapshots, timers,
                                lambda batch, seq, touched, k=k: self._committed(k, batch, seq, touched),
@@ -839,8 +844,15 @@ class VaultActor:
         if owner is None or owner.writer is None:
             return
 
+        grace_s = GRANT_GRACE_S - (time.monotonic() - self._acquired_at.get(k, 0.0))
+
         async def one(agent_id: str, key: str, kind: str) -> None:
             try:
+                if kind == HOLD and key.startswith(GRANT_PREFIX) and grace_s > 0:
+                    # A grant that ran out while its partition had no owner: its gateway's reports are still being
+                    # retried, and would arrive just after the expiry charged the grant. Expired after the grace.
+                    owner.timers.arm(now_ms() + int(grace_s * 1000), agent_id, key, HOLD)
+                    return
                 if kind == HOLD:
                     w = await self.execute(agent_id, lambda s, at: decide.expire(s, key, at, self.vc.expiry_action))
                     if w.events and isinstance(w.events[-1].body, Expired):

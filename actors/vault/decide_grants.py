@@ -83,8 +83,17 @@ def draw_settle(state: AccountState, grant_id: str, rid: str, attempt: str, cost
                       provider=provider, model=model, estimated=estimated, provider_cost_msat=provider_cost_msat,
                       cost_drift=cost_drift)
     if grant is None:
-        # The grant is gone (closed, or expired and charged) while this report was on its way: the request was
-        # served, so it is still charged, from available (what is not there is recorded as uncollectible).
+        ended = state.resolutions.get(grant_rid(grant_id))
+        if ended is not None and ended.kind == "expired" and ended.charged_msat > 0:
+            # Its expiry charged what the grant still held, which is at least what the gateway decided under it
+            # and had not reported: the request is recorded, covered by that charge, and not charged twice.
+            settled = Settled(rid=charged_rid, attempt=attempt, cost_msat=cost, charged_msat=0,
+                              uncollectible_msat=0, input_tokens=input_tokens, output_tokens=output_tokens,
+                              provider=provider, model=model, estimated=estimated,
+                              provider_cost_msat=provider_cost_msat, cost_drift=cost_drift,
+                              covered_by=ended.hold.rid)
+        # Else the grant was given back while this report was on its way: the request was served, so it is still
+        # charged, from available (what is not there is recorded as uncollectible).
         return Decided(op_id, (*_bare_hold(charged_rid, attempt, provider, model, now_ms), settled))
     return Decided(op_id, (GrantDrawn(grant=grant.rid, rid=charged_rid, attempt=attempt, amount_msat=drawn,
                                       provider=provider, model=model), settled))
