@@ -116,11 +116,12 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--duration", type=float, default=8.0)
     ap.add_argument("--agents", type=int, default=100)
+    ap.add_argument("--no-grants", action="store_true", help="paid mode with a vault reserve and settle per request")
     args = ap.parse_args(argv)
     install_uvloop()
     out: dict[str, Any] = {"concurrency": args.concurrency}
     for mode in ("free", "paid"):
-        with bench_stack(paid=mode == "paid") as stack:
+        with bench_stack(paid=mode == "paid", grants=not args.no_grants) as stack:
             if mode == "paid":
                 tokens = [stack.create_agent(f"bench{i}", 10**15) for i in range(args.agents)]
                 one: Headers = [{"Authorization": f"Bearer {tokens[0]}"}]
