@@ -29,7 +29,6 @@ log = logging.getLogger("arbstr.vault")
 
 H_FORWARDED = "Arbstr-Forwarded"  # a command one vault instance passed to the owner: never passed on again
 
-
 FORWARD_WAIT_S = 5.0  # how long a command waits for a partition's owner to appear (a takeover takes ≤ 3 s)
 
 
@@ -38,7 +37,6 @@ def unauthorized() -> ArbstrError:
 
 
 Route = Callable[[Any], Awaitable[str]]  # the agent a command is about (raises 401/404)
-
 
 Handler = Callable[[Any, dict[str, str], str], Awaitable[Any]]
 

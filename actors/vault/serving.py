@@ -29,7 +29,6 @@ log = logging.getLogger("arbstr.vault")
 
 Decider = Callable[[AccountState, int], decide.Decided]
 
-
 REPUBLISH_WINDOW_MS = 100_000  # at takeover, events of batches this recent are published again (dedup: 120 s)
 
 
