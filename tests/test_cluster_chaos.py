@@ -23,7 +23,7 @@ import aiohttp
 import nats
 import pytest
 
-from actors.vault.actor import read_ledger
+from actors.vault.ledger_read import read_ledger
 from arbstr.bus_auth import BusCredentials
 from tests import bus
 from arbstr.demo import free_port

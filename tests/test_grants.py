@@ -12,7 +12,7 @@ from typing import AsyncIterator
 import aiohttp
 import pytest
 
-from actors.vault.actor import read_ledger
+from actors.vault.ledger_read import read_ledger
 from arbstr.natsserver import NatsServer
 from gateway.grant_meter import GrantMeter
 from schemas import subjects

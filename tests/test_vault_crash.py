@@ -29,8 +29,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from actors.runtime.host import ActorHost
-from actors.vault.actor import VaultActor, read_ledger, verify_ledger
+from actors.vault.actor import VaultActor
 from actors.vault.fold import fold, view
+from actors.vault.ledger_read import read_ledger, verify_ledger
 from arbstr.natsserver import NatsServer
 from gateway.bus import Bus
 from schemas import subjects

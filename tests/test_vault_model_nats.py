@@ -34,14 +34,15 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from nats.aio.client import Client as NATS
 
-import actors.vault.actor as vault_actor_module
+import actors.vault.clock as vault_clock_module
 import actors.vault.group_commit as group_commit_module
 from actors.runtime.endpoints import RawReply
 from actors.runtime.host import ActorHost
 from actors.runtime.tasks import cancel_and_wait
 from actors.vault import decide
-from actors.vault.actor import VaultActor, read_ledger, verify_ledger
+from actors.vault.actor import VaultActor
 from actors.vault.fold import FORGET_AFTER_MS, fold
+from actors.vault.ledger_read import read_ledger, verify_ledger
 from actors.vault.partition import PartitionState, fold_batch
 from actors.vault.partition_journal import Fenced
 from actors.vault.projection import Projection
@@ -66,7 +67,7 @@ MODEL_ADMIN_TOKEN = "model-admin-token"
 RATE = 1_000_000  # sats per 1M tokens = 1,000 msat per token: a hold is plain arithmetic in the model
 MSAT_PER_TOKEN = 1_000
 PARTITIONS = 8
-REAL_NOW_MS = vault_actor_module.now_ms
+REAL_NOW_MS = vault_clock_module.now_ms
 RESOLVED = ("settled", "released", "expired", "denied")
 
 
@@ -110,12 +111,12 @@ class Clock:
         return int(time.time() * 1000) + self.offset_ms
 
     def install(self) -> None:
-        vault_actor_module.now_ms = self.now_ms
+        vault_clock_module.now_ms = self.now_ms
         group_commit_module.now_ms = self.now_ms
 
     @staticmethod
     def uninstall() -> None:
-        vault_actor_module.now_ms = REAL_NOW_MS
+        vault_clock_module.now_ms = REAL_NOW_MS
         group_commit_module.now_ms = REAL_NOW_MS
 
 

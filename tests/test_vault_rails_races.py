@@ -177,10 +177,11 @@ async def test_a_payout_is_left_to_an_instance_on_the_wallet_that_started_it(htt
 
 
 async def test_a_deposit_the_journal_keeps_refusing_is_parked_not_blocking_nor_lost(http, rig, monkeypatch) -> None:
+    import actors.vault.rail_deposits as deposits_module
     import actors.vault.rails as rails_module
     from schemas.errors import ArbstrError
 
-    monkeypatch.setattr(rails_module, "CREDIT_ATTEMPTS", 2)
+    monkeypatch.setattr(deposits_module, "CREDIT_ATTEMPTS", 2)
     monkeypatch.setattr(rails_module, "PARKED_SCAN_S", 0.1)
     rails = rig.actor.rails
     real, refusals = rails.credit_invoice, {"left": 4}

@@ -8,8 +8,8 @@ from typing import AsyncIterator
 import aiohttp
 import pytest
 
-from actors.vault.actor import read_ledger
 from actors.vault.fold import fold, view
+from actors.vault.ledger_read import read_ledger
 from arbstr.natsserver import NatsServer
 from schemas.money import cost_msat
 from schemas.tokens import estimate_messages_tokens

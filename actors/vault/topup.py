@@ -36,7 +36,8 @@ from schemas.vault import AgentPolicy, DepositRequest, ProviderKey, WithdrawRequ
 from . import decide
 from .book import Book
 from .node_client import Answer, NodeClient
-from .rails import Execute, Rails
+from .rails import Rails
+from .rails_core import Execute
 from .topup_plan import (Step, credited_msat, delivery_verdict, is_topup_of, key_of, next_step, reserve_need_msat,
                          sizing)
 

@@ -30,7 +30,7 @@ from . import decide
 from .claims import Claims
 from .node_client import NodeUnreachable
 from .topup import TopUps
-from .wallets.base import WalletError
+from .wallets.base import Wallet, WalletError
 from .xcashu_plan import is_payment, payment_id, payout_id, provider_of, refund_action, token_msat
 
 log = logging.getLogger("arbstr.vault.xcashu")
@@ -190,9 +190,8 @@ class PerRequestPayments:
         return self._result(pid)
 
     # --- journal ---------------------------------------------------------------------------------------------
-    def _cashu(self) -> Any:
-        by_rail = getattr(self.rails.wallet, "by_rail", None)
-        return by_rail["cashu"] if by_rail is not None else self.rails.wallet
+    def _cashu(self) -> Wallet:
+        return self.rails.wallet.on_rail("cashu")
 
     async def _take(self, token: str, pid: str, outcome: str) -> XCashuResult:
         """Redeem ``token`` (change, or our own token back) into the wallet and credit it to the operator in the

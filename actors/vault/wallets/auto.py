@@ -1,13 +1,14 @@
 """The auto rail: Cashu for small amounts, Lightning for large ones, behind the one Wallet interface.
 
 The choice is by amount only (``choose_rail``, pure); the one fallback to the other rail after a definite
-failure is the vault's decision (``Rails``), because it must be journaled before the second rail is called.
+failure is the vault's decision (``Rails``), because it must be journaled before the second rail is called —
+this wallet only names that rail (``fallback_rail``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Optional
+from typing import Callable, Optional
 
 from .base import DepositInvoice, OnSettled, PaymentStatus, PayoutPlan, Redeemed, Wallet, WalletError
 
@@ -75,3 +76,18 @@ class AutoWallet:
 
     async def assets_msat(self) -> int:
         return sum(await asyncio.gather(*(w.assets_msat() for w in self.parts)))
+
+    def on_rail(self, rail: str) -> Wallet:
+        return self.by_rail[rail]
+
+    def stores(self) -> tuple[Wallet, ...]:
+        return self.parts  # each part reports its own assets: reconciliation shows them by rail
+
+    def rail_for(self, amount_msat: int, has_invoice: bool, auto_threshold_msat: int) -> str:
+        return choose_rail(amount_msat, auto_threshold_msat)
+
+    def fallback_rail(self, rail: str) -> Optional[str]:
+        return other_rail(rail)
+
+    def back_with_journal(self, journal_net_msat: Callable[[], int]) -> None:
+        return None  # its parts are the stores of value; they are never handed the journal's figure

@@ -7,7 +7,7 @@ and reads a wallet's answers as one of four states: only ``failed`` is definite 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Literal, Protocol, runtime_checkable
+from typing import Awaitable, Callable, Literal, Optional, Protocol, runtime_checkable
 
 import bolt11
 
@@ -129,6 +129,52 @@ class Wallet(Protocol):
     async def assets_msat(self) -> int:
         """What the wallet holds that backs the agents' balances."""
         ...
+
+    # How the vault's rails treat this wallet: each wallet answers for itself (the rails never ask its kind).
+
+    def on_rail(self, rail: str) -> Wallet:
+        """The wallet that pays on ``rail``: itself, or the part of a combined wallet serving that rail."""
+        ...
+
+    def stores(self) -> tuple[Wallet, ...]:
+        """The stores of value behind this wallet, each reporting its own assets under its own identity."""
+        ...
+
+    def rail_for(self, amount_msat: int, has_invoice: bool, auto_threshold_msat: int) -> str:
+        """The rail a payout goes on when the caller names none (``has_invoice``: it brought a BOLT11)."""
+        ...
+
+    def fallback_rail(self, rail: str) -> Optional[str]:
+        """The rail a payout that definitely failed on ``rail`` is retried on, once; None: no retry."""
+        ...
+
+    def back_with_journal(self, journal_net_msat: Callable[[], int]) -> None:
+        """Offered what the journal says came in and went out: a wallet with no money of its own (simulated)
+        reports it as its assets; a wallet holding real money ignores it."""
+        ...
+
+
+class SingleWallet:
+    """What a wallet that is one store of value answers about itself (every kind but ``auto``)."""
+
+    rails: tuple[str, ...]
+
+    def on_rail(self, rail: str) -> Wallet:
+        return self  # type: ignore[return-value]
+
+    def stores(self) -> tuple[Wallet, ...]:
+        return (self,)  # type: ignore[return-value]
+
+    def rail_for(self, amount_msat: int, has_invoice: bool, auto_threshold_msat: int) -> str:
+        if not has_invoice:
+            return "cashu"  # only ecash pays out without a destination: a token
+        return "lightning" if "lightning" in self.rails else self.rails[0]
+
+    def fallback_rail(self, rail: str) -> Optional[str]:
+        return None
+
+    def back_with_journal(self, journal_net_msat: Callable[[], int]) -> None:
+        return None  # real money: its assets are what it holds
 
 
 def decode_bolt11(invoice: str) -> tuple[str, int, int]:

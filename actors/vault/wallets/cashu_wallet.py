@@ -53,6 +53,7 @@ from .base import (
     PayoutPlan,
     Redeemed,
     SettledInvoice,
+    SingleWallet,
     WalletError,
     decode_bolt11,
 )
@@ -128,7 +129,7 @@ class _DirLock:
             self._mutex.release()
 
 
-class CashuWallet:
+class CashuWallet(SingleWallet):
     kind = "cashu"
     rails = ("cashu",)
 

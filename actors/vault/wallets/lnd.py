@@ -23,8 +23,8 @@ import grpc.aio
 from schemas.config import LndConfig
 
 from . import macaroons
-from .base import (DepositInvoice, OnSettled, PaymentStatus, PayoutPlan, Redeemed, SettledInvoice, WalletError,
-                   decode_bolt11, lightning_fee_limit_msat)
+from .base import (DepositInvoice, OnSettled, PaymentStatus, PayoutPlan, Redeemed, SettledInvoice, SingleWallet,
+                   WalletError, decode_bolt11, lightning_fee_limit_msat)
 
 log = logging.getLogger("arbstr.vault.lnd")
 
@@ -87,7 +87,7 @@ def payment_status(p: Any) -> PaymentStatus:
     return PaymentStatus("in_flight")  # INITIATED, IN_FLIGHT: it may still go either way
 
 
-class LndWallet:
+class LndWallet(SingleWallet):
     kind = "lnd"
     rails = ("lightning",)
 

@@ -5,9 +5,10 @@ as on a node. Knobs: ``outcome`` says what the next payments do (succeed, fail, 
 ``settle_invoice`` pays one of our deposit invoices; ``resolve`` ends a pending payout; ``mint_token`` makes
 a one-use token to redeem; ``rail_outcome`` makes one rail behave differently (the auto rail's fallback).
 
-It has no money of its own: its assets are what the journal says came in and went out (``backing``, attached by
-the vault: deposits − withdrawals, operator credits included, so every instance reports the same figure after a
-restart) plus ``balance_msat``, an adjustment tests use to model money arriving out of band or going missing.
+It has no money of its own: its assets are what the journal says came in and went out (``backing``, handed
+over by the vault's rails through ``back_with_journal``: deposits − withdrawals, operator credits included, so
+every instance reports the same figure after a restart) plus ``balance_msat``, an adjustment tests use to model
+money arriving out of band or going missing.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Callable, Literal, Optional
 
 from bolt11 import Bolt11, Feature, Features, FeatureState, MilliSatoshi, TagChar, Tags, encode
 
-from .base import (DepositInvoice, OnSettled, PaymentStatus, PayoutPlan, Redeemed, SettledInvoice, WalletError,
-                   decode_bolt11, lightning_fee_limit_msat)
+from .base import (DepositInvoice, OnSettled, PaymentStatus, PayoutPlan, Redeemed, SettledInvoice, SingleWallet,
+                   WalletError, decode_bolt11, lightning_fee_limit_msat)
 
 Outcome = Literal["succeed", "fail", "pending", "raise"]
 # Not a secret: simulated invoices need a signature to decode, and anyone may make one.
@@ -52,7 +53,7 @@ class _Payment:
     status: PaymentStatus
 
 
-class SimulatedWallet:
+class SimulatedWallet(SingleWallet):
     kind = "simulated"
     rails = ("lightning", "cashu")
 
@@ -176,3 +177,6 @@ class SimulatedWallet:
 
     async def assets_msat(self) -> int:
         return self.backing() + self.balance_msat
+
+    def back_with_journal(self, journal_net_msat: Callable[[], int]) -> None:
+        self.backing = journal_net_msat

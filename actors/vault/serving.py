@@ -1,0 +1,190 @@
+"""Serving partitions: taking one over and handing it back, the write path into its group commit, and what
+happens after a batch is acked (read model, timers, rails, waiters, published events).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, Callable, Optional
+
+from actors.runtime.endpoints import QUEUE_GROUP
+from schemas import subjects
+from schemas.ledger import Denied, Expired, JournalBatch, JournalEntry, LedgerEvent, Released, Settled, batch_hash
+from schemas.requests import RequestRecord
+from schemas.vault import SpendEvent
+
+from . import clock, decide
+from .core import VaultCore
+from .expiry import Timers
+from .fold import GRANT_PREFIX, AccountState, granted_msat
+from .group_commit import Written, moved
+from .owner import PartitionOwner
+from .ownership import Claim
+from .partition import PartitionState, fold_batch
+
+log = logging.getLogger("arbstr.vault")
+
+Decider = Callable[[AccountState, int], decide.Decided]
+
+REPUBLISH_WINDOW_MS = 100_000  # at takeover, events of batches this recent are published again (dedup: 120 s)
+
+
+class PartitionServing(VaultCore):
+    """The partitions this instance owns, and the one way to write to them (``execute``)."""
+
+    async def _acquired(self, claim: Claim) -> bool:
+        assert self.journal is not None and self.snapshots is not None and self.nc is not None
+        k = claim.partition
+        self._acquired_at[k] = time.monotonic()
+        timers = Timers(lambda due, k=k: self._expire_due(k, due))
+        owner = PartitionOwner(claim, self.journal, self.snapshots, timers,
+                               lambda batch, seq, touched, k=k: self._committed(k, batch, seq, touched),
+                               self._broken, self.vc.snapshot_interval_s)
+        started = time.monotonic()
+        await owner.load()
+        self.book.owned.add(k)
+        self.book.adopt(owner.part, k % self.layout.streams)
+        try:
+            late = await owner.start()
+        except Exception:
+            self.book.owned.discard(k)
+            raise
+        self.owners[k] = owner
+        timers.start()
+        self._subs[k] = await self.nc.subscribe(f"{subjects.VAULT_PARTITION_PREFIX}.{k}.>", queue=QUEUE_GROUP,
+                                                cb=self._on_partition_msg)
+        self.takeovers += 1
+        # Events the previous owner journaled but may not have published (it died between): published again,
+        # deduplicated by their ids.
+        asyncio.ensure_future(self._republish(k, late))
+        log.info("partition %s: serving (epoch %d, %d agents, loaded in %.0f ms, ready in %.0f ms)", k, claim.epoch,
+                 len(owner.part.agents), owner.loaded_in_s * 1000, (time.monotonic() - started) * 1000)
+        return True
+
+    async def _lost(self, k: int, reason: str) -> None:
+        owner = self.owners.pop(k, None)
+        sub = self._subs.pop(k, None)
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        if owner is None:
+            return
+        graceful = owner.writer is None or owner.writer.stopped is None
+        await owner.stop(reason, graceful=graceful)
+        await owner.timers.stop()
+        self.book.owned.discard(k)
+        if not graceful:
+            # Memory may be ahead of the journal: the read model of this partition is read afresh.
+            asyncio.ensure_future(self._reload_partition(k))
+        log.info("partition %s: no longer served here (%s)", k, reason)
+
+    def _broken(self, k: int, reason: str) -> None:
+        log.error("partition %s: the journal refused or lost a batch (%s); handing it back", k, reason)
+        if self.ownership is not None:
+            asyncio.ensure_future(self.ownership.hand_back(k, reason))
+
+    async def _reload_partition(self, k: int) -> None:
+        assert self.snapshots is not None and self.journal is not None
+        part = await self.snapshots.load(k) or PartitionState(k)
+        async for seq, raw in self.journal.tail(k, part.last_seq):
+            fold_batch(part, JournalBatch.model_validate_json(raw), seq, batch_hash(raw))
+        if k not in self.book.owned:
+            self.book.adopt(part, k % self.layout.streams)
+
+    def _committed(self, k: int, batch: JournalBatch, seq: int,
+                   touched: list[tuple[JournalEntry, AccountState]]) -> None:
+        owner = self.owners.get(k)
+        self.book.committed(k % self.layout.streams, seq, touched)
+        for entry, state in touched:
+            if owner is not None:
+                owner.arm(entry, state)
+            self.rails.on_events(entry.events)
+            for event in entry.events:
+                rid = getattr(event.body, "rid", None)
+                for waiter in self._waiters.get((entry.agent_id, rid), ()) if rid is not None else ():
+                    waiter.set()
+            self._publish_entry(entry, state)
+
+    def _publish_entry(self, entry: JournalEntry, state: AccountState) -> None:
+        """Spend events and the request record an entry carries, derived from the journal; their ids are stable,
+        so publishing one again (a takeover) is deduplicated by the events stream."""
+        assert self.nc is not None
+        for e in entry.events:
+            ev = spend_event(e, state)
+            if ev is not None:
+                self._publish(subjects.spend(e.agent_id), ev.model_dump_json().encode(), f"spend:{ev.event_id}",
+                              ev.request_id)
+        if entry.record is not None:
+            rec = entry.record
+            self._publish(subjects.requests(rec.agent_id), rec.model_dump_json().encode(),
+                          f"record:{entry.agent_id}:{entry.events[-1].seq}", rec.request_id)
+
+    def _publish(self, subject: str, data: bytes, msg_id: str, request_id: str) -> None:
+        assert self.nc is not None
+        headers = {subjects.H_MSG_ID: msg_id, subjects.H_REQUEST_ID: request_id}
+        task = asyncio.ensure_future(self.nc.publish(subject, data, headers=headers))  # buffered: no round trip
+        task.add_done_callback(_log_failure)
+
+    async def _republish(self, k: int, late: list[tuple[JournalBatch, int]]) -> None:
+        """The recent batches' events again: whatever a dead owner did not get out, tools still see."""
+        assert self.journal is not None
+        owner = self.owners.get(k)
+        if owner is None:
+            return
+        horizon = clock.now_ms() - REPUBLISH_WINDOW_MS
+        recent: list[JournalBatch] = [b for b, _ in late if b.at_ms >= horizon]
+        try:
+            async for _, raw in self.journal.tail(k, owner.snapshot_seq):
+                batch = JournalBatch.model_validate_json(raw)
+                if batch.at_ms >= horizon and batch.entries:
+                    recent.append(batch)
+        except Exception as e:
+            log.warning("partition %s: recent events not published again (%r)", k, e)
+            return
+        seen: set[str] = set()
+        for batch in recent:
+            if batch.batch_id in seen:
+                continue
+            seen.add(batch.batch_id)
+            for entry in batch.entries:
+                self._publish_entry(entry, self.book.state(entry.agent_id))
+
+    async def execute(self, agent_id: str, decider: Decider,
+                      answer_with: Optional[Callable[[AccountState, decide.Decided], Any]] = None,
+                      record: Optional[RequestRecord] = None) -> Written:
+        """Decide and journal a command about an account this instance owns (callers route to the owner first)."""
+        owner = self.owners.get(self.partition_of(agent_id))
+        if owner is None or owner.writer is None:
+            raise moved(self.partition_of(agent_id))
+        return await owner.writer.submit(agent_id, decider, answer_with, record)
+
+
+def spend_event(e: LedgerEvent, state: AccountState) -> Optional[SpendEvent]:
+    """The spend event of one journaled resolution (settle, release, expiry, denial), else None."""
+    b = e.body
+    if not isinstance(b, (Settled, Released, Expired, Denied)):
+        return None
+    if isinstance(b, Released) and b.rid.startswith(GRANT_PREFIX):
+        return None  # a grant given back: no request of the agent's (an expired grant is charged: that is one)
+    res = state.resolutions.get(b.rid)
+    hold = res.hold if res is not None else None
+    return SpendEvent(
+        event_id=f"{e.agent_id}:{e.seq}", kind=b.kind, agent_id=e.agent_id, request_id=b.rid,
+        provider=getattr(b, "provider", "") or (hold.provider if hold else ""),
+        model=getattr(b, "model", "") or (hold.model if hold else ""),
+        input_tokens=getattr(b, "input_tokens", 0), output_tokens=getattr(b, "output_tokens", 0),
+        cost_msat=getattr(b, "cost_msat", getattr(b, "charged_msat", 0)),
+        charged_msat=getattr(b, "charged_msat", 0), uncollectible_msat=getattr(b, "uncollectible_msat", 0),
+        reserved_msat=hold.amount_msat if hold else 0, balance_msat=state.available_msat + granted_msat(state),
+        estimated=getattr(b, "estimated", False),
+        flagged=isinstance(b, Expired) and b.action == "charge", reason=getattr(b, "reason", ""),
+        at_ms=e.at_ms, ledger_seq=e.seq, provider_cost_msat=getattr(b, "provider_cost_msat", None),
+        cost_drift=getattr(b, "cost_drift", False))
+
+
+def _log_failure(task: "asyncio.Future[Any]") -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("event not published: %r", task.exception())
