@@ -60,7 +60,7 @@ class VaultCore:
     feed: Optional[ProjectionFeed]
     ownership: Optional[Ownership]
     owners: dict[int, PartitionOwner]
-    _acquired_at: dict[int, float]  # monotonic time each owned partition was taken
+    _acquired_at: dict[int, int]  # when each owned partition was taken (ms since the epoch)
     _subs: dict[int, Any]
     # (agent id, rid) -> the wake-ups of reserves waiting for its approval. Keyed by agent too: two agents'
     # requests may share a rid, and one's decision must neither wake nor strand the other's wait.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from schemas.errors import ArbstrError
 from schemas.ledger import Expired
@@ -31,15 +30,18 @@ class Deadlines(VaultCore):
         if owner is None or owner.writer is None:
             return
 
-        grace_s = GRANT_GRACE_S - (time.monotonic() - self._acquired_at.get(k, 0.0))
+        taken_ms = self._acquired_at.get(k, 0)
+        grace_until_ms = taken_ms + int(GRANT_GRACE_S * 1000)
 
         async def one(agent_id: str, key: str, kind: str) -> None:
             try:
-                if kind == HOLD and key.startswith(GRANT_PREFIX) and grace_s > 0:
-                    # A grant that ran out while its partition had no owner: its gateway's reports are still being
-                    # retried, and would arrive just after the expiry charged the grant. Expired after the grace.
-                    owner.timers.arm(clock.now_ms() + int(grace_s * 1000), agent_id, key, HOLD)
-                    return
+                if kind == HOLD and key.startswith(GRANT_PREFIX) and clock.now_ms() < grace_until_ms:
+                    grant = self.book.state(agent_id).holds.get(key)
+                    if grant is not None and grant.expires_at_ms <= taken_ms:
+                        # It ran out while its partition had no owner: its gateway's reports are still being
+                        # retried, and would land just after an expiry charged the whole grant. Expired later.
+                        owner.timers.arm(grace_until_ms, agent_id, key, HOLD)
+                        return
                 if kind == HOLD:
                     w = await self.execute(agent_id, lambda s, at: decide.expire(s, key, at, self.vc.expiry_action))
                     if w.events and isinstance(w.events[-1].body, Expired):

@@ -38,7 +38,7 @@ class PartitionServing(VaultCore):
     async def _acquired(self, claim: Claim) -> bool:
         assert self.journal is not None and self.snapshots is not None and self.nc is not None
         k = claim.partition
-        self._acquired_at[k] = time.monotonic()
+        self._acquired_at[k] = clock.now_ms()
         timers = Timers(lambda due, k=k: self._expire_due(k, due))
         owner = PartitionOwner(claim, self.journal, self.snapshots, timers,
                                lambda batch, seq, touched, k=k: self._committed(k, batch, seq, touched),
