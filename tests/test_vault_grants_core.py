@@ -119,3 +119,12 @@ def test_a_report_after_the_grant_expired_charged_is_covered_by_that_charge() ->
     run(s, draw_settle(s, "g1", "r1", "x1", 200, T0 + 61_000), T0 + 61_000)
     assert s.spent_msat == 600 and s.available_msat == 400  # charged once: by the expiry
     assert s.resolutions["r1"].kind == "settled" and s.resolutions["r1"].charged_msat == 0
+
+
+def test_nothing_is_drawn_from_a_grant_the_agent_never_had() -> None:
+    s = agent(1_000)
+    for d in (lambda: draw_settle(s, "nope", "r1", "x1", 200, T0), lambda: draw_release(s, "nope", "r1", "x1", "", T0)):
+        with pytest.raises(ArbstrError) as e:
+            d()
+        assert e.value.code == "unknown_grant"
+    assert s.spent_msat == 0 and s.available_msat == 1_000

@@ -58,7 +58,12 @@ def _charged_rid(state: AccountState, rid: str, attempt: str) -> str:
 
 
 def _open_grant_hold(state: AccountState, grant_id: str) -> Optional[Hold]:
-    return state.holds.get(grant_rid(grant_id))
+    """The grant, still open; None when it ended. A grant this agent never had is refused: nothing is charged to an
+    account on a gateway's word alone."""
+    rid = grant_rid(grant_id)
+    if rid not in state.holds and rid not in state.resolutions:
+        raise ArbstrError(409, f"agent {state.agent_id} has no grant {grant_id}", code="unknown_grant")
+    return state.holds.get(rid)
 
 
 def draw_settle(state: AccountState, grant_id: str, rid: str, attempt: str, cost: int, now_ms: int, *,
@@ -105,9 +110,9 @@ def draw_release(state: AccountState, grant_id: str, rid: str, attempt: str, rea
     op_id = op_name("grelease", rid, attempt)
     if op_id in state.op_ids:
         return Decided(op_id, noop="duplicate")
+    grant = _open_grant_hold(state, grant_id)
     charged_rid = _charged_rid(state, rid, attempt)
     released = Released(rid=charged_rid, attempt=attempt, reason=reason)
-    grant = _open_grant_hold(state, grant_id)
     if grant is None:
         return Decided(op_id, (*_bare_hold(charged_rid, attempt, "", "", now_ms), released))
     return Decided(op_id, (GrantDrawn(grant=grant.rid, rid=charged_rid, attempt=attempt, amount_msat=0), released))
