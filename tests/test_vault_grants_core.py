@@ -31,15 +31,17 @@ def agent(deposit: int = 100_000, policy: AgentPolicy | None = None) -> AccountS
 
 def test_a_grant_holds_what_is_there_and_requests_are_charged_from_it() -> None:
     s = agent(10_000)
-    run(s, open_grant(s, "g1", 50_000, 100, T0, ttl_ms=60_000))
-    assert s.holds[grant_rid("g1")].amount_msat == 10_000 and s.available_msat == 0 and s.pending_msat == 10_000
+    run(s, open_grant(s, "g1", 50_000, 100, T0, ttl_ms=60_000))  # half of what is there: another gateway gets some
+    assert s.holds[grant_rid("g1")].amount_msat == 5_000 and s.available_msat == 5_000 and s.pending_msat == 5_000
     run(s, draw_settle(s, "g1", "r1", "x1", 300, T0, provider="p", model="m", input_tokens=5, output_tokens=7))
-    assert s.spent_msat == 300 and s.pending_msat == 9_700 and s.holds[grant_rid("g1")].amount_msat == 9_700
+    assert s.spent_msat == 300 and s.pending_msat == 4_700 and s.holds[grant_rid("g1")].amount_msat == 4_700
     assert s.resolutions["r1"].kind == "settled" and s.resolutions["r1"].charged_msat == 300
     run(s, draw_release(s, "g1", "r2", "x2", "upstream failed", T0))
     assert s.resolutions["r2"].kind == "released" and s.spent_msat == 300
     run(s, close_grant(s, "g1", T0))
     assert s.available_msat == 9_700 and s.pending_msat == 0 and grant_rid("g1") not in s.holds
+    run(s, open_grant(s, "g2", 50_000, 9_000, T0, ttl_ms=60_000))  # never less than the request needs
+    assert s.holds[grant_rid("g2")].amount_msat == 9_000
 
 
 def test_a_report_delivered_twice_charges_once() -> None:
@@ -61,7 +63,7 @@ def test_a_request_id_used_before_is_still_charged_under_its_own_rid() -> None:
 
 def test_an_overrun_beyond_the_grant_comes_from_available_then_is_uncollectible() -> None:
     s = agent(1_000)
-    run(s, open_grant(s, "g1", 600, 1, T0, ttl_ms=60_000))
+    run(s, open_grant(s, "g1", 600, 600, T0, ttl_ms=60_000))
     run(s, draw_settle(s, "g1", "r1", "x1", 900, T0))  # 600 from the grant, 300 of the 400 available
     assert s.spent_msat == 900 and s.available_msat == 100 and s.pending_msat == 0
     run(s, draw_settle(s, "g1", "r2", "x2", 250, T0))  # the grant is empty: 100 available, 150 uncollectible
@@ -70,7 +72,7 @@ def test_an_overrun_beyond_the_grant_comes_from_available_then_is_uncollectible(
 
 def test_a_report_after_the_grant_is_gone_is_still_charged() -> None:
     s = agent(1_000)
-    run(s, open_grant(s, "g1", 600, 1, T0, ttl_ms=60_000))
+    run(s, open_grant(s, "g1", 600, 600, T0, ttl_ms=60_000))
     run(s, close_grant(s, "g1", T0))
     run(s, draw_settle(s, "g1", "r1", "x1", 200, T0))
     assert s.spent_msat == 200 and s.available_msat == 800
@@ -78,7 +80,7 @@ def test_a_report_after_the_grant_is_gone_is_still_charged() -> None:
 
 def test_an_unreported_grant_expires_like_a_hold_charged_and_flagged() -> None:
     s = agent(1_000)
-    run(s, open_grant(s, "g1", 600, 1, T0, ttl_ms=60_000))
+    run(s, open_grant(s, "g1", 600, 600, T0, ttl_ms=60_000))
     with pytest.raises(ArbstrError):
         decide.expire(s, grant_rid("g1"), T0 + 1_000)  # not due
     run(s, decide.expire(s, grant_rid("g1"), T0 + 60_000), T0 + 60_000)
@@ -113,7 +115,7 @@ def decide_envelope():  # type: ignore[no-untyped-def]
 
 def test_a_report_after_the_grant_expired_charged_is_covered_by_that_charge() -> None:
     s = agent(1_000)
-    run(s, open_grant(s, "g1", 600, 1, T0, ttl_ms=60_000))
+    run(s, open_grant(s, "g1", 600, 600, T0, ttl_ms=60_000))
     run(s, decide.expire(s, grant_rid("g1"), T0 + 60_000), T0 + 60_000)
     assert s.spent_msat == 600
     run(s, draw_settle(s, "g1", "r1", "x1", 200, T0 + 61_000), T0 + 61_000)

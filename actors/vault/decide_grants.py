@@ -37,7 +37,9 @@ def open_grant(state: AccountState, grant_id: str, want_msat: int, min_msat: int
         return Decided(op_id, noop="duplicate")
     if rid in state.holds or rid in state.resolutions:
         raise ArbstrError(409, f"grant {grant_id} was already used", code="grant_reused")
-    amount = min(want_msat, state.available_msat)
+    # At most half of what is available (but never less than the request needs): another gateway serving the same
+    # agent then still finds money for its own grant or reserve, instead of a 402 while this grant sits idle.
+    amount = min(want_msat, state.available_msat, max(min_msat, state.available_msat // 2))
     headroom = daily_headroom_msat(state.policy, state, now_ms)
     if headroom is not None:
         amount = min(amount, headroom)
