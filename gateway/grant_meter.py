@@ -78,6 +78,7 @@ class _Agent:
     refused_until: float = 0.0  # a grant was refused lately: the per-request path until then
     seen: "OrderedDict[str, None]" = field(default_factory=OrderedDict)
     inflight: set[str] = field(default_factory=set)  # request ids decided here and not yet resolved
+    revocations: int = 0  # a grant asked for before a revocation and answered after it is not used
 
 
 def local_hold(env: Envelope, policy: AgentPolicy) -> tuple[int, int]:
@@ -227,6 +228,7 @@ class GrantMeter:
             ([self._by_agent[agent_id]] if agent_id in self._by_agent else [])
         for agent in agents:
             agent.refused_until = 0.0
+            agent.revocations += 1
             for g in agent.grants:
                 g.retired = True
         if agent_id is not None:
@@ -274,6 +276,7 @@ class GrantMeter:
             g.retired = True  # replaced: closed once what is in flight on it is reported
         self._wake.set()
         gid = secrets.token_hex(12)
+        revocations = agent.revocations
         want = min(self.cfg.max_msat, max(self.cfg.want_msat, need * self.cfg.requests_per_grant))
         try:
             reply = await self.bus.ask(exchanges.GRANT, GrantRequest(
@@ -291,8 +294,12 @@ class GrantMeter:
         grant = _Grant(grant_id=gid, agent_id=agent_id, partition=partition, token_hash=th,
                        amount_msat=reply.amount_msat, expires_at_ms=reply.expires_at_ms,
                        use_until=time.monotonic() + min(self.cfg.use_s, ttl_s / 2), policy=reply.policy)
+        grant.retired = agent.revocations != revocations  # decided by rules revoked meanwhile: given back at once
         agent.grants.append(grant)
         self.stats["grants_opened"] += 1
+        if grant.retired:
+            self._wake.set()
+            return None
         return grant
 
     async def _slow_reserve(self, agent: _Agent, agent_id: str, token: str, request_id: str, route: RouteReply,
