@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from typing import Any, Awaitable, Callable, Optional
 
@@ -12,6 +11,7 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from actors.runtime.connection import connect
+from actors.runtime.tasks import until_stopped
 from schemas import exchanges, subjects
 from schemas.bus_permissions import GATEWAY as GATEWAY_IDENTITY
 from schemas.config import Config
@@ -270,13 +270,6 @@ async def serve(config: Config, nats_url: Optional[str] = None, host: Optional[s
     log.info("gateway listening on %s", url)
     if ready:
         ready(url)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except NotImplementedError:  # pragma: no cover
-            pass
-    await stop.wait()
+    await until_stopped()
     await runner.cleanup()
     await nc.drain()

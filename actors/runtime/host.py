@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Optional, Protocol
@@ -23,6 +22,7 @@ from nats.micro.service import EndpointConfig, Service
 
 from .connection import connect
 from .endpoints import QUEUE_GROUP, Endpoint, answer
+from .tasks import until_stopped
 
 log = logging.getLogger("arbstr.runtime")
 
@@ -135,14 +135,7 @@ async def run_forever(actor: Actor, nats_url: str, max_concurrency: int = 256, c
     host = ActorHost(actor, nc, max_concurrency=max_concurrency)
     await host.start()
     log.info("%s %s serving on %s", actor.service_name, actor.version, nats_url)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except NotImplementedError:  # pragma: no cover
-            pass
-    await stop.wait()
+    await until_stopped()
     log.info("%s draining", actor.service_name)
     await host.stop()
     await nc.drain()

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from typing import Any, Callable, Optional
 
 log = logging.getLogger("arbstr.runtime")
+
+
+async def until_stopped() -> None:
+    """Return on SIGTERM or SIGINT: how a component is told to drain and go."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # pragma: no cover
+            pass
+    await stop.wait()
 
 
 async def unsubscribe_quietly(sub: Any) -> None:
