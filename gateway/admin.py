@@ -168,10 +168,16 @@ class VaultHTTP:
         # are read through it; a policy or token change ends the agent's grants here at once.
         self._settle_up = getattr(meter, "settle_up", None)
         self._revoke = getattr(meter, "revoke", None)
+        self._directory = getattr(meter, "agents", None)
 
-    async def settle_up(self) -> None:
-        if self._settle_up is not None:
-            await self._settle_up(None)
+    async def settle_up(self, agent_id: Optional[str] = None, token_hash: Optional[str] = None) -> None:
+        """One agent's grants (named, or found by its token), else every agent's: reported and given back."""
+        if self._settle_up is None:
+            return
+        if agent_id is None and token_hash is not None and self._directory is not None:
+            route = self._directory.cached(token_hash)
+            agent_id = route.agent_id if route is not None else None
+        await self._settle_up(agent_id)
 
     def handlers(self) -> dict[str, Callable[[web.Request], Awaitable[web.StreamResponse]]]:
         """The handlers the route table (gateway/routes.py) names; it applies the admin and agent checks."""
@@ -190,7 +196,7 @@ class VaultHTTP:
     async def _call(self, request: web.Request, exchange: Exchange[Q, R], msg: Q,
                     timeout_s: Optional[float] = None) -> R:
         """An admin command: it carries the operator's token, which the vault checks again itself."""
-        await self.settle_up()
+        await self.settle_up(getattr(msg, "agent_id", None) or None)
         return await self.bus.ask(exchange, msg, request_id=request[REQUEST_ID], admin_token=bearer_token(request),
                                   timeout_s=timeout_s)
 
@@ -351,9 +357,9 @@ class VaultHTTP:
         return token_hash(token)
 
     async def me(self, request: web.Request) -> web.Response:
-        await self.settle_up()
-        view = await self.bus.ask(exchanges.AGENT_ME, TokenRef(token_hash=self._agent_token(request)),
-                                  request_id=request[REQUEST_ID])
+        th = self._agent_token(request)
+        await self.settle_up(token_hash=th)
+        view = await self.bus.ask(exchanges.AGENT_ME, TokenRef(token_hash=th), request_id=request[REQUEST_ID])
         return json_response(view.model_dump(mode="json"))
 
     async def my_history(self, request: web.Request) -> web.Response:
