@@ -41,6 +41,7 @@ from .vault_meter import OWNER_WAIT_S, VaultMeter, missing_token
 
 log = logging.getLogger("arbstr.gateway.grants")
 
+FORGET_AGENT_S = 300.0  # an agent with no grant, unseen this long, is forgotten here (its recent request ids too)
 SEEN_RIDS = 4096  # request ids served here lately, per agent: a reuse goes to the vault, which knows the answer
 MAX_ITEMS = 4096  # requests per report (GrantUsage's bound)
 
@@ -79,6 +80,7 @@ class _Agent:
     seen: "OrderedDict[str, None]" = field(default_factory=OrderedDict)
     inflight: set[str] = field(default_factory=set)  # request ids decided here and not yet resolved
     revocations: int = 0  # a grant asked for before a revocation and answered after it is not used
+    touched: float = field(default_factory=time.monotonic)
 
 
 def local_hold(env: Envelope, policy: AgentPolicy) -> tuple[int, int]:
@@ -140,6 +142,7 @@ class GrantMeter:
         th = token_hash(token)
         where = await self.agents.route_of(th, request_id)
         agent = self._by_agent.setdefault(where.agent_id, _Agent())
+        agent.touched = time.monotonic()
         if request_id in agent.inflight:
             # What the vault answers for a hold in flight, which it cannot see before this one is reported.
             raise ArbstrError(409, f"request id {request_id!r} was already used by this agent; send a new "
@@ -348,8 +351,9 @@ class GrantMeter:
                     closing = g.retired and g.inflight == 0
                     if (g.items or closing) and (g.reporting is None or g.reporting.done()):
                         g.reporting = asyncio.create_task(self._report(agent, g, closing))
-                if not agent.grants and not agent.seen and agent.opening is None:
-                    self._by_agent.pop(agent_id, None)
+                if not agent.grants and not agent.inflight and agent.opening is None \
+                        and now - agent.touched > FORGET_AGENT_S:
+                    self._by_agent.pop(agent_id, None)  # bounded memory; its request ids are the vault's to judge
 
     async def _report(self, agent: _Agent, g: _Grant, closing: bool) -> None:
         items = g.items[:MAX_ITEMS]
