@@ -130,3 +130,39 @@ def test_nothing_is_drawn_from_a_grant_the_agent_never_had() -> None:
             d()
         assert e.value.code == "unknown_grant"
     assert s.spent_msat == 0 and s.available_msat == 1_000
+
+
+def test_a_request_decided_under_a_grant_holds_what_the_vault_would_hold() -> None:
+    """The gateway's local sizing equals the vault's reserve for an agent whose balance is not the limit, for any
+    envelope and policy caps; a request the policy would not allow at once is never decided locally."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from gateway.grant_meter import allowed_locally, local_hold
+    from schemas.router import Envelope
+
+    caps = st.one_of(st.none(), st.integers(1, 10**9))
+
+    @settings(max_examples=300, deadline=None)
+    @given(inp=st.integers(0, 200_000), out=st.one_of(st.none(), st.integers(1, 100_000)),
+           rate_in=st.integers(0, 100_000), rate_out=st.integers(0, 100_000), fee=st.integers(0, 5_000),
+           ceiling=st.integers(1, 100_000), choices=st.integers(1, 8), max_tx=caps, approval=caps)
+    def check(inp, out, rate_in, rate_out, fee, ceiling, choices, max_tx, approval) -> None:  # type: ignore[no-untyped-def]
+        env = Envelope(input_tokens=inp, output_tokens=out, input_rate=rate_in, output_rate=rate_out,
+                       base_fee_msat=fee, max_output_tokens=ceiling, choices=choices)
+        policy = AgentPolicy(max_tx_msat=max_tx, approval_over_msat=approval)
+        amount, tokens = local_hold(env, policy)
+        s = agent(0, policy)
+        run(s, decide.deposit(s, "d", 10**15, "sim", "", T0, 0))
+        try:
+            d = decide.reserve(s, "r", env, T0, ttl_ms=60_000, attempt="a")
+        except ArbstrError:
+            assert not allowed_locally(policy, amount)  # the vault refuses: so does the grant (it asks the vault)
+            return
+        held = d.bodies[0]
+        if held.state == "held":
+            assert (amount, tokens) == (held.amount_msat, held.output_tokens)
+        else:
+            assert not allowed_locally(policy, amount)  # needs approval: never decided locally
+
+    check()
