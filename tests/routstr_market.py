@@ -147,5 +147,6 @@ async def market(http: aiohttp.ClientSession, nats: NatsServer, mock_upstream: s
             assert r.status == 201, await r.text()
         yield Market(http, stack, rig, wallet, agent, relay, mint, outside)
     finally:
+        await stack.stop_gateway()
         await rig.stop_vault()
         await stack.stop()

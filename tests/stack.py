@@ -74,8 +74,14 @@ class Stack:
         self.routers.append(actor)
         return actor
 
+    async def stop_gateway(self) -> None:
+        """The gateway first (it gives its grants back while the vault still answers); once."""
+        if not getattr(self, "_gateway_stopped", False):
+            self._gateway_stopped = True
+            await self.runner.cleanup()
+
     async def stop(self) -> None:
-        await self.runner.cleanup()
+        await self.stop_gateway()
         for host in reversed(self.hosts):
             await host.stop()
         for nc in self.extra_connections:

@@ -48,6 +48,7 @@ log = logging.getLogger("arbstr.pricing")
 VERSION = "0.2.0"
 TICK_S = 1.0  # quotes go stale and announcements expire with time alone: re-merge this often
 INITIAL_LOAD_S = 5.0
+KEYS_LOAD_S = 0.5
 
 
 def now_ms() -> int:
@@ -114,9 +115,15 @@ class PricingActor:
         for follower in self._followers:
             follower.start()
         try:  # what is in force already: the guard compares against it, and unchanged entries are not rewritten
-            await asyncio.wait_for(asyncio.gather(*(f.loaded.wait() for f in self._followers)), INITIAL_LOAD_S)
+            await asyncio.wait_for(self._followers[0].loaded.wait(), INITIAL_LOAD_S)
         except asyncio.TimeoutError:
             log.warning("pricing: the published prices did not load within %.0f s", INITIAL_LOAD_S)
+        # The vault makes the provider-keys bucket: before its first start there is none to load, so this wait is
+        # short (keys that arrive later are followed like any change).
+        try:
+            await asyncio.wait_for(asyncio.gather(*(f.loaded.wait() for f in self._followers[1:])), KEYS_LOAD_S)
+        except asyncio.TimeoutError:
+            log.info("pricing: no provider keys yet")
         # Listings, feeds and relays: a redirect is never followed, even by a call that forgets to say so.
         self._session = aiohttp.ClientSession(trace_configs=[refuse_redirects()])
         # Announced nodes are read through a resolver that refuses private addresses (see netguard).
