@@ -18,9 +18,9 @@ from actors.runtime.redirects import RedirectRefused, refuse_redirects
 from arbstr.mock_upstream import MockUpstreamServer
 from arbstr.natsserver import NatsServer
 from gateway.auth_gate import ValidTokens
-from tests.rawhttp import parse_reply, request_bytes
-from tests.stack import Stack, add_vault, demo_config, start_stack, vault_section
-from tests.vault_helpers import ADMIN, assert_balanced, bearer, books, new_agent, settled
+from tests.support.rawhttp import parse_reply, request_bytes
+from tests.support.stack import Stack, add_vault, demo_config, start_stack, vault_section
+from tests.support.vault_helpers import ADMIN, assert_balanced, bearer, books, new_agent, settled
 
 MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 5}

@@ -12,7 +12,7 @@ from pathlib import Path
 from actors.runtime import admin_token_hash, token_hash
 from arbstr.admin_token import ENV, find_admin_token, settle_admin_token, token_file
 from schemas.config import parse_config
-from tests.stack import ADMIN_TOKEN, Stack, vault_section
+from tests.support.stack import ADMIN_TOKEN, Stack, vault_section
 
 
 def paid_config(token: str | None):  # type: ignore[no-untyped-def]

@@ -22,7 +22,7 @@ from schemas.breaker import BreakerState, Outcome, OutcomeKind, ProbeReply, Prob
 from schemas.config import BreakerConfig, Config, ProviderConfig
 from schemas.errors import ErrorBody
 from schemas.router import RouteReply, RouteRequest
-from tests.hosts import Hosts
+from tests.support.hosts import Hosts
 
 
 def _provider(name: str, rate: int) -> ProviderConfig:

@@ -19,7 +19,7 @@ from arbstr.natsserver import NatsServer
 from schemas import subjects
 from schemas.bus_permissions import EVENTS, GATEWAY, IDENTITIES, VAULT, inbox_prefix
 from schemas.vault import DepositCommand
-from tests.stack import ADMIN_TOKEN, Stack
+from tests.support.stack import ADMIN_TOKEN, Stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,7 +163,7 @@ async def test_each_identity_is_refused_what_its_part_does_not_need(
 @pytest.mark.bus_violations_expected
 async def test_the_gateway_identity_cannot_write_the_ledger_stream(paid_stack: Stack) -> None:
     """Through JetStream too: the publish is refused, so the stream never sees it."""
-    from tests.bus import connect_as
+    from tests.support.bus import connect_as
 
     js_before = await paid_stack.nc.jetstream().stream_info(subjects.STREAM_LEDGER)
     gw = await connect_as(paid_stack.nats_url, GATEWAY)
@@ -180,7 +180,7 @@ async def test_the_gateway_identity_cannot_write_the_ledger_stream(paid_stack: S
 async def test_a_gateway_credential_alone_cannot_mint(paid_stack: Stack, http: aiohttp.ClientSession) -> None:
     """Allowed to send admin commands, the gateway's credential still needs the operator's token with them: the
     vault checks it itself."""
-    from tests.bus import connect_as
+    from tests.support.bus import connect_as
 
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with http.post(f"{paid_stack.url}/v1/admin/agents", json={"name": "target"}, headers=admin) as r:
@@ -219,7 +219,7 @@ async def test_the_readme_subscriber_runs_with_the_events_credential(paid_stack:
     assert block is not None, "the README's subscriber example is gone"
     code = textwrap.dedent(block.group(1))
     assert 'nkeys_seed="arbstr-data/bus/events.nk"' in code and 'inbox_prefix="_INBOX.events"' in code
-    from tests.bus import creds_for
+    from tests.support.bus import creds_for
 
     creds = creds_for(paid_stack.nats_url)
     assert creds is not None

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from arbstr.demo import free_port
-from tests.stack import ADMIN_TOKEN, Stack
+from tests.support.stack import ADMIN_TOKEN, Stack
 
 
 def arbstr(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

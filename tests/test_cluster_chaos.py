@@ -25,11 +25,11 @@ import pytest
 
 from actors.vault.ledger_read import read_ledger
 from arbstr.bus_auth import BusCredentials
-from tests import bus
+from tests.support import bus
 from arbstr.demo import free_port
 from arbstr.natscluster import NatsCluster
 from schemas import subjects
-from tests.stack import ADMIN_TOKEN
+from tests.support.stack import ADMIN_TOKEN
 
 pytestmark = pytest.mark.slow
 

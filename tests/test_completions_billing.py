@@ -8,10 +8,10 @@ import json
 import aiohttp
 
 from schemas.money import cost_msat
-from tests.stack import Stack
-from tests.vault_helpers import assert_balanced, books, new_agent, settled
+from tests.support.stack import Stack
+from tests.support.vault_helpers import assert_balanced, books, new_agent, settled
 
-ALPHA_RATE = 8000  # tests/stack.py demo_config: alpha, the cheapest, at 8,000 sats per 1M tokens in and out
+ALPHA_RATE = 8000  # tests/support/stack.py demo_config: alpha, the cheapest, at 8,000 sats per 1M tokens in and out
 
 
 async def test_completions_are_charged_the_upstream_usage_at_the_configured_rates(

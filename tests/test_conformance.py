@@ -16,10 +16,10 @@ import openai
 import pytest
 
 from schemas.money import cost_msat
-from tests.fidelity import (PaidStack, clear_faults, fidelity_config, fidelity_routes, mock_stats, set_faults,
+from tests.support.fidelity import (PaidStack, clear_faults, fidelity_config, fidelity_routes, mock_stats, set_faults,
                             start_paid_stack)
-from tests.stack import start_stack
-from tests.vault_helpers import new_agent
+from tests.support.stack import start_stack
+from tests.support.vault_helpers import new_agent
 
 T = TypeVar("T")
 CHAT = [{"role": "user", "content": "Hello there, conformance"}]

@@ -17,8 +17,8 @@ import aiohttp
 import pytest
 
 from arbstr.natsserver import NatsServer
-from tests.stack import ADMIN_TOKEN, Stack, demo_config, start_stack
-from tests.vault_helpers import admin, assert_balanced, books, new_agent, settled
+from tests.support.stack import ADMIN_TOKEN, Stack, demo_config, start_stack
+from tests.support.vault_helpers import admin, assert_balanced, books, new_agent, settled
 
 CHROMIUM = shutil.which("chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"

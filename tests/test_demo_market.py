@@ -15,8 +15,8 @@ import pytest
 from arbstr.demo import DEMO_OFFERS, demo_toml
 from arbstr.natsserver import NatsServer
 from schemas.config import parse_config
-from tests.stack import ADMIN_TOKEN, Stack, add_vault, start_stack
-from tests.vault_helpers import ADMIN, new_agent, settled
+from tests.support.stack import ADMIN_TOKEN, Stack, add_vault, start_stack
+from tests.support.vault_helpers import ADMIN, new_agent, settled
 
 HARD = ("Prove that every finite integral domain is a field, then design a lock-free concurrent hash map in C++ "
         "with linearizable resize, analyse its memory-ordering requirements step by step, and compare its "

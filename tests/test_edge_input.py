@@ -12,10 +12,10 @@ import pytest
 
 from gateway.http import MAX_JSON_DEPTH
 from schemas.common import MAX_APPROVAL_TIMEOUT_S, MAX_MSAT
-from tests.fidelity import PaidStack, start_paid_stack
-from tests.rawhttp import RawReply, raw_request, send_raw
-from tests.stack import ADMIN_TOKEN
-from tests.vault_helpers import ADMIN, assert_balanced, books, new_agent, settled
+from tests.support.fidelity import PaidStack, start_paid_stack
+from tests.support.rawhttp import RawReply, raw_request, send_raw
+from tests.support.stack import ADMIN_TOKEN
+from tests.support.vault_helpers import ADMIN, assert_balanced, books, new_agent, settled
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 BODIES = {

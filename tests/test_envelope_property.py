@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from schemas import subjects
-from tests.fidelity import PaidStack, SpendLog, start_paid_stack
-from tests.vault_helpers import assert_balanced, books, settled
+from tests.support.fidelity import PaidStack, SpendLog, start_paid_stack
+from tests.support.vault_helpers import assert_balanced, books, settled
 
 CAP = st.integers(1, 40)  # the mock's own output target is 16: caps on both sides of it
 TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF), min_size=1, max_size=60)

@@ -18,7 +18,7 @@ from schemas.errors import ArbstrError
 from schemas.exchanges import Exchange, decode_error, encode_error, reply_status
 from schemas.router import RouteRequest
 from schemas.vault import Empty
-from tests.stack import demo_config, vault_section
+from tests.support.stack import demo_config, vault_section
 
 SUBJECT_CONSTANTS = {v for k, v in vars(subjects).items() if k.isupper() and isinstance(v, str)}
 

@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fidelity import PaidStack, start_paid_stack
-from tests.stack import ADMIN_TOKEN
-from tests.vault_helpers import assert_balanced, books, new_agent, settled
+from tests.support.fidelity import PaidStack, start_paid_stack
+from tests.support.stack import ADMIN_TOKEN
+from tests.support.vault_helpers import assert_balanced, books, new_agent, settled
 
 MAX_BODY = 64 * 1024
 CHAT_MSG = [{"role": "user", "content": "fuzz"}]
@@ -297,7 +297,7 @@ async def raw_exchange(base_url: str, data: bytes) -> tuple[int, bytes, bytes]:
 
 
 async def test_fuzzed_edges_never_5xx(paid: PaidStack) -> None:
-    from tests.rawhttp import request_bytes
+    from tests.support.rawhttp import request_bytes
 
     cases = edge_corpus(int(os.environ.get("FUZZ_EDGE_CASES", "700")))
     statuses: dict[int, int] = {}

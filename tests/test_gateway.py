@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from schemas.money import cost_msat
-from tests.stack import Stack, demo_config, start_stack
+from tests.support.stack import Stack, demo_config, start_stack
 
 CHAT = [{"role": "user", "content": "Hello there, how are you?"}]
 

@@ -13,7 +13,7 @@ from arbstr.natsserver import NatsServer
 from gateway.vault_meter import token_hash
 from schemas import subjects
 from schemas.vault import AgentRoute
-from tests.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
+from tests.support.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
 
 
 async def test_a_release_still_retrying_is_journaled_before_the_gateway_goes(

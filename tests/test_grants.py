@@ -18,8 +18,8 @@ from gateway.grant_meter import GrantMeter
 from schemas import subjects
 from schemas.money import cost_msat
 from schemas.tokens import estimate_messages_tokens
-from tests.stack import Stack, add_vault, demo_config, start_stack, vault_section
-from tests.vault_helpers import admin, assert_balanced, books, new_agent, settled
+from tests.support.stack import Stack, add_vault, demo_config, start_stack, vault_section
+from tests.support.vault_helpers import admin, assert_balanced, books, new_agent, settled
 
 MESSAGES = [{"role": "user", "content": "grant me"}]
 MAX_TOKENS = 16  # the mock answers exactly min(max_tokens, 16) tokens: cost == hold

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from actors.vault.wallets import macaroons
-from tests.lnd_node import ADMIN_OPS, VAULT_OPS, mint_macaroon
+from tests.support.lnd_node import ADMIN_OPS, VAULT_OPS, mint_macaroon
 
 # An admin.macaroon as LND writes it (a Polar regtest node).
 LND_ADMIN = bytes.fromhex(

@@ -18,7 +18,7 @@ from schemas.config import Config, parse_config
 from schemas.errors import ArbstrError
 from schemas.pricing import ModelRate, ProviderPrices
 from schemas.router import RouteRequest
-from tests.market_servers import listing
+from tests.support.market_servers import listing
 
 NOW = 1_700_000_000_000
 FEED = "http://feed.test"

@@ -1,4 +1,4 @@
-"""The live market end to end: a real quote feed and real ``/models`` listings over HTTP (tests/market_servers.py),
+"""The live market end to end: a real quote feed and real ``/models`` listings over HTTP (tests/support/market_servers.py),
 the pricing actor publishing to the real ``arbstr_prices`` bucket, two router instances watching it, the gateway
 calling the mock upstream — and ``/providers``, the confirm endpoint and ``arbstr providers`` on top."""
 
@@ -22,8 +22,8 @@ from arbstr.mock_upstream.wire import auth_fingerprint
 from schemas import subjects
 from schemas.config import Config
 from schemas.router import RouteRequest
-from tests.market_servers import MarketServer, listing, quote, market, within  # noqa: F401 (fixture)
-from tests.stack import Stack, demo_config, start_stack
+from tests.support.market_servers import MarketServer, listing, quote, market, within  # noqa: F401 (fixture)
+from tests.support.stack import Stack, demo_config, start_stack
 
 MODEL = "gpt-4o-mini"
 ADMIN = "market-admin-token-0123456789"

@@ -17,9 +17,9 @@ from actors.pricing.market import node_name
 from actors.runtime.jetstream import open_bucket
 from schemas import subjects
 from schemas.router import RouteRequest
-from tests.market_servers import MarketServer, listing, market, within  # noqa: F401 (fixture)
-from tests.nostr_relay import NostrRelay, Signer, publish_all, running_relay
-from tests.stack import demo_config, start_stack
+from tests.support.market_servers import MarketServer, listing, market, within  # noqa: F401 (fixture)
+from tests.support.nostr_relay import NostrRelay, Signer, publish_all, running_relay
+from tests.support.stack import demo_config, start_stack
 
 MODEL = "gpt-4o-mini"
 MINT = "http://mint.test:3338"

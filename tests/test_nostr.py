@@ -16,7 +16,7 @@ import pytest
 from actors.pricing.announcements import NodeAnnouncement, fold_announcements, openai_base_url, verify_event
 from actors.pricing.nostr import RelayError, fetch_announcements
 from actors.pricing.routstr import ModelPrice, parse_models, sats_per_token_to_rate
-from tests.nostr_relay import NostrRelay, Signer, publish_all, running_relay
+from tests.support.nostr_relay import NostrRelay, Signer, publish_all, running_relay
 
 NOW = 1_750_000_000
 
@@ -72,7 +72,7 @@ def test_verify_rejects_any_tampering() -> None:
     flipped = copy.deepcopy(ev)
     flipped["sig"] = ("0" if ev["sig"][0] != "0" else "1") + ev["sig"][1:]
     tampered.append(flipped)
-    # A forged id with the signature of the real id: the relay in tests/nostr_relay.py would even store it.
+    # A forged id with the signature of the real id: the relay in tests/support/nostr_relay.py would even store it.
     forged = copy.deepcopy(ev)
     forged["id"] = "0" * 64
     tampered.append(forged)

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from arbstr.logs import ContextFilter, JsonFormatter
 from schemas.money import cost_msat
-from tests.stack import Stack, demo_config, start_stack
+from tests.support.stack import Stack, demo_config, start_stack
 
 TRACE = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

@@ -7,7 +7,7 @@ from typing import AsyncIterator
 import openai
 import pytest
 
-from tests.stack import Stack, demo_config, start_stack
+from tests.support.stack import Stack, demo_config, start_stack
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from schemas.config import Config, parse_config
 from schemas.money import cost_msat
 from schemas.pricing import ProviderPrices
 from schemas.router import Candidate, Envelope, RouteReply
-from tests.stack import Stack, start_stack
+from tests.support.stack import Stack, start_stack
 
 NOW = 1_700_000_000_000
 PROVIDERS = ("ops_a", "ops_b")

@@ -13,12 +13,12 @@ import aiohttp
 import pytest
 
 from arbstr.natsserver import NatsServer
-from tests.nostr_relay import NostrRelay, running_relay
-from tests.nutshell import NutshellMint, OutsideWallet, nutshell_mint, outside  # noqa: F401 (fixtures)
-from tests.routstr_market import Market, eventually, market
-from tests.routstr_node import StartNode, routstr_nodes  # noqa: F401 (fixture)
-from tests.routstr_rules import NodeModel, token_cost
-from tests.vault_helpers import bearer
+from tests.support.nostr_relay import NostrRelay, running_relay
+from tests.support.nutshell import NutshellMint, OutsideWallet, nutshell_mint, outside  # noqa: F401 (fixtures)
+from tests.support.routstr_market import Market, eventually, market
+from tests.support.routstr_node import StartNode, routstr_nodes  # noqa: F401 (fixture)
+from tests.support.routstr_rules import NodeModel, token_cost
+from tests.support.vault_helpers import bearer
 
 CHEAP = NodeModel(0.001, 0.003, context_length=8192, max_completion_tokens=4096)
 

@@ -1,5 +1,5 @@
 """Paying Routstr nodes with prepaid keys, end to end with real parts: nodes rebuilt from routstr-core's source
-(tests/routstr_node.py) announced on a real Nostr relay, a real Nutshell mint, the vault's Cashu wallet. The vault
+(tests/support/routstr_node.py) announced on a real Nostr relay, a real Nutshell mint, the vault's Cashu wallet. The vault
 buys each node a key with a token paid out of the operator account (journaled like any payout), keeps it topped up
 by the node's own 402 rule, and recovers tokens whose delivery was lost. Each test names the point of issue 13 it
 covers; each fails against the client as it was (POST with the token in the query, flat top-ups, a 400 on a
@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 
 from arbstr.natsserver import NatsServer
-from tests.nostr_relay import NostrRelay, running_relay
-from tests.nutshell import NutshellMint, OutsideWallet, nutshell_mint, outside, value_after_fee  # noqa: F401
-from tests.routstr_market import eventually, market
-from tests.routstr_node import StartNode, routstr_nodes  # noqa: F401 (fixture)
-from tests.routstr_rules import NodeModel
+from tests.support.nostr_relay import NostrRelay, running_relay
+from tests.support.nutshell import NutshellMint, OutsideWallet, nutshell_mint, outside, value_after_fee  # noqa: F401
+from tests.support.routstr_market import eventually, market
+from tests.support.routstr_node import StartNode, routstr_nodes  # noqa: F401 (fixture)
+from tests.support.routstr_rules import NodeModel
 
 CHEAP = NodeModel(0.001, 0.003, context_length=8192, max_completion_tokens=4096)  # reserves ≤ 16.4 sat
 # Reserves up to 286.7 sat (4096 prompt + 4096 completion tokens): far above the old flat 100 sat top-up.

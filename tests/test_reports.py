@@ -15,8 +15,8 @@ import pytest
 from arbstr.cli import build_parser
 from arbstr.natsserver import NatsServer
 from schemas.money import cost_msat
-from tests.stack import ADMIN_TOKEN, Stack
-from tests.vault_helpers import ADMIN, new_agent, settled
+from tests.support.stack import ADMIN_TOKEN, Stack
+from tests.support.vault_helpers import ADMIN, new_agent, settled
 
 CHAT = [{"role": "user", "content": "Tell me about the weather on the coast today."}]
 RATES = {"alpha": 8000, "beta": 10000, "gamma": 12000}

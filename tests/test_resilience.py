@@ -30,7 +30,7 @@ from schemas.breaker import BreakerState
 from schemas.config import Config, parse_config
 from schemas.pricing import ProviderPrices
 from schemas.router import RouteRequest
-from tests.stack import Stack, start_stack
+from tests.support.stack import Stack, start_stack
 
 PROVIDERS = ("res_a", "res_b", "res_c")  # cheapest first
 CHAT = [{"role": "user", "content": "Hello there, how are you?"}]

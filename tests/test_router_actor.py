@@ -20,7 +20,7 @@ from schemas.config import Config, PolicyConfig, ProviderConfig
 from schemas.errors import ErrorBody
 from schemas.pricing import PriceTable, ProviderPrices, QuoteReply, QuoteRequest, TableRequest
 from schemas.router import RouteReply, RouteRequest
-from tests.hosts import Hosts
+from tests.support.hosts import Hosts
 
 
 def _provider(name: str, inp: int, out: int, models: Optional[list[str]] = None, **kw: Any) -> ProviderConfig:

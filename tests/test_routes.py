@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 
 from gateway.routes import ROUTES
-from tests.stack import Stack
-from tests.vault_helpers import new_agent
+from tests.support.stack import Stack
+from tests.support.vault_helpers import new_agent
 
 # Test-only values a route's placeholder is filled with (the answer's status is all that matters here).
 _FILL = re.compile(r"\{[^}]+\}")

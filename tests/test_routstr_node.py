@@ -13,9 +13,9 @@ import openai
 import pytest
 
 from actors.vault.wallets.cashu_mint import parse_token
-from tests.nutshell import nutshell_mint, outside, value_after_fee
-from tests.routstr_node import RoutstrNode, routstr_nodes
-from tests.routstr_rules import NodeModel, max_costs, reserve_msat, token_cost
+from tests.support.nutshell import nutshell_mint, outside, value_after_fee
+from tests.support.routstr_node import RoutstrNode, routstr_nodes
+from tests.support.routstr_rules import NodeModel, max_costs, reserve_msat, token_cost
 
 __all__ = ["nutshell_mint", "outside", "routstr_nodes"]  # fixtures, imported so pytest finds them here
 

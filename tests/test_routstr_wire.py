@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from actors.pricing.routstr import parse_models
 from schemas.routstr import (DRIFT_MIN_MSAT, drifted, is_payment_refusal, node_error, node_reserve_msat,
                              prompt_chars, reported_cost_msat, strip_billing, worst_reserve_msat)
-from tests.routstr_rules import NodeModel, listing_entry, reserve_msat
+from tests.support.routstr_rules import NodeModel, listing_entry, reserve_msat
 
 MODELS = {
     "cheap": NodeModel(0.0005, 0.002, context_length=128_000, max_completion_tokens=16_384),

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.stack import demo_config, start_stack
+from tests.support.stack import demo_config, start_stack
 
 pytestmark = pytest.mark.slow
 

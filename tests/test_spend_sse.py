@@ -11,8 +11,8 @@ import pytest
 
 from arbstr.natsserver import NatsServer
 from schemas.export import EXPORTED, OUT, render
-from tests.stack import ADMIN_TOKEN, Stack
-from tests.vault_helpers import new_agent, settled
+from tests.support.stack import ADMIN_TOKEN, Stack
+from tests.support.vault_helpers import new_agent, settled
 
 
 @pytest.fixture

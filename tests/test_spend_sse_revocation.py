@@ -15,9 +15,9 @@ from aiohttp import web
 import gateway.events as events_module
 from actors.vault.actor import VaultActor
 from gateway.app import Gateway
-from tests.stack import Stack
+from tests.support.stack import Stack
 from tests.test_spend_sse import read_events, spend
-from tests.vault_helpers import admin, new_agent
+from tests.support.vault_helpers import admin, new_agent
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import pytest
 from schemas import subjects
 from schemas.money import cost_msat
 from schemas.vault import SpendEvent
-from tests.fidelity import PROVIDERS, PaidStack, SpendLog, clear_faults, mock_stats, set_faults, start_paid_stack
-from tests.vault_helpers import assert_balanced, books, settled
+from tests.support.fidelity import PROVIDERS, PaidStack, SpendLog, clear_faults, mock_stats, set_faults, start_paid_stack
+from tests.support.vault_helpers import assert_balanced, books, settled
 
 RATES = dict(PROVIDERS)
 

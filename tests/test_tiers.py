@@ -15,7 +15,7 @@ from gateway.endpoints import CHAT
 from schemas.config import ComplexityConfig, Config, parse_config
 from schemas.pricing import ProviderPrices
 from schemas.router import RouteRequest
-from tests.stack import Stack, start_stack
+from tests.support.stack import Stack, start_stack
 
 NOW = 1_700_000_000_000
 CONTEXT = "The service logs show intermittent latency spikes under load. " * 300  # ~4.5k tokens

@@ -43,8 +43,8 @@ from schemas.router import Envelope
 from schemas.tokens import estimate_messages_tokens
 from schemas.vault import (AccountView, AgentPolicy, Books, ChainCheck, CreateAgent, DepositCommand, Empty, ReserveReply,
                            ReserveRequest, SpendEvent)
-from tests.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
-from tests.vault_helpers import admin, assert_balanced, books, new_agent
+from tests.support.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
+from tests.support.vault_helpers import admin, assert_balanced, books, new_agent
 
 pytestmark = pytest.mark.slow
 

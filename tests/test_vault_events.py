@@ -12,8 +12,8 @@ import pytest
 from arbstr.natsserver import NatsServer
 from schemas import subjects
 from schemas.vault import SpendEvent
-from tests.stack import ADMIN_TOKEN, Stack, add_vault, demo_config, start_stack, vault_section
-from tests.vault_helpers import new_agent, settled
+from tests.support.stack import ADMIN_TOKEN, Stack, add_vault, demo_config, start_stack, vault_section
+from tests.support.vault_helpers import new_agent, settled
 
 CHAT = [{"role": "user", "content": "events please"}]
 

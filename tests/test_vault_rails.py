@@ -11,8 +11,8 @@ import pytest
 
 from actors.vault.wallets.simulated import SimulatedWallet, make_invoice
 from arbstr.natsserver import NatsServer
-from tests.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
-from tests.vault_helpers import (Rig, admin, assert_balanced, bearer, books, me, new_agent, payout_outcome, post,
+from tests.support.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
+from tests.support.vault_helpers import (Rig, admin, assert_balanced, bearer, books, me, new_agent, payout_outcome, post,
                                  reconciled)
 
 

@@ -13,9 +13,9 @@ from actors.vault.actor import VaultActor
 from actors.vault.wallets.base import PaymentStatus, PayoutPlan, Redeemed
 from actors.vault.wallets.simulated import SimulatedWallet, make_invoice
 from arbstr.natsserver import NatsServer
-from tests.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
+from tests.support.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
 from tests.test_vault_rails import Rig, bearer, clean, funded_by_invoice, me, post
-from tests.vault_helpers import admin, assert_balanced, books, new_agent, payout_outcome
+from tests.support.vault_helpers import admin, assert_balanced, books, new_agent, payout_outcome
 
 
 class IdempotentWallet(SimulatedWallet):

@@ -13,8 +13,8 @@ from actors.vault.ledger_read import read_ledger
 from arbstr.natsserver import NatsServer
 from schemas.money import cost_msat
 from schemas.tokens import estimate_messages_tokens
-from tests.stack import Stack, add_vault, demo_config, start_stack, vault_section
-from tests.vault_helpers import admin, assert_balanced, books, new_agent, settled
+from tests.support.stack import Stack, add_vault, demo_config, start_stack, vault_section
+from tests.support.vault_helpers import admin, assert_balanced, books, new_agent, settled
 
 pytestmark = pytest.mark.slow
 

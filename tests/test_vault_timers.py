@@ -12,8 +12,8 @@ from gateway.vault_meter import token_hash
 from schemas import subjects
 from schemas.router import Envelope
 from schemas.vault import ReserveReply, ReserveRequest, SpendEvent
-from tests.stack import add_vault, demo_config, start_stack, vault_section
-from tests.vault_helpers import admin, assert_balanced, books, new_agent
+from tests.support.stack import add_vault, demo_config, start_stack, vault_section
+from tests.support.vault_helpers import admin, assert_balanced, books, new_agent
 
 
 async def test_the_owners_timer_expires_an_abandoned_hold(fresh_nats: NatsServer, mock_upstream: str) -> None:

@@ -1,4 +1,4 @@
-"""The LND rail against a real gRPC node over TLS (tests/lnd_node.py) that checks the macaroon on every call.
+"""The LND rail against a real gRPC node over TLS (tests/support/lnd_node.py) that checks the macaroon on every call.
 
 Wallet level: the macaroon is checked before the vault trusts the node, deposits are reported once, payouts end
 succeeded / failed / in flight as the node says, a repeat send falls back to tracking. Vault level (a VaultActor
@@ -27,10 +27,10 @@ from actors.vault.wallets.lnd import SEND_PAYMENT_V2, LndError, LndWallet, ln, r
 from actors.vault.wallets.simulated import make_invoice
 from arbstr.natsserver import NatsServer
 from schemas.config import LndConfig
-from tests.lnd_node import LndNode, mint_macaroon
-from tests.stack import Stack, demo_config, start_stack, vault_section
-from tests.vault_helpers import Rig as BaseRig
-from tests.vault_helpers import admin, bearer, me, new_agent, payout_outcome, post, reconciled
+from tests.support.lnd_node import LndNode, mint_macaroon
+from tests.support.stack import Stack, demo_config, start_stack, vault_section
+from tests.support.vault_helpers import Rig as BaseRig
+from tests.support.vault_helpers import admin, bearer, me, new_agent, payout_outcome, post, reconciled
 
 FEE_MIN = 500  # every payout's fee limit (ppm 0): amount + 500 is held
 

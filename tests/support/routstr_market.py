@@ -19,11 +19,11 @@ from arbstr.natsserver import NatsServer
 from schemas import subjects
 from schemas.config import CashuConfig
 from schemas.vault import ProviderKey
-from tests.nostr_relay import NostrRelay, Signer, publish_all
-from tests.nutshell import NutshellMint, OutsideWallet
-from tests.routstr_node import RoutstrNode
-from tests.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
-from tests.vault_helpers import Rig, admin, bearer, new_agent, reconciled
+from tests.support.nostr_relay import NostrRelay, Signer, publish_all
+from tests.support.nutshell import NutshellMint, OutsideWallet
+from tests.support.routstr_node import RoutstrNode
+from tests.support.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
+from tests.support.vault_helpers import Rig, admin, bearer, new_agent, reconciled
 
 
 async def eventually(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "condition") -> None:

@@ -1,7 +1,7 @@
 """A Routstr node for tests, rebuilt from routstr-core's source (Routstr/routstr-core at commit 8bd7d7e,
 2026-08-21: ``routstr/balance.py``, ``auth.py``, ``proxy.py``, ``payment/``, ``upstream/base.py``,
 ``core/exceptions.py``). Written for arbstr's tests, with the same wire contract; none of its code is copied.
-The rules (402 on the reserve, the charge, error bodies) are in ``tests/routstr_rules.py``.
+The rules (402 on the reserve, the charge, error bodies) are in ``tests/support/routstr_rules.py``.
 
 Served:
 - ``GET /v1/info`` (``mints``), ``GET /v1/models``, ``/models`` (``{"data": […]}``, no ``object``);
@@ -43,8 +43,8 @@ from actors.vault.wallets.base import WalletError
 from actors.vault.wallets.cashu_mint import parse_token
 from actors.vault.wallets.cashu_wallet import CashuWallet
 from schemas.config import CashuConfig
-from tests.nutshell import NutshellMint
-from tests.routstr_rules import (REDEMPTION_ERRORS, SPENT_TOKEN_CODES, Cost, NodeModel, error_detail,
+from tests.support.nutshell import NutshellMint
+from tests.support.routstr_rules import (REDEMPTION_ERRORS, SPENT_TOKEN_CODES, Cost, NodeModel, error_detail,
                                  error_response_body, http_exception_body, listing_entry, reserve_msat, token_cost,
                                  usd_cost, validation_error_body)
 

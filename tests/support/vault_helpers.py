@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import aiohttp
 
-from tests.stack import ADMIN_TOKEN, Stack
+from tests.support.stack import ADMIN_TOKEN, Stack
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from nats.aio.client import Client as NATS
 
 from actors.runtime.host import Actor, ActorHost
-from tests.bus import connect_actor
+from tests.support.bus import connect_actor
 
 
 class Hosts:

@@ -17,7 +17,7 @@ from gateway.app import Gateway
 from schemas import subjects
 from schemas.bus_permissions import GATEWAY
 from schemas.config import Config, parse_config
-from tests.bus import connect_actor, connect_as
+from tests.support.bus import connect_actor, connect_as
 
 
 def demo_config(mock_url: str, **overrides: Any) -> Config:

@@ -1,5 +1,5 @@
 """The rules of a Routstr node, as read in routstr-core's source (Routstr/routstr-core at 8bd7d7e, 2026-08-21),
-rewritten for the test node in ``tests/routstr_node.py``. Pure functions over plain data, no I/O.
+rewritten for the test node in ``tests/support/routstr_node.py``. Pure functions over plain data, no I/O.
 
 Where each rule lives in routstr-core (read for facts only; nothing here is copied):
 - listing: ``payment/models.py`` (``Pricing``/``Model``, ``_calculate_usd_max_costs``, ``_update_model_sats_pricing``:

@@ -18,8 +18,8 @@ from gateway.openapi import add_openapi_route
 from gateway.responses_relay import add_responses_routes
 from schemas.config import Config
 from schemas.vault import SpendEvent
-from tests.stack import Stack, add_vault, demo_config, start_stack, vault_section
-from tests.vault_helpers import new_agent
+from tests.support.stack import Stack, add_vault, demo_config, start_stack, vault_section
+from tests.support.vault_helpers import new_agent
 
 PROVIDERS = (("alpha", 8000), ("beta", 10000), ("gamma", 12000))
 MODELS = ["gpt-4o-mini", "gpt-4o", "text-embedding-3-small"]
