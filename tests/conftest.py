@@ -15,6 +15,12 @@ import pytest
 
 from arbstr.natsserver import NatsServer
 
+# The harness's fixtures, registered here once so they are the same fixture everywhere: a session fixture imported
+# into a test module would be that module's own and start once per importing module (one Nutshell mint each).
+from tests.support.market_servers import market  # noqa: F401,E402 (fixture)
+from tests.support.nutshell import nutshell_mint, outside  # noqa: F401,E402 (fixtures)
+from tests.support.routstr_node import routstr_nodes  # noqa: F401,E402 (fixture)
+
 # Before pytest-timeout's 120 s: say what every task awaits while the loop still answers.
 HANG_REPORT_S = float(os.environ.get("ARBSTR_HANG_REPORT_S", "90"))
 _running: dict[str, Any] = {}

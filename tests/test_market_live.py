@@ -22,7 +22,7 @@ from arbstr.mock_upstream.wire import auth_fingerprint
 from schemas import subjects
 from schemas.config import Config
 from schemas.router import RouteRequest
-from tests.support.market_servers import MarketServer, listing, quote, market, within  # noqa: F401 (fixture)
+from tests.support.market_servers import MarketServer, listing, quote, within
 from tests.support.stack import Stack, demo_config, start_stack
 
 MODEL = "gpt-4o-mini"

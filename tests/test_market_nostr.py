@@ -17,7 +17,7 @@ from actors.pricing.market import node_name
 from actors.runtime.jetstream import open_bucket
 from schemas import subjects
 from schemas.router import RouteRequest
-from tests.support.market_servers import MarketServer, listing, market, within  # noqa: F401 (fixture)
+from tests.support.market_servers import MarketServer, listing, within
 from tests.support.nostr_relay import NostrRelay, Signer, publish_all, running_relay
 from tests.support.stack import demo_config, start_stack
 

@@ -13,11 +13,9 @@ import openai
 import pytest
 
 from actors.vault.wallets.cashu_mint import parse_token
-from tests.support.nutshell import nutshell_mint, outside, value_after_fee
-from tests.support.routstr_node import RoutstrNode, routstr_nodes
+from tests.support.nutshell import value_after_fee
+from tests.support.routstr_node import RoutstrNode
 from tests.support.routstr_rules import NodeModel, max_costs, reserve_msat, token_cost
-
-__all__ = ["nutshell_mint", "outside", "routstr_nodes"]  # fixtures, imported so pytest finds them here
 
 PRICEY = {"big-model": NodeModel(0.5, 1.25, context_length=8192, max_completion_tokens=4096),
           "small-model": NodeModel(0.001, 0.003, context_length=8192, max_completion_tokens=4096)}

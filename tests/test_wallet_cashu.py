@@ -34,11 +34,9 @@ from actors.vault.wallets.cashu_wallet import CashuWallet
 from actors.vault.wallets.simulated import make_invoice
 from arbstr.natsserver import NatsServer
 from schemas.config import CashuConfig
-from tests.support.nutshell import NutshellMint, foreign_token, nutshell_mint, outside, start_mint, value_after_fee
+from tests.support.nutshell import NutshellMint, foreign_token, start_mint, value_after_fee
 from tests.support.stack import demo_config, start_stack, vault_section
 from tests.support.vault_helpers import Rig, admin, me, new_agent, payout_outcome, post, reconciled
-
-__all__ = ["nutshell_mint", "outside"]  # fixtures, imported so pytest finds them here
 
 
 class Crash(Exception):

@@ -15,9 +15,9 @@ import pytest
 
 from arbstr.natsserver import NatsServer
 from tests.support.nostr_relay import NostrRelay, running_relay
-from tests.support.nutshell import NutshellMint, OutsideWallet, nutshell_mint, outside  # noqa: F401 (fixtures)
+from tests.support.nutshell import NutshellMint, OutsideWallet
 from tests.support.routstr_market import Market, eventually, market
-from tests.support.routstr_node import StartNode, routstr_nodes  # noqa: F401 (fixture)
+from tests.support.routstr_node import StartNode
 from tests.support.routstr_rules import NodeModel
 
 CHEAP = NodeModel(0.001, 0.003, context_length=8192, max_completion_tokens=4096)

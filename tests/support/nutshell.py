@@ -203,7 +203,7 @@ _shared: Optional[NutshellMint] = None
 
 @pytest.fixture(scope="session")
 def nutshell_mint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NutshellMint]:
-    """One mint for the whole session (it takes seconds to start), shared by every module importing this."""
+    """One mint for the whole session (it takes seconds to start), registered in tests/conftest.py for every test."""
     global _shared
     if _shared is None or _shared.process.poll() is not None:
         _shared = start_mint(tmp_path_factory.mktemp("nutshell"))
