@@ -12,7 +12,7 @@ import pytest
 
 from arbstr.natsserver import NatsServer
 from tests.support.stack import ADMIN_TOKEN, Stack, add_vault, demo_config, start_stack, vault_section
-from tests.test_cli import arbstr
+from tests.ops.test_cli import arbstr
 from tests.support.vault_helpers import ADMIN, assert_balanced, bearer, books, new_agent, settled
 
 NEEDS_OK = {"approval_over_msat": 100, "approval_timeout_s": 60}

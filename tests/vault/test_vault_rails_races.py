@@ -14,7 +14,7 @@ from actors.vault.wallets.base import PaymentStatus, PayoutPlan, Redeemed
 from actors.vault.wallets.simulated import SimulatedWallet, make_invoice
 from arbstr.natsserver import NatsServer
 from tests.support.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
-from tests.test_vault_rails import Rig, bearer, clean, funded_by_invoice, me, post
+from tests.vault.test_vault_rails import Rig, bearer, clean, funded_by_invoice, me, post
 from tests.support.vault_helpers import admin, assert_balanced, books, new_agent, payout_outcome
 
 

@@ -14,7 +14,7 @@ from arbstr.natsserver import NatsServer
 from schemas.ledger import Deposited
 from schemas.money import MAX_MSAT
 from tests.support.stack import Stack, add_vault, demo_config, start_stack, vault_section
-from tests.test_vault_storm import assert_replay_equals_live
+from tests.vault.test_vault_storm import assert_replay_equals_live
 from tests.support.vault_helpers import ADMIN, admin, assert_balanced, bearer, books, new_agent
 
 REPORTS = ("/v1/admin/books", "/v1/admin/agents", "/v1/admin/reconcile", "/v1/admin/audit", "/v1/admin/payouts",

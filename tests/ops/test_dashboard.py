@@ -21,7 +21,7 @@ from tests.support.stack import ADMIN_TOKEN, Stack, demo_config, start_stack
 from tests.support.vault_helpers import admin, assert_balanced, books, new_agent, settled
 
 CHROMIUM = shutil.which("chromium")
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"  # tests/artifacts/, as the README says
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--window-size=1400,1500", "--remote-debugging-port=0"]

@@ -48,7 +48,7 @@ from tests.support.vault_helpers import admin, assert_balanced, books, new_agent
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RATE = 1_000_000  # 1,000 msat per token
 
 

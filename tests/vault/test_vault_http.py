@@ -12,7 +12,7 @@ from arbstr.natsserver import NatsServer
 from schemas.money import cost_msat
 from schemas.tokens import estimate_messages_tokens
 from tests.support.stack import Stack, add_vault, demo_config, start_stack, vault_section
-from tests.test_resilience import received
+from tests.breaker.test_resilience import received
 from tests.support.vault_helpers import admin, assert_balanced, books, new_agent, settled
 
 CHAT = [{"role": "user", "content": "Hello there, how are you?"}]

@@ -15,7 +15,7 @@ from actors.vault.decide import Ledger, approve, deny, deposit, expire, release,
 from actors.vault.fold import LedgerViolation, apply_event, check_invariants, fold, next_events
 from schemas.ledger import LedgerEvent, Reserved, Tombstoned, event_hash, verify_chain
 from schemas.vault import AgentPolicy
-from tests.test_vault_fold import T0, TTL, do, env, err, funded
+from tests.vault.test_vault_fold import T0, TTL, do, env, err, funded
 
 OLD_JOURNAL = Path(__file__).with_name("data") / "ledger_before_attempts.jsonl"
 # The last event's hash when that journal was written (before attempts existed): it must not move.

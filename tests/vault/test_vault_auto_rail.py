@@ -13,7 +13,7 @@ from actors.vault.wallets.auto import AutoWallet, choose_rail, other_rail
 from actors.vault.wallets.simulated import SimulatedWallet, make_invoice
 from arbstr.natsserver import NatsServer
 from tests.support.stack import demo_config, start_stack, vault_section
-from tests.test_vault_rails import Rig, bearer, clean, me, post
+from tests.vault.test_vault_rails import Rig, bearer, clean, me, post
 from tests.support.vault_helpers import admin, new_agent, payout_outcome
 
 THRESHOLD = 50_000

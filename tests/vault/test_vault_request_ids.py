@@ -20,7 +20,7 @@ from schemas.errors import ArbstrError
 from schemas.router import Envelope
 from schemas.vault import Empty, ReserveReply, ReserveRequest, SettleCommand
 from tests.support.stack import Stack, add_vault, demo_config, start_stack, vault_section
-from tests.test_vault_storm import assert_replay_equals_live
+from tests.vault.test_vault_storm import assert_replay_equals_live
 from tests.support.vault_helpers import assert_balanced, bearer, books, new_agent, settled
 from gateway.vault_meter import token_hash
 

@@ -21,7 +21,7 @@ from schemas.bus_permissions import EVENTS, GATEWAY, IDENTITIES, VAULT, inbox_pr
 from schemas.vault import DepositCommand
 from tests.support.stack import ADMIN_TOKEN, Stack
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

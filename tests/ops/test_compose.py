@@ -10,7 +10,7 @@ import yaml
 from arbstr.components import COMPONENTS
 from schemas.config import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class ComposeLoader(yaml.SafeLoader):

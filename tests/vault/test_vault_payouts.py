@@ -17,7 +17,7 @@ from actors.vault.fold import LedgerViolation, fold, next_events, view
 from actors.vault.policy import daily_used_msat
 from schemas.ledger import PayoutSettled, PayoutStarted
 from schemas.vault import AgentPolicy
-from tests.test_vault_fold import T0, TTL, books, deposit, do, env, err, funded
+from tests.vault.test_vault_fold import T0, TTL, books, deposit, do, env, err, funded
 
 
 def start(ledger: Ledger, pid: str = "p1", amount: int = 10_000, fee_limit: int = 100, now: int = T0) -> None:

@@ -16,7 +16,7 @@ import gateway.events as events_module
 from actors.vault.actor import VaultActor
 from gateway.app import Gateway
 from tests.support.stack import Stack
-from tests.test_spend_sse import read_events, spend
+from tests.gateway.test_spend_sse import read_events, spend
 from tests.support.vault_helpers import admin, new_agent
 
 

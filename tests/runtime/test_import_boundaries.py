@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OWN_PACKAGES = ("schemas", "actors", "gateway", "arbstr", "bench", "tests")
 ACTOR_PACKAGES = ("router", "pricing", "breaker", "vault")
 

@@ -13,9 +13,9 @@ from actors.vault.wallets.base import PayoutPlan
 from actors.vault.wallets.simulated import make_invoice
 from arbstr.natsserver import NatsServer
 from tests.support.stack import demo_config, start_stack, vault_section
-from tests.test_vault_rails import clean, funded_by_invoice
-from tests.test_vault_rails_races import IdempotentWallet, second_instance
-from tests.test_vault_storm import assert_replay_equals_live
+from tests.vault.test_vault_rails import clean, funded_by_invoice
+from tests.vault.test_vault_rails_races import IdempotentWallet, second_instance
+from tests.vault.test_vault_storm import assert_replay_equals_live
 from tests.support.vault_helpers import Rig, books, me, post
 
 RACES = 6
