@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable, Optional
+from typing import Optional
 
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
@@ -23,6 +23,7 @@ from schemas.config import BreakerConfig, Config, ProviderConfig
 from schemas.errors import ErrorBody
 from schemas.router import RouteReply, RouteRequest
 from tests.support.hosts import Hosts
+from tests.support.waiting import eventually
 
 
 def _provider(name: str, rate: int) -> ProviderConfig:
@@ -33,13 +34,6 @@ def config(**breaker: float) -> Config:
     values = {"failure_threshold": 3, "cooldown_s": 0.4, "probe_timeout_s": 0.4, "tick_interval_s": 0.05, **breaker}
     return Config(providers=[_provider("alpha", 1000), _provider("beta", 2000)],
                   breaker=BreakerConfig(**values))  # type: ignore[arg-type]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 3.0) -> None:
-    started = time.monotonic()
-    while not await check():
-        assert time.monotonic() - started < within_s, f"condition not met within {within_s} s"
-        await asyncio.sleep(0.01)
 
 
 async def publish(nc: NATS, provider: str, kind: OutcomeKind, request_id: str = "r", *, probe: bool = False,
@@ -86,7 +80,7 @@ async def state_call(nc: NATS, provider: Optional[str] = None) -> tuple[int, byt
 async def open_breaker(nc: NATS, provider: str = "alpha", failures: int = 3) -> None:
     for i in range(failures):
         await publish(nc, provider, "http_5xx", f"fail-{i}")
-    await eventually(lambda: stored_is(nc, provider, "open"))
+    await eventually(lambda: stored_is(nc, provider, "open"), timeout_s=3.0, interval_s=0.01)
 
 
 async def test_failures_open_the_breaker_and_routers_stop_routing_there(hosts: Hosts, client: NATS) -> None:
@@ -104,10 +98,10 @@ async def test_failures_open_the_breaker_and_routers_stop_routing_there(hosts: H
     assert [c.provider for c in (await route()).candidates] == ["alpha", "beta"]
     await publish(client, "alpha", "timeout")
     await publish(client, "alpha", "connect")
-    await eventually(lambda: _failures(client, "alpha", 2))
+    await eventually(lambda: _failures(client, "alpha", 2), timeout_s=3.0, interval_s=0.01)
     assert (await stored(client, "alpha")).state == "closed"  # type: ignore[union-attr]
     await publish(client, "alpha", "cut")
-    await eventually(lambda: stored_is(client, "alpha", "open"))
+    await eventually(lambda: stored_is(client, "alpha", "open"), timeout_s=3.0, interval_s=0.01)
     s = await stored(client, "alpha")
     assert s is not None and s.retry_at_ms - s.opened_at_ms == 30_000 and s.last_error == "cut"
     assert await router.wait_for(lambda r: r.breakers.get("alpha") is not None
@@ -124,11 +118,11 @@ async def test_successes_reset_the_count_and_a_429_opens_at_once(hosts: Hosts, c
     await hosts.start(BreakerActor(config(cooldown_s=30)))
     await publish(client, "alpha", "http_5xx")
     await publish(client, "alpha", "http_5xx")
-    await eventually(lambda: _failures(client, "alpha", 2))
+    await eventually(lambda: _failures(client, "alpha", 2), timeout_s=3.0, interval_s=0.01)
     await publish(client, "alpha", "http_4xx")  # the client's fault: the provider answered
-    await eventually(lambda: _failures(client, "alpha", 0))
+    await eventually(lambda: _failures(client, "alpha", 0), timeout_s=3.0, interval_s=0.01)
     await publish(client, "beta", "http_429", retry_after_s=7)
-    await eventually(lambda: stored_is(client, "beta", "open"))
+    await eventually(lambda: stored_is(client, "beta", "open"), timeout_s=3.0, interval_s=0.01)
     s = await stored(client, "beta")
     assert s is not None and s.retry_at_ms - s.opened_at_ms == 7_000
 
@@ -145,7 +139,7 @@ async def test_two_instances_lose_no_outcome(hosts: Hosts, client: NATS) -> None
         if i % 4 == 3:  # a steady trickle, so both instances write all the time
             await client.flush()
             await asyncio.sleep(0.001)
-    await eventually(lambda: _failures(client, "alpha", n), within_s=10)
+    await eventually(lambda: _failures(client, "alpha", n), timeout_s=10, interval_s=0.01)
     assert all(a.writes > 0 for a in actors), [a.writes for a in actors]  # both took a share
 
 
@@ -153,7 +147,7 @@ async def test_tick_moves_open_to_half_open_and_frees_an_expired_probe(hosts: Ho
     await hosts.start(BreakerActor(config()))
     await open_breaker(client)
     # Nothing asks: the tick alone writes the half-open state once the cool-down has passed.
-    await eventually(lambda: stored_is(client, "alpha", "half_open"), within_s=2)
+    await eventually(lambda: stored_is(client, "alpha", "half_open"), timeout_s=2, interval_s=0.01)
     granted = await probe(client, "alpha", "slow-probe")
     assert granted.granted and granted.probe_id == "slow-probe"
     assert not (await probe(client, "alpha", "other")).granted
@@ -163,7 +157,7 @@ async def test_tick_moves_open_to_half_open_and_frees_an_expired_probe(hosts: Ho
         s = await stored(client, "alpha")
         return s is not None and s.state == "half_open" and s.probe_id is None
 
-    await eventually(freed, within_s=2)
+    await eventually(freed, timeout_s=2, interval_s=0.01)
     assert (await probe(client, "alpha", "other")).granted
 
 
@@ -180,7 +174,7 @@ async def test_one_probe_among_many_concurrent_askers_on_two_instances(hosts: Ho
     assert all(r.probe_id == holder and r.state == "half_open" for r in replies)
     # The holder's outcome resolves the slot: success closes the breaker.
     await publish(client, "alpha", "ok", holder or "", probe=True)
-    await eventually(lambda: stored_is(client, "alpha", "closed"))
+    await eventually(lambda: stored_is(client, "alpha", "closed"), timeout_s=3.0, interval_s=0.01)
     assert (await probe(client, "alpha", "anyone")).granted
 
 
@@ -196,7 +190,7 @@ async def test_failed_probe_opens_again(hosts: Hosts, client: NATS) -> None:
         s = await stored(client, "alpha")
         return s is not None and s.state == "open" and first is not None and s.opened_at_ms > first.opened_at_ms
 
-    await eventually(reopened)
+    await eventually(reopened, timeout_s=3.0, interval_s=0.01)
     refused = await probe(client, "alpha", "p2")
     assert not refused.granted and refused.state == "open" and refused.retry_at_ms > 0
 
@@ -209,7 +203,7 @@ async def test_state_endpoint(hosts: Hosts, client: NATS) -> None:
     assert [(s.provider, s.state) for s in reply.states] == [("alpha", "closed"), ("beta", "closed")]
     await open_breaker(client)
     await publish(client, "gamma", "timeout")  # not configured here, but reported by some gateway
-    await eventually(lambda: _failures(client, "gamma", 1))
+    await eventually(lambda: _failures(client, "gamma", 1), timeout_s=3.0, interval_s=0.01)
     reply = StateReply.model_validate_json((await state_call(client))[1])
     assert [(s.provider, s.state) for s in reply.states] == [("alpha", "open"), ("beta", "closed"),
                                                              ("gamma", "closed")]
@@ -236,7 +230,7 @@ async def test_malformed_outcomes_are_ignored(hosts: Hosts, client: NATS) -> Non
     await client.publish(subjects.breaker_outcome("alpha"), b"{not json")
     await client.publish(subjects.breaker_outcome("alpha"), b'{"provider": "alpha"}')
     await publish(client, "alpha", "timeout")
-    await eventually(lambda: _failures(client, "alpha", 1))
+    await eventually(lambda: _failures(client, "alpha", 1), timeout_s=3.0, interval_s=0.01)
 
 
 async def test_discovery(hosts: Hosts, client: NATS) -> None:

@@ -9,7 +9,6 @@ injected faults. The providers here have names of their own, so other test files
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Optional
 
 import aiohttp
@@ -31,6 +30,7 @@ from schemas.config import Config, parse_config
 from schemas.pricing import ProviderPrices
 from schemas.router import RouteRequest
 from tests.support.stack import Stack, start_stack
+from tests.support.waiting import eventually
 
 PROVIDERS = ("res_a", "res_b", "res_c")  # cheapest first
 CHAT = [{"role": "user", "content": "Hello there, how are you?"}]
@@ -170,13 +170,6 @@ async def stored(nc: NATS, provider: str) -> Optional[BreakerState]:
     return BreakerState.model_validate_json(entry.value or b"")
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 3.0) -> None:
-    started = time.monotonic()
-    while not await check():
-        assert time.monotonic() - started < within_s, f"condition not met within {within_s} s"
-        await asyncio.sleep(0.01)
-
-
 def state_is(nc: NATS, provider: str, state: str) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         s = await stored(nc, provider)
@@ -199,7 +192,7 @@ async def open_by_failures(http: aiohttp.ClientSession, stack: Stack, mock_url: 
         r, body = await chat(http, stack.url)
         assert r.status == 200, body
         assert r.headers["x-arbstr-retries"] == "1"
-    await eventually(routers_see(stack, provider, "open"))
+    await eventually(routers_see(stack, provider, "open"), timeout_s=3.0, interval_s=0.01)
 
 
 # --- the router's side: which candidates need a probe ---------------------------------------------------------------
@@ -235,7 +228,7 @@ async def test_failing_provider_opens_on_every_gateway_and_traffic_moves_without
         assert r.status == 200, body
         seen.append((r.headers["x-arbstr-provider"], r.headers["x-arbstr-retries"], r.headers["x-arbstr-tried"]))
     assert seen == [("res_b", "1", "res_a")] * 3
-    await eventually(routers_see(stack, "res_a", "open"))
+    await eventually(routers_see(stack, "res_a", "open"), timeout_s=3.0, interval_s=0.01)
     state = await stored(stack.nc, "res_a")
     assert state is not None and state.consecutive_failures == 3 and state.last_error == "http_5xx (HTTP 502)"
     sent_before = await received(mock, "res_a")
@@ -256,8 +249,8 @@ async def test_after_the_cooldown_one_probe_closes_the_breaker(stacks: Stacks, h
     r, body = await chat(http, stack.url)  # the fault is used up: the probe succeeds
     assert r.status == 200, body
     assert (r.headers["x-arbstr-provider"], r.headers["x-arbstr-retries"]) == ("res_a", "0")
-    await eventually(state_is(stack.nc, "res_a", "closed"))
-    await eventually(routers_see(stack, "res_a", "closed"))
+    await eventually(state_is(stack.nc, "res_a", "closed"), timeout_s=3.0, interval_s=0.01)
+    await eventually(routers_see(stack, "res_a", "closed"), timeout_s=3.0, interval_s=0.01)
     r, _ = await chat(http, stack.url)
     assert r.headers["x-arbstr-provider"] == "res_a"
 
@@ -276,7 +269,7 @@ async def test_a_failed_probe_opens_the_breaker_again(stacks: Stacks, http: aioh
         s = await stored(stack.nc, "res_a")
         return s is not None and s.state == "open" and opened is not None and s.opened_at_ms > opened.opened_at_ms
 
-    await eventually(reopened)
+    await eventually(reopened, timeout_s=3.0, interval_s=0.01)
 
 
 async def test_concurrent_requests_during_half_open_send_one_probe(stacks: Stacks, http: aiohttp.ClientSession,
@@ -293,7 +286,7 @@ async def test_concurrent_requests_during_half_open_send_one_probe(stacks: Stack
     assert providers.count("res_a") == 1, providers
     assert providers.count("res_b") == 23
     assert await received(mock, "res_a") - before == 1  # the provider itself saw exactly one request
-    await eventually(state_is(stack.nc, "res_a", "closed"))
+    await eventually(state_is(stack.nc, "res_a", "closed"), timeout_s=3.0, interval_s=0.01)
 
 
 async def test_all_breakers_open_is_503_with_retry_after(stacks: Stacks, http: aiohttp.ClientSession,
@@ -305,7 +298,7 @@ async def test_all_breakers_open_is_503_with_retry_after(stacks: Stacks, http: a
         r, body = await chat(http, stack.url)
         assert r.status == 502 and r.headers["x-arbstr-retries"] == "3"
     for p in PROVIDERS:
-        await eventually(routers_see(stack, p, "open"))
+        await eventually(routers_see(stack, p, "open"), timeout_s=3.0, interval_s=0.01)
     sent = [await received(mock, p) for p in PROVIDERS]
     r, body = await chat(http, stack.url)
     assert r.status == 503, body
@@ -337,10 +330,10 @@ async def test_a_lone_recovering_provider_busy_with_its_probe_is_503_with_retry_
     for _ in range(3):
         r, _ = await chat(http, stack.url)
         assert r.status == 502
-    await eventually(routers_see(stack, "res_a", "open"))
+    await eventually(routers_see(stack, "res_a", "open"), timeout_s=3.0, interval_s=0.01)
     await asyncio.sleep(0.45)
     probe = asyncio.create_task(chat(http, stack.url))
-    await eventually(lambda: _received_at_least(mock, "res_a", 4))  # the probe is at the provider
+    await eventually(lambda: _received_at_least(mock, "res_a", 4), timeout_s=3.0, interval_s=0.01)  # the probe is at the provider
     r, body = await chat(http, stack.url)
     assert r.status == 503, body
     assert body["error"]["code"] == "no_provider_available"
@@ -370,7 +363,7 @@ async def test_stream_falls_over_when_the_first_candidate_refuses_before_any_byt
     text = "".join(orjson.loads(f)["choices"][0]["delta"].get("content") or "" for f in frames[:-1])
     assert text
     if "retry_after" in fault:  # a 429 opens the breaker at once, for as long as the provider asked
-        await eventually(state_is(stack.nc, "res_a", "open"))
+        await eventually(state_is(stack.nc, "res_a", "open"), timeout_s=3.0, interval_s=0.01)
         s = await stored(stack.nc, "res_a")
         assert s is not None and s.retry_at_ms - s.opened_at_ms == 9_000
 
@@ -391,4 +384,4 @@ async def test_stream_cut_after_the_first_byte_ends_with_an_error_event_and_coun
         return s is not None and s.consecutive_failures == 1 and s.last_error is not None \
             and s.last_error.startswith("cut")
 
-    await eventually(counted)
+    await eventually(counted, timeout_s=3.0, interval_s=0.01)

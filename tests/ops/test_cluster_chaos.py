@@ -30,6 +30,7 @@ from arbstr.demo import free_port
 from arbstr.natscluster import NatsCluster
 from schemas import subjects
 from tests.support.stack import ADMIN_TOKEN
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -99,13 +100,6 @@ async def instances(nc: Any, service: str) -> int:
         pass
     await sub.unsubscribe()
     return seen
-
-
-async def wait_until(predicate: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.2)
 
 
 async def ledger_leader(nc: Any) -> str:
@@ -198,8 +192,8 @@ async def test_cluster_survives_leader_and_instance_kills(
 
         # A fresh 3-node cluster on a loaded 2-core machine elects its stream leaders slowly: generous, and it
         # says what was missing.
-        await wait_until(all_up, 120, f"two instances of every actor (answering: {up})")
-        await wait_until(gateways_ready, 30, "both gateways ready")
+        await eventually(all_up, 120, f"two instances of every actor (answering: {up})", interval_s=0.2)
+        await eventually(gateways_ready, 30, "both gateways ready", interval_s=0.2)
         for stream in (subjects.STREAM_LEDGER, subjects.STREAM_SETTLE, subjects.STREAM_EVENTS,
                        f"KV_{subjects.KV_PRICES}", f"KV_{subjects.KV_BREAKERS}"):
             info = await nc.jetstream().stream_info(stream)
@@ -218,7 +212,7 @@ async def test_cluster_survives_leader_and_instance_kills(
                 assert r.status in (201, 404), await r.text()
                 return r.status == 201
 
-        await wait_until(funded, 10, "the deposit")
+        await eventually(funded, 10, "the deposit", interval_s=0.2)
         bearer = {"Authorization": f"Bearer {agent['token']}"}
         print(f"\nstack up in {time.monotonic() - t0:.1f} s")
 
@@ -260,7 +254,7 @@ async def test_cluster_survives_leader_and_instance_kills(
             except Exception:  # no leader yet: stream info times out or says so
                 return False
 
-        await wait_until(elected, 30, "a new ARBSTR_LEDGER leader")
+        await eventually(elected, 30, "a new ARBSTR_LEDGER leader", interval_s=0.2)
         leader_s = time.monotonic() - killed_at
         new_leader = await ledger_leader(nc)
         # Load goes on until the new leader has served a good while.
@@ -298,7 +292,7 @@ async def test_cluster_survives_leader_and_instance_kills(
             except aiohttp.ClientError:
                 return False
 
-        await wait_until(drained, HOLD_TTL_S + 20, "every hold resolved")
+        await eventually(drained, HOLD_TTL_S + 20, "every hold resolved", interval_s=0.2)
         acct = await admin_read(http, agent_url)
         charged = sum(o.cost_msat for o in ok)
         assert all(o.cost_msat > 0 for o in ok)

@@ -15,9 +15,10 @@ import pytest
 from arbstr.natsserver import NatsServer
 from tests.support.nostr_relay import NostrRelay, running_relay
 from tests.support.nutshell import NutshellMint, OutsideWallet
-from tests.support.routstr_market import Market, eventually, market
+from tests.support.routstr_market import Market, market
 from tests.support.routstr_node import StartNode
 from tests.support.routstr_rules import NodeModel, token_cost
+from tests.support.waiting import eventually
 from tests.support.vault_helpers import bearer
 
 CHEAP = NodeModel(0.001, 0.003, context_length=8192, max_completion_tokens=4096)
@@ -39,7 +40,7 @@ async def record(m: Market, request_id: str) -> dict[str, Any]:
                     found.update(item)
                     return True
         return False
-    await eventually(seen, what="the request record")
+    await eventually(seen, what="the request record", timeout_s=15.0)
     return found
 
 
@@ -101,7 +102,7 @@ async def test_nothing_a_node_redirects_is_followed(
         assert status == 502, body
         await m.announce(sly, "sly")
         rounds = m.rig.actor.topups.rounds
-        await eventually(lambda: _later(m, rounds + 10), what="ten top-up rounds")
+        await eventually(lambda: _later(m, rounds + 10), what="ten top-up rounds", timeout_s=15.0)
         assert not grabber.hits and not sly.keys and sly.hits  # sly was asked; nothing followed it
         await m.clean_books()
 

@@ -17,9 +17,10 @@ import pytest
 from arbstr.natsserver import NatsServer
 from tests.support.nostr_relay import NostrRelay, running_relay
 from tests.support.nutshell import NutshellMint, OutsideWallet, value_after_fee
-from tests.support.routstr_market import eventually, market
+from tests.support.routstr_market import market
 from tests.support.routstr_node import StartNode
 from tests.support.routstr_rules import NodeModel
+from tests.support.waiting import eventually
 
 CHEAP = NodeModel(0.001, 0.003, context_length=8192, max_completion_tokens=4096)  # reserves ≤ 16.4 sat
 # Reserves up to 286.7 sat (4096 prompt + 4096 completion tokens): far above the old flat 100 sat top-up.
@@ -53,7 +54,7 @@ async def test_point1_keys_are_made_with_a_json_body_and_by_get_on_older_nodes(p
     async with parts(topup=KEYS_ONLY) as m:
         names = [await m.announce(n, d) for n, d in ((new, "a"), (old404, "b"), (old400, "c"))]
         for node_, name in zip((new, old404, old400), names):
-            await eventually(lambda: m.keyed(name, node_), what=f"{name} keyed")
+            await eventually(lambda: m.keyed(name, node_), what=f"{name} keyed", timeout_s=15.0)
         for node, name, model in ((new, names[0], "a-model"), (old404, names[1], "b-model"),
                                   (old400, names[2], "c-model")):
             [key] = node.keys.values()  # one key per node, named by the token that made it
@@ -77,7 +78,7 @@ async def test_point2_top_ups_follow_the_nodes_402_rule(parts: Any, routstr_node
 
         async def covered() -> bool:
             return key.total_balance >= 286_000
-        await eventually(covered, what="the node's balance above its dearest reserve")
+        await eventually(covered, what="the node's balance above its dearest reserve", timeout_s=15.0)
         status, body, headers = await m.chat("dear-model", max_tokens=4000)
         assert status == 200 and headers["x-arbstr-provider"] == name, body
         [paid] = [p["amount_msat"] for p in await m.payouts()]
@@ -123,7 +124,7 @@ async def test_point4_a_redelivered_top_up_the_node_took_is_recovered_from_its_c
         async def recovered() -> bool:
             record, _ = await topups._load(name)
             return bool(record.delivered)
-        await eventually(recovered, what="the top-up recorded")
+        await eventually(recovered, what="the top-up recorded", timeout_s=15.0)
         record, _ = await topups._load(name)
         assert failed == record.delivered == [f"tok:operator:topup-{name}-1"]
         assert not record.suspended and not record.lost
@@ -142,7 +143,7 @@ async def test_point4_a_token_the_node_refuses_is_taken_back(parts: Any, routstr
         async def settled() -> bool:
             record, _ = await m.rig.actor.topups._load(name)
             return bool(getattr(record, "returned", None))
-        await eventually(settled, what="the refused token taken back")
+        await eventually(settled, what="the refused token taken back", timeout_s=15.0)
         record, _ = await m.rig.actor.topups._load(name)
         assert record.returned == [f"tok:operator:topup-{name}-1"] and "refused" in record.suspended
         token = (await m.rig.actor.rails.payout("operator", record.returned[0])).token

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Optional
 
 from nats.aio.client import Client as NATS
 
@@ -21,6 +21,7 @@ from schemas.errors import ErrorBody
 from schemas.pricing import PriceTable, ProviderPrices, QuoteReply, QuoteRequest, TableRequest
 from schemas.router import RouteReply, RouteRequest
 from tests.support.hosts import Hosts
+from tests.support.waiting import eventually
 
 
 def _provider(name: str, inp: int, out: int, models: Optional[list[str]] = None, **kw: Any) -> ProviderConfig:
@@ -54,15 +55,6 @@ async def route_error(nc: NATS, **kw: Any) -> tuple[int, ErrorBody, dict[str, st
     data, headers = await call(nc, subjects.ROUTER_ROUTE, route_req(**kw))
     assert subjects.H_SERVICE_ERROR_CODE in headers, data
     return int(headers[subjects.H_SERVICE_ERROR_CODE]), ErrorBody.model_validate_json(data), headers
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within_s: float) -> float:
-    """Seconds until ``check()`` held; fails if it did not within ``within_s``."""
-    started = time.monotonic()
-    while not await check():
-        assert time.monotonic() - started < within_s, f"condition not met within {within_s} s"
-        await asyncio.sleep(0.005)
-    return time.monotonic() - started
 
 
 def providers(reply: RouteReply) -> list[str]:
@@ -137,7 +129,7 @@ async def test_a_kv_price_change_reaches_the_router_within_a_second(hosts: Hosts
     async def alpha_first() -> bool:
         return providers(await route_ok(client))[0] == "alpha"
 
-    assert await eventually(alpha_first, within_s=1.0) < 1.0
+    assert await eventually(alpha_first, timeout_s=1.0, interval_s=0.005) < 1.0
     assert router.revisions[subjects.KV_PRICES] >= revision
     assert await router.wait_revision(subjects.KV_PRICES, revision, timeout=0.1)
 
@@ -147,7 +139,7 @@ async def test_a_kv_price_change_reaches_the_router_within_a_second(hosts: Hosts
     async def alpha_gone() -> bool:
         return "alpha" not in providers(await route_ok(client))
 
-    await eventually(alpha_gone, within_s=1.0)
+    await eventually(alpha_gone, timeout_s=1.0, interval_s=0.005)
 
 
 async def test_a_router_whose_watch_dies_watches_again_and_drops_what_was_deleted_meanwhile(
@@ -161,7 +153,7 @@ async def test_a_router_whose_watch_dies_watches_again_and_drops_what_was_delete
 
     async def alpha_first() -> bool:
         return providers(await route_ok(client))[0] == "alpha"
-    await eventually(alpha_first, within_s=1.0)
+    await eventually(alpha_first, timeout_s=1.0, interval_s=0.005)
     prices_watch = router.followers[0].watcher
     await prices_watch.stop()  # what a lost consumer looks like to the router
     await kv.delete("alpha")  # missed by the dead watch
@@ -171,7 +163,7 @@ async def test_a_router_whose_watch_dies_watches_again_and_drops_what_was_delete
     async def zeta_first_alpha_gone() -> bool:
         listed = providers(await route_ok(client))
         return listed[0] == "zeta" and "alpha" not in listed
-    await eventually(zeta_first_alpha_gone, within_s=3.0)
+    await eventually(zeta_first_alpha_gone, timeout_s=3.0, interval_s=0.005)
     assert router.followers[0].watcher is not prices_watch
     await kv.delete("zeta")
 

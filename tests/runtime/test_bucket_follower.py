@@ -12,13 +12,7 @@ from nats.js.kv import KeyValue
 
 from actors.runtime.bucket_follower import BucketFollower, is_delete
 from actors.runtime.jetstream import open_bucket
-
-
-async def until(condition: Any, within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
+from tests.support.waiting import eventually
 
 
 async def test_follows_values_and_drops_what_a_lost_watch_missed(nc: Any) -> None:
@@ -45,13 +39,13 @@ async def test_follows_values_and_drops_what_a_lost_watch_missed(nc: Any) -> Non
         assert held == {"a": b"1", "b": b"2"} and live_updates == []
         await kv.put("c", b"3")
         await kv.delete("a")
-        await until(lambda: held == {"b": b"2", "c": b"3"})
+        await eventually(lambda: held == {"b": b"2", "c": b"3"}, interval_s=0.01)
         assert live_updates == ["c", "a"]
         lost = follower.watcher
         await lost.stop()  # what a leader change or a lost consumer looks like
         await kv.delete("b")  # missed by the dead watch: the new watch never delivers it
         await kv.put("d", b"4")
-        await until(lambda: held == {"c": b"3", "d": b"4"})
+        await eventually(lambda: held == {"c": b"3", "d": b"4"}, interval_s=0.01)
         assert follower.watcher is not lost
     finally:
         started = time.monotonic()

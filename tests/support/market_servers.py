@@ -10,12 +10,13 @@ called (a Routstr-like node), all driven by the test over plain attributes.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any, AsyncIterator, Callable, Optional
 
 import pytest
 from aiohttp import web
+
+from tests.support.waiting import eventually
 
 
 def quote(provider: str, endpoint: str, model: str, price_in: float, price_out: float, *,
@@ -124,8 +125,4 @@ async def market() -> AsyncIterator[MarketServer]:
 
 async def within(seconds: float, check: Callable[[], bool]) -> float:
     """Seconds until ``check()`` held; fails the test after ``seconds``."""
-    started = time.monotonic()
-    while not check():
-        assert time.monotonic() - started < seconds, f"not within {seconds} s"
-        await asyncio.sleep(0.01)
-    return time.monotonic() - started
+    return await eventually(check, seconds, interval_s=0.01)

@@ -4,12 +4,11 @@ tokens are paid from) and one agent are funded with real ecash."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, AsyncIterator, Optional
 
 import aiohttp
 
@@ -24,13 +23,7 @@ from tests.support.nutshell import NutshellMint, OutsideWallet
 from tests.support.routstr_node import RoutstrNode
 from tests.support.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
 from tests.support.vault_helpers import Rig, admin, bearer, new_agent, reconciled
-
-
-async def eventually(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, f"{what} not reached in time"
-        await asyncio.sleep(0.05)
+from tests.support.waiting import eventually
 
 
 class Market:
@@ -80,7 +73,7 @@ class Market:
         signer, name = self.prepare(node, d)
         key = await self.seed_key(name, node, sats)
         await self.publish(signer, node, d, mints)
-        await eventually(lambda: self.keyed(name, node), what=f"{name} routable")
+        await eventually(lambda: self.keyed(name, node), what=f"{name} routable", timeout_s=15.0)
         return name, key
 
     async def views(self) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from schemas.vault import (AccountView, AgentPolicy, Books, ChainCheck, CreateAg
                            ReserveRequest, SpendEvent)
 from tests.support.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
 from tests.support.vault_helpers import admin, assert_balanced, books, new_agent
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -130,10 +131,8 @@ async def assert_replay_equals_live(nc: NATS, vaults: Vaults) -> dict[str, Any]:
 
 
 async def until_no_holds(vaults: Vaults, agent_id: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while any(a.book.state(agent_id).holds for a in vaults.actors):
-        assert time.monotonic() < deadline, "nothing resolved the orphaned holds"
-        await asyncio.sleep(0.02)
+    await eventually(lambda: not any(a.book.state(agent_id).holds for a in vaults.actors), timeout_s,
+                     "the orphaned holds resolved", interval_s=0.02)
 
 
 @pytest.mark.parametrize("action,sweep_interval_s", [("charge", 0.05), ("release", 0.05), ("charge", 3600)],

@@ -56,6 +56,7 @@ from schemas.partitions import partition_of
 from schemas.router import Envelope
 from schemas.vault import (AccountView, AgentPolicy, CreateAgent, DepositCommand, Empty, ReserveReply,
                            ReserveRequest, SettleCommand)
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.slow
 
@@ -155,13 +156,6 @@ def projection_sums(projection: Projection, agent_id: str) -> dict[str, int]:
     return {"deposited": by_kind.get("deposited", 0),
             "spent": by_kind.get("settled", 0) + by_kind.get("expired", 0),
             "pending": int(pending), "rows": int(rows), "top_seq": int(top)}
-
-
-async def until(condition: Any, what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.005)
 
 
 async def crash(actor: VaultActor, nc: NATS) -> None:
@@ -362,7 +356,7 @@ class VaultOnNats(RuleBasedStateMachine):
             owned = [set(v.owners) for v in self.vaults]
             return (sum(len(o) for o in owned) == PARTITIONS and len(set().union(*owned)) == PARTITIONS
                     and all(len(o) == PARTITIONS // len(self.vaults) for o in owned))
-        await until(settled, "the partitions to be shared out", timeout_s=20)
+        await eventually(settled, 20, "the partitions to be shared out", interval_s=0.005)
 
     def teardown(self) -> None:
         try:
@@ -764,7 +758,8 @@ class VaultOnNats(RuleBasedStateMachine):
             assert stale.ownership is not None
             await stale.ownership.freeze()
             held = set(stale.owners)
-            await until(lambda: held <= set(other.owners), "the other instance to take the partitions over")
+            await eventually(lambda: held <= set(other.owners), 10.0, "the other instance to take the partitions over",
+                             interval_s=0.005)
             size = await self._journal_size()
             k = partition_of(self.agents[i], PARTITIONS)
             target = stale if k in stale.owners else None
@@ -853,14 +848,15 @@ async def test_a_stale_owner_is_fenced_and_writes_nothing(fresh_nats: NatsServer
     try:
         for h in hosts:
             await h.start()
-        await until(lambda: len(vaults[0].owners) == len(vaults[1].owners) == PARTITIONS // 2, "the shares")
+        await eventually(lambda: len(vaults[0].owners) == len(vaults[1].owners) == PARTITIONS // 2, 10.0, "the shares",
+                         interval_s=0.005)
         a, b = vaults
         k = next(iter(a.owners))
         agent_id = next(f"agt_{n:016x}" for n in range(10**6) if partition_of(f"agt_{n:016x}", PARTITIONS) == k)
         await a.execute(agent_id, lambda s, at: decide.create_agent(s, "stale", "h" * 64, AgentPolicy(), at))
         assert a.ownership is not None
         await a.ownership.freeze()
-        await until(lambda: len(b.owners) == PARTITIONS, "the takeover of every partition", timeout_s=10)
+        await eventually(lambda: len(b.owners) == PARTITIONS, 10, "the takeover of every partition", interval_s=0.005)
         js = conns[0].jetstream()
         before = (await js.stream_info(subjects.STREAM_LEDGER)).state.last_seq
         with pytest.raises(ArbstrError) as refused:

@@ -4,7 +4,7 @@ the rail is called, released only on a definite failure, recovered after a resta
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 import aiohttp
 import pytest
@@ -14,6 +14,7 @@ from arbstr.natsserver import NatsServer
 from tests.support.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
 from tests.support.vault_helpers import (Rig, admin, assert_balanced, bearer, books, me, new_agent, payout_outcome, post,
                                  reconciled)
+from tests.support.waiting import eventually
 
 
 @pytest.fixture
@@ -27,13 +28,6 @@ async def rig(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Rig]:
     if r.host is not None:
         await r.stop_vault()
     await stack.stop()
-
-
-async def eventually(check: Any, timeout_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 async def clean(http: aiohttp.ClientSession, rig: Rig) -> None:

@@ -12,7 +12,8 @@ import pytest
 from actors.vault.wallets.simulated import SimulatedWallet
 from arbstr.natsserver import NatsServer
 from tests.support.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
-from tests.vault.test_vault_rails import eventually, funded_by_invoice
+from tests.support.waiting import eventually
+from tests.vault.test_vault_rails import funded_by_invoice
 from tests.support.vault_helpers import Rig, bearer
 
 INTERVAL_S = 0.2

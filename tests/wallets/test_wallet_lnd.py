@@ -31,6 +31,7 @@ from tests.support.lnd_node import LndNode, mint_macaroon
 from tests.support.stack import Stack, demo_config, start_stack, vault_section
 from tests.support.vault_helpers import Rig as BaseRig
 from tests.support.vault_helpers import admin, bearer, me, new_agent, payout_outcome, post, reconciled
+from tests.support.waiting import eventually
 
 FEE_MIN = 500  # every payout's fee limit (ppm 0): amount + 500 is held
 
@@ -59,13 +60,6 @@ async def wallet(node: LndNode) -> AsyncIterator[LndWallet]:
     await w.start()
     yield w
     await w.stop()
-
-
-async def eventually(check: Any, timeout_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not await check():
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 # --- wallet level -----------------------------------------------------------------------------------------
