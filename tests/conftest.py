@@ -15,6 +15,12 @@ import pytest
 
 from arbstr.natsserver import NatsServer
 
+# The harness's fixtures, registered here once so they are the same fixture everywhere: a session fixture imported
+# into a test module would be that module's own and start once per importing module (one Nutshell mint each).
+from tests.support.market_servers import market  # noqa: F401,E402 (fixture)
+from tests.support.nutshell import nutshell_mint, outside  # noqa: F401,E402 (fixtures)
+from tests.support.routstr_node import routstr_nodes  # noqa: F401,E402 (fixture)
+
 # Before pytest-timeout's 120 s: say what every task awaits while the loop still answers.
 HANG_REPORT_S = float(os.environ.get("ARBSTR_HANG_REPORT_S", "90"))
 _running: dict[str, Any] = {}
@@ -63,7 +69,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def no_permission_violations(request: pytest.FixtureRequest) -> Iterator[None]:
     """Every component the harness starts runs under its own bus identity; a subject it needs and may not touch
     shows in the server's log as a violation, and fails the test that caused it."""
-    from tests import bus
+    from tests.support import bus
 
     before = bus.log_sizes()
     yield
@@ -78,7 +84,7 @@ def no_permission_violations(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 def _start_authenticated(store: Path, **kwargs: Any) -> NatsServer:
-    from tests import bus
+    from tests.support import bus
 
     server = bus.authenticated_server(store, log_file=Path(store) / "nats.log", **kwargs)
     server.start()
@@ -142,7 +148,7 @@ def fresh_nats(tmp_path: Path) -> Iterator[NatsServer]:
 @pytest.fixture
 async def hosts(fresh_nats: NatsServer) -> AsyncIterator["object"]:
     """Actors on their own connections to this test's own nats-server; stopped at teardown."""
-    from tests.hosts import Hosts
+    from tests.support.hosts import Hosts
 
     h = Hosts(fresh_nats.url)
     yield h
@@ -161,7 +167,7 @@ async def client(fresh_nats: NatsServer) -> AsyncIterator["object"]:
 @pytest.fixture
 async def paid_stack(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator["object"]:
     """The demo stack in paid mode (one vault instance) on a fresh server."""
-    from tests.stack import add_vault, demo_config, start_stack, vault_section
+    from tests.support.stack import add_vault, demo_config, start_stack, vault_section
 
     s = await start_stack(demo_config(mock_upstream, vault=vault_section()), fresh_nats.url)
     await add_vault(s)

@@ -1,0 +1,1 @@
+"""The breaker: its pure state machine, the actor, and failing providers end to end."""
