@@ -95,7 +95,16 @@ async def test_failures_open_the_breaker_and_routers_stop_routing_there(hosts: H
                                    .model_dump_json().encode(), timeout=2)
         return RouteReply.model_validate_json(msg.data)
 
-    assert [c.provider for c in (await route()).candidates] == ["alpha", "beta"]
+    async def first_route() -> RouteReply:
+        # Seen once in a loaded full run: the very first request met "no responders". Asked again briefly.
+        for _ in range(20):
+            try:
+                return await route()
+            except NoRespondersError:
+                await asyncio.sleep(0.1)
+        return await route()
+
+    assert [c.provider for c in (await first_route()).candidates] == ["alpha", "beta"]
     await publish(client, "alpha", "timeout")
     await publish(client, "alpha", "connect")
     await eventually(lambda: _failures(client, "alpha", 2), timeout_s=3.0, interval_s=0.01)
