@@ -363,7 +363,9 @@ class VaultHTTP:
         return json_response(view.model_dump(mode="json"))
 
     async def my_history(self, request: web.Request) -> web.Response:
-        q = HistoryQuery(token_hash=self._agent_token(request), since_ms=_since_ms(request.query.get("since")),
+        th = self._agent_token(request)
+        await self.settle_up(token_hash=th)
+        q = HistoryQuery(token_hash=th, since_ms=_since_ms(request.query.get("since")),
                          limit=_limit(request.query.get("limit")))
         history = await self.bus.ask(exchanges.AGENT_HISTORY, q, request_id=request[REQUEST_ID])
         return json_response({"object": "list", "data": [i.model_dump(mode="json") for i in history.items]})
@@ -387,6 +389,7 @@ class VaultHTTP:
                               code="invalid_value", param="bolt11")
         key = idempotency_key(request)
         payout_id = body.payout_id or key
+        await self.settle_up(token_hash=th)  # what an idle grant of this gateway holds is the agent's to withdraw
         view = await self.bus.ask(exchanges.AGENT_WITHDRAW,
                                   WithdrawRequest(token_hash=th, bolt11=body.bolt11, amount_msat=body.amount_msat,
                                                   rail=body.rail, payout_id=payout_id),

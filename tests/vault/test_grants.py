@@ -173,3 +173,20 @@ async def test_with_grants_off_every_request_is_reserved_at_the_vault(fresh_nats
             assert "reserved" in kinds and "grant_drawn" not in kinds
     finally:
         await stack.stop()
+
+
+async def test_what_an_idle_grant_holds_can_be_withdrawn_at_once(stack: Stack) -> None:
+    from actors.vault.wallets.simulated import make_invoice
+    from tests.support.vault_helpers import payout_outcome
+
+    async with aiohttp.ClientSession() as http:
+        agent_id, token = await new_agent(http, stack, "leaver", deposit_msat=100_000)
+        assert (await chat(http, stack, token)).status == 200  # a grant now holds half of the balance
+        bolt11, _, _ = make_invoice(60_000)
+        r = await http.post(f"{stack.url}/v1/vault/me/withdrawals", json={"bolt11": bolt11},
+                            headers={"Authorization": f"Bearer {token}"})
+        status, p = await payout_outcome(http, stack, token, r.status, await r.json())
+        assert status == 200 and p["status"] == "succeeded", p
+        acct = await settled(http, stack, agent_id)
+        assert acct["spent_msat"] == unit() and acct["withdrawn_msat"] == p["charged_msat"]
+        assert_balanced(await books(http, stack))
