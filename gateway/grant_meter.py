@@ -41,12 +41,13 @@ from .vault_meter import OWNER_WAIT_S, VaultMeter, missing_token
 
 log = logging.getLogger("arbstr.gateway.grants")
 
+SWEEP_AGENTS_S = 30.0
 FORGET_AGENT_S = 300.0  # an agent with no grant, unseen this long, is forgotten here (its recent request ids too)
 SEEN_RIDS = 4096  # request ids served here lately, per agent: a reuse goes to the vault, which knows the answer
 MAX_ITEMS = 4096  # requests per report (GrantUsage's bound)
 
 
-@dataclass
+@dataclass(eq=False)  # one grant is one object: compared and hashed by identity
 class _Grant:
     grant_id: str
     agent_id: str
@@ -116,6 +117,8 @@ class GrantMeter:
         self.cfg = cfg
         self.settle_budget_s = settle_budget_s
         self._by_agent: dict[str, _Agent] = {}
+        self._live: dict[_Grant, _Agent] = {}  # every grant not closed yet: what the reporter looks at
+        self._swept = time.monotonic()
         self._wake = asyncio.Event()
         self._task: Optional[asyncio.Task[None]] = None
         self._sub: object = None
@@ -201,7 +204,7 @@ class GrantMeter:
         """Report everything and give every grant back before the process goes."""
         await self.revoke(None)
         deadline = time.monotonic() + self.settle_budget_s
-        while any(a.grants for a in self._by_agent.values()) and time.monotonic() < deadline:
+        while self._live and time.monotonic() < deadline:
             self._wake.set()
             await asyncio.sleep(0.02)
         if self._task is not None:
@@ -270,6 +273,8 @@ class GrantMeter:
             fut.set_result(None)
             if not isinstance(e, Exception):
                 raise
+            # Not a refusal (those are answered in _open): a fault of ours. The per-request path still serves.
+            log.exception("agent %s: opening a grant failed", agent_id)
             return None
         finally:
             agent.opening = None
@@ -299,6 +304,7 @@ class GrantMeter:
                        use_until=time.monotonic() + min(self.cfg.use_s, ttl_s / 2), policy=reply.policy)
         grant.retired = agent.revocations != revocations  # decided by rules revoked meanwhile: given back at once
         agent.grants.append(grant)
+        self._live[grant] = agent
         self.stats["grants_opened"] += 1
         if grant.retired:
             self._wake.set()
@@ -343,17 +349,18 @@ class GrantMeter:
                 pass
             self._wake.clear()
             now = time.monotonic()
-            for agent_id, agent in list(self._by_agent.items()):
-                for g in list(agent.grants):
-                    if g.inflight == 0 and not g.retired and (now - g.last_used > self.cfg.idle_s
-                                                              or now >= g.use_until):
-                        g.retired = True
-                    closing = g.retired and g.inflight == 0
-                    if (g.items or closing) and (g.reporting is None or g.reporting.done()):
-                        g.reporting = asyncio.create_task(self._report(agent, g, closing))
-                if not agent.grants and not agent.inflight and agent.opening is None \
-                        and now - agent.touched > FORGET_AGENT_S:
-                    self._by_agent.pop(agent_id, None)  # bounded memory; its request ids are the vault's to judge
+            for g, agent in list(self._live.items()):
+                if g.inflight == 0 and not g.retired and (now - g.last_used > self.cfg.idle_s or now >= g.use_until):
+                    g.retired = True
+                closing = g.retired and g.inflight == 0
+                if (g.items or closing) and (g.reporting is None or g.reporting.done()):
+                    g.reporting = asyncio.create_task(self._report(agent, g, closing))
+            if now - self._swept > SWEEP_AGENTS_S:
+                self._swept = now
+                for agent_id, agent in list(self._by_agent.items()):
+                    if not agent.grants and not agent.inflight and agent.opening is None \
+                            and now - agent.touched > FORGET_AGENT_S:
+                        del self._by_agent[agent_id]  # bounded memory; its request ids are the vault's to judge
 
     async def _report(self, agent: _Agent, g: _Grant, closing: bool) -> None:
         items = g.items[:MAX_ITEMS]
@@ -379,6 +386,7 @@ class GrantMeter:
         del g.items[:len(items)]
         if close:
             g.closed = True
+            self._live.pop(g, None)
             if g in agent.grants:
                 agent.grants.remove(g)
             self.stats["grants_closed"] += 1
