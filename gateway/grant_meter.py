@@ -293,15 +293,26 @@ class GrantMeter:
         except ArbstrError as e:
             if e.status == 401:
                 self.agents.forget(th)
+            if e.status >= 500:
+                # Not answered: the owner may have journaled it anyway. It is given up at once (closed if it was
+                # opened, refused if it still comes), never left to expire charged for nothing.
+                lost = _Grant(grant_id=gid, agent_id=agent_id, partition=partition, token_hash=th, amount_msat=0,
+                              expires_at_ms=0, use_until=0.0, policy=AgentPolicy(), retired=True)
+                agent.grants.append(lost)
+                self._live[lost] = agent
+                self._wake.set()
             # Refused (no funds, the daily limit, a frozen vault) or not answered: the per-request path decides
-            # and answers for a while. A grant taken but unanswered expires like any hold.
+            # and answers for a while.
             agent.refused_until = time.monotonic() + self.cfg.retry_after_refusal_s
             log.debug("agent %s: no grant (%s)", agent_id, e.message)
             return None
         ttl_s = max(0.0, (reply.expires_at_ms - time.time() * 1000) / 1000)
         grant = _Grant(grant_id=gid, agent_id=agent_id, partition=partition, token_hash=th,
                        amount_msat=reply.amount_msat, expires_at_ms=reply.expires_at_ms,
-                       use_until=time.monotonic() + min(self.cfg.use_s, ttl_s / 2), policy=reply.policy)
+                       # Used briefly enough that its last report, retried for the whole settle budget, still
+                       # lands before the grant's TTL.
+                       use_until=time.monotonic() + min(self.cfg.use_s, max(1.0, (ttl_s - self.settle_budget_s) / 2)),
+                       policy=reply.policy)
         grant.retired = agent.revocations != revocations  # decided by rules revoked meanwhile: given back at once
         agent.grants.append(grant)
         self._live[grant] = agent

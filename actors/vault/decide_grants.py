@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Optional
 
 from schemas.errors import ArbstrError
-from schemas.ledger import GrantDrawn, Released, Reserved, Settled
+from schemas.ledger import GrantDrawn, Released, Reserved, Settled, Tombstoned
 
 from .decide_holds import _reuse_refusal, op_name, settle_split
 from .decided import Decided, insufficient, require_agent
@@ -37,6 +37,9 @@ def open_grant(state: AccountState, grant_id: str, want_msat: int, min_msat: int
         return Decided(op_id, noop="duplicate")
     if rid in state.holds or rid in state.resolutions:
         raise ArbstrError(409, f"grant {grant_id} was already used", code="grant_reused")
+    if state.tombstoned(rid, ""):
+        # Its gateway gave it up before it came (its request timed out there): never opened, so never orphaned.
+        raise ArbstrError(409, f"grant {grant_id} was closed before it was opened", code="grant_closed")
     # At most half of what is available (but never less than the request needs): another gateway serving the same
     # agent then still finds money for its own grant or reserve, instead of a 402 while this grant sits idle.
     amount = min(want_msat, state.available_msat, max(min_msat, state.available_msat // 2))
@@ -130,6 +133,10 @@ def close_grant(state: AccountState, grant_id: str, now_ms: int) -> Decided:
     require_agent(state)
     rid = grant_rid(grant_id)
     op_id = op_name("gclose", rid)
-    if op_id in state.op_ids or rid not in state.holds:
+    if op_id in state.op_ids or rid in state.resolutions or state.tombstoned(rid, ""):
         return Decided(op_id, noop="resolved")
+    if rid not in state.holds:
+        # A grant its gateway asked for and gave up on (the answer did not come): should the request still be
+        # delivered, it is refused, instead of holding money nobody will use until it expires charged.
+        return Decided(op_id, (Tombstoned(rid=rid, reason="grant closed before it was opened"),))
     return Decided(op_id, (Released(rid=rid, reason="grant closed"),))

@@ -166,3 +166,17 @@ def test_a_request_decided_under_a_grant_holds_what_the_vault_would_hold() -> No
             assert not allowed_locally(policy, amount)  # needs approval: never decided locally
 
     check()
+
+
+def test_a_grant_given_up_before_it_came_is_never_opened() -> None:
+    """The gateway's grant request timed out there: it closes that grant id at once. Should the request still be
+    delivered after the close, it is refused — never a hold nobody uses until it expires charged."""
+    s = agent(1_000)
+    run(s, close_grant(s, "late", T0))
+    with pytest.raises(ArbstrError) as e:
+        open_grant(s, "late", 600, 600, T0, ttl_ms=60_000)
+    assert e.value.code == "grant_closed" and s.pending_msat == 0
+    assert close_grant(s, "late", T0).noop == "resolved"  # closing again decides nothing
+    run(s, open_grant(s, "g2", 600, 600, T0, ttl_ms=60_000))
+    run(s, close_grant(s, "g2", T0))  # an opened one is given back as before
+    assert s.available_msat == 1_000 and s.pending_msat == 0
