@@ -95,6 +95,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--pairs", type=int, default=5000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--instances", type=int, default=1, help="vault processes sharing the work")
+    ap.add_argument("--restart", action="store_true", help="then stop the vault (SIGTERM) and SIGKILL it, timing "
+                                                           "each start to serving, with its memory")
     args = ap.parse_args(argv)
     install_uvloop()
     with tempfile.TemporaryDirectory(prefix="arbstr-bench-vault-") as tmp:
@@ -103,17 +105,58 @@ def main(argv: Optional[list[str]] = None) -> None:
         cfg.write_text('[vault]\nadmin_token = "bench"\n')
         with NatsServer(work / "nats", sync_always=True) as server:
             log = open(work / "vault.log", "ab")
-            procs = [subprocess.Popen([sys.executable, "-m", "arbstr", "run", "vault", "--config", str(cfg),
-                                       "--nats", server.url], stdout=log, stderr=log)
-                     for _ in range(args.instances)]
+            def vault() -> subprocess.Popen[bytes]:
+                return subprocess.Popen([sys.executable, "-m", "arbstr", "run", "vault", "--config", str(cfg),
+                                         "--nats", server.url], stdout=log, stderr=log)
+
+            procs = [vault() for _ in range(args.instances)]
             try:
                 result = asyncio.run(_wait_and_run(server.url, args))
+                if args.restart:
+                    for how in ("stop", "kill"):
+                        rss_before = rss_mb(procs[0].pid)
+                        if how == "stop":
+                            procs[0].terminate()
+                        else:
+                            procs[0].kill()
+                        procs[0].wait(timeout=30)
+                        started = time.perf_counter()
+                        procs[0] = vault()
+                        asyncio.run(_serving(server.url))
+                        result[f"restart_after_{how}_s"] = round(time.perf_counter() - started, 2)
+                        result[f"rss_mb_before_{how}"], result[f"rss_mb_after_{how}"] = rss_before, rss_mb(procs[0].pid)
             finally:
                 for p in procs:
                     p.terminate()
                     p.wait(timeout=10)
     result["instances"] = args.instances
     print(json.dumps(result, indent=2))
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
+async def _serving(url: str) -> None:
+    """Until every partition is served again: the books (which need each partition's read model) answer, and a
+    reserve of an agent made before the restart is decided by its partition's owner."""
+    nc = await nats.connect(url)
+    th = hashlib.sha256(b"bench-token-0").hexdigest()
+    try:
+        while True:
+            try:
+                await call(nc, exchanges.BOOKS, Empty())
+                await call(nc, exchanges.RESERVE, ReserveRequest(request_id=f"probe-{time.time_ns()}", token_hash=th,
+                                                                 envelope=ENVELOPE))
+                return
+            except Exception:
+                await asyncio.sleep(0.02)
+    finally:
+        await nc.close()
 
 
 async def _wait_and_run(url: str, args: argparse.Namespace) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from .vault_meter import OWNER_WAIT_S, VaultMeter, missing_token
 log = logging.getLogger("arbstr.gateway.grants")
 
 SWEEP_AGENTS_S = 30.0
+LOST_CLOSE_WAIT_S = 2.0
 FORGET_AGENT_S = 300.0  # an agent with no grant, unseen this long, is forgotten here (its recent request ids too)
 SEEN_RIDS = 4096  # request ids served here lately, per agent: a reuse goes to the vault, which knows the answer
 MAX_ITEMS = 4096  # requests per report (GrantUsage's bound)
@@ -64,6 +65,7 @@ class _Grant:
     items: list[UsageItem] = field(default_factory=list)
     reporting: Optional["asyncio.Task[None]"] = None
     closed: bool = False
+    lost: bool = False  # asked for, never answered: only closed, in case the owner opened it
 
     @property
     def remaining_msat(self) -> int:
@@ -203,8 +205,10 @@ class GrantMeter:
     async def close(self) -> None:
         """Report everything and give every grant back before the process goes."""
         await self.revoke(None)
-        deadline = time.monotonic() + self.settle_budget_s
-        while self._live and time.monotonic() < deadline:
+        started = time.monotonic()
+        while self._live and time.monotonic() < started + self.settle_budget_s:
+            if all(g.lost for g in self._live) and time.monotonic() > started + LOST_CLOSE_WAIT_S:
+                break  # only grants nobody confirmed are left: shutdown does not wait out a vault that is gone
             self._wake.set()
             await asyncio.sleep(0.02)
         if self._task is not None:
@@ -297,7 +301,7 @@ class GrantMeter:
                 # Not answered: the owner may have journaled it anyway. It is given up at once (closed if it was
                 # opened, refused if it still comes), never left to expire charged for nothing.
                 lost = _Grant(grant_id=gid, agent_id=agent_id, partition=partition, token_hash=th, amount_msat=0,
-                              expires_at_ms=0, use_until=0.0, policy=AgentPolicy(), retired=True)
+                              expires_at_ms=0, use_until=0.0, policy=AgentPolicy(), retired=True, lost=True)
                 agent.grants.append(lost)
                 self._live[lost] = agent
                 self._wake.set()

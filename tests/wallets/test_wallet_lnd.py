@@ -188,7 +188,8 @@ async def test_a_repeat_send_follows_the_first_payment(node: LndNode, wallet: Ln
     assert (await wallet.pay(plan)).state == "in_flight"
     # A second send of the same hash is refused by the node (ALREADY_EXISTS); its fate is the first one's.
     second = asyncio.create_task(wallet.pay(plan))
-    await asyncio.sleep(0.1)
+    # The second send reaches the node before the first one is resolved (a fixed sleep lost that race under load).
+    await eventually(lambda: node.send_counts.get(plan.payment_hash, 0) == 2, timeout_s=10.0, what="the second send")
     node.resolve(plan.payment_hash, succeed=True)
     status = await second
     assert status.state == "succeeded"
