@@ -35,8 +35,13 @@ ENVELOPE = Envelope(input_tokens=200, output_tokens=100, input_rate=12000, outpu
                     max_output_tokens=100)
 
 
+ADMIN_TOKEN = "bench"
+
+
 async def call(nc: Any, exchange: Exchange[Q, R], msg: Q) -> R:
-    r = await nc.request(exchange.subject, msg.model_dump_json().encode(), timeout=10)
+    # Admin commands carry the operator's token, which the vault checks itself.
+    headers = {subjects.H_ADMIN_AUTH: ADMIN_TOKEN} if exchange.auth == "admin" else None
+    r = await nc.request(exchange.subject, msg.model_dump_json().encode(), timeout=10, headers=headers)
     error = decode_error(r.data, r.headers)
     if error is not None:
         raise RuntimeError(r.data.decode())
@@ -102,7 +107,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     with tempfile.TemporaryDirectory(prefix="arbstr-bench-vault-") as tmp:
         work = Path(tmp)
         cfg = work / "arbstr.toml"
-        cfg.write_text('[vault]\nadmin_token = "bench"\n')
+        cfg.write_text(f'[vault]\nadmin_token = "{ADMIN_TOKEN}"\n')
         with NatsServer(work / "nats", sync_always=True) as server:
             log = open(work / "vault.log", "ab")
             def vault() -> subprocess.Popen[bytes]:
