@@ -4,11 +4,12 @@ wallet that tests start and stop (the rails' tests)."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Optional
+import contextlib
+from typing import Any, AsyncIterator, Optional
 
 import aiohttp
 
-from tests.support.stack import ADMIN_TOKEN, Stack
+from tests.support.stack import ADMIN_TOKEN, Stack, demo_config, start_stack, vault_section
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -121,3 +122,21 @@ async def payout_outcome(http: aiohttp.ClientSession, stack: Stack, token: str, 
             return r.status, view
         assert asyncio.get_running_loop().time() < deadline, f"payout still pending after {timeout_s} s: {view}"
         await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def simulated_rig(nats_url: str, mock_upstream: str, **wallet: Any) -> AsyncIterator["Rig"]:
+    """A paid stack whose vault runs the simulated wallet the test holds (fee limit 500 msat flat), started and
+    stopped around the test; ``wallet``: more ``[vault.wallet]`` keys."""
+    from actors.vault.wallets.simulated import SimulatedWallet
+
+    config = {"pay_wait_s": 0.5, "check_interval_s": 0.2, "fee_limit_min_msat": 500, "fee_limit_ppm": 0, **wallet}
+    stack = await start_stack(demo_config(mock_upstream, vault=vault_section(wallet=config)), nats_url)
+    r = Rig(stack, SimulatedWallet(fee_limit_ppm=0, fee_limit_min_msat=500))
+    await r.start_vault()
+    try:
+        yield r
+    finally:
+        if r.host is not None:
+            await r.stop_vault()
+        await stack.stop()

@@ -4,27 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
 
 import aiohttp
 import pytest
 
-from arbstr.natsserver import NatsServer
 from schemas import subjects
 from schemas.vault import SpendEvent
-from tests.support.stack import ADMIN_TOKEN, Stack, add_vault, demo_config, start_stack, vault_section
+from tests.support.stack import ADMIN_TOKEN, Stack
 from tests.support.vault_helpers import new_agent, settled
 
 CHAT = [{"role": "user", "content": "events please"}]
 
 
 @pytest.fixture
-async def stack(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Stack]:
-    config = demo_config(mock_upstream, vault=vault_section())
-    s = await start_stack(config, fresh_nats.url)
-    await add_vault(s)
-    yield s
-    await s.stop()
+def stack(paid_stack: Stack) -> Stack:
+    return paid_stack  # the demo stack in paid mode (tests/conftest.py)
 
 
 async def test_spend_event_per_settle_live_and_replayable(http: aiohttp.ClientSession, stack: Stack) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -19,12 +19,8 @@ CHAT = [{"role": "user", "content": "Hello there, how are you?"}]
 
 
 @pytest.fixture
-async def stack(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Stack]:
-    config = demo_config(mock_upstream, vault=vault_section())
-    s = await start_stack(config, fresh_nats.url)
-    await add_vault(s)
-    yield s
-    await s.stop()
+def stack(paid_stack: Stack) -> Stack:
+    return paid_stack  # the demo stack in paid mode (tests/conftest.py)
 
 
 def bearer(token: str) -> dict[str, str]:

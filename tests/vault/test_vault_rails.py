@@ -11,23 +11,16 @@ import pytest
 
 from actors.vault.wallets.simulated import SimulatedWallet, make_invoice
 from arbstr.natsserver import NatsServer
-from tests.support.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
-from tests.support.vault_helpers import (Rig, admin, assert_balanced, bearer, books, me, new_agent, payout_outcome, post,
-                                 reconciled)
+from tests.support.stack import ADMIN_TOKEN
+from tests.support.vault_helpers import (Rig, admin, assert_balanced, bearer, books, me, new_agent, payout_outcome,
+                                         post, reconciled, simulated_rig)
 from tests.support.waiting import eventually
 
 
 @pytest.fixture
 async def rig(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Rig]:
-    wallet = {"pay_wait_s": 0.5, "check_interval_s": 0.2, "fee_limit_min_msat": 500, "fee_limit_ppm": 0}
-    config = demo_config(mock_upstream, vault=vault_section(wallet=wallet))
-    stack = await start_stack(config, fresh_nats.url)
-    r = Rig(stack, SimulatedWallet(fee_limit_ppm=0, fee_limit_min_msat=500))
-    await r.start_vault()
-    yield r
-    if r.host is not None:
-        await r.stop_vault()
-    await stack.stop()
+    async with simulated_rig(fresh_nats.url, mock_upstream) as r:
+        yield r
 
 
 async def clean(http: aiohttp.ClientSession, rig: Rig) -> None:

@@ -9,27 +9,19 @@ from typing import Any, AsyncIterator
 import aiohttp
 import pytest
 
-from actors.vault.wallets.simulated import SimulatedWallet
 from arbstr.natsserver import NatsServer
-from tests.support.stack import ADMIN_TOKEN, demo_config, start_stack, vault_section
+from tests.support.stack import ADMIN_TOKEN
 from tests.support.waiting import eventually
 from tests.vault.test_vault_rails import funded_by_invoice
-from tests.support.vault_helpers import Rig, bearer
+from tests.support.vault_helpers import Rig, bearer, simulated_rig
 
 INTERVAL_S = 0.2
 
 
 @pytest.fixture
 async def rig(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Rig]:
-    wallet = {"pay_wait_s": 0.5, "check_interval_s": 0.2, "fee_limit_min_msat": 500, "fee_limit_ppm": 0,
-              "reconcile_interval_s": INTERVAL_S}
-    stack = await start_stack(demo_config(mock_upstream, vault=vault_section(wallet=wallet)), fresh_nats.url)
-    r = Rig(stack, SimulatedWallet(fee_limit_ppm=0, fee_limit_min_msat=500))
-    await r.start_vault()
-    yield r
-    if r.host is not None:
-        await r.stop_vault()
-    await stack.stop()
+    async with simulated_rig(fresh_nats.url, mock_upstream, reconcile_interval_s=INTERVAL_S) as r:
+        yield r
 
 
 async def test_the_watchdog_closes_the_vault_on_its_own_timer(http: aiohttp.ClientSession, rig: Rig) -> None:
