@@ -224,8 +224,16 @@ class GrantMeter:
     async def settle_up(self, agent_id: Optional[str] = None) -> None:
         """Before a read of the books: every request served here is reported, and every grant with nothing in
         flight given back (``agent_id`` None: of every agent)."""
-        agents = [self._by_agent[agent_id]] if agent_id in self._by_agent else \
-            (list(self._by_agent.values()) if agent_id is None else [])
+        await self._give_back_idle(self._agents(agent_id))
+
+    def _agents(self, agent_id: Optional[str]) -> list[_Agent]:
+        """One agent's state here (none if it has none), or every agent's for ``None``."""
+        if agent_id is None:
+            return list(self._by_agent.values())
+        return [self._by_agent[agent_id]] if agent_id in self._by_agent else []
+
+    async def _give_back_idle(self, agents: list[_Agent]) -> None:
+        """Report what was served, and close every grant with nothing in flight."""
         for agent in agents:
             for g in agent.grants:
                 if g.inflight == 0:
@@ -234,8 +242,7 @@ class GrantMeter:
 
     async def revoke(self, agent_id: Optional[str]) -> None:
         """Nothing more is decided under these grants; they are closed once their requests are reported."""
-        agents = list(self._by_agent.values()) if agent_id is None else \
-            ([self._by_agent[agent_id]] if agent_id in self._by_agent else [])
+        agents = self._agents(agent_id)
         for agent in agents:
             agent.refused_until = 0.0
             agent.revocations += 1
@@ -332,11 +339,8 @@ class GrantMeter:
         # What this gateway holds aside must not be why the vault refuses: idle grants go back first, and what
         # was served under a request id is journaled before the vault is asked about that id.
         if agent.grants:
-            for g in agent.grants:
-                if g.inflight == 0:
-                    g.retired = True
             agent.refused_until = max(agent.refused_until, time.monotonic() + self.cfg.retry_after_refusal_s)
-            await self._drain([agent], lambda g: not g.closed and (g.items or (g.retired and g.inflight == 0)))
+            await self._give_back_idle([agent])
         self._remember(agent, request_id)
         return await self.slow.reserve(token, request_id, route, endpoint)
 
