@@ -54,14 +54,15 @@ async def stream_seq(stack: BenchStack, stream: str) -> int:
 
 async def loaded(stack: BenchStack, http: aiohttp.ClientSession, url: str, concurrency: int, duration_s: float,
                  headers: Headers) -> dict[str, Any]:
-    pids = stack.arbstr_pids()
+    named = stack.arbstr_pids_by_name()
     ledger0, events0 = await stream_seq(stack, subjects.STREAM_LEDGER), await stream_seq(stack, subjects.STREAM_EVENTS)
-    cpu0 = cpu_s(pids)
+    cpu0 = {name: cpu_s([pid]) for name, pid in named.items()}
     result = await throughput(http, url, concurrency, duration_s, headers)
     await asyncio.sleep(0.5)  # settles after the last answers are part of what those requests cost
-    cpu = cpu_s(pids) - cpu0
+    cpu = {name: cpu_s([pid]) - cpu0[name] for name, pid in named.items()}
     done = max(1, result["ok"] + result["errors"])
-    result["cpu_ms_per_request"] = round(cpu * 1000 / done, 3)
+    result["cpu_ms_per_request"] = round(sum(cpu.values()) * 1000 / done, 3)
+    result["cpu_ms_per_request_by_process"] = {name: round(s * 1000 / done, 3) for name, s in cpu.items()}
     if stack.admin_token:
         ledger = await stream_seq(stack, subjects.STREAM_LEDGER) - ledger0
         events = await stream_seq(stack, subjects.STREAM_EVENTS) - events0

@@ -31,12 +31,13 @@ class BenchStack:
         self.bus = bus
         self.names = names or []  # the component each of ``procs`` runs (mock-upstream first)
 
-    def arbstr_pids(self) -> list[int]:
-        """arbstr's own processes and the nats-server: what a request costs in CPU (not the mock, not the client)."""
-        pids = [p.pid for p, name in zip(self.procs, self.names) if name != "mock-upstream"]
+    def arbstr_pids_by_name(self) -> dict[str, int]:
+        """arbstr's own processes and the nats-server by name: what a request costs in CPU (not the mock, not the
+        client)."""
+        named = {name: p.pid for p, name in zip(self.procs, self.names) if name != "mock-upstream"}
         if self.nats.proc is not None:
-            pids.append(self.nats.proc.pid)
-        return pids
+            named["nats-server"] = self.nats.proc.pid
+        return named
 
     def connect_options(self, identity: str = "operator") -> dict[str, object]:
         from schemas.bus_permissions import inbox_prefix

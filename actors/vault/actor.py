@@ -67,6 +67,9 @@ from .wallets.base import Wallet
 from .xcashu import PerRequestPayments
 
 log = logging.getLogger("arbstr.vault")
+# Buffered rows go to DuckDB this often: each load has a fixed cost, and every read flushes first anyway (a
+# report never misses a row the vault has seen), so the interval only bounds the memory the buffer takes.
+PROJECTION_FLUSH_S = 2.0
 
 VERSION = "0.2.0"
 RAIL_TIMEOUT_S = 30.0
@@ -221,7 +224,7 @@ class VaultActor(LedgerSetup, PartitionServing, CommandRouting, HoldsApi, Settle
 
     async def _flush_projection_forever(self) -> None:
         while self._running:
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(PROJECTION_FLUSH_S)
             try:
                 if self.projection is not None:
                     await self.projection.flush_async()

@@ -98,6 +98,7 @@ class PartitionServing(VaultCore):
                    touched: list[tuple[JournalEntry, AccountState]]) -> None:
         owner = self.owners.get(k)
         self.book.committed(k % self.layout.streams, seq, touched)
+        outgoing: list[Outgoing] = []
         for entry, state in touched:
             if owner is not None:
                 owner.arm(entry, state)
@@ -106,27 +107,19 @@ class PartitionServing(VaultCore):
                 rid = getattr(event.body, "rid", None)
                 for waiter in self._waiters.get((entry.agent_id, rid), ()) if rid is not None else ():
                     waiter.set()
-            self._publish_entry(entry, state)
+            outgoing.extend(published_of(entry, state))
+        self._send(outgoing)
 
-    def _publish_entry(self, entry: JournalEntry, state: AccountState) -> None:
-        """Spend events and the request record an entry carries, derived from the journal; their ids are stable,
-        so publishing one again (a takeover) is deduplicated by the events stream."""
-        assert self.nc is not None
-        for e in entry.events:
-            ev = spend_event(e, state)
-            if ev is not None:
-                self._publish(subjects.spend(e.agent_id), ev.model_dump_json().encode(), f"spend:{ev.event_id}",
-                              ev.request_id)
-        if entry.record is not None:
-            rec = entry.record
-            self._publish(subjects.requests(rec.agent_id), rec.model_dump_json().encode(),
-                          f"record:{entry.agent_id}:{entry.events[-1].seq}", rec.request_id)
+    def _send(self, outgoing: list[Outgoing]) -> None:
+        """Publish derived events: one task per batch, not per event (each publish only fills nats-py's buffer)."""
+        if outgoing:
+            task = asyncio.ensure_future(self._publish_all(outgoing))
+            task.add_done_callback(_log_failure)
 
-    def _publish(self, subject: str, data: bytes, msg_id: str, request_id: str) -> None:
+    async def _publish_all(self, outgoing: list[Outgoing]) -> None:
         assert self.nc is not None
-        headers = {subjects.H_MSG_ID: msg_id, subjects.H_REQUEST_ID: request_id}
-        task = asyncio.ensure_future(self.nc.publish(subject, data, headers=headers))  # buffered: no round trip
-        task.add_done_callback(_log_failure)
+        for subject, data, headers in outgoing:
+            await self.nc.publish(subject, data, headers=headers)
 
     async def _republish(self, k: int, late: list[tuple[JournalBatch, int]]) -> None:
         """The recent batches' events again: whatever a dead owner did not get out, tools still see."""
@@ -145,12 +138,14 @@ class PartitionServing(VaultCore):
             log.warning("partition %s: recent events not published again (%r)", k, e)
             return
         seen: set[str] = set()
+        outgoing: list[Outgoing] = []
         for batch in recent:
             if batch.batch_id in seen:
                 continue
             seen.add(batch.batch_id)
             for entry in batch.entries:
-                self._publish_entry(entry, self.book.state(entry.agent_id))
+                outgoing.extend(published_of(entry, self.book.state(entry.agent_id)))
+        self._send(outgoing)
 
     async def execute(self, agent_id: str, decider: Decider,
                       answer_with: Optional[Callable[[AccountState, decide.Decided], Any]] = None,
@@ -160,6 +155,26 @@ class PartitionServing(VaultCore):
         if owner is None or owner.writer is None:
             raise moved(self.partition_of(agent_id))
         return await owner.writer.submit(agent_id, decider, answer_with, record)
+
+
+Outgoing = tuple[str, bytes, dict[str, str]]  # subject, payload, headers
+
+
+def published_of(entry: JournalEntry, state: AccountState) -> list[Outgoing]:
+    """Spend events and the request record an entry carries, derived from the journal; their ids are stable, so
+    publishing one again (a takeover) is deduplicated by the events stream."""
+    out: list[Outgoing] = []
+    for e in entry.events:
+        ev = spend_event(e, state)
+        if ev is not None:
+            out.append((subjects.spend(e.agent_id), ev.model_dump_json().encode(),
+                        {subjects.H_MSG_ID: f"spend:{ev.event_id}", subjects.H_REQUEST_ID: ev.request_id}))
+    if entry.record is not None:
+        rec = entry.record
+        out.append((subjects.requests(rec.agent_id), rec.model_dump_json().encode(),
+                    {subjects.H_MSG_ID: f"record:{entry.agent_id}:{entry.events[-1].seq}",
+                     subjects.H_REQUEST_ID: rec.request_id}))
+    return out
 
 
 def spend_event(e: LedgerEvent, state: AccountState) -> Optional[SpendEvent]:

@@ -95,6 +95,45 @@ async def test_a_refused_batch_answers_no_one_as_done_and_stops_the_writer() -> 
         await w.submit("a", lambda s, at: decide.deposit(s, "later", 1, "sim", "", at))
 
 
+async def test_a_command_the_fold_refuses_halfway_is_never_journaled_and_the_partition_is_reloaded() -> None:
+    # Commands apply in place (no copy of a busy account per command): one whose second event the fold refuses
+    # has changed memory already, so the writer stops and the partition is handed back to be loaded afresh.
+    part, journal, committed, broken = PartitionState(0), Journal(), [], []
+    w = writer(part, journal, committed, broken)
+    await w.submit("a", lambda s, at: decide.create_agent(s, "a", "h" * 64, AgentPolicy(), at))
+
+    def twice(s: AccountState, at: int) -> decide.Decided:
+        once = decide.deposit(s, "d1", 100, "simulated", "", at)
+        return decide.Decided(once.op_id, once.bodies * 2)  # the same deposit twice: the fold refuses the second
+
+    bystander = asyncio.ensure_future(w.submit("a", lambda s, at: decide.deposit(s, "d2", 5, "simulated", "", at)))
+    with pytest.raises(ArbstrError) as refused:
+        await w.submit("a", twice)
+    assert refused.value.status == 503 and broken and "refused by the fold" in broken[0]
+    assert len(journal.raws) == 1  # only the creation: nothing of the half-applied batch was written
+    with pytest.raises(ArbstrError):
+        await bystander  # it shared the batch: told to try again (at the next owner), never told "done"
+    fresh = PartitionState(0)
+    for batch, seq, digest in batches_of(journal):
+        fold_batch(fresh, batch, seq, digest)
+    assert fresh.agents["a"].deposited_msat == 0
+    await w.stop()
+
+
+async def test_a_command_the_fold_refuses_at_once_is_a_500_and_the_writer_goes_on() -> None:
+    part, journal, committed, broken = PartitionState(0), Journal(), [], []
+    w = writer(part, journal, committed, broken)
+    await w.submit("a", lambda s, at: decide.create_agent(s, "a", "h" * 64, AgentPolicy(), at))
+    await w.submit("a", lambda s, at: decide.deposit(s, "d1", 100, "simulated", "", at))
+    with pytest.raises(ArbstrError) as refused:  # the same deposit id again, bypassing the decider's check
+        await w.submit("a", lambda s, at: decide.Decided("again", decide.deposit(
+            AccountState(agent_id="a", created=True), "d1", 100, "simulated", "", at).bodies))
+    assert refused.value.status == 500 and not broken
+    await w.submit("a", lambda s, at: decide.deposit(s, "d2", 5, "simulated", "", at))
+    assert part.agents["a"].deposited_msat == 105 and len(journal.raws) == 3
+    await w.stop()
+
+
 def batches_of(journal: Journal) -> list[tuple[JournalBatch, int, str]]:
     return [(JournalBatch.model_validate_json(raw), i + 1, batch_hash(raw)) for i, raw in enumerate(journal.raws)]
 
