@@ -30,7 +30,7 @@ from actors.runtime.tokens import token_hash
 from schemas import exchanges, subjects
 from schemas.config import GrantsConfig
 from schemas.errors import ArbstrError
-from schemas.grants import GrantRequest, GrantsRevoked, GrantUsage, UsageItem
+from schemas.grants import MAX_REPORT_ITEMS, GrantReports, GrantRequest, GrantsRevoked, GrantUsage, UsageItem
 from schemas.money import cost_msat, max_output_tokens_for
 from schemas.requests import RequestRecord
 from schemas.router import Envelope, RouteReply
@@ -45,7 +45,7 @@ SWEEP_AGENTS_S = 30.0
 LOST_CLOSE_WAIT_S = 2.0
 FORGET_AGENT_S = 300.0  # an agent with no grant, unseen this long, is forgotten here (its recent request ids too)
 SEEN_RIDS = 4096  # request ids served here lately, per agent: a reuse goes to the vault, which knows the answer
-MAX_ITEMS = 4096  # requests per report (GrantUsage's bound)
+MAX_REPORTS = 1024  # grants per report message (GrantReports' bound)
 
 
 @dataclass(eq=False)  # one grant is one object: compared and hashed by identity
@@ -368,12 +368,19 @@ class GrantMeter:
                 pass
             self._wake.clear()
             now = time.monotonic()
+            due: dict[int, list[tuple[_Agent, _Grant]]] = {}
             for g, agent in list(self._live.items()):
                 if g.inflight == 0 and not g.retired and (now - g.last_used > self.cfg.idle_s or now >= g.use_until):
                     g.retired = True
                 closing = g.retired and g.inflight == 0
                 if (g.items or closing) and (g.reporting is None or g.reporting.done()):
-                    g.reporting = asyncio.create_task(self._report(agent, g, closing))
+                    due.setdefault(g.partition, []).append((agent, g))
+            # One message per partition, whatever the number of agents: what one tick costs the bus and the
+            # owner does not grow with the agents this gateway serves.
+            for partition, grants in due.items():
+                task = asyncio.create_task(self._report(partition, grants))
+                for _, g in grants:
+                    g.reporting = task
             if now - self._swept > SWEEP_AGENTS_S:
                 self._swept = now
                 for agent_id, agent in list(self._by_agent.items()):
@@ -381,33 +388,47 @@ class GrantMeter:
                             and now - agent.touched > FORGET_AGENT_S:
                         del self._by_agent[agent_id]  # bounded memory; its request ids are the vault's to judge
 
-    async def _report(self, agent: _Agent, g: _Grant, closing: bool) -> None:
-        items = g.items[:MAX_ITEMS]
-        close = closing and len(items) == len(g.items)
-        msg = GrantUsage(grant_id=g.grant_id, agent_id=g.agent_id, items=items, close=close)
+    async def _report(self, partition: int, grants: list[tuple[_Agent, _Grant]]) -> None:
+        budget = MAX_REPORT_ITEMS
+        sent: list[tuple[_Agent, _Grant, int, bool]] = []  # (agent, grant, items sent, closed by this report)
+        for agent, g in grants[:MAX_REPORTS]:
+            n = min(len(g.items), budget)
+            close = g.retired and g.inflight == 0 and n == len(g.items)
+            if n or close:
+                budget -= n
+                sent.append((agent, g, n, close))
+        if not sent:
+            return
+        msg = GrantReports(reports=[GrantUsage(grant_id=g.grant_id, agent_id=g.agent_id, items=g.items[:n],
+                                               close=close) for _, g, n, close in sent])
+        refused: dict[str, str] = {}
         deadline = time.monotonic() + self.settle_budget_s
         delay = 0.05
         while True:
             try:
-                await self.bus.ask(exchanges.GRANT_USAGE, msg, partition=g.partition,
-                                   timeout_s=max(self.bus.timeout_s, 5.0), wait_for_responder_s=OWNER_WAIT_S)
+                reply = await self.bus.ask(exchanges.GRANT_USAGE, msg, partition=partition,
+                                           timeout_s=max(self.bus.timeout_s, 5.0), wait_for_responder_s=OWNER_WAIT_S)
+                refused = reply.refused
                 break
             except ArbstrError as e:
                 if e.status < 500 or time.monotonic() + delay > deadline:
-                    # Not journaled: the grant expires at its TTL, charged and flagged — the agent is never
-                    # charged less than it was served, and an operator sees the flag.
-                    log.error("grant %s of %s: %d requests not reported (%s)", g.grant_id, g.agent_id, len(items),
-                              e.message)
+                    refused = {g.grant_id: e.message for _, g, _, _ in sent}
                     break
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
         self.stats["reports"] += 1
-        del g.items[:len(items)]
-        if close:
-            g.closed = True
-            self._live.pop(g, None)
-            if g in agent.grants:
-                agent.grants.remove(g)
-            self.stats["grants_closed"] += 1
-        if g.items or (g.retired and g.inflight == 0 and not g.closed):
-            self._wake.set()
+        for agent, g, n, close in sent:
+            if g.grant_id in refused:
+                # Not journaled: the grant expires at its TTL, charged and flagged — the agent is never charged
+                # less than it was served, and an operator sees the flag.
+                log.error("grant %s of %s: %d requests not reported (%s)", g.grant_id, g.agent_id, n,
+                          refused[g.grant_id])
+            del g.items[:n]
+            if close:
+                g.closed = True
+                self._live.pop(g, None)
+                if g in agent.grants:
+                    agent.grants.remove(g)
+                self.stats["grants_closed"] += 1
+            if g.items or (g.retired and g.inflight == 0 and not g.closed):
+                self._wake.set()

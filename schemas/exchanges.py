@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from . import subjects
 from .breaker import ProbeReply, ProbeRequest, StateReply, StateRequest
-from .grants import GrantReply, GrantRequest, GrantUsage
+from .grants import GrantReply, GrantReports, GrantReportsReply, GrantRequest
 from .errors import ArbstrError, ErrorBody
 from .payments import TopUpNow, TopUpResult, XCashuReport, XCashuRequest, XCashuResult, XCashuToken
 from .pricing import ConfirmReply, ConfirmRequest, PriceTable, QuoteReply, QuoteRequest, TableRequest
@@ -82,7 +82,7 @@ SETTLE = _vault("settle", subjects.VAULT_SETTLE, SettleCommand, Empty)
 CREDIT = _vault("credit", "", CreditDeposit, Empty)  # internal: owner to owner only
 # Grants (credit control): a gateway's slice of an agent's balance, and the requests it decided under it.
 GRANT = _vault("grant", "", GrantRequest, GrantReply)  # partition subjects only
-GRANT_USAGE = _vault("grant_usage", "", GrantUsage, Empty)  # partition subjects only
+GRANT_USAGE = _vault("grant_usage", "", GrantReports, GrantReportsReply)  # partition subjects only
 # Paying Routstr nodes: payouts of the operator account, decided where its partition is served.
 XCASHU_TOKEN = _vault("xcashu-token", subjects.VAULT_XCASHU_TOKEN, XCashuRequest, XCashuToken)
 XCASHU_REPORT = _vault("xcashu-report", subjects.VAULT_XCASHU_REPORT, XCashuReport, XCashuResult)

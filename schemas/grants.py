@@ -3,9 +3,9 @@ against it locally, reports what they cost in batches and closes it (DESIGN §6,
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .common import MAX_EPOCH_MS, MAX_TOKENS, Amount, Message, Msat
 from .requests import RequestRecord
@@ -58,6 +58,38 @@ class GrantUsage(Message):
     agent_id: str
     items: list[UsageItem] = Field(default_factory=list, max_length=4096)
     close: bool = False
+
+
+MAX_REPORT_ITEMS = 4096  # requests in one GrantReports message, over all its grants
+
+
+class GrantReports(Message):
+    """What a gateway has to report for every grant it holds in one partition, in one message: a gateway sends at
+    most one per partition per report interval, however many agents it serves there."""
+
+    reports: list[GrantUsage] = Field(min_length=1, max_length=1024)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_grant(cls, data: Any) -> Any:
+        # A gateway from before GrantReports sends one GrantUsage: still journaled (a refused report is charged
+        # whole at the grant's expiry), so vaults can be upgraded before the gateways.
+        if isinstance(data, dict) and "reports" not in data and "grant_id" in data:
+            return {"reports": [data]}
+        return data
+
+    @model_validator(mode="after")
+    def _bounded(self) -> "GrantReports":
+        if sum(len(r.items) for r in self.reports) > MAX_REPORT_ITEMS:
+            raise ValueError(f"at most {MAX_REPORT_ITEMS} requests per report")
+        return self
+
+
+class GrantReportsReply(Message):
+    """Reports the owner refused for good (unknown agent, another partition's): sending them again cannot help.
+    Everything else was journaled; a report not answered is sent again whole (items are recognised by op id)."""
+
+    refused: dict[str, str] = Field(default_factory=dict, description="grant id -> why")
 
 
 class GrantsRevoked(Message):

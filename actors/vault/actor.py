@@ -93,7 +93,8 @@ class VaultActor(LedgerSetup, PartitionServing, CommandRouting, HoldsApi, Settle
         self.book = Book(self.partition_of)
         self.wallet: Wallet = wallet if wallet is not None else build_wallet(self.vc.wallet)
         self.freeze = FreezeSwitch(on_frozen=lambda: self.grants.revoke("*", "vault_frozen"))
-        self.grants = GrantDesk(self.execute, self.book.state, self.freeze, self.vc.hold_ttl_s * 1000)
+        self.grants = GrantDesk(self.execute, self.book.state, self.freeze, self.vc.hold_ttl_s * 1000,
+                                self.partition_of)
         self.claims = Claims(instance=self.instance)
         self.rails = Rails(self.vc.wallet, self.wallet, self.book, self.execute, self.freeze, self.claims,
                            self._caught_up, owns=self.owns, credit=self._credit)
@@ -241,7 +242,7 @@ class VaultActor(LedgerSetup, PartitionServing, CommandRouting, HoldsApi, Settle
             Op(ex.AWAIT_APPROVAL, self._wait_approval, self._reserve_route, timeout_s=86_400),
             Op(ex.EXTEND, self._extend, by_agent),  # partition subjects only
             Op(ex.GRANT, self.grants.grant, by_agent),  # a gateway's slice of an agent's balance
-            Op(ex.GRANT_USAGE, self.grants.usage, by_agent, timeout_s=30.0),
+            Op(ex.GRANT_USAGE, self.grants.reports, self._first_report, timeout_s=30.0),
             Op(ex.RELEASE, self._settle_now, self._settle_route),
             Op(ex.SETTLE, self._settle_now, self._settle_route),
             Op(ex.CREDIT, self._credit_here, by_agent),  # internal: owner to owner only

@@ -12,8 +12,7 @@ from nats.aio.client import Client as NATS
 
 from schemas import subjects
 from schemas.errors import ArbstrError
-from schemas.grants import GrantReply, GrantRequest, GrantsRevoked, GrantUsage, UsageItem
-from schemas.vault import Empty
+from schemas.grants import GrantReply, GrantReports, GrantReportsReply, GrantRequest, GrantsRevoked, GrantUsage, UsageItem
 
 from . import decide_grants
 from .decided import Decided
@@ -26,15 +25,20 @@ log = logging.getLogger("arbstr.vault.grants")
 Execute = Callable[..., Awaitable[Written]]
 
 
+async def _refuse(why: str) -> None:
+    raise ArbstrError(400, why, code="wrong_partition")
+
+
 def unauthorized() -> ArbstrError:
     return ArbstrError(401, "invalid or revoked agent token", code="invalid_api_key")
 
 
 class GrantDesk:
     def __init__(self, execute: Execute, state_of: Callable[[str], AccountState], freeze: FreezeSwitch,
-                 ttl_ms: int) -> None:
+                 ttl_ms: int, partition_of: Callable[[str], int]) -> None:
         self.execute = execute
         self.state_of = state_of
+        self.partition_of = partition_of
         self.freeze = freeze
         self.ttl_ms = ttl_ms
         self.nc: Optional[NATS] = None
@@ -59,8 +63,25 @@ class GrantDesk:
                           policy=w.state.policy, policy_version=w.state.policy_version,
                           token_version=w.state.token_version)
 
-    async def usage(self, req: GrantUsage, headers: dict[str, str], agent_id: str) -> Empty:
+    async def reports(self, req: GrantReports, headers: dict[str, str], agent_id: str) -> GrantReportsReply:
+        """A gateway's reports for one partition (routed here by the first one's agent). Each is decided on its
+        own; a refusal of one is answered for that one only, a fault (5xx) has the whole message sent again."""
+        k = self.partition_of(agent_id)
+        results = await asyncio.gather(*(self._usage(r) if self.partition_of(r.agent_id) == k
+                                         else _refuse(f"agent {r.agent_id} is not in partition {k}")
+                                         for r in req.reports), return_exceptions=True)
+        refused: dict[str, str] = {}
+        for report, r in zip(req.reports, results):
+            if isinstance(r, ArbstrError) and r.status < 500:
+                log.error("grant %s of %s: report refused (%s)", report.grant_id, report.agent_id, r.message)
+                refused[report.grant_id] = r.message
+            elif isinstance(r, BaseException):
+                raise r
+        return GrantReportsReply(refused=refused)
+
+    async def _usage(self, req: GrantUsage) -> None:
         """Every item is its own command (its own resolution and record); they share journal batches."""
+        agent_id = req.agent_id
         if not self.state_of(agent_id).created:
             raise ArbstrError(404, f"unknown agent {agent_id}", code="unknown_agent")
         results = await asyncio.gather(*(self._item(agent_id, req.grant_id, item) for item in req.items),
@@ -74,7 +95,6 @@ class GrantDesk:
         if req.close:
             await self.execute(agent_id, lambda s, at: decide_grants.close_grant(s, req.grant_id, at))
             self.stats["closed"] += 1
-        return Empty()
 
     async def _item(self, agent_id: str, gid: str, item: UsageItem) -> Any:
         def decider(s: AccountState, at: int) -> Decided:

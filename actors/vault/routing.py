@@ -123,6 +123,9 @@ class CommandRouting(VaultCore):
     async def _by_agent(self, msg: Any) -> str:
         return str(msg.agent_id)
 
+    async def _first_report(self, msg: Any) -> str:
+        return str(msg.reports[0].agent_id)  # every report of a GrantReports is about the same partition
+
     async def _new_agent(self, msg: CreateAgent) -> str:
         if getattr(msg, "agent_id", None):
             return str(msg.agent_id)

@@ -190,3 +190,51 @@ async def test_what_an_idle_grant_holds_can_be_withdrawn_at_once(stack: Stack) -
         acct = await settled(http, stack, agent_id)
         assert acct["spent_msat"] == unit() and acct["withdrawn_msat"] == p["charged_msat"]
         assert_balanced(await books(http, stack))
+
+
+async def test_the_grants_of_many_agents_in_one_partition_are_reported_in_one_message(
+        fresh_nats: NatsServer, mock_upstream: str) -> None:
+    # A gateway's report tick costs one message per partition, however many agents it serves there. (Reports wait
+    # for a read here, so that every agent has something to report in the same tick.)
+    from schemas import exchanges
+    from schemas.grants import GrantReports
+
+    stack = await start_stack(config(mock_upstream, grants={"report_interval_s": 10, "report_batch": 4096}),
+                              fresh_nats.url)
+    await add_vault(stack)
+    try:
+        async with aiohttp.ClientSession() as http:
+            agents = [await new_agent(http, stack, f"crowd{n}", deposit_msat=1_000_000) for n in range(12)]
+            by_partition: dict[int, list[tuple[str, str]]] = {}
+            for agent_id, token in agents:  # a grant open for each, which names the agent's partition
+                assert (await chat(http, stack, token)).status == 200
+                by_partition.setdefault(meter(stack)._by_agent[agent_id].grants[-1].partition, []).append(
+                    (agent_id, token))
+            k, crowd = max(by_partition.items(), key=lambda kv: len(kv[1]))
+            assert len(crowd) >= 2  # 12 agents over 16 partitions: some share one
+            seen: list[GrantReports] = []
+
+            async def cb(msg) -> None:  # type: ignore[no-untyped-def]
+                seen.append(GrantReports.model_validate_json(msg.data))
+
+            sub = await stack.nc.subscribe(exchanges.GRANT_USAGE.on_partition(k), cb=cb)
+            responses = await asyncio.gather(*(chat(http, stack, token) for _, token in crowd for _ in range(20)))
+            assert {r.status for r in responses} == {200}
+            for agent_id, _ in crowd:
+                acct = await settled(http, stack, agent_id)
+                assert acct["spent_msat"] == 21 * unit() and acct["pending_msat"] == 0, acct
+            await sub.unsubscribe()
+            assert any(len({r.agent_id for r in m.reports}) >= 2 for m in seen), [len(m.reports) for m in seen]
+            reported = [item.request_id for m in seen for r in m.reports for item in r.items]
+            assert len(reported) == len(set(reported)) >= 20 * len(crowd)  # each request once, none lost
+            assert_balanced(await books(http, stack))
+    finally:
+        await stack.stop()
+
+
+def test_a_report_of_one_grant_from_an_older_gateway_is_still_read() -> None:
+    from schemas.grants import GrantReports
+
+    old = '{"grant_id": "g1234567890", "agent_id": "agt_1", "items": [], "close": true}'
+    reports = GrantReports.model_validate_json(old)
+    assert [(r.grant_id, r.close) for r in reports.reports] == [("g1234567890", True)]
