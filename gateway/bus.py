@@ -45,6 +45,7 @@ class Bus:
         retries: int = 0,
         admin_token: Optional[str] = None,
         wait_for_responder_s: float = 0.0,
+        encoded: Optional[bytes] = None,
     ) -> R:
         """Request/reply on a subject (``ask`` names the exchange instead). No responders → 503, timeout → 504, an
         actor's error → its own status and body.
@@ -53,14 +54,15 @@ class Bus:
         asked again and the queue group hands it to a survivor. ``admin_token``: the operator's token, which an
         admin command carries so the actor checks it itself (a bus credential alone cannot mint).
         ``wait_for_responder_s``: a subject with nobody listening (a vault partition changing owner) is asked
-        again for this long — nothing was delivered, so it is safe even for writes.
+        again for this long — nothing was delivered, so it is safe even for writes. ``encoded``: ``message`` as
+        the caller already encoded it (to measure it).
         """
         headers = {subjects.H_REQUEST_ID: request_id} if request_id else {}
         if traceparent:
             headers[subjects.H_TRACEPARENT] = traceparent
         if admin_token:
             headers[subjects.H_ADMIN_AUTH] = admin_token
-        payload = message.model_dump_json().encode()
+        payload = encoded if encoded is not None else message.model_dump_json().encode()
         attempt = 0
         wait_until = time.monotonic() + wait_for_responder_s
         while True:

@@ -389,24 +389,43 @@ class GrantMeter:
                         del self._by_agent[agent_id]  # bounded memory; its request ids are the vault's to judge
 
     async def _report(self, partition: int, grants: list[tuple[_Agent, _Grant]]) -> None:
+        # What the server accepts in one message bounds a report too (records make items large): a report past it
+        # is cut to fewer items, and the rest goes in the next one.
+        limit = max(64 * 1024, int(getattr(self.nc, "max_payload", 0) or 1024 * 1024) * 3 // 4)
         budget = MAX_REPORT_ITEMS
-        sent: list[tuple[_Agent, _Grant, int, bool]] = []  # (agent, grant, items sent, closed by this report)
+        while True:
+            sent = self._report_items(grants, budget)
+            if not sent:
+                return
+            msg = GrantReports(reports=[GrantUsage(grant_id=g.grant_id, agent_id=g.agent_id, items=g.items[:n],
+                                                   close=close) for _, g, n, close in sent])
+            raw = msg.model_dump_json().encode()
+            items = sum(n for _, _, n, _ in sent)
+            if len(raw) <= limit or items <= 1:
+                break
+            budget = items // 2
+        await self._send_report(partition, msg, raw, sent)
+
+    @staticmethod
+    def _report_items(grants: list[tuple[_Agent, _Grant]], budget: int) -> list[tuple[_Agent, _Grant, int, bool]]:
+        """(agent, grant, items sent, closed by this report) for a report of at most ``budget`` items."""
+        sent: list[tuple[_Agent, _Grant, int, bool]] = []
         for agent, g in grants[:MAX_REPORTS]:
             n = min(len(g.items), budget)
             close = g.retired and g.inflight == 0 and n == len(g.items)
             if n or close:
                 budget -= n
                 sent.append((agent, g, n, close))
-        if not sent:
-            return
-        msg = GrantReports(reports=[GrantUsage(grant_id=g.grant_id, agent_id=g.agent_id, items=g.items[:n],
-                                               close=close) for _, g, n, close in sent])
+        return sent
+
+    async def _send_report(self, partition: int, msg: GrantReports, raw: bytes,
+                           sent: list[tuple[_Agent, _Grant, int, bool]]) -> None:
         refused: dict[str, str] = {}
         deadline = time.monotonic() + self.settle_budget_s
         delay = 0.05
         while True:
             try:
-                reply = await self.bus.ask(exchanges.GRANT_USAGE, msg, partition=partition,
+                reply = await self.bus.ask(exchanges.GRANT_USAGE, msg, partition=partition, encoded=raw,
                                            timeout_s=max(self.bus.timeout_s, 5.0), wait_for_responder_s=OWNER_WAIT_S)
                 refused = reply.refused
                 break

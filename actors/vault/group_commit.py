@@ -27,7 +27,10 @@ from .partition import PartitionState
 
 log = logging.getLogger("arbstr.vault.commit")
 
-MAX_BATCH = 1024  # commands per journal message (well under the server's payload limit)
+MAX_BATCH = 1024  # commands per journal message
+# A journal message stays under nats-server's default max_payload (1 MB) whatever the commands carry (a request
+# record each): a batch past this is written as several messages.
+MAX_BATCH_BYTES = 768 * 1024
 
 
 def now_ms() -> int:
@@ -157,7 +160,6 @@ class GroupCommit:
         self._broken(reason)
 
     async def _commit(self, items: list[_Command]) -> None:
-        part = self.part
         at = now_ms()
         outcomes: list[Any] = []
         entries: list[JournalEntry] = []
@@ -165,14 +167,7 @@ class GroupCommit:
         for c in items:
             outcomes.append(self._decide(c, at, entries, touched))
         if entries:
-            batch = JournalBatch(partition=part.partition, epoch=self.epoch, batch_id=self._next_id(),
-                                 prev_hash=part.last_hash, at_ms=at, entries=entries)
-            raw = batch.model_dump_json().encode()
-            seq = await self._append(raw, batch.batch_id, part.last_seq)
-            part.last_seq, part.last_hash = seq, batch_hash(raw)
-            self.stats["batches"] += 1
-            self.stats["journaled"] += len(entries)
-            self._committed(batch, seq, touched)
+            await self._write(entries, touched, at)
         self.stats["commands"] += len(items)
         for c, outcome in zip(items, outcomes):
             if c.future.done():
@@ -181,6 +176,25 @@ class GroupCommit:
                 c.future.set_exception(outcome)
             else:
                 c.future.set_result(outcome)
+
+    async def _write(self, entries: list[JournalEntry], touched: list[tuple[JournalEntry, AccountState]],
+                     at: int) -> None:
+        """One journal message, or several in order when the batch would pass what a nats-server accepts in one
+        (each command's entry stays whole in one message; callers are answered after the last is acked)."""
+        part = self.part
+        batch = JournalBatch(partition=part.partition, epoch=self.epoch, batch_id=self._next_id(),
+                             prev_hash=part.last_hash, at_ms=at, entries=entries)
+        raw = batch.model_dump_json().encode()
+        if len(raw) > MAX_BATCH_BYTES and len(entries) > 1:
+            half = len(entries) // 2
+            await self._write(entries[:half], touched[:half], at)
+            await self._write(entries[half:], touched[half:], at)
+            return
+        seq = await self._append(raw, batch.batch_id, part.last_seq)
+        part.last_seq, part.last_hash = seq, batch_hash(raw)
+        self.stats["batches"] += 1
+        self.stats["journaled"] += len(entries)
+        self._committed(batch, seq, touched)
 
     def _decide(self, c: _Command, at: int, entries: list[JournalEntry],
                 touched: list[tuple[JournalEntry, AccountState]]) -> Any:

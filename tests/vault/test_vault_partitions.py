@@ -82,6 +82,32 @@ async def test_commands_that_queue_up_share_one_batch_and_are_answered_after_its
     await w.stop()
 
 
+async def test_a_batch_past_the_servers_payload_limit_is_written_as_several_messages(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors.vault import group_commit
+
+    monkeypatch.setattr(group_commit, "MAX_BATCH_BYTES", 3000)
+    part, journal, committed, broken = PartitionState(0), Journal(), [], []
+    w = writer(part, journal, committed, broken)
+    await w.submit("a", lambda s, at: decide.create_agent(s, "a", "h" * 64, AgentPolicy(), at))
+    journal.gate.clear()  # everything behind the first deposit queues up into one batch
+    first = asyncio.ensure_future(w.submit("a", lambda s, at: decide.deposit(s, "d0", 1, "simulated", "", at)))
+    await asyncio.sleep(0.01)
+    rest = [asyncio.ensure_future(w.submit("a", lambda s, at, n=n: decide.deposit(s, f"d{n}", 1, "simulated", "", at)))
+            for n in range(1, 41)]
+    await asyncio.sleep(0.01)
+    journal.gate.set()
+    await asyncio.gather(first, *rest)
+    assert all(len(raw) <= 3000 for raw in journal.raws) and len(journal.raws) > 3
+    assert sum(len(b.entries) for b, _, _ in batches_of(journal)) == 42 and not broken
+    assert verify_batches(journal.raws) == (True, None)
+    fresh = PartitionState(0)
+    for batch, seq, digest in batches_of(journal):
+        fold_batch(fresh, batch, seq, digest)
+    assert fresh.agents["a"].deposited_msat == part.agents["a"].deposited_msat == 41
+    await w.stop()
+
+
 async def test_a_refused_batch_answers_no_one_as_done_and_stops_the_writer() -> None:
     part, journal, committed, broken = PartitionState(0), Journal(), [], []
     w = writer(part, journal, committed, broken)
