@@ -77,6 +77,7 @@ class Ownership:
         self._changed = asyncio.Event()
         self._loaded = asyncio.Event()  # the watch delivered every key there was: only then is "free" meaningful
         self._stopping = False
+        self._dead: set[str] = set()  # members judged dead (logged once each)
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -155,9 +156,13 @@ class Ownership:
                 continue
             name = key.split(".", 1)[1]
             # Seen only since we started: give it a whole lease before judging it.
-            fresh = now - max(seen.changed_at, self._started) < self.lease_s
-            if name == self.instance or fresh:
+            silent_s = now - max(seen.changed_at, self._started)
+            if name == self.instance or silent_s < self.lease_s:
                 alive.append(name)
+                self._dead.discard(name)
+            elif name not in self._dead:
+                self._dead.add(name)
+                log.info("member %s: silent for %.2f s; its partitions are free", name, silent_s)
         if self.instance not in alive:
             alive.append(self.instance)
         return sorted(alive)
