@@ -24,6 +24,8 @@ from .snapshots import SnapshotStore
 log = logging.getLogger("arbstr.vault.owner")
 
 MARKER_ATTEMPTS = 20
+APPEND_TRY_S = 2.0  # one try of a journal write; an election leaves a request unanswered for its whole timeout
+APPEND_BUDGET_S = 20.0  # a batch is tried again this long (elections take seconds) before the writer gives up
 
 
 class PartitionOwner:
@@ -83,23 +85,45 @@ class PartitionOwner:
         return late
 
     async def _append(self, raw: bytes, batch_id: str, expected: int) -> int:
-        """A fenced write that tells a lost ack from a lost race: the journal's last batch says which."""
-        for attempt in range(2):
+        """A fenced write that tells a lost ack from a lost race: the journal's last batch says which.
+
+        Tried again, within a budget of time, while the journal cannot answer (a JetStream election sends requests
+        into the void for seconds): asking again is safe, the expected sequence lets at most one copy land and a
+        copy that already landed is found by its batch id. Only a batch still unaccounted for at the end of the
+        budget stops the writer (the partition is then handed back and loaded afresh)."""
+        deadline = time.monotonic() + APPEND_BUDGET_S
+        pause = 0.05
+        while True:
             try:
-                return await self.journal.append(self.partition, raw, batch_id, expected)
+                return await self.journal.append(self.partition, raw, batch_id, expected, timeout_s=APPEND_TRY_S)
             except Fenced:
-                landed = await self._landed(batch_id)
+                landed = await self._landed_within(batch_id, deadline)
                 if landed is not None:
                     return landed
                 raise
-            except Exception as e:  # a timeout or a lost connection: it may have landed
-                landed = await self._landed(batch_id)
+            except Exception as e:  # a timeout, no stream leader, a lost connection: it may have landed
+                try:
+                    landed = await self._landed(batch_id)
+                except Exception:
+                    landed = None  # not known yet: the next try finds out (it lands, or is fenced by the first)
                 if landed is not None:
                     return landed
-                if attempt:
+                if time.monotonic() + pause >= deadline:
                     raise
                 log.warning("partition %s: batch %s unconfirmed (%r); sending it again", self.partition, batch_id, e)
-        raise AssertionError("unreachable")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    async def _landed_within(self, batch_id: str, deadline: float) -> Optional[int]:
+        """The sequence our batch landed at, or None when the last batch is another's; asked again until the
+        deadline while the journal cannot say."""
+        while True:
+            try:
+                return await self._landed(batch_id)
+            except Exception:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def _landed(self, batch_id: str) -> Optional[int]:
         last = await self.journal.last(self.partition)

@@ -164,7 +164,7 @@ async def crash(actor: VaultActor, nc: NATS) -> None:
     actor._running = False
     tasks = list(actor._tasks)
     if actor.ownership is not None:
-        tasks += [actor.ownership._task, actor.ownership._watch_task]  # type: ignore[list-item]
+        tasks += [actor.ownership._task, actor.ownership._renew_task, actor.ownership._watch_task]  # type: ignore[list-item]
     for owner in actor.owners.values():
         tasks += [owner._snap_task, owner.timers._task]  # type: ignore[list-item]
         if owner.writer is not None:

@@ -209,3 +209,67 @@ def test_books_of_partitions_add_up() -> None:
     merged = merge_books([books([a], 3), books([b], 9)])
     assert (merged.deposits_msat, merged.balances_msat, merged.balanced, merged.agents) == (42, 42, True, 2)
     assert view(a).balance_msat == 10
+
+
+class ElectionJournal:
+    """A partition's journal through a JetStream election: ``dark`` requests go unanswered (timeouts), and a write
+    may land although its answer is lost."""
+
+    def __init__(self) -> None:
+        self.raws: list[bytes] = []
+        self.dark_appends = 0  # the next this many appends time out, having written nothing
+        self.lost_acks = 0  # the next this many appends land, but time out
+        self.dark_reads = 0  # the next this many reads of the last batch time out
+
+    async def append(self, partition: int, raw: bytes, batch_id: str, expected_seq: int, timeout_s: float = 5.0) -> int:
+        if self.dark_appends:
+            self.dark_appends -= 1
+            raise TimeoutError("no answer")
+        if expected_seq != len(self.raws):
+            raise Fenced(f"expected {expected_seq}, at {len(self.raws)}")
+        self.raws.append(raw)
+        if self.lost_acks:
+            self.lost_acks -= 1
+            raise TimeoutError("ack lost")
+        return len(self.raws)
+
+    async def last(self, partition: int) -> Any:
+        if self.dark_reads:
+            self.dark_reads -= 1
+            raise TimeoutError("no answer")
+        return (len(self.raws), self.raws[-1]) if self.raws else None
+
+
+def owner_on(journal: ElectionJournal) -> Any:
+    from actors.vault.owner import PartitionOwner
+    from actors.vault.ownership import Claim
+    return PartitionOwner(Claim(0, 1, 1), journal, None, None, None, None, 60.0)  # type: ignore[arg-type]
+
+
+def a_batch(batch_id: str) -> bytes:
+    return JournalBatch(partition=0, epoch=1, batch_id=batch_id, at_ms=1).model_dump_json().encode()
+
+
+async def test_a_batch_is_sent_again_through_an_election_and_lands_once() -> None:
+    # Before: one retry, and a failed "did it land?" read stopped the writer, so the partition was handed back
+    # and loaded afresh after the election (seconds more of 503s on a partition nobody had lost).
+    journal = ElectionJournal()
+    journal.dark_appends, journal.dark_reads = 3, 3
+    assert await owner_on(journal)._append(a_batch("b1"), "b1", 0) == 1
+    assert len(journal.raws) == 1
+
+
+async def test_a_batch_whose_ack_was_lost_is_found_not_written_twice() -> None:
+    journal = ElectionJournal()
+    journal.lost_acks, journal.dark_reads = 1, 2  # it landed; the reads that would say so time out at first
+    assert await owner_on(journal)._append(a_batch("b1"), "b1", 0) == 1
+    assert len(journal.raws) == 1  # the second send was fenced by the first copy, which was then found
+
+
+async def test_a_batch_fenced_by_another_owner_still_stops_the_writer() -> None:
+    journal = ElectionJournal()
+    journal.raws.append(a_batch("theirs"))  # a new owner's marker
+    journal.dark_appends = 1
+    with pytest.raises(Fenced):
+        await owner_on(journal)._append(a_batch("mine"), "mine", 0)
+    assert len(journal.raws) == 1
