@@ -207,14 +207,16 @@ def breakdown(events: list[tuple[float, str]], killed_wall: float, lost: list[in
     """Where the takeover's time went, from the survivor's log (seconds after the kill)."""
     dead = [at for at, msg in events if msg.startswith("member ") and "silent" in msg]
     taken: dict[int, float] = {}
-    serving: dict[int, tuple[float, float, float]] = {}
+    serving: dict[int, tuple[float, float, float, float, int]] = {}
     for at, msg in events:
         m = re.match(r"partition (\d+): taken", msg)
         if m and int(m.group(1)) in lost:
             taken.setdefault(int(m.group(1)), at)
-        m = re.match(r"partition (\d+): serving .*loaded in (\d+) ms, ready in (\d+) ms", msg)
+        m = re.match(r"partition (\d+): serving .*loaded in (\d+) ms, ready in (\d+) ms; snapshot (\d+) ms, "
+                     r"tail of (\d+) batches", msg)
         if m and int(m.group(1)) in lost:
-            serving.setdefault(int(m.group(1)), (at, float(m.group(2)) / 1000, float(m.group(3)) / 1000))
+            serving.setdefault(int(m.group(1)), (at, float(m.group(2)) / 1000, float(m.group(3)) / 1000,
+                                                 float(m.group(4)) / 1000, int(m.group(5))))
     out: dict[str, Any] = {}
     if dead:
         out["judged_dead_s"] = round(min(dead) - killed_wall, 3)
@@ -225,6 +227,8 @@ def breakdown(events: list[tuple[float, str]], killed_wall: float, lost: list[in
         out["last_serving_s"] = round(max(s[0] for s in serving.values()) - killed_wall, 3)
         out["load_ms"] = summary([s[1] * 1000 for s in serving.values()], 1)
         out["load_fence_subscribe_ms"] = summary([s[2] * 1000 for s in serving.values()], 1)
+        out["snapshot_read_ms"] = summary([s[3] * 1000 for s in serving.values()], 1)
+        out["tail_batches"] = summary([float(s[4]) for s in serving.values()], 0)
     return out
 
 

@@ -28,9 +28,14 @@ APPEND_TRY_S = 2.0  # one try of a journal write; an election leaves a request u
 APPEND_BUDGET_S = 20.0  # a batch is tried again this long (elections take seconds) before the writer gives up
 
 
+class Unchained(Exception):
+    """A batch of the tail does not follow the state it is folded onto."""
+
+
 class PartitionOwner:
     def __init__(self, claim: Claim, journal: PartitionJournal, snapshots: SnapshotStore, timers: Timers,
-                 committed: Committed, broken: Callable[[int, str], None], snapshot_interval_s: float) -> None:
+                 committed: Committed, broken: Callable[[int, str], None], snapshot_interval_s: float,
+                 warm: Optional[Callable[[], Optional[PartitionState]]] = None) -> None:
         self.claim = claim
         self.partition = claim.partition
         self.journal = journal
@@ -39,27 +44,49 @@ class PartitionOwner:
         self._committed = committed
         self._broken = broken
         self.snapshot_interval_s = snapshot_interval_s
+        self._warm = warm  # the read model's copy of the partition, when there is one to start from
         self.part = PartitionState(claim.partition)
         self.writer: Optional[GroupCommit] = None
         self._snap_task: Optional[asyncio.Task[None]] = None
         self._last_snapshot_seq = 0
         self.snapshot_seq = 0  # where the load started: batches after it are the tail a takeover folded
         self.loaded_in_s = 0.0
+        self.snapshot_in_s = 0.0  # of loaded_in_s: reading the snapshot (the rest is reading and folding the tail)
+        self.tail_batches = 0
+        self.warm = False  # loaded from the read model's copy, not a snapshot
 
     # --- takeover --------------------------------------------------------------------------------------
     async def load(self) -> None:
-        """The newest snapshot, then every batch after it: the partition exactly as journaled."""
+        """The read model's copy (else the newest snapshot), then every batch after it: the partition exactly as
+        journaled."""
         started = time.monotonic()
-        snap = await self.snapshots.load(self.partition)
+        warm = self._warm() if self._warm is not None else None
+        self.warm = warm is not None
+        snap = warm if warm is not None else await self.snapshots.load(self.partition)
+        self.snapshot_in_s = time.monotonic() - started
         self.part = snap if snap is not None else PartitionState(self.partition)
         self._last_snapshot_seq = self.snapshot_seq = self.part.last_seq
-        await self._fold_tail()
+        try:
+            self.tail_batches = len(await self._fold_tail(chained=warm is not None))
+        except Unchained as e:
+            # The read model's copy is not what the journal says: start again from the snapshot.
+            log.warning("partition %s: the read model's copy does not lead on to the journal (%s); loading the "
+                        "snapshot", self.partition, e)
+            snap = await self.snapshots.load(self.partition)
+            self.warm = False
+            self.part = snap if snap is not None else PartitionState(self.partition)
+            self._last_snapshot_seq = self.snapshot_seq = self.part.last_seq
+            self.tail_batches = len(await self._fold_tail())
         self.loaded_in_s = time.monotonic() - started
 
-    async def _fold_tail(self) -> list[tuple[JournalBatch, int]]:
+    async def _fold_tail(self, chained: bool = False) -> list[tuple[JournalBatch, int]]:
+        """``chained``: check that each batch names the one before as its ``prev_hash`` (a start not read from
+        the journal itself, the read model's copy, is proven by its first batch)."""
         folded = []
         async for seq, raw in self.journal.tail(self.partition, self.part.last_seq):
             batch = JournalBatch.model_validate_json(raw)
+            if chained and batch.prev_hash != self.part.last_hash:
+                raise Unchained(f"batch at {seq} does not follow {self.part.last_seq}")
             fold_batch(self.part, batch, seq, batch_hash(raw))
             folded.append((batch, seq))
         return folded
