@@ -94,7 +94,7 @@ class PartitionServing(VaultCore):
         # Exact: stopped by us between batches. Else (stopped by a failure before, or a batch in flight failed or
         # was cut off as it stopped) memory may be ahead of the journal: the read model of this partition is read
         # afresh, and until then it is not the starting point of a takeover.
-        exact = owner.writer is None or owner.writer.stopped == reason
+        exact = graceful and (owner.writer is None or owner.writer.stopped == reason)
         if not exact:
             self._cold.add(k)
             asyncio.ensure_future(self._reload_partition(k))

@@ -36,6 +36,7 @@ from nats.aio.client import Client as NATS
 
 import actors.vault.clock as vault_clock_module
 import actors.vault.group_commit as group_commit_module
+import actors.vault.owner as owner_module
 from actors.runtime.endpoints import RawReply
 from actors.runtime.host import ActorHost
 from actors.runtime.tasks import cancel_and_wait
@@ -658,6 +659,7 @@ class VaultOnNats(RuleBasedStateMachine):
 
         async def go() -> Optional[ArbstrError]:
             journal.append = cut  # type: ignore[method-assign]
+            budget, owner_module.APPEND_BUDGET_S = owner_module.APPEND_BUDGET_S, 0.3  # it never comes back: give up soon
             try:
                 await send(owner, self.release_cmd(i, rid))
                 return None
@@ -665,6 +667,7 @@ class VaultOnNats(RuleBasedStateMachine):
                 return e
             finally:
                 journal.append = original  # type: ignore[method-assign]
+                owner_module.APPEND_BUDGET_S = budget
 
         refused = self.run(go())
         assert refused is not None and refused.status == 503, refused
