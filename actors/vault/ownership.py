@@ -222,9 +222,9 @@ class Ownership:
 
     async def _renew(self) -> None:
         # Bounded: a renewal lost in a JetStream election would otherwise hold up the next one for the client's
-        # default timeout (5 s), longer than the lease itself.
+        # default timeout (5 s), longer than the lease itself; half a lease still leaves a slow server time to ack.
         await asyncio.wait_for(self.kv.put(member_key(self.instance), orjson.dumps({"at_ms": int(time.time() * 1000)})),
-                               self.renew_every)
+                               self.lease_s / 2)
 
     async def _balance(self) -> None:
         members = self.alive_members()
@@ -262,9 +262,10 @@ class Ownership:
             task.add_done_callback(lambda t, k=partition: self._took(k, t))
 
     def _took(self, partition: int, task: "asyncio.Task[None]") -> None:
+        # No wake-up of the loop here: a lease taken or lost shows in the bucket (the watch wakes it), and a failed
+        # compare-and-set retried at once, before the watch has delivered what beat it, would only spin.
         if self._taking.get(partition) is task:
             del self._taking[partition]
-        self._changed.set()
 
     async def _take(self, partition: int, seen: Optional[_Seen]) -> None:
         epoch = int(seen.value.get("epoch", 0)) + 1 if seen else 1
@@ -289,6 +290,7 @@ class Ownership:
             ok = False
         if not ok and self.owned.get(partition) == claim:
             await self._give_back(partition, "could not load")
+            await asyncio.sleep(self.renew_every)  # not taken here again at once (the journal may be electing)
         elif ok and self.owned.get(partition) != claim:
             # Taken over by another instance while this one was loading it: what just started serving stops.
             await self._lost(partition, "taken over while loading")
