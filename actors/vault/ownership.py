@@ -27,6 +27,7 @@ from actors.runtime.tasks import cancel_and_wait
 log = logging.getLogger("arbstr.vault.ownership")
 
 LAYOUT_KEY = "layout"
+LOAD_ATTEMPTS = 3  # a partition that cannot be loaded this often in a row is handed back
 
 
 def owner_key(partition: int) -> str:
@@ -283,11 +284,19 @@ class Ownership:
         self._seen[owner_key(partition)] = _Seen({"instance": self.instance, "epoch": epoch}, int(revision),
                                                  time.monotonic())
         log.info("partition %s: taken (epoch %d)", partition, epoch)
-        try:
-            ok = await self._acquired(claim)
-        except Exception:
-            log.exception("partition %s: could not start serving", partition)
-            ok = False
+        ok = False
+        for attempt in range(LOAD_ATTEMPTS):
+            try:
+                ok = await self._acquired(claim)
+                break
+            except Exception as e:
+                if attempt + 1 == LOAD_ATTEMPTS or self.owned.get(partition) != claim or self._stopping:
+                    log.exception("partition %s: could not start serving", partition)
+                    break
+                # Mostly the journal electing a leader: tried again under the lease we hold, at once, rather than
+                # handed back and taken again a renewal later.
+                log.warning("partition %s: could not start serving (%r); trying again", partition, e)
+                await asyncio.sleep(0.1)
         if not ok and self.owned.get(partition) == claim:
             await self._give_back(partition, "could not load")
             await asyncio.sleep(self.renew_every)  # not taken here again at once (the journal may be electing)

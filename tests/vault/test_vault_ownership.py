@@ -162,3 +162,24 @@ def test_the_loop_wakes_when_the_first_live_members_lease_runs_out() -> None:
     assert own.next_expiry_in(101.0) == pytest.approx(1.0)
     assert own.next_expiry_in(102.2) == pytest.approx(0.3)
     assert own.next_expiry_in(103.0) is None  # everyone else is dead: nothing to wake for
+
+
+async def test_a_load_that_fails_is_tried_again_under_the_same_lease(conns) -> None:  # type: ignore[no-untyped-def]
+    served = Served()
+    failures = {1: 2}  # partition 1's first two loads fail (the journal is electing a leader)
+    plain = served.acquired
+
+    async def flaky(claim: Claim) -> bool:
+        if failures.get(claim.partition):
+            failures[claim.partition] -= 1
+            served.acquired_calls.append(claim.partition)
+            raise TimeoutError("no stream leader")
+        return await plain(claim)
+
+    served.acquired = flaky  # type: ignore[method-assign]
+    a = await instance(conns, "a", 2, served)
+    try:
+        await eventually(lambda: served.serving == {0, 1}, 10, "both partitions served")
+        assert served.acquired_calls.count(1) == 3 and a.owned[1].epoch == 1  # never handed back meanwhile
+    finally:
+        await a.stop()
