@@ -31,6 +31,9 @@ class Book:
         self._token_of: dict[str, str] = {}
         self.owned: set[int] = set()
         self.top_seq: dict[int, int] = {}  # highest sequence folded per stream, own batches included
+        # Partitions whose read model folded a batch that does not chain onto the one before (a batch it skipped
+        # while its owner was changing, say): good for reads, not as the starting point of a takeover.
+        self.unchained: set[int] = set()
 
     # --- accounts --------------------------------------------------------------------------------------
     def part(self, partition: int) -> PartitionState:
@@ -52,6 +55,7 @@ class Book:
     def adopt(self, part: PartitionState, stream: int = 0) -> None:
         """A partition as loaded (snapshot + tail): an owner's (its objects stay shared) or the read model's."""
         self.parts[part.partition] = part
+        self.unchained.discard(part.partition)
         for state in part.agents.values():
             self._index(state.agent_id, state.token_hash)
         self.top_seq[stream] = max(self.top_seq.get(stream, 0), part.last_seq)
@@ -61,6 +65,8 @@ class Book:
         part = self.part(batch.partition)
         if batch.partition in self.owned or seq <= part.last_seq:
             return
+        if batch.prev_hash != part.last_hash:
+            self.unchained.add(batch.partition)
         for entry in batch.entries:
             fold_entry(part, entry, chained=False)
             self._index(entry.agent_id, part.account(entry.agent_id).token_hash)

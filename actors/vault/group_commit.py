@@ -31,6 +31,7 @@ MAX_BATCH = 1024  # commands per journal message
 # A journal message stays under nats-server's default max_payload (1 MB) whatever the commands carry (a request
 # record each): a batch past this is written as several messages.
 MAX_BATCH_BYTES = 768 * 1024
+STOP_WAIT_S = 10.0  # a stop waits this long for the batch in flight, then cuts it off
 
 
 def now_ms() -> int:
@@ -78,6 +79,7 @@ class GroupCommit:
         self._committed = committed
         self._broken = broken  # the writer stopped: the owner must hand the partition back
         self._queue: list[_Command] = []
+        self._current: list[_Command] = []  # the batch being decided and written
         self._wake = asyncio.Event()
         self._task: Optional[asyncio.Task[None]] = None
         self._batches = 0
@@ -118,14 +120,21 @@ class GroupCommit:
         self._wake.set()
         if self._task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), 10)
+                await asyncio.wait_for(asyncio.shield(self._task), STOP_WAIT_S)
             except asyncio.TimeoutError:
                 self._task.cancel()
+                # The batch in flight was cut off: memory may hold changes the journal never got, so this is no
+                # clean stop (no snapshot of this memory, and the read model is loaded afresh).
+                self.stopped = f"{reason}; a batch in flight was cut off"
+                self._fail(self._current)  # its callers are told to try again, never left waiting
         self._fail_queued()
 
     def _fail_queued(self) -> None:
         queued, self._queue = self._queue, []
-        for c in queued:
+        self._fail(queued)
+
+    def _fail(self, commands: list[_Command]) -> None:
+        for c in commands:
             if not c.future.done():
                 c.future.set_exception(moved(self.part.partition))
 
@@ -141,6 +150,7 @@ class GroupCommit:
             self._wake.clear()
             while self._queue and self.stopped is None:
                 items, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                self._current = items
                 try:
                     async with self._lock:
                         await self._commit(items)

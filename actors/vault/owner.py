@@ -24,11 +24,18 @@ from .snapshots import SnapshotStore
 log = logging.getLogger("arbstr.vault.owner")
 
 MARKER_ATTEMPTS = 20
+APPEND_TRY_S = 2.0  # one try of a journal write; an election leaves a request unanswered for its whole timeout
+APPEND_BUDGET_S = 20.0  # a batch is tried again this long (elections take seconds) before the writer gives up
+
+
+class Unchained(Exception):
+    """A batch of the tail does not follow the state it is folded onto."""
 
 
 class PartitionOwner:
     def __init__(self, claim: Claim, journal: PartitionJournal, snapshots: SnapshotStore, timers: Timers,
-                 committed: Committed, broken: Callable[[int, str], None], snapshot_interval_s: float) -> None:
+                 committed: Committed, broken: Callable[[int, str], None], snapshot_interval_s: float,
+                 warm: Optional[Callable[[], Optional[PartitionState]]] = None) -> None:
         self.claim = claim
         self.partition = claim.partition
         self.journal = journal
@@ -37,27 +44,49 @@ class PartitionOwner:
         self._committed = committed
         self._broken = broken
         self.snapshot_interval_s = snapshot_interval_s
+        self._warm = warm  # the read model's copy of the partition, when there is one to start from
         self.part = PartitionState(claim.partition)
         self.writer: Optional[GroupCommit] = None
         self._snap_task: Optional[asyncio.Task[None]] = None
         self._last_snapshot_seq = 0
         self.snapshot_seq = 0  # where the load started: batches after it are the tail a takeover folded
         self.loaded_in_s = 0.0
+        self.snapshot_in_s = 0.0  # of loaded_in_s: reading the snapshot (the rest is reading and folding the tail)
+        self.tail_batches = 0
+        self.warm = False  # loaded from the read model's copy, not a snapshot
 
     # --- takeover --------------------------------------------------------------------------------------
     async def load(self) -> None:
-        """The newest snapshot, then every batch after it: the partition exactly as journaled."""
+        """The read model's copy (else the newest snapshot), then every batch after it: the partition exactly as
+        journaled."""
         started = time.monotonic()
-        snap = await self.snapshots.load(self.partition)
+        warm = self._warm() if self._warm is not None else None
+        self.warm = warm is not None
+        snap = warm if warm is not None else await self.snapshots.load(self.partition)
+        self.snapshot_in_s = time.monotonic() - started
         self.part = snap if snap is not None else PartitionState(self.partition)
         self._last_snapshot_seq = self.snapshot_seq = self.part.last_seq
-        await self._fold_tail()
+        try:
+            self.tail_batches = len(await self._fold_tail(chained=warm is not None))
+        except Unchained as e:
+            # The read model's copy is not what the journal says: start again from the snapshot.
+            log.warning("partition %s: the read model's copy does not lead on to the journal (%s); loading the "
+                        "snapshot", self.partition, e)
+            snap = await self.snapshots.load(self.partition)
+            self.warm = False
+            self.part = snap if snap is not None else PartitionState(self.partition)
+            self._last_snapshot_seq = self.snapshot_seq = self.part.last_seq
+            self.tail_batches = len(await self._fold_tail())
         self.loaded_in_s = time.monotonic() - started
 
-    async def _fold_tail(self) -> list[tuple[JournalBatch, int]]:
+    async def _fold_tail(self, chained: bool = False) -> list[tuple[JournalBatch, int]]:
+        """``chained``: check that each batch names the one before as its ``prev_hash`` (a start not read from
+        the journal itself, the read model's copy, is proven by its first batch)."""
         folded = []
         async for seq, raw in self.journal.tail(self.partition, self.part.last_seq):
             batch = JournalBatch.model_validate_json(raw)
+            if chained and batch.prev_hash != self.part.last_hash:
+                raise Unchained(f"batch at {seq} does not follow {self.part.last_seq}")
             fold_batch(self.part, batch, seq, batch_hash(raw))
             folded.append((batch, seq))
         return folded
@@ -83,23 +112,45 @@ class PartitionOwner:
         return late
 
     async def _append(self, raw: bytes, batch_id: str, expected: int) -> int:
-        """A fenced write that tells a lost ack from a lost race: the journal's last batch says which."""
-        for attempt in range(2):
+        """A fenced write that tells a lost ack from a lost race: the journal's last batch says which.
+
+        Tried again, within a budget of time, while the journal cannot answer (a JetStream election sends requests
+        into the void for seconds): asking again is safe, the expected sequence lets at most one copy land and a
+        copy that already landed is found by its batch id. Only a batch still unaccounted for at the end of the
+        budget stops the writer (the partition is then handed back and loaded afresh)."""
+        deadline = time.monotonic() + APPEND_BUDGET_S
+        pause = 0.05
+        while True:
             try:
-                return await self.journal.append(self.partition, raw, batch_id, expected)
+                return await self.journal.append(self.partition, raw, batch_id, expected, timeout_s=APPEND_TRY_S)
             except Fenced:
-                landed = await self._landed(batch_id)
+                landed = await self._landed_within(batch_id, deadline)
                 if landed is not None:
                     return landed
                 raise
-            except Exception as e:  # a timeout or a lost connection: it may have landed
-                landed = await self._landed(batch_id)
+            except Exception as e:  # a timeout, no stream leader, a lost connection: it may have landed
+                try:
+                    landed = await self._landed(batch_id)
+                except Exception:
+                    landed = None  # not known yet: the next try finds out (it lands, or is fenced by the first)
                 if landed is not None:
                     return landed
-                if attempt:
+                if time.monotonic() + pause >= deadline:
                     raise
                 log.warning("partition %s: batch %s unconfirmed (%r); sending it again", self.partition, batch_id, e)
-        raise AssertionError("unreachable")
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+    async def _landed_within(self, batch_id: str, deadline: float) -> Optional[int]:
+        """The sequence our batch landed at, or None when the last batch is another's; asked again until the
+        deadline while the journal cannot say."""
+        while True:
+            try:
+                return await self._landed(batch_id)
+            except Exception:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.1)
 
     async def _landed(self, batch_id: str) -> Optional[int]:
         last = await self.journal.last(self.partition)

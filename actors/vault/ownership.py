@@ -27,6 +27,7 @@ from actors.runtime.tasks import cancel_and_wait
 log = logging.getLogger("arbstr.vault.ownership")
 
 LAYOUT_KEY = "layout"
+LOAD_ATTEMPTS = 3  # a partition that cannot be loaded this often in a row is handed back
 
 
 def owner_key(partition: int) -> str:
@@ -69,25 +70,34 @@ class Ownership:
         self._acquired = acquired
         self._lost = lost
         self.owned: dict[int, Claim] = {}
+        self._leaving: set[int] = set()  # being handed back right now: not ours, not yet free either
+        self._taking: dict[int, asyncio.Task[None]] = {}  # leases being taken and partitions loaded, side by side
         self._seen: dict[str, _Seen] = {}
         self._started = time.monotonic()
         self._task: Optional[asyncio.Task[None]] = None
+        self._renew_task: Optional[asyncio.Task[None]] = None
         self._watch_task: Optional[asyncio.Task[None]] = None
         self._watcher: Optional[object] = None
         self._changed = asyncio.Event()
         self._loaded = asyncio.Event()  # the watch delivered every key there was: only then is "free" meaningful
         self._stopping = False
+        self._dead: set[str] = set()  # members judged dead (logged once each)
 
     # --- lifecycle -------------------------------------------------------------------------------------
+    @property
+    def renew_every(self) -> float:
+        return self.lease_s / 4
+
     async def start(self) -> None:
         await self._renew()
         self._watch_task = asyncio.create_task(self._watch(), name="ownership-watch")
+        self._renew_task = asyncio.create_task(self._renew_forever(), name="ownership-renew")
         self._task = asyncio.create_task(self._loop(), name="ownership")
 
     async def stop(self) -> None:
         """Hand every partition back (the next owner need not wait out a lease) and leave."""
         self._stopping = True
-        await cancel_and_wait(self._task)
+        await cancel_and_wait(self._task, self._renew_task, *self._taking.values())
         for partition in sorted(self.owned):
             await self._give_back(partition, "stopping")
         try:
@@ -155,12 +165,24 @@ class Ownership:
                 continue
             name = key.split(".", 1)[1]
             # Seen only since we started: give it a whole lease before judging it.
-            fresh = now - max(seen.changed_at, self._started) < self.lease_s
-            if name == self.instance or fresh:
+            silent_s = now - max(seen.changed_at, self._started)
+            if name == self.instance or silent_s < self.lease_s:
                 alive.append(name)
+                self._dead.discard(name)
+            elif name not in self._dead:
+                self._dead.add(name)
+                log.info("member %s: silent for %.2f s; its partitions are free", name, silent_s)
         if self.instance not in alive:
             alive.append(self.instance)
         return sorted(alive)
+
+    def next_expiry_in(self, now: float) -> Optional[float]:
+        """Seconds until the first live member's lease runs out: the loop wakes then and takes its partitions at
+        once, instead of at its next periodic pass (up to a renewal interval later)."""
+        due = [max(seen.changed_at, self._started) + self.lease_s - now for key, seen in self._seen.items()
+               if key.startswith("member.") and key != member_key(self.instance)
+               and now - max(seen.changed_at, self._started) < self.lease_s]
+        return max(0.0, min(due)) if due else None
 
     def owner_of(self, partition: int) -> Optional[str]:
         seen = self._seen.get(owner_key(partition))
@@ -169,47 +191,82 @@ class Ownership:
 
     # --- the loop ----------------------------------------------------------------------------------------
     async def _loop(self) -> None:
-        renew_every = self.lease_s / 4
-        next_renew = 0.0
         await self._loaded.wait()
         while not self._stopping:
             try:
-                if time.monotonic() >= next_renew:
-                    await self._renew()
-                    next_renew = time.monotonic() + renew_every
                 await self._balance()
             except asyncio.CancelledError:
                 raise
             except Exception as e:
                 log.warning("ownership: %r", e)
             self._changed.clear()
+            wait = self.renew_every
+            expiry = self.next_expiry_in(time.monotonic())
+            if expiry is not None:
+                wait = min(wait, expiry + 0.001)  # just past it: the member is judged dead on this wake-up
             try:
-                await asyncio.wait_for(self._changed.wait(), renew_every)
+                await asyncio.wait_for(self._changed.wait(), wait)
             except asyncio.TimeoutError:
                 pass
 
+    async def _renew_forever(self) -> None:
+        """Renewals on their own clock: a pass of the loop that loads partitions (seconds, on a big ledger) must
+        not let this instance's own lease run out, or the others take everything it has."""
+        while not self._stopping:
+            await asyncio.sleep(self.renew_every)
+            try:
+                await self._renew()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("ownership: lease not renewed (%r)", e)
+
     async def _renew(self) -> None:
-        await self.kv.put(member_key(self.instance), orjson.dumps({"at_ms": int(time.time() * 1000)}))
+        # Bounded: a renewal lost in a JetStream election would otherwise hold up the next one for the client's
+        # default timeout (5 s), longer than the lease itself; half a lease still leaves a slow server time to ack.
+        await asyncio.wait_for(self.kv.put(member_key(self.instance), orjson.dumps({"at_ms": int(time.time() * 1000)})),
+                               self.lease_s / 2)
 
     async def _balance(self) -> None:
         members = self.alive_members()
         target = share(self.partitions, len(members))
-        if len(self.owned) > target and len(members) > 1:
-            # Hand back the highest-numbered extras: someone below its share takes them.
-            for partition in sorted(self.owned, reverse=True)[:len(self.owned) - target]:
+        held = set(self.owned) | set(self._taking)
+        if len(held) > target and len(members) > 1:
+            # Hand back the highest-numbered extras (never one still loading): someone below its share takes them.
+            extras = sorted((k for k in self.owned if k not in self._taking), reverse=True)[:len(held) - target]
+            for partition in extras:
                 await self._give_back(partition, f"balancing to {target} of {self.partitions}")
             return
+        free: list[tuple[int, Optional[_Seen]]] = []
         for partition in range(self.partitions):
-            if len(self.owned) >= target:
-                break
-            if partition in self.owned:
+            if partition in held or partition in self._leaving:
                 continue
             seen = self._seen.get(owner_key(partition))
             owner = str(seen.value.get("instance", "")) if seen else ""
-            if owner and owner in members:
+            if owner == self.instance and seen is not None and len(held) + len(free) >= target:
+                # Named as ours but not served here: a hand-back whose write was lost (an election, say). Nobody
+                # else takes a live instance's partition: the hand-back is written now.
+                await self._unname(partition, seen)
+                continue
+            if len(held) + len(free) >= target:
+                continue
+            # (Named as ours and below our share: taken again like any free one, with the next epoch.)
+            if owner and owner in members and owner != self.instance:
                 continue  # held by a live instance
             log.debug("partition %s: free (owner %r, members %s)", partition, owner, members)
-            await self._take(partition, seen)
+            free.append((partition, seen))
+        # Side by side, and not awaited here: one partition whose load hangs (a JetStream election) holds up
+        # neither the others nor the next pass of the loop.
+        for partition, seen in free:
+            task = asyncio.create_task(self._take(partition, seen), name=f"take-p{partition}")
+            self._taking[partition] = task
+            task.add_done_callback(lambda t, k=partition: self._took(k, t))
+
+    def _took(self, partition: int, task: "asyncio.Task[None]") -> None:
+        # No wake-up of the loop here: a lease taken or lost shows in the bucket (the watch wakes it), and a failed
+        # compare-and-set retried at once, before the watch has delivered what beat it, would only spin.
+        if self._taking.get(partition) is task:
+            del self._taking[partition]
 
     async def _take(self, partition: int, seen: Optional[_Seen]) -> None:
         epoch = int(seen.value.get("epoch", 0)) + 1 if seen else 1
@@ -227,34 +284,62 @@ class Ownership:
         self._seen[owner_key(partition)] = _Seen({"instance": self.instance, "epoch": epoch}, int(revision),
                                                  time.monotonic())
         log.info("partition %s: taken (epoch %d)", partition, epoch)
-        try:
-            ok = await self._acquired(claim)
-        except Exception:
-            log.exception("partition %s: could not start serving", partition)
-            ok = False
+        ok = False
+        for attempt in range(LOAD_ATTEMPTS):
+            try:
+                ok = await self._acquired(claim)
+                break
+            except Exception as e:
+                if attempt + 1 == LOAD_ATTEMPTS or self.owned.get(partition) != claim or self._stopping:
+                    log.exception("partition %s: could not start serving", partition)
+                    break
+                # Mostly the journal electing a leader: tried again under the lease we hold, at once, rather than
+                # handed back and taken again a renewal later.
+                log.warning("partition %s: could not start serving (%r); trying again", partition, e)
+                await asyncio.sleep(0.1)
         if not ok and self.owned.get(partition) == claim:
             await self._give_back(partition, "could not load")
+            await asyncio.sleep(self.renew_every)  # not taken here again at once (the journal may be electing)
+        elif ok and self.owned.get(partition) != claim:
+            # Taken over by another instance while this one was loading it: what just started serving stops.
+            await self._lost(partition, "taken over while loading")
 
     async def _give_back(self, partition: int, reason: str) -> None:
         claim = self.owned.pop(partition, None)
         if claim is None:
             return
-        await self._lost(partition, reason)  # stop serving first: nothing new is written under the lease
-        value = orjson.dumps({"instance": "", "epoch": claim.epoch})
+        self._leaving.add(partition)
         try:
-            revision = await self.kv.update(owner_key(partition), value, last=claim.revision)
-            self._seen[owner_key(partition)] = _Seen({"instance": "", "epoch": claim.epoch}, int(revision),
-                                                     time.monotonic())
-            log.info("partition %s: handed back (%s)", partition, reason)
-        except (KeyWrongLastSequenceError, KeyNotFoundError):
-            pass  # someone took it meanwhile
+            await self._lost(partition, reason)  # stop serving first: nothing new is written under the lease
+            value = orjson.dumps({"instance": "", "epoch": claim.epoch})
+            try:
+                revision = await self.kv.update(owner_key(partition), value, last=claim.revision)
+                self._seen[owner_key(partition)] = _Seen({"instance": "", "epoch": claim.epoch}, int(revision),
+                                                         time.monotonic())
+                log.info("partition %s: handed back (%s)", partition, reason)
+            except (KeyWrongLastSequenceError, KeyNotFoundError):
+                pass  # someone took it meanwhile
+            except Exception as e:
+                log.warning("partition %s: hand-back not recorded (%r); it stays named ours and is taken again",
+                            partition, e)
+        finally:
+            self._leaving.discard(partition)
+            self._changed.set()
+
+    async def _unname(self, partition: int, seen: _Seen) -> None:
+        value = {"instance": "", "epoch": int(seen.value.get("epoch", 0))}
+        try:
+            revision = await self.kv.update(owner_key(partition), orjson.dumps(value), last=seen.revision)
         except Exception as e:
-            log.warning("partition %s: hand-back not recorded (%r); it is taken over after a lease", partition, e)
+            log.debug("partition %s: hand-back not recorded again (%r)", partition, e)
+            return
+        self._seen[owner_key(partition)] = _Seen(value, int(revision), time.monotonic())
+        log.info("partition %s: handed back (recorded late)", partition)
 
     async def freeze(self) -> None:
         """Stop renewing and watching, holding on to what is owned: what a paused process looks like to the
         others (tests: a stale owner that keeps writing must be fenced)."""
-        await cancel_and_wait(self._task, self._watch_task)
+        await cancel_and_wait(self._task, self._renew_task, self._watch_task)
         await self._stop_watch()
 
     async def hand_back(self, partition: int, reason: str) -> None:

@@ -28,6 +28,9 @@ WRONG_LAST_SEQUENCE_IN_FLIGHT = 10164
 H_EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 H_PARTITION = "Arbstr-Partition"  # on every batch: a follower skips decoding the partitions its instance owns
 READ_TIMEOUT_S = 10.0
+# The last batch of a partition (a takeover's start, an append's "did mine land?"): a request lost in an election
+# waits this long, not the client's default 5 s, before it is asked again.
+LAST_TIMEOUT_S = 1.0
 
 
 class Fenced(Exception):
@@ -59,6 +62,7 @@ def ledger_stream_configs(layout: Layout, replicas: int) -> list[StreamConfig]:
 class PartitionJournal:
     def __init__(self, nc: NATS, layout: Layout) -> None:
         self.js = nc.jetstream()
+        self._js_last = nc.jetstream(timeout=LAST_TIMEOUT_S)
         self.layout = layout
 
     async def append(self, partition: int, raw: bytes, batch_id: str, expected_seq: int,
@@ -82,7 +86,7 @@ class PartitionJournal:
     async def last(self, partition: int) -> Optional[tuple[int, bytes]]:
         """The partition's newest batch (sequence, bytes), or None while it has none."""
         try:
-            msg = await self.js.get_last_msg(self.layout.stream(partition), self.layout.subject(partition))
+            msg = await self._js_last.get_last_msg(self.layout.stream(partition), self.layout.subject(partition))
         except NotFoundError:
             return None
         return int(msg.seq or 0), bytes(msg.data or b"")

@@ -24,6 +24,7 @@ from .group_commit import Written, moved
 from .owner import PartitionOwner
 from .ownership import Claim
 from .partition import PartitionState, fold_batch
+from .snapshot import decode, encode
 
 log = logging.getLogger("arbstr.vault")
 
@@ -42,7 +43,7 @@ class PartitionServing(VaultCore):
         timers = Timers(lambda due, k=k: self._expire_due(k, due))
         owner = PartitionOwner(claim, self.journal, self.snapshots, timers,
                                lambda batch, seq, touched, k=k: self._committed(k, batch, seq, touched),
-                               self._broken, self.vc.snapshot_interval_s)
+                               self._broken, self.vc.snapshot_interval_s, warm=lambda k=k: self._warm(k))
         started = time.monotonic()
         await owner.load()
         self.book.owned.add(k)
@@ -60,9 +61,23 @@ class PartitionServing(VaultCore):
         # Events the previous owner journaled but may not have published (it died between): published again,
         # deduplicated by their ids.
         asyncio.ensure_future(self._republish(k, late))
-        log.info("partition %s: serving (epoch %d, %d agents, loaded in %.0f ms, ready in %.0f ms)", k, claim.epoch,
-                 len(owner.part.agents), owner.loaded_in_s * 1000, (time.monotonic() - started) * 1000)
+        log.info("partition %s: serving (epoch %d, %d agents, loaded in %.0f ms, ready in %.0f ms; snapshot %.0f ms, "
+                 "tail of %d batches%s)", k, claim.epoch, len(owner.part.agents), owner.loaded_in_s * 1000,
+                 (time.monotonic() - started) * 1000, owner.snapshot_in_s * 1000, owner.tail_batches,
+                 ", from the read model" if owner.warm else "")
         return True
+
+    def _warm(self, k: int) -> Optional[PartitionState]:
+        """The read model's copy of a partition this instance is taking over: the follower has folded every batch
+        of it up to a few milliseconds ago, so the takeover folds only those few instead of everything since the
+        last snapshot (seconds under load). None when it cannot be trusted (memory of an owner that stopped
+        uncleanly, not yet read afresh) or holds nothing yet; the marker's fence proves it current either way."""
+        if k in self._cold or k in self.book.owned or k in self.book.unchained:
+            return None
+        part = self.book.parts.get(k)
+        if part is None or part.last_seq == 0:
+            return None
+        return decode(encode(part))  # a copy: the follower goes on folding into the read model's own
 
     async def _lost(self, k: int, reason: str) -> None:
         owner = self.owners.pop(k, None)
@@ -76,8 +91,12 @@ class PartitionServing(VaultCore):
         await owner.stop(reason, graceful=graceful)
         await owner.timers.stop()
         self.book.owned.discard(k)
-        if not graceful:
-            # Memory may be ahead of the journal: the read model of this partition is read afresh.
+        # Exact: stopped by us between batches. Else (stopped by a failure before, or a batch in flight failed or
+        # was cut off as it stopped) memory may be ahead of the journal: the read model of this partition is read
+        # afresh, and until then it is not the starting point of a takeover.
+        exact = graceful and (owner.writer is None or owner.writer.stopped == reason)
+        if not exact:
+            self._cold.add(k)
             asyncio.ensure_future(self._reload_partition(k))
         log.info("partition %s: no longer served here (%s)", k, reason)
 
@@ -93,6 +112,7 @@ class PartitionServing(VaultCore):
             fold_batch(part, JournalBatch.model_validate_json(raw), seq, batch_hash(raw))
         if k not in self.book.owned:
             self.book.adopt(part, k % self.layout.streams)
+            self._cold.discard(k)
 
     def _committed(self, k: int, batch: JournalBatch, seq: int,
                    touched: list[tuple[JournalEntry, AccountState]]) -> None:

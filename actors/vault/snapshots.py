@@ -3,6 +3,7 @@ journal after it (``snapshot.py`` holds the format)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Optional
 
@@ -18,6 +19,11 @@ from .partition import PartitionState
 
 log = logging.getLogger("arbstr.vault.snapshots")
 
+# A takeover's read of a snapshot: a request lost in an election fails after this long (not the client's default
+# 5 s), the partition is given back and taken again at once, by then from a stream that has a leader.
+READ_TIMEOUT_S = 2.0
+GET_BUDGET_S = 30.0  # the whole read: its chunks come through a consumer that has no timeout of its own
+
 
 def object_name(partition: int) -> str:
     return f"p{partition}"
@@ -28,6 +34,7 @@ class SnapshotStore:
         self.nc = nc
         self.replicas = replicas
         self._obs: Optional[ObjectStore] = None
+        self._reader: Optional[ObjectStore] = None  # the same store, read with a short timeout
 
     async def start(self) -> None:
         js = self.nc.jetstream()
@@ -43,11 +50,13 @@ class SnapshotStore:
                 return await js.object_store(subjects.OBJ_SNAPSHOTS)  # made meanwhile by another instance
 
         self._obs = await retry_transient(open_or_create, "snapshot store")
+        self._reader = await retry_transient(
+            lambda: self.nc.jetstream(timeout=READ_TIMEOUT_S).object_store(subjects.OBJ_SNAPSHOTS), "snapshot store")
 
     async def load(self, partition: int) -> Optional[PartitionState]:
-        assert self._obs is not None
+        assert self._reader is not None
         try:
-            result = await self._obs.get(object_name(partition))
+            result = await asyncio.wait_for(self._reader.get(object_name(partition)), GET_BUDGET_S)
         except (ObjectNotFoundError, NotFoundError):
             return None
         if result.data is None:

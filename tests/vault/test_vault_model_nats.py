@@ -36,6 +36,7 @@ from nats.aio.client import Client as NATS
 
 import actors.vault.clock as vault_clock_module
 import actors.vault.group_commit as group_commit_module
+import actors.vault.owner as owner_module
 from actors.runtime.endpoints import RawReply
 from actors.runtime.host import ActorHost
 from actors.runtime.tasks import cancel_and_wait
@@ -164,7 +165,7 @@ async def crash(actor: VaultActor, nc: NATS) -> None:
     actor._running = False
     tasks = list(actor._tasks)
     if actor.ownership is not None:
-        tasks += [actor.ownership._task, actor.ownership._watch_task]  # type: ignore[list-item]
+        tasks += [actor.ownership._task, actor.ownership._renew_task, actor.ownership._watch_task]  # type: ignore[list-item]
     for owner in actor.owners.values():
         tasks += [owner._snap_task, owner.timers._task]  # type: ignore[list-item]
         if owner.writer is not None:
@@ -658,6 +659,7 @@ class VaultOnNats(RuleBasedStateMachine):
 
         async def go() -> Optional[ArbstrError]:
             journal.append = cut  # type: ignore[method-assign]
+            budget, owner_module.APPEND_BUDGET_S = owner_module.APPEND_BUDGET_S, 0.3  # it never comes back: give up soon
             try:
                 await send(owner, self.release_cmd(i, rid))
                 return None
@@ -665,6 +667,7 @@ class VaultOnNats(RuleBasedStateMachine):
                 return e
             finally:
                 journal.append = original  # type: ignore[method-assign]
+                owner_module.APPEND_BUDGET_S = budget
 
         refused = self.run(go())
         assert refused is not None and refused.status == 503, refused
