@@ -56,15 +56,25 @@ def bench_token(k: int) -> str:
     return f"bench-token-{k}"
 
 
-async def setup(url: str, agents: int) -> None:
-    """The agents, each funded far beyond what the run spends."""
+async def setup(url: str, agents: int) -> int:
+    """The agents, each funded far beyond what the run spends; returns how often a deposit had to be retried."""
     nc = await nats.connect(url)
+    retried = 0
     for k in range(agents):
         view = await call(nc, exchanges.CREATE_AGENT, CreateAgent(name=f"bench{k}",
                                                                   token_hash=token_hash(bench_token(k))))
-        await call(nc, exchanges.ADMIN_DEPOSIT,
-                   DepositCommand(agent_id=view.agent_id, amount_msat=10**15, deposit_id="seed"))
+        for attempt in range(50):
+            try:
+                await call(nc, exchanges.ADMIN_DEPOSIT,
+                           DepositCommand(agent_id=view.agent_id, amount_msat=10**15, deposit_id="seed"))
+                break
+            except RuntimeError:
+                if attempt == 49:
+                    raise
+                retried += 1
+                await asyncio.sleep(0.1)
     await nc.close()
+    return retried
 
 
 async def ledger_messages(url: str) -> int:
@@ -177,7 +187,7 @@ def main(argv: Optional[list[str]] = None) -> None:
             spy: Optional[subprocess.Popen[bytes]] = None
             try:
                 asyncio.run(_wait_ready(server.url, args.instances, args.partitions))
-                asyncio.run(setup(server.url, args.agents))
+                retried = asyncio.run(setup(server.url, args.agents))
                 assert server.proc is not None
                 if args.profile:
                     spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p",
@@ -205,6 +215,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                     p.terminate()
                     p.wait(timeout=10)
     result["instances"] = args.instances
+    result["setup_deposits_retried"] = retried
     print(json.dumps(result, indent=2))
 
 
