@@ -3,7 +3,8 @@
 The direct mode uses the gateway's own ``VaultMeter`` (the same subjects, headers and bodies: a reserve by
 request/reply to the owner of the agent's partition, then a settle carrying the request record the same way);
 the queue mode reserves the same way and publishes the settle to the ``ARBSTR_SETTLE`` work queue (the
-fallback path). Several of these run side by side so that the client's own Python is not the bottleneck.
+fallback path); the grants mode is the gateway's ``GrantMeter`` with its default config (requests decided
+against a grant in the client, reported to the owner in batches). Several of these run side by side so that the client's own Python is not the bottleneck.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import nats
 
 from actors.runtime.tokens import token_hash
 from gateway.bus import Bus
+from gateway.grant_meter import GrantMeter
 from gateway.meter import Usage
 from gateway.request_log import request_record
 from gateway.vault_meter import VaultMeter
 from schemas import subjects
+from schemas.config import GrantsConfig
 from schemas.router import Candidate, Envelope, RouteReply
 from schemas.vault import SettleCommand
 
@@ -40,7 +43,9 @@ USAGE = Usage(provider="bench-a", model="bench-model", input_tokens=200, output_
 @dataclass(frozen=True)
 class LoadSpec:
     url: str
-    mode: str  # "direct" (request/reply to the partition's owner, as gateways do) or "queue" (the work queue)
+    # "direct": request/reply to the partition's owner, as gateways do with grants off; "queue": the settle through
+    # the work queue; "grants": the gateway's GrantMeter (decided against a grant, reported in batches)
+    mode: str
     tokens: list[str]  # one bearer token per agent
     first: int  # this client's pairs are numbered first, first + 1, … first + count - 1
     count: int
@@ -58,7 +63,11 @@ def usage_of(pid: int) -> float:
 async def drive(spec: LoadSpec, ready: Any, go: Any) -> dict[str, Any]:
     nc = await nats.connect(spec.url)
     bus = Bus(nc, spec.timeout_s)
-    meter = VaultMeter(nc, bus)
+    slow = VaultMeter(nc, bus)
+    meter: Any = slow
+    if spec.mode == "grants":
+        meter = GrantMeter(nc, slow, GrantsConfig())
+        await meter.start()
     js = nc.jetstream()
     for token in spec.tokens:  # a gateway asks the vault once per token, then goes straight to the owner
         await meter.agents.route_of(token_hash(token))
@@ -77,7 +86,7 @@ async def drive(spec: LoadSpec, ready: Any, go: Any) -> dict[str, Any]:
             try:
                 hold = await meter.reserve(token, rid, ROUTE, "chat")
                 t_res = time.perf_counter()
-                if spec.mode == "direct":
+                if spec.mode != "queue":
                     record = request_record(request_id=rid, agent_id=hold.agent_id, endpoint="chat", route=ROUTE,
                                             usage=USAGE, status=200, success=True, streamed=False,
                                             latency_ms=(t_res - t) * 1000, overhead_ms=0.5,
@@ -96,6 +105,8 @@ async def drive(spec: LoadSpec, ready: Any, go: Any) -> dict[str, Any]:
 
     cpu0, started = usage_of(os.getpid()), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
+    if spec.mode == "grants":
+        await meter.close()  # every request reported and journaled, every grant given back
     elapsed, cpu = time.perf_counter() - started, usage_of(os.getpid()) - cpu0
     await nc.drain()
     return {"seconds": elapsed, "cpu_s": cpu, "reserve_ms": reserve_lat, "pair_ms": pair_lat, "errors": errors}
