@@ -123,6 +123,8 @@ class VaultActor(LedgerSetup, PartitionServing, CommandRouting, HoldsApi, Settle
         self._running = False
         self._settle_sub: Optional[Any] = None
         self._ops = {op.name: op for op in self._op_table()}
+        # What serves each op on partition subjects, built once: the gateways' reserves and settles come there.
+        self._partition_eps = {name: op.endpoint(self._routed(op)) for name, op in self._ops.items()}
         self.takeovers = 0
         self.partition_ops: dict[str, dict[str, int]] = {}  # served on partition subjects: op -> status -> count
 

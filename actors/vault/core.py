@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from nats.aio.client import Client as NATS
 
+from actors.runtime.endpoints import Endpoint
 from schemas.config import Config, VaultConfig
 from schemas.partitions import partition_of
 
@@ -72,6 +73,7 @@ class VaultCore:
     _running: bool
     _settle_sub: Optional[Any]
     _ops: dict[str, Op]
+    _partition_eps: dict[str, Endpoint]  # op name -> its endpoint on partition subjects
     takeovers: int
     partition_ops: dict[str, dict[str, int]]  # served on partition subjects: op -> status -> count
 

@@ -56,16 +56,20 @@ def _reuse_refusal(state: AccountState, rid: str, attempt: str) -> Optional[Arbs
     """Why ``rid`` cannot take a new reserve attempt now, or None when it can."""
     if state.tombstoned(rid, attempt):
         return ArbstrError(409, f"request {rid} was already released", code="request_released")
-    reused = ArbstrError(409, f"request id {rid!r} was already used by this agent; send a new X-Request-Id",
-                         code="request_id_reused", param="X-Request-Id", headers={"x-should-retry": "false"})
     if rid in state.holds:
-        return reused  # in flight: one hold shared by two upstream calls would let one of them go unpaid
+        return _reused(rid)  # in flight: one hold shared by two upstream calls would let one of them go unpaid
     res = state.resolutions.get(rid)
     if res is not None and (not res.reusable or not attempt):
         # Charged: the id names a request that was served. Or a caller naming no attempt, which cannot be told
         # apart from a late copy of the reserve that was released.
-        return reused
+        return _reused(rid)
     return None
+
+
+def _reused(rid: str) -> ArbstrError:
+    # Built only when refused: every reserve asks, and an error made (and dropped) each time showed in the profile.
+    return ArbstrError(409, f"request id {rid!r} was already used by this agent; send a new X-Request-Id",
+                       code="request_id_reused", param="X-Request-Id", headers={"x-should-retry": "false"})
 
 
 def reserve(state: AccountState, rid: str, envelope: Envelope, now_ms: int, *, ttl_ms: int,

@@ -95,17 +95,16 @@ class CommandRouting(VaultCore):
 
     async def _on_partition_msg(self, msg: Msg) -> None:
         """A command sent to the owner of a partition (by a gateway, or forwarded by another instance)."""
-        op = self._ops.get(msg.subject.rsplit(".", 1)[1])
+        ep = self._partition_eps.get(msg.subject.rsplit(".", 1)[1])
 
         async def run() -> None:
-            if op is None:
+            if ep is None:
                 data, headers = error_reply(ArbstrError(404, f"no vault operation {msg.subject}", code="unknown_op"))
             else:
-                ep = op.endpoint(self._routed(op))
                 h = dict(msg.headers or {})
                 h.setdefault(H_FORWARDED, "direct")  # sent to the owner: if it is not any more, the caller retries
                 data, headers, status = await answer(ep, msg.data, h, self.admin_hash, self.service_name)
-                counts = self.partition_ops.setdefault(op.name, {})
+                counts = self.partition_ops.setdefault(ep.name, {})
                 counts[status] = counts.get(status, 0) + 1
             if msg.reply:
                 try:
