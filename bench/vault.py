@@ -174,6 +174,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--partitions", type=int, default=16, help="[vault] partitions of the fresh ledger")
     ap.add_argument("--profile", metavar="FILE", help="py-spy the first vault instance during the run (raw "
                                                       "samples into FILE; needs py-spy installed)")
+    ap.add_argument("--log", metavar="FILE", help="the vault instances' log goes here (default: a temporary file)")
     ap.add_argument("--restart", action="store_true", help="then stop the vault (SIGTERM) and SIGKILL it, timing "
                                                            "each start to serving, with its memory")
     args = ap.parse_args(argv)
@@ -183,7 +184,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         cfg = work / "arbstr.toml"
         cfg.write_text(f'[vault]\nadmin_token = "{ADMIN_TOKEN}"\npartitions = {args.partitions}\n')
         with NatsServer(work / "nats", sync_always=True) as server:
-            log = open(work / "vault.log", "ab")
+            log_path = Path(args.log) if args.log else work / "vault.log"
+            log = open(log_path, "ab")
             def vault() -> subprocess.Popen[bytes]:
                 return subprocess.Popen([sys.executable, "-m", "arbstr", "run", "vault", "--config", str(cfg),
                                          "--nats", server.url], stdout=log, stderr=log)
@@ -217,7 +219,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                         result[f"rss_mb_before_{how}"], result[f"rss_mb_after_{how}"] = rss_before, rss_mb(procs[0].pid)
             except BaseException:
                 log.flush()  # what the vault said, before the temporary directory goes
-                sys.stderr.write((work / "vault.log").read_text(errors="replace")[-20000:])
+                sys.stderr.write(log_path.read_text(errors="replace")[-20000:])
                 raise
             finally:
                 for p in procs:
