@@ -45,6 +45,7 @@ SWEEP_AGENTS_S = 30.0
 LOST_CLOSE_WAIT_S = 2.0
 FORGET_AGENT_S = 300.0  # an agent with no grant, unseen this long, is forgotten here (its recent request ids too)
 SEEN_RIDS = 4096  # request ids served here lately, per agent: a reuse goes to the vault, which knows the answer
+BACKLOG_REPORTS = 4  # unreported requests a grant may carry, in report batches, before new ones wait for the vault
 MAX_REPORTS = 1024  # grants per report message (GrantReports' bound)
 
 
@@ -127,7 +128,7 @@ class GrantMeter:
         # Requests the vault must hold itself: a provider paid per request (X-Cashu) is paid against the request's
         # own hold at the vault. Set by the gateway, which knows its providers.
         self.needs_vault_hold: Callable[[RouteReply], bool] = lambda route: False
-        self.stats = {"local": 0, "slow": 0, "grants_opened": 0, "grants_closed": 0, "reports": 0}
+        self.stats = {"local": 0, "slow": 0, "grants_opened": 0, "grants_closed": 0, "reports": 0, "backlogged": 0}
 
     async def start(self) -> None:
         async def on_revoked(msg: object) -> None:
@@ -156,6 +157,11 @@ class GrantMeter:
         if request_id in agent.seen or not route.candidates or self.needs_vault_hold(route):
             return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
         grant = await self._grant_for(agent, where.agent_id, where.partition, th, route.envelope)
+        if grant is not None and len(grant.items) >= BACKLOG_REPORTS * self.cfg.report_batch:
+            # The owner is not keeping up with this grant's reports: the per-request path, whose answers wait for
+            # the vault, slows this agent down instead of piling up unreported requests here.
+            self.stats["backlogged"] += 1
+            grant = None
         if grant is not None:
             amount, out = local_hold(route.envelope, grant.policy)
             if amount <= grant.remaining_msat and allowed_locally(grant.policy, amount):

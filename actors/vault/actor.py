@@ -93,7 +93,7 @@ class VaultActor(LedgerSetup, PartitionServing, CommandRouting, HoldsApi, Settle
         self.book = Book(self.partition_of)
         self.wallet: Wallet = wallet if wallet is not None else build_wallet(self.vc.wallet)
         self.freeze = FreezeSwitch(on_frozen=lambda: self.grants.revoke("*", "vault_frozen"))
-        self.grants = GrantDesk(self.execute, self.book.state, self.freeze, self.vc.hold_ttl_s * 1000,
+        self.grants = GrantDesk(self.execute, self.enqueue, self.book.state, self.freeze, self.vc.hold_ttl_s * 1000,
                                 self.partition_of)
         self.claims = Claims(instance=self.instance)
         self.rails = Rails(self.vc.wallet, self.wallet, self.book, self.execute, self.freeze, self.claims,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from typing import Any, Awaitable, Callable, Optional
+from typing import Awaitable, Callable, Optional
 
 from nats.aio.client import Client as NATS
 
@@ -23,6 +23,7 @@ from .group_commit import Written
 log = logging.getLogger("arbstr.vault.grants")
 
 Execute = Callable[..., Awaitable[Written]]
+Enqueue = Callable[..., "asyncio.Future[Written]"]
 
 
 async def _refuse(why: str) -> None:
@@ -34,9 +35,10 @@ def unauthorized() -> ArbstrError:
 
 
 class GrantDesk:
-    def __init__(self, execute: Execute, state_of: Callable[[str], AccountState], freeze: FreezeSwitch,
-                 ttl_ms: int, partition_of: Callable[[str], int]) -> None:
+    def __init__(self, execute: Execute, enqueue: Enqueue, state_of: Callable[[str], AccountState],
+                 freeze: FreezeSwitch, ttl_ms: int, partition_of: Callable[[str], int]) -> None:
         self.execute = execute
+        self.enqueue = enqueue
         self.state_of = state_of
         self.partition_of = partition_of
         self.freeze = freeze
@@ -84,28 +86,20 @@ class GrantDesk:
         agent_id = req.agent_id
         if not self.state_of(agent_id).created:
             raise ArbstrError(404, f"unknown agent {agent_id}", code="unknown_agent")
-        results = await asyncio.gather(*(self._item(agent_id, req.grant_id, item) for item in req.items),
-                                       return_exceptions=True)
-        failed = [r for r in results if isinstance(r, BaseException)]
-        for r in failed:
+        # Queued in one go, in order, the close (if any) last: they share journal batches, and no task per item.
+        futures = [self.enqueue(agent_id, _item_decider(req.grant_id, item), record=item.record)
+                   for item in req.items]
+        if req.close:
+            futures.append(self.enqueue(agent_id, lambda s, at: decide_grants.close_grant(s, req.grant_id, at)))
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        for r in results:
+            if not isinstance(r, BaseException):
+                continue
             if not isinstance(r, ArbstrError) or r.status >= 500:
                 raise r  # the gateway sends the whole report again: what landed is recognised by its op id
             log.error("grant %s of %s: a reported request was refused (%s)", req.grant_id, agent_id, r.message)
         self.stats["reported"] += len(req.items)
-        if req.close:
-            await self.execute(agent_id, lambda s, at: decide_grants.close_grant(s, req.grant_id, at))
-            self.stats["closed"] += 1
-
-    async def _item(self, agent_id: str, gid: str, item: UsageItem) -> Any:
-        def decider(s: AccountState, at: int) -> Decided:
-            if item.kind == "settle":
-                return decide_grants.draw_settle(
-                    s, gid, item.request_id, item.attempt, item.cost_msat, at, input_tokens=item.input_tokens,
-                    output_tokens=item.output_tokens, provider=item.provider, model=item.model,
-                    estimated=item.estimated, provider_cost_msat=item.provider_cost_msat,
-                    cost_drift=item.cost_drift)
-            return decide_grants.draw_release(s, gid, item.request_id, item.attempt, item.reason or "released", at)
-        return await self.execute(agent_id, decider, record=item.record)
+        self.stats["closed"] += int(req.close)
 
     async def revoke(self, agent_id: str, reason: str) -> None:
         """Core NATS may drop it: a grant also ends at its expiry, and gateways use one only for a short while."""
@@ -116,3 +110,14 @@ class GrantDesk:
                                   GrantsRevoked(agent_id=agent_id, reason=reason).model_dump_json().encode())
         except Exception:
             log.warning("could not publish the revocation of %s's grants", agent_id)
+
+
+def _item_decider(gid: str, item: UsageItem) -> Callable[[AccountState, int], Decided]:
+    def decider(s: AccountState, at: int) -> Decided:
+        if item.kind == "settle":
+            return decide_grants.draw_settle(
+                s, gid, item.request_id, item.attempt, item.cost_msat, at, input_tokens=item.input_tokens,
+                output_tokens=item.output_tokens, provider=item.provider, model=item.model,
+                estimated=item.estimated, provider_cost_msat=item.provider_cost_msat, cost_drift=item.cost_drift)
+        return decide_grants.draw_release(s, gid, item.request_id, item.attempt, item.reason or "released", at)
+    return decider

@@ -97,12 +97,18 @@ class GroupCommit:
 
     async def submit(self, agent_id: str, decider: Decider, answer: Optional[Answer] = None,
                      record: Optional[RequestRecord] = None) -> Written:
+        return await self.enqueue(agent_id, decider, answer, record)
+
+    def enqueue(self, agent_id: str, decider: Decider, answer: Optional[Answer] = None,
+                record: Optional[RequestRecord] = None) -> "asyncio.Future[Written]":
+        """Queue a command; the future is its answer. Commands queued together are decided in this order (a
+        report's requests need no task each)."""
         if self.stopped is not None:
             raise moved(self.part.partition)
         future: asyncio.Future[Written] = asyncio.get_running_loop().create_future()
         self._queue.append(_Command(agent_id, decider, answer, record, future))
         self._wake.set()
-        return await future
+        return future
 
     async def write_marker(self) -> int:
         """The takeover batch (no entries): the first write of a new owner, which fences any write an earlier

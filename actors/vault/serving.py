@@ -171,10 +171,16 @@ class PartitionServing(VaultCore):
                       answer_with: Optional[Callable[[AccountState, decide.Decided], Any]] = None,
                       record: Optional[RequestRecord] = None) -> Written:
         """Decide and journal a command about an account this instance owns (callers route to the owner first)."""
+        return await self.enqueue(agent_id, decider, answer_with, record)
+
+    def enqueue(self, agent_id: str, decider: Decider,
+                answer_with: Optional[Callable[[AccountState, decide.Decided], Any]] = None,
+                record: Optional[RequestRecord] = None) -> "asyncio.Future[Written]":
+        """``execute`` without waiting: the future of the command's answer (commands queued together keep order)."""
         owner = self.owners.get(self.partition_of(agent_id))
         if owner is None or owner.writer is None:
             raise moved(self.partition_of(agent_id))
-        return await owner.writer.submit(agent_id, decider, answer_with, record)
+        return owner.writer.enqueue(agent_id, decider, answer_with, record)
 
 
 Outgoing = tuple[str, bytes, dict[str, str]]  # subject, payload, headers

@@ -69,3 +69,46 @@ async def test_a_refused_report_is_dropped_for_that_grant_only() -> None:
     agent = _Agent(grants=[a, b])
     await m._report(3, [(agent, a), (agent, b)])
     assert len(bus.sent) == 1 and not a.items and not b.items  # one message; a refusal is not sent again
+
+
+async def test_a_grant_whose_reports_lag_sends_new_requests_to_the_vault(monkeypatch: Any) -> None:
+    # Backpressure: an owner that does not keep up with a grant's reports must slow the agent down, not let
+    # unreported requests pile up in the gateway without bound.
+    from actors.runtime.tokens import token_hash
+    from schemas.router import Envelope
+
+    slow_holds: list[str] = []
+
+    async def slow_reserve(token: str, request_id: str, route: Any, endpoint: str) -> str:
+        slow_holds.append(request_id)
+        return "vault-hold"
+
+    agents = SimpleNamespace(route_of=lambda th, rid: _route(), forget_agent=lambda a: None)
+
+    async def _route_async() -> Any:
+        return SimpleNamespace(agent_id="agt_g000000001", partition=3)
+
+    def _route() -> Any:
+        return _route_async()
+
+    m = GrantMeter(SimpleNamespace(max_payload=1 << 20),  # type: ignore[arg-type]
+                   SimpleNamespace(bus=RecordingBus(), agents=agents, reserve=slow_reserve),
+                   GrantsConfig(report_batch=2))
+
+    async def no_wait(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    monkeypatch.setattr(m, "_drain", no_wait)
+    g = grant("g000000001", 0)
+    g.token_hash = token_hash("arb_tok")
+    m._by_agent[g.agent_id] = _Agent(grants=[g])
+    m._live[g] = m._by_agent[g.agent_id]
+    route = SimpleNamespace(candidates=[object()], envelope=Envelope(input_tokens=10, output_tokens=10, input_rate=1,
+                                                                       output_rate=1, max_output_tokens=10))
+    for k in range(12):
+        hold = await m.reserve("arb_tok", f"r{k}", route, "chat")  # type: ignore[arg-type]
+        if hold != "vault-hold":
+            g.inflight -= 1
+            g.items.append(UsageItem(kind="release", request_id=f"r{k}", attempt="a1"))  # served, not reported yet
+    assert len(g.items) == 8 and slow_holds == [f"r{k}" for k in range(8, 12)]  # 4 report batches of 2, then wait
+    assert m.stats["backlogged"] == 1  # then the per-request path for a while (the grant is given back once idle)
