@@ -30,7 +30,7 @@ from actors.runtime.tokens import token_hash
 from schemas import exchanges, subjects
 from schemas.config import GrantsConfig
 from schemas.errors import ArbstrError
-from schemas.grants import MAX_REPORT_ITEMS, GrantReports, GrantRequest, GrantsRevoked, GrantUsage, UsageItem
+from schemas.grants import GrantReports, GrantRequest, GrantsRevoked, GrantUsage, UsageItem
 from schemas.money import cost_msat, max_output_tokens_for
 from schemas.requests import RequestRecord
 from schemas.router import Envelope, RouteReply
@@ -46,6 +46,9 @@ LOST_CLOSE_WAIT_S = 2.0
 FORGET_AGENT_S = 300.0  # an agent with no grant, unseen this long, is forgotten here (its recent request ids too)
 SEEN_RIDS = 4096  # request ids served here lately, per agent: a reuse goes to the vault, which knows the answer
 BACKLOG_REPORTS = 4  # unreported requests a grant may carry, in report batches, before new ones wait for the vault
+# Requests per report message: the owner decodes and decides a message in one go, so a smaller one keeps its event
+# loop (lease renewals, journal acks) responsive under load. GrantReports accepts up to 4096.
+REPORT_ITEMS = 512
 MAX_REPORTS = 1024  # grants per report message (GrantReports' bound)
 
 
@@ -398,7 +401,7 @@ class GrantMeter:
         # What the server accepts in one message bounds a report too (records make items large): a report past it
         # is cut to fewer items, and the rest goes in the next one.
         limit = max(64 * 1024, int(getattr(self.nc, "max_payload", 0) or 1024 * 1024) * 3 // 4)
-        budget = MAX_REPORT_ITEMS
+        budget = REPORT_ITEMS
         while True:
             sent = self._report_items(grants, budget)
             if not sent:

@@ -27,7 +27,7 @@ from .partition import PartitionState
 
 log = logging.getLogger("arbstr.vault.commit")
 
-MAX_BATCH = 1024  # commands per journal message
+MAX_BATCH = 256  # commands per journal message: one is decided without yielding, so keep the loop responsive
 # A journal message stays under nats-server's default max_payload (1 MB) whatever the commands carry (a request
 # record each): a batch past this is written as several messages.
 MAX_BATCH_BYTES = 768 * 1024
