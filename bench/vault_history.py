@@ -27,6 +27,7 @@ import asyncio
 import hashlib
 import json
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -242,18 +243,21 @@ async def _wait_vault(nc: Any) -> None:
 
 
 async def until_serving(url: str, log: Path, log_from: int, partitions: int, agents: int,
-                        timeout_s: float = 600) -> None:
-    """Every partition served (its "serving" log line) and the books answering with every agent."""
+                        proc: subprocess.Popen[bytes], timeout_s: float = 600) -> bool:
+    """Every partition served (its "serving" log line) and the books answering with every agent: True; False when
+    the process exited first."""
     nc = await nats.connect(url)
     deadline = time.monotonic() + timeout_s
     try:
         while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                return False
             text = log.read_bytes()[log_from:].decode(errors="replace")
             if text.count(": serving (epoch") >= partitions:
                 try:
                     books = await call(nc, exchanges.BOOKS, Empty())
                     if books.agents >= agents:
-                        return
+                        return True
                 except Exception:
                     pass
             await asyncio.sleep(0.02)
@@ -316,14 +320,28 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--all-snapshots", action="store_true", help="write every snapshot tick, not only the last")
     ap.add_argument("--no-events", action="store_true", help="do not publish the derived events")
     ap.add_argument("--load-s", type=float, default=25.0, help="load on the vault before it is SIGKILLed")
+    ap.add_argument("--duckdb", choices=("memory", "file"), default="memory",
+                    help="the vault's reporting projection: in memory (the shipped config) or in a file")
+    ap.add_argument("--workdir", type=Path, help="keep the store here; an existing generated store is reused")
     args = ap.parse_args(argv)
     install_uvloop()
-    result: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="arbstr-bench-history-") as tmp:
-        work = Path(tmp)
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        run(args, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="arbstr-bench-history-") as tmp:
+            run(args, Path(tmp))
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    result: dict[str, Any] = {"duckdb": args.duckdb}
+    if True:
         cfg = work / "arbstr.toml"
-        cfg.write_text(f'[vault]\nadmin_token = "{ADMIN_TOKEN}"\nsnapshot_interval_s = {args.snapshot_interval}\n')
+        duckdb = str(work / "vault.duckdb") if args.duckdb == "file" else ""
+        cfg.write_text(f'[vault]\nadmin_token = "{ADMIN_TOKEN}"\nsnapshot_interval_s = {args.snapshot_interval}\n'
+                       f'duckdb_path = "{duckdb}"\n')
         log = work / "vault.log"
+        generated = work / "generated.json"
         with NatsServer(work / "nats", sync_always=True) as server, open(log, "ab") as logf:
             def vault() -> tuple[subprocess.Popen[bytes], int, float]:
                 at = log.stat().st_size
@@ -333,23 +351,37 @@ def main(argv: Optional[list[str]] = None) -> None:
 
             def start_timed(name: str) -> subprocess.Popen[bytes]:
                 proc, at, started = vault()
-                asyncio.run(until_serving(server.url, log, at, 16, args.agents))
+                crashes = 0
+                while not asyncio.run(until_serving(server.url, log, at, 16, args.agents, proc)):
+                    # Exited before serving: started again at once, as a supervisor would (the clock runs on).
+                    crashes += 1
+                    print(f"{name}: the vault exited ({proc.returncode}) before serving; starting it again",
+                          file=sys.stderr, flush=True)
+                    proc, at, _ = vault()
                 serving = time.perf_counter() - started
                 rss_serving = rss_mb(proc.pid)
+                loads = [int(m) for m in re.findall(r"loaded in (\d+) ms", log.read_bytes()[at:].decode(errors="replace"))]
                 idle_after = until_idle(proc.pid)
-                result[name] = {"serving_s": round(serving, 2), "rss_mb_serving": rss_serving,
+                result[name] = {"serving_s": round(serving, 2), "crashes_before_serving": crashes,
+                                "partition_load_ms": {"sum": sum(loads), "max": max(loads, default=0)}, "rss_mb_serving": rss_serving,
                                 "idle_after_s": round(idle_after, 1), "rss_mb_idle": rss_mb(proc.pid)}
                 print(f"{name}: {result[name]}", file=sys.stderr, flush=True)
                 return proc
 
-            proc, _, _ = vault()
+            proc = None
             try:
-                agent_ids = asyncio.run(create_agents(server.url, args.agents))
-                proc.terminate()
-                proc.wait(timeout=60)
-                result["generate"] = asyncio.run(generate(
-                    server.url, agent_ids, args.requests, args.rate, args.chunk, args.snapshot_interval,
-                    args.all_snapshots, not args.no_events))
+                if generated.exists():  # a store generated before: restarted as it is
+                    doc = json.loads(generated.read_text())
+                    agent_ids, result["generate"] = doc["agent_ids"], doc["generate"]
+                else:
+                    proc, _, _ = vault()
+                    agent_ids = asyncio.run(create_agents(server.url, args.agents))
+                    proc.terminate()
+                    proc.wait(timeout=60)
+                    result["generate"] = asyncio.run(generate(
+                        server.url, agent_ids, args.requests, args.rate, args.chunk, args.snapshot_interval,
+                        args.all_snapshots, not args.no_events))
+                    generated.write_text(json.dumps({"agent_ids": agent_ids, "generate": result["generate"]}))
                 print(f"generate: {result['generate']}", file=sys.stderr, flush=True)
                 proc = start_timed("start_on_generated_tail")
                 proc.terminate()
@@ -366,7 +398,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 result["nats_store_mb"] = round(sum(f.stat().st_size for f in (work / "nats").rglob("*")
                                                     if f.is_file()) / 2**20, 1)
             finally:
-                if proc.poll() is None:
+                if proc is not None and proc.poll() is None:
                     proc.terminate()
                     proc.wait(timeout=60)
     print(json.dumps(result, indent=2))
