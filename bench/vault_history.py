@@ -55,7 +55,7 @@ from schemas import exchanges, subjects
 from schemas.ledger import JournalBatch, JournalEntry
 from schemas.partitions import partition_of
 from schemas.requests import RequestRecord
-from schemas.vault import CreateAgent, DepositCommand, Empty, ReserveRequest, SettleCommand
+from schemas.vault import CreateAgent, DepositCommand, ReserveRequest, SettleCommand
 
 PROVIDERS = [("local-a", "llama-3.1-8b"), ("node-b", "gpt-4o-mini"), ("node-c", "claude-3-haiku")]
 SETTLE_LATENCY_MS = 1_500  # a request's upstream time: its settle comes this long after its reserve
@@ -242,10 +242,13 @@ async def _wait_vault(nc: Any) -> None:
     raise RuntimeError("the vault did not start")
 
 
-async def until_serving(url: str, log: Path, log_from: int, partitions: int, agents: int,
+async def until_serving(url: str, log: Path, log_from: int, partitions: int, agent_ids: list[str],
                         proc: subprocess.Popen[bytes], timeout_s: float = 600) -> bool:
-    """Every partition served (its "serving" log line) and the books answering with every agent: True; False when
-    the process exited first."""
+    """Every partition served: its "serving" log line, then a reserve of an agent of each partition decided (and
+    released). True; False when the process exited first."""
+    probes: dict[int, int] = {}
+    for k, agent in enumerate(agent_ids):
+        probes.setdefault(partition_of(agent, partitions), k)
     nc = await nats.connect(url)
     deadline = time.monotonic() + timeout_s
     try:
@@ -255,15 +258,22 @@ async def until_serving(url: str, log: Path, log_from: int, partitions: int, age
             text = log.read_bytes()[log_from:].decode(errors="replace")
             if text.count(": serving (epoch") >= partitions:
                 try:
-                    books = await call(nc, exchanges.BOOKS, Empty())
-                    if books.agents >= agents:
-                        return True
+                    await asyncio.gather(*(_probe(nc, k, agent_ids[k]) for k in probes.values()))
+                    return True
                 except Exception:
                     pass
             await asyncio.sleep(0.02)
         raise RuntimeError("the vault did not serve every partition in time")
     finally:
         await nc.close()
+
+
+async def _probe(nc: Any, k: int, agent_id: str) -> None:
+    rid, attempt = f"probe_{uuid.uuid4().hex}", uuid.uuid4().hex[:16]
+    await call(nc, exchanges.RESERVE, ReserveRequest(request_id=rid, token_hash=token_hash(k), envelope=ENVELOPE,
+                                                     attempt=attempt))
+    await call(nc, exchanges.RELEASE, SettleCommand(kind="release", request_id=rid, agent_id=agent_id,
+                                                    attempt=attempt, reason="probe"))
 
 
 def cpu_s(pid: int) -> float:
@@ -322,6 +332,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--load-s", type=float, default=25.0, help="load on the vault before it is SIGKILLed")
     ap.add_argument("--duckdb", choices=("memory", "file"), default="memory",
                     help="the vault's reporting projection: in memory (the shipped config) or in a file")
+    ap.add_argument("--generate-only", action="store_true", help="stop once the store is generated (with --workdir)")
     ap.add_argument("--workdir", type=Path, help="keep the store here; an existing generated store is reused")
     args = ap.parse_args(argv)
     install_uvloop()
@@ -352,7 +363,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
             def start_timed(name: str) -> subprocess.Popen[bytes]:
                 proc, at, started = vault()
                 crashes = 0
-                while not asyncio.run(until_serving(server.url, log, at, 16, args.agents, proc)):
+                while not asyncio.run(until_serving(server.url, log, at, 16, agent_ids, proc)):
                     # Exited before serving: started again at once, as a supervisor would (the clock runs on).
                     crashes += 1
                     print(f"{name}: the vault exited ({proc.returncode}) before serving; starting it again",
@@ -382,6 +393,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
                         server.url, agent_ids, args.requests, args.rate, args.chunk, args.snapshot_interval,
                         args.all_snapshots, not args.no_events))
                     generated.write_text(json.dumps({"agent_ids": agent_ids, "generate": result["generate"]}))
+                if args.generate_only:
+                    print(json.dumps(result, indent=2))
+                    return
                 print(f"generate: {result['generate']}", file=sys.stderr, flush=True)
                 proc = start_timed("start_on_generated_tail")
                 proc.terminate()

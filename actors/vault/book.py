@@ -30,6 +30,9 @@ class Book:
         self._by_token: dict[str, str] = {}
         self._token_of: dict[str, str] = {}
         self.owned: set[int] = set()
+        # Partitions whose state here may be ahead of the journal (a writer broke mid-batch): never the starting
+        # point of an owner, until a fresh load is adopted.
+        self.suspect: set[int] = set()
         self.top_seq: dict[int, int] = {}  # highest sequence folded per stream, own batches included
 
     # --- accounts --------------------------------------------------------------------------------------
@@ -52,6 +55,7 @@ class Book:
     def adopt(self, part: PartitionState, stream: int = 0) -> None:
         """A partition as loaded (snapshot + tail): an owner's (its objects stay shared) or the read model's."""
         self.parts[part.partition] = part
+        self.suspect.discard(part.partition)
         for state in part.agents.values():
             self._index(state.agent_id, state.token_hash)
         self.top_seq[stream] = max(self.top_seq.get(stream, 0), part.last_seq)

@@ -118,6 +118,7 @@ class GroupCommit:
                 await asyncio.wait_for(asyncio.shield(self._task), 10)
             except asyncio.TimeoutError:
                 self._task.cancel()
+                self.stopped = f"{reason}: batch cut off"  # memory may be ahead of the journal: not snapshotted
         self._fail_queued()
 
     def _fail_queued(self) -> None:

@@ -45,18 +45,35 @@ class PartitionOwner:
         self.loaded_in_s = 0.0
 
     # --- takeover --------------------------------------------------------------------------------------
-    async def load(self) -> None:
-        """The newest snapshot, then every batch after it: the partition exactly as journaled."""
+    async def load(self, folded: Optional[PartitionState] = None) -> None:
+        """The partition exactly as journaled: ``folded`` (this instance's read model of it, already snapshot +
+        journal, kept current by the follower) or else the newest snapshot, then every batch after it.
+
+        Starting from the read model spares a second decode of the snapshot and a second fold of its tail — at a
+        restart every partition was just loaded into the read model. It is only ever behind the journal (it
+        folds acked batches), never ahead: one that claims more than the journal holds is not used."""
         started = time.monotonic()
-        snap = await self.snapshots.load(self.partition)
-        self.part = snap if snap is not None else PartitionState(self.partition)
-        self._last_snapshot_seq = self.snapshot_seq = self.part.last_seq
+        if folded is not None and folded.last_seq > 0:
+            last = await self.journal.last(self.partition)
+            if last is None or folded.last_seq > last[0]:
+                log.warning("partition %s: read model at %d is past the journal; loading the snapshot",
+                            self.partition, folded.last_seq)
+                folded = None
+        if folded is not None:
+            self.part = folded
+            self._last_snapshot_seq = self.snapshot_seq = folded.loaded_from_seq
+        else:
+            snap = await self.snapshots.load(self.partition)
+            self.part = snap if snap is not None else PartitionState(self.partition)
+            self._last_snapshot_seq = self.snapshot_seq = self.part.loaded_from_seq = self.part.last_seq
         await self._fold_tail()
         self.loaded_in_s = time.monotonic() - started
 
     async def _fold_tail(self) -> list[tuple[JournalBatch, int]]:
         folded = []
         async for seq, raw in self.journal.tail(self.partition, self.part.last_seq):
+            if seq <= self.part.last_seq:
+                continue  # folded meanwhile by the read model's follower (the same object, before we own it)
             batch = JournalBatch.model_validate_json(raw)
             fold_batch(self.part, batch, seq, batch_hash(raw))
             folded.append((batch, seq))

@@ -26,6 +26,7 @@ class PartitionState:
     last_hash: str = ""  # sha256 of the newest batch's bytes: the next batch's prev_hash
     epoch: int = 0  # lease epoch of the newest batch
     corrupt: set[str] = field(default_factory=set)  # agents whose journal does not fold: frozen, never written
+    loaded_from_seq: int = 0  # the snapshot's sequence this state was loaded from (not saved: where a load began)
 
     def account(self, agent_id: str) -> AccountState:
         state = self.agents.get(agent_id)

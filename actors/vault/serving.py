@@ -44,7 +44,9 @@ class PartitionServing(VaultCore):
                                lambda batch, seq, touched, k=k: self._committed(k, batch, seq, touched),
                                self._broken, self.vc.snapshot_interval_s)
         started = time.monotonic()
-        await owner.load()
+        # The read model's copy of the partition (snapshot + journal, followed since) is where the owner starts,
+        # unless memory there may be ahead of the journal (a writer that broke here): then the snapshot.
+        await owner.load(None if k in self.book.suspect else self.book.parts.get(k))
         self.book.owned.add(k)
         self.book.adopt(owner.part, k % self.layout.streams)
         try:
@@ -75,6 +77,10 @@ class PartitionServing(VaultCore):
         graceful = owner.writer is None or owner.writer.stopped is None
         await owner.stop(reason, graceful=graceful)
         await owner.timers.stop()
+        if graceful and owner.writer is not None and owner.writer.stopped != reason:
+            graceful = False  # its last batch was cut off while stopping: memory may be ahead of the journal
+        if not graceful:
+            self.book.suspect.add(k)  # not a starting point for the next owner here until read afresh
         self.book.owned.discard(k)
         if not graceful:
             # Memory may be ahead of the journal: the read model of this partition is read afresh.

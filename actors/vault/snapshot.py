@@ -36,7 +36,7 @@ def decode(raw: bytes) -> PartitionState:
     if doc.get("format") != FORMAT:
         raise ValueError(f"snapshot format {doc.get('format')!r}, expected {FORMAT}")
     part = PartitionState(partition=doc["partition"], last_seq=doc["last_seq"], last_hash=doc["last_hash"],
-                          epoch=doc["epoch"], corrupt=set(doc["corrupt"]))
+                          epoch=doc["epoch"], corrupt=set(doc["corrupt"]), loaded_from_seq=doc["last_seq"])
     for a in doc["agents"]:
         state = _account(a)
         part.agents[state.agent_id] = state

@@ -209,3 +209,116 @@ def test_books_of_partitions_add_up() -> None:
     merged = merge_books([books([a], 3), books([b], 9)])
     assert (merged.deposits_msat, merged.balances_msat, merged.balanced, merged.agents) == (42, 42, True, 2)
     assert view(a).balance_msat == 10
+
+
+class OwnerJournal:
+    """The ``PartitionJournal`` side an owner uses (append, last, tail), over the in-memory ``Journal``."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.j = journal
+        self.tails: list[int] = []  # where each tail read began
+
+    async def append(self, partition: int, raw: bytes, batch_id: str, expected: int) -> int:
+        return await self.j.append(raw, batch_id, expected)
+
+    async def last(self, partition: int) -> Any:
+        return (len(self.j.raws), self.j.raws[-1]) if self.j.raws else None
+
+    async def tail(self, partition: int, after_seq: int) -> Any:
+        self.tails.append(after_seq)
+        for i, raw in enumerate(list(self.j.raws)):
+            if i + 1 > after_seq:
+                yield i + 1, raw
+
+
+class Snapshots:
+    def __init__(self, raw: bytes | None) -> None:
+        self.raw = raw
+        self.loads = 0
+
+    async def load(self, partition: int) -> PartitionState | None:
+        self.loads += 1
+        return decode(self.raw) if self.raw is not None else None
+
+    async def save_raw(self, partition: int, raw: bytes) -> None:
+        self.raw = raw
+
+
+async def _history(part: PartitionState, journal: Journal) -> tuple[bytes, GroupCommit]:
+    """Agents, money and requests journaled; a snapshot taken halfway (returned) and the writer, still open."""
+    w = writer(part, journal, [], [])
+    await w.submit("a", lambda s, at: decide.create_agent(s, "a", "a" * 64, AgentPolicy(), at))
+    await w.submit("a", lambda s, at: decide.deposit(s, "d", 900_000, "simulated", "", at))
+    for n in range(6):
+        await w.submit("a", lambda s, at, n=n: decide.reserve(s, f"r{n}", ENV, at, ttl_ms=60_000))
+    snap = encode(part)
+    for n in range(6):
+        await w.submit("a", lambda s, at, n=n: decide.settle(s, f"r{n}", 5_000, at))
+    return snap, w
+
+
+async def test_an_owner_starts_from_the_read_model_and_folds_only_what_it_lacks() -> None:
+    from actors.vault.expiry import Timers
+    from actors.vault.owner import PartitionOwner
+    from actors.vault.ownership import Claim
+
+    part, journal = PartitionState(2), Journal()
+    snap, w = await _history(part, journal)
+    await w.stop()
+    # The read model: the snapshot, and the journal after it up to a point (the follower is a little behind).
+    read_model = decode(snap)
+    behind = batches_of(journal)[:-2]
+    for batch, seq, digest in behind:
+        if seq > read_model.last_seq:
+            fold_batch(read_model, batch, seq, digest)
+    js, snaps = OwnerJournal(journal), Snapshots(snap)
+
+    async def nothing_due(due: Any) -> None:
+        return None
+
+    owner = PartitionOwner(Claim(2, 5, 0), js, snaps, Timers(nothing_due), lambda *a: None,  # type: ignore[arg-type]
+                           lambda *a: None, 3600)
+    await owner.load(read_model)
+    assert snaps.loads == 0 and js.tails == [len(behind)]  # no snapshot decoded, only the missing batches read
+    assert owner.part is read_model and owner.part.agents == part.agents
+    assert (owner.part.last_seq, owner.part.last_hash) == (part.last_seq, part.last_hash)
+    assert owner.snapshot_seq == decode(snap).last_seq  # events since the snapshot are published again as before
+    # Exactly-once holds from there: a settle or a reserve already journaled is recognised, nothing written again.
+    await owner.start()
+    assert owner.writer is not None
+    for decider in (lambda s, at: decide.settle(s, "r1", 5_000, at),
+                    lambda s, at: decide.reserve(s, "r1", ENV, at, ttl_ms=60_000)):
+        again = await owner.writer.submit("a", decider)
+        assert again.decided.noop == "duplicate" and not again.events
+    assert owner.part.agents["a"].spent_msat == part.agents["a"].spent_msat
+    await owner.stop("test")
+
+
+async def test_an_owner_does_not_start_from_a_read_model_ahead_of_the_journal() -> None:
+    from actors.vault.expiry import Timers
+    from actors.vault.owner import PartitionOwner
+    from actors.vault.ownership import Claim
+
+    part, journal = PartitionState(2), Journal()
+    snap, w = await _history(part, journal)
+    await w.stop()
+    ahead = decode(encode(part))
+    ahead.last_seq += 3  # memory a broken writer left ahead of what the journal holds
+    snaps = Snapshots(snap)
+
+    async def nothing_due(due: Any) -> None:
+        return None
+
+    owner = PartitionOwner(Claim(2, 5, 0), OwnerJournal(journal), snaps, Timers(nothing_due),  # type: ignore[arg-type]
+                           lambda *a: None, lambda *a: None, 3600)
+    await owner.load(ahead)
+    assert snaps.loads == 1 and owner.part is not ahead
+    assert owner.part.agents == part.agents and owner.part.last_seq == part.last_seq
+
+
+def test_a_partition_whose_writer_broke_is_suspect_in_the_book_until_read_afresh() -> None:
+    book = Book(lambda agent_id: 0)
+    book.adopt(PartitionState(0))
+    book.suspect.add(0)
+    book.adopt(PartitionState(0))
+    assert 0 not in book.suspect
