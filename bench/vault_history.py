@@ -361,6 +361,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
                                          "--nats", server.url], stdout=logf, stderr=logf), at, started
 
             def start_timed(name: str) -> subprocess.Popen[bytes]:
+                wall = time.time()
                 proc, at, started = vault()
                 crashes = 0
                 while not asyncio.run(until_serving(server.url, log, at, 16, agent_ids, proc)):
@@ -371,9 +372,15 @@ def run(args: argparse.Namespace, work: Path) -> None:
                     proc, at, _ = vault()
                 serving = time.perf_counter() - started
                 rss_serving = rss_mb(proc.pid)
-                loads = [int(m) for m in re.findall(r"loaded in (\d+) ms", log.read_bytes()[at:].decode(errors="replace"))]
+                text = log.read_bytes()[at:].decode(errors="replace")
+                loads = [int(m) for m in re.findall(r"loaded in (\d+) ms", text)]
+                # When the last partition logged "serving" (log times are the wall clock, to the millisecond).
+                stamps = re.findall(r"^(\S+ \S+) INFO arbstr.vault: partition \d+: serving", text, re.M)
+                loaded_s = time.mktime(time.strptime(stamps[-1][:19], "%Y-%m-%d %H:%M:%S")) + \
+                    int(stamps[-1][20:23]) / 1000 - wall if stamps else float("nan")
                 idle_after = until_idle(proc.pid)
                 result[name] = {"serving_s": round(serving, 2), "crashes_before_serving": crashes,
+                                "all_partitions_loaded_s": round(loaded_s, 2),
                                 "partition_load_ms": {"sum": sum(loads), "max": max(loads, default=0)}, "rss_mb_serving": rss_serving,
                                 "idle_after_s": round(idle_after, 1), "rss_mb_idle": rss_mb(proc.pid)}
                 print(f"{name}: {result[name]}", file=sys.stderr, flush=True)
