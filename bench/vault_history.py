@@ -16,8 +16,12 @@
 3. A real vault is started on that store (the generator's tail, as after a crash), stopped with SIGTERM and
    started again (clean restart), then loaded over the bus for ``--load-s`` seconds (reserve + settle pairs, as
    gateways send them), SIGKILLed and started again. Each start is timed from process start until every
-   partition is served (16 "serving" lines in its log) and the books answer with every agent; its RSS is read
-   from /proc when it serves and once it is idle (the projection rebuilt).
+   partition is served (16 "serving" lines in its log) and answers a reserve (released at once); its RSS is read
+   from /proc when it serves and once it is idle (the reporting projection caught up).
+
+The simulated history ends when generating begins, so by the time the vault runs, its last 10 minutes are older
+than that in real time: the first two starts hold the full window of resolutions (the production steady state at
+``--rate``), but the load before the SIGKILL makes every agent it touches forget the generated window.
 """
 
 from __future__ import annotations
