@@ -149,14 +149,16 @@ class VaultActor(LedgerSetup, PartitionServing, CommandRouting, HoldsApi, Settle
         self.projection = Projection(self.vc.duckdb_path, streams=self.layout.streams)
         self.request_log = RequestLog(self.projection)
         self.feed = ProjectionFeed(nc, self.projection)
-        await self.feed.start()
-        await self.request_log.follow(nc)
         await self.freeze.start(nc, replicas)
         await self.claims.start(nc, replicas)
         self.ownership = Ownership(parts_kv, self.instance, self.layout.partitions, self.vc.lease_s,
                                    self._acquired, self._lost)
         await self.ownership.start()
         await self._settled_in()
+        # The reporting projection catches up only now: replaying history into it (all of it, when it lives in
+        # memory) while the partitions load would slow them down and starve the connection of the event loop.
+        await self.feed.start()
+        await self.request_log.follow(nc)
         await self.rails.start()
         if self.topups is not None:
             await self.topups.start(nc, replicas)
