@@ -55,8 +55,12 @@ class PartitionServing(VaultCore):
             raise
         self.owners[k] = owner
         timers.start()
-        self._subs[k] = await self.nc.subscribe(f"{subjects.VAULT_PARTITION_PREFIX}.{k}.>", queue=QUEUE_GROUP,
-                                                cb=self._on_partition_msg)
+        try:
+            self._subs[k] = await self.nc.subscribe(f"{subjects.VAULT_PARTITION_PREFIX}.{k}.>", queue=QUEUE_GROUP,
+                                                    cb=self._on_partition_msg)
+        except Exception:
+            await self._lost(k, "could not subscribe")  # no writer left running: the load may be tried again
+            raise
         self.takeovers += 1
         # Events the previous owner journaled but may not have published (it died between): published again,
         # deduplicated by their ids.
