@@ -30,6 +30,7 @@ log = logging.getLogger("arbstr.vault")
 
 Decider = Callable[[AccountState, int], decide.Decided]
 
+RELOAD_ATTEMPTS = 10
 REPUBLISH_WINDOW_MS = 100_000  # at takeover, events of batches this recent are published again (dedup: 120 s)
 
 
@@ -110,10 +111,22 @@ class PartitionServing(VaultCore):
             asyncio.ensure_future(self.ownership.hand_back(k, reason))
 
     async def _reload_partition(self, k: int) -> None:
+        """The read model of a partition read afresh (tried again until it is, or the partition is ours again)."""
         assert self.snapshots is not None and self.journal is not None
-        part = await self.snapshots.load(k) or PartitionState(k)
-        async for seq, raw in self.journal.tail(k, part.last_seq):
-            fold_batch(part, JournalBatch.model_validate_json(raw), seq, batch_hash(raw))
+        for attempt in range(RELOAD_ATTEMPTS):
+            if k in self.book.owned:
+                return
+            try:
+                part = await self.snapshots.load(k) or PartitionState(k)
+                async for seq, raw in self.journal.tail(k, part.last_seq):
+                    fold_batch(part, JournalBatch.model_validate_json(raw), seq, batch_hash(raw))
+                break
+            except Exception as e:
+                log.warning("partition %s: read model not reloaded (%r); trying again", k, e)
+                await asyncio.sleep(min(0.2 * 2 ** attempt, 5.0))
+        else:
+            log.error("partition %s: read model not reloaded; reads of it may be stale", k)
+            return
         if k not in self.book.owned:
             self.book.adopt(part, k % self.layout.streams)
             self._cold.discard(k)
