@@ -151,6 +151,14 @@ class GroupCommit:
         return f"p{self.part.partition}:e{self.epoch}:{self._session}:{self._batches}"
 
     async def _run(self) -> None:
+        try:
+            await self._serve()
+        finally:
+            # However the writer ends (cancelled mid-batch included), nobody is left waiting for an answer.
+            self._fail(self._current)
+            self._fail_queued()
+
+    async def _serve(self) -> None:
         while self.stopped is None:
             await self._wake.wait()
             self._wake.clear()

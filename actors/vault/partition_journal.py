@@ -30,7 +30,7 @@ H_PARTITION = "Arbstr-Partition"  # on every batch: a follower skips decoding th
 READ_TIMEOUT_S = 10.0
 # The last batch of a partition (a takeover's start, an append's "did mine land?"): a request lost in an election
 # waits this long, not the client's default 5 s, before it is asked again.
-LAST_TIMEOUT_S = 1.0
+LAST_TIMEOUT_S = 2.0
 
 
 class Fenced(Exception):

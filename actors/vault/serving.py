@@ -30,6 +30,7 @@ log = logging.getLogger("arbstr.vault")
 
 Decider = Callable[[AccountState, int], decide.Decided]
 
+RELOAD_ATTEMPTS = 10
 REPUBLISH_WINDOW_MS = 100_000  # at takeover, events of batches this recent are published again (dedup: 120 s)
 
 
@@ -55,8 +56,12 @@ class PartitionServing(VaultCore):
             raise
         self.owners[k] = owner
         timers.start()
-        self._subs[k] = await self.nc.subscribe(f"{subjects.VAULT_PARTITION_PREFIX}.{k}.>", queue=QUEUE_GROUP,
-                                                cb=self._on_partition_msg)
+        try:
+            self._subs[k] = await self.nc.subscribe(f"{subjects.VAULT_PARTITION_PREFIX}.{k}.>", queue=QUEUE_GROUP,
+                                                    cb=self._on_partition_msg)
+        except Exception:
+            await self._lost(k, "could not subscribe")  # no writer left running: the load may be tried again
+            raise
         self.takeovers += 1
         # Events the previous owner journaled but may not have published (it died between): published again,
         # deduplicated by their ids.
@@ -106,10 +111,22 @@ class PartitionServing(VaultCore):
             asyncio.ensure_future(self.ownership.hand_back(k, reason))
 
     async def _reload_partition(self, k: int) -> None:
+        """The read model of a partition read afresh (tried again until it is, or the partition is ours again)."""
         assert self.snapshots is not None and self.journal is not None
-        part = await self.snapshots.load(k) or PartitionState(k)
-        async for seq, raw in self.journal.tail(k, part.last_seq):
-            fold_batch(part, JournalBatch.model_validate_json(raw), seq, batch_hash(raw))
+        for attempt in range(RELOAD_ATTEMPTS):
+            if k in self.book.owned:
+                return
+            try:
+                part = await self.snapshots.load(k) or PartitionState(k)
+                async for seq, raw in self.journal.tail(k, part.last_seq):
+                    fold_batch(part, JournalBatch.model_validate_json(raw), seq, batch_hash(raw))
+                break
+            except Exception as e:
+                log.warning("partition %s: read model not reloaded (%r); trying again", k, e)
+                await asyncio.sleep(min(0.2 * 2 ** attempt, 5.0))
+        else:
+            log.error("partition %s: read model not reloaded; reads of it may be stale", k)
+            return
         if k not in self.book.owned:
             self.book.adopt(part, k % self.layout.streams)
             self._cold.discard(k)

@@ -19,9 +19,9 @@ from .partition import PartitionState
 
 log = logging.getLogger("arbstr.vault.snapshots")
 
-# A takeover's read of a snapshot: a request lost in an election fails after this long (not the client's default
-# 5 s), the partition is given back and taken again at once, by then from a stream that has a leader.
-READ_TIMEOUT_S = 2.0
+# A read of a snapshot (a takeover the read model cannot start, a restart): a request lost in an election fails
+# after this long and the load is tried again. (Shorter fails spuriously on a loaded machine.)
+READ_TIMEOUT_S = 5.0
 GET_BUDGET_S = 30.0  # the whole read: its chunks come through a consumer that has no timeout of its own
 
 
