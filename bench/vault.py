@@ -256,15 +256,21 @@ async def _serving(url: str) -> None:
         await nc.close()
 
 
+async def vault_answers(nc: Any, attempts: int = 600) -> None:
+    """Until a vault instance answers a discovery ping (every 50 ms)."""
+    for _ in range(attempts):
+        try:
+            await nc.request(f"$SRV.PING.{subjects.SERVICE_VAULT}", b"", timeout=0.2)
+            return
+        except Exception:
+            await asyncio.sleep(0.05)
+    raise RuntimeError("the vault did not start")
+
+
 async def _wait_ready(url: str, instances: int, partitions: int) -> None:
     """The vault answers, and every instance owns its share of the partitions (leases in KV)."""
     nc = await nats.connect(url)
-    for _ in range(400):
-        try:
-            await nc.request(f"$SRV.PING.{subjects.SERVICE_VAULT}", b"", timeout=0.2)
-            break
-        except Exception:
-            await asyncio.sleep(0.05)
+    await vault_answers(nc, attempts=400)
     kv = await nc.jetstream().key_value(subjects.KV_PARTITIONS)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

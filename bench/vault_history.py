@@ -54,7 +54,7 @@ from actors.vault.serving import published_of
 from actors.vault.snapshots import SnapshotStore
 from arbstr.components import install_uvloop
 from arbstr.natsserver import NatsServer
-from bench.vault import ADMIN_TOKEN, ENVELOPE, call, rss_mb
+from bench.vault import ADMIN_TOKEN, ENVELOPE, call, rss_mb, vault_answers
 from schemas import exchanges, subjects
 from schemas.ledger import JournalBatch, JournalEntry
 from schemas.partitions import partition_of
@@ -225,7 +225,7 @@ async def _settle(owner: PartitionOwner, agent: str, rid: str, provider: str, mo
 
 async def create_agents(url: str, agents: int) -> list[str]:
     nc = await nats.connect(url)
-    await _wait_vault(nc)
+    await vault_answers(nc)
     ids = []
     for k in range(agents):
         view = await call(nc, exchanges.CREATE_AGENT, CreateAgent(name=f"bench{k}", token_hash=token_hash(k)))
@@ -234,16 +234,6 @@ async def create_agents(url: str, agents: int) -> list[str]:
         ids.append(view.agent_id)
     await nc.close()
     return ids
-
-
-async def _wait_vault(nc: Any) -> None:
-    for _ in range(600):
-        try:
-            await nc.request(f"$SRV.PING.{subjects.SERVICE_VAULT}", b"", timeout=0.2)
-            return
-        except Exception:
-            await asyncio.sleep(0.05)
-    raise RuntimeError("the vault did not start")
 
 
 async def until_serving(url: str, log: Path, log_from: int, partitions: int, agent_ids: list[str],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 log = logging.getLogger("arbstr.runtime")
 
@@ -20,6 +20,20 @@ async def until_stopped() -> None:
         except NotImplementedError:  # pragma: no cover
             pass
     await stop.wait()
+
+
+async def every(interval_s: float, action: Callable[[], Awaitable[Any]], failed: Callable[[Exception], None],
+                running: Callable[[], bool] = lambda: True) -> None:
+    """Run ``action`` every ``interval_s`` while ``running()``; a failure is handed to ``failed`` and the next
+    round comes as usual (cancellation ends it)."""
+    while running():
+        await asyncio.sleep(interval_s)
+        try:
+            await action()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            failed(e)
 
 
 async def unsubscribe_quietly(sub: Any) -> None:

@@ -9,7 +9,7 @@ import logging
 import time
 from typing import Callable, Optional
 
-from actors.runtime.tasks import cancel_and_wait
+from actors.runtime.tasks import cancel_and_wait, every
 from schemas.ledger import Approved, JournalBatch, JournalEntry, PayoutStarted, Reserved, batch_hash
 
 from .expiry import Timers
@@ -177,14 +177,8 @@ class PartitionOwner:
                 self.timers.arm(body.approval_deadline_ms, state.agent_id, body.payout_id, "payout")
 
     async def _snapshot_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.snapshot_interval_s)
-            try:
-                await self.snapshot()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("partition %s: snapshot not saved (%r)", self.partition, e)
+        await every(self.snapshot_interval_s, self.snapshot,
+                    lambda e: log.warning("partition %s: snapshot not saved (%r)", self.partition, e))
 
     async def snapshot(self) -> None:
         """Saved between batches only: a batch in flight has changed memory before the journal."""

@@ -22,7 +22,7 @@ import orjson
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from actors.runtime.tasks import cancel_and_wait
+from actors.runtime.tasks import cancel_and_wait, every
 
 log = logging.getLogger("arbstr.vault.ownership")
 
@@ -212,14 +212,8 @@ class Ownership:
     async def _renew_forever(self) -> None:
         """Renewals on their own clock: a pass of the loop that loads partitions (seconds, on a big ledger) must
         not let this instance's own lease run out, or the others take everything it has."""
-        while not self._stopping:
-            await asyncio.sleep(self.renew_every)
-            try:
-                await self._renew()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("ownership: lease not renewed (%r)", e)
+        await every(self.renew_every, self._renew, lambda e: log.warning("ownership: lease not renewed (%r)", e),
+                    lambda: not self._stopping)
 
     async def _renew(self) -> None:
         # Bounded: a renewal lost in a JetStream election would otherwise hold up the next one for the client's
