@@ -431,7 +431,9 @@ class GrantsConfig(_Section):
     use_s: float = Field(30.0, gt=0, le=3600, description="a grant is replaced after this long (at the latest "
                                                           "at half its hold TTL)")
     idle_s: float = Field(1.0, gt=0, le=3600, description="a grant unused this long is given back")
-    report_interval_s: float = Field(0.02, gt=0, le=10, description="how often served requests are reported")
+    report_interval_s: float = Field(0.25, gt=0, le=10, description="how often served requests are reported "
+                                                                    "(reads report first; the vault's work per "
+                                                                    "report competes with requests for the cores)")
     report_batch: int = Field(256, ge=1, le=4096, description="a report goes at once when this many wait")
     retry_after_refusal_s: float = Field(1.0, ge=0, le=60, description="after a grant is refused, requests take "
                                                                        "the per-request path this long")
