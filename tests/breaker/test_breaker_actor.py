@@ -16,13 +16,13 @@ from nats.errors import NoRespondersError
 from actors.breaker.actor import BreakerActor
 from actors.pricing.actor import PricingActor
 from actors.router.actor import RouterActor
-from actors.runtime.jetstream import open_bucket
 from schemas import subjects
-from schemas.breaker import BreakerState, Outcome, OutcomeKind, ProbeReply, ProbeRequest, StateReply, StateRequest
+from schemas.breaker import Outcome, OutcomeKind, ProbeReply, ProbeRequest, StateReply, StateRequest
 from schemas.config import BreakerConfig, Config, ProviderConfig
 from schemas.errors import ErrorBody
 from schemas.router import RouteReply, RouteRequest
 from tests.support.hosts import Hosts
+from tests.support.breakers import stored
 from tests.support.waiting import eventually
 
 
@@ -40,15 +40,6 @@ async def publish(nc: NATS, provider: str, kind: OutcomeKind, request_id: str = 
                   retry_after_s: Optional[float] = None) -> None:
     event = Outcome(provider=provider, request_id=request_id, kind=kind, probe=probe, retry_after_s=retry_after_s)
     await nc.publish(subjects.breaker_outcome(provider), event.model_dump_json().encode())
-
-
-async def stored(nc: NATS, provider: str) -> Optional[BreakerState]:
-    kv = await open_bucket(nc, subjects.KV_BREAKERS)
-    try:
-        entry = await kv.get(provider)
-    except Exception:
-        return None
-    return BreakerState.model_validate_json(entry.value or b"")
 
 
 async def stored_is(nc: NATS, provider: str, state: str) -> bool:

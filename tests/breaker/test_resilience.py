@@ -21,15 +21,14 @@ from nats.aio.client import Client as NATS
 from actors.breaker.actor import BreakerActor
 from actors.router.rank import route
 from actors.runtime.host import ActorHost
-from actors.runtime.jetstream import open_bucket
 from arbstr.natsserver import NatsServer
 from gateway.app import Gateway
-from schemas import subjects
 from schemas.breaker import BreakerState
 from schemas.config import Config, parse_config
 from schemas.pricing import ProviderPrices
 from schemas.router import RouteRequest
 from tests.support.stack import Stack, start_stack
+from tests.support.breakers import stored
 from tests.support.waiting import eventually
 
 PROVIDERS = ("res_a", "res_b", "res_c")  # cheapest first
@@ -159,15 +158,6 @@ async def stream(http: aiohttp.ClientSession, url: str) -> tuple[aiohttp.ClientR
         if line.startswith(b"data:"):
             frames.append(line[5:].strip())
     return r, frames
-
-
-async def stored(nc: NATS, provider: str) -> Optional[BreakerState]:
-    kv = await open_bucket(nc, subjects.KV_BREAKERS)
-    try:
-        entry = await kv.get(provider)
-    except Exception:
-        return None
-    return BreakerState.model_validate_json(entry.value or b"")
 
 
 def state_is(nc: NATS, provider: str, state: str) -> Callable[[], Awaitable[bool]]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any, AsyncIterator, Optional
+import inspect
+from typing import Any, AsyncIterator, Callable, Optional
 
 import aiohttp
 
@@ -125,14 +126,14 @@ async def payout_outcome(http: aiohttp.ClientSession, stack: Stack, token: str, 
 
 
 @contextlib.asynccontextmanager
-async def simulated_rig(nats_url: str, mock_upstream: str, **wallet: Any) -> AsyncIterator["Rig"]:
-    """A paid stack whose vault runs the simulated wallet the test holds (fee limit 500 msat flat), started and
-    stopped around the test; ``wallet``: more ``[vault.wallet]`` keys."""
-    from actors.vault.wallets.simulated import SimulatedWallet
-
-    config = {"pay_wait_s": 0.5, "check_interval_s": 0.2, "fee_limit_min_msat": 500, "fee_limit_ppm": 0, **wallet}
-    stack = await start_stack(demo_config(mock_upstream, vault=vault_section(wallet=config)), nats_url)
-    r = Rig(stack, SimulatedWallet(fee_limit_ppm=0, fee_limit_min_msat=500))
+async def vault_rig(nats_url: str, mock_upstream: str, wallet_config: dict[str, Any],
+                    make_rig: Callable[[Stack], Any]) -> AsyncIterator[Any]:
+    """A paid stack whose vault runs the wallet the test holds — ``make_rig(stack)`` (or its awaitable) is the
+    ``Rig`` that carries it; ``wallet_config``: the ``[vault.wallet]`` keys — started and stopped around the test."""
+    stack = await start_stack(demo_config(mock_upstream, vault=vault_section(wallet=wallet_config)), nats_url)
+    r = make_rig(stack)
+    if inspect.isawaitable(r):
+        r = await r
     await r.start_vault()
     try:
         yield r
@@ -140,3 +141,15 @@ async def simulated_rig(nats_url: str, mock_upstream: str, **wallet: Any) -> Asy
         if r.host is not None:
             await r.stop_vault()
         await stack.stop()
+
+
+@contextlib.asynccontextmanager
+async def simulated_rig(nats_url: str, mock_upstream: str, **wallet: Any) -> AsyncIterator["Rig"]:
+    """A paid stack whose vault runs the simulated wallet the test holds (fee limit 500 msat flat), started and
+    stopped around the test; ``wallet``: more ``[vault.wallet]`` keys."""
+    from actors.vault.wallets.simulated import SimulatedWallet
+
+    config = {"pay_wait_s": 0.5, "check_interval_s": 0.2, "fee_limit_min_msat": 500, "fee_limit_ppm": 0, **wallet}
+    async with vault_rig(nats_url, mock_upstream, config,
+                         lambda stack: Rig(stack, SimulatedWallet(fee_limit_ppm=0, fee_limit_min_msat=500))) as r:
+        yield r

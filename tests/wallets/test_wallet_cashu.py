@@ -35,8 +35,8 @@ from actors.vault.wallets.simulated import make_invoice
 from arbstr.natsserver import NatsServer
 from schemas.config import CashuConfig
 from tests.support.nutshell import NutshellMint, foreign_token, start_mint, value_after_fee
-from tests.support.stack import demo_config, start_stack, vault_section
-from tests.support.vault_helpers import Rig, admin, me, new_agent, payout_outcome, post, reconciled
+from tests.support.stack import Stack
+from tests.support.vault_helpers import Rig, admin, me, new_agent, payout_outcome, post, reconciled, vault_rig
 
 
 class Crash(Exception):
@@ -331,14 +331,12 @@ async def rig(fresh_nats: NatsServer, mock_upstream: str, wallets: WalletFactory
               ) -> AsyncIterator[Rig]:
     # Payouts are checked only at start here: what a restart recovers is not done by the check loop first.
     wallet_cfg = {"pay_wait_s": 5.0, "check_interval_s": 60.0}
-    config = demo_config(mock_upstream, vault=vault_section(wallet=wallet_cfg))
-    stack = await start_stack(config, fresh_nats.url)
-    r = Rig(stack, await wallets(tmp_path / "vault-wallet", start=False))  # the vault starts and stops it
-    await r.start_vault()
-    yield r
-    if r.host is not None:
-        await r.stop_vault()
-    await stack.stop()
+
+    async def make(stack: Stack) -> Rig:
+        return Rig(stack, await wallets(tmp_path / "vault-wallet", start=False))  # the vault starts and stops it
+
+    async with vault_rig(fresh_nats.url, mock_upstream, wallet_cfg, make) as r:
+        yield r
 
 
 async def clean(http: aiohttp.ClientSession, rig: Rig) -> None:

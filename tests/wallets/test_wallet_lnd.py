@@ -28,9 +28,9 @@ from actors.vault.wallets.simulated import make_invoice
 from arbstr.natsserver import NatsServer
 from schemas.config import LndConfig
 from tests.support.lnd_node import LndNode, mint_macaroon
-from tests.support.stack import Stack, demo_config, start_stack, vault_section
+from tests.support.stack import Stack
 from tests.support.vault_helpers import Rig as BaseRig
-from tests.support.vault_helpers import admin, bearer, me, new_agent, payout_outcome, post, reconciled
+from tests.support.vault_helpers import admin, bearer, me, new_agent, payout_outcome, post, reconciled, vault_rig
 from tests.support.waiting import eventually
 
 FEE_MIN = 500  # every payout's fee limit (ppm 0): amount + 500 is held
@@ -245,14 +245,8 @@ class Rig(BaseRig):
 @pytest.fixture
 async def rig(fresh_nats: NatsServer, mock_upstream: str, node: LndNode) -> AsyncIterator[Rig]:
     wallet = {"pay_wait_s": 0.5, "check_interval_s": 0.2, "fee_limit_min_msat": FEE_MIN, "fee_limit_ppm": 0}
-    config = demo_config(mock_upstream, vault=vault_section(wallet=wallet))
-    stack = await start_stack(config, fresh_nats.url)
-    r = Rig(stack, node)
-    await r.start_vault()
-    yield r
-    if r.host is not None:
-        await r.stop_vault()
-    await stack.stop()
+    async with vault_rig(fresh_nats.url, mock_upstream, wallet, lambda stack: Rig(stack, node)) as r:
+        yield r
 
 
 async def clean(http: aiohttp.ClientSession, rig: Rig) -> None:
