@@ -3,7 +3,7 @@ against it locally, reports what they cost in batches and closes it (DESIGN §6,
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -67,19 +67,26 @@ class GrantReports(Message):
     """What a gateway has to report for every grant it holds in one partition, in one message: a gateway sends at
     most one per partition per report interval, however many agents it serves there."""
 
-    reports: list[GrantUsage] = Field(min_length=1, max_length=1024)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_grant(cls, data: Any) -> Any:
-        # A gateway from before GrantReports sends one GrantUsage: still journaled (a refused report is charged
-        # whole at the grant's expiry), so vaults can be upgraded before the gateways.
-        if isinstance(data, dict) and "reports" not in data and "grant_id" in data:
-            return {"reports": [data]}
-        return data
+    reports: list[GrantUsage] = Field(default_factory=list, max_length=1024)
+    # A gateway from before GrantReports sends one GrantUsage: still journaled (a refused report is charged whole at
+    # the grant's expiry), so vaults can be upgraded before the gateways. Its fields are read here and folded into
+    # ``reports`` after validation: a "before" validator would make pydantic validate the whole message from Python
+    # objects instead of straight from the JSON, about twice the CPU per reported request.
+    grant_id: Optional[str] = Field(None, pattern=GRANT_ID_PATTERN, exclude=True)
+    agent_id: Optional[str] = Field(None, exclude=True)
+    items: list[UsageItem] = Field(default_factory=list, max_length=MAX_REPORT_ITEMS, exclude=True)
+    close: bool = Field(False, exclude=True)
 
     @model_validator(mode="after")
-    def _bounded(self) -> "GrantReports":
+    def _shape(self) -> "GrantReports":
+        if self.grant_id is not None:
+            if self.reports or self.agent_id is None:
+                raise ValueError("either reports, or one grant's grant_id, agent_id and items")
+            self.reports = [GrantUsage(grant_id=self.grant_id, agent_id=self.agent_id, items=self.items,
+                                       close=self.close)]
+            self.grant_id, self.agent_id, self.items, self.close = None, None, [], False
+        if not self.reports:
+            raise ValueError("at least one report")
         if sum(len(r.items) for r in self.reports) > MAX_REPORT_ITEMS:
             raise ValueError(f"at most {MAX_REPORT_ITEMS} requests per report")
         return self

@@ -240,3 +240,16 @@ def test_a_report_of_one_grant_from_an_older_gateway_is_still_read() -> None:
     old = '{"grant_id": "g1234567890", "agent_id": "agt_1", "items": [], "close": true}'
     reports = GrantReports.model_validate_json(old)
     assert [(r.grant_id, r.close) for r in reports.reports] == [("g1234567890", True)]
+    assert list(json.loads(reports.model_dump_json())) == ["reports"]  # read, never written
+
+
+def test_a_report_is_one_shape_or_the_other_and_never_empty() -> None:
+    from pydantic import ValidationError
+
+    from schemas.grants import GrantReports
+
+    one = {"grant_id": "g1234567890", "agent_id": "agt_1", "items": []}
+    for body in ({}, {"reports": []}, {"grant_id": "g1234567890", "items": []},
+                 {"reports": [one], **one}):
+        with pytest.raises(ValidationError):
+            GrantReports.model_validate(body)
