@@ -1,12 +1,17 @@
 """Paid mode against free mode, in one run on the same machine (ratios hold on noisy machines):
 
-    python -m bench.paid [--requests 1000] [--concurrency 32] [--duration 8] [--agents 100]
+    python -m bench.paid [--rounds 3] [--requests 1000] [--concurrency 32] [--duration 8] [--agents 100]
 
 Each mode runs the whole stack as processes (as `arbstr up` does, on an authenticated bus) against the mock
-upstream. Printed per mode: added latency (sequential p50 against direct-to-mock), streamed time to first token
+upstream. Measured per mode: added latency (sequential p50 against direct-to-mock), streamed time to first token
 added, throughput at C in flight from one agent and from many, CPU per request of every arbstr process plus
 nats-server (from /proc, the load client and the mock excluded), and in paid mode the journal messages and
-events-stream messages per request. Then the ratios paid ÷ free.
+events-stream messages per request.
+
+The modes take turns, ``--rounds`` times (free then paid, then paid then free, ...), each on a fresh stack: what
+else the machine runs drifts over minutes, so a ratio is taken between neighbours in time. Printed: every round
+with its ratios paid ÷ free, then per mode the median over rounds of each figure, and the median of the rounds'
+ratios.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 from typing import Any, Optional
 
 import aiohttp
@@ -111,8 +117,31 @@ def ratios(free: dict[str, Any], paid: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def median_of(results: list[Any]) -> Any:
+    """The median over rounds of every number in same-shaped results (dicts of numbers, nested)."""
+    first = results[0]
+    if isinstance(first, dict):
+        return {k: median_of([r.get(k) for r in results]) for k in first}
+    numbers = [r for r in results if isinstance(r, (int, float)) and not isinstance(r, bool)]
+    if len(numbers) < len(results) or not numbers:
+        return first
+    return round(statistics.median(numbers), 3)
+
+
+def run_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
+    with bench_stack(paid=mode == "paid", grants=not args.no_grants) as stack:
+        if mode == "paid":
+            tokens = [stack.create_agent(f"bench{i}", 10**15) for i in range(args.agents)]
+            one: Headers = [{"Authorization": f"Bearer {tokens[0]}"}]
+            many: Headers = [{"Authorization": f"Bearer {t}"} for t in tokens]
+        else:
+            one = many = [{}]
+        return asyncio.run(measure(stack, args.requests, args.concurrency, args.duration, one, many))
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3, help="free and paid take turns this many times")
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--duration", type=float, default=8.0)
@@ -120,17 +149,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--no-grants", action="store_true", help="paid mode with a vault reserve and settle per request")
     args = ap.parse_args(argv)
     install_uvloop()
-    out: dict[str, Any] = {"concurrency": args.concurrency}
-    for mode in ("free", "paid"):
-        with bench_stack(paid=mode == "paid", grants=not args.no_grants) as stack:
-            if mode == "paid":
-                tokens = [stack.create_agent(f"bench{i}", 10**15) for i in range(args.agents)]
-                one: Headers = [{"Authorization": f"Bearer {tokens[0]}"}]
-                many: Headers = [{"Authorization": f"Bearer {t}"} for t in tokens]
-            else:
-                one = many = [{}]
-            out[mode] = asyncio.run(measure(stack, args.requests, args.concurrency, args.duration, one, many))
-    out["paid_over_free"] = ratios(out["free"], out["paid"])
+    rounds: list[dict[str, Any]] = []
+    for k in range(max(1, args.rounds)):
+        one_round: dict[str, Any] = {}
+        for mode in (("free", "paid") if k % 2 == 0 else ("paid", "free")):
+            one_round[mode] = run_mode(mode, args)
+        one_round["paid_over_free"] = ratios(one_round["free"], one_round["paid"])
+        rounds.append(one_round)
+    out: dict[str, Any] = {"concurrency": args.concurrency, "rounds": rounds}
+    for key in ("free", "paid", "paid_over_free"):
+        out[key] = median_of([r[key] for r in rounds])
     print(json.dumps(out, indent=2))
 
 

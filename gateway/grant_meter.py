@@ -458,5 +458,8 @@ class GrantMeter:
                 if g in agent.grants:
                     agent.grants.remove(g)
                 self.stats["grants_closed"] += 1
-            if g.items or (g.retired and g.inflight == 0 and not g.closed):
+            # What arrived while this report was on its way waits for the next tick, unless a batch is full or the
+            # grant is to be closed: waking at every answer made the interval one round trip under load, which
+            # (one report per partition) was most of the vault's work and of the journal's messages.
+            if len(g.items) >= self.cfg.report_batch or (g.retired and g.inflight == 0 and not g.closed):
                 self._wake.set()

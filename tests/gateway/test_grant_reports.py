@@ -112,3 +112,27 @@ async def test_a_grant_whose_reports_lag_sends_new_requests_to_the_vault(monkeyp
             g.items.append(UsageItem(kind="release", request_id=f"r{k}", attempt="a1"))  # served, not reported yet
     assert len(g.items) == 8 and slow_holds == [f"r{k}" for k in range(8, 12)]  # 4 report batches of 2, then wait
     assert m.stats["backlogged"] == 1  # then the per-request path for a while (the grant is given back once idle)
+
+
+async def test_what_arrives_while_a_report_is_in_flight_waits_for_the_next_tick_unless_a_batch_is_full() -> None:
+    # Under load something always arrives during a report's round trip: reporting again at every answer made the
+    # interval one round trip, a message per partition each time, for the owner to decide and journal.
+    bus = RecordingBus()
+    m = GrantMeter(SimpleNamespace(max_payload=1 << 20), SimpleNamespace(bus=bus, agents=None),  # type: ignore
+                   GrantsConfig(report_batch=4))
+    g = grant("g000000001", 2)
+    agent = _Agent(grants=[g])
+    g.inflight = 1  # a request still being served: the grant stays open
+    real_ask = bus.ask
+    arriving = 1
+
+    async def ask_while_requests_end(exchange: Any, msg: GrantReports, **options: Any) -> GrantReportsReply:
+        g.items.extend(grant("g000000002", arriving).items)  # requests that ended meanwhile
+        return await real_ask(exchange, msg, **options)
+
+    bus.ask = ask_while_requests_end  # type: ignore[method-assign]
+    await m._report(3, [(agent, g)])
+    assert len(g.items) == 1 and not m._wake.is_set()  # the next tick reports it
+    arriving = 4
+    await m._report(3, [(agent, g)])
+    assert len(g.items) == 4 and m._wake.is_set()  # a full batch waiting goes at once
