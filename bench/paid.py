@@ -5,7 +5,8 @@
 Each mode runs the whole stack as processes (as `arbstr up` does, on an authenticated bus) against the mock
 upstream. Measured per mode: added latency (sequential p50 against direct-to-mock), streamed time to first token
 added, throughput at C in flight from one agent and from many, CPU per request of every arbstr process plus
-nats-server (from /proc, the load client and the mock excluded), and in paid mode the journal messages and
+nats-server (from /proc, the load client and the mock excluded), the messages the nats-server received and
+delivered per request (its /varz: every bus hop, whoever sent it), and in paid mode the journal messages and
 events-stream messages per request.
 
 The modes take turns, ``--rounds`` times (free then paid, then paid then free, ...), each on a fresh stack: what
@@ -63,10 +64,16 @@ async def loaded(stack: BenchStack, http: aiohttp.ClientSession, url: str, concu
     named = stack.arbstr_pids_by_name()
     ledger0, events0 = await stream_seq(stack, subjects.STREAM_LEDGER), await stream_seq(stack, subjects.STREAM_EVENTS)
     cpu0 = {name: cpu_s([pid]) for name, pid in named.items()}
+    bus0 = stack.bus_messages()
     result = await throughput(http, url, concurrency, duration_s, headers)
     await asyncio.sleep(0.5)  # settles after the last answers are part of what those requests cost
     cpu = {name: cpu_s([pid]) - cpu0[name] for name, pid in named.items()}
+    bus = stack.bus_messages()
     done = max(1, result["ok"] + result["errors"])
+    # Every message a client put on the bus (requests, replies, publishes, JetStream API calls and acks) and every
+    # delivery the server made, per request: the hops a request costs, whatever sent them.
+    result["bus_messages_in_per_request"] = round((bus[0] - bus0[0]) / done, 3)
+    result["bus_messages_out_per_request"] = round((bus[1] - bus0[1]) / done, 3)
     result["cpu_ms_per_request"] = round(sum(cpu.values()) * 1000 / done, 3)
     result["cpu_ms_per_request_by_process"] = {name: round(s * 1000 / done, 3) for name, s in cpu.items()}
     if stack.admin_token:

@@ -21,7 +21,8 @@ from arbstr.supervisor import wait_http
 class BenchStack:
     def __init__(self, workdir: Path, gateway_url: str, mock_url: str, nats: NatsServer,
                  procs: list[subprocess.Popen[bytes]], admin_token: str = "",
-                 bus: Optional[BusCredentials] = None, names: Optional[list[str]] = None) -> None:
+                 bus: Optional[BusCredentials] = None, names: Optional[list[str]] = None,
+                 monitor_url: str = "") -> None:
         self.workdir = workdir
         self.gateway_url = gateway_url
         self.mock_url = mock_url
@@ -30,6 +31,16 @@ class BenchStack:
         self.admin_token = admin_token
         self.bus = bus
         self.names = names or []  # the component each of ``procs`` runs (mock-upstream first)
+        self.monitor_url = monitor_url  # the nats-server's monitoring endpoint (/varz: messages in and out)
+
+    def bus_messages(self) -> tuple[int, int]:
+        """Messages the nats-server has received from clients and delivered to them so far (its /varz)."""
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.monitor_url}/varz", timeout=5) as r:
+            varz = json.load(r)
+        return int(varz["in_msgs"]), int(varz["out_msgs"])
 
     def arbstr_pids_by_name(self) -> dict[str, int]:
         """arbstr's own processes and the nats-server by name: what a request costs in CPU (not the mock, not the
@@ -60,13 +71,14 @@ def bench_stack(paid: bool = False, components: Optional[list[str]] = None,
                 sync_always: bool = True, grants: bool = True) -> Iterator[BenchStack]:
     with tempfile.TemporaryDirectory(prefix="arbstr-bench-") as tmp:
         work = Path(tmp)
-        gw_port, mock_port = free_port(), free_port()
+        gw_port, mock_port, monitor_port = free_port(), free_port(), free_port()
         cfg = work / "arbstr.toml"
         admin = "adm_" + secrets.token_urlsafe(32) if paid else ""
         cfg.write_text(demo_toml(gw_port, mock_port, admin_token=admin)
                        + ("" if grants or not paid else "\n[vault.grants]\nenabled = false\n"))
         bus = BusCredentials.ensure(work / "bus")  # the bus as `arbstr up` runs it: every part its own identity
-        nats = NatsServer(work / "nats", sync_always=sync_always, authorization=bus.authorization_conf()).start()
+        nats = NatsServer(work / "nats", sync_always=sync_always, authorization=bus.authorization_conf(),
+                          extra_args=["-m", str(monitor_port)]).start()
         logs = open(work / "components.log", "ab")
         py = sys.executable
         procs = [subprocess.Popen([py, "-m", "arbstr", "mock-upstream", "--port", str(mock_port)],
@@ -82,7 +94,8 @@ def bench_stack(paid: bool = False, components: Optional[list[str]] = None,
             if not wait_http(gw + "/ready", 30):
                 raise RuntimeError(f"stack did not become ready; see {work / 'components.log'}")
             time.sleep(0.3)
-            yield BenchStack(work, gw, f"http://127.0.0.1:{mock_port}", nats, procs, admin, bus, names)
+            yield BenchStack(work, gw, f"http://127.0.0.1:{mock_port}", nats, procs, admin, bus, names,
+                             monitor_url=f"http://127.0.0.1:{monitor_port}")
         finally:
             for p in reversed(procs):
                 p.terminate()
