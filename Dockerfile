@@ -7,6 +7,6 @@ COPY actors ./actors
 COPY gateway ./gateway
 COPY arbstr ./arbstr
 COPY bench ./bench
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir . && mkdir -p /var/lib/arbstr && chown nobody /var/lib/arbstr
 USER nobody
 ENTRYPOINT ["arbstr"]

@@ -146,3 +146,15 @@ def test_the_example_config_loads_and_its_wallet_sections_are_valid_when_uncomme
     assert config.vault is not None and config.vault.topup is not None
     wallet = config.vault.wallet
     assert (wallet.kind, wallet.lnd is not None, wallet.cashu is not None) == ("auto", True, True)
+
+
+def test_each_vault_replica_keeps_its_projection_in_a_file_of_its_own() -> None:
+    # In memory, every restart replays the whole history into DuckDB (minutes after a million requests); on a
+    # volume shared by `--scale vault=N` replicas the one-writer file would be fought over.
+    for name in ("arbstr.toml", "arbstr.simulated.toml"):
+        text = (ROOT / "deploy" / name).read_text()
+        path = re.search(r'^duckdb_path = "(.+)"$', text, re.M)
+        assert path and path.group(1).startswith("/var/lib/arbstr/"), name
+    assert "mkdir -p /var/lib/arbstr && chown nobody /var/lib/arbstr" in (ROOT / "Dockerfile").read_text()
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    assert not any("/var/lib/arbstr" in str(v) for v in compose["services"]["vault"].get("volumes", []))
