@@ -68,13 +68,14 @@ class BenchStack:
 
 @contextmanager
 def bench_stack(paid: bool = False, components: Optional[list[str]] = None,
-                sync_always: bool = True, grants: bool = True) -> Iterator[BenchStack]:
+                sync_always: bool = True, grants: bool = True, projection_file: bool = False) -> Iterator[BenchStack]:
     with tempfile.TemporaryDirectory(prefix="arbstr-bench-") as tmp:
         work = Path(tmp)
         gw_port, mock_port, monitor_port = free_port(), free_port(), free_port()
         cfg = work / "arbstr.toml"
         admin = "adm_" + secrets.token_urlsafe(32) if paid else ""
-        cfg.write_text(demo_toml(gw_port, mock_port, admin_token=admin)
+        projection = str(work / "vault-projection.duckdb") if projection_file else ""  # as `arbstr up` keeps it
+        cfg.write_text(demo_toml(gw_port, mock_port, admin_token=admin, duckdb_path=projection)
                        + ("" if grants or not paid else "\n[vault.grants]\nenabled = false\n"))
         bus = BusCredentials.ensure(work / "bus")  # the bus as `arbstr up` runs it: every part its own identity
         nats = NatsServer(work / "nats", sync_always=sync_always, authorization=bus.authorization_conf(),
