@@ -65,7 +65,7 @@ class LedgerViolation(ValueError):
     """An event that would break the chain or the books: it must not be written (or, if read, trusted)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hold:
     rid: str
     amount_msat: int
@@ -84,7 +84,7 @@ class Hold:
         return attempt == self.attempt or attempt in self.earlier_attempts
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resolution:
     """How a hold ended. ``hold`` is the hold as it was, so a repeated reserve can still describe it."""
 
@@ -104,7 +104,7 @@ class Resolution:
         return self.kind in ("released", "denied") or (self.kind == "expired" and self.charged_msat == 0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Payout:
     payout_id: str
     amount_msat: int
@@ -124,7 +124,7 @@ class Payout:
         return self.amount_msat + self.fee_limit_msat
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PayoutEnd:
     kind: Literal["settled", "failed"]
     payout: Payout
@@ -134,7 +134,7 @@ class PayoutEnd:
     at_ms: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Invoice:
     deposit_id: str
     amount_msat: int
