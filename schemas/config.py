@@ -451,6 +451,9 @@ class VaultConfig(_Section):
     replicas: int = Field(1, ge=1, le=5, description="JetStream replicas of the ledger, settle and events streams")
     default_policy: DefaultPolicyConfig = Field(default_factory=DefaultPolicyConfig)
     duckdb_path: str = Field("", description="file of the DuckDB projection; empty: in memory")
+    duckdb_memory_mb: int = Field(256, ge=16, le=1_048_576, description="what a file projection's DuckDB may keep "
+                                                                         "in memory (its page cache; DuckDB's own "
+                                                                         "default is 80 % of the machine's RAM)")
     partitions: int = Field(16, ge=1, le=1024, description="accounts are spread over this many partitions, each "
                                                             "owned by one vault instance at a time; fixed when "
                                                             "the ledger is created (later values are ignored)")

@@ -146,7 +146,8 @@ class VaultActor(LedgerSetup, PartitionServing, CommandRouting, HoldsApi, Settle
         await self.follower.start(live_from)
         await self._load_read_model()
         self.follower.release()
-        self.projection = Projection(self.vc.duckdb_path, streams=self.layout.streams)
+        self.projection = Projection(self.vc.duckdb_path, streams=self.layout.streams,
+                                     memory_mb=self.vc.duckdb_memory_mb)
         self.request_log = RequestLog(self.projection)
         self.feed = ProjectionFeed(nc, self.projection)
         await self.freeze.start(nc, replicas)

@@ -236,8 +236,12 @@ def _meta_key(stream: int) -> str:
 
 
 class Projection:
-    def __init__(self, path: str = "", streams: int = 1) -> None:
+    def __init__(self, path: str = "", streams: int = 1, memory_mb: int = 0) -> None:
         db = duckdb.connect(path or ":memory:")
+        if path and memory_mb:
+            # DuckDB's own default is 80 % of the machine's RAM, which its page cache of a growing file fills over
+            # time; a file projection evicts to its file instead. (In memory there is nowhere to evict to.)
+            db.execute(f"SET memory_limit = '{int(memory_mb)}MiB'")
         db.execute(_SCHEMA)
         widen(db, "ledger", ["amount_msat"])
         _rebuild_if_older(db)

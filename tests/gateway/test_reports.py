@@ -7,6 +7,7 @@ import contextlib
 import csv
 import io
 import json
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import aiohttp
@@ -325,3 +326,15 @@ async def test_served_records_say_how_the_tier_was_decided(http, stack, traffic)
     # Every provider of this stack sits at one tier: a named model there is never scored, and the record says so.
     assert {r["tier_scorer"] for r in log} == {"skipped"}
     assert all(r["predicted_tier"] is None and r["tier_features"] == [] for r in log)
+
+
+def test_a_file_projection_keeps_duckdb_to_its_memory_limit(tmp_path: Path) -> None:
+    # DuckDB would otherwise let its page cache of the growing file take up to 80 % of the machine's RAM.
+    from actors.vault.projection import Projection
+
+    def limit(p: Projection) -> str:
+        return str(p.db.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+
+    assert limit(Projection(str(tmp_path / "p.duckdb"), memory_mb=64)) == "64.0 MiB"
+    in_memory = Projection("", memory_mb=64)  # nowhere to evict to: DuckDB's own default stays
+    assert limit(in_memory) != "64.0 MiB"
