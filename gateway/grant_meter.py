@@ -43,8 +43,12 @@ log = logging.getLogger("arbstr.gateway.grants")
 
 SWEEP_AGENTS_S = 30.0
 LOST_CLOSE_WAIT_S = 2.0
-FORGET_AGENT_S = 300.0  # an agent with no grant, unseen this long, is forgotten here (its recent request ids too)
-SEEN_RIDS = 4096  # request ids served here lately, per agent: a reuse goes to the vault, which knows the answer
+FORGET_AGENT_S = 300.0  # an agent with no grant, unseen this long, is forgotten here
+# Request ids served here lately, over all agents: a reuse goes to the vault, which knows the answer. One bound for
+# the gateway, not one per agent: 4,096 per agent made memory grow with the number of agents (~180 bytes each,
+# 74 MB at 100 busy agents, gigabytes at thousands). Past the bound a reuse is decided here like a new request:
+# served and charged again, as it was upstream, never charged less.
+SEEN_RIDS = 262_144
 BACKLOG_REPORTS = 4  # unreported requests a grant may carry, in report batches, before new ones wait for the vault
 # Requests per report message: the owner decodes and decides a message in one go, so a smaller one keeps its event
 # loop (lease renewals, journal acks) responsive under load. GrantReports accepts up to 4096.
@@ -84,7 +88,6 @@ class _Agent:
     grants: list[_Grant] = field(default_factory=list)  # the newest last
     opening: Optional["asyncio.Future[Optional[_Grant]]"] = None
     refused_until: float = 0.0  # a grant was refused lately: the per-request path until then
-    seen: "OrderedDict[str, None]" = field(default_factory=OrderedDict)
     inflight: set[str] = field(default_factory=set)  # request ids decided here and not yet resolved
     revocations: int = 0  # a grant asked for before a revocation and answered after it is not used
     touched: float = field(default_factory=time.monotonic)
@@ -123,6 +126,7 @@ class GrantMeter:
         self.cfg = cfg
         self.settle_budget_s = settle_budget_s
         self._by_agent: dict[str, _Agent] = {}
+        self._seen: "OrderedDict[tuple[str, str], None]" = OrderedDict()  # (agent id, request id), oldest first
         self._live: dict[_Grant, _Agent] = {}  # every grant not closed yet: what the reporter looks at
         self._swept = time.monotonic()
         self._wake = asyncio.Event()
@@ -157,7 +161,7 @@ class GrantMeter:
             raise ArbstrError(409, f"request id {request_id!r} was already used by this agent; send a new "
                                    "X-Request-Id", code="request_id_reused", param="X-Request-Id",
                               headers={"x-should-retry": "false"})
-        if request_id in agent.seen or not route.candidates or self.needs_vault_hold(route):
+        if (where.agent_id, request_id) in self._seen or not route.candidates or self.needs_vault_hold(route):
             return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
         grant = await self._grant_for(agent, where.agent_id, where.partition, th, route.envelope)
         if grant is not None and len(grant.items) >= BACKLOG_REPORTS * self.cfg.report_batch:
@@ -171,7 +175,7 @@ class GrantMeter:
                 grant.used_msat += amount
                 grant.inflight += 1
                 grant.last_used = time.monotonic()
-                self._remember(agent, request_id)
+                self._remember(where.agent_id, request_id)
                 agent.inflight.add(request_id)
                 self.stats["local"] += 1
                 return Hold(request_id=request_id, agent_id=where.agent_id, amount_msat=amount, output_tokens=out,
@@ -350,14 +354,15 @@ class GrantMeter:
         if agent.grants:
             agent.refused_until = max(agent.refused_until, time.monotonic() + self.cfg.retry_after_refusal_s)
             await self._give_back_idle([agent])
-        self._remember(agent, request_id)
+        self._remember(agent_id, request_id)
         return await self.slow.reserve(token, request_id, route, endpoint)
 
-    def _remember(self, agent: _Agent, request_id: str) -> None:
-        agent.seen[request_id] = None
-        agent.seen.move_to_end(request_id)
-        while len(agent.seen) > SEEN_RIDS:
-            agent.seen.popitem(last=False)
+    def _remember(self, agent_id: str, request_id: str) -> None:
+        key = (agent_id, request_id)
+        self._seen[key] = None
+        self._seen.move_to_end(key)
+        if len(self._seen) > SEEN_RIDS:
+            self._seen.popitem(last=False)
 
     def _done(self, grant: _Grant, hold: Hold, item: UsageItem) -> None:
         grant.inflight -= 1

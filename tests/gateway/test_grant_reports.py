@@ -136,3 +136,17 @@ async def test_what_arrives_while_a_report_is_in_flight_waits_for_the_next_tick_
     arriving = 4
     await m._report(3, [(agent, g)])
     assert len(g.items) == 4 and m._wake.is_set()  # a full batch waiting goes at once
+
+
+def test_the_request_ids_a_gateway_remembers_are_bounded_over_all_agents(monkeypatch: Any) -> None:
+    # One bound per gateway: per agent, memory grew with the number of agents the gateway ever served.
+    import gateway.grant_meter as gm
+
+    monkeypatch.setattr(gm, "SEEN_RIDS", 100)
+    m = meter(RecordingBus(), max_payload=1 << 20)
+    for agent in range(50):
+        for k in range(10):
+            m._remember(f"agt_{agent}", f"r{k}")
+    m._remember("agt_0", "r0")  # used again: the most recent now
+    assert len(m._seen) == 100
+    assert ("agt_49", "r9") in m._seen and ("agt_0", "r0") in m._seen and ("agt_0", "r1") not in m._seen
