@@ -1,15 +1,14 @@
 """Following the ledger streams, in order, for the read model and the projection.
 
 Batches of partitions this instance owns are not even decoded (the ``Arbstr-Partition`` header says whose they
-are): their accounts are already current, and their events are handed to the projection from memory when the
-follower passes their sequence.
+are): their accounts are already current. (The projection follows the streams on its own: ``projection_feed``.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Optional
+from typing import Optional
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -29,8 +28,7 @@ log = logging.getLogger("arbstr.vault.follower")
 class Follower:
     """One ordered consumer per ledger stream, from a start sequence, live after that."""
 
-    def __init__(self, nc: NATS, book: Book, streams: int, legacy_upto: int = 0,
-                 on_batch: Optional[Callable[[JournalBatch, int, int], None]] = None) -> None:
+    def __init__(self, nc: NATS, book: Book, streams: int, legacy_upto: int = 0) -> None:
         self.nc = nc
         self.book = book
         self.streams = streams
@@ -38,7 +36,6 @@ class Follower:
         self.applied: dict[int, int] = {i: 0 for i in range(streams)}  # highest sequence handed over, per stream
         self._progress = asyncio.Condition()
         self._subs: list[object] = []
-        self._on_batch = on_batch
         self._held: Optional[list[tuple[int, Msg]]] = None  # while the read model loads: applied after, in order
 
     def hold(self) -> None:
@@ -86,8 +83,6 @@ class Follower:
                     self.book.seen(index, seq)
                     return
                 self.book.apply_batch(batch, index, seq, batch_hash(raw))
-                if self._on_batch is not None:
-                    self._on_batch(batch, index, seq)
             elif seq > self.legacy_upto:
                 self.book.apply_legacy(JournalEntry.model_validate_json(raw), index, seq)
         except Exception:
