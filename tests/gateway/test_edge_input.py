@@ -259,3 +259,29 @@ async def test_a_request_no_context_can_hold_is_400_naming_the_limit(paid: PaidS
         assert err["param"] == field and "128000" in err["message"], err
         assert r.headers["x-should-retry"] == "false"
     await assert_nothing_held(paid)
+
+
+# --- Expect: aiohttp answers it before any middleware --------------------------------------------------------
+@pytest.mark.parametrize("value", [b"\xff\xfe", b"\xed\xa0\x80", b"caf\xc3\xa9", b"S3CR3T-expectation", b"200-ok"])
+@pytest.mark.parametrize("method,path", [("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
+                                         ("GET", "/no/such/path")])
+async def test_an_expect_header_other_than_100_continue_is_417_openai_shaped(paid: PaidStack, method: str, path: str,
+                                                                          value: bytes) -> None:
+    # aiohttp's own answer was a plain-text 417 echoing the header ("Unknown Expect: …"), and a 500 for bytes that
+    # are not UTF-8 (encoding the echo failed), before the envelope middleware could see the request.
+    headers = [(b"Content-Type", b"application/json"), (b"Authorization", b"Bearer " + paid.token.encode()),
+               (b"Expect", value)]
+    reply = await raw_request(paid.url, method, path, headers, orjson.dumps(CHAT) if method == "POST" else b"")
+    err = assert_error(reply, 417, "invalid_header")
+    assert err["param"] == "Expect", err
+    assert value not in reply.head + reply.body
+    assert reply.header("x-request-id"), reply.head
+    await assert_nothing_held(paid)
+
+
+async def test_expect_100_continue_still_works(paid: PaidStack) -> None:
+    headers = [(b"Content-Type", b"application/json"), (b"Authorization", b"Bearer " + paid.token.encode()),
+               (b"Expect", b"100-continue")]
+    reply = await raw_request(paid.url, "POST", "/v1/chat/completions", headers, orjson.dumps(CHAT))
+    assert reply.status == 100, reply.head  # the interim answer, then the request's own
+    assert b" 200 OK" in reply.body, reply.body[:300]
