@@ -353,12 +353,14 @@ class GrantMeter:
     async def _slow_reserve(self, agent: _Agent, agent_id: str, token: str, request_id: str, route: RouteReply,
                             endpoint: str) -> Hold:
         self.stats["slow"] += 1
+        # Remembered first: a copy of this request id arriving during the wait below goes to the vault too, which
+        # answers for both, instead of being served under a grant still in use beside this one.
+        self._remember(agent, request_id)
         # What this gateway holds aside must not be why the vault refuses: idle grants go back first, and what
         # was served under a request id is journaled before the vault is asked about that id.
         if agent.grants:
             agent.refused_until = max(agent.refused_until, time.monotonic() + self.cfg.retry_after_refusal_s)
             await self._give_back_idle([agent])
-        self._remember(agent, request_id)
         return await self.slow.reserve(token, request_id, route, endpoint)
 
     def _remember(self, agent: _Agent, request_id: str) -> None:
