@@ -15,8 +15,17 @@ from schemas.trace import REQUEST_ID, TRACEPARENT
 _BEARER = re.compile(r"(?i)(bearer\s+|arb_|adm_|sk-)[A-Za-z0-9_\-\.]{6,}")
 
 
+# Control characters in a message (a path's %0a, a model name's ESC) would let a client write lines of its own into
+# a text log, or send escapes to the terminal reading it. Tabs stay; a traceback keeps its own lines.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\u2028\u2029]")
+
+
 def _mask(text: str) -> str:
     return _BEARER.sub(lambda m: m.group(1) + "[redacted]", text)
+
+
+def _escape(text: str) -> str:
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 class ContextFilter(logging.Filter):
@@ -48,6 +57,10 @@ class TextFormatter(logging.Formatter):
         rid = getattr(record, "request_id", "")
         record.rid = f" [{rid}]" if rid else ""
         return _mask(super().format(record))
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = _escape(record.message)  # the message only: the traceback appended after keeps its lines
+        return super().formatMessage(record)
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:

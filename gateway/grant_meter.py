@@ -115,6 +115,12 @@ def allowed_locally(policy: AgentPolicy, amount_msat: int) -> bool:
     return all(cap is None or amount_msat <= cap for cap in (policy.max_tx_msat, policy.approval_over_msat))
 
 
+def reused(request_id: str) -> ArbstrError:
+    """What the vault answers for a hold in flight, which it cannot see before this one is reported."""
+    return ArbstrError(409, f"request id {request_id!r} was already used by this agent; send a new X-Request-Id",
+                       code="request_id_reused", param="X-Request-Id", headers={"x-should-retry": "false"})
+
+
 class GrantMeter:
     paid = True
 
@@ -157,13 +163,15 @@ class GrantMeter:
         agent = self._by_agent.setdefault(where.agent_id, _Agent())
         agent.touched = time.monotonic()
         if request_id in agent.inflight:
-            # What the vault answers for a hold in flight, which it cannot see before this one is reported.
-            raise ArbstrError(409, f"request id {request_id!r} was already used by this agent; send a new "
-                                   "X-Request-Id", code="request_id_reused", param="X-Request-Id",
-                              headers={"x-should-retry": "false"})
+            raise reused(request_id)
         if (where.agent_id, request_id) in self._seen or not route.candidates or self.needs_vault_hold(route):
             return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
         grant = await self._grant_for(agent, where.agent_id, where.partition, th, route.envelope)
+        # Asked again after the wait for a grant: a copy of this request id sent meanwhile may have been served.
+        if request_id in agent.inflight:
+            raise reused(request_id)
+        if (where.agent_id, request_id) in self._seen:
+            return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
         if grant is not None and len(grant.items) >= BACKLOG_REPORTS * self.cfg.report_batch:
             # The owner is not keeping up with this grant's reports: the per-request path, whose answers wait for
             # the vault, slows this agent down instead of piling up unreported requests here.
@@ -349,12 +357,14 @@ class GrantMeter:
     async def _slow_reserve(self, agent: _Agent, agent_id: str, token: str, request_id: str, route: RouteReply,
                             endpoint: str) -> Hold:
         self.stats["slow"] += 1
+        # Remembered first: a copy of this request id arriving during the wait below goes to the vault too, which
+        # answers for both, instead of being served under a grant still in use beside this one.
+        self._remember(agent_id, request_id)
         # What this gateway holds aside must not be why the vault refuses: idle grants go back first, and what
         # was served under a request id is journaled before the vault is asked about that id.
         if agent.grants:
             agent.refused_until = max(agent.refused_until, time.monotonic() + self.cfg.retry_after_refusal_s)
             await self._give_back_idle([agent])
-        self._remember(agent_id, request_id)
         return await self.slow.reserve(token, request_id, route, endpoint)
 
     def _remember(self, agent_id: str, request_id: str) -> None:

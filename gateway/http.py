@@ -73,6 +73,9 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, An
     except RequestPayloadError as e:  # e.g. a Content-Encoding the body is not in
         raise ArbstrError(400, f"request body could not be read: {e.args[0] if e.args else 'bad payload'}",
                           code="invalid_body") from None
+    except ConnectionResetError:  # the client hung up before its body was complete: its fault, not ours
+        raise ArbstrError(400, "the connection closed before the request body was complete",
+                          code="incomplete_body") from None
     if len(raw) > max_bytes:
         raise ArbstrError(413, f"request body exceeds the limit of {max_bytes} bytes", code="request_too_large")
     if not raw:

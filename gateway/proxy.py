@@ -112,6 +112,11 @@ class Proxy:
         ex.hold = await self.meter.reserve(bearer_token(request) if self.meter.paid else None, ex.request_id,
                                            ex.route, spec.name)
         try:
+            if request.transport is None or request.transport.is_closing():
+                # The client left while the hold was decided (an approval can wait minutes): no provider is called
+                # for an answer nobody will receive, and the hold goes back.
+                raise ArbstrError(400, "the client closed the connection before the request was served",
+                                  code="client_closed")
             return await self._serve(request, body, stream, ex)
         except ArbstrError as e:
             ex.status = e.status

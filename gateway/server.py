@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import Any, Optional
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
@@ -132,6 +132,23 @@ class GatewayServer(web.Server):
         return GatewayProtocol(self, loop=self._loop, head_timeout_s=self.head_timeout_s, **self._kwargs)
 
 
+def expect_checked(handler: Any) -> Any:
+    """The application's request handler behind a check of ``Expect``, which aiohttp answers before any middleware:
+    its own answer to anything but ``100-continue`` is a plain-text 417 echoing the header, and a 500 when the
+    header's bytes are not UTF-8 (the echo cannot be encoded). Here it is an OpenAI-shaped 417 echoing nothing."""
+
+    async def handle(request: BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect and expect.lower() != "100-continue":
+            err = ArbstrError(417, "the only Expect value served is 100-continue", param="Expect",
+                              code="invalid_header")
+            resp = error_response(err, new_request_id(None))
+            resp.force_close()  # the body the client holds back is never read
+            return resp
+        return await handler(request)
+    return handle
+
+
 class GatewayRunner(web.AppRunner):
     __slots__ = ("_head_timeout_s",)
 
@@ -141,7 +158,7 @@ class GatewayRunner(web.AppRunner):
 
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()  # the application started and frozen, as aiohttp does it
-        return GatewayServer(base.request_handler, request_factory=base.request_factory,
+        return GatewayServer(expect_checked(base.request_handler), request_factory=base.request_factory,
                              handler_cancellation=base.handler_cancellation, loop=asyncio.get_running_loop(),
                              head_timeout_s=self._head_timeout_s, **base._kwargs)
 

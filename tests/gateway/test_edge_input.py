@@ -4,6 +4,7 @@ OpenAI error object, nothing is reserved, and the books balance afterwards."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import AsyncIterator
 
 import aiohttp
@@ -16,6 +17,7 @@ from tests.support.fidelity import PaidStack, start_paid_stack
 from tests.support.rawhttp import RawReply, raw_request, send_raw
 from tests.support.stack import ADMIN_TOKEN
 from tests.support.vault_helpers import ADMIN, assert_balanced, books, new_agent, settled
+from tests.support.waiting import eventually
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 BODIES = {
@@ -258,4 +260,70 @@ async def test_a_request_no_context_can_hold_is_400_naming_the_limit(paid: PaidS
         assert r.status == 400 and err["code"] == "context_length_exceeded", (r.status, err)
         assert err["param"] == field and "128000" in err["message"], err
         assert r.headers["x-should-retry"] == "false"
+    await assert_nothing_held(paid)
+
+
+# --- Expect: aiohttp answers it before any middleware --------------------------------------------------------
+@pytest.mark.parametrize("value", [b"\xff\xfe", b"\xed\xa0\x80", b"caf\xc3\xa9", b"S3CR3T-expectation", b"200-ok"])
+@pytest.mark.parametrize("method,path", [("POST", "/v1/chat/completions"), ("GET", "/v1/models"),
+                                         ("GET", "/no/such/path")])
+async def test_an_expect_header_other_than_100_continue_is_417_openai_shaped(paid: PaidStack, method: str, path: str,
+                                                                          value: bytes) -> None:
+    # aiohttp's own answer was a plain-text 417 echoing the header ("Unknown Expect: …"), and a 500 for bytes that
+    # are not UTF-8 (encoding the echo failed), before the envelope middleware could see the request.
+    headers = [(b"Content-Type", b"application/json"), (b"Authorization", b"Bearer " + paid.token.encode()),
+               (b"Expect", value)]
+    reply = await raw_request(paid.url, method, path, headers, orjson.dumps(CHAT) if method == "POST" else b"")
+    err = assert_error(reply, 417, "invalid_header")
+    assert err["param"] == "Expect", err
+    assert value not in reply.head + reply.body
+    assert reply.header("x-request-id"), reply.head
+    await assert_nothing_held(paid)
+
+
+async def test_expect_100_continue_still_works(paid: PaidStack) -> None:
+    headers = [(b"Content-Type", b"application/json"), (b"Authorization", b"Bearer " + paid.token.encode()),
+               (b"Expect", b"100-continue")]
+    reply = await raw_request(paid.url, "POST", "/v1/chat/completions", headers, orjson.dumps(CHAT))
+    assert reply.status == 100, reply.head  # the interim answer, then the request's own
+    assert b" 200 OK" in reply.body, reply.body[:300]
+
+
+# --- a client that goes away in the middle of its body ------------------------------------------------------------
+def _answered(metrics_text: str, route: str) -> dict[str, float]:
+    """``arbstr_requests_total`` of one route, by status."""
+    counts: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("arbstr_requests_total{") and f'route="{route}"' in line:
+            status = line.split('status="', 1)[1].split('"', 1)[0]
+            counts[status] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+async def test_a_client_that_hangs_up_mid_body_is_not_a_500(paid: PaidStack) -> None:
+    # The body read raised ConnectionResetError, which the envelope answered (to nobody) as a 500 internal error,
+    # with a traceback in the log and a 500 in the metrics: an outside client could fill both at will.
+    route = "/v1/chat/completions"
+    async with aiohttp.ClientSession() as http:
+        async def counts() -> dict[str, float]:
+            async with http.get(paid.url + "/metrics") as r:
+                return _answered(await r.text(), route)
+
+        before = await counts()
+        host, port = paid.url.removeprefix("http://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST " + route.encode() + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Authorization: Bearer " + paid.token.encode() + b"\r\nContent-Length: 1000\r\n\r\n{\"model\":")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler is waiting for the rest of the body
+        writer.close()
+
+        async def one_more() -> dict[str, float] | None:
+            now = await counts()
+            return now if sum(now.values()) > sum(before.values()) else None
+
+        await eventually(one_more, 10.0, "the cut request counted")
+        after = await counts()
+        grew = {s: after[s] - before.get(s, 0.0) for s in after if after[s] != before.get(s, 0.0)}
+        assert list(grew) == ["400"], grew
     await assert_nothing_held(paid)

@@ -150,3 +150,51 @@ def test_the_request_ids_a_gateway_remembers_are_bounded_over_all_agents(monkeyp
     m._remember("agt_0", "r0")  # used again: the most recent now
     assert len(m._seen) == 100
     assert ("agt_49", "r9") in m._seen and ("agt_0", "r0") in m._seen and ("agt_0", "r1") not in m._seen
+
+
+# --- request ids while a request waits to take the per-request path ---------------------------------------------
+class SlowPath:
+    """The per-request meter: records what it was asked; its agent directory knows one agent."""
+
+    def __init__(self) -> None:
+        self.reserved: list[str] = []
+        self.bus = RecordingBus()
+        self.agents = self
+
+    async def route_of(self, th: str, request_id: str) -> Any:
+        return SimpleNamespace(agent_id="agt_g1", partition=3)
+
+    async def reserve(self, token: Any, request_id: str, route: Any, endpoint: str) -> Any:
+        self.reserved.append(request_id)
+        return SimpleNamespace(request_id=request_id, grant=None)
+
+
+def route(x_cashu: bool) -> Any:
+    from schemas.router import Candidate, Envelope, RouteReply
+    return RouteReply(request_id="r", model="m", tier="local", complexity="low", candidates=[Candidate(
+        provider="node" if x_cashu else "alpha", model="m", input_rate=1, output_rate=1, tier="local",
+        estimated_cost_msat=1)], envelope=Envelope(input_tokens=5, output_tokens=5, input_rate=1, output_rate=1,
+                                                   max_output_tokens=5))
+
+
+async def test_a_copy_of_a_request_id_arriving_while_it_waits_for_the_per_request_path_is_not_served_locally() -> None:
+    # The per-request path first gives back idle grants and waits for what was served to be reported; the request
+    # id was remembered only after that wait, so a copy sent meanwhile was served under the grant that was still in
+    # use, and the vault, not knowing it yet, held the first one too: one request id, served and charged twice.
+    import asyncio
+    from actors.runtime.tokens import token_hash
+    slow = SlowPath()
+    m = GrantMeter(SimpleNamespace(max_payload=10**6), slow, GrantsConfig())  # type: ignore[arg-type]
+    busy = grant("g1", 1)  # one served request not reported yet: the give-back waits for its report
+    busy.agent_id, busy.token_hash, busy.inflight = "agt_g1", token_hash("tok"), 1  # and one in flight: kept
+    m._by_agent["agt_g1"] = _Agent(grants=[busy])
+    m.needs_vault_hold = lambda r: r.candidates[0].provider == "node"  # the first copy goes to the vault
+    first = asyncio.create_task(m.reserve("tok", "dup-1", route(x_cashu=True), "chat"))
+    await asyncio.sleep(0.05)  # the first copy waits for the give-back
+    copy = asyncio.create_task(m.reserve("tok", "dup-1", route(x_cashu=False), "chat"))
+    await asyncio.sleep(0.05)
+    busy.items.clear()  # reported: the give-back ends
+    hold = await asyncio.wait_for(copy, 10)
+    await asyncio.wait_for(first, 10)
+    assert hold.grant is None, "a copy of a request id on its way to the vault was served under a grant"
+    assert slow.reserved == ["dup-1", "dup-1"]  # both asked the vault, which answers the second with a 409

@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 import json
 import logging
+import sys
 from typing import AsyncIterator
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from arbstr.logs import ContextFilter, JsonFormatter
+from arbstr.logs import ContextFilter, JsonFormatter, TextFormatter
 from schemas.money import cost_msat
 from tests.support.stack import Stack, demo_config, start_stack
 
@@ -87,3 +88,39 @@ async def test_a_new_trace_starts_when_the_client_sends_none(http: aiohttp.Clien
     assert r.status == 200
     tp = r.headers["traceparent"]
     assert tp != "garbage" and len(tp.split("-")) == 4 and tp.startswith("00-")
+
+
+async def test_client_bytes_cannot_forge_or_break_text_log_lines(http: aiohttp.ClientSession, stack: Stack) -> None:
+    # The access line logs the path as decoded: %0a became a real newline, so a client could write a line of its
+    # choosing into the text log ("... INFO arbstr.access: POST /v1/admin/... 200"), and %00 a NUL byte.
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s%(rid)s: %(message)s"))
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        r = await http.get(f"{stack.url}/v1/nothing%0d%0a2026-01-01 00:00:00,000 INFO arbstr.access: FORGED%00%1b[2J",
+                           headers={"X-Request-Id": "forge-1"})
+        assert r.status == 404
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    text = buf.getvalue()
+    assert "forge-1" in text  # the access line was written...
+    forged = [line for line in text.splitlines() if "FORGED" in line]
+    assert forged and all("[forge-1]" in line for line in forged), text  # ...as one line, the request's own
+    assert not any(c in text for c in "\x00\x1b\r"), repr(text)
+
+
+def test_a_traceback_keeps_its_lines() -> None:
+    fmt = TextFormatter("%(levelname)s %(name)s%(rid)s: %(message)s")
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed: %s", ("a\nb",), sys.exc_info())
+    out = fmt.format(record)
+    assert out.startswith("ERROR x: failed: a\\nb\n"), out  # the message escaped, the traceback on its lines
+    assert "\nValueError: boom" in out, out

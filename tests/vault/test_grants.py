@@ -128,6 +128,22 @@ async def test_a_request_id_served_under_a_grant_cannot_be_used_again(stack: Sta
         assert (await settled(http, stack, agent_id))["spent_msat"] == unit()
 
 
+async def test_one_request_id_sent_at_once_by_a_new_agent_is_served_once(stack: Stack) -> None:
+    # The in-flight check ran before the wait for the agent's first grant: every copy sent meanwhile passed it,
+    # and each was served under the grant and charged, all under one request id.
+    async with aiohttp.ClientSession() as http:
+        agent_id, token = await new_agent(http, stack, "eager", deposit_msat=1_000_000)
+        replies = await asyncio.gather(*(chat(http, stack, token, **{"X-Request-Id": "once-1"}) for _ in range(5)))
+        statuses = sorted(r.status for r in replies)
+        assert statuses == [200, 409, 409, 409, 409], statuses
+        for r in replies:
+            if r.status == 409:
+                assert (await r.json())["error"]["code"] == "request_id_reused"
+        acct = await settled(http, stack, agent_id)
+        assert (acct["spent_msat"], acct["pending_msat"]) == (unit(), 0), acct
+        assert_balanced(await books(http, stack))
+
+
 async def test_a_grant_its_gateway_never_gives_back_expires_charged_and_flagged(
         fresh_nats: NatsServer, mock_upstream: str) -> None:
     stack = await start_stack(config(mock_upstream, hold_ttl_s=3), fresh_nats.url)

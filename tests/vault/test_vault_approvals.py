@@ -123,3 +123,19 @@ async def test_the_cli_decides_by_agent_and_request_id(http, stack) -> None:
                                                           "--url", stack.url, "--admin-token", ADMIN_TOKEN))
     assert out.returncode == 0, out.stderr
     assert (await a_wait)[0] == 200
+
+
+async def test_a_request_whose_client_left_while_it_waited_is_not_served_when_approved(http, stack) -> None:
+    # The gateway went on once the operator approved: it called the provider and charged the agent for an answer
+    # nobody was there to receive (the client hung up while the hold waited in the queue).
+    agent_id, token = await new_agent(http, stack, "gone", deposit_msat=1_000_000, policy=NEEDS_OK)
+    waiting = chat(http, stack, token, "gone-1")
+    await queue(http, stack, 1)
+    waiting.cancel()  # the client hangs up while the hold waits
+    await asyncio.gather(waiting, return_exceptions=True)
+    await asyncio.sleep(0.3)  # the gateway's side of the connection notices the close
+    status, body = await post(http, stack, f"/v1/admin/approvals/{agent_id}/gone-1/approve")
+    assert status == 200, body
+    acct = await settled(http, stack, agent_id)
+    assert (acct["pending_msat"], acct["spent_msat"], acct["balance_msat"]) == (0, 0, 1_000_000), acct
+    assert_balanced(await books(http, stack))
