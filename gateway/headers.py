@@ -36,7 +36,11 @@ def header(request: web.Request, name: str) -> Optional[str]:
 
 def bearer_token(request: web.Request) -> Optional[str]:
     """The bearer token, None without one; a token with bytes no token can hold is refused (401), not hashed."""
-    auth = request.headers.get("Authorization", "")
+    values = request.headers.getall("Authorization", [])
+    if len(values) > 1:
+        # Which one counts is not ours to guess: a proxy in front may pick another one than aiohttp's first.
+        raise ArbstrError(401, "more than one Authorization header", code="invalid_api_key", param="Authorization")
+    auth = values[0] if values else ""
     if auth[:7].lower() != "bearer ":
         return None
     if not printable(auth):

@@ -327,3 +327,17 @@ async def test_a_client_that_hangs_up_mid_body_is_not_a_500(paid: PaidStack) -> 
         grew = {s: after[s] - before.get(s, 0.0) for s in after if after[s] != before.get(s, 0.0)}
         assert list(grew) == ["400"], grew
     await assert_nothing_held(paid)
+
+
+# --- two Authorization headers ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/vault/me"])
+async def test_two_authorization_headers_are_refused_whichever_comes_first(paid: PaidStack, path: str) -> None:
+    # aiohttp reads the first; a proxy in front may read the last: who is calling must not depend on which.
+    method = "POST" if path == "/v1/chat/completions" else "GET"
+    good, other = b"Bearer " + paid.token.encode(), b"Bearer arb_" + b"x" * 43
+    for pair in ((good, other), (other, good), (good, good)):
+        headers = [(b"Content-Type", b"application/json"), (b"Authorization", pair[0]), (b"Authorization", pair[1])]
+        reply = await raw_request(paid.url, method, path, headers, orjson.dumps(CHAT) if method == "POST" else b"")
+        err = assert_error(reply, 401, "invalid_api_key")
+        assert err["param"] == "Authorization", err
+    await assert_nothing_held(paid)
