@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import sys
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
@@ -24,6 +25,24 @@ async def stack(nats_url: str, mock_upstream: str) -> AsyncIterator[Stack]:
     s = await start_stack(demo_config(mock_upstream), nats_url)
     yield s
     await s.stop()
+
+
+@contextlib.contextmanager
+def captured_logs(formatter: logging.Formatter) -> Iterator[io.StringIO]:
+    """Every log line of the block (INFO and up), formatted as the process would write it."""
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.addFilter(ContextFilter())
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    try:
+        yield buf
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
 
 
 def samples(text: str) -> dict[str, list]:
@@ -57,22 +76,11 @@ async def test_metrics_count_requests_cost_and_overhead(http: aiohttp.ClientSess
 
 async def test_traceparent_is_kept_returned_sent_upstream_and_logged(http: aiohttp.ClientSession, stack: Stack,
                                                                      mock_upstream: str) -> None:
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
-    handler.addFilter(ContextFilter())
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
+    with captured_logs(JsonFormatter()) as buf:
         r = await http.post(f"{stack.url}/v1/chat/completions",
                             json={"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "trace me"}]},
                             headers={"traceparent": TRACE, "X-Request-Id": "trace-req-1"})
         assert r.status == 200
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
     assert r.headers["traceparent"] == TRACE
     stats = await (await http.get(f"{mock_upstream}/_mock/alpha/stats")).json()
     assert stats["last_headers"].get("traceparent") == TRACE
@@ -93,21 +101,10 @@ async def test_a_new_trace_starts_when_the_client_sends_none(http: aiohttp.Clien
 async def test_client_bytes_cannot_forge_or_break_text_log_lines(http: aiohttp.ClientSession, stack: Stack) -> None:
     # The access line logs the path as decoded: %0a became a real newline, so a client could write a line of its
     # choosing into the text log ("... INFO arbstr.access: POST /v1/admin/... 200"), and %00 a NUL byte.
-    buf = io.StringIO()
-    handler = logging.StreamHandler(buf)
-    handler.addFilter(ContextFilter())
-    handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s%(rid)s: %(message)s"))
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.INFO)
-    try:
+    with captured_logs(TextFormatter("%(asctime)s %(levelname)s %(name)s%(rid)s: %(message)s")) as buf:
         r = await http.get(f"{stack.url}/v1/nothing%0d%0a2026-01-01 00:00:00,000 INFO arbstr.access: FORGED%00%1b[2J",
                            headers={"X-Request-Id": "forge-1"})
         assert r.status == 404
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
     text = buf.getvalue()
     assert "forge-1" in text  # the access line was written...
     forged = [line for line in text.splitlines() if "FORGED" in line]
