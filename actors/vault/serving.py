@@ -96,13 +96,18 @@ class PartitionServing(VaultCore):
         await owner.stop(reason, graceful=graceful)
         await owner.timers.stop()
         self.book.owned.discard(k)
-        # Exact: stopped by us between batches. Else (stopped by a failure before, or a batch in flight failed or
-        # was cut off as it stopped) memory may be ahead of the journal: the read model of this partition is read
-        # afresh, and until then it is not the starting point of a takeover.
-        exact = graceful and (owner.writer is None or owner.writer.stopped == reason)
-        if not exact:
-            self._cold.add(k)
-            asyncio.ensure_future(self._reload_partition(k))
+        # The read model of this partition is read afresh, and until then it is not the starting point of a takeover
+        # nor trusted by a read-your-writes read. Even after a clean stop: while this owner was stopping (a
+        # snapshot, the lease handed back), the next owner may already have written, and the follower skipped
+        # those batches as this instance's own; an agent created then was unknown here (its token refused) for
+        # good. After an unclean one (a batch in flight failed or was cut off), memory may be ahead of the journal.
+        self._cold.add(k)
+        previous = self._reloads.get(k)
+        reload = asyncio.ensure_future(self._reload_partition(k))
+        self._reloads[k] = reload
+        reload.add_done_callback(lambda f, k=k: self._reloads.pop(k, None) if self._reloads.get(k) is f else None)
+        if previous is not None:
+            previous.cancel()
         log.info("partition %s: no longer served here (%s)", k, reason)
 
     def _broken(self, k: int, reason: str) -> None:
@@ -118,8 +123,15 @@ class PartitionServing(VaultCore):
                 return
             try:
                 part = await self.snapshots.load(k) or PartitionState(k)
-                async for seq, raw in self.journal.tail(k, part.last_seq):
-                    fold_batch(part, JournalBatch.model_validate_json(raw), seq, batch_hash(raw))
+                # Until it has at least what the follower folded into the copy it replaces meanwhile (batches
+                # written after the tail was read): adopting it earlier would drop those from the read model.
+                for _ in range(RELOAD_ATTEMPTS):
+                    async for seq, raw in self.journal.tail(k, part.last_seq):
+                        fold_batch(part, JournalBatch.model_validate_json(raw), seq, batch_hash(raw))
+                    if part.last_seq >= self.book.part(k).last_seq:
+                        break
+                else:
+                    raise RuntimeError("the journal kept ahead of the reload")
                 break
             except Exception as e:
                 log.warning("partition %s: read model not reloaded (%r); trying again", k, e)

@@ -402,3 +402,45 @@ async def test_a_stop_that_cuts_a_batch_off_is_no_clean_stop(monkeypatch: pytest
     assert w.stopped != "handing back" and "cut off" in (w.stopped or "")
     with pytest.raises(ArbstrError):
         await pending
+
+
+async def test_a_read_model_read_afresh_keeps_what_the_follower_folded_while_it_was_read() -> None:
+    # A partition this instance stopped serving is read afresh (snapshot + journal tail). Batches written after the
+    # tail was read are folded by the follower into the copy being replaced: adopting the fresh copy as read made
+    # an agent created then unknown here for good (its token refused on every request routed to this instance).
+    from types import SimpleNamespace
+
+    from actors.vault.serving import PartitionServing
+
+    part, journal, committed, broken = PartitionState(0), Journal(), [], []
+    w = writer(part, journal, committed, broken)
+    await w.submit("a", lambda s, at: decide.create_agent(s, "a", "a" * 64, AgentPolicy(), at))
+    book = Book(lambda agent_id: 0)
+    for batch, seq, digest in batches_of(journal):
+        book.apply_batch(batch, 0, seq, digest)
+
+    class Tail:
+        """The journal as a reload reads it; the next owner writes once the first read is done."""
+
+        reads = 0
+
+        async def tail(self, k: int, after: int) -> Any:
+            for i, raw in enumerate(journal.raws):
+                if i + 1 > after:
+                    yield i + 1, raw
+            Tail.reads += 1
+            if Tail.reads == 1:
+                await w.submit("b", lambda s, at: decide.create_agent(s, "b", "b" * 64, AgentPolicy(), at))
+                for batch, seq, digest in batches_of(journal)[1:]:
+                    book.apply_batch(batch, 0, seq, digest)  # what the follower does meanwhile
+
+    async def no_snapshot(k: int) -> None:
+        return None
+
+    serving: Any = PartitionServing.__new__(PartitionServing)
+    serving.snapshots, serving.journal, serving.book = SimpleNamespace(load=no_snapshot), Tail(), book
+    serving.layout, serving._cold = SimpleNamespace(streams=1), {0}
+    await serving._reload_partition(0)
+    await w.stop()
+    assert book.agent_by_token("b" * 64) == "b" and book.agent_by_token("a" * 64) == "a"
+    assert book.parts[0].last_seq == 2 and 0 not in serving._cold
