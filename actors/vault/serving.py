@@ -96,11 +96,14 @@ class PartitionServing(VaultCore):
         await owner.stop(reason, graceful=graceful)
         await owner.timers.stop()
         self.book.owned.discard(k)
-        # The read model of this partition is read afresh, and until then it is not the starting point of a takeover
-        # nor trusted by a read-your-writes read. Even after a clean stop: while this owner was stopping (a
-        # snapshot, the lease handed back), the next owner may already have written, and the follower skipped
-        # those batches as this instance's own; an agent created then was unknown here (its token refused) for
-        # good. After an unclean one (a batch in flight failed or was cut off), memory may be ahead of the journal.
+        # Exact: stopped by us between batches. Else (stopped by a failure before, or a batch in flight failed or
+        # was cut off as it stopped) memory may be ahead of the journal: the read model of this partition is read
+        # afresh, and until then it is neither the starting point of a takeover nor trusted by a read-your-writes
+        # read.
+        exact = graceful and (owner.writer is None or owner.writer.stopped == reason)
+        if exact:
+            log.info("partition %s: no longer served here (%s)", k, reason)
+            return
         self._cold.add(k)
         previous = self._reloads.get(k)
         reload = asyncio.ensure_future(self._reload_partition(k))
