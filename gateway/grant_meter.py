@@ -29,7 +29,7 @@ from nats.aio.client import Client as NATS
 from actors.runtime.tokens import token_hash
 from schemas import exchanges, subjects
 from schemas.config import GrantsConfig
-from schemas.errors import ArbstrError
+from schemas.errors import ArbstrError, request_id_reused
 from schemas.grants import GrantReports, GrantRequest, GrantsRevoked, GrantUsage, UsageItem
 from schemas.money import cost_msat, max_output_tokens_for
 from schemas.requests import RequestRecord
@@ -115,12 +115,6 @@ def allowed_locally(policy: AgentPolicy, amount_msat: int) -> bool:
     return all(cap is None or amount_msat <= cap for cap in (policy.max_tx_msat, policy.approval_over_msat))
 
 
-def reused(request_id: str) -> ArbstrError:
-    """What the vault answers for a hold in flight, which it cannot see before this one is reported."""
-    return ArbstrError(409, f"request id {request_id!r} was already used by this agent; send a new X-Request-Id",
-                       code="request_id_reused", param="X-Request-Id", headers={"x-should-retry": "false"})
-
-
 class GrantMeter:
     paid = True
 
@@ -163,13 +157,13 @@ class GrantMeter:
         agent = self._by_agent.setdefault(where.agent_id, _Agent())
         agent.touched = time.monotonic()
         if request_id in agent.inflight:
-            raise reused(request_id)
+            raise request_id_reused(request_id)
         if (where.agent_id, request_id) in self._seen or not route.candidates or self.needs_vault_hold(route):
             return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
         grant = await self._grant_for(agent, where.agent_id, where.partition, th, route.envelope)
         # Asked again after the wait for a grant: a copy of this request id sent meanwhile may have been served.
         if request_id in agent.inflight:
-            raise reused(request_id)
+            raise request_id_reused(request_id)
         if (where.agent_id, request_id) in self._seen:
             return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
         if grant is not None and len(grant.items) >= BACKLOG_REPORTS * self.cfg.report_batch:

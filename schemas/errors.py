@@ -82,3 +82,10 @@ def not_found(message: str, *, param: Optional[str] = None, code: str = "not_fou
 def unavailable(message: str, *, code: str = "service_unavailable", retry_after_s: Optional[int] = None) -> ArbstrError:
     headers = {"retry-after": str(retry_after_s)} if retry_after_s is not None else None
     return ArbstrError(503, message, code=code, headers=headers)
+
+
+def request_id_reused(request_id: str) -> ArbstrError:
+    """A request id this agent already used (charged, or still in flight): the vault's answer, and the gateway's for
+    a request decided under a grant that the vault cannot see yet."""
+    return ArbstrError(409, f"request id {request_id!r} was already used by this agent; send a new X-Request-Id",
+                       code="request_id_reused", param="X-Request-Id", headers={"x-should-retry": "false"})

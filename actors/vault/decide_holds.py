@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
-from schemas.errors import ArbstrError
+from schemas.errors import ArbstrError, request_id_reused
 from schemas.ledger import Approved, Denied, Expired, HoldExtended, Released, Reserved, Settled, Tombstoned
 from schemas.money import cost_msat, max_output_tokens_for
 from schemas.router import Envelope
@@ -56,20 +56,14 @@ def _reuse_refusal(state: AccountState, rid: str, attempt: str) -> Optional[Arbs
     """Why ``rid`` cannot take a new reserve attempt now, or None when it can."""
     if state.tombstoned(rid, attempt):
         return ArbstrError(409, f"request {rid} was already released", code="request_released")
-    if rid in state.holds:
-        return _reused(rid)  # in flight: one hold shared by two upstream calls would let one of them go unpaid
+    if rid in state.holds:  # in flight: one hold shared by two upstream calls would let one of them go unpaid
+        return request_id_reused(rid)
     res = state.resolutions.get(rid)
     if res is not None and (not res.reusable or not attempt):
         # Charged: the id names a request that was served. Or a caller naming no attempt, which cannot be told
         # apart from a late copy of the reserve that was released.
-        return _reused(rid)
+        return request_id_reused(rid)
     return None
-
-
-def _reused(rid: str) -> ArbstrError:
-    # Built only when refused: every reserve asks, and an error made (and dropped) each time showed in the profile.
-    return ArbstrError(409, f"request id {rid!r} was already used by this agent; send a new X-Request-Id",
-                       code="request_id_reused", param="X-Request-Id", headers={"x-should-retry": "false"})
 
 
 def reserve(state: AccountState, rid: str, envelope: Envelope, now_ms: int, *, ttl_ms: int,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from schemas.errors import ArbstrError
+from schemas.errors import ArbstrError, request_id_reused
 from schemas.vault import Empty, ExtendRequest, ReserveReply, ReserveRequest, SettleCommand
 
 from . import clock, decide
@@ -38,8 +38,7 @@ class HoldsApi(VaultCore):
             # A caller naming no attempt sends a reserve once: a second one with this id is another request reusing
             # it, and a hold shared by two upstream calls would let one of them go unpaid. (A repeat of a named
             # attempt is the same reserve delivered again: it is answered from its hold.)
-            raise ArbstrError(409, f"request id {rid!r} was already used by this agent; send a new X-Request-Id",
-                              code="request_id_reused", param="X-Request-Id", headers={"x-should-retry": "false"})
+            raise request_id_reused(rid)
         return w.answer if w.answer is not None else self._hold_reply(agent_id, rid, w.state, req.attempt)
 
     async def _extend(self, req: ExtendRequest, headers: dict[str, str], agent_id: str) -> ReserveReply:
