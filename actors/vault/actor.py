@@ -114,7 +114,6 @@ class VaultActor(LedgerSetup, PartitionServing, CommandRouting, HoldsApi, Settle
         self._acquired_at: dict[int, int] = {}  # when each owned partition was taken (ms since the epoch)
         self._subs: dict[int, Any] = {}
         self._cold: set[int] = set()
-        self._reloads: dict[int, asyncio.Future[None]] = {}
         # (agent id, rid) -> the wake-ups of reserves waiting for its approval. Keyed by agent too: two agents'
         # requests may share a rid, and one's decision must neither wake nor strand the other's wait.
         self._waiters: dict[tuple[str, str], set[asyncio.Event]] = {}

@@ -64,7 +64,6 @@ class VaultCore:
     _acquired_at: dict[int, int]  # when each owned partition was taken (ms since the epoch)
     _subs: dict[int, Any]
     _cold: set[int]  # partitions whose read model is not a takeover's starting point (being read afresh)
-    _reloads: dict[int, "asyncio.Future[None]"]  # those reads in progress: a read-your-writes read waits for them
     # (agent id, rid) -> the wake-ups of reserves waiting for its approval. Keyed by agent too: two agents'
     # requests may share a rid, and one's decision must neither wake nor strand the other's wait.
     _waiters: dict[tuple[str, str], set[asyncio.Event]]

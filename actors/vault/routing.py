@@ -175,10 +175,6 @@ class CommandRouting(VaultCore):
             for i in range(self.layout.streams):
                 last = await stream_last_seq(self.nc, subjects.ledger_stream(i))
                 await self.follower.wait_applied(i, last, self._read_wait_s)
-            reloads = [r for r in self._reloads.values() if not r.done()]
-            if reloads:  # partitions handed back a moment ago, read afresh
-                await asyncio.wait_for(asyncio.shield(asyncio.gather(*reloads, return_exceptions=True)),
-                                       self._read_wait_s)
         except asyncio.TimeoutError:
             raise ArbstrError(503, "the vault's read model is catching up with the journal; try again",
                               code="catching_up", headers={"retry-after": "1"}) from None

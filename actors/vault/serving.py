@@ -98,19 +98,11 @@ class PartitionServing(VaultCore):
         self.book.owned.discard(k)
         # Exact: stopped by us between batches. Else (stopped by a failure before, or a batch in flight failed or
         # was cut off as it stopped) memory may be ahead of the journal: the read model of this partition is read
-        # afresh, and until then it is neither the starting point of a takeover nor trusted by a read-your-writes
-        # read.
+        # afresh, and until then it is not the starting point of a takeover.
         exact = graceful and (owner.writer is None or owner.writer.stopped == reason)
-        if exact:
-            log.info("partition %s: no longer served here (%s)", k, reason)
-            return
-        self._cold.add(k)
-        previous = self._reloads.get(k)
-        reload = asyncio.ensure_future(self._reload_partition(k))
-        self._reloads[k] = reload
-        reload.add_done_callback(lambda f, k=k: self._reloads.pop(k, None) if self._reloads.get(k) is f else None)
-        if previous is not None:
-            previous.cancel()
+        if not exact:
+            self._cold.add(k)
+            asyncio.ensure_future(self._reload_partition(k))
         log.info("partition %s: no longer served here (%s)", k, reason)
 
     def _broken(self, k: int, reason: str) -> None:
