@@ -43,19 +43,30 @@ class PayoutDriver(RailsCore):
         """Talk to the rail about one payout, holding its lease: one instance at a time, vault-wide."""
         if not self.owns(agent_id) or payout_id not in self.book.state(agent_id).payouts:
             return  # resolved already, or the account's partition is served elsewhere now
-        if not await self.claims.acquire(f"payout:{payout_id}", LEASE_TTL_S):
+        try:
+            acquired = await self.claims.acquire(f"payout:{payout_id}", LEASE_TTL_S)
+        except asyncio.CancelledError:
+            # Stopped while the lease was being taken: a create already sent still lands and holds the lease, and
+            # the payout would wait out its TTL before any instance could drive it again.
+            self._let_go(payout_id)
+            raise
+        if not acquired:
             return  # another live instance is driving it
         renew = asyncio.create_task(self._renew(payout_id))
         try:
             await self._drive_once(agent_id, payout_id, resume)
         finally:
             renew.cancel()  # a renewal that still lands finds the lease gone: renewing never takes one
-            # Shielded and tracked: a second cancel of this task (a stopping vault re-cancels) must not skip the
-            # release, or the payout waits out the lease's TTL before any instance may drive it again.
-            release = asyncio.ensure_future(self.claims.release(f"payout:{payout_id}"))
-            self._releasing.add(release)
-            release.add_done_callback(self._releasing.discard)
-            await asyncio.shield(release)
+            # Shielded: a second cancel of this task (a stopping vault re-cancels) must not skip the release.
+            await asyncio.shield(self._let_go(payout_id))
+
+    def _let_go(self, payout_id: str) -> asyncio.Future[None]:
+        """Release the payout's lease in a task of its own, tracked so that a stopping vault waits for it before
+        its connection drains."""
+        release = asyncio.ensure_future(self.claims.release(f"payout:{payout_id}"))
+        self._releasing.add(release)
+        release.add_done_callback(self._releasing.discard)
+        return release
 
     async def _renew(self, payout_id: str) -> None:
         while True:

@@ -168,11 +168,44 @@ async def test_a_payout_is_left_to_an_instance_on_the_wallet_that_started_it(htt
     rig.wallet = original
     original.resolve(p["reference"], succeed=True)
     await rig.start_vault()
-    for _ in range(100):
-        if (await me(http, rig, token)).get("withdrawn_msat") == 5_000:
+    assert await withdrawn_within(http, rig, token, 5_000, 5.0) == 5_000
+    await clean(http, rig)
+
+
+async def withdrawn_within(http: Any, rig: Rig, token: str, expected: int, seconds: float) -> int:
+    """The agent's withdrawn_msat once it reads ``expected``, or what it reads after ``seconds``."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if (await me(http, rig, token)).get("withdrawn_msat") == expected:
             break
         await asyncio.sleep(0.05)
-    assert (await me(http, rig, token))["withdrawn_msat"] == 5_000
+    return int((await me(http, rig, token)).get("withdrawn_msat", -1))
+
+
+async def test_a_vault_stopped_while_taking_a_payouts_lease_lets_the_lease_go(http, rig, monkeypatch) -> None:
+    from actors.vault.payout_driver import LEASE_TTL_S
+
+    _, token = await funded_by_invoice(http, rig, "hal", 50_000)
+    rig.wallet.outcome = "pending"
+    status, p = await post(http, rig, "/v1/vault/me/withdrawals", token, {"bolt11": make_invoice(6_000)[0]})
+    assert (status, p["status"]) == (202, "pending")
+    # The next check round's lease create reaches the server, and the vault stops before its answer arrives.
+    kv = rig.actor.rails.claims.kv
+    real_create, landed = kv.create, asyncio.Event()
+
+    async def create_then_stall(key: str, value: bytes, **kwargs: Any) -> int:
+        revision = await real_create(key, value, **kwargs)
+        if key.startswith("lease."):
+            landed.set()
+            await asyncio.Event().wait()
+        return revision
+    monkeypatch.setattr(kv, "create", create_then_stall)
+    await asyncio.wait_for(landed.wait(), 5)
+    await rig.stop_vault()
+    rig.wallet.resolve(p["reference"], succeed=True)
+    await rig.start_vault()
+    # Well inside the lease's TTL: the lease taken as the vault stopped was let go, not left to lapse.
+    assert await withdrawn_within(http, rig, token, 6_000, LEASE_TTL_S / 3) == 6_000
     await clean(http, rig)
 
 
