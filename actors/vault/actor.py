@@ -138,7 +138,7 @@ class VaultActor(LedgerSetup, PartitionServing, CommandRouting, HoldsApi, Settle
         self.snapshots = SnapshotStore(nc, replicas)
         await self.snapshots.start()
         # The read model: every partition's snapshot and the journal after it, then live.
-        self.follower = Follower(nc, self.book, self.layout.streams, legacy_upto)
+        self.follower = Follower(nc, self.book, self.layout.streams, legacy_upto, overtaken=self._overtaken)
         live_from = {i: await retry_transient(lambda i=i: stream_last_seq(nc, subjects.ledger_stream(i)),
                                               f"ledger stream {i}") + 1
                      for i in range(self.layout.streams)}

@@ -29,7 +29,10 @@ class Book:
         self.parts: dict[int, PartitionState] = {}
         self._by_token: dict[str, str] = {}
         self._token_of: dict[str, str] = {}
-        self.owned: set[int] = set()
+        self.owned: dict[int, int] = {}  # partition -> the epoch this instance writes it under
+        # Owned partitions whose journal showed a batch of a later epoch (another owner's, before this instance
+        # noticed its lease was gone): the follower skipped it, so the owner's memory is not the read model's.
+        self.overtaken: set[int] = set()
         self.top_seq: dict[int, int] = {}  # highest sequence folded per stream, own batches included
         # Partitions whose read model folded a batch that does not chain onto the one before (a batch it skipped
         # while its owner was changing, say): good for reads, not as the starting point of a takeover.

@@ -38,6 +38,19 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def batch_id(partition: int, epoch: int, session: str, n: int) -> str:
+    """A batch's id (its ``Nats-Msg-Id``): the writer's partition, epoch and session, then a counter."""
+    return f"p{partition}:e{epoch}:{session}:{n}"
+
+
+def epoch_of(msg_id: str) -> Optional[int]:
+    """The epoch a batch was written under, read from its id without decoding the batch; None if not one of ours."""
+    parts = msg_id.split(":", 2)
+    if len(parts) < 3 or not parts[1].startswith("e") or not parts[1][1:].isdigit():
+        return None
+    return int(parts[1][1:])
+
+
 @dataclass(frozen=True)
 class Written:
     decided: decide.Decided
@@ -148,7 +161,7 @@ class GroupCommit:
         # The session token keeps ids unique even when a writer is restarted under the same epoch: JetStream's
         # de-duplication would otherwise ack a new batch with an old batch's sequence.
         self._batches += 1
-        return f"p{self.part.partition}:e{self.epoch}:{self._session}:{self._batches}"
+        return batch_id(self.part.partition, self.epoch, self._session, self._batches)
 
     async def _run(self) -> None:
         try:

@@ -47,12 +47,13 @@ class PartitionServing(VaultCore):
                                self._broken, self.vc.snapshot_interval_s, warm=lambda k=k: self._warm(k))
         started = time.monotonic()
         await owner.load()
-        self.book.owned.add(k)
+        self.book.owned[k] = claim.epoch
+        self.book.overtaken.discard(k)
         self.book.adopt(owner.part, k % self.layout.streams)
         try:
             late = await owner.start()
         except Exception:
-            self.book.owned.discard(k)
+            self.book.owned.pop(k, None)
             raise
         self.owners[k] = owner
         timers.start()
@@ -95,15 +96,23 @@ class PartitionServing(VaultCore):
         graceful = owner.writer is None or owner.writer.stopped is None
         await owner.stop(reason, graceful=graceful)
         await owner.timers.stop()
-        self.book.owned.discard(k)
-        # Exact: stopped by us between batches. Else (stopped by a failure before, or a batch in flight failed or
-        # was cut off as it stopped) memory may be ahead of the journal: the read model of this partition is read
-        # afresh, and until then it is not the starting point of a takeover.
-        exact = graceful and (owner.writer is None or owner.writer.stopped == reason)
+        self.book.owned.pop(k, None)
+        overtaken = k in self.book.overtaken
+        self.book.overtaken.discard(k)
+        # Exact: stopped by us between batches, and no other owner's batch skipped meanwhile. Else (stopped by a
+        # failure before, a batch in flight failed or was cut off as it stopped, or the next owner wrote before
+        # this instance noticed) memory and the journal differ: the read model of this partition is read afresh,
+        # and until then it is not the starting point of a takeover.
+        exact = graceful and not overtaken and (owner.writer is None or owner.writer.stopped == reason)
         if not exact:
             self._cold.add(k)
             asyncio.ensure_future(self._reload_partition(k))
         log.info("partition %s: no longer served here (%s)", k, reason)
+
+    def _overtaken(self, k: int) -> None:
+        """Another owner's batch in a partition this instance still serves: its lease went while it was not
+        looking (a stalled loop, say). Stop serving now rather than when the lease's watch says so."""
+        asyncio.ensure_future(self._lost(k, "taken over (a later epoch in the journal)"))
 
     def _broken(self, k: int, reason: str) -> None:
         log.error("partition %s: the journal refused or lost a batch (%s); handing it back", k, reason)

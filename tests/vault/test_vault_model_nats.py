@@ -758,7 +758,9 @@ class VaultOnNats(RuleBasedStateMachine):
         assert rid is not None
 
         async def go() -> tuple[int, int, Any]:
-            assert stale.ownership is not None
+            assert stale.ownership is not None and stale.follower is not None
+            # Paused whole: its follower would otherwise see the other's batches and let the partitions go first.
+            stale.follower.hold()
             await stale.ownership.freeze()
             held = set(stale.owners)
             await eventually(lambda: held <= set(other.owners), 10.0, "the other instance to take the partitions over",
@@ -772,7 +774,9 @@ class VaultOnNats(RuleBasedStateMachine):
                     await target.execute(self.agents[i], lambda s, at: decide.release(s, rid, "stale", at))
                 except ArbstrError as e:
                     outcome = e
-            return size, await self._journal_size(), outcome
+            after = await self._journal_size()
+            stale.follower.release()
+            return size, after, outcome
 
         before, after, outcome = self.run(go())
         assert after == before, "a stale owner's write landed"
