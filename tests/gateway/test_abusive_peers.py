@@ -4,7 +4,9 @@ connections that never finish their request head, and anonymous callers probing 
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
+import time
 from typing import Any, AsyncIterator
 
 import aiohttp
@@ -150,17 +152,22 @@ def stalled_socket(url: str, data: bytes) -> socket.socket:
     return sock
 
 
-def hung_up(sock: socket.socket) -> bool:
-    """Whether the peer closed or reset the connection (rather than just sending nothing yet)."""
+def hung_up(sock: socket.socket, within_s: float = 5.0) -> bool:
+    """Whether the peer closed or reset the connection (rather than just sending nothing yet). What it had sent
+    before closing may still be on its way (its close follows the data): read on while more comes."""
     sock.setblocking(False)
-    try:
-        while sock.recv(1 << 20):
-            pass
-        return True
-    except ConnectionResetError:
-        return True
-    except BlockingIOError:
-        return False
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            if not sock.recv(1 << 20):
+                return True
+        except ConnectionResetError:
+            return True
+        except BlockingIOError:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            select.select([sock], [], [], min(left, 0.1))
 
 
 async def test_stalled_readers_cannot_starve_the_pool_and_are_still_billed(fresh_nats: NatsServer) -> None:
