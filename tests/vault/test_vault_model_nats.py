@@ -152,7 +152,7 @@ def projection_sums(projection: Projection, agent_id: str) -> dict[str, int]:
                            [agent_id]).fetchone()  # type: ignore[misc]
     pending = db.execute(
         "SELECT coalesce(sum(r.amount_msat), 0) FROM ledger r WHERE r.agent_id = ? AND r.kind = 'reserved' "
-        "AND NOT EXISTS (SELECT 1 FROM ledger x WHERE x.agent_id = r.agent_id AND x.rid = r.rid "
+        "AND NOT EXISTS (SELECT 1 FROM ledger x WHERE x.agent_id = r.agent_id AND x.rid = r.rid AND x.seq > r.seq "
         f"AND x.kind IN ({', '.join(repr(k) for k in RESOLVED)}))", [agent_id]).fetchone()[0]  # type: ignore[index]
     return {"deposited": by_kind.get("deposited", 0),
             "spent": by_kind.get("settled", 0) + by_kind.get("expired", 0),
