@@ -132,16 +132,23 @@ class GatewayServer(web.Server):
         return GatewayProtocol(self, loop=self._loop, head_timeout_s=self.head_timeout_s, **self._kwargs)
 
 
-def expect_checked(handler: Any) -> Any:
+def expect_checked(handler: Any, max_body_bytes: int) -> Any:
     """The application's request handler behind a check of ``Expect``, which aiohttp answers before any middleware:
     its own answer to anything but ``100-continue`` is a plain-text 417 echoing the header, and a 500 when the
-    header's bytes are not UTF-8 (the echo cannot be encoded). Here it is an OpenAI-shaped 417 echoing nothing."""
+    header's bytes are not UTF-8 (the echo cannot be encoded). Here it is an OpenAI-shaped 417 echoing nothing.
+    A ``100-continue`` announcing a body over the limit is answered 413 at once: no client is invited to send a
+    body that would only be refused."""
 
     async def handle(request: BaseRequest) -> web.StreamResponse:
         expect = request.headers.get(hdrs.EXPECT)
+        err: Optional[ArbstrError] = None
         if expect and expect.lower() != "100-continue":
             err = ArbstrError(417, "the only Expect value served is 100-continue", param="Expect",
                               code="invalid_header")
+        elif expect and (request.content_length or 0) > max_body_bytes:
+            err = ArbstrError(413, f"request body is {request.content_length} bytes; the limit is {max_body_bytes}",
+                              code="request_too_large")
+        if err is not None:
             resp = error_response(err, new_request_id(None))
             resp.force_close()  # the body the client holds back is never read
             return resp
@@ -150,20 +157,22 @@ def expect_checked(handler: Any) -> Any:
 
 
 class GatewayRunner(web.AppRunner):
-    __slots__ = ("_head_timeout_s",)
+    __slots__ = ("_head_timeout_s", "_max_body_bytes")
 
-    def __init__(self, app: web.Application, *, head_timeout_s: float, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, head_timeout_s: float, max_body_bytes: int, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._head_timeout_s = head_timeout_s
+        self._max_body_bytes = max_body_bytes
 
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()  # the application started and frozen, as aiohttp does it
-        return GatewayServer(expect_checked(base.request_handler), request_factory=base.request_factory,
+        handler = expect_checked(base.request_handler, self._max_body_bytes)
+        return GatewayServer(handler, request_factory=base.request_factory,
                              handler_cancellation=base.handler_cancellation, loop=asyncio.get_running_loop(),
                              head_timeout_s=self._head_timeout_s, **base._kwargs)
 
 
 def gateway_runner(app: web.Application, server: ServerConfig) -> GatewayRunner:
     return GatewayRunner(app, access_log=None, handle_signals=False, head_timeout_s=server.header_timeout_s,
-                         keepalive_timeout=server.keepalive_timeout_s)
+                         max_body_bytes=server.max_body_bytes, keepalive_timeout=server.keepalive_timeout_s)
 

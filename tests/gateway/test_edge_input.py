@@ -14,7 +14,7 @@ import pytest
 from gateway.http import MAX_JSON_DEPTH
 from schemas.common import MAX_APPROVAL_TIMEOUT_S, MAX_MSAT
 from tests.support.fidelity import PaidStack, start_paid_stack
-from tests.support.rawhttp import RawReply, raw_request, send_raw
+from tests.support.rawhttp import RawReply, parse_reply, raw_request, request_bytes, send_raw
 from tests.support.stack import ADMIN_TOKEN
 from tests.support.vault_helpers import ADMIN, assert_balanced, books, new_agent, settled
 from tests.support.waiting import eventually
@@ -287,6 +287,28 @@ async def test_expect_100_continue_still_works(paid: PaidStack) -> None:
     reply = await raw_request(paid.url, "POST", "/v1/chat/completions", headers, orjson.dumps(CHAT))
     assert reply.status == 100, reply.head  # the interim answer, then the request's own
     assert b" 200 OK" in reply.body, reply.body[:300]
+
+
+async def test_expect_100_continue_for_a_body_over_the_limit_is_413_before_any_body(paid: PaidStack) -> None:
+    # Only the head is sent: the answer must come without the body (a "100 Continue" would invite a gigabyte that
+    # is then refused), and it is the 413 the body itself would have got.
+    head = request_bytes("POST", b"/v1/chat/completions", [
+        (b"Content-Type", b"application/json"), (b"Authorization", b"Bearer " + paid.token.encode()),
+        (b"Expect", b"100-continue")]).replace(b"Content-Length: 0", b"Content-Length: 1000000000")
+    host, port = paid.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(head)
+        # Read as a client does, by Content-Length: the server lingers a while before it closes, as HTTP servers do.
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        reply = parse_reply(first)
+        length = int(reply.header("content-length") or 0)
+        reply.body = await asyncio.wait_for(reader.readexactly(length), 5)
+    finally:
+        writer.close()
+    assert_error(reply, 413, "request_too_large")
+    assert b"100 Continue" not in reply.head + reply.body
+    await assert_nothing_held(paid)
 
 
 # --- a client that goes away in the middle of its body ------------------------------------------------------------
