@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
@@ -35,9 +37,6 @@ class BenchStack:
 
     def bus_messages(self) -> tuple[int, int]:
         """Messages the nats-server has received from clients and delivered to them so far (its /varz)."""
-        import json
-        import urllib.request
-
         with urllib.request.urlopen(f"{self.monitor_url}/varz", timeout=5) as r:
             varz = json.load(r)
         return int(varz["in_msgs"]), int(varz["out_msgs"])

@@ -156,15 +156,11 @@ class GrantMeter:
         where = await self.agents.route_of(th, request_id)
         agent = self._by_agent.setdefault(where.agent_id, _Agent())
         agent.touched = time.monotonic()
-        if request_id in agent.inflight:
-            raise request_id_reused(request_id)
-        if (where.agent_id, request_id) in self._seen or not route.candidates or self.needs_vault_hold(route):
+        if self._used_here(agent, where.agent_id, request_id) or not route.candidates or self.needs_vault_hold(route):
             return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
         grant = await self._grant_for(agent, where.agent_id, where.partition, th, route.envelope)
         # Asked again after the wait for a grant: a copy of this request id sent meanwhile may have been served.
-        if request_id in agent.inflight:
-            raise request_id_reused(request_id)
-        if (where.agent_id, request_id) in self._seen:
+        if self._used_here(agent, where.agent_id, request_id):
             return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
         if grant is not None and len(grant.items) >= BACKLOG_REPORTS * self.cfg.report_batch:
             # The owner is not keeping up with this grant's reports: the per-request path, whose answers wait for
@@ -360,6 +356,13 @@ class GrantMeter:
             agent.refused_until = max(agent.refused_until, time.monotonic() + self.cfg.retry_after_refusal_s)
             await self._give_back_idle([agent])
         return await self.slow.reserve(token, request_id, route, endpoint)
+
+    def _used_here(self, agent: _Agent, agent_id: str, request_id: str) -> bool:
+        """Whether this gateway served ``request_id`` lately (the vault knows what became of it); 409 while it is
+        still in flight here, where the vault cannot see it yet."""
+        if request_id in agent.inflight:
+            raise request_id_reused(request_id)
+        return (agent_id, request_id) in self._seen
 
     def _remember(self, agent_id: str, request_id: str) -> None:
         key = (agent_id, request_id)

@@ -60,16 +60,21 @@ def error_response(err: ArbstrError, request_id: Optional[str] = None,
                         content_type="application/json", headers=headers)
 
 
+def too_large(max_bytes: int, announced: Optional[int] = None) -> ArbstrError:
+    """The 413 of a body over ``max_bytes``: by its ``Content-Length`` when it announced one, else as read."""
+    message = (f"request body is {announced} bytes; the limit is {max_bytes}" if announced is not None
+               else f"request body exceeds the limit of {max_bytes} bytes")
+    return ArbstrError(413, message, code="request_too_large")
+
+
 async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
     """The request body as a JSON object: 413 when too large, 400 when not a JSON object."""
     if request.content_length is not None and request.content_length > max_bytes:
-        raise ArbstrError(413, f"request body is {request.content_length} bytes; the limit is {max_bytes}",
-                          code="request_too_large")
+        raise too_large(max_bytes, request.content_length)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise ArbstrError(413, f"request body exceeds the limit of {max_bytes} bytes",
-                          code="request_too_large") from None
+        raise too_large(max_bytes) from None
     except RequestPayloadError as e:  # e.g. a Content-Encoding the body is not in
         raise ArbstrError(400, f"request body could not be read: {e.args[0] if e.args else 'bad payload'}",
                           code="invalid_body") from None
@@ -77,7 +82,7 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, An
         raise ArbstrError(400, "the connection closed before the request body was complete",
                           code="incomplete_body") from None
     if len(raw) > max_bytes:
-        raise ArbstrError(413, f"request body exceeds the limit of {max_bytes} bytes", code="request_too_large")
+        raise too_large(max_bytes)
     if not raw:
         raise ArbstrError(400, "request body is empty; expected a JSON object", code="invalid_json")
     try:

@@ -25,7 +25,7 @@ from aiohttp.web_request import BaseRequest
 from schemas.config import ServerConfig
 from schemas.errors import ArbstrError
 
-from .http import error_response, new_request_id
+from .http import error_response, new_request_id, too_large
 
 log = logging.getLogger("arbstr.gateway.server")
 TOO_MANY_HEADERS = "Too many headers received"  # aiohttp's message, fixed text with nothing of the client's in it
@@ -145,9 +145,8 @@ def expect_checked(handler: Any, max_body_bytes: int) -> Any:
         if expect and expect.lower() != "100-continue":
             err = ArbstrError(417, "the only Expect value served is 100-continue", param="Expect",
                               code="invalid_header")
-        elif expect and (request.content_length or 0) > max_body_bytes:
-            err = ArbstrError(413, f"request body is {request.content_length} bytes; the limit is {max_body_bytes}",
-                              code="request_too_large")
+        elif expect and request.content_length is not None and request.content_length > max_body_bytes:
+            err = too_large(max_body_bytes, request.content_length)
         if err is not None:
             resp = error_response(err, new_request_id(None))
             resp.force_close()  # the body the client holds back is never read

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import nats
 
-from actors.vault.group_commit import GroupCommit
+from actors.vault.group_commit import GroupCommit, epoch_of
 from actors.vault.partition import PartitionState
 from actors.vault.partition_journal import Fenced, Layout, PartitionJournal
 from actors.vault.streams import ensure_streams
@@ -44,3 +44,11 @@ def test_two_writers_under_one_epoch_never_share_a_batch_id() -> None:
     a = GroupCommit(PartitionState(0), 3, never, lambda *_: None, lambda _: None)
     b = GroupCommit(PartitionState(0), 3, never, lambda *_: None, lambda _: None)
     assert a._next_id() != b._next_id()
+
+
+def test_a_batch_ids_epoch_is_read_back_without_decoding_the_batch() -> None:
+    # The follower tells its own batches from a later owner's by this alone.
+    w = GroupCommit(PartitionState(5), 12, lambda *_: None, lambda *_: None, lambda _: None)  # type: ignore[arg-type]
+    assert epoch_of(w._next_id()) == 12
+    for odd in ("", "x", "p5:e:s:1", "p5:12:s:1", "p5:e-1:s:1", "p5:e1x:s:1", "p5:e1"):
+        assert epoch_of(odd) is None, odd
