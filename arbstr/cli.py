@@ -14,7 +14,7 @@ from schemas.config import Config, ConfigError, load_config
 from . import admin_cli, bus_cli, events_cli, providers_cli
 from .admin_token import ENV as ADMIN_ENV, settle_admin_token, token_file
 from .logs import setup_logging
-from .components import COMPONENTS, install_uvloop, run_component
+from .components import COMPONENTS, install_uvloop, run_component, tune_gc
 
 
 def _setup_logging(level: str, fmt: str = "text") -> None:
@@ -81,6 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     _setup_logging(config.log_level, config.log_format)
     install_uvloop()
+    tune_gc()
     try:
         if args.host:
             config.server.host = args.host

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib
 import os
 from typing import Callable, Optional
@@ -33,6 +34,7 @@ async def run_component(name: str, config: Config, nats_url: Optional[str] = Non
     if name == "gateway":
         from gateway.app import serve
 
+        freeze_startup_objects()
         await serve(config, url, ready=ready, creds=creds)
         return
     if name not in ACTORS:
@@ -41,7 +43,26 @@ async def run_component(name: str, config: Config, nats_url: Optional[str] = Non
 
     module, cls = ACTORS[name]
     actor = getattr(importlib.import_module(module), cls)(config)
+    freeze_startup_objects()
     await run_forever(actor, url, config.nats.max_concurrency, creds=creds)
+
+
+# Collect young objects every 20,000 net allocations instead of CPython's 700, and older generations more rarely.
+# Every message decoded and every ledger event makes container objects, and a vault holds hundreds of thousands of
+# long-lived ones (its partitions' state): with the defaults, the collector rescanned them so often that it cost
+# the vault about 30 % of its CPU under load (bench.vault --mode grants: 0.252 -> 0.181 ms per pair). Memory is
+# freed by reference counting as before; only cyclic garbage waits a little longer.
+GC_THRESHOLDS = (20_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """Fewer collector passes, and what is loaded at start (modules, config) never scanned again."""
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def freeze_startup_objects() -> None:
+    gc.collect()
+    gc.freeze()
 
 
 def install_uvloop() -> None:
