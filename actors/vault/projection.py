@@ -207,7 +207,7 @@ class SpooledTable:
             self._pending_seq = max(self._pending_seq, stream_seq)
 
     def flush(self) -> int:
-        """Write what is buffered (blocking; see ``flush_async``); returns the number of rows written."""
+        """Write what is buffered (blocking; see ``flush_async``); returns the number of spool lines loaded."""
         with self._lock:
             with self._buffer_lock:
                 pending, self._pending = self._pending, []
@@ -229,27 +229,39 @@ class SpooledTable:
     def _load_each_message(self, pending: list[tuple[int, str]], seq: int,
                            error: Exception) -> list[tuple[int, str]]:
         """The bulk load refused something in it (a message whose lines DuckDB cannot read as rows, which nothing
-        arbstr writes makes): each stream message is loaded on its own and the ones refused are left out, as an
-        undecodable message always was, instead of the table stopping there. Returns what was loaded."""
+        arbstr writes makes): the messages are loaded in halves, and halves of what is refused again, down to the
+        single messages at fault, which are left out (as an undecodable message always was) instead of the table
+        stopping there. A bad message costs about log2(n) loads, not one load per message. Returns what loaded."""
+        messages = [list(group) for _, group in groupby(pending, key=lambda p: p[0])]
         loaded: list[tuple[int, str]] = []
-        for at, group in groupby(pending, key=lambda p: p[0]):
-            lines = list(group)
+
+        def load(part: list[list[tuple[int, str]]]) -> None:
             try:
-                bulk_load(self.db, self._spool_file, self._read_sql, [line for _, line in lines], self._meta_key,
-                          at)
-                loaded += lines
+                bulk_load(self.db, self._spool_file, self._read_sql, [line for m in part for _, line in m],
+                          self._meta_key, part[-1][0][0])
+                loaded.extend(p for m in part for p in m)
+                self.applied_seq = part[-1][0][0]
             except BAD_INPUT as e:
-                log.error("%s: the message at stream sequence %s cannot be loaded, left out (%s)", self._meta_key,
-                          at, e)
+                if len(part) == 1:
+                    log.error("%s: the message at stream sequence %s cannot be loaded, left out (%s)",
+                              self._meta_key, part[0][0][0], e)
+                    return
+                load(part[:len(part) // 2])
+                load(part[len(part) // 2:])
             except Exception:
-                # Not the message's fault (the disk, memory): what is left is tried again by the next flush.
-                self.applied_seq = loaded[-1][0] if loaded else self.applied_seq
+                # Not the messages' fault (the disk, memory): from this part on, the next flush tries again.
                 with self._buffer_lock:
-                    self._pending = [p for p in pending if p[0] >= at] + self._pending
+                    self._pending = [p for p in pending if p[0] >= part[0][0][0]] + self._pending
                 raise
-        self.applied_seq = loaded[-1][0] if loaded else self.applied_seq
+
+        log.warning("%s: a bulk load refused its input (%s); finding the message at fault", self._meta_key, error)
+        if len(messages) > 1:
+            load(messages[:len(messages) // 2])
+            load(messages[len(messages) // 2:])
+        elif messages:
+            log.error("%s: the message at stream sequence %s cannot be loaded, left out (%s)", self._meta_key,
+                      messages[0][0][0], error)
         bulk_load(self.db, self._spool_file, self._read_sql, [], self._meta_key, seq)
-        log.warning("%s: a bulk load refused its input (%s); loaded message by message", self._meta_key, error)
         return loaded
 
     async def flush_async(self) -> int:

@@ -63,6 +63,11 @@ def _one_of(name: str, literal: Any) -> str:
     return f"({name} IS NULL OR {name} IN ({', '.join(repr(v) for v in get_args(literal))}))"
 
 
+def _every(name: str, condition: str) -> str:
+    """Every item of a list column is there and meets ``condition`` (on ``x``), as the model requires."""
+    return f"coalesce(list_bool_and(list_transform({name}, lambda x: x IS NOT NULL AND {condition})), true)"
+
+
 _REQUIRED = [k for k in _RECORD_FIELDS if RequestRecord.model_fields[k].is_required()]
 _NOT_NEGATIVE = ["input_tokens", "output_tokens", "cost_msat", "baseline_msat", "latency_ms", "overhead_ms",
                  "at_ms", "provider_cost_msat"]
@@ -72,7 +77,10 @@ _READ = ("INSERT INTO requests (" + ", ".join(_COLUMNS) + ") SELECT stream_seq, 
          + ", ".join(f"'{k}': '{v}'" for k, v in _COLUMNS.items()) + "}) WHERE "
          + " AND ".join([f"{k} IS NOT NULL" for k in _REQUIRED] + [f"coalesce({k}, 0) >= 0" for k in _NOT_NEGATIVE]
                         + ["coalesce(tier_confidence, 0) BETWEEN 0 AND 1", _one_of("predicted_tier", Tier),
-                           _one_of("tier_scorer", Scorer)]))  # (the per-offer costs inside are taken as sent)
+                           _one_of("tier_scorer", Scorer),
+                           _every("pinned_costs", "x.provider IS NOT NULL AND x.model IS NOT NULL "
+                                                  "AND coalesce(x.cost_msat >= 0, false)"),
+                           _every("tier_features", "x.name IS NOT NULL AND x.weight IS NOT NULL")]))
 _META_KEY = "requests_seq"
 
 _GROUP_KEY = {

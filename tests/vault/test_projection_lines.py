@@ -111,15 +111,37 @@ def test_request_records_load_as_published_and_what_the_model_refuses_is_left_ou
     log.add_raw(b'{"request_id": "r7"', 7)  # not JSON at all
     log.add_raw(_record("r8", success=None), 8)
     log.add_raw(_record("r9", stream_seq=1), 9)  # names the column the log adds: read through the model
+    # Items of a list the model would refuse (each made reading the log fail once it was loaded).
+    log.add_raw(_record("r10", pinned_costs=[{"provider": "p", "model": "m", "cost_msat": -5}]), 10)
+    log.add_raw(_record("r11", pinned_costs=[{"model": "m", "cost_msat": 5}]), 11)
+    log.add_raw(_record("r12", pinned_costs=[None]), 12)
+    log.add_raw(_record("r13", tier_features=[{"name": "n"}]), 13)
+    log.add_raw(_record("r14", tier_features=[None]), 14)
     items = {r.request_id: r for r in log.requests(RequestsQuery(sort="at", order="asc")).items}
     assert sorted(items) == ["r1", "r2", "r9"]
     assert items["r1"] == RequestRecord.model_validate_json(_record(
         "r1", tier_features=[{"name": "len:2", "weight": 0.5}], predicted_tier="local", tier_confidence=0.9,
         tier_scorer="trained"))
     assert (items["r2"].input_tokens, items["r2"].cost_drift, items["r2"].estimated) == (0, False, False)
-    assert log.applied_seq == 9
+    assert log.applied_seq == 14
     # The same records again (a replay from the stream's start) change nothing.
     log.add_raw(_record("r1"), 1)
     assert log.requests(RequestsQuery()).total == 3
     stats = log.stats(StatsQuery())
     assert (stats.rows[0].requests, stats.rows[0].input_tokens) == (3, 3 + 0 + 3)
+
+
+def test_one_bad_message_among_many_is_found_and_only_it_is_left_out() -> None:
+    p = Projection()
+    raws = []
+    for n in range(1, 40):
+        event = _event(f"a{n}", 1, f"deposit:{n}", Deposited(deposit_id=f"{n}", amount_msat=n, rail="simulated"))
+        raw = _batch(n, [JournalEntry(op_id=f"deposit:{n}", agent_id=f"a{n}", events=[event])])
+        raws.append(raw.replace(b'"at_ms":1001', b'"at_ms":[1]') if n in (7, 30) else raw)
+    for n, raw in enumerate(raws, start=1):
+        p.streams[0].add(raw, n * 2)
+    assert sorted(int(r[2][1:]) for r in _rows(p)) == [n for n in range(1, 40) if n not in (7, 30)]
+    assert p.streams[0].applied_seq == 78
+    p.streams[0].add(raws[0], 80)  # and the table goes on loading
+    assert len(_rows(p)) == 38
+    p.close()
