@@ -50,6 +50,10 @@ FORGET_AGENT_S = 300.0  # an agent with no grant, unseen this long, is forgotten
 # served and charged again, as it was upstream, never charged less.
 SEEN_RIDS = 262_144
 BACKLOG_REPORTS = 4  # unreported requests a grant may carry, in report batches, before new ones wait for the vault
+BACKLOG_WAIT_S = 2.0  # how long a request waits for a backlogged grant's reports before the vault decides it
+GROW_WITHIN_S = 1.0  # a grant used up sooner than this: the next one is twice the size
+SHRINK_AFTER_S = 4.0  # one that lasted longer: the next is half the size, down to the configured one
+GRANT_LOOKS = 3  # a request waits for this many grant openings by others before it opens one itself
 # Requests per report message: the owner decodes and decides a message in one go, so a smaller one keeps its event
 # loop (lease renewals, journal acks) responsive under load. GrantReports accepts up to 4096.
 REPORT_ITEMS = 512
@@ -70,6 +74,7 @@ class _Grant:
     inflight: int = 0
     retired: bool = False
     last_used: float = field(default_factory=time.monotonic)
+    opened_at: float = field(default_factory=time.monotonic)
     items: list[UsageItem] = field(default_factory=list)
     reporting: Optional["asyncio.Task[None]"] = None
     closed: bool = False
@@ -91,6 +96,22 @@ class _Agent:
     inflight: set[str] = field(default_factory=set)  # request ids decided here and not yet resolved
     revocations: int = 0  # a grant asked for before a revocation and answered after it is not used
     touched: float = field(default_factory=time.monotonic)
+    want_msat: int = 0  # what its next grant asks for, grown for an agent that uses grants up fast (0: the base)
+
+
+def next_want(want_msat: int, used_up: Optional[_Grant], now: float, base: int, most: int) -> int:
+    """Grant sizing after the one replaced (RFC 4006 leaves quota sizing to the server; here the gateway asks by
+    rate): a grant used up within GROW_WITHIN_S asks for twice as much next (up to ``most``), one that lasted past
+    SHRINK_AFTER_S for half (not below ``base``). Every grant opened costs a round trip to the partition owner and
+    two journaled commands; a busy agent on a base-size grant paid that several times a second."""
+    if used_up is None:
+        return want_msat
+    lasted = now - used_up.opened_at
+    if lasted < GROW_WITHIN_S:
+        return min(most, max(base, used_up.amount_msat * 2))
+    if lasted > SHRINK_AFTER_S:
+        return used_up.amount_msat // 2 if used_up.amount_msat // 2 > base else 0
+    return want_msat
 
 
 def local_hold(env: Envelope, policy: AgentPolicy) -> tuple[int, int]:
@@ -157,16 +178,21 @@ class GrantMeter:
         agent = self._by_agent.setdefault(where.agent_id, _Agent())
         agent.touched = time.monotonic()
         if self._used_here(agent, where.agent_id, request_id) or not route.candidates or self.needs_vault_hold(route):
-            return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
+            return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint, short=False)
         grant = await self._grant_for(agent, where.agent_id, where.partition, th, route.envelope)
         # Asked again after the wait for a grant: a copy of this request id sent meanwhile may have been served.
         if self._used_here(agent, where.agent_id, request_id):
-            return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
-        if grant is not None and len(grant.items) >= BACKLOG_REPORTS * self.cfg.report_batch:
-            # The owner is not keeping up with this grant's reports: the per-request path, whose answers wait for
-            # the vault, slows this agent down instead of piling up unreported requests here.
+            return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint, short=False)
+        if grant is not None and self._backlogged(grant):
+            # The owner is not keeping up with this grant's reports: the request waits for them, which slows this
+            # agent down to what the owner journals instead of piling up unreported requests here. (It used to be
+            # sent down the per-request path, which costs the owner two commands and two round trips per request
+            # instead of a share of a report: the owner fell further behind.)
             self.stats["backlogged"] += 1
-            grant = None
+            grant = await self._after_backlog(grant)
+            if grant is None or self._used_here(agent, where.agent_id, request_id):
+                return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint,
+                                                short=False)
         if grant is not None:
             amount, out = local_hold(route.envelope, grant.policy)
             if amount <= grant.remaining_msat and allowed_locally(grant.policy, amount):
@@ -179,6 +205,25 @@ class GrantMeter:
                 return Hold(request_id=request_id, agent_id=where.agent_id, amount_msat=amount, output_tokens=out,
                             attempt=secrets.token_hex(8), partition=where.partition, token_hash=th, grant=grant)
         return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
+
+    def _backlogged(self, grant: _Grant) -> bool:
+        return len(grant.items) >= BACKLOG_REPORTS * self.cfg.report_batch
+
+    async def _after_backlog(self, grant: _Grant) -> Optional[_Grant]:
+        """The grant once its backlog of unreported requests is under the bound again; None if it is not within
+        BACKLOG_WAIT_S (or the grant was replaced meanwhile): the vault then decides the request."""
+        deadline = time.monotonic() + BACKLOG_WAIT_S
+        while self._backlogged(grant):
+            left = deadline - time.monotonic()
+            if left <= 0 or not grant.usable(time.monotonic()):
+                return None
+            self._wake.set()
+            task = grant.reporting
+            if task is None or task.done():
+                await asyncio.sleep(min(left, 0.01))  # the next report goes out on the wake just given
+            else:
+                await asyncio.wait({task}, timeout=left)
+        return grant
 
     async def extend(self, hold: Hold, amount_msat: int, provider: str) -> Hold:
         grant = hold.grant
@@ -272,16 +317,20 @@ class GrantMeter:
     # --- grants ------------------------------------------------------------------------------------------
     async def _grant_for(self, agent: _Agent, agent_id: str, partition: int, th: str,
                          env: Envelope) -> Optional[_Grant]:
-        now = time.monotonic()
-        current = agent.grants[-1] if agent.grants else None
-        need = local_hold(env, current.policy if current is not None else AgentPolicy())[0]
-        if current is not None and current.usable(now) and current.token_hash == th \
-                and current.remaining_msat >= need:
-            return current
-        if agent.opening is not None:
-            got = await asyncio.shield(agent.opening)
-            if got is not None and got.usable(time.monotonic()) and got.remaining_msat >= need:
-                return got
+        for _ in range(GRANT_LOOKS):
+            now = time.monotonic()
+            current = agent.grants[-1] if agent.grants else None
+            need = local_hold(env, current.policy if current is not None else AgentPolicy())[0]
+            if current is not None and current.usable(now) and current.token_hash == th \
+                    and current.remaining_msat >= need:
+                return current
+            if agent.opening is None:
+                break
+            # Another request is opening a grant: look again once it is open. By the time this one runs, a busy
+            # agent may have used that grant up and another request be opening the next; taking the per-request
+            # path here instead sent one hot agent's every request to the vault (see ``_slow_reserve``).
+            await asyncio.shield(agent.opening)
+        else:
             return None
         if now < agent.refused_until:
             return None
@@ -302,12 +351,16 @@ class GrantMeter:
             agent.opening = None
 
     async def _open(self, agent: _Agent, agent_id: str, partition: int, th: str, need: int) -> Optional[_Grant]:
+        last = agent.grants[-1] if agent.grants else None
+        base = min(self.cfg.max_msat, max(self.cfg.want_msat, need * self.cfg.requests_per_grant))
+        used_up = last if last is not None and not last.lost and last.remaining_msat < need else None
+        agent.want_msat = next_want(agent.want_msat, used_up, time.monotonic(), base, self.cfg.max_msat)
         for g in agent.grants:
             g.retired = True  # replaced: closed once what is in flight on it is reported
         self._wake.set()
         gid = secrets.token_hex(12)
         revocations = agent.revocations
-        want = min(self.cfg.max_msat, max(self.cfg.want_msat, need * self.cfg.requests_per_grant))
+        want = max(base, agent.want_msat)
         try:
             reply = await self.bus.ask(exchanges.GRANT, GrantRequest(
                 grant_id=gid, agent_id=agent_id, token_hash=th, want_msat=max(want, need), min_msat=max(1, need)),
@@ -345,7 +398,9 @@ class GrantMeter:
         return grant
 
     async def _slow_reserve(self, agent: _Agent, agent_id: str, token: str, request_id: str, route: RouteReply,
-                            endpoint: str) -> Hold:
+                            endpoint: str, short: bool = True) -> Hold:
+        """The vault decides this request. ``short``: because no grant here could cover it (refused, used up, too
+        small, backlogged); else for a reason of the request's own (a request id used before, an approval)."""
         self.stats["slow"] += 1
         # Remembered first: a copy of this request id arriving during the wait below goes to the vault too, which
         # answers for both, instead of being served under a grant still in use beside this one.
@@ -353,7 +408,11 @@ class GrantMeter:
         # What this gateway holds aside must not be why the vault refuses: idle grants go back first, and what
         # was served under a request id is journaled before the vault is asked about that id.
         if agent.grants:
-            agent.refused_until = max(agent.refused_until, time.monotonic() + self.cfg.retry_after_refusal_s)
+            if short and time.monotonic() >= agent.refused_until:
+                # Money is short here: no new grant for a while, or the one opened next would take back what was
+                # just given back. Only a request that found it short starts the pause; the requests sent here
+                # during it do not prolong it (they used to, and kept a busy agent off its grants for good).
+                agent.refused_until = time.monotonic() + self.cfg.retry_after_refusal_s
             await self._give_back_idle([agent])
         return await self.slow.reserve(token, request_id, route, endpoint)
 

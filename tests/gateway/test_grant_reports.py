@@ -3,6 +3,7 @@ reported exactly once across the reports, refusals per grant (pure of NATS: the 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -71,26 +72,19 @@ async def test_a_refused_report_is_dropped_for_that_grant_only() -> None:
     assert len(bus.sent) == 1 and not a.items and not b.items  # one message; a refusal is not sent again
 
 
-async def test_a_grant_whose_reports_lag_sends_new_requests_to_the_vault(monkeypatch: Any) -> None:
-    # Backpressure: an owner that does not keep up with a grant's reports must slow the agent down, not let
-    # unreported requests pile up in the gateway without bound.
+def _lagging_meter(monkeypatch: Any, slow_holds: list[str]) -> tuple[GrantMeter, _Grant, Any]:
+    """A meter whose one grant has no report loop running (the owner never answers unless a test says so)."""
     from actors.runtime.tokens import token_hash
     from schemas.router import Envelope
-
-    slow_holds: list[str] = []
 
     async def slow_reserve(token: str, request_id: str, route: Any, endpoint: str) -> str:
         slow_holds.append(request_id)
         return "vault-hold"
 
-    agents = SimpleNamespace(route_of=lambda th, rid: _route(), forget_agent=lambda a: None)
-
     async def _route_async() -> Any:
         return SimpleNamespace(agent_id="agt_g000000001", partition=3)
 
-    def _route() -> Any:
-        return _route_async()
-
+    agents = SimpleNamespace(route_of=lambda th, rid: _route_async(), forget_agent=lambda a: None)
     m = GrantMeter(SimpleNamespace(max_payload=1 << 20),  # type: ignore[arg-type]
                    SimpleNamespace(bus=RecordingBus(), agents=agents, reserve=slow_reserve),
                    GrantsConfig(report_batch=2))
@@ -105,13 +99,62 @@ async def test_a_grant_whose_reports_lag_sends_new_requests_to_the_vault(monkeyp
     m._live[g] = m._by_agent[g.agent_id]
     route = SimpleNamespace(candidates=[object()], envelope=Envelope(input_tokens=10, output_tokens=10, input_rate=1,
                                                                        output_rate=1, max_output_tokens=10))
+    return m, g, route
+
+
+async def test_a_grant_whose_reports_lag_makes_new_requests_wait_then_sends_them_to_the_vault(
+        monkeypatch: Any) -> None:
+    # Backpressure: an owner that does not keep up with a grant's reports must slow the agent down, not let
+    # unreported requests pile up in the gateway without bound.
+    import gateway.grant_meter as grant_meter
+
+    monkeypatch.setattr(grant_meter, "BACKLOG_WAIT_S", 0.05)
+    slow_holds: list[str] = []
+    m, g, route = _lagging_meter(monkeypatch, slow_holds)
+    waited = []
     for k in range(12):
+        started = time.monotonic()
         hold = await m.reserve("arb_tok", f"r{k}", route, "chat")  # type: ignore[arg-type]
+        waited.append(time.monotonic() - started)
         if hold != "vault-hold":
             g.inflight -= 1
             g.items.append(UsageItem(kind="release", request_id=f"r{k}", attempt="a1"))  # served, not reported yet
     assert len(g.items) == 8 and slow_holds == [f"r{k}" for k in range(8, 12)]  # 4 report batches of 2, then wait
-    assert m.stats["backlogged"] == 1  # then the per-request path for a while (the grant is given back once idle)
+    assert waited[8] >= 0.05 and m.stats["backlogged"] == 1  # it waited for the reports first
+    assert g.retired  # then the idle grant is given back, and the vault decides until one is opened again
+
+
+async def test_a_backlogged_grant_decides_locally_again_as_soon_as_its_reports_land(monkeypatch: Any) -> None:
+    slow_holds: list[str] = []
+    m, g, route = _lagging_meter(monkeypatch, slow_holds)
+    g.items.extend(UsageItem(kind="release", request_id=f"old{k}", attempt="a1") for k in range(8))
+
+    async def owner_answers() -> None:
+        await asyncio.sleep(0.05)
+        del g.items[:]
+
+    g.reporting = asyncio.ensure_future(owner_answers())
+    started = time.monotonic()
+    hold = await m.reserve("arb_tok", "r-next", route, "chat")  # type: ignore[arg-type]
+    assert hold != "vault-hold" and hold.grant is g and slow_holds == []
+    assert 0.05 <= time.monotonic() - started < 1.0
+
+
+def test_a_busy_agents_grants_grow_and_a_quiet_ones_shrink_back() -> None:
+    from gateway.grant_meter import next_want
+
+    def used(amount: int, lasted_s: float) -> _Grant:
+        g = grant("g000000002", 0)
+        g.amount_msat, g.opened_at = amount, 100.0 - lasted_s
+        return g
+
+    base, most = 1_000_000, 100_000_000
+    assert next_want(0, None, 100.0, base, most) == 0  # nothing used up: as configured
+    assert next_want(0, used(base, 0.2), 100.0, base, most) == 2 * base
+    assert next_want(0, used(64_000_000, 0.2), 100.0, base, most) == most  # never past the configured largest
+    assert next_want(4 * base, used(4 * base, 2.0), 100.0, base, most) == 4 * base  # lasted 1-4 s: kept
+    assert next_want(4 * base, used(4 * base, 9.0), 100.0, base, most) == 2 * base
+    assert next_want(2 * base, used(2 * base, 9.0), 100.0, base, most) == 0  # back to the configured size
 
 
 async def test_what_arrives_while_a_report_is_in_flight_waits_for_the_next_tick_unless_a_batch_is_full() -> None:
