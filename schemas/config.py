@@ -424,7 +424,9 @@ class GrantsConfig(_Section):
 
     enabled: bool = Field(True, description="false: every paid request is reserved and settled at the vault")
     want_msat: int = Field(1_000_000, ge=1, le=MAX_MSAT, description="the usual size of a grant (capped by the "
-                                                                      "balance and the daily limit)")
+                                                                      "balance and the daily limit); an agent that "
+                                                                      "uses its grants up within 1 s is granted "
+                                                                      "twice as much each time, up to max_msat")
     requests_per_grant: int = Field(64, ge=1, le=1_000_000, description="a grant covers at least this many holds "
                                                                         "of the request that asked for it")
     max_msat: int = Field(100_000_000, ge=1, le=MAX_MSAT, description="the largest grant asked for")
