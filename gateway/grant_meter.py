@@ -99,18 +99,19 @@ class _Agent:
     want_msat: int = 0  # what its next grant asks for, grown for an agent that uses grants up fast (0: the base)
 
 
-def next_want(want_msat: int, used_up: Optional[_Grant], now: float, base: int, most: int) -> int:
-    """Grant sizing after the one replaced (RFC 4006 leaves quota sizing to the server; here the gateway asks by
-    rate): a grant used up within GROW_WITHIN_S asks for twice as much next (up to ``most``), one that lasted past
-    SHRINK_AFTER_S for half (not below ``base``). Every grant opened costs a round trip to the partition owner and
-    two journaled commands; a busy agent on a base-size grant paid that several times a second."""
-    if used_up is None:
+def next_want(want_msat: int, last: Optional[_Grant], used_up: bool, now: float, base: int, most: int) -> int:
+    """Grant sizing from the grant being replaced (RFC 4006 leaves quota sizing to the server; here the gateway
+    asks by rate): one used up within GROW_WITHIN_S asks for twice as much next (up to ``most``); one that lasted
+    past SHRINK_AFTER_S, used up or not, for half (back to ``base``, 0, when half is no more). Every grant opened
+    costs a round trip to the partition owner and two journaled commands; a busy agent on a base-size grant paid
+    that several times a second, and a quiet one must not keep a burst's grant size."""
+    if last is None:
         return want_msat
-    lasted = now - used_up.opened_at
-    if lasted < GROW_WITHIN_S:
-        return min(most, max(base, used_up.amount_msat * 2))
+    lasted = now - last.opened_at
+    if used_up and lasted < GROW_WITHIN_S:
+        return min(most, max(base, last.amount_msat * 2))
     if lasted > SHRINK_AFTER_S:
-        return used_up.amount_msat // 2 if used_up.amount_msat // 2 > base else 0
+        return last.amount_msat // 2 if last.amount_msat // 2 > base else 0
     return want_msat
 
 
@@ -179,7 +180,7 @@ class GrantMeter:
         agent.touched = time.monotonic()
         if self._used_here(agent, where.agent_id, request_id) or not route.candidates or self.needs_vault_hold(route):
             return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint, short=False)
-        grant = await self._grant_for(agent, where.agent_id, where.partition, th, route.envelope)
+        grant, short = await self._grant_for(agent, where.agent_id, where.partition, th, route.envelope)
         # Asked again after the wait for a grant: a copy of this request id sent meanwhile may have been served.
         if self._used_here(agent, where.agent_id, request_id):
             return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint, short=False)
@@ -189,10 +190,12 @@ class GrantMeter:
             # sent down the per-request path, which costs the owner two commands and two round trips per request
             # instead of a share of a report: the owner fell further behind.)
             self.stats["backlogged"] += 1
-            grant = await self._after_backlog(grant)
-            if grant is None or self._used_here(agent, where.agent_id, request_id):
+            waited = await self._after_backlog(grant)
+            if self._used_here(agent, where.agent_id, request_id):
                 return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint,
                                                 short=False)
+            # Still backlogged: the pause keeps this agent's next requests at the vault's pace.
+            short, grant = waited is None and self._backlogged(grant), waited
         if grant is not None:
             amount, out = local_hold(route.envelope, grant.policy)
             if amount <= grant.remaining_msat and allowed_locally(grant.policy, amount):
@@ -204,7 +207,8 @@ class GrantMeter:
                 self.stats["local"] += 1
                 return Hold(request_id=request_id, agent_id=where.agent_id, amount_msat=amount, output_tokens=out,
                             attempt=secrets.token_hex(8), partition=where.partition, token_hash=th, grant=grant)
-        return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint)
+            short = amount > grant.remaining_msat  # else the policy sends it to the vault (max per tx, approval)
+        return await self._slow_reserve(agent, where.agent_id, token, request_id, route, endpoint, short=short)
 
     def _backlogged(self, grant: _Grant) -> bool:
         return len(grant.items) >= BACKLOG_REPORTS * self.cfg.report_batch
@@ -223,7 +227,8 @@ class GrantMeter:
                 await asyncio.sleep(min(left, 0.01))  # the next report goes out on the wake just given
             else:
                 await asyncio.wait({task}, timeout=left)
-        return grant
+        # Replaced, revoked or past its use while this request waited: never decided under it (it may be closed).
+        return grant if grant.usable(time.monotonic()) else None
 
     async def extend(self, hold: Hold, amount_msat: int, provider: str) -> Hold:
         grant = hold.grant
@@ -302,6 +307,7 @@ class GrantMeter:
         for agent in agents:
             agent.refused_until = 0.0
             agent.revocations += 1
+            agent.want_msat = 0  # the rules changed: grants start again at the configured size
             for g in agent.grants:
                 g.retired = True
         if agent_id is not None:
@@ -316,45 +322,48 @@ class GrantMeter:
 
     # --- grants ------------------------------------------------------------------------------------------
     async def _grant_for(self, agent: _Agent, agent_id: str, partition: int, th: str,
-                         env: Envelope) -> Optional[_Grant]:
-        for _ in range(GRANT_LOOKS):
+                         env: Envelope) -> tuple[Optional[_Grant], bool]:
+        """The grant to decide this request under, or None and whether that is for want of money (a grant refused
+        lately, or none to be had) rather than of patience (grants opened by others used up before this one ran)."""
+        for look in range(GRANT_LOOKS + 1):
             now = time.monotonic()
             current = agent.grants[-1] if agent.grants else None
             need = local_hold(env, current.policy if current is not None else AgentPolicy())[0]
             if current is not None and current.usable(now) and current.token_hash == th \
                     and current.remaining_msat >= need:
-                return current
+                return current, False
             if agent.opening is None:
                 break
+            if look == GRANT_LOOKS:
+                return None, False
             # Another request is opening a grant: look again once it is open. By the time this one runs, a busy
             # agent may have used that grant up and another request be opening the next; taking the per-request
             # path here instead sent one hot agent's every request to the vault (see ``_slow_reserve``).
             await asyncio.shield(agent.opening)
-        else:
-            return None
         if now < agent.refused_until:
-            return None
+            return None, True
         fut: asyncio.Future[Optional[_Grant]] = asyncio.get_running_loop().create_future()
         agent.opening = fut
         try:
             grant = await self._open(agent, agent_id, partition, th, need)
             fut.set_result(grant)
-            return grant
+            return grant, True
         except BaseException as e:
             fut.set_result(None)
             if not isinstance(e, Exception):
                 raise
             # Not a refusal (those are answered in _open): a fault of ours. The per-request path still serves.
             log.exception("agent %s: opening a grant failed", agent_id)
-            return None
+            return None, True
         finally:
             agent.opening = None
 
     async def _open(self, agent: _Agent, agent_id: str, partition: int, th: str, need: int) -> Optional[_Grant]:
         last = agent.grants[-1] if agent.grants else None
         base = min(self.cfg.max_msat, max(self.cfg.want_msat, need * self.cfg.requests_per_grant))
-        used_up = last if last is not None and not last.lost and last.remaining_msat < need else None
-        agent.want_msat = next_want(agent.want_msat, used_up, time.monotonic(), base, self.cfg.max_msat)
+        if last is not None and not last.lost:
+            agent.want_msat = next_want(agent.want_msat, last, last.remaining_msat < need, time.monotonic(), base,
+                                        self.cfg.max_msat)
         for g in agent.grants:
             g.retired = True  # replaced: closed once what is in flight on it is reported
         self._wake.set()

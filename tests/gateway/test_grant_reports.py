@@ -143,18 +143,39 @@ async def test_a_backlogged_grant_decides_locally_again_as_soon_as_its_reports_l
 def test_a_busy_agents_grants_grow_and_a_quiet_ones_shrink_back() -> None:
     from gateway.grant_meter import next_want
 
-    def used(amount: int, lasted_s: float) -> _Grant:
+    def last(amount: int, lasted_s: float) -> _Grant:
         g = grant("g000000002", 0)
         g.amount_msat, g.opened_at = amount, 100.0 - lasted_s
         return g
 
     base, most = 1_000_000, 100_000_000
-    assert next_want(0, None, 100.0, base, most) == 0  # nothing used up: as configured
-    assert next_want(0, used(base, 0.2), 100.0, base, most) == 2 * base
-    assert next_want(0, used(64_000_000, 0.2), 100.0, base, most) == most  # never past the configured largest
-    assert next_want(4 * base, used(4 * base, 2.0), 100.0, base, most) == 4 * base  # lasted 1-4 s: kept
-    assert next_want(4 * base, used(4 * base, 9.0), 100.0, base, most) == 2 * base
-    assert next_want(2 * base, used(2 * base, 9.0), 100.0, base, most) == 0  # back to the configured size
+    assert next_want(0, None, False, 100.0, base, most) == 0  # no grant before: as configured
+    assert next_want(0, last(base, 0.2), True, 100.0, base, most) == 2 * base  # used up within a second
+    assert next_want(0, last(base, 0.2), False, 100.0, base, most) == 0  # replaced early, not used up: kept
+    assert next_want(0, last(64_000_000, 0.2), True, 100.0, base, most) == most  # never past the largest
+    assert next_want(4 * base, last(4 * base, 2.0), True, 100.0, base, most) == 4 * base  # lasted 1-4 s: kept
+    assert next_want(4 * base, last(4 * base, 9.0), True, 100.0, base, most) == 2 * base
+    assert next_want(4 * base, last(4 * base, 9.0), False, 100.0, base, most) == 2 * base  # quiet: shrinks too
+    assert next_want(2 * base, last(2 * base, 9.0), False, 100.0, base, most) == 0  # back to the configured size
+
+
+async def test_a_grant_replaced_while_a_request_waited_for_its_reports_is_not_used(monkeypatch: Any) -> None:
+    import gateway.grant_meter as grant_meter
+
+    monkeypatch.setattr(grant_meter, "BACKLOG_WAIT_S", 1.0)
+    slow_holds: list[str] = []
+    m, g, route = _lagging_meter(monkeypatch, slow_holds)
+    g.items.extend(UsageItem(kind="release", request_id=f"old{k}", attempt="a1") for k in range(8))
+
+    async def revoked_then_reported() -> None:
+        await asyncio.sleep(0.02)
+        g.retired = True  # a revocation (or a newer grant) while the request waits
+        del g.items[:]
+
+    g.reporting = asyncio.ensure_future(revoked_then_reported())
+    hold = await m.reserve("arb_tok", "r-next", route, "chat")  # type: ignore[arg-type]
+    assert hold == "vault-hold" and slow_holds == ["r-next"]
+    assert (g.used_msat, g.inflight, g.items) == (0, 0, [])  # nothing decided under it
 
 
 async def test_what_arrives_while_a_report_is_in_flight_waits_for_the_next_tick_unless_a_batch_is_full() -> None:
