@@ -56,7 +56,7 @@ GC_THRESHOLDS = (20_000, 20, 20)
 
 
 def tune_gc() -> None:
-    """Fewer collector passes, and what is loaded at start (modules, config) never scanned again."""
+    """Fewer collector passes (``freeze_startup_objects`` then takes what start-up loaded out of every scan)."""
     gc.set_threshold(*GC_THRESHOLDS)
 
 

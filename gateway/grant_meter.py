@@ -53,7 +53,7 @@ BACKLOG_REPORTS = 4  # unreported requests a grant may carry, in report batches,
 BACKLOG_WAIT_S = 2.0  # how long a request waits for a backlogged grant's reports before the vault decides it
 GROW_WITHIN_S = 1.0  # a grant used up sooner than this: the next one is twice the size
 SHRINK_AFTER_S = 4.0  # one that lasted longer: the next is half the size, down to the configured one
-GRANT_LOOKS = 3  # a request waits for this many grant openings by others before it opens one itself
+GRANT_LOOKS = 3  # a request waits for this many grant openings by others before the vault decides it
 # Requests per report message: the owner decodes and decides a message in one go, so a smaller one keeps its event
 # loop (lease renewals, journal acks) responsive under load. GrantReports accepts up to 4096.
 REPORT_ITEMS = 512
@@ -407,7 +407,7 @@ class GrantMeter:
         return grant
 
     async def _slow_reserve(self, agent: _Agent, agent_id: str, token: str, request_id: str, route: RouteReply,
-                            endpoint: str, short: bool = True) -> Hold:
+                            endpoint: str, short: bool) -> Hold:
         """The vault decides this request. ``short``: because no grant here could cover it (refused, used up, too
         small, backlogged); else for a reason of the request's own (a request id used before, an approval)."""
         self.stats["slow"] += 1

@@ -235,6 +235,14 @@ class SpooledTable:
         messages = [list(group) for _, group in groupby(pending, key=lambda p: p[0])]
         loaded: list[tuple[int, str]] = []
 
+        def split(part: list[list[tuple[int, str]]], e: Exception) -> None:
+            if len(part) == 1:
+                log.error("%s: the message at stream sequence %s cannot be loaded, left out (%s)", self._meta_key,
+                          part[0][0][0], e)
+                return
+            load(part[:len(part) // 2])
+            load(part[len(part) // 2:])
+
         def load(part: list[list[tuple[int, str]]]) -> None:
             try:
                 bulk_load(self.db, self._spool_file, self._read_sql, [line for m in part for _, line in m],
@@ -242,12 +250,7 @@ class SpooledTable:
                 loaded.extend(p for m in part for p in m)
                 self.applied_seq = part[-1][0][0]
             except BAD_INPUT as e:
-                if len(part) == 1:
-                    log.error("%s: the message at stream sequence %s cannot be loaded, left out (%s)",
-                              self._meta_key, part[0][0][0], e)
-                    return
-                load(part[:len(part) // 2])
-                load(part[len(part) // 2:])
+                split(part, e)
             except Exception:
                 # Not the messages' fault (the disk, memory): from this part on, the next flush tries again.
                 with self._buffer_lock:
@@ -255,12 +258,8 @@ class SpooledTable:
                 raise
 
         log.warning("%s: a bulk load refused its input (%s); finding the message at fault", self._meta_key, error)
-        if len(messages) > 1:
-            load(messages[:len(messages) // 2])
-            load(messages[len(messages) // 2:])
-        elif messages:
-            log.error("%s: the message at stream sequence %s cannot be loaded, left out (%s)", self._meta_key,
-                      messages[0][0][0], error)
+        if messages:
+            split(messages, error)  # the whole was tried already
         bulk_load(self.db, self._spool_file, self._read_sql, [], self._meta_key, seq)
         return loaded
 
