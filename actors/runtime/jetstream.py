@@ -28,8 +28,15 @@ STARTUP_BUDGET_S = 60.0
 # leaves a follower blind for 10 s after a node dies.
 HEARTBEAT_S = 1.0
 
+
+
+class NotYetVisible(NatsError):
+    """A stream or bucket another instance is creating this moment: a cluster answers "not found" until its
+    assignment has spread, so the same "try again shortly" as an election."""
+
+
 # What a JetStream election, a lost server or a reconnect looks like to a handler: over in seconds.
-TRANSIENT = (NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError,
+TRANSIENT = (NotYetVisible, NatsTimeoutError, NoRespondersError, NoStreamResponseError, ServiceUnavailableError,
              ConnectionClosedError, ConnectionDrainingError, ConnectionReconnectingError,
              OutboundBufferLimitError, StaleConnectionError)
 
@@ -54,7 +61,10 @@ async def open_bucket(nc: NATS, bucket: str, history: int = 1, replicas: int = 1
             if isinstance(e, TRANSIENT):
                 raise
             # Someone created it meanwhile (perhaps with other settings): theirs is as good as ours.
-            return await js.key_value(bucket)
+            try:
+                return await js.key_value(bucket)
+            except BucketNotFoundError:
+                raise NotYetVisible(f"bucket {bucket}: {e}") from e  # theirs is still being made, or ours failed
 
     kv = await retry_transient(open_or_create, f"bucket {bucket}")
     await wait_stream_leader(nc, f"KV_{bucket}")
@@ -76,6 +86,10 @@ async def ensure_stream(nc: NATS, config: StreamConfig, timeout_s: float = START
                 if isinstance(e, TRANSIENT):
                     raise
                 log.debug("add_stream %s: %s", config.name, e)  # created concurrently by another instance
+                try:
+                    await js.stream_info(config.name)  # type: ignore[arg-type]
+                except NotFoundError:
+                    raise NotYetVisible(f"stream {config.name}: {e}") from e  # still being made, or ours failed
 
     await retry_transient(create, f"stream {config.name}", timeout_s)
     await wait_stream_leader(nc, config.name, timeout_s)
@@ -86,7 +100,10 @@ async def wait_stream_leader(nc: NATS, stream: str, timeout_s: float = STARTUP_B
     js = nc.jetstream(timeout=1.0)
 
     async def leader() -> None:
-        info = await js.stream_info(stream)
+        try:
+            info = await js.stream_info(stream)
+        except NotFoundError as e:  # made a moment ago (by us or another instance): not visible everywhere yet
+            raise NotYetVisible(f"stream {stream}") from e
         if info.cluster is not None and not info.cluster.leader:
             raise NoRespondersError  # no leader yet: the same "try again shortly"
 
