@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable, Optional
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from actors.runtime.connection import connect
+from actors.runtime.connection import connect, flush_in_order
 from actors.runtime.tasks import until_stopped
 from schemas import exchanges, subjects
 from schemas.bus_permissions import GATEWAY as GATEWAY_IDENTITY
@@ -178,6 +178,7 @@ class Gateway:
             await self.meter.start()
         self.metrics.start(self.nc)
         await self.directory.start(self.nc)
+        await flush_in_order(self.nc)  # revocations heard from the first request on
 
     async def _cleanup(self, app: web.Application) -> None:
         await self.meter.close()  # before the connection drains: releases still in flight reach the journal

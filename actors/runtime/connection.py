@@ -71,3 +71,14 @@ async def connect(url: str, name: str, identity: Optional[str] = None, creds: Op
         **credential_options(identity or identity_of_service(name), creds),
         **kwargs,
     )
+
+
+async def flush_in_order(nc: NATS, timeout_s: float = 10.0) -> None:
+    """Return once the server has processed everything sent so far: subscriptions made a moment ago included.
+
+    nats-py (2.16) writes ``flush()``'s PING straight to the socket, ahead of the SUBs still queued for its flusher
+    task, so its PONG can come back before the server has a subscription (seen: a service that had just started
+    answered a request with "no responders"). By the time the first PONG is back the queue has been written out,
+    so the second PING follows every SUB."""
+    await nc.flush(timeout_s)  # type: ignore[arg-type]
+    await nc.flush(timeout_s)  # type: ignore[arg-type]

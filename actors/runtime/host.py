@@ -20,7 +20,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import EndpointConfig, Service
 
-from .connection import connect
+from .connection import connect, flush_in_order
 from .endpoints import QUEUE_GROUP, Endpoint, answer
 from .tasks import until_stopped
 
@@ -74,7 +74,7 @@ class ActorHost:
             await self._service.add_endpoint(
                 EndpointConfig(name=ep.name, subject=ep.subject, handler=self._dispatcher(ep), queue_group=QUEUE_GROUP)
             )
-        await self.nc.flush()
+        await flush_in_order(self.nc)  # answering from the moment start returns, not a round trip later
 
     def _stats(self, endpoint_stats: Any) -> dict[str, Any]:
         c = self._counters.get(endpoint_stats.subject)

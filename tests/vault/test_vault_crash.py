@@ -28,6 +28,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from actors.runtime.connection import flush_in_order
 from actors.runtime.host import ActorHost
 from actors.vault.actor import VaultActor
 from actors.vault.fold import fold, view
@@ -152,7 +153,7 @@ async def test_hold_of_a_dead_gateway_resolves_once_at_its_ttl(fresh_nats: NatsS
             seen.append(SpendEvent.model_validate_json(msg.data))
 
         sub = await client.subscribe(subjects.spend(agent_id), cb=on_spend)
-        await client.flush()
+        await flush_in_order(client)
 
         hold = await reserve(bus, token, "orphan-1")  # ... and the gateway that asked for it dies here
         assert hold.amount_msat == 10_000
