@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from actors.runtime.endpoints import Endpoint, RawReply, answer, error_reply, serve
 from schemas import subjects
 from schemas.errors import ArbstrError
-from schemas.exchanges import Exchange
+from schemas.exchanges import Exchange, decode_error, reply_status
 from schemas.vault import AgentRoute, ApprovalAction, CreateAgent, ReserveRequest, SettleCommand, TokenRef
 
 from .core import VaultCore
@@ -30,6 +30,13 @@ log = logging.getLogger("arbstr.vault")
 H_FORWARDED = "Arbstr-Forwarded"  # a command one vault instance passed to the owner: never passed on again
 
 FORWARD_WAIT_S = 5.0  # how long a command waits for a partition's owner to appear (a takeover takes ≤ 3 s)
+
+
+def _says_moved(data: bytes, headers: Optional[dict[str, str]]) -> bool:
+    if reply_status(headers) != "503":
+        return False
+    error = decode_error(data, headers)
+    return error is not None and error.code == "partition_moved"
 
 
 def unauthorized() -> ArbstrError:
@@ -83,7 +90,14 @@ class CommandRouting(VaultCore):
             try:
                 reply = await self.nc.request(op.exchange.on_partition(k), data, timeout=op.timeout_s,
                                               headers=fwd)
-                return RawReply(reply.data, dict(reply.headers) if reply.headers else None)
+                headers = dict(reply.headers) if reply.headers else None
+                # The instance it reached is letting the partition go: nothing of the command stands (or, for a
+                # batch cut off as it stopped, it is recognised by its ids when asked again), so ask the next owner
+                # rather than hand the caller a 503 for a takeover it need not see.
+                if _says_moved(reply.data, headers) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                    continue
+                return RawReply(reply.data, headers)
             except NoRespondersError:
                 if time.monotonic() > deadline:
                     raise ArbstrError(503, f"no vault instance serves partition {k} yet", code="partition_unowned",

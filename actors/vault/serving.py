@@ -89,8 +89,10 @@ class PartitionServing(VaultCore):
         owner = self.owners.pop(k, None)
         sub = self._subs.pop(k, None)
         if sub is not None:
+            # Drained, not dropped: a command already delivered here is answered "moved" (the caller asks the new
+            # owner at once) instead of waiting out its whole timeout for a reply that never comes.
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await sub.drain()
         if owner is None:
             return
         graceful = owner.writer is None or owner.writer.stopped is None

@@ -54,3 +54,47 @@ async def test_reserve_and_settle_on_the_partition_subject_and_an_unknown_op(fre
     finally:
         await nc.close()
         await vaults.stop()
+
+
+async def test_a_command_forwarded_to_an_instance_letting_the_partition_go_is_asked_again(
+        fresh_nats: NatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The instance a forward reaches answers "moved" (it is handing the partition over): the forwarder asks again
+    until the next owner answers, so the caller never sees the takeover; an owner that never comes is a 503 once
+    the wait is over."""
+    from actors.runtime.endpoints import error_reply
+    from actors.vault import routing
+    from actors.vault.actor import VaultActor
+    from actors.vault.group_commit import moved
+
+    nc = await nats.connect(fresh_nats.url)
+    forwarder = VaultActor(parse_config({"vault": vault_section()}))
+    forwarder.nc = nc
+    op = forwarder._ops["settle"]
+    k = 3
+    cmd = SettleCommand(kind="settle", request_id="r1", agent_id="agt_x", cost_msat=1)
+    seen: list[str] = []
+    moved_answers = {"left": 2}
+
+    async def departing_then_new_owner(msg: nats.aio.msg.Msg) -> None:
+        seen.append(dict(msg.headers or {}).get(routing.H_FORWARDED, ""))
+        if moved_answers["left"] > 0:
+            moved_answers["left"] -= 1
+            data, headers = error_reply(moved(k))
+            await nc.publish(msg.reply, data, headers=headers)
+        else:
+            await nc.publish(msg.reply, Empty().model_dump_json().encode())
+
+    sub = await nc.subscribe(op.exchange.on_partition(k), cb=departing_then_new_owner)
+    try:
+        reply = await forwarder._forward(k, op, cmd, {})
+        assert decode_error(reply.data, reply.headers) is None and len(seen) == 3
+        assert all(s == forwarder.instance for s in seen)  # marked as forwarded: never passed on again
+
+        moved_answers["left"] = 10**6  # nobody takes the partition
+        monkeypatch.setattr(routing, "FORWARD_WAIT_S", 0.3)
+        reply = await forwarder._forward(k, op, cmd, {})
+        error = decode_error(reply.data, reply.headers)
+        assert error is not None and (error.status, error.code) == (503, "partition_moved")
+    finally:
+        await sub.unsubscribe()
+        await nc.close()
