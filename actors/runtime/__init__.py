@@ -20,7 +20,7 @@ from typing import Any
 
 _FLAT = {
     "ENV_CREDS": "connection", "read_seed": "connection", "credential_options": "connection", "connect": "connection",
-    "flush_in_order": "connection",
+    "flush_in_order": "connection", "drain_in_order": "connection",
     "token_hash": "tokens", "admin_token_hash": "tokens", "check_admin": "tokens",
     "unsubscribe_quietly": "tasks", "wait_condition": "tasks", "cancel_and_wait": "tasks",
     "STARTUP_BUDGET_S": "jetstream", "open_bucket": "jetstream", "ensure_stream": "jetstream",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any, Optional
 
 import nats
 from nats.aio.client import Client as NATS
+from nats.aio.subscription import Subscription
 
 from schemas.bus_permissions import IDENTITIES, identity_of_service, inbox_prefix
 
@@ -79,6 +81,27 @@ async def flush_in_order(nc: NATS, timeout_s: float = 10.0) -> None:
     nats-py (2.16) writes ``flush()``'s PING straight to the socket, ahead of the SUBs still queued for its flusher
     task, so its PONG can come back before the server has a subscription (seen: a service that had just started
     answered a request with "no responders"). By the time the first PONG is back the queue has been written out,
-    so the second PING follows every SUB."""
+    so the second PING follows every SUB. This is about the server the connection is on: in a cluster, interest
+    reaches the other nodes a moment later. ``timeout_s`` bounds each round trip."""
     await nc.flush(timeout_s)  # type: ignore[arg-type]
     await nc.flush(timeout_s)  # type: ignore[arg-type]
+
+
+async def drain_in_order(nc: NATS, sub: Subscription, timeout_s: float = 2.0) -> None:
+    """Stop a subscription without dropping a message the server already sent it: each one reaches the callback,
+    then the subscription goes.
+
+    nats-py's own ``drain`` has ``flush``'s gap: its PING overtakes the queued UNSUB, so a message routed between
+    the two could arrive after the subscription was removed, and be dropped (its sender then waits out a timeout).
+    Here the UNSUB goes first and is pinged past in order. Bounded: when the connection is lost or stuck, the
+    subscription is still removed locally, so a reconnect does not subscribe it again."""
+    removed = False
+    try:
+        await nc._send_unsubscribe(sub._id)  # nats-py offers no public way to send it ahead of the drain's ping
+        await flush_in_order(nc, timeout_s)
+        await asyncio.wait_for(sub.drain(), timeout_s)
+        removed = True
+    finally:
+        if not removed:
+            sub._stop_processing()
+            nc._remove_sub(sub._id)

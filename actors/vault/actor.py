@@ -244,13 +244,13 @@ class VaultActor(LedgerSetup, PartitionServing, CommandRouting, HoldsApi, Settle
         by_token = self._by_token
         by_agent = self._by_agent
         return [
-            Op(ex.RESERVE, self._reserve, self._reserve_route),
+            Op(ex.RESERVE, self._reserve, self._reserve_route, retry_moved=True),
             Op(ex.AWAIT_APPROVAL, self._wait_approval, self._reserve_route, timeout_s=86_400),
-            Op(ex.EXTEND, self._extend, by_agent),  # partition subjects only
-            Op(ex.GRANT, self.grants.grant, by_agent),  # a gateway's slice of an agent's balance
-            Op(ex.GRANT_USAGE, self.grants.reports, self._first_report, timeout_s=30.0),
-            Op(ex.RELEASE, self._settle_now, self._settle_route),
-            Op(ex.SETTLE, self._settle_now, self._settle_route),
+            Op(ex.EXTEND, self._extend, by_agent, retry_moved=True),  # partition subjects only
+            Op(ex.GRANT, self.grants.grant, by_agent, retry_moved=True),  # a gateway's slice of an agent's balance
+            Op(ex.GRANT_USAGE, self.grants.reports, self._first_report, timeout_s=30.0, retry_moved=True),
+            Op(ex.RELEASE, self._settle_now, self._settle_route, retry_moved=True),
+            Op(ex.SETTLE, self._settle_now, self._settle_route, retry_moved=True),
             Op(ex.CREDIT, self._credit_here, by_agent),  # internal: owner to owner only
             # Paying Routstr nodes: payouts of the operator account, so decided where its partition is served.
             Op(ex.XCASHU_TOKEN, self._x_cashu_token, self._operator_route, timeout_s=RAIL_TIMEOUT_S),

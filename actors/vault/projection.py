@@ -348,5 +348,6 @@ class Projection:
         try:
             self.flush()
         finally:
-            self.db.close()
+            with self._lock:  # DuckDB 2 refuses (does not wait) while a flush thread still uses the connection
+                self.db.close()
             shutil.rmtree(self._spool, ignore_errors=True)

@@ -56,6 +56,10 @@ class Op:
     handler: Callable[..., Awaitable[Any]]
     route: Optional[Route] = None  # None: answered here, by whichever instance receives it
     timeout_s: float = 5.0  # when forwarded to the partition's owner
+    # A forward answered "moved" (that instance is letting the partition go) is asked again of the next owner. Only
+    # for commands a second delivery is recognised by (request, grant or deposit ids): one answered "moved" may
+    # have been journaled after all (a batch whose ack was lost as the owner was fenced).
+    retry_moved: bool = False
 
     @property
     def name(self) -> str:
@@ -86,18 +90,19 @@ class CommandRouting(VaultCore):
         data = msg.model_dump_json().encode()
         fwd = {**headers, H_FORWARDED: self.instance}
         deadline = time.monotonic() + FORWARD_WAIT_S
+        timeout_s = op.timeout_s
         while True:
             try:
-                reply = await self.nc.request(op.exchange.on_partition(k), data, timeout=op.timeout_s,
-                                              headers=fwd)
-                headers = dict(reply.headers) if reply.headers else None
-                # The instance it reached is letting the partition go: nothing of the command stands (or, for a
-                # batch cut off as it stopped, it is recognised by its ids when asked again), so ask the next owner
-                # rather than hand the caller a 503 for a takeover it need not see.
-                if _says_moved(reply.data, headers) and time.monotonic() < deadline:
+                reply = await self.nc.request(op.exchange.on_partition(k), data, timeout=timeout_s, headers=fwd)
+                got = dict(reply.headers) if reply.headers else None
+                # The instance it reached is letting the partition go: ask the next owner rather than hand the
+                # caller a 503 for a takeover it need not see (within the wait, each try bounded by what is left).
+                left = deadline - time.monotonic()
+                if op.retry_moved and left > 0.1 and _says_moved(reply.data, got):
                     await asyncio.sleep(0.05)
+                    timeout_s = min(op.timeout_s, max(left, 0.5))
                     continue
-                return RawReply(reply.data, headers)
+                return RawReply(reply.data, got)
             except NoRespondersError:
                 if time.monotonic() > deadline:
                     raise ArbstrError(503, f"no vault instance serves partition {k} yet", code="partition_unowned",

@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any, Callable, Optional
 
+from actors.runtime.connection import drain_in_order
 from actors.runtime.endpoints import QUEUE_GROUP
 from schemas import subjects
 from schemas.ledger import Denied, Expired, JournalBatch, JournalEntry, LedgerEvent, Released, Settled, batch_hash
@@ -92,12 +93,16 @@ class PartitionServing(VaultCore):
             # Drained, not dropped: a command already delivered here is answered "moved" (the caller asks the new
             # owner at once) instead of waiting out its whole timeout for a reply that never comes.
             with contextlib.suppress(Exception):
-                await sub.drain()
+                await drain_in_order(self.nc, sub)  # type: ignore[arg-type]
         if owner is None:
             return
         graceful = owner.writer is None or owner.writer.stopped is None
         await owner.stop(reason, graceful=graceful)
         await owner.timers.stop()
+        if self.book.owned.get(k, owner.claim.epoch) != owner.claim.epoch:
+            log.info("partition %s: no longer served under epoch %d (taken here again meanwhile)", k,
+                     owner.claim.epoch)
+            return  # the new claim's state is not this stop's to undo
         self.book.owned.pop(k, None)
         overtaken = k in self.book.overtaken
         self.book.overtaken.discard(k)

@@ -147,15 +147,17 @@ def projection_sums(projection: Projection, agent_id: str) -> dict[str, int]:
     """What the DuckDB projection says of one agent, from its rows alone."""
     projection.flush()
     db = projection.db
-    by_kind = {k: int(s) for k, s in db.execute(
-        "SELECT kind, coalesce(sum(amount_msat), 0) FROM ledger WHERE agent_id = ? GROUP BY kind",
-        [agent_id]).fetchall()}
-    rows, top = db.execute("SELECT count(*), coalesce(max(seq), 0) FROM ledger WHERE agent_id = ?",
-                           [agent_id]).fetchone()  # type: ignore[misc]
-    pending = db.execute(
-        "SELECT coalesce(sum(r.amount_msat), 0) FROM ledger r WHERE r.agent_id = ? AND r.kind = 'reserved' "
-        "AND NOT EXISTS (SELECT 1 FROM ledger x WHERE x.agent_id = r.agent_id AND x.rid = r.rid AND x.seq > r.seq "
-        f"AND x.kind IN ({', '.join(repr(k) for k in RESOLVED)}))", [agent_id]).fetchone()[0]  # type: ignore[index]
+    with projection._lock:  # the vault's flush thread shares the connection: DuckDB 2 refuses, not waits
+        by_kind = {k: int(s) for k, s in db.execute(
+            "SELECT kind, coalesce(sum(amount_msat), 0) FROM ledger WHERE agent_id = ? GROUP BY kind",
+            [agent_id]).fetchall()}
+        rows, top = db.execute("SELECT count(*), coalesce(max(seq), 0) FROM ledger WHERE agent_id = ?",
+                               [agent_id]).fetchone()  # type: ignore[misc]
+        pending = db.execute(
+            "SELECT coalesce(sum(r.amount_msat), 0) FROM ledger r WHERE r.agent_id = ? AND r.kind = 'reserved' "
+            "AND NOT EXISTS (SELECT 1 FROM ledger x WHERE x.agent_id = r.agent_id AND x.rid = r.rid "
+            f"AND x.seq > r.seq AND x.kind IN ({', '.join(repr(k) for k in RESOLVED)}))",
+            [agent_id]).fetchone()[0]  # type: ignore[index]
     return {"deposited": by_kind.get("deposited", 0),
             "spent": by_kind.get("settled", 0) + by_kind.get("expired", 0),
             "pending": int(pending), "rows": int(rows), "top_seq": int(top)}
@@ -178,7 +180,8 @@ async def crash(actor: VaultActor, nc: NATS) -> None:
     await asyncio.gather(*actor._inflight, return_exceptions=True)
     await nc.close()
     if actor.projection is not None:
-        actor.projection.db.close()
+        with actor.projection._lock:  # a flush thread may still be loading
+            actor.projection.db.close()
 
 
 async def send(vault: VaultActor, cmd: SettleCommand) -> None:

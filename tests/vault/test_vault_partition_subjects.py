@@ -61,6 +61,8 @@ async def test_a_command_forwarded_to_an_instance_letting_the_partition_go_is_as
     """The instance a forward reaches answers "moved" (it is handing the partition over): the forwarder asks again
     until the next owner answers, so the caller never sees the takeover; an owner that never comes is a 503 once
     the wait is over."""
+    from dataclasses import replace
+
     from actors.runtime.endpoints import error_reply
     from actors.vault import routing
     from actors.vault.actor import VaultActor
@@ -89,6 +91,13 @@ async def test_a_command_forwarded_to_an_instance_letting_the_partition_go_is_as
         reply = await forwarder._forward(k, op, cmd, {})
         assert decode_error(reply.data, reply.headers) is None and len(seen) == 3
         assert all(s == forwarder.instance for s in seen)  # marked as forwarded: never passed on again
+
+        # An op a second delivery may not be recognised by (a withdrawal without an id, say) is not asked again.
+        moved_answers["left"], seen[:] = 1, []
+        reply = await forwarder._forward(k, replace(op, retry_moved=False), cmd, {})
+        error = decode_error(reply.data, reply.headers)
+        assert error is not None and error.code == "partition_moved" and len(seen) == 1
+        assert not forwarder._ops["agent-withdraw"].retry_moved and not forwarder._ops["admin-create-agent"].retry_moved
 
         moved_answers["left"] = 10**6  # nobody takes the partition
         monkeypatch.setattr(routing, "FORWARD_WAIT_S", 0.3)
