@@ -144,10 +144,10 @@ async def test_two_instances_lose_no_outcome(hosts: Hosts, client: NATS) -> None
 
 
 async def test_tick_moves_open_to_half_open_and_frees_an_expired_probe(hosts: Hosts, client: NATS) -> None:
-    await hosts.start(BreakerActor(config()))
+    await hosts.start(BreakerActor(config(probe_timeout_s=1.5)))  # the second ask comes within it, loaded or not
     await open_breaker(client)
     # Nothing asks: the tick alone writes the half-open state once the cool-down has passed.
-    await eventually(lambda: stored_is(client, "alpha", "half_open"), timeout_s=2, interval_s=0.01)
+    await eventually(lambda: stored_is(client, "alpha", "half_open"), timeout_s=5, interval_s=0.01)
     granted = await probe(client, "alpha", "slow-probe")
     assert granted.granted and granted.probe_id == "slow-probe"
     assert not (await probe(client, "alpha", "other")).granted
@@ -157,7 +157,7 @@ async def test_tick_moves_open_to_half_open_and_frees_an_expired_probe(hosts: Ho
         s = await stored(client, "alpha")
         return s is not None and s.state == "half_open" and s.probe_id is None
 
-    await eventually(freed, timeout_s=2, interval_s=0.01)
+    await eventually(freed, timeout_s=5, interval_s=0.01)
     assert (await probe(client, "alpha", "other")).granted
 
 

@@ -231,11 +231,11 @@ async def test_failing_provider_opens_on_every_gateway_and_traffic_moves_without
 
 async def test_after_the_cooldown_one_probe_closes_the_breaker(stacks: Stacks, http: aiohttp.ClientSession,
                                                                mock: str) -> None:
-    stack = await stacks.start(config(cooldown_s=0.5))
+    stack = await stacks.start(config(cooldown_s=2.0))
     await open_by_failures(http, stack, mock)
     r, _ = await chat(http, stack.url)
     assert r.headers["x-arbstr-provider"] == "res_b"  # still open
-    await asyncio.sleep(0.55)
+    await asyncio.sleep(2.05)
     r, body = await chat(http, stack.url)  # the fault is used up: the probe succeeds
     assert r.status == 200, body
     assert (r.headers["x-arbstr-provider"], r.headers["x-arbstr-retries"]) == ("res_a", "0")
@@ -247,10 +247,10 @@ async def test_after_the_cooldown_one_probe_closes_the_breaker(stacks: Stacks, h
 
 async def test_a_failed_probe_opens_the_breaker_again(stacks: Stacks, http: aiohttp.ClientSession,
                                                       mock: str) -> None:
-    stack = await stacks.start(config(cooldown_s=0.5))
+    stack = await stacks.start(config(cooldown_s=2.0))
     await open_by_failures(http, stack, mock)
     opened = await stored(stack.nc, "res_a")
-    await asyncio.sleep(0.55)
+    await asyncio.sleep(2.05)
     await set_fault(mock, "res_a", {"status": 503, "count": 1})
     r, body = await chat(http, stack.url)
     assert r.status == 200 and r.headers["x-arbstr-provider"] == "res_b"  # the probe failed: fell over
@@ -264,12 +264,12 @@ async def test_a_failed_probe_opens_the_breaker_again(stacks: Stacks, http: aioh
 
 async def test_concurrent_requests_during_half_open_send_one_probe(stacks: Stacks, http: aiohttp.ClientSession,
                                                                    mock: str) -> None:
-    stack = await stacks.start(config(cooldown_s=0.5), routers=2)
+    stack = await stacks.start(config(cooldown_s=2.0), routers=2)
     other = await stacks.gateway(stack.config)
     await open_by_failures(http, stack, mock)
-    await set_fault(mock, "res_a", {"delay_ms": 600})  # healthy again, but slow: the probe stays in flight
+    await set_fault(mock, "res_a", {"delay_ms": 3000})  # healthy again, but slow: the probe stays in flight
     before = await received(mock, "res_a")
-    await asyncio.sleep(0.55)
+    await asyncio.sleep(2.05)
     results = await asyncio.gather(*(chat(http, stack.url if i % 2 else other) for i in range(24)))
     assert all(r.status == 200 for r, _ in results), [b for r, b in results if r.status != 200]
     providers = [r.headers["x-arbstr-provider"] for r, _ in results]
@@ -315,13 +315,13 @@ async def test_a_probe_is_never_sent_without_the_breaker(stacks: Stacks, http: a
 
 async def test_a_lone_recovering_provider_busy_with_its_probe_is_503_with_retry_after(
         stacks: Stacks, http: aiohttp.ClientSession, mock: str) -> None:
-    stack = await stacks.start(config(("res_a",), cooldown_s=0.4))
-    await set_fault(mock, "res_a", [{"status": 500, "count": 3}, {"delay_ms": 800}])
+    stack = await stacks.start(config(("res_a",), cooldown_s=2.0))
+    await set_fault(mock, "res_a", [{"status": 500, "count": 3}, {"delay_ms": 3000}])
     for _ in range(3):
         r, _ = await chat(http, stack.url)
         assert r.status == 502
     await eventually(routers_see(stack, "res_a", "open"), timeout_s=3.0, interval_s=0.01)
-    await asyncio.sleep(0.45)
+    await asyncio.sleep(2.05)
     probe = asyncio.create_task(chat(http, stack.url))
     await eventually(lambda: _received_at_least(mock, "res_a", 4), timeout_s=3.0, interval_s=0.01)  # the probe is at the provider
     r, body = await chat(http, stack.url)

@@ -28,7 +28,7 @@ ALPHA_RATE = 8000
 
 @pytest.fixture(scope="module")
 async def paid(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PaidStack]:
-    s = await start_paid_stack(tmp_path_factory.mktemp("conformance"), first_byte_timeout_s=0.5)
+    s = await start_paid_stack(tmp_path_factory.mktemp("conformance"), first_byte_timeout_s=2.0)
     yield s
     await s.stop()
 
@@ -310,7 +310,7 @@ async def test_503_actor_unreachable(sdk: SDK, paid: PaidStack, nats_url: str) -
 
 async def test_504_upstream_timeout(sdk: SDK, paid: PaidStack) -> None:
     for p in ("alpha", "beta", "gamma"):
-        await set_faults(paid.mock.url, p, {"delay_ms": 900, "count": 1})
+        await set_faults(paid.mock.url, p, {"delay_ms": 3000, "count": 1})
     err = await raises(sdk, chat_call(), openai.InternalServerError, 504)
     assert err.code == "upstream_timeout"
 

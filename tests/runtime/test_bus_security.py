@@ -14,6 +14,7 @@ import aiohttp
 import nats
 import pytest
 
+from actors.runtime.connection import flush_in_order
 from arbstr.bus_auth import BusCredentials
 from arbstr.natsserver import NatsServer
 from schemas import subjects
@@ -56,7 +57,7 @@ class Probe:
             await self.nc.publish(subject, b"{}")
         else:
             await self.nc.subscribe(subject)
-        await self.nc.flush()
+        await flush_in_order(self.nc)  # the server's -ERR comes before its PONG (a plain flush may overtake the PUB)
         for _ in range(50):
             if len(self.errors) > before:
                 break

@@ -21,7 +21,7 @@ PARTITIONS = 4
 
 @pytest.fixture
 async def stack(fresh_nats: NatsServer, mock_upstream: str) -> AsyncIterator[Stack]:
-    config = demo_config(mock_upstream, vault=vault_section(partitions=PARTITIONS, lease_s=0.5))
+    config = demo_config(mock_upstream, vault=vault_section(partitions=PARTITIONS, lease_s=1.0))
     s = await start_stack(config, fresh_nats.url)
     yield s
     await s.stop()

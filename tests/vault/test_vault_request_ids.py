@@ -22,6 +22,7 @@ from schemas.vault import Empty, ReserveReply, ReserveRequest, SettleCommand
 from tests.support.stack import Stack, add_vault, demo_config, start_stack, vault_section
 from tests.vault.test_vault_storm import assert_replay_equals_live
 from tests.support.vault_helpers import assert_balanced, bearer, books, new_agent, settled
+from tests.support.waiting import eventually
 from gateway.vault_meter import token_hash
 
 # Providers of this file's own: faults set on them cannot leak into other tests sharing the mock upstream.
@@ -50,6 +51,11 @@ async def chat(http: aiohttp.ClientSession, stack: Stack, token: str, rid: str) 
     return r.status, await r.json()
 
 
+async def upstream_requests(http: aiohttp.ClientSession, mock_upstream: str) -> int:
+    stats = await (await http.get(f"{mock_upstream}/_mock/stats")).json()
+    return sum(int(p["requests"]) for p in stats.values())
+
+
 async def fail_next(http: aiohttp.ClientSession, mock_upstream: str, fault: dict[str, Any]) -> None:
     for p in PROVIDERS:
         r = await http.post(f"{mock_upstream}/_mock/{p}/faults", json={**fault, "count": 1})
@@ -76,9 +82,14 @@ async def test_a_failed_request_can_be_retried_with_its_request_id(http, stack, 
 
 async def test_a_request_id_in_flight_is_409(http, stack, mock_upstream) -> None:
     agent_id, token = await new_agent(http, stack, "impatient", deposit_msat=1_000_000)
-    await fail_next(http, mock_upstream, {"delay_ms": 1_500})
+    await fail_next(http, mock_upstream, {"delay_ms": 3_000})
+    before = await upstream_requests(http, mock_upstream)
     first = asyncio.create_task(chat(http, stack, token, "slow-1"))
-    await asyncio.sleep(0.5)  # reserved, waiting on the slow upstream
+
+    async def reserved() -> bool:  # the upstream is called only once the hold is taken
+        return await upstream_requests(http, mock_upstream) > before
+
+    await eventually(reserved, 10, "the first request reserved and waiting on the slow upstream")
     status, body = await chat(http, stack, token, "slow-1")
     assert (status, body["error"]["code"]) == (409, "request_id_reused")
     status, body = await first

@@ -14,6 +14,7 @@ from arbstr.natsserver import NatsServer
 from schemas.money import cost_msat
 from schemas.tokens import estimate_messages_tokens
 from tests.support.stack import Stack, add_vault, demo_config, start_stack, vault_section
+from tests.support.waiting import eventually
 from tests.support.vault_helpers import admin, assert_balanced, books, new_agent, settled
 
 pytestmark = pytest.mark.slow
@@ -117,7 +118,11 @@ async def test_release_before_a_late_reserve_refuses_it(stack: Stack) -> None:
         js = stack.nc.jetstream()
         rel = SettleCommand(kind="release", request_id="late-1", token_hash=token_hash(token), reason="timeout")
         await js.publish(subjects.settle_command("anon"), rel.model_dump_json().encode())
-        await asyncio.sleep(0.3)
+
+        async def consumed() -> bool:  # the work queue drops a command once the journal has it
+            return (await js.stream_info(subjects.STREAM_SETTLE)).state.messages == 0
+
+        await eventually(consumed, 10, "the release taken from the work queue")
         bus = Bus(stack.nc, 2.0)
         env = Envelope(input_tokens=10, output_tokens=10, input_rate=8000, output_rate=8000, max_output_tokens=100)
         with pytest.raises(ArbstrError) as e:

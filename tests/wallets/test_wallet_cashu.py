@@ -267,7 +267,11 @@ async def test_invoice_deposit_is_minted_once_and_reported_once_across_restarts(
         replay.append(s)
 
     task = asyncio.create_task(again.watch_invoices(0, on_replay))
-    await asyncio.sleep(0.3)
+    for _ in range(250):
+        if replay:
+            break
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # and no second report of it
     task.cancel()
     assert [s.settle_index for s in replay] == [1]  # from the cursor on: the same report, once
     assert await again.assets_msat() == 40_000
