@@ -160,6 +160,7 @@ class Gateway:
                                      self.config.server.client_write_timeout_s)
             handlers.update(vault_http.handlers(), **events.attach(app), dashboard=dashboard)
         register(app, handlers, self.guards())
+        app.on_startup.append(self._listening)
         return app
 
     def guards(self) -> Guards:
@@ -178,7 +179,11 @@ class Gateway:
             await self.meter.start()
         self.metrics.start(self.nc)
         await self.directory.start(self.nc)
-        await flush_in_order(self.nc)  # revocations heard from the first request on
+
+    async def _listening(self, app: web.Application) -> None:
+        # The last start-up hook: every revocation subscription made before it (grants, tokens) is at the server
+        # before the first request is taken.
+        await flush_in_order(self.nc)
 
     async def _cleanup(self, app: web.Application) -> None:
         await self.meter.close()  # before the connection drains: releases still in flight reach the journal

@@ -22,7 +22,6 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from actors.runtime.connection import flush_in_order
 from schemas import exchanges, subjects
 from schemas.errors import ArbstrError
 from schemas.vault import TokenRef, TokenRevoked
@@ -82,7 +81,6 @@ class SpendEventsHTTP:
             self.revoke(notice.token_hash)
 
         self._revocations = await self.nc.subscribe(subjects.TOKEN_REVOKED, cb=on_notice)
-        await flush_in_order(self.nc)
 
     async def _stop_listening(self, app: web.Application) -> None:
         if self._revocations is not None:

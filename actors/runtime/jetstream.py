@@ -29,7 +29,6 @@ STARTUP_BUDGET_S = 60.0
 HEARTBEAT_S = 1.0
 
 
-
 class NotYetVisible(NatsError):
     """A stream or bucket another instance is creating this moment: a cluster answers "not found" until its
     assignment has spread, so the same "try again shortly" as an election."""
